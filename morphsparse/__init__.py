@@ -1,0 +1,38 @@
+"""morphsparse: sparse training and resource-targeted structure learning for Keras 3.
+
+Public names are loaded on first use so that ``import morphsparse`` costs no more than importing the
+submodule a user actually touches (TensorFlow and Keras are imported by those submodules, not here).
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+# public name -> submodule that defines it. Each concept adds its names here.
+_EXPORTS = {
+    # data
+    "load_fashion_mnist": "data", "load_digits": "data", "prepare_images": "data",
+    "DataNotFoundError": "data",
+    # channel graph and costs
+    "analyze": "graph", "ChannelGraph": "graph", "ChannelGroup": "graph", "GraphError": "graph",
+    "register_handler": "handlers", "LayerHandler": "handlers", "get_handler": "handlers",
+    "count_flops": "costs", "count_macs": "costs", "count_params": "costs", "cost_report": "costs",
+    "CostReport": "costs",
+    # unstructured sparse training
+    # structure learning
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'morphsparse' has no attribute {name!r}")
+    value = getattr(import_module(f"morphsparse.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
