@@ -1,0 +1,482 @@
+"""The channel graph: which channels of a Keras model must be removed together.
+
+``analyze(model)`` walks a built functional or Sequential model (nested models included) in topological order.
+Every channel of every tensor's channel axis gets a *class id*; layer handlers (``handlers.py``) say how classes
+flow: producers (Conv, Dense, ...) create new ones, pass-through layers keep them, merges (Add, Multiply, ...)
+tie them together. Ties are kept in a union-find, so any pattern of residual adds, concatenations, depthwise
+multipliers, grouped convs and Flatten->Dense resolves exactly, channel by channel.
+
+At the end, classes that are tied form one removable channel, and the channels created by producers that share
+any channel form one :class:`ChannelGroup`. Every structural feature (costs, regulariser, exporter, expander)
+reads the same :class:`ChannelGraph`: for every layer call, the (group, channel) of every entry of each input and
+output channel axis.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+
+from morphsparse import handlers as _handlers
+
+
+class GraphError(ValueError):
+    """The model's channel structure cannot be read; the message names the layer and what to do."""
+
+
+@dataclass(eq=False)
+class LayerCall:
+    """One call of a layer (or keras.ops operation) in the flattened graph."""
+
+    layer: object
+    path: str                      # qualified name: "nested_model/conv1" for layers inside nested models
+    node: object
+    handler: object
+    input_shapes: list
+    output_shapes: list
+    in_maps: list                  # class ids per input tensor's channel axis (during the walk)
+    out_maps: list = field(default_factory=list)
+    first_call: bool = True        # False for the 2nd+ call of a shared layer (its weights are counted once)
+    # Filled in by ChannelGraph: per tensor, the group id and channel-in-group of each channel-axis entry.
+    in_groups: list = field(default_factory=list)
+    in_channels: list = field(default_factory=list)
+    out_groups: list = field(default_factory=list)
+    out_channels_idx: list = field(default_factory=list)
+
+    @property
+    def name(self):
+        return self.layer.name
+
+    def output_channels(self, i=0):
+        return _channel_count(self.output_shapes[i])
+
+    def input_channels(self, i=0):
+        return _channel_count(self.input_shapes[i])
+
+    def __repr__(self):
+        return f"<LayerCall {self.path} ({type(self.layer).__name__})>"
+
+
+def _channel_count(shape):
+    shape = tuple(shape)
+    if len(shape) < 2:
+        return 1  # one value per example
+    return shape[-1]
+
+
+@dataclass(eq=False)
+class ChannelGroup:
+    """Channels that live and die together: ``size`` channels, each of which may be removed on its own.
+
+    ``producers`` are the layers whose output channels make up the group (several when a residual Add or a
+    channel-wise Multiply ties them); ``consumers`` the layers whose kernels read them; ``layers`` every layer
+    with the group on an input or output channel axis. A group is ``removable`` unless a channel of it is
+    pinned (network input or output, a layer in ``ignore=``, an opaque layer); ``pinned_by`` says why.
+    """
+
+    id: int
+    size: int
+    producers: list = field(default_factory=list)
+    consumers: list = field(default_factory=list)
+    layers: list = field(default_factory=list)
+    pinned_by: list = field(default_factory=list)
+    producer_channels: dict = field(default_factory=dict)   # producer path -> group channel of each output
+
+    @property
+    def removable(self):
+        return not self.pinned_by
+
+    def describe(self, width=100):
+        state = "removable" if self.removable else "pinned: " + "; ".join(sorted(set(self.pinned_by)))[:60]
+        lines = [f"G{self.id:<4d} {self.size:>5d} ch  {state}"]
+        for label, names in (("producers", self.producers), ("consumers", self.consumers)):
+            text = ", ".join(names) if names else "-"
+            if len(text) > width:
+                text = text[: width - 20] + f"... ({len(names)} in all)"
+            lines.append(f"        {label}: {text}")
+        return "\n".join(lines)
+
+    def __str__(self):
+        return self.describe()
+
+
+class _UnionFind:
+    def __init__(self):
+        self.parent = []
+
+    def add(self, n):
+        start = len(self.parent)
+        self.parent.extend(range(start, start + n))
+        return np.arange(start, start + n, dtype=np.int64)
+
+    def find(self, a):
+        parent = self.parent
+        root = a
+        while parent[root] != root:
+            root = parent[root]
+        while parent[a] != root:  # path compression
+            parent[a], a = root, parent[a]
+        return root
+
+    def union(self, a, b):
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            if ra < rb:
+                self.parent[rb] = ra
+            else:
+                self.parent[ra] = rb
+
+    def roots(self):
+        return np.array([self.find(i) for i in range(len(self.parent))], dtype=np.int64)
+
+
+class _Builder:
+    """The state of one walk, handed to handlers: create, tie, consume and pin channel classes."""
+
+    def __init__(self):
+        self.classes = _UnionFind()
+        self.creators = []            # (call, class ids) in creation order
+        self.consumers = []           # (call, class ids)
+        self.pins = []                # (class ids, reason)
+        self._layer_outputs = {}      # (id(layer), output index) -> class ids, so shared layers share channels
+        self._layer_inputs = {}       # id(layer) -> class ids read by the kernel at the first call
+
+    def new_channels(self, call, n, pinned=False, output=0):
+        # A kernel layer called twice (shared weights) emits the same channels at every call.
+        key = (id(call.layer), output) if call.handler.produces_channels else None
+        if key in self._layer_outputs:
+            return self._layer_outputs[key]
+        ids = self.classes.add(int(n))
+        if key is not None:
+            self._layer_outputs[key] = ids
+        self.creators.append((call, ids))
+        if pinned:
+            self.pin(ids, f"{call.path}: " + ("network input" if isinstance(call.layer, keras.layers.InputLayer)
+                                               else "fixed channels"))
+        return ids
+
+    def tie(self, a, b):
+        if len(a) != len(b):
+            raise GraphError(f"cannot tie channel axes of different widths {len(a)} and {len(b)}")
+        union = self.classes.union
+        for x, y in zip(a.tolist(), b.tolist()):
+            union(x, y)
+
+    def consume(self, call, ids):
+        previous = self._layer_inputs.get(id(call.layer))
+        if previous is not None and previous is not ids:
+            self.tie(previous, ids)   # a shared layer reads the same kernel rows at every call
+        else:
+            self._layer_inputs[id(call.layer)] = ids
+        self.consumers.append((call, ids))
+
+    def pin(self, ids, reason):
+        self.pins.append((np.asarray(ids), reason))
+
+    def error(self, call, message):
+        return GraphError(f"layer '{call.path}' ({type(call.layer).__name__}) {message}")
+
+
+def _functional_of(model):
+    """The functional graph behind a Functional or Sequential model, or None for a subclassed one."""
+    if isinstance(model, keras.Sequential):
+        functional = getattr(model, "_functional", None)
+        if functional is None:
+            raise GraphError(
+                f"Sequential model '{model.name}' is not built with a known input shape; start it with "
+                "keras.Input(shape=...) or call model.build(input_shape) before analysing it.")
+        return functional
+    if hasattr(model, "_nodes_by_depth") and hasattr(model, "inputs"):
+        try:
+            model.inputs
+        except AttributeError:
+            return None
+        return model
+    return None
+
+
+def _is_nested_model(op):
+    return isinstance(op, keras.Model) and _functional_of_or_none(op) is not None
+
+
+def _functional_of_or_none(model):
+    try:
+        return _functional_of(model)
+    except GraphError:
+        return None
+
+
+def _shape(tensor):
+    return tuple(tensor.shape)
+
+
+class ChannelGraph:
+    """The coupled-channel structure of a Keras model; build it with :func:`analyze`.
+
+    Attributes: ``model``, ``calls`` (every :class:`LayerCall` in topological order), ``groups`` (every
+    :class:`ChannelGroup`, indexed by id), ``analysis_seconds``. Print it for the group table.
+    """
+
+    def __init__(self, model, calls, builder, output_maps, ignore, seconds_so_far):
+        start = time.perf_counter()
+        self.model = model
+        self.calls = calls
+        roots = builder.classes.roots()
+
+        # Producers that share a root class belong to one group: union-find over creators.
+        creator_parent = list(range(len(builder.creators)))
+
+        def find(i):
+            while creator_parent[i] != i:
+                creator_parent[i] = creator_parent[creator_parent[i]]
+                i = creator_parent[i]
+            return i
+
+        owner_of_root = {}
+        for ci, (_, ids) in enumerate(builder.creators):
+            for r in np.unique(roots[ids]).tolist():
+                other = owner_of_root.setdefault(r, ci)
+                if other != ci:
+                    a, b = find(other), find(ci)
+                    if a != b:
+                        creator_parent[max(a, b)] = min(a, b)
+
+        # Number the groups in creation order, and the channels of each group in first-producer order.
+        group_of_creator, groups, root_index = {}, [], {}
+        for ci, (call, ids) in enumerate(builder.creators):
+            head = find(ci)
+            if head not in group_of_creator:
+                group_of_creator[head] = len(groups)
+                groups.append(ChannelGroup(id=len(groups), size=0))
+            group = groups[group_of_creator[head]]
+            channels = []
+            for r in roots[ids].tolist():
+                if r not in root_index:
+                    root_index[r] = (group.id, group.size)
+                    group.size += 1
+                channels.append(root_index[r][1])
+            if call.path not in group.producers:
+                group.producers.append(call.path)
+                group.producer_channels[call.path] = np.asarray(channels, dtype=np.int64)
+        self.groups = groups
+        self._offsets = np.cumsum([0] + [g.size for g in groups])
+
+        root_group = np.full(len(roots), -1, dtype=np.int64)
+        root_channel = np.full(len(roots), -1, dtype=np.int64)
+        for r, (gid, ch) in root_index.items():
+            root_group[r], root_channel[r] = gid, ch
+        self._class_group = root_group[roots]
+        self._class_channel = root_channel[roots]
+
+        def locate(ids):
+            return self._class_group[ids], self._class_channel[ids]
+
+        for call in calls:
+            call.in_groups, call.in_channels = [], []
+            for m in call.in_maps:
+                g, c = locate(m)
+                call.in_groups.append(g)
+                call.in_channels.append(c)
+            call.out_groups, call.out_channels_idx = [], []
+            for m in call.out_maps:
+                g, c = locate(m)
+                call.out_groups.append(g)
+                call.out_channels_idx.append(c)
+            for gid in np.unique(np.concatenate(call.in_groups + call.out_groups)).tolist() if (
+                    call.in_groups or call.out_groups) else []:
+                if call.path not in groups[gid].layers:
+                    groups[gid].layers.append(call.path)
+        for call, ids in builder.consumers:
+            for gid in np.unique(self._class_group[ids]).tolist():
+                if call.path not in groups[gid].consumers:
+                    groups[gid].consumers.append(call.path)
+
+        for ids, reason in builder.pins:
+            for gid in np.unique(self._class_group[ids]).tolist() if len(ids) else []:
+                groups[gid].pinned_by.append(reason)
+        for path, m in output_maps:
+            for gid in np.unique(self._class_group[m]).tolist():
+                groups[gid].pinned_by.append(f"{path}: network output")
+        self.ignore = tuple(ignore)
+        self.analysis_seconds = seconds_so_far + time.perf_counter() - start
+
+    # --- look-ups ---------------------------------------------------------------------------------------
+    def calls_of(self, name):
+        """Every call of the layer with this path or plain name."""
+        found = [c for c in self.calls if c.path == name or c.layer.name == name]
+        if not found:
+            raise KeyError(f"no layer named '{name}' in model '{self.model.name}'")
+        return found
+
+    def output_groups(self, name):
+        """Ids of the groups on the output channel axis of layer ``name`` (usually one)."""
+        call = self.calls_of(name)[0]
+        return sorted(set(np.concatenate(call.out_groups).tolist())) if call.out_groups else []
+
+    def group_of(self, name):
+        """The single group on layer ``name``'s output channel axis."""
+        ids = self.output_groups(name)
+        if len(ids) != 1:
+            raise ValueError(f"layer '{name}' has {len(ids)} groups on its output channel axis: {ids}")
+        return self.groups[ids[0]]
+
+    @property
+    def removable_groups(self):
+        return [g for g in self.groups if g.removable]
+
+    # --- alive channels -----------------------------------------------------------------------------------
+    def channel_weights(self, alive=None):
+        """One float per channel of every group, concatenated in group order: how much of that channel is
+        alive. ``alive`` maps a group id (or a producer layer's name) to a boolean mask of the group's
+        channels or to an integer count (counts may exceed the group's size, for expansion; every entry then
+        weighs count/size). Groups not named are fully alive."""
+        weights = np.ones(int(self._offsets[-1]), dtype=np.float64)
+        for key, value in (alive or {}).items():
+            group = self._resolve_group(key)
+            lo, hi = self._offsets[group.id], self._offsets[group.id + 1]
+            value = np.asarray(value)
+            if value.dtype == bool:
+                if value.shape != (group.size,):
+                    raise ValueError(f"alive mask for group G{group.id} has shape {value.shape}, expected "
+                                     f"({group.size},)")
+                weights[lo:hi] = value
+            elif value.ndim == 0 and np.issubdtype(value.dtype, np.integer) or (
+                    value.ndim == 0 and float(value).is_integer()):
+                count = int(value)
+                if count < 0:
+                    raise ValueError(f"alive count for group G{group.id} must be >= 0, got {count}")
+                weights[lo:hi] = count / group.size if group.size else 0.0
+            else:
+                raise ValueError(f"alive[{key!r}] must be a boolean mask or an integer count, got {value!r}")
+        return weights
+
+    def _resolve_group(self, key):
+        if isinstance(key, ChannelGroup):
+            return key
+        if isinstance(key, (int, np.integer)):
+            if not 0 <= key < len(self.groups):
+                raise KeyError(f"no channel group G{key}; the graph has {len(self.groups)} groups")
+            return self.groups[int(key)]
+        return self.group_of(key)
+
+    def alive_counts(self, call, weights):
+        """(alive entries per input channel axis, per output channel axis) of one call."""
+        def count(groups, channels):
+            return int(round(float(weights[self._offsets[groups] + channels].sum())))
+        return ([count(g, c) for g, c in zip(call.in_groups, call.in_channels)],
+                [count(g, c) for g, c in zip(call.out_groups, call.out_channels_idx)])
+
+    # --- printing -----------------------------------------------------------------------------------------
+    def summary(self):
+        removable = len(self.removable_groups)
+        return (f"ChannelGraph of '{self.model.name}': {len(self.calls)} layer calls, {len(self.groups)} channel "
+                f"groups ({removable} removable, {sum(g.size for g in self.removable_groups)} removable "
+                f"channels), analysed in {self.analysis_seconds:.3f} s")
+
+    def __str__(self):
+        return "\n".join([self.summary()] + [g.describe() for g in self.groups])
+
+    def __repr__(self):
+        return f"<ChannelGraph '{self.model.name}': {len(self.calls)} calls, {len(self.groups)} groups>"
+
+
+def analyze(model, ignore=()) -> ChannelGraph:
+    """Read the coupled-channel structure of a built Keras 3 functional or Sequential model.
+
+    ``ignore``: names of layers whose output channels must never be removed (in addition to the network's
+    inputs and outputs). Raises :class:`GraphError` for subclassed models, unbuilt models and layers with no
+    registered handler (the message says how to register one).
+    """
+    start = time.perf_counter()
+    functional = _functional_of_or_none(model)
+    if functional is None:
+        if isinstance(model, keras.Model):
+            raise GraphError(
+                f"model '{model.name}' ({type(model).__name__}) is a subclassed keras.Model: its call() is "
+                "Python code whose graph cannot be read. Build the same network with the functional API "
+                "(keras.Input and layer calls) or keras.Sequential, then analyse that model.")
+        raise GraphError(f"analyze() takes a keras.Model, got {type(model).__name__}")
+    if isinstance(model, keras.Sequential):
+        _functional_of(model)  # raises the "not built" error when needed
+
+    builder = _Builder()
+    calls = []
+    seen_layers = set()
+
+    def walk(fmodel, prefix, input_maps):
+        tensor_maps = {id(t): m for t, m in zip(fmodel.inputs, input_maps)}
+        depths = sorted(fmodel._nodes_by_depth, reverse=True)
+        for depth in depths:
+            for node in fmodel._nodes_by_depth[depth]:
+                op = node.operation
+                if op is None or node.is_input:
+                    continue
+                inputs = node.input_tensors
+                if any(id(t) not in tensor_maps for t in inputs):
+                    continue  # not reachable from these inputs (another call of a shared model)
+                in_maps = [tensor_maps[id(t)] for t in inputs]
+                if _is_nested_model(op):
+                    inner = _functional_of(op)
+                    out_maps = walk(inner, f"{prefix}{op.name}/", in_maps)
+                else:
+                    handler = _handlers.get_handler(op)
+                    call = LayerCall(layer=op, path=prefix + op.name, node=node, handler=handler,
+                                     input_shapes=[_shape(t) for t in inputs],
+                                     output_shapes=[_shape(t) for t in node.outputs], in_maps=in_maps,
+                                     first_call=id(op) not in seen_layers)
+                    if handler is None:
+                        raise GraphError(
+                            f"layer '{call.path}' of class {type(op).__module__}.{type(op).__qualname__} has no "
+                            "channel handler, so morphsparse cannot tell which of its channels are coupled. "
+                            "Register one before analysing, e.g. morphsparse.register_handler("
+                            f"{type(op).__name__}, morphsparse.handlers.PassThrough()) if it keeps channels, "
+                            "handlers.Merge() if it combines inputs element-wise, or handlers.Opaque() to keep "
+                            "its channels fixed.")
+                    for shape in call.output_shapes:
+                        if len(shape) >= 2 and shape[-1] is None:
+                            raise builder.error(call, "has an output with an unknown channel count; give the "
+                                                      "model static channel dimensions")
+                    seen_layers.add(id(op))
+                    out_maps = handler.propagate(call, builder)
+                    if len(out_maps) != len(node.outputs):
+                        raise builder.error(call, f"handler returned {len(out_maps)} channel maps for "
+                                                  f"{len(node.outputs)} outputs")
+                    for i, m in enumerate(out_maps):
+                        if len(m) != call.output_channels(i):
+                            raise builder.error(call, f"handler gave {len(m)} channels for output {i} of width "
+                                                      f"{call.output_channels(i)}")
+                    call.out_maps = list(out_maps)
+                    calls.append(call)
+                for t, m in zip(node.outputs, out_maps):
+                    tensor_maps[id(t)] = m
+        missing = [t for t in fmodel.outputs if id(t) not in tensor_maps]
+        if missing:
+            raise GraphError(f"model '{fmodel.name}': outputs {[t.name for t in missing]} are not reachable "
+                             "from its inputs")
+        return [tensor_maps[id(t)] for t in fmodel.outputs]
+
+    input_maps = []
+    for tensor in functional.inputs:
+        layer = tensor._keras_history.operation
+        call = LayerCall(layer=layer, path=layer.name, node=None, handler=_handlers.get_handler(layer),
+                         input_shapes=[], output_shapes=[_shape(tensor)], in_maps=[])
+        call.out_maps = call.handler.propagate(call, builder)
+        input_maps.append(call.out_maps[0])
+    output_maps = walk(functional, "", input_maps)
+    output_names = [t._keras_history.operation.name for t in functional.outputs]
+
+    known = {c.path for c in calls} | {c.layer.name for c in calls}
+    for name in ignore:
+        if name not in known:
+            raise GraphError(f"ignore= names layer '{name}', which is not in model '{model.name}'; "
+                             f"layer names look like {sorted(known)[:5]}")
+        for call in calls:
+            if call.path == name or call.layer.name == name:
+                for m in call.out_maps:
+                    builder.pin(m, f"{call.path}: ignore=")
+
+    return ChannelGraph(model, calls, builder, list(zip(output_names, output_maps)), ignore,
+                        time.perf_counter() - start)
