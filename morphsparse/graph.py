@@ -391,6 +391,8 @@ def analyze(model, ignore=()) -> ChannelGraph:
     registered handler (the message says how to register one).
     """
     start = time.perf_counter()
+    if isinstance(model, keras.Sequential):
+        _functional_of(model)  # raises the "not built" error when needed
     functional = _functional_of_or_none(model)
     if functional is None:
         if isinstance(model, keras.Model):
@@ -399,8 +401,6 @@ def analyze(model, ignore=()) -> ChannelGraph:
                 "Python code whose graph cannot be read. Build the same network with the functional API "
                 "(keras.Input and layer calls) or keras.Sequential, then analyse that model.")
         raise GraphError(f"analyze() takes a keras.Model, got {type(model).__name__}")
-    if isinstance(model, keras.Sequential):
-        _functional_of(model)  # raises the "not built" error when needed
 
     builder = _Builder()
     calls = []
@@ -464,6 +464,7 @@ def analyze(model, ignore=()) -> ChannelGraph:
         call = LayerCall(layer=layer, path=layer.name, node=None, handler=_handlers.get_handler(layer),
                          input_shapes=[], output_shapes=[_shape(tensor)], in_maps=[])
         call.out_maps = call.handler.propagate(call, builder)
+        calls.append(call)
         input_maps.append(call.out_maps[0])
     output_maps = walk(functional, "", input_maps)
     output_names = [t._keras_history.operation.name for t in functional.outputs]

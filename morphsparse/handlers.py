@@ -45,7 +45,7 @@ class LayerHandler:
         with the alive output channels; other weights count in full."""
         total = 0
         full = call.output_channels(0)
-        for weight in call.layer.weights:
+        for weight in getattr(call.layer, "weights", ()):  # keras.ops operations have none
             shape = tuple(weight.shape)
             size = int(np.prod(shape)) if shape else 1
             if shape and full and shape[-1] == full and alive_out:
