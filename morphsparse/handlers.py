@@ -75,6 +75,19 @@ class PassThrough(LayerHandler):
         return maps
 
 
+class ChannelAxisNormalization(PassThrough):
+    """BatchNorm/LayerNorm and the like: channel-keeping only when they act on the channel (last) axis."""
+
+    def propagate(self, call, graph):
+        axis = getattr(call.layer, "axis", -1)
+        rank = len(call.input_shapes[0])
+        axes = [a % rank for a in (axis if isinstance(axis, (list, tuple)) else [axis])]
+        if rank - 1 not in axes:
+            raise graph.error(call, f"normalises over axis {axis}, not the channel axis; morphsparse reads "
+                                    "channels_last models only")
+        return super().propagate(call, graph)
+
+
 class Merge(PassThrough):
     """Element-wise merge of several tensors (Add, Multiply, Maximum, ...): channel c of every input and of
     the output is one channel, so they are tied. Inputs with one channel broadcast and tie nothing."""
@@ -308,9 +321,10 @@ def get_handler(layer) -> LayerHandler | None:
 def _register_defaults():
     L = keras.layers
     pass_through = PassThrough()
+    for cls in (L.BatchNormalization, L.LayerNormalization, L.GroupNormalization):
+        register_handler(cls, ChannelAxisNormalization())
     for cls in (
-        L.BatchNormalization, L.LayerNormalization, L.GroupNormalization, L.UnitNormalization,
-        L.Normalization, L.Rescaling, L.Activation, L.ReLU, L.LeakyReLU, L.PReLU, L.ELU, L.Softmax,
+        L.UnitNormalization, L.Normalization, L.Rescaling, L.Activation, L.ReLU, L.LeakyReLU, L.PReLU, L.ELU, L.Softmax,
         L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D, L.GaussianNoise,
         L.GaussianDropout, L.AlphaDropout, L.ActivityRegularization, L.Identity, L.Masking,
         L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.AveragePooling1D, L.AveragePooling2D,
@@ -355,6 +369,8 @@ def _register_defaults():
     for name in ("Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum", "Minimum", "Power"):
         if hasattr(knp, name):
             register_handler(getattr(knp, name), merge)
+    if hasattr(knp, "Concatenate"):
+        register_handler(knp.Concatenate, Concatenate())
     for module, names in ((knp, ("Absolute", "Abs", "Square", "Sqrt", "Exp", "Negative", "Clip", "Tanh")),
                           (knn, ("Relu", "Relu6", "Sigmoid", "HardSigmoid", "HardSwish", "Silu", "Swish",
                                  "Gelu", "Elu", "Selu", "Softplus", "LeakyRelu", "Tanh"))):
@@ -365,6 +381,6 @@ def _register_defaults():
 
 _register_defaults()
 
-__all__ = ["LayerHandler", "PassThrough", "Merge", "Concatenate", "Flatten", "Reshape", "Opaque", "Producer",
+__all__ = ["LayerHandler", "PassThrough", "ChannelAxisNormalization", "Merge", "Concatenate", "Flatten", "Reshape", "Opaque", "Producer",
            "Dense", "Conv", "ConvTranspose", "DepthwiseConv", "SeparableConv", "Embedding", "Input",
            "register_handler", "get_handler"]

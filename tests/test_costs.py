@@ -34,6 +34,14 @@ def test_hand_computed_costs():
     assert report.params == conv_net().count_params()
 
 
+def test_grouped_conv_costs():
+    inp = keras.Input((6, 6, 12))
+    out = L.Conv2D(8, 3, groups=4, name="grouped")(inp)
+    row = ms.cost_report(keras.Model(inp, out)).by_layer()["grouped"]
+    assert row.macs == 4 * 4 * 9 * (12 // 4) * 8
+    assert row.params == 9 * 3 * 8 + 8
+
+
 def test_alive_counts_price_a_narrower_and_a_wider_twin_exactly():
     model = conv_net()
     graph = ms.analyze(model)

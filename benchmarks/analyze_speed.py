@@ -1,0 +1,59 @@
+"""Time of ``ms.analyze`` and ``ms.cost_report`` on every keras.applications model (best of a few runs).
+
+    python benchmarks/analyze_speed.py [--models ResNet50 ...] [--repeats 3]
+
+Prints one line per model and writes benchmarks/results/analyze_speed.json.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import keras  # noqa: E402
+from conformance import application_names, build_application  # noqa: E402
+
+import morphsparse as ms  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def best_time(fn, repeats):
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=None)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "analyze_speed.json"))
+    args = parser.parse_args(argv)
+    rows = []
+    print(f"{'model':20s} {'layers':>7s} {'analyze (s)':>12s} {'cost_report (s)':>16s}")
+    for name in args.models or application_names():
+        model = build_application(name)
+        analyze_s = best_time(lambda: ms.analyze(model), args.repeats)
+        graph = ms.analyze(model)
+        report_s = best_time(lambda: ms.cost_report(graph), args.repeats)
+        rows.append({"model": name, "layers": len(model.layers), "analyze_seconds": round(analyze_s, 4),
+                     "cost_report_seconds": round(report_s, 4)})
+        print(f"{name:20s} {len(model.layers):7d} {analyze_s:12.4f} {report_s:16.4f}", flush=True)
+        keras.backend.clear_session()
+    if args.models is None:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"repeats": args.repeats, "cpu_count": os.cpu_count(),
+                                              "rows": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
