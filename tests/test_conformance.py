@@ -1,0 +1,29 @@
+"""A representative subset of the keras.applications conformance table (benchmarks/conformance.py runs all 40)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from conformance import application_names, check_model  # noqa: E402
+
+
+def test_all_forty_constructors_are_listed():
+    assert len(application_names()) == 40
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ResNet50V2", "Xception", "NASNetMobile", "ConvNeXtTiny", "EfficientNetV2B0",
+                                  "InceptionResNetV2", "VGG16", "MobileNet"])
+def test_application_conforms(name):
+    row = check_model(name, use_profiler=name in ("ConvNeXtTiny", "MobileNet"))
+    assert row["params_match"], row
+    assert row.get("profiler_match", True), row
+    assert row["removable_groups"] > 0
+
+
+def test_import_does_not_load_tensorflow():
+    code = "import sys, morphsparse; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
