@@ -19,7 +19,22 @@ _EXPORTS = {
     "count_flops": "costs", "count_macs": "costs", "count_params": "costs", "cost_report": "costs",
     "CostReport": "costs",
     # unstructured sparse training
+    "sparsify": "sparse", "apply_sparse_gradients": "sparse", "strip": "sparse", "sparsity_report": "sparse",
+    "SparseModel": "sparse", "SparseWrapper": "sparse", "SparsityMonitor": "sparse", "SparsityReport": "sparse",
+    "register_updater": "sparse", "MaskUpdater": "sparse", "DropGrow": "sparse",
+    "UpdateSchedule": "sparse", "PolynomialSchedule": "sparse", "layer_sparsities": "sparse",
+    "lottery_ticket": "sparse", "LotteryTicket": "sparse", "parallel_gap": "sparse", "ParallelGap": "sparse",
+    "GaP": "sparse", "SNIP": "sparse", "gap_phase": "sparse", "planned_peak_parameters": "sparse",
+    "live_parameters": "sparse", "PeakParameterMonitor": "sparse",
     # structure learning
+    "alive_masks": "morph", "group_vectors": "morph", "find_sources": "morph", "AliveError": "morph",
+    "export": "morph", "ExportReport": "morph", "ExportError": "morph",
+    "expand": "morph", "ExpandReport": "morph", "ExpandError": "morph",
+    "save_structure": "morph", "load_structure": "morph", "structure_of": "morph",
+    "masks_from_structure": "morph",
+    "MorphRegularizer": "morph.regularizers", "DeviceProfile": "morph.regularizers",
+    "DEVICE_PROFILES": "morph.regularizers", "UnsupportedLayerError": "morph.regularizers",
+    "cycle": "morph.cycle", "CycleResult": "morph.cycle", "small_resnet": "models",
 }
 
 __all__ = sorted(_EXPORTS)

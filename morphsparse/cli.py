@@ -2,6 +2,8 @@
 
     morphsparse report MODEL            # MODEL: a .keras file or a keras.applications name, e.g. ResNet50
     morphsparse report ResNet50 --input-size 64 --groups
+    morphsparse export MODEL.keras -o slim.keras --structure s.json [--source gamma --threshold 0.01]
+    morphsparse expand SLIM.keras --like ORIGINAL.keras -o wide.keras [--round-to 8]   # or --budget-flops N
 
 Each subcommand is a function ``cmd_NAME(args)`` registered in :func:`build_parser`.
 """
@@ -45,6 +47,60 @@ def cmd_report(args):
     return 0
 
 
+def _print_costs(label, model):
+    import morphsparse as ms
+
+    report = ms.cost_report(model)
+    print(f"{label}: {report.flops:,d} FLOPs, {report.params:,d} parameters")
+    return report
+
+
+def cmd_export(args):
+    import morphsparse as ms
+
+    model = load_model_arg(args.model, args.input_size, args.classes)
+    slim, report = ms.export(model, source=args.source, threshold=args.threshold, l1_fraction=args.l1_fraction,
+                             exact=args.exact, ignore=args.ignore or (), return_report=True)
+    print(report.table())
+    print()
+    print(report.summary())
+    for path, count, reason in report.inexact:
+        print(f"  inexact at the border: {path}: {count} channel(s), {reason}")
+    if report.kept:
+        print(f"  {len(report.kept)} dead channel(s) kept, e.g. {report.kept[0][2]}")
+    if args.structure:
+        ms.save_structure(model, args.structure, source=args.source, threshold=args.threshold,
+                          l1_fraction=args.l1_fraction, alive=report.effective_masks)
+        print(f"structure written to {args.structure}")
+    slim.save(args.output)
+    print(f"slim model written to {args.output}")
+    return 0
+
+
+def cmd_expand(args):
+    import morphsparse as ms
+
+    slim = load_model_arg(args.model)
+    if args.budget is not None:
+        budget = args.budget
+    elif args.like:
+        reference = load_model_arg(args.like)
+        budget = ms.count_flops(reference) if args.target == "flops" else ms.count_params(reference)
+    else:
+        raise SystemExit("morphsparse expand: give --like ORIGINAL.keras or a budget (--budget-flops / "
+                         "--budget-params)")
+    wide, report = ms.expand(slim, budget=budget, target=args.target, round_to=args.round_to,
+                             ignore=args.ignore or (), return_report=True)
+    print(report.table())
+    print()
+    _print_costs("before", slim)
+    _print_costs("after ", wide)
+    print(report.summary())
+    wide.save(args.output)
+    print(f"expanded (freshly initialised) model written to {args.output}")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="morphsparse", description="Sparse and structure-learning tools for "
                                                                      "Keras 3 models.")
@@ -58,7 +114,41 @@ def build_parser():
     report.add_argument("--groups", action="store_true", help="print every channel group, not just a summary")
     report.add_argument("--all-layers", action="store_true", help="list layers that cost nothing too")
     report.set_defaults(func=cmd_report)
+
+    export = sub.add_parser("export", help="remove dead channels (and dead branches/towers) into a slim model")
+    export.add_argument("model", help="a .keras file, or a keras.applications name such as ResNet50")
+    export.add_argument("-o", "--output", required=True, help="where to save the slim .keras model")
+    export.add_argument("--structure", default=None, help="also write the structure JSON here")
+    export.add_argument("--source", choices=("gamma", "group_lasso"), default="gamma",
+                        help="what decides a channel is dead: BatchNorm gamma or the kernel's group-lasso norm")
+    export.add_argument("--threshold", type=float, default=0.01, help="dead below this value (default 0.01)")
+    export.add_argument("--l1-fraction", type=float, default=0.0, help="group lasso: share of the L1 term")
+    export.add_argument("--exact", action="store_true",
+                        help="keep dead channels whose constant would be folded through a padded spatial conv")
+    export.add_argument("--ignore", nargs="*", help="layers whose output channels must not be removed")
+    export.add_argument("--input-size", type=int, default=None, help="square input size for an application")
+    export.add_argument("--classes", type=int, default=None, help="classes for an application's top")
+    export.set_defaults(func=cmd_export)
+
+    expand = sub.add_parser("expand", help="widen a (slim) model by one width multiplier up to a budget")
+    expand.add_argument("model", help="the .keras model to widen, usually a slim one")
+    expand.add_argument("-o", "--output", required=True, help="where to save the widened .keras model")
+    expand.add_argument("--like", default=None, help="take the budget from this model's cost (e.g. the original)")
+    budget = expand.add_mutually_exclusive_group()
+    budget.add_argument("--budget-flops", dest="budget", type=float, default=None, help="FLOP budget")
+    budget.add_argument("--budget-params", dest="budget_params", type=float, default=None,
+                        help="parameter budget (implies --target size)")
+    expand.add_argument("--target", choices=("flops", "size"), default="flops", help="what the budget counts")
+    expand.add_argument("--round-to", type=int, default=None, help="round every width to a multiple (e.g. 8)")
+    expand.add_argument("--ignore", nargs="*", help="layers whose output width must not change")
+    expand.set_defaults(func=_expand_args)
     return parser
+
+
+def _expand_args(args):
+    if args.budget_params is not None:
+        args.budget, args.target = args.budget_params, "size"
+    return cmd_expand(args)
 
 
 def main(argv=None):

@@ -57,6 +57,39 @@ class LayerHandler:
     def describe(self, layer):
         return type(self).__name__
 
+    # --- slim export (morphsparse.morph.export) ---------------------------------------------------------
+    # ``keep_in`` / ``keep_out``: per input / output tensor, a boolean mask of the channel-axis entries that
+    # survive. The defaults describe a channel-keeping layer whose per-channel weights sit on the last axis.
+
+    def live_outputs(self, call, in_live, out_alive):
+        """Surviving entries of each output given those of the inputs (``out_alive``: the alive masks of
+        the output groups); None when the call disappears because nothing it reads survives."""
+        if in_live and not any(m.any() for m in in_live):
+            return None
+        return [in_live[0] for _ in call.output_shapes]
+
+    def rebuild_config(self, call, keep_in, keep_out):
+        """The layer's config in the slim model."""
+        return call.layer.get_config()
+
+    def slice_weights(self, call, keep_in, keep_out, weights):
+        """The surviving slices of ``weights`` (numpy, in ``layer.weights`` order)."""
+        full = len(keep_out[0])
+        return [w[..., keep_out[0]] if w.ndim and w.shape[-1] == full else w for w in weights]
+
+    def rebuild(self, call, step):
+        """Build this call in the slim model; return its new output tensor(s). ``step`` is a
+        :class:`morphsparse.morph.export.RebuildStep` (new input tensors, masks, probe values)."""
+        if not isinstance(call.layer, keras.layers.Layer):
+            # a keras.ops operation: apply it again; an input with no surviving entry is a constant
+            args, kwargs = step.arguments(substitute=step.constant_of)
+            return call.layer(*args, **kwargs)
+        layer = step.new_layer(self.rebuild_config(call, step.keep_in, step.keep_out))
+        args, kwargs = step.arguments()
+        outputs = layer(*args, **kwargs)
+        step.set_weights(layer, self.slice_weights(call, step.keep_in, step.keep_out, step.old_weights()))
+        return outputs
+
 
 # --- channel-keeping layers ---------------------------------------------------------------------------
 
@@ -73,6 +106,18 @@ class PassThrough(LayerHandler):
                                         f"{len(in_map)} channels into {call.output_channels(i)}")
             maps.append(in_map)
         return maps
+
+
+class ChannelSizedPassThrough(PassThrough):
+    """Channel-keeping layer whose config states its channel count under ``config_key``."""
+
+    def __init__(self, config_key):
+        self.config_key = config_key
+
+    def rebuild_config(self, call, keep_in, keep_out):
+        config = call.layer.get_config()
+        config[self.config_key] = int(keep_out[0].sum())
+        return config
 
 
 class ChannelAxisNormalization(PassThrough):
@@ -104,6 +149,35 @@ class Merge(PassThrough):
                 raise graph.error(call, f"merges inputs of widths {[len(x) for x in call.in_maps]}")
         return [tied[0] for _ in call.output_shapes]
 
+    def live_outputs(self, call, in_live, out_alive):
+        width = call.output_channels(0)
+        live = [m for m in in_live if len(m) == width and m.any()]
+        if not live:
+            return None
+        union = np.logical_or.reduce(live)
+        if any(not np.array_equal(m, union) for m in live):
+            raise ValueError("its inputs lose different channels (only whole inputs may become constant)")
+        return [union for _ in call.output_shapes]
+
+    def rebuild(self, call, step):
+        missing = [i for i, t in enumerate(step.inputs) if t is None]
+        if not missing or not isinstance(call.layer, keras.layers.Layer):
+            return super().rebuild(call, step)
+        # A branch with no surviving channel is a constant: Add/Multiply fold it with one keras.ops call
+        # (nothing when it is 0 or 1), any other merge gets it as a constant tensor.
+        live = [t for t in step.inputs if t is not None]
+        constants = [step.constant_of(i) for i in missing]
+        L = keras.layers
+        if type(call.layer) in (L.Add, L.Multiply):
+            add = isinstance(call.layer, L.Add)
+            out = live[0] if len(live) == 1 else step.new_layer()(live)
+            total = sum(constants) if add else np.prod(constants, axis=0)
+            if np.all(total == (0.0 if add else 1.0)):
+                return out
+            return keras.ops.add(out, total) if add else keras.ops.multiply(out, total)
+        return step.new_layer()(*step.arguments(
+            substitute=lambda i: keras.ops.add(keras.ops.zeros_like(live[0]), step.constant_of(i)))[0])
+
 
 class Concatenate(LayerHandler):
     """Concatenation on the channel axis keeps each input's channels at its offset; on another axis the
@@ -116,6 +190,26 @@ class Concatenate(LayerHandler):
             return [np.concatenate(call.in_maps)]
         return Merge().propagate(call, graph)
 
+    def _on_channels(self, call):
+        rank = len(call.output_shapes[0])
+        axis = call.layer.axis if hasattr(call.layer, "axis") else call.node.arguments.kwargs.get("axis", -1)
+        return axis % rank == rank - 1
+
+    def live_outputs(self, call, in_live, out_alive):
+        if not self._on_channels(call):
+            return Merge().live_outputs(call, in_live, out_alive)
+        union = np.concatenate(in_live)
+        return [union] if union.any() else None
+
+    def rebuild(self, call, step):
+        live = [t for t in step.inputs if t is not None]
+        if len(live) == len(step.inputs):
+            return super().rebuild(call, step)
+        if not self._on_channels(call):
+            raise ValueError("an input of a concatenation along a non-channel axis has no live channel")
+        # a tower with no live channel is dropped; its constant is folded by whoever reads the result
+        return live[0] if len(live) == 1 else step.new_layer()(live)
+
 
 class Flatten(LayerHandler):
     """Flatten of a channels-last tensor: channel c of the input becomes every H*W-th entry of the output,
@@ -127,6 +221,11 @@ class Flatten(LayerHandler):
             raise graph.error(call, CHANNELS_LAST_ONLY)
         positions = int(np.prod(in_shape[1:-1])) if len(in_shape) > 2 else 1
         return [np.tile(call.in_maps[0], positions)]
+
+    def live_outputs(self, call, in_live, out_alive):
+        if not in_live[0].any():
+            return None
+        return [np.tile(in_live[0], call.output_channels(0) // len(in_live[0]))]
 
 
 class Reshape(LayerHandler):
@@ -143,6 +242,25 @@ class Reshape(LayerHandler):
         graph.pin(call.in_maps[0], f"{call.path}: reshape mixes channels with other axes")
         return [graph.new_channels(call, call.output_channels(0), pinned=True)]
 
+    def live_outputs(self, call, in_live, out_alive):
+        keep = in_live[0]
+        if not keep.any():
+            return None
+        if call.input_shapes[0][-1] == call.output_shapes[0][-1]:
+            return [keep]
+        if len(call.output_shapes[0]) == 2 and call.output_shapes[0][-1] == np.prod(call.input_shapes[0][1:]):
+            return [np.tile(keep, call.output_channels(0) // len(keep))]
+        if not keep.all():
+            raise ValueError("it mixes channels with other axes, so its input must keep every channel")
+        return [np.ones(call.output_channels(0), bool)]
+
+    def rebuild_config(self, call, keep_in, keep_out):
+        config = call.layer.get_config()
+        target = list(config["target_shape"])
+        target[-1] = int(keep_out[0].sum()) if target[-1] != -1 else -1
+        config["target_shape"] = tuple(target)
+        return config
+
 
 class Opaque(LayerHandler):
     """A layer whose channel semantics are unknown but harmless to keep: its inputs and outputs are pinned
@@ -154,6 +272,14 @@ class Opaque(LayerHandler):
         return [graph.new_channels(call, call.output_channels(i), pinned=True, output=i)
                 for i in range(len(call.output_shapes))]
 
+    def live_outputs(self, call, in_live, out_alive):
+        if not all(m.all() for m in in_live):
+            raise ValueError("an opaque layer must keep all its input channels (an upstream branch died)")
+        return [np.ones(call.output_channels(i), bool) for i in range(len(call.output_shapes))]
+
+    def slice_weights(self, call, keep_in, keep_out, weights):
+        return weights
+
 
 # --- channel producers --------------------------------------------------------------------------------
 
@@ -162,8 +288,91 @@ def _spatial_positions(shape):
     return int(np.prod(shape[1:-1])) if len(shape) > 2 else 1
 
 
+def _as_matrix(kernel, xp, out_axis=-1):
+    """``kernel`` as (fan-in, output entries); numpy values when ``xp`` is numpy, else the variable itself
+    goes through ``xp`` (keras.ops), so a regulariser can differentiate it."""
+    if xp is np:
+        kernel = keras.ops.convert_to_numpy(kernel)
+    if out_axis != -1:
+        kernel = xp.moveaxis(kernel, out_axis, -1)
+    return xp.reshape(kernel, (-1, kernel.shape[-1]))
+
+
+def _cut(layer, weights, **cuts):
+    """``weights`` (numpy, in ``layer.weights`` order) with the variables named in ``cuts`` (attribute name
+    -> function of the array) cut down; other weights are copied as they are."""
+    out = list(weights)
+    for attr, cut in cuts.items():
+        variable = getattr(layer, attr, None)
+        if variable is None:
+            continue
+        for position, w in enumerate(layer.weights):
+            if w is variable:
+                out[position] = cut(out[position])
+                break
+    return out
+
+
+def _weight(layer, weights, variable):
+    """The array in ``weights`` (``layer.weights`` order) that holds ``variable``."""
+    return next(weights[i] for i, w in enumerate(layer.weights) if w is variable)
+
+
+def _spatial_sum(kernel):
+    """A kernel summed over its spatial axes: what a constant input contributes away from the border."""
+    return kernel.astype(np.float64).sum(axis=tuple(range(kernel.ndim - 2)))
+
+
+def _no_spatial_border(layer):
+    """True when a constant input adds the same amount at every output position of a conv."""
+    return layer.padding == "valid" or all(k == 1 for k in layer.kernel_size)
+
+
 class Producer(LayerHandler):
     produces_channels = True
+    #: the config key holding the layer's number of output channels (None: it follows its input)
+    width_key = None
+
+    # --- slim export ---------------------------------------------------------------------------------
+    def live_outputs(self, call, in_live, out_alive):
+        if not in_live[0].any() or not out_alive[0].any():
+            return None
+        return [out_alive[0]]
+
+    def rebuild_config(self, call, keep_in, keep_out):
+        config = call.layer.get_config()
+        if self.width_key:
+            config[self.width_key] = int(keep_out[0].sum())
+        return config
+
+    def fold_exact(self, call):
+        """True when a constant input channel adds the same amount to every output position (so folding it
+        into the bias is exact)."""
+        return True
+
+    def bias_shift(self, call, removed, constants, weights):
+        """What the removed input entries (``removed`` mask; their values in ``constants``) add to each
+        output entry (full width), from the original ``weights``; None when they add nothing."""
+        return None
+
+    def rebuild(self, call, step):
+        old = step.old_weights()
+        config = self.rebuild_config(call, step.keep_in, step.keep_out)
+        weights = self.slice_weights(call, step.keep_in, step.keep_out, old)
+        delta = step.fold_constants(self, old)
+        if delta is not None:
+            weights = step.fold_into_bias(config, weights, delta)
+        layer = step.new_layer(config)
+        args, kwargs = step.arguments()
+        outputs = layer(*args, **kwargs)
+        step.set_weights(layer, weights)
+        return outputs
+
+    # --- structure learning (morphsparse.morph) ---------------------------------------------------------
+    def kernel_matrix(self, call, xp=np):
+        """The weights feeding each output entry, as a (fan-in, output entries) matrix (group lasso reads
+        its columns). ``xp``: numpy for values, keras.ops for a differentiable tensor."""
+        return _as_matrix(call.layer.kernel, xp)
 
     def _check_format(self, call, graph):
         if getattr(call.layer, "data_format", "channels_last") == "channels_first":
@@ -176,6 +385,16 @@ class Producer(LayerHandler):
 
 
 class Dense(Producer):
+    width_key = "units"
+
+    def slice_weights(self, call, keep_in, keep_out, weights):
+        return _cut(call.layer, weights, kernel=lambda w: w[keep_in[0]][:, keep_out[0]],
+                    bias=lambda w: w[keep_out[0]])
+
+    def bias_shift(self, call, removed, constants, weights):
+        kernel = _weight(call.layer, weights, call.layer.kernel)
+        return constants[removed].astype(np.float64) @ kernel[removed].astype(np.float64)
+
     def macs(self, call, alive_in, alive_out):
         return _spatial_positions(call.output_shapes[0]) * alive_in[0] * alive_out[0]
 
@@ -187,6 +406,8 @@ class Dense(Producer):
 class Conv(Producer):
     """Conv1D/2D/3D. Grouped convolutions can only lose channels equally in every group, so channel k of
     each input group is tied to channel k of the other groups, and likewise for outputs."""
+
+    width_key = "filters"
 
     def propagate(self, call, graph):
         self._check_format(call, graph)
@@ -214,6 +435,28 @@ class Conv(Producer):
         bias = alive_out[0] if call.layer.use_bias else 0
         return self._kernel_positions(call) * (alive_in[0] // groups) * alive_out[0] + bias
 
+    def _keep_per_group(self, call, keep):
+        groups = getattr(call.layer, "groups", 1) or 1
+        per_group = keep.reshape(groups, -1)
+        if not (per_group == per_group[0]).all():
+            raise ValueError("a grouped conv must keep the same channels in every group")
+        return per_group[0]
+
+    def slice_weights(self, call, keep_in, keep_out, weights):
+        keep = self._keep_per_group(call, keep_in[0])
+        return _cut(call.layer, weights, kernel=lambda w: w[..., keep, :][..., keep_out[0]],
+                    bias=lambda w: w[keep_out[0]])
+
+    def fold_exact(self, call):
+        return _no_spatial_border(call.layer)
+
+    def bias_shift(self, call, removed, constants, weights):
+        groups = getattr(call.layer, "groups", 1) or 1
+        summed = _spatial_sum(_weight(call.layer, weights, call.layer.kernel))    # (in / groups, out)
+        per_group_in = np.where(removed, constants, 0.0).reshape(groups, -1)
+        width = summed.shape[1] // groups
+        return np.concatenate([per_group_in[g] @ summed[:, g * width:(g + 1) * width] for g in range(groups)])
+
 
 class ConvTranspose(Conv):
     """Transposed conv: each input position scatters a full kernel, so the cost uses the input's spatial
@@ -222,6 +465,22 @@ class ConvTranspose(Conv):
     def macs(self, call, alive_in, alive_out):
         return (_spatial_positions(call.input_shapes[0]) * self._kernel_positions(call)
                 * alive_in[0] * alive_out[0])
+
+    def kernel_matrix(self, call, xp=np):
+        # Keras stores transposed kernels as (*kernel_size, filters, in_channels).
+        return _as_matrix(call.layer.kernel, xp, out_axis=-2)
+
+    def slice_weights(self, call, keep_in, keep_out, weights):
+        return _cut(call.layer, weights, kernel=lambda w: w[..., keep_out[0], :][..., keep_in[0]],
+                    bias=lambda w: w[keep_out[0]])
+
+    def fold_exact(self, call):
+        # every output position of a 1x1, stride-1 transposed conv reads exactly one input position
+        return all(k == 1 for k in call.layer.kernel_size) and all(s == 1 for s in call.layer.strides)
+
+    def bias_shift(self, call, removed, constants, weights):
+        summed = _spatial_sum(_weight(call.layer, weights, call.layer.kernel))    # (out, in)
+        return summed[:, removed] @ constants[removed].astype(np.float64)
 
 
 class DepthwiseConv(Producer):
@@ -235,6 +494,24 @@ class DepthwiseConv(Producer):
         graph.consume(call, call.in_maps[0])
         return [np.repeat(call.in_maps[0], call.layer.depth_multiplier)]
 
+    def kernel_matrix(self, call, xp=np):
+        # (kh, kw, in, m) -> columns in*m, in the order c*m + j of the output channels.
+        kernel = call.layer.kernel
+        if xp is np:
+            kernel = keras.ops.convert_to_numpy(kernel)
+        return xp.reshape(kernel, (-1, kernel.shape[-2] * kernel.shape[-1]))
+
+    def live_outputs(self, call, in_live, out_alive):
+        # a removed input channel takes its m outputs with it, so nothing needs folding here
+        keep = np.repeat(in_live[0], call.layer.depth_multiplier) & out_alive[0]
+        return [keep] if keep.any() else None
+
+    def rebuild_config(self, call, keep_in, keep_out):
+        return call.layer.get_config()
+
+    def slice_weights(self, call, keep_in, keep_out, weights):
+        return _cut(call.layer, weights, kernel=lambda w: w[..., keep_in[0], :], bias=lambda w: w[keep_out[0]])
+
     def macs(self, call, alive_in, alive_out):
         return _spatial_positions(call.output_shapes[0]) * int(np.prod(call.layer.kernel_size)) * alive_out[0]
 
@@ -246,26 +523,60 @@ class DepthwiseConv(Producer):
 class SeparableConv(Producer):
     """SeparableConv = depthwise (multiplier m) then pointwise; only the pointwise output is a new group."""
 
+    width_key = "filters"
+
     def macs(self, call, alive_in, alive_out):
+        if not alive_out[0]:
+            return 0   # no output channel left: the whole layer (depthwise half included) is removed
         m = call.layer.depth_multiplier
         k = int(np.prod(call.layer.kernel_size))
         return _spatial_positions(call.output_shapes[0]) * alive_in[0] * m * (k + alive_out[0])
 
     def params(self, call, alive_in, alive_out):
+        if not alive_out[0]:
+            return 0
         m = call.layer.depth_multiplier
         k = int(np.prod(call.layer.kernel_size))
         bias = alive_out[0] if call.layer.use_bias else 0
         return k * alive_in[0] * m + alive_in[0] * m * alive_out[0] + bias
 
+    def kernel_matrix(self, call, xp=np):
+        return _as_matrix(call.layer.pointwise_kernel, xp)
+
+    def slice_weights(self, call, keep_in, keep_out, weights):
+        rows = np.repeat(keep_in[0], call.layer.depth_multiplier)
+        return _cut(call.layer, weights, depthwise_kernel=lambda w: w[..., keep_in[0], :],
+                    pointwise_kernel=lambda w: w[..., rows, :][..., keep_out[0]], bias=lambda w: w[keep_out[0]])
+
+    def fold_exact(self, call):
+        return _no_spatial_border(call.layer)
+
+    def bias_shift(self, call, removed, constants, weights):
+        pointwise = _weight(call.layer, weights, call.layer.pointwise_kernel)
+        depthwise = _weight(call.layer, weights, call.layer.depthwise_kernel)
+        per_copy = _spatial_sum(depthwise) * np.where(removed, constants, 0.0)[:, None]    # (in, m)
+        return per_copy.reshape(-1) @ pointwise.reshape(per_copy.size, -1).astype(np.float64)
+
 
 class Embedding(Producer):
     """Embedding: integer ids in, ``output_dim`` new channels out; a table look-up costs no MACs."""
+
+    width_key = "output_dim"
 
     def propagate(self, call, graph):
         return [graph.new_channels(call, call.output_channels(0))]
 
     def params(self, call, alive_in, alive_out):
         return call.layer.input_dim * alive_out[0]
+
+    def kernel_matrix(self, call, xp=np):
+        return _as_matrix(call.layer.embeddings, xp)
+
+    def live_outputs(self, call, in_live, out_alive):
+        return [out_alive[0]] if out_alive[0].any() else None
+
+    def slice_weights(self, call, keep_in, keep_out, weights):
+        return _cut(call.layer, weights, embeddings=lambda w: w[:, keep_out[0]])
 
 
 class Input(LayerHandler):
@@ -335,8 +646,8 @@ def _register_defaults():
     ):
         register_handler(cls, pass_through)
     # keras.applications' own channel-keeping layers (ConvNeXt, EfficientNet); named to avoid imports.
-    for name in ("keras.src.applications.convnext.LayerScale", "keras.src.applications.convnext.StochasticDepth"):
-        register_handler(name, pass_through)
+    register_handler("keras.src.applications.convnext.LayerScale", ChannelSizedPassThrough("projection_dim"))
+    register_handler("keras.src.applications.convnext.StochasticDepth", pass_through)
     # Preprocessing/augmentation layers keep channels.
     for name in dir(L):
         if name.startswith("Random"):
@@ -381,6 +692,6 @@ def _register_defaults():
 
 _register_defaults()
 
-__all__ = ["LayerHandler", "PassThrough", "ChannelAxisNormalization", "Merge", "Concatenate", "Flatten", "Reshape", "Opaque", "Producer",
+__all__ = ["LayerHandler", "PassThrough", "ChannelSizedPassThrough", "ChannelAxisNormalization", "Merge", "Concatenate", "Flatten", "Reshape", "Opaque", "Producer",
            "Dense", "Conv", "ConvTranspose", "DepthwiseConv", "SeparableConv", "Embedding", "Input",
            "register_handler", "get_handler"]

@@ -1,0 +1,50 @@
+"""Structure learning (MorphNet for Keras 3): alive channels, regularisers, slim export, width expansion.
+
+The export/expand/structure functions are bound eagerly (see below); the rest resolve lazily.
+"""
+
+from importlib import import_module
+
+# ``export`` and ``expand`` are both a submodule and a function; binding the functions here, after their
+# modules load, keeps ``morphsparse.morph.export`` the function whichever import runs first.
+from morphsparse.morph.alive import AliveError, alive_masks, group_vectors  # noqa: E402,F401
+from morphsparse.morph.export import ExportError, ExportReport, export  # noqa: E402,F401
+from morphsparse.morph.expand import ExpandError, ExpandReport, expand  # noqa: E402,F401
+from morphsparse.morph.structure import load_structure, masks_from_structure, save_structure, structure_of  # noqa: E402,F401,E501
+
+_EXPORTS = {
+    # alive channels (alive.py)
+    "alive_masks": "alive", "group_vectors": "alive", "find_sources": "alive", "channel_norms": "alive",
+    "RegularizationSource": "alive", "AliveError": "alive", "alive_counts": "alive",
+    # slim export, structure files, expansion
+    "export": "export", "ExportReport": "export", "ExportError": "export",
+    "save_structure": "structure", "load_structure": "structure", "structure_of": "structure",
+    "masks_from_structure": "structure", "propagated_masks": "alive",
+    "expand": "expand", "ExpandReport": "expand", "ExpandError": "expand",
+}
+#: modules searched for names not listed above (the regulariser and the cycle define their own).
+_OTHER_MODULES = ("regularizers", "cycle")
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is not None:
+        value = getattr(import_module(f"{__name__}.{module}"), name)
+        globals()[name] = value
+        return value
+    for module in _OTHER_MODULES:
+        try:
+            mod = import_module(f"{__name__}.{module}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{module}":
+                raise
+            continue
+        if hasattr(mod, name):
+            value = getattr(mod, name)
+            globals()[name] = value
+            return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,313 @@
+"""Which channels of a model are alive: the regularisation vectors and alive masks of its channel groups.
+
+Every removable channel group of the channel graph gets one value per channel (its *regularisation vector* R)
+read from the model's current weights, and a channel is alive when R > threshold (MorphNet, reference 2.1):
+
+* ``source="gamma"``: R = |gamma| of the BatchNormalization that follows each channel source (a Conv, Dense,
+  SeparableConv or DepthwiseConv; a chain of channel-keeping layers such as an activation may sit between).
+  A source with no BatchNormalization after it is not regularised and does not vote (MorphNet does the same),
+  so a group whose sources all lack one has no vector and stays alive.
+* ``source="group_lasso"``: R = (1 - l1_fraction) * sqrt(mean(w**2)) + l1_fraction * mean(|w|) over the
+  weights feeding each output channel of every source's kernel (the mean, not the sum, so one threshold fits
+  layers of any fan-in).
+
+A group with several sources (a residual Add ties the last conv of every block of a stage) takes the
+elementwise max of their vectors, so a channel is alive when any source keeps it (logical OR).
+
+The pieces are public so a regulariser can reuse them on differentiable tensors: :func:`find_sources` lists
+(group, layer, weight, channel map) once, and :func:`channel_norms` works with numpy or keras.ops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from morphsparse import handlers as _handlers
+from morphsparse.graph import ChannelGraph, GraphError, analyze
+
+SOURCES = ("gamma", "group_lasso")
+DEFAULT_THRESHOLD = 1e-2
+
+
+class AliveError(ValueError):
+    """A threshold or mask that would remove channels that must stay (the message says which and why)."""
+
+
+@dataclass(eq=False)
+class RegularizationSource:
+    """One weight that decides whether channels of a group live.
+
+    ``producer``: the layer call creating the channels; ``layer``: the call holding ``weight`` (the following
+    BatchNormalization in gamma mode, the producer itself in group-lasso mode); ``channels[j]``: the group
+    channel of entry j of the weight's output axis (depthwise multipliers map several entries to one channel).
+    """
+
+    group: int
+    kind: str
+    producer: object
+    layer: object
+    weight: object
+    channels: np.ndarray
+
+    def values(self, l1_fraction=0.0, xp=np):
+        """R for every entry of the weight's output axis (numpy, or a keras.ops tensor when ``xp`` is ops)."""
+        if self.kind == "gamma":
+            gamma = keras.ops.convert_to_numpy(self.weight) if xp is np else self.weight
+            return xp.abs(gamma)
+        return channel_norms(self.producer.handler.kernel_matrix(self.producer, xp), l1_fraction, xp)
+
+
+def channel_norms(matrix, l1_fraction=0.0, xp=np):
+    """Group-lasso norm of each column of a (fan-in, outputs) kernel matrix:
+    (1 - l1_fraction) * sqrt(mean(w**2)) + l1_fraction * mean(|w|)."""
+    if not 0.0 <= l1_fraction <= 1.0:
+        raise ValueError(f"l1_fraction must be in [0, 1], got {l1_fraction}")
+    value = 0.0
+    if l1_fraction < 1.0:
+        value = (1.0 - l1_fraction) * xp.sqrt(xp.mean(xp.square(matrix), axis=0))
+    if l1_fraction > 0.0:
+        value = value + l1_fraction * xp.mean(xp.abs(matrix), axis=0)
+    return value
+
+
+def _graph(model_or_graph):
+    if isinstance(model_or_graph, ChannelGraph):
+        return model_or_graph
+    if isinstance(model_or_graph, keras.Model):
+        return analyze(model_or_graph)
+    raise TypeError(f"expected a keras.Model or a ChannelGraph, got {type(model_or_graph).__name__}")
+
+
+def _check_source(source):
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; use one of {SOURCES}")
+
+
+def is_channel_source(call):
+    """True for calls whose weights decide which of their output channels live (kernel layers)."""
+    return isinstance(call.handler, _handlers.Producer) and call.first_call and hasattr(
+        call.handler, "kernel_matrix")
+
+
+def _following_batch_norm(index, k, max_steps=4, with_scale=True):
+    """The BatchNormalization that alone reads call k's output, directly or through a chain of single
+    channel-keeping layers. None when any other layer reads the output on the way: gamma then does not
+    silence the channel everywhere (DenseNet's transition conv also feeds a concatenation, say)."""
+    key = index.outputs_of[k][0]
+    for _ in range(max_steps):
+        readers = index.followers(key)
+        if len(readers) != 1:
+            return None
+        reader = readers[0]
+        if isinstance(reader.layer, keras.layers.BatchNormalization):
+            return reader if _normalises_channels(reader) and (reader.layer.scale or not with_scale) else None
+        if type(reader.handler) is not _handlers.PassThrough:
+            return None
+        key = index.outputs_of[index.index_of[id(reader)]][0]
+    return None
+
+
+def _normalises_channels(call):
+    axis = call.layer.axis
+    axes = axis if isinstance(axis, (list, tuple)) else [axis]
+    rank = len(call.input_shapes[0])
+    return [a % rank for a in axes] == [rank - 1]
+
+
+def find_sources(model_or_graph, source="gamma", index=None):
+    """Every :class:`RegularizationSource` of the model for ``source`` ("gamma" or "group_lasso")."""
+    from morphsparse.morph.replay import TensorIndex
+
+    _check_source(source)
+    graph = _graph(model_or_graph)
+    index = index or TensorIndex(graph)
+    found = []
+    for k, call in enumerate(graph.calls):
+        if not is_channel_source(call) or not call.out_groups:
+            continue
+        groups, channels = call.out_groups[0], call.out_channels_idx[0]
+        if len(set(groups.tolist())) != 1:
+            continue  # a producer always starts one group; anything else is not ours to regularise
+        gid = int(groups[0])
+        if source == "gamma":
+            bn = _following_batch_norm(index, k)
+            if bn is None:
+                continue
+            found.append(RegularizationSource(gid, source, call, bn, bn.layer.gamma, channels))
+        else:
+            found.append(RegularizationSource(gid, source, call, call, None, channels))
+    return found
+
+
+def group_vectors(model_or_graph, source="gamma", l1_fraction=0.0, sources=None):
+    """``{group id: R}`` for every group with at least one regularisation source (removable or not).
+
+    R has one float per channel of the group: the max over the group's sources. Channels no source covers
+    get +inf (they can never die).
+    """
+    graph = _graph(model_or_graph)
+    sources = find_sources(graph, source) if sources is None else sources
+    vectors = {}
+    for src in sources:
+        size = graph.groups[src.group].size
+        vector = vectors.setdefault(src.group, np.full(size, -np.inf))
+        np.maximum.at(vector, src.channels, np.asarray(src.values(l1_fraction), dtype=np.float64))
+    for vector in vectors.values():
+        vector[np.isneginf(vector)] = np.inf
+    return vectors
+
+
+def alive_masks(model_or_graph, source="gamma", threshold=DEFAULT_THRESHOLD, l1_fraction=0.0, check=True,
+                propagate=True):
+    """``{group id: boolean mask}`` for every group of the channel graph.
+
+    A channel of a removable group is alive when its regularisation value exceeds ``threshold``; groups
+    that are not removable (network inputs and outputs, ``ignore=`` layers, opaque layers) and groups with no
+    regularisation source are all alive. With ``check`` (the default) an :class:`AliveError` is raised when
+    the threshold kills every channel of a non-removable group, or leaves no live path from the network's
+    inputs to an output. With ``propagate`` (the default) channels computed only by layers that read no live
+    channel are dead too (:func:`propagated_masks`), so these masks price exactly what :func:`export` keeps.
+    """
+    _check_source(source)
+    if threshold is None or not np.isfinite(threshold) or threshold < 0:
+        raise ValueError(f"threshold must be a finite number >= 0, got {threshold}")
+    graph = _graph(model_or_graph)
+    vectors = group_vectors(graph, source, l1_fraction)
+    masks = {}
+    for group in graph.groups:
+        vector = vectors.get(group.id)
+        if vector is None:
+            masks[group.id] = np.ones(group.size, dtype=bool)
+            continue
+        alive = vector > threshold
+        if not group.removable:
+            if not alive.any() and check:
+                raise AliveError(
+                    f"threshold {threshold} kills every channel of group G{group.id} (max {source} value "
+                    f"{vector.max():.3g}), which cannot be removed ({'; '.join(sorted(set(group.pinned_by)))}). "
+                    "Lower the threshold, or check that the regulariser did not collapse the network.")
+            alive = np.ones(group.size, dtype=bool)
+        masks[group.id] = alive
+    if check:
+        check_connected(graph, masks)
+    if propagate:
+        masks = propagated_masks(graph, masks)
+    return masks
+
+
+def propagated_masks(graph, masks):
+    """``masks`` less the channels no surviving layer computes: a layer that reads no live channel is
+    removed by export (a residual branch or a tower that died upstream), so its own channels die too unless
+    another producer of their group lives. Non-removable groups stay whole."""
+    from morphsparse.morph.replay import TensorIndex
+
+    index = TensorIndex(graph)
+    live, _, _ = live_entries(graph, masks, index)
+    effective = effective_masks(graph, live, index)
+    return {gid: (effective[gid] if graph.groups[gid].removable else np.ones(graph.groups[gid].size, bool))
+            for gid in masks}
+
+
+def check_connected(graph, masks):
+    """Raise :class:`AliveError` when, with these masks, some network output no longer depends on any input
+    (a chain of layers whose channels all died: the model would emit a constant)."""
+    from morphsparse.morph.replay import TensorIndex
+
+    index = TensorIndex(graph)
+    flat = flat_mask(graph, masks)
+    signal = {key: True for key in index.model_inputs}
+    for k, call in enumerate(graph.calls):
+        if call.node is None:
+            continue
+        carried = [signal.get(key, False) and bool(entry_mask(graph, flat, groups, channels).any())
+                   for key, groups, channels in zip(index.inputs_of[k], call.in_groups, call.in_channels)]
+        for key, groups, channels in zip(index.outputs_of[k], call.out_groups, call.out_channels_idx):
+            signal[key] = any(carried) and bool(entry_mask(graph, flat, groups, channels).any())
+    cut = [graph.calls[index.producer_of[key]].path for key in index.model_outputs if not signal.get(key)]
+    if cut:
+        raise AliveError(
+            f"with these alive channels no input reaches output(s) {cut}: every channel of some layer on each "
+            "path died, so the exported model would be a constant. Lower the threshold or the regulariser "
+            "strength.")
+
+
+def flat_mask(graph, masks):
+    """The masks of all groups concatenated in group order (groups not in ``masks`` are alive)."""
+    return np.concatenate([np.asarray(masks.get(g.id, np.ones(g.size, bool)), dtype=bool)
+                           for g in graph.groups] or [np.zeros(0, bool)])
+
+
+def entry_mask(graph, flat, groups, channels):
+    """Alive flag of each entry of a channel axis given its (group, channel) arrays and a :func:`flat_mask`."""
+    return flat[graph._offsets[groups] + channels]
+
+
+def live_entries(graph, masks, index=None):
+    """Surviving entries of every tensor's channel axis, and the calls that disappear.
+
+    Returns ``(live, removed, dead_ends)``: ``live[key]`` a boolean array per tensor key of
+    :class:`TensorIndex`; ``removed`` the call indices that disappear: those whose outputs are all constant
+    (nothing they read survives) and the ``dead_ends``, whose outputs no surviving layer reads.
+    """
+    from morphsparse.morph.replay import TensorIndex
+
+    index = index or TensorIndex(graph)
+    flat = flat_mask(graph, masks)
+    live, removed = {}, set()
+    for k, call in enumerate(graph.calls):
+        out_alive = [entry_mask(graph, flat, g, c) for g, c in zip(call.out_groups, call.out_channels_idx)]
+        if call.node is None:
+            outs = [np.ones(call.output_channels(0), bool)]
+        else:
+            in_live = [live[key] for key in index.inputs_of[k]]
+            try:
+                outs = call.handler.live_outputs(call, in_live, out_alive)
+            except ValueError as err:
+                raise ValueError(f"cannot export layer '{call.path}' ({type(call.layer).__name__}): {err}") from None
+        if outs is None:
+            removed.add(k)
+            outs = [np.zeros(call.output_channels(i), bool) for i in range(len(call.output_shapes))]
+        for key, mask in zip(index.outputs_of[k], outs):
+            live[key] = np.asarray(mask, bool)
+    # Dead ends: a layer whose outputs reach no output through surviving layers (the depthwise conv at the
+    # head of a ConvNeXt branch whose MLP died) is dropped by the functional rebuild too.
+    outputs = set(index.model_outputs)
+    needed = set()
+    for k in range(len(graph.calls) - 1, -1, -1):
+        if k in removed or graph.calls[k].node is None:
+            continue
+        if any(key in outputs or any(r in needed for r, _ in index.readers.get(key, ()))
+               for key in index.outputs_of[k] if live[key].any()):
+            needed.add(k)
+    dead_ends = {k for k, call in enumerate(graph.calls) if call.node is not None and k not in removed
+                 and k not in needed}
+    for k in dead_ends:
+        for key in index.outputs_of[k]:
+            live[key] = np.zeros(len(live[key]), bool)
+    return live, removed | dead_ends, dead_ends
+
+
+def effective_masks(graph, live, index):
+    """Group masks of the channels that survive somewhere in the slim model (a channel of a group that is
+    alive but only read by removed layers is not)."""
+    masks = {g.id: np.zeros(g.size, bool) for g in graph.groups}
+    for k, call in enumerate(graph.calls):
+        for key, groups, channels in zip(index.outputs_of[k], call.out_groups, call.out_channels_idx):
+            keep = live[key]
+            for gid in np.unique(groups[keep]).tolist():
+                masks[gid][channels[keep & (groups == gid)]] = True
+    return masks
+
+
+def alive_counts(masks):
+    """``{group id: number of alive channels}``."""
+    return {gid: int(np.count_nonzero(mask)) for gid, mask in masks.items()}
+
+
+__all__ = ["SOURCES", "DEFAULT_THRESHOLD", "AliveError", "RegularizationSource", "channel_norms",
+           "find_sources", "group_vectors", "alive_masks", "check_connected", "alive_counts",
+           "is_channel_source", "flat_mask", "entry_mask", "live_entries", "effective_masks",
+           "propagated_masks", "GraphError"]

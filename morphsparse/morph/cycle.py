@@ -1,0 +1,175 @@
+"""MorphNet's shrink -> export -> expand -> retrain cycle, with the user's own data and fit arguments.
+
+One cycle (algorithms.md 2.5): train the current model with a :class:`MorphRegularizer` (shrink), export the
+slim network (dead channels removed), widen it with a uniform width multiplier back to the budget (by default
+the cost of the model you started from), and retrain the widened network from scratch. The next cycle
+shrinks the retrained network again. The user's model, data and ``fit`` arguments are passed through as they
+are: ``cycle`` adds no training logic of its own.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import keras
+
+from morphsparse.costs import count_flops, count_params
+from morphsparse.morph import alive as _alive
+from morphsparse.morph.regularizers import MorphRegularizer
+
+#: targets that ``ms.expand`` can budget; other regulariser targets expand on FLOPs unless told otherwise.
+EXPANDABLE = ("flops", "size")
+
+
+@dataclass
+class CycleStep:
+    """What one cycle produced: the slim and widened models' costs, widths and training histories."""
+
+    index: int
+    slim: keras.Model
+    model: keras.Model                   # the widened, retrained network (input to the next cycle)
+    shrink_history: dict
+    retrain_history: dict
+    slim_flops: int
+    slim_params: int
+    flops: int
+    params: int
+    evaluation: dict | None = None
+    seconds: float = 0.0
+
+    def summary(self):
+        text = (f"cycle {self.index}: slim {self.slim_flops:,d} FLOPs / {self.slim_params:,d} params -> expanded "
+                f"{self.flops:,d} FLOPs / {self.params:,d} params ({self.seconds:.0f} s)")
+        if self.evaluation:
+            text += "; " + ", ".join(f"{k} {v:.4g}" for k, v in self.evaluation.items())
+        return text
+
+
+@dataclass
+class CycleResult:
+    """``model``: the last retrained network; ``steps``: one :class:`CycleStep` per cycle; ``budget``: the
+    cost every expansion aimed at (in ``expand_target`` units)."""
+
+    model: keras.Model
+    budget: float
+    expand_target: str
+    steps: list = field(default_factory=list)
+
+    def summary(self):
+        return "\n".join([f"{len(self.steps)} cycle(s) at a budget of {self.budget:,.0f} {self.expand_target}"]
+                         + [s.summary() for s in self.steps])
+
+
+def _compiler(model, compile):
+    """A function that compiles a fresh model like the user wants: their callable, or the seed's own compile
+    configuration (a new optimizer of the same kind for every model)."""
+    if compile is not None:
+        if not callable(compile):
+            raise TypeError("compile= must be a callable taking a model (and compiling it)")
+        return compile
+    config = model.get_compile_config() if model.compiled else None
+    if not config:
+        raise ValueError("cycle() needs to compile the models it builds: compile the seed model first, or pass "
+                         "compile=lambda m: m.compile(...)")
+
+    def compile_like_seed(new_model):
+        new_model.compile_from_config(config)
+
+    return compile_like_seed
+
+
+def _expand(slim, budget, target, round_to):
+    from morphsparse.morph.expand import expand
+    wide = expand(slim, budget=budget, target=target, round_to=round_to)
+    return wide[0] if isinstance(wide, tuple) else wide
+
+
+def _budget_of(model, target):
+    return count_flops(model) if target == "flops" else count_params(model)
+
+
+def cycle(model, fit, cycles=1, *, retrain=None, compile=None, retrain_compile=None, target="flops", source="gamma",
+          threshold=_alive.DEFAULT_THRESHOLD, strength=None, strength_multiplier=None, l1_fraction=0.0,
+          device="v100", expand_target=None, budget=None, round_to=1, evaluate=None, exact=False, verbose=True,
+          **regularizer_kwargs):
+    """Run ``cycles`` MorphNet cycles (shrink -> export -> expand -> retrain) and return a :class:`CycleResult`.
+
+    Args:
+        model: the seed network (a built functional or Sequential model; trained or not). It is not modified:
+            every shrink phase trains a copy.
+        fit: keyword arguments for ``Model.fit`` during the shrink phase: your data and settings, e.g.
+            ``dict(x=x, y=y, epochs=5, batch_size=128, validation_data=(xv, yv), callbacks=[...])``.
+        cycles: how many cycles to run.
+        retrain: ``fit`` arguments for retraining the widened network; merged over ``fit`` (so
+            ``retrain=dict(epochs=10)`` only changes the epochs). Default: the same as ``fit``.
+        compile: ``callable(model)`` that compiles a model; by default every new model is compiled with the
+            seed's compile configuration (``model.get_compile_config()``), so compile the seed first.
+        retrain_compile: ``callable(model)`` compiling the widened network for retraining (default: ``compile``),
+            e.g. a lower learning rate than structure learning uses.
+        target, source, threshold, strength, strength_multiplier, l1_fraction, device: passed to
+            :class:`MorphRegularizer` (``threshold`` also to ``export``).
+        expand_target: "flops" or "size": the cost the width multiplier restores (default: ``target`` when
+            it is one of those, else "flops").
+        budget: the cost to expand back to (default: the seed model's cost in ``expand_target`` units).
+        round_to: channel rounding of the expansion (e.g. 8).
+        evaluate: optional ``callable(model) -> dict`` run after each retraining (e.g. test accuracy).
+        exact: passed to ``export`` (keep dead channels whose fold would be inexact at image borders).
+    """
+    if not isinstance(fit, dict):
+        raise TypeError("fit= must be a dict of Model.fit keyword arguments, e.g. dict(x=x, y=y, epochs=5)")
+    if not (isinstance(cycles, int) and cycles >= 1):
+        raise ValueError(f"cycles must be an integer >= 1, got {cycles!r}")
+    expand_target = expand_target or (target if target in EXPANDABLE else "flops")
+    if expand_target not in EXPANDABLE:
+        raise ValueError(f"expand_target must be one of {EXPANDABLE}, got {expand_target!r}")
+    compile_model = _compiler(model, compile)
+    compile_retrain = compile_model if retrain_compile is None else _compiler(model, retrain_compile)
+    retrain_fit = {**fit, **(retrain or {})}
+    budget = _budget_of(model, expand_target) if budget is None else budget
+    reg_options = dict(target=target, source=source, threshold=threshold, strength=strength,
+                       l1_fraction=l1_fraction, device=device, **regularizer_kwargs)
+    if strength_multiplier is not None:
+        reg_options["strength_multiplier"] = strength_multiplier
+    result = CycleResult(model=model, budget=budget, expand_target=expand_target)
+    current = model
+    for index in range(1, cycles + 1):
+        start = time.perf_counter()
+        # Shrink a copy: the seed and every step's retrained model stay as they were (the next cycle's
+        # structure learning would otherwise overwrite the previous cycle's result).
+        trainable = _copy_model(current)
+        regularizer = MorphRegularizer(trainable, **reg_options)
+        regularizer.attach(trainable)
+        compile_model(trainable)
+        shrink_history = trainable.fit(**fit).history
+        regularizer.detach(trainable)
+        slim = _export(trainable, source, threshold, l1_fraction, exact)
+        wide = _expand(slim, budget, expand_target, round_to)
+        compile_retrain(wide)
+        retrain_history = wide.fit(**retrain_fit).history
+        step = CycleStep(index, slim, wide, shrink_history, retrain_history, count_flops(slim),
+                         count_params(slim), count_flops(wide), count_params(wide))
+        if evaluate is not None:
+            step.evaluation = dict(evaluate(wide))
+        step.seconds = time.perf_counter() - start
+        result.steps.append(step)
+        if verbose:
+            print(f"[morphsparse.cycle] {regularizer.summary()}")
+            print(f"[morphsparse.cycle] {step.summary()}")
+        current = wide
+    result.model = current
+    return result
+
+
+def _copy_model(model):
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _export(model, source, threshold, l1_fraction, exact):
+    from morphsparse.morph.export import export
+    return export(model, source=source, threshold=threshold, l1_fraction=l1_fraction, exact=exact)
+
+
+__all__ = ["cycle", "CycleResult", "CycleStep"]

@@ -1,0 +1,560 @@
+"""Slim export: rebuild a model without its dead channels, as an ordinary Keras model.
+
+``export(model)`` reads which channels are alive (``alive.py``), then
+
+1. works out, tensor by tensor, which channel-axis entries survive (:func:`live_entries`): dead group channels
+   go everywhere; a layer that reads no surviving entry disappears (a residual branch whose channels all died,
+   a concat tower with no live channel), and its output is a constant;
+2. runs the original layers once on two random probe inputs with the dead channels set to what they carry
+   once dead (act(beta) behind a BatchNorm, act(bias) for a zeroed kernel), to learn the value every removed
+   entry has where a layer reads it (:class:`Probe`);
+3. rebuilds the graph call by call with narrower layers (each layer's handler says how: new config, weight
+   slices, see ``handlers.py``), folding the constants of removed inputs into the next bias (or into the
+   moving mean of the BatchNorm after a bias-free conv), and merging constant branches into the surviving
+   path with a keras.ops add/multiply.
+
+The fold is exact for Dense layers and 1x1 or 'valid' convolutions. A spatial 'same' convolution sees zeros
+beyond the image border where the constant channel would have had its value, so there the slim model differs
+at border pixels; ``exact=True`` keeps such channels instead (no fold of a non-zero constant through a
+padded spatial kernel). Channels read by a layer that normalises across channels (LayerNormalization,
+GroupNormalization, UnitNormalization, Softmax) are always kept: removing one would change the statistics of
+the others. Channels that turn out not to be constant (a gamma-regularised channel multiplied by an
+unregularised one, say) are kept too. The report lists every such decision.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+
+from morphsparse import handlers as _handlers
+from morphsparse.costs import count_flops, count_params
+from morphsparse.graph import GraphError, analyze
+from morphsparse.morph import alive as _alive
+from morphsparse.morph.replay import TensorIndex
+
+#: relative tolerance for "the same value" when deciding whether a removed entry is constant
+CONSTANT_RTOL = 1e-5
+
+
+class ExportError(GraphError):
+    """The model cannot be exported as asked; the message names the layer and the reason."""
+
+
+# --- the probe -----------------------------------------------------------------------------------------
+
+@dataclass
+class EntryValues:
+    """What the removed entries of one input of one call carry: ``value`` (one number per removed entry, at
+    the centre of the image), ``varies`` (differs between probe examples: not a constant at all) and
+    ``uniform`` (the same at every position)."""
+
+    removed: np.ndarray          # boolean mask over the input's channel axis
+    value: np.ndarray
+    varies: np.ndarray
+    uniform: np.ndarray
+
+
+class Probe:
+    """Runs the original layers eagerly on random inputs, with dead channels forced to their dead value, and
+    records the values of removed entries where they are read."""
+
+    def __init__(self, graph, index, forced, live, batch=2, seed=0):
+        self.values = {}
+        rng = np.random.default_rng(seed)
+        data = {}
+        for key, tensor in zip(index.model_inputs, _model_inputs(graph.model)):
+            shape = (batch,) + tuple(tensor.shape[1:])
+            if "int" in str(tensor.dtype):
+                data[key] = rng.integers(0, 2, size=shape).astype(str(tensor.dtype))
+            else:
+                data[key] = rng.normal(size=shape).astype(str(tensor.dtype))
+        readers_left = {key: len(r) for key, r in index.readers.items()}
+        for k, call in enumerate(graph.calls):
+            if call.node is None:
+                continue
+            for i, key in enumerate(index.inputs_of[k]):
+                removed = ~live[key]
+                if removed.any():
+                    self.values[(k, i)] = _entry_values(data[key], removed)
+            args, kwargs = index.arguments(k, data)
+            outputs = call.layer(*args, **kwargs)
+            outputs = [keras.ops.convert_to_numpy(t) for t in keras.tree.flatten(outputs)]
+            for position, entries, value in forced.get(k, ()):
+                outputs[position][..., entries] = value[entries]
+            for key, value in zip(index.outputs_of[k], outputs):
+                data[key] = value
+            for key in index.inputs_of[k]:   # free what nobody reads any more
+                readers_left[key] -= 1
+                if readers_left[key] == 0 and key not in index.model_outputs:
+                    data.pop(key, None)
+
+    def at(self, k, i):
+        return self.values.get((k, i))
+
+
+def _model_inputs(model):
+    from morphsparse.graph import _functional_of
+    return _functional_of(model).inputs
+
+
+def _entry_values(array, removed):
+    array = np.asarray(array, dtype=np.float64)
+    picked = array[..., removed]                       # (batch, *spatial, n)
+    scale = 1.0 + np.abs(picked).max(initial=0.0)
+    tol = CONSTANT_RTOL * scale
+    flat = picked.reshape(picked.shape[0], -1, picked.shape[-1])
+    varies = np.abs(flat - flat[:1]).max(axis=(0, 1)) > tol
+    centre = flat[0, flat.shape[1] // 2]
+    uniform = np.abs(flat[0] - centre).max(axis=0) <= tol
+    return EntryValues(removed, centre, varies, uniform)
+
+
+def _forced_values(graph, index, sources, masks):
+    """Per call index: (output position, entries, value) to overwrite: the dead channels of every source."""
+    flat = _alive.flat_mask(graph, masks)
+    forced = {}
+    for src in sources:
+        k = index.index_of[id(src.layer)]
+        call = src.layer
+        dead = ~_alive.entry_mask(graph, flat, call.out_groups[0], call.out_channels_idx[0])
+        dead &= call.out_groups[0] == src.group
+        if not dead.any():
+            continue
+        layer = call.layer
+        if src.kind == "gamma":
+            beta = layer.beta if getattr(layer, "center", True) else None
+            value = (keras.ops.convert_to_numpy(beta) if beta is not None
+                     else np.zeros(call.output_channels(0), "float32"))
+        else:
+            bias = getattr(layer, "bias", None) if getattr(layer, "use_bias", False) else None
+            value = (keras.ops.convert_to_numpy(bias) if bias is not None
+                     else np.zeros(call.output_channels(0), "float32"))
+            activation = getattr(layer, "activation", None)
+            if activation is not None:
+                value = keras.ops.convert_to_numpy(activation(keras.ops.convert_to_tensor(value)))
+        forced.setdefault(k, []).append((0, dead, np.asarray(value)))
+    return forced
+
+
+# --- the report ----------------------------------------------------------------------------------------
+
+@dataclass
+class LayerWidths:
+    path: str
+    class_name: str
+    in_before: list
+    in_after: list
+    out_before: list
+    out_after: list
+    status: str            # "kept", "narrowed" or "removed"
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export` did. ``masks``: alive masks used (after channels kept for exactness);
+    ``effective_masks``: channels present in the slim model; the slim model costs
+    ``count_flops(model, alive=report.effective_masks)`` less the layers in ``dead_ends``; ``kept``: (group, channel, reason) of dead
+    channels kept; ``inexact``: (layer, channels, reason) of folds that are not exact at image borders."""
+
+    model_name: str
+    source: str
+    threshold: float
+    exact: bool
+    masks: dict
+    effective_masks: dict     # see the class docstring
+    layers: list = field(default_factory=list)
+    kept: list = field(default_factory=list)
+    inexact: list = field(default_factory=list)
+    folded: int = 0
+    flops_before: int = 0
+    flops_after: int = 0
+    params_before: int = 0
+    params_after: int = 0
+    seconds: float = 0.0
+
+    @property
+    def removed_layers(self):
+        """Layers the slim model does not have: those that read no live channel and the dead ends."""
+        return [row.path for row in self.layers if row.status in ("removed", "dead end")]
+
+    @property
+    def dead_ends(self):
+        """Layers dropped because nothing that survives reads their output (their channels may be alive
+        elsewhere, so ``count_flops(model, alive=masks)`` still counts them)."""
+        return [row.path for row in self.layers if row.status == "dead end"]
+
+    def summary(self):
+        narrowed = sum(row.status == "narrowed" for row in self.layers)
+        return (f"export of '{self.model_name}': {self.flops_before:,d} -> {self.flops_after:,d} FLOPs "
+                f"(x{self.flops_after / max(self.flops_before, 1):.3f}), {self.params_before:,d} -> "
+                f"{self.params_after:,d} params; {narrowed} layers narrowed, {len(self.removed_layers)} removed, "
+                f"{self.folded} constant folds ({len(self.inexact)} inexact at borders), {len(self.kept)} dead "
+                f"channels kept; {self.seconds:.2f} s")
+
+    def table(self, only_changed=True):
+        lines = [f"{'layer':44s} {'class':20s} {'in before->after':>18s} {'out before->after':>18s}  status"]
+        for row in self.layers:
+            if only_changed and row.status == "kept":
+                continue
+            ins = f"{'+'.join(map(str, row.in_before))}->{'+'.join(map(str, row.in_after))}"
+            outs = f"{'+'.join(map(str, row.out_before))}->{'+'.join(map(str, row.out_after))}"
+            lines.append(f"{row.path[:44]:44s} {row.class_name[:20]:20s} {ins[:18]:>18s} {outs[:18]:>18s}  "
+                         f"{row.status}")
+        return "\n".join(lines)
+
+    def __str__(self):
+        return self.summary()
+
+
+# --- the rebuild ---------------------------------------------------------------------------------------
+
+class RebuildStep:
+    """One layer call being rebuilt: what handlers see. ``inputs``: the new tensors (None for an input with
+    no surviving entry); ``keep_in`` / ``keep_out``: surviving entries of each input and output; ``probe``:
+    :class:`EntryValues` of each input's removed entries (None when nothing was removed)."""
+
+    def __init__(self, exporter, k):
+        self.exporter, self.k = exporter, k
+        self.call = exporter.graph.calls[k]
+        index = exporter.index
+        self.inputs = [exporter.tensors.get(key) for key in index.inputs_of[k]]
+        self.keep_in = [exporter.live[key] for key in index.inputs_of[k]]
+        self.keep_out = [exporter.live[key] for key in index.outputs_of[k]]
+        self.probe = [exporter.probe.at(k, i) for i in range(len(self.inputs))]
+
+    def constant_of(self, i):
+        """Input i (which has no surviving entry) as a numpy constant over the output's surviving entries
+        (broadcast over batch and space), for merging it into the surviving path."""
+        values = self.probe[i]
+        if values is None:
+            raise ExportError(f"layer '{self.call.path}': input {i} has no recorded value")
+        full = np.zeros(len(values.removed))
+        full[values.removed] = values.value
+        if values.varies.any():
+            raise ExportError(f"layer '{self.call.path}': input {i} has no live channel but is not constant")
+        if not values.uniform.all():
+            self.exporter.report.inexact.append((self.call.path, int((~values.uniform).sum()),
+                                                 "constant branch differs at the image border"))
+        width = len(self.keep_out[0])
+        if len(full) == width:
+            full = full[self.keep_out[0]]
+        return full.astype("float32")
+
+    def arguments(self, substitute=None):
+        """(args, kwargs) of the original call with the new tensors in place (removed inputs replaced by
+        ``substitute(i)``)."""
+        node = self.call.node
+        tensors = {}
+        for i, t in enumerate(node.input_tensors):
+            value = self.inputs[i]
+            if value is None and substitute is not None:
+                value = substitute(i)
+            tensors[id(t)] = value
+        return node.arguments.fill_in(tensors)
+
+    def new_layer(self, config=None):
+        return self.exporter.new_layer(self.call, config)
+
+    def old_weights(self):
+        return [keras.ops.convert_to_numpy(w) for w in self.call.layer.weights]
+
+    def fold_constants(self, handler, old_weights):
+        """What the removed constant inputs of this kernel layer add to each of its outputs (full width), or
+        None when they add nothing; notes folds that are not exact at image borders."""
+        values = self.probe[0]
+        if values is None:
+            return None
+        constants = np.zeros(len(values.removed))
+        constants[values.removed] = values.value
+        if not constants.any():
+            return None
+        delta = handler.bias_shift(self.call, values.removed, constants, old_weights)
+        if delta is None:
+            return None
+        report = self.exporter.report
+        report.folded += 1
+        nonzero = values.value != 0
+        border = (~values.uniform) | (nonzero & (not handler.fold_exact(self.call)))
+        if border.any():
+            report.inexact.append((self.call.path, int(border.sum()),
+                                   "constant channels folded through a padded spatial kernel"))
+        return np.asarray(delta, dtype=np.float64)
+
+    def fold_into_bias(self, config, weights, delta):
+        """Add ``delta`` (per original output entry) to the bias. A bias-free layer whose only reader is a
+        BatchNormalization shifts that BN's moving mean instead (BN(y + d) with mean m = BN(y) with mean
+        m - d); any other bias-free layer gets a bias."""
+        layer, keep = self.call.layer, self.keep_out[0]
+        weights = list(weights)
+        if getattr(layer, "use_bias", False) and getattr(layer, "bias", None) is not None:
+            position = _weight_position(layer, layer.bias)
+            weights[position] = (weights[position] + delta[keep]).astype(weights[position].dtype)
+            return weights
+        exporter = self.exporter
+        readers = exporter.index.readers.get(exporter.index.outputs_of[self.k][0], [])
+        if len(readers) == 1 and readers[0][0] not in exporter.removed and isinstance(
+                exporter.graph.calls[readers[0][0]].layer, keras.layers.BatchNormalization):
+            shift = exporter.pending_mean_shift.setdefault(readers[0][0], np.zeros(len(keep)))
+            shift += delta
+            return weights
+        config["use_bias"] = True
+        weights.append(delta[keep].astype("float32"))
+        return weights
+
+    def set_weights(self, layer, arrays):
+        shift = self.exporter.pending_mean_shift.get(self.k)
+        if shift is not None:
+            arrays = list(arrays)
+            position = _weight_position(self.call.layer, self.call.layer.moving_mean)
+            arrays[position] = (arrays[position] - shift[self.keep_in[0]]).astype(arrays[position].dtype)
+        expected = [tuple(w.shape) for w in layer.weights]
+        got = [tuple(a.shape) for a in arrays]
+        if expected != got:
+            raise ExportError(f"layer '{self.call.path}': sliced weights {got} do not fit the rebuilt layer "
+                              f"{expected}; its handler's slice_weights/rebuild_config disagree")
+        layer.set_weights(arrays)
+
+
+class _Exporter:
+    def __init__(self, model, graph, masks, sources, exact, name, report):
+        self.model, self.graph, self.exact, self.name = model, graph, exact, name
+        self.index = TensorIndex(graph)
+        self.masks = {gid: np.array(m, bool) for gid, m in masks.items()}
+        self.sources = sources
+        self.report = report
+        self.layers = {}            # id(original layer) -> rebuilt layer (shared layers stay shared)
+        self.pending_mean_shift = {}   # BN call index -> shift of its moving mean (bias folded past a conv)
+        self.before_forcing = self._between_sources_and_their_batch_norms()
+
+    def _between_sources_and_their_batch_norms(self):
+        """Calls from a gamma source's producer to its BatchNorm (excluded): a dead channel there still
+        carries the producer's signal, which the BatchNorm then multiplies by gamma ~ 0."""
+        index, calls = self.index, set()
+        for src in self.sources:
+            if src.layer is src.producer:
+                continue
+            key, target = index.outputs_of[index.index_of[id(src.producer)]][0], index.index_of[id(src.layer)]
+            for _ in range(8):
+                readers = [k for k, _ in index.readers.get(key, ())]
+                calls.update(readers)
+                if target in readers or len(readers) != 1:
+                    break
+                key = index.outputs_of[readers[0]][0]
+        return calls
+
+    # 1-2: surviving entries and probe values, keeping channels whose removal would not be exact
+    def settle(self):
+        for _ in range(8):
+            try:
+                self.live, self.removed, self.dead_ends = _alive.live_entries(self.graph, self.masks, self.index)
+            except ValueError as err:
+                raise ExportError(str(err)) from None
+            forced = _forced_values(self.graph, self.index, self.sources, self.masks)
+            self.probe = Probe(self.graph, self.index, forced, self.live)
+            if not self._keep_what_must_stay():
+                return
+        raise ExportError("could not settle which channels to keep (8 rounds); please report this model")
+
+    def _keep_what_must_stay(self):
+        """Bring back dead channels whose removal would change the output; True if any came back."""
+        changed, unresolved = False, []
+        flat = _alive.flat_mask(self.graph, self.masks)
+        for (k, i), values in self.probe.values.items():
+            call = self.graph.calls[k]
+            if k in self.before_forcing or k in self.dead_ends or (
+                    k in self.removed and not isinstance(call.handler, _handlers.Producer)):
+                continue
+            if k in self.removed and not any(_alive.entry_mask(self.graph, flat, g, c).any()
+                                             for g, c in zip(call.out_groups, call.out_channels_idx)):
+                continue   # every output channel is dead: what this layer reads does not matter
+            normalises = _normalises_across_channels(call)
+            # Removed values matter only where they are folded (kernel layers), merged in as a constant (an
+            # input with no live entry) or normalised with live channels; elsewhere they just flow on
+            # (0 * gate is constant even though the gate is not).
+            folds = isinstance(call.handler, _handlers.Producer) and not isinstance(
+                call.handler, _handlers.DepthwiseConv)
+            merged_constant = values.removed.all() and k not in self.removed
+            if not (folds or normalises or merged_constant):
+                continue
+            groups, channels = call.in_groups[i], call.in_channels[i]
+            removed = np.flatnonzero(values.removed)
+            reasons = {}
+            for j, entry in enumerate(removed.tolist()):
+                if values.varies[j]:
+                    reasons[entry] = "not constant (depends on the input)"
+                elif normalises:
+                    reasons[entry] = f"normalised together with other channels by {type(call.layer).__name__}"
+                elif folds and self.exact and (not values.uniform[j] or (
+                        not call.handler.fold_exact(call) and abs(values.value[j]) > 0.0)):
+                    reasons[entry] = "exact=True: constant would cross a padded spatial kernel"
+            for entry, reason in reasons.items():
+                gid, ch = int(groups[entry]), int(channels[entry])
+                if not self.masks[gid][ch]:
+                    self.masks[gid][ch] = True
+                    self.report.kept.append((gid, ch, f"{call.path}: {reason}"))
+                    changed = True
+                elif reason.startswith("not constant"):
+                    unresolved.append(call.path)
+        if unresolved and not changed:
+            # entries removed only because their layer starved, yet not constant: nothing left to bring back
+            raise ExportError(f"layer '{unresolved[0]}': a removed input channel is not constant; this model "
+                              "cannot be exported exactly (please report it)")
+        return changed
+
+    # 3: rebuild
+    def new_layer(self, call, config=None):
+        layer = call.layer
+        if id(layer) in self.layers:
+            return self.layers[id(layer)]
+        config = dict(layer.get_config() if config is None else config)
+        config.pop("build_config", None)
+        config["name"] = call.path.replace("/", "__")
+        new = type(layer).from_config(config)
+        self.layers[id(layer)] = new
+        return new
+
+    def rebuild(self):
+        graph, index = self.graph, self.index
+        self.tensors = {}
+        new_inputs = []
+        for key, tensor in zip(index.model_inputs, _model_inputs(self.model)):
+            layer = tensor._keras_history.operation
+            new = keras.Input(batch_shape=tuple(tensor.shape), dtype=tensor.dtype, name=layer.name)
+            self.tensors[key] = new
+            new_inputs.append(new)
+        for k, call in enumerate(graph.calls):
+            if call.node is None or k in self.removed:
+                continue
+            step = RebuildStep(self, k)
+            try:
+                outputs = call.handler.rebuild(call, step)
+            except ExportError:
+                raise
+            except (ValueError, TypeError, NotImplementedError) as err:
+                raise ExportError(f"cannot rebuild layer '{call.path}' ({type(call.layer).__name__}): {err}") from err
+            outputs = keras.tree.flatten(outputs)
+            for key, tensor, keep in zip(index.outputs_of[k], outputs, step.keep_out):
+                if tensor is not None and tuple(tensor.shape)[-1] not in (None, int(keep.sum())) and len(
+                        tensor.shape) > 1:
+                    raise ExportError(f"layer '{call.path}' rebuilt with {tensor.shape[-1]} channels, expected "
+                                      f"{int(keep.sum())}")
+                self.tensors[key] = tensor
+        outputs = []
+        for key in index.model_outputs:
+            if key not in self.tensors or not self.live[key].all():
+                path = graph.calls[index.producer_of[key]].path
+                raise ExportError(f"network output '{path}' would lose channels or become constant")
+            outputs.append(self.tensors[key])
+        functional = _functional_of_model(self.model)
+        single_in = not isinstance(functional._inputs_struct, (list, tuple, dict))
+        single_out = not isinstance(functional._outputs_struct, (list, tuple, dict))
+        return keras.Model(new_inputs[0] if single_in and len(new_inputs) == 1 else new_inputs,
+                           outputs[0] if single_out and len(outputs) == 1 else outputs, name=self.name)
+
+
+def _weight_position(layer, variable):
+    for position, w in enumerate(layer.weights):
+        if w is variable:
+            return position
+    raise ExportError(f"layer '{layer.name}': weight {variable.name} not found")
+
+
+def _functional_of_model(model):
+    from morphsparse.graph import _functional_of
+    return _functional_of(model)
+
+
+def _normalises_across_channels(call):
+    layer = call.layer
+    if isinstance(layer, (keras.layers.LayerNormalization, keras.layers.GroupNormalization,
+                          keras.layers.UnitNormalization, keras.layers.Softmax)):
+        return True
+    activation = getattr(layer, "activation", None)
+    return isinstance(layer, keras.layers.Activation) and getattr(activation, "__name__", "") in (
+        "softmax", "log_softmax")
+
+
+# --- entry point ---------------------------------------------------------------------------------------
+
+def export(model, source="gamma", threshold=_alive.DEFAULT_THRESHOLD, l1_fraction=0.0, alive=None, exact=False,
+           ignore=(), name=None, return_report=False):
+    """A slim copy of ``model`` without its dead channels, with the surviving weights copied.
+
+    ``source`` ("gamma" or "group_lasso"), ``threshold`` and ``l1_fraction`` decide which channels are dead
+    from the model's weights alone (see :func:`morphsparse.alive_masks`); or pass ``alive``, a mapping group
+    id (or producer layer name) -> boolean mask, to choose yourself (a channel you mark dead is exported as if
+    its ``source`` weight were zero: gamma, or the kernel slice for group lasso). ``exact=True`` keeps dead channels
+    whose constant output would have to be folded through a zero-padded spatial convolution (the only case
+    where the slim model differs, at image borders). ``ignore``: layers whose outputs must not shrink.
+
+    Returns the slim ``keras.Model`` (it saves and loads without morphsparse), or ``(slim, ExportReport)``
+    with ``return_report=True``.
+    """
+    start = time.perf_counter()
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"export() takes a keras.Model, got {type(model).__name__}")
+    graph = analyze(model, ignore=ignore)
+    if alive is None:
+        # threshold masks only: starved channels are found by the live pass, and forcing one to its dead
+        # value (beta) would be wrong -- it carries BN(conv(constant)), which the probe computes
+        masks = _alive.alive_masks(graph, source, threshold, l1_fraction, propagate=False)
+    else:
+        masks = _user_masks(graph, alive)
+    sources = _alive.find_sources(graph, source)
+    report = ExportReport(model.name, source, threshold, exact, masks, {})
+    exporter = _Exporter(model, graph, masks, sources, exact, name or model.name, report)
+    exporter.settle()
+    slim = exporter.rebuild()
+    report.masks = exporter.masks
+    report.effective_masks = _alive.effective_masks(graph, exporter.live, exporter.index)
+    _fill_report(report, graph, exporter, slim)
+    report.seconds = time.perf_counter() - start
+    return (slim, report) if return_report else slim
+
+
+def _user_masks(graph, alive):
+    masks = {g.id: np.ones(g.size, bool) for g in graph.groups}
+    for key, value in alive.items():
+        group = graph._resolve_group(key)
+        value = np.asarray(value)
+        if value.dtype != bool or value.shape != (group.size,):
+            raise ValueError(f"alive[{key!r}] must be a boolean mask of shape ({group.size},)")
+        if not group.removable and not value.all():
+            raise _alive.AliveError(f"alive[{key!r}] removes channels of group G{group.id}, which cannot be "
+                                    f"removed ({'; '.join(sorted(set(group.pinned_by)))})")
+        masks[group.id] = value.copy()
+    _alive.check_connected(graph, masks)
+    return masks
+
+
+def _fill_report(report, graph, exporter, slim):
+    index = exporter.index
+    for k, call in enumerate(graph.calls):
+        if call.node is None:
+            continue
+        in_before = [len(exporter.live[key]) for key in index.inputs_of[k]]
+        in_after = [int(exporter.live[key].sum()) for key in index.inputs_of[k]]
+        out_before = [len(exporter.live[key]) for key in index.outputs_of[k]]
+        out_after = [int(exporter.live[key].sum()) for key in index.outputs_of[k]]
+        if k in exporter.dead_ends:
+            status, out_after = "dead end", [0] * len(out_after)
+        elif k in exporter.removed:
+            status, out_after = "removed", [0] * len(out_after)
+        elif in_before != in_after or out_before != out_after:
+            status = "narrowed"
+        else:
+            status = "kept"
+        report.layers.append(LayerWidths(call.path, type(call.layer).__name__, in_before, in_after, out_before,
+                                         out_after, status))
+    report.flops_before = count_flops(graph)
+    report.params_before = count_params(graph)
+    slim_graph = analyze(slim)
+    report.flops_after = count_flops(slim_graph)
+    report.params_after = count_params(slim_graph)
+
+
+__all__ = ["export", "ExportReport", "ExportError", "RebuildStep"]

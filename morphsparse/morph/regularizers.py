@@ -1,0 +1,628 @@
+"""MorphNet's resource-weighted sparsifying regulariser for Keras 3 (reference: algorithms.md section 2.2).
+
+Every channel group has a regularisation vector R (|gamma| of the BatchNorm after each producer, or a group-lasso
+norm of its kernel; :mod:`morphsparse.morph.alive` finds them) and an alive mask (R > threshold). For every layer
+call that multiplies by weights, the cost of the call is a bilinear function of the number of alive entries on
+its input and output channel axes, A_in and A_out::
+
+    cost = c_io * A_in * A_out + c_i * A_in + c_o * A_out + c_0
+
+The coefficients are read off the layer's own handler (``handler.macs`` / ``handler.params``), so the cost the
+regulariser targets is exactly what :func:`morphsparse.count_flops` and :func:`morphsparse.count_params` count.
+The regularisation term replaces each alive count by the sum of R over the same entries, *one side at a time*::
+
+    term = c_io * (A_in * R_out + A_out * R_in) + c_i * R_in + c_o * R_out
+
+with A_in and A_out held constant, so the gradient on a channel's R is its marginal cost: how much the target
+would drop if that channel died. For Conv2D this is MorphNet's ``coeff * (A_in * R_out + A_out * R_in)`` with
+``coeff = 2 * H_out * W_out * kh * kw`` (FLOPs) or ``kh * kw`` plus the bias (size). DepthwiseConv follows
+MorphNet: ``term = coeff * (R_in + R_out)``, its input and output being the same channels.
+
+Channels of pinned groups (network inputs and outputs, ``ignore=`` layers) and channels with no regularisation
+source are not regularised: R = 0 in the term, and they always count as alive.
+"""
+
+from __future__ import annotations
+
+import types
+import warnings
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from morphsparse import handlers as _handlers
+from morphsparse.graph import analyze
+from morphsparse.morph import alive as _alive
+
+TARGETS = ("flops", "size", "latency", "activations")
+
+#: strength = DEFAULT_STRENGTH_MULTIPLIER / initial cost. With |gamma| ~ 1 at initialisation the term is about
+#: twice the cost, so the regularisation loss starts near 2 x multiplier: comparable to a classifier's
+#: cross-entropy. See docs/structure_learning.md for how to scan it.
+DEFAULT_STRENGTH_MULTIPLIER = 1.0
+
+
+# --- device profiles for the latency target ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """A roofline: a layer takes max(FLOPs / peak_flops, bytes / memory_bandwidth) seconds."""
+
+    name: str
+    peak_flops: float            # FLOP/s
+    memory_bandwidth: float      # bytes/s
+    bytes_per_element: int = 4   # float32 weights and activations
+
+    def __post_init__(self):
+        if not (self.peak_flops > 0 and self.memory_bandwidth > 0 and self.bytes_per_element > 0):
+            raise ValueError(f"device profile {self.name!r}: peak_flops, memory_bandwidth and bytes_per_element "
+                             "must be positive")
+
+
+#: Nominal fp32 peak compute and memory bandwidth from the vendors' data sheets. Only the ratio of the two
+#: decides which layers are memory-bound; pass your own DeviceProfile for a measured machine.
+DEVICE_PROFILES = {
+    "p100": DeviceProfile("p100", 9.3e12, 732e9),
+    "v100": DeviceProfile("v100", 15.7e12, 900e9),
+    "t4": DeviceProfile("t4", 8.1e12, 320e9),
+    "a100": DeviceProfile("a100", 19.5e12, 1555e9),
+    "h100": DeviceProfile("h100", 67e12, 3350e9),
+    # A two-core AVX2 laptop/server share: 2 cores x 3 GHz x 32 fp32 FLOP/cycle, ~20 GB/s.
+    "cpu": DeviceProfile("cpu", 192e9, 20e9),
+}
+
+
+def device_profile(device) -> DeviceProfile:
+    if isinstance(device, DeviceProfile):
+        return device
+    if isinstance(device, str) and device.lower() in DEVICE_PROFILES:
+        return DEVICE_PROFILES[device.lower()]
+    raise ValueError(f"unknown device {device!r}: use one of {sorted(DEVICE_PROFILES)} or a "
+                     "morphsparse.morph.regularizers.DeviceProfile(name, peak_flops, memory_bandwidth)")
+
+
+# --- per-call cost polynomials ---------------------------------------------------------------------------
+
+class Bilinear:
+    """For each kernel call k: value_k = c0 + ci*A_in + co*A_out + cio*A_in*A_out + cdw*A_out.
+
+    ``cdw`` holds a depthwise conv's cost, whose regularisation term is cdw * (R_in + R_out) as in MorphNet
+    instead of the plain marginal cdw * R_out.
+    """
+
+    def __init__(self, n):
+        self.c0, self.ci, self.co, self.cio, self.cdw = (np.zeros(n) for _ in range(5))
+
+    def per_call(self, a_in, a_out):
+        return self.c0 + self.ci * a_in + (self.co + self.cdw) * a_out + self.cio * a_in * a_out
+
+    def per_call_term(self, a_in, a_out, r_in, r_out):
+        """The marginal-cost term: each alive count replaced by the sum of R over the same entries, one side
+        at a time, the other side's count held constant."""
+        return (self.ci * r_in + self.co * r_out + self.cio * (a_in * r_out + a_out * r_in)
+                + self.cdw * (r_in + r_out))
+
+    def value(self, a_in, a_out, xp=np):
+        return xp.sum(self.per_call(a_in, a_out))
+
+    def term(self, a_in, a_out, r_in, r_out, xp=np):
+        return xp.sum(self.per_call_term(a_in, a_out, r_in, r_out))
+
+    def scaled(self, factor):
+        out = Bilinear(len(self.c0))
+        for name in ("c0", "ci", "co", "cio", "cdw"):
+            setattr(out, name, getattr(self, name) * factor)
+        return out
+
+    def plus(self, other):
+        out = Bilinear(len(self.c0))
+        for name in ("c0", "ci", "co", "cio", "cdw"):
+            setattr(out, name, getattr(self, name) + getattr(other, name))
+        return out
+
+
+class UnsupportedLayerError(ValueError):
+    """A layer whose cost the regulariser cannot express (the message names it and says what to do)."""
+
+
+def _fit_bilinear(call, count, what):
+    """Read the bilinear coefficients of ``count(a_in, a_out)`` (a handler's macs or params) by probing the
+    corners of the alive-count square, then check an interior point so a non-bilinear handler is refused."""
+    s = call.input_channels(0) if call.input_shapes else 0
+    t = call.output_channels(0)
+    groups = int(getattr(call.layer, "groups", 1) or 1)
+    f00, fs0, f0t, fst = count(0, 0), count(s, 0), count(0, t), count(s, t)
+    c0 = f00
+    ci = (fs0 - f00) / s if s else 0.0
+    co = (f0t - f00) / t if t else 0.0
+    cio = (fst - fs0 - f0t + f00) / (s * t) if s and t else 0.0
+    a = max(groups, (s // 2) // groups * groups) if s else 0
+    b = max(1, t // 2) if t else 0
+    expected = c0 + ci * a + co * b + cio * a * b
+    if not np.isclose(count(a, b), expected, rtol=1e-9, atol=1e-6):
+        raise UnsupportedLayerError(
+            f"layer '{call.path}' ({type(call.layer).__name__}): its handler's {what} are not bilinear in the "
+            "alive input and output channels, so MorphRegularizer cannot price its channels. Pin the layer "
+            "with ignore=[...] when analysing, or give its handler bilinear macs()/params().")
+    return c0, ci, co, cio
+
+
+def _positions(shape):
+    return int(np.prod(shape[1:-1])) if len(shape) > 2 else 1
+
+
+class KernelCalls:
+    """The layer calls that cost anything, with their cost polynomials and the sparse matrices that sum a
+    per-channel vector (R or alive) over each call's input and output channel-axis entries."""
+
+    def __init__(self, graph):
+        self.graph = graph
+        offsets = graph._offsets
+        calls, flops, params, in_pos, out_pos, first, depthwise = [], [], [], [], [], [], []
+        for call in graph.calls:
+            if call.node is None or not call.out_groups:
+                continue
+            handler = call.handler
+            in_full = [call.input_channels(i) for i in range(len(call.input_shapes))]
+            out_full = [call.output_channels(i) for i in range(len(call.output_shapes))]
+
+            def macs(a, b, call=call, handler=handler, in_full=in_full, out_full=out_full):
+                return float(handler.macs(call, [a] + in_full[1:], [b] + out_full[1:]))
+
+            def param_count(a, b, call=call, handler=handler, in_full=in_full, out_full=out_full):
+                return float(handler.params(call, [a] + in_full[1:], [b] + out_full[1:]))
+
+            full_macs = macs(*in_full[:1] or [0], out_full[0])
+            full_params = param_count(*in_full[:1] or [0], out_full[0]) if call.first_call else 0.0
+            if not full_macs and not full_params:
+                continue
+            if len(call.input_shapes) != 1 or len(call.output_shapes) != 1:
+                raise UnsupportedLayerError(
+                    f"layer '{call.path}' ({type(call.layer).__name__}) has weights and "
+                    f"{len(call.input_shapes)} inputs / {len(call.output_shapes)} outputs; MorphRegularizer "
+                    "prices single-input, single-output kernel layers only. Pin it with ignore=[...].")
+            calls.append(call)
+            flops.append([2 * c for c in _fit_bilinear(call, macs, "MACs")])
+            params.append(_fit_bilinear(call, param_count, "parameters") if call.first_call else (0, 0, 0, 0))
+            in_pos.append(_positions(call.input_shapes[0]))
+            out_pos.append(_positions(call.output_shapes[0]))
+            first.append(call.first_call)
+            depthwise.append(isinstance(handler, _handlers.DepthwiseConv))
+        self.calls = calls
+        n = len(calls)
+        self.flops, self.params = Bilinear(n), Bilinear(n)
+        for k in range(n):
+            self.flops.c0[k], self.flops.ci[k], self.flops.co[k], self.flops.cio[k] = flops[k]
+            self.params.c0[k], self.params.ci[k], self.params.co[k], self.params.cio[k] = params[k]
+            if depthwise[k]:
+                self.flops.cdw[k], self.flops.co[k] = self.flops.co[k], 0.0
+        # Layers with MACs (conv, dense, ...) carry FLOPs, latency and activations; the others (BatchNorm)
+        # carry parameters only.
+        self.has_macs = np.asarray([bool(np.any(f)) for f in flops], dtype=bool).reshape(n)
+        self.kernel_mask = self.has_macs.astype(np.float64)
+        self.in_positions = np.asarray(in_pos, dtype=np.float64)
+        self.out_positions = np.asarray(out_pos, dtype=np.float64)
+        self.n_channels = int(offsets[-1])
+        self.in_matrix = self._summing_matrix([offsets[c.in_groups[0]] + c.in_channels[0] for c in calls])
+        self.out_matrix = self._summing_matrix([offsets[c.out_groups[0]] + c.out_channels_idx[0] for c in calls])
+
+    def _summing_matrix(self, flat_indices):
+        """(calls x channels) counts: row k sums a flat per-channel vector over call k's channel-axis entries
+        (a Dense after Flatten reads each channel H*W times). Kept as coordinates: large models have tens of
+        thousands of channels and only a few hundred entries per row are non-zero."""
+        rows, cols = [], []
+        for k, idx in enumerate(flat_indices):
+            cols.append(np.asarray(idx, dtype=np.int64))
+            rows.append(np.full(len(idx), k, dtype=np.int64))
+        rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        cols = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+        pairs, counts = np.unique(np.stack([rows, cols], axis=1), axis=0, return_counts=True)
+        return pairs.reshape(-1, 2), counts.astype(np.float64)
+
+    def _apply(self, matrix, vector, xp):
+        pairs, counts = matrix
+        if xp is np:
+            out = np.zeros(len(self.calls))
+            np.add.at(out, pairs[:, 0], counts * vector[pairs[:, 1]])
+            return out
+        # gather + segment sum rather than a sparse matmul: XLA compiles it (fit uses XLA on GPU machines)
+        picked = tf.gather(vector, tf.constant(pairs[:, 1], tf.int32)) * tf.constant(counts, vector.dtype)
+        return tf.math.unsorted_segment_sum(picked, tf.constant(pairs[:, 0], tf.int32), len(self.calls))
+
+    def sums(self, vector, xp=np):
+        """(per-call sum over input entries, per-call sum over output entries) of a flat channel vector."""
+        return self._apply(self.in_matrix, vector, xp), self._apply(self.out_matrix, vector, xp)
+
+
+# --- targets -------------------------------------------------------------------------------------------------
+
+class Target:
+    """A resource as a function of the alive counts (``cost``) and its regularisation term (``term``)."""
+
+    name = "?"
+    unit = ""
+
+    def __init__(self, kernel_calls):
+        self.k = kernel_calls
+
+    def cost(self, a_in, a_out, xp=np):
+        raise NotImplementedError
+
+    def term(self, a_in, a_out, r_in, r_out, xp=np):
+        raise NotImplementedError
+
+
+class FlopsTarget(Target):
+    name, unit = "flops", "FLOPs"
+
+    def cost(self, a_in, a_out, xp=np):
+        return self.k.flops.value(a_in, a_out, xp)
+
+    def term(self, a_in, a_out, r_in, r_out, xp=np):
+        return self.k.flops.term(a_in, a_out, r_in, r_out, xp)
+
+
+class SizeTarget(Target):
+    """Parameter count, as count_params counts it: kernels (kh*kw*A_in*A_out), biases and BatchNorm."""
+
+    name, unit = "size", "parameters"
+
+    def cost(self, a_in, a_out, xp=np):
+        return self.k.params.value(a_in, a_out, xp)
+
+    def term(self, a_in, a_out, r_in, r_out, xp=np):
+        return self.k.params.term(a_in, a_out, r_in, r_out, xp)
+
+
+class ActivationsTarget(Target):
+    """Alive output channels of every kernel layer (cost = A_out, term = R_out), as in MorphNet."""
+
+    name, unit = "activations", "output channels"
+
+    def cost(self, a_in, a_out, xp=np):
+        return xp.sum(self.k.kernel_mask * a_out)
+
+    def term(self, a_in, a_out, r_in, r_out, xp=np):
+        return xp.sum(self.k.kernel_mask * r_out)
+
+
+class LatencyTarget(Target):
+    """Roofline latency in seconds: per call max(FLOPs / peak, bytes / bandwidth). Bytes are the call's weights
+    (read at every call) plus its input and output activations. Only the binding side is regularised."""
+
+    name, unit = "latency", "seconds"
+
+    def __init__(self, kernel_calls, device):
+        super().__init__(kernel_calls)
+        self.device = device_profile(device)
+        k, bpe = kernel_calls, self.device.bytes_per_element
+        weights = self._weights_of_every_call(k)
+        activations = Bilinear(len(k.calls))
+        activations.ci, activations.co = k.in_positions.copy(), k.out_positions.copy()
+        self.compute = k.flops.scaled(1.0 / self.device.peak_flops)
+        # Only layers that compute are timed (as in MorphNet); BatchNorm and friends are left out.
+        self.memory = weights.plus(activations).scaled(bpe / self.device.memory_bandwidth * k.has_macs)
+
+    @staticmethod
+    def _weights_of_every_call(k):
+        # params() counts a shared layer's weights at its first call only; a call reads them every time.
+        weights = Bilinear(len(k.calls))
+        by_layer = {}
+        for j, call in enumerate(k.calls):
+            if call.first_call:
+                by_layer[id(call.layer)] = j
+        for j, call in enumerate(k.calls):
+            src = by_layer.get(id(call.layer), j)
+            for name in ("c0", "ci", "co", "cio"):
+                getattr(weights, name)[j] = getattr(k.params, name)[src]
+        return weights
+
+    def compute_bound(self, a_in, a_out):
+        return self.compute.per_call(a_in, a_out) >= self.memory.per_call(a_in, a_out)
+
+    def cost(self, a_in, a_out, xp=np):
+        return xp.sum(xp.maximum(self.compute.per_call(a_in, a_out), self.memory.per_call(a_in, a_out)))
+
+    def term(self, a_in, a_out, r_in, r_out, xp=np):
+        bound = self.compute_bound(a_in, a_out)
+        return xp.sum(xp.where(bound, self.compute.per_call_term(a_in, a_out, r_in, r_out),
+                               self.memory.per_call_term(a_in, a_out, r_in, r_out)))
+
+
+def _make_target(name, kernel_calls, device):
+    if name == "flops":
+        return FlopsTarget(kernel_calls)
+    if name == "size":
+        return SizeTarget(kernel_calls)
+    if name == "activations":
+        return ActivationsTarget(kernel_calls)
+    if name == "latency":
+        return LatencyTarget(kernel_calls, device)
+    raise ValueError(f"unknown target {name!r}; use one of {TARGETS}")
+
+
+# --- the regulariser ----------------------------------------------------------------------------------------
+
+def _scale_for_replicas(value):
+    """Divide by the number of replicas inside a tf.distribute replica context, as Keras does for every loss,
+    so that summing the per-replica gradients applies the term once."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return value / replicas if replicas > 1 else value
+
+
+class MorphRegularizer:
+    """MorphNet's resource-weighted group-sparsity regulariser for a Keras 3 functional or Sequential model.
+
+    Args:
+        model: the built model to regularise (its channel graph is read once, here).
+        target: "flops", "size" (parameters), "latency" (roofline on ``device``) or "activations".
+        source: "gamma" (|gamma| of the BatchNorm after each conv/dense) or "group_lasso" (kernel norms).
+        threshold: a channel is alive when its R exceeds this (the same value you pass to ``ms.export``).
+        strength: weight of the term in the loss; by default ``strength_multiplier / initial_cost``.
+        strength_multiplier: see :data:`DEFAULT_STRENGTH_MULTIPLIER` and docs/structure_learning.md.
+        l1_fraction: group-lasso mix of L1 (mean |w|) into the L2 norm (sqrt(mean w^2)); 0 by default.
+        device: latency target only: a name in :data:`DEVICE_PROFILES` or a :class:`DeviceProfile`.
+        ignore: layers whose output channels must not shrink (pinned, never regularised).
+
+    Use ``reg.attach(model)`` for ``fit``, or add ``reg.loss()`` to your loss in a custom loop.
+    """
+
+    def __init__(self, model, target="flops", source="gamma", threshold=_alive.DEFAULT_THRESHOLD, strength=None,
+                 strength_multiplier=DEFAULT_STRENGTH_MULTIPLIER, l1_fraction=0.0, device="v100", ignore=()):
+        if target not in TARGETS:
+            raise ValueError(f"unknown target {target!r}; use one of {TARGETS}")
+        if source not in _alive.SOURCES:
+            raise ValueError(f"unknown source {source!r}; use one of {_alive.SOURCES}")
+        if threshold is None or not np.isfinite(threshold) or threshold < 0:
+            raise ValueError(f"threshold must be a finite number >= 0, got {threshold!r}")
+        if not 0.0 <= l1_fraction <= 1.0:
+            raise ValueError(f"l1_fraction must be in [0, 1], got {l1_fraction!r}")
+        if l1_fraction and source != "group_lasso":
+            raise ValueError("l1_fraction applies to source='group_lasso' only")
+        self.model = model
+        self.target_name, self.source, self.threshold, self.l1_fraction = target, source, threshold, l1_fraction
+        self.graph = analyze(model, ignore=ignore)
+        self._check_layers_supported()
+        self.sources = _alive.find_sources(self.graph, source)
+        self._index_sources()
+        self.kernel_calls = KernelCalls(self.graph)
+        self.target = _make_target(target, self.kernel_calls, device)
+        # Raises AliveError for a threshold that kills a group which cannot be removed.
+        _alive.alive_masks(self.graph, source, threshold, l1_fraction, check=True)
+        full = np.ones(self.kernel_calls.n_channels)
+        self.initial_cost = float(self.target.cost(*self.kernel_calls.sums(full)))
+        if strength is None:
+            if not strength_multiplier > 0:
+                raise ValueError(f"strength_multiplier must be > 0, got {strength_multiplier!r}")
+            strength = strength_multiplier / self.initial_cost
+        elif not (np.isfinite(strength) and strength >= 0):
+            raise ValueError(f"strength must be a finite number >= 0, got {strength!r}")
+        self.strength = float(strength)
+        self._trackers = None
+
+    # --- construction helpers ----------------------------------------------------------------------------
+    def _check_layers_supported(self):
+        """A producer whose handler cannot say which weights feed each output channel (a custom handler with
+        no ``kernel_matrix``) cannot be regularised; refuse rather than silently leave it out."""
+        for call in self.graph.calls:
+            if call.handler.produces_channels and not hasattr(call.handler, "kernel_matrix"):
+                groups = np.unique(np.concatenate(call.out_groups)) if call.out_groups else []
+                if any(self.graph.groups[int(g)].removable for g in groups):
+                    raise UnsupportedLayerError(
+                        f"layer '{call.path}' ({type(call.layer).__name__}) creates removable channels but its "
+                        f"handler {type(call.handler).__name__} has no kernel_matrix(), so MorphRegularizer "
+                        "cannot tell which weights feed each channel. Register a handler that subclasses "
+                        "morphsparse.handlers.Dense or Conv, or pin the layer with ignore=[...].")
+
+    def _index_sources(self):
+        """Flat channel index of every entry of every source, and which channels are regularised: those of
+        removable groups that at least one source covers."""
+        offsets = self.graph._offsets
+        removable = {g.id for g in self.graph.groups if g.removable}
+        self._source_index = [offsets[s.group] + np.asarray(s.channels) for s in self.sources]
+        covered = np.zeros(int(offsets[-1]), dtype=bool)
+        for s, idx in zip(self.sources, self._source_index):
+            if s.group in removable:
+                covered[idx] = True
+        self.regularized = covered
+        if not covered.any():
+            hint = ("source='gamma' needs a BatchNormalization(scale=True) after the Conv/Dense layers; use "
+                    "source='group_lasso' for networks without one" if self.source == "gamma" else
+                    "no removable group has a kernel layer producing it")
+            raise ValueError(f"MorphRegularizer found no channel to regularise in model '{self.model.name}': {hint}.")
+        unregularized = [g.id for g in self.graph.groups if g.removable and not covered[
+            offsets[g.id]:offsets[g.id + 1]].any()]
+        if unregularized:
+            warnings.warn(f"channel groups {unregularized} of model '{self.model.name}' have no {self.source} "
+                          "source (e.g. a conv with no BatchNorm after it) and will not shrink", stacklevel=3)
+
+    # --- differentiable pieces ----------------------------------------------------------------------------
+    def vector(self):
+        """R for every channel of every group, concatenated in group order (``graph._offsets``): a
+        differentiable tensor, 0 where a channel is not regularised."""
+        values = [keras.ops.reshape(s.values(self.l1_fraction, xp=keras.ops), (-1,)) for s in self.sources]
+        values = tf.concat([tf.cast(v, tf.float32) for v in values], axis=0)
+        index = tf.constant(np.concatenate(self._source_index), dtype=tf.int32)
+        r = tf.math.unsorted_segment_max(values, index, self.kernel_calls.n_channels)
+        return tf.where(tf.constant(self.regularized), r, tf.zeros_like(r))
+
+    def _alive_vector(self, r):
+        """1 for alive channels, 0 for dead ones; a constant in the gradient (the marginal-cost rule)."""
+        alive = tf.logical_or(tf.logical_not(tf.constant(self.regularized)), r > self.threshold)
+        return tf.stop_gradient(tf.cast(alive, r.dtype))
+
+    def _state(self, r=None):
+        r = self.vector() if r is None else r
+        a = self._alive_vector(r)
+        a_in, a_out = self.kernel_calls.sums(a, xp=keras.ops)
+        r_in, r_out = self.kernel_calls.sums(r, xp=keras.ops)
+        return a, a_in, a_out, r_in, r_out
+
+    def term(self, r=None):
+        """The unweighted regularisation term (differentiable; its gradient is the marginal cost). ``r``: a
+        flat per-channel vector to evaluate it at instead of the model's current :meth:`vector`."""
+        _, a_in, a_out, r_in, r_out = self._state(r)
+        return self.target.term(a_in, a_out, r_in, r_out, xp=keras.ops)
+
+    def loss(self):
+        """``strength * term``: add this to the task loss in a custom training loop. Under a tf.distribute
+        strategy, pass it through ``tf.nn.scale_regularization_loss`` as for any regularisation loss."""
+        return self.strength * self.term()
+
+    def _loss_and_costs(self):
+        """(regularisation loss, alive FLOPs, alive parameters), computed in-graph for fit's logs."""
+        a, a_in, a_out, r_in, r_out = self._state()
+        loss = self.strength * self.target.term(a_in, a_out, r_in, r_out, xp=keras.ops)
+        a_in64, a_out64 = tf.cast(a_in, tf.float64), tf.cast(a_out, tf.float64)
+        flops = self.kernel_calls.flops.value(a_in64, a_out64, xp=keras.ops)
+        params = self.kernel_calls.params.value(a_in64, a_out64, xp=keras.ops)
+        return loss, flops, params
+
+
+    # --- numpy reports ---------------------------------------------------------------------------------------
+    def alive_masks(self, check=False):
+        """``{group id: boolean mask}`` at the current weights (as ``ms.export`` will see them)."""
+        return _alive.alive_masks(self.graph, self.source, self.threshold, self.l1_fraction, check=check)
+
+    def alive_counts(self):
+        return _alive.alive_counts(self.alive_masks())
+
+    def cost(self, masks=None):
+        """The target's cost at the current alive channels (or at ``masks``), in :attr:`unit`."""
+        flat = _alive.flat_mask(self.graph, masks if masks is not None else self.alive_masks()).astype(float)
+        return float(self.target.cost(*self.kernel_calls.sums(flat)))
+
+    @property
+    def unit(self):
+        return self.target.unit
+
+    def alive_flops(self, masks=None):
+        from morphsparse.costs import count_flops
+        return count_flops(self.graph, alive=masks if masks is not None else self.alive_masks())
+
+    def alive_params(self, masks=None):
+        from morphsparse.costs import count_params
+        return count_params(self.graph, alive=masks if masks is not None else self.alive_masks())
+
+    def summary(self):
+        masks = self.alive_masks()
+        removable = [g for g in self.graph.groups if g.removable]
+        alive = sum(int(masks[g.id].sum()) for g in removable)
+        total = sum(g.size for g in removable)
+        return (f"MorphRegularizer(target={self.target_name!r}, source={self.source!r}, threshold={self.threshold:g}, "
+                f"strength={self.strength:.3g}): cost {self.cost(masks):.4g} of {self.initial_cost:.4g} {self.unit}, "
+                f"{alive}/{total} removable channels alive, {self.alive_flops(masks):,d} FLOPs, "
+                f"{self.alive_params(masks):,d} params")
+
+    def __repr__(self):
+        return (f"<MorphRegularizer target={self.target_name!r} source={self.source!r} threshold={self.threshold:g} "
+                f"strength={self.strength:.3g}>")
+
+    # --- fit integration -------------------------------------------------------------------------------------
+    def attach(self, model=None):
+        """Add the term to ``model``'s loss in ``fit``/``train_on_batch``/``evaluate`` and log
+        ``regularization_loss``, ``alive_flops`` and ``alive_params``; returns the same model.
+
+        The model keeps its class (the hook lives on the instance), so ``model.save`` writes a plain Keras
+        model that loads with no morphsparse import and no custom scope; re-attach after loading to continue
+        structure learning. ``detach(model)`` removes the hook.
+        """
+        model = self.model if model is None else model
+        if model is not self.model:
+            same = [id(w) for w in model.weights] == [id(w) for w in self.model.weights]
+            if not same:
+                raise ValueError("attach() takes the model this regulariser was built for (or one sharing its "
+                                 "weights)")
+        if getattr(model, "_morph_regularizer", None) is not None:
+            model._morph_regularizer.detach(model)
+        with model.distribute_strategy.scope():
+            trackers = _Trackers()
+        original_compute_loss = model.compute_loss
+        original_metrics_result = model.get_metrics_result
+        original_reset = model.reset_metrics
+        regularizer = self
+
+        def compute_loss(self_model, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+            task = original_compute_loss(x, y, y_pred, sample_weight, training=training)
+            reg_loss, flops, params = regularizer._loss_and_costs()
+            trackers.update(reg_loss, flops, params)
+            return task + _scale_for_replicas(tf.cast(reg_loss, task.dtype))
+
+        def get_metrics_result(self_model):
+            results = original_metrics_result()
+            results.update(trackers.results())
+            return results
+
+        def reset_metrics(self_model):
+            original_reset()
+            trackers.reset()
+
+        # Plain attributes on the instance: nothing is tracked by Keras, so saving is unaffected.
+        object.__setattr__(model, "compute_loss", types.MethodType(compute_loss, model))
+        object.__setattr__(model, "get_metrics_result", types.MethodType(get_metrics_result, model))
+        object.__setattr__(model, "reset_metrics", types.MethodType(reset_metrics, model))
+        object.__setattr__(model, "_morph_regularizer", self)
+        object.__setattr__(model, "_compute_loss_has_training_arg", True)
+        self._trackers = trackers
+        _reset_compiled_functions(model)
+        return model
+
+    @staticmethod
+    def detach(model):
+        """Remove the hook installed by :meth:`attach`; returns the model."""
+        for name in ("compute_loss", "get_metrics_result", "reset_metrics", "_morph_regularizer"):
+            model.__dict__.pop(name, None)
+        _reset_compiled_functions(model)
+        return model
+
+
+def _reset_compiled_functions(model):
+    """fit/evaluate trace their step once; drop the traces so the (un)hooked compute_loss is picked up."""
+    for name in ("train_function", "test_function", "predict_function"):
+        if getattr(model, name, None) is not None:
+            object.__setattr__(model, name, None)
+
+
+class _LatestValue(keras.metrics.Metric):
+    """A metric that reports the last value it was given (alive FLOPs and params at the end of the epoch)."""
+
+    def __init__(self, name, dtype="float64"):
+        super().__init__(name=name, dtype=dtype)
+        self.value = self.add_variable(shape=(), initializer="zeros", dtype=dtype, aggregation="mean",
+                                       name="value")
+
+    def update_state(self, value):
+        self.value.assign(keras.ops.cast(value, self.dtype))
+
+    def result(self):
+        return self.value
+
+    def reset_state(self):
+        pass  # keep the last value across epochs; it is overwritten at the next step
+
+
+class _Trackers:
+    """Metrics the attached model logs, held outside the model so that saving it is unaffected."""
+
+    def __init__(self):
+        self.loss = keras.metrics.Mean(name="regularization_loss")
+        self.flops = _LatestValue("alive_flops")
+        self.params = _LatestValue("alive_params")
+
+    def update(self, loss, flops, params):
+        self.loss.update_state(loss)
+        self.flops.update_state(flops)
+        self.params.update_state(params)
+
+    def results(self):
+        return {"regularization_loss": self.loss.result(), "alive_flops": self.flops.result(),
+                "alive_params": self.params.result()}
+
+    def reset(self):
+        self.loss.reset_state()
+
+
+__all__ = ["MorphRegularizer", "DeviceProfile", "DEVICE_PROFILES", "TARGETS", "DEFAULT_STRENGTH_MULTIPLIER",
+           "UnsupportedLayerError", "device_profile"]

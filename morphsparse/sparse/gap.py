@@ -1,0 +1,439 @@
+"""GaP, scheduled grow-and-prune (Ma et al., ICLR 2022): cyclic GaP as a mask updater, and parallel GaP.
+
+The masked layers are split into ``k`` partitions. Training starts from a random sparse model at the target
+distribution; then, phase after phase, one partition is grown dense while every other partition stays at its
+target sparsity::
+
+    phase j (steps begin + j*P + 1 ... begin + (j+1)*P):  partition j mod k is dense, the rest sparse
+    at the step between two phases:  the dense partition is pruned back to target by |W|, the next one grows
+    after rounds*k phases:          everything is at target; training goes on with the mask fixed (fine-tune)
+
+A grown position restarts from zero with zeroed optimizer slots; this is the base training step's rule for any
+position a mask update adds (``SparseModel._update_unit``), so GaP only has to say which masks are all ones.
+
+Cyclic GaP runs through ``ms.sparsify(model, method="gap", ...)`` with the same contract as RigL: ``fit``
+drives it from the optimizer's step, a custom loop calls ``ms.apply_sparse_gradients`` once per step, and
+``ms.strip`` at any point prunes a partition grown in the current phase back to target.
+
+Parallel GaP (:func:`parallel_gap`) trains ``k`` copies for one phase, copy ``i`` growing partition ``i``, and
+combines partition ``i`` from copy ``i``. Here the copies train one after another; the combination is written
+as the element-wise sum of per-copy contributions precisely so that, on ``k`` workers, it is one all-reduce
+(see docs/gap_snip_lottery.md).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .api import sparsify
+from .footprint import live_parameters
+from .lottery import fresh_optimizer, prune_by_magnitude
+from .masks import kept_count
+from .model import find_sparse_model, layer_tree
+from .schedules import UpdateSchedule
+from .updaters import MaskUpdater, register_updater
+
+_PACKAGE = "morphsparse"
+NO_PARTITION = -1      # grown_partition() outside the grow-and-prune rounds: every partition is at target
+
+
+# ---------------------------------------------------------------------------------------------- partitions
+def _check_partition_spec(partitions):
+    """Validate ``partitions=`` early (before a model is known): a count >= 1 or a list of name lists."""
+    if isinstance(partitions, bool):
+        raise TypeError("partitions must be a number of partitions or a list of lists of layer names")
+    if isinstance(partitions, (int, np.integer)):
+        if int(partitions) < 1:
+            raise ValueError(f"partitions must be at least 1, got {partitions}")
+        return int(partitions)
+    if isinstance(partitions, (list, tuple)) and partitions:
+        groups = []
+        for group in partitions:
+            group = [group] if isinstance(group, str) else list(group)
+            if not group or not all(isinstance(name, str) for name in group):
+                raise TypeError(f"each partition must be a non-empty list of layer names or globs, got {group!r}")
+            groups.append(group)
+        return groups
+    raise TypeError(f"partitions must be a positive number or a list of lists of layer names, got {partitions!r}")
+
+
+def partition_count(partitions) -> int:
+    spec = _check_partition_spec(partitions)
+    return spec if isinstance(spec, int) else len(spec)
+
+
+def resolve_partitions(layer_paths: list, partitions) -> list:
+    """Split masked layers (paths in model order) into partitions: a list of lists of paths.
+
+    A number ``k`` gives ``k`` contiguous groups whose sizes differ by at most one layer (the earlier groups get
+    the extra layers), the split the GaP paper uses for ResNet-50. A list of lists of layer names (or globs,
+    matched against the layer's name or path) gives the partitions explicitly; every masked layer must be in
+    exactly one of them.
+    """
+    spec = _check_partition_spec(partitions)
+    paths = list(layer_paths)
+    if isinstance(spec, int):
+        if spec > len(paths):
+            raise ValueError(f"partitions={spec} but the model has only {len(paths)} masked layer(s) "
+                             f"({paths}); use at most {len(paths)} partitions")
+        return [list(chunk) for chunk in np.array_split(np.array(paths, dtype=object), spec)]
+    owner = {}
+    for index, group in enumerate(spec):
+        for pattern in group:
+            hits = [p for p in paths
+                    if fnmatch.fnmatchcase(p, pattern) or fnmatch.fnmatchcase(p.rsplit("/", 1)[-1], pattern)]
+            if not hits:
+                raise ValueError(f"partition {index} names {pattern!r}, which matches no masked layer; masked "
+                                 f"layers are: {paths}")
+            for path in hits:
+                if owner.setdefault(path, index) != index:
+                    raise ValueError(f"layer {path!r} is in partitions {owner[path]} and {index}; each masked "
+                                     "layer must be in exactly one partition")
+    missing = [p for p in paths if p not in owner]
+    if missing:
+        raise ValueError(f"masked layer(s) {missing} are in no partition; every masked layer must be in one")
+    return [[p for p in paths if owner[p] == index] for index in range(len(spec))]
+
+
+# ---------------------------------------------------------------------------------------------- schedule
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class GapSchedule(UpdateSchedule):
+    """When GaP's phases start and which partition is dense in each.
+
+    Masks change at ``begin_step + j * P`` for ``j = 0 .. rounds * partitions``; the last of these is the final
+    prune. ``P = steps_per_phase``, or, when that is None, ``(end_step - begin_step) // (rounds * partitions)``
+    with the model's end step (75% of the first ``fit`` by default), so the grow-and-prune rounds fill the same
+    share of training as RigL's updates and the rest is fine-tuning with a fixed mask.
+    """
+
+    def __init__(self, partitions: int = 4, rounds: int = 1, steps_per_phase: int | None = None,
+                 begin_step: int = 0):
+        if int(partitions) < 1:
+            raise ValueError(f"partitions must be at least 1, got {partitions}")
+        if int(rounds) < 1:
+            raise ValueError(f"rounds must be at least 1, got {rounds}")
+        if steps_per_phase is not None and int(steps_per_phase) < 1:
+            raise ValueError(f"steps_per_phase must be a positive number of steps, got {steps_per_phase}")
+        if int(begin_step) < 0:
+            raise ValueError(f"begin_step must be >= 0, got {begin_step}")
+        self.partitions = int(partitions)
+        self.rounds = int(rounds)
+        self.steps_per_phase = None if steps_per_phase is None else int(steps_per_phase)
+        phases = self.rounds * self.partitions
+        # Known end: the model need not learn it from fit(). None: SparseModel resolves it (end_fraction).
+        end_step = None if self.steps_per_phase is None else int(begin_step) + phases * self.steps_per_phase
+        super().__init__(update_every=self.steps_per_phase or 1, begin_step=begin_step, end_step=end_step)
+
+    @property
+    def phases(self) -> int:
+        return self.rounds * self.partitions
+
+    def phase_length(self, model_end_step):
+        """P, as an int64 tensor."""
+        if self.steps_per_phase is not None:
+            return tf.constant(self.steps_per_phase, tf.int64)
+        span = tf.cast(model_end_step, tf.int64) - self.begin_step
+        return tf.maximum(span // self.phases, 1)
+
+    def grow_end(self, model_end_step):
+        """The step of the final prune (no partition is dense from this step's update on)."""
+        return self.begin_step + self.phases * self.phase_length(model_end_step)
+
+    def is_update_step(self, step, model_end_step):
+        step = tf.cast(step, tf.int64)
+        length = self.phase_length(model_end_step)
+        return ((step >= self.begin_step) & (step <= self.grow_end(model_end_step))
+                & tf.equal((step - self.begin_step) % length, 0))
+
+    def grown_partition(self, step, model_end_step):
+        """The partition an update at ``step`` makes dense (int64), or ``NO_PARTITION`` (-1)."""
+        step = tf.cast(step, tf.int64)
+        phase = (step - self.begin_step) // self.phase_length(model_end_step)
+        inside = (step >= self.begin_step) & (step < self.grow_end(model_end_step))
+        return tf.where(inside, phase % self.partitions, tf.constant(NO_PARTITION, tf.int64))
+
+    def get_config(self):
+        return {"partitions": self.partitions, "rounds": self.rounds, "steps_per_phase": self.steps_per_phase,
+                "begin_step": self.begin_step}
+
+
+# ---------------------------------------------------------------------------------------------- updater
+@register_updater("gap")
+class GaP(MaskUpdater):
+    """Cyclic scheduled grow-and-prune. Use through ``sparsify(model, sparsity, method="gap", ...)``.
+
+    Args:
+        partitions: number of contiguous partitions of the masked layers in model order (default 4, as in the
+            paper's ResNet-50 runs), or an explicit list of lists of layer names/globs.
+        rounds: how many times each partition is grown.
+        steps_per_phase: optimizer steps a partition stays dense. None: the grow-and-prune rounds fill the
+            steps up to ``end_step`` (75% of the first fit by default) evenly; the rest fine-tunes.
+
+    ``sparsify``'s ``update_every`` and ``drop_fraction`` do not apply to GaP; ``begin_step`` delays the first
+    phase.
+    """
+
+    def __init__(self, partitions=4, rounds: int = 1, steps_per_phase: int | None = None,
+                 sparsity_type="unstructured"):
+        super().__init__(sparsity_type)
+        self.partitions = _check_partition_spec(partitions)
+        if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or int(rounds) < 1:
+            raise ValueError(f"rounds must be a positive whole number, got {rounds!r}")
+        if steps_per_phase is not None and (isinstance(steps_per_phase, bool) or int(steps_per_phase) < 1):
+            raise ValueError(f"steps_per_phase must be a positive number of steps or None, got {steps_per_phase!r}")
+        self.rounds = int(rounds)
+        self.steps_per_phase = None if steps_per_phase is None else int(steps_per_phase)
+        self.partition_paths = []      # resolved by attach(): [[layer path, ...], ...]
+        self.partition_of = {}         # kernel key -> partition index
+
+    def default_schedule(self, update_every, begin_step, end_step) -> GapSchedule:
+        return GapSchedule(partition_count(self.partitions), self.rounds, self.steps_per_phase, begin_step)
+
+    def attach(self, model):
+        if not isinstance(model.schedule, GapSchedule):
+            raise TypeError(f"method='gap' needs a GapSchedule, got {type(model.schedule).__name__}; leave "
+                            "schedule=None in sparsify() (steps_per_phase, rounds and partitions set it)")
+        paths = [spec["path"] for spec in model.layer_specs]
+        self.partition_paths = resolve_partitions(paths, self.partitions)
+        if len(self.partition_paths) != model.schedule.partitions:
+            raise ValueError(f"the schedule has {model.schedule.partitions} partitions but the updater resolved "
+                             f"{len(self.partition_paths)}")
+        index_of_path = {path: i for i, group in enumerate(self.partition_paths) for path in group}
+        self.partition_of = {}
+        for spec in model.layer_specs:
+            for name, key in _spec_keys(spec).items():
+                self.partition_of[key] = index_of_path[spec["path"]]
+
+    def update_mask(self, kernel, context):
+        grown = context.schedule.grown_partition(context.step, context.end_step)
+        mine = tf.equal(grown, self.partition_of[kernel.key])
+        # Not grown: the base update prunes by |W| down to the kernel's target count, which is a no-op for a
+        # kernel already at target and the prune-back for the partition that was dense in the phase just ended.
+        return tf.cond(mine, lambda: tf.ones_like(kernel.mask),
+                       lambda: MaskUpdater.update_mask(self, kernel, context))
+
+    def export_mask(self, kernel):
+        target = kept_count(kernel.size, kernel.sparsity)
+        live = int(np.count_nonzero(keras.ops.convert_to_numpy(kernel.mask)))
+        if live <= target:
+            return kernel.mask
+        return self.sparsity_type.drop_lowest(kernel.mask, tf.abs(kernel.weight) * kernel.mask, live - target)
+
+    def get_config(self):
+        return dict(super().get_config(), partitions=self.partitions, rounds=self.rounds,
+                    steps_per_phase=self.steps_per_phase)
+
+
+def _spec_keys(spec) -> dict:
+    keys = spec.get("keys") or {}
+    return {name: keys.get(name, f"{spec['path']}/{name}") for name in spec["sparsities"]}
+
+
+# ---------------------------------------------------------------------------------------------- introspection
+@dataclass
+class GapPhase:
+    """Where a cyclic GaP model is in its schedule (after ``step`` optimizer steps)."""
+
+    step: int
+    phase_length: int
+    phase: int | None             # index of the current phase, None before the first / after the last
+    round: int | None
+    grown_partition: int | None   # the partition that is dense now, None when all are at target
+    fine_tuning: bool             # True once the final prune has happened
+    partitions: list = field(default_factory=list)   # layer paths per partition
+
+
+def gap_phase(model) -> GapPhase:
+    """The phase a ``method="gap"`` SparseModel is in now, read from its step counter and masks' schedule."""
+    sparse = find_sparse_model(model)
+    if not isinstance(sparse.updater, GaP):
+        raise TypeError(f"gap_phase needs a model made with method='gap', got method={sparse.updater.name!r}")
+    schedule = sparse.schedule
+    step = int(keras.ops.convert_to_numpy(sparse.sparse_step))
+    end = int(keras.ops.convert_to_numpy(sparse.end_step))
+    if schedule.steps_per_phase is None and end < 0:
+        return GapPhase(step, 0, None, None, None, False, sparse.updater.partition_paths)
+    length = int(schedule.phase_length(end))
+    grow_end = int(schedule.grow_end(end))
+    # The update that opens phase j runs at the end of step begin + j*P, so after `step` steps the last update
+    # seen is the one at step - 1.
+    last = step - 1
+    if last < schedule.begin_step:
+        return GapPhase(step, length, None, None, None, False, sparse.updater.partition_paths)
+    if last >= grow_end:
+        return GapPhase(step, length, None, None, None, True, sparse.updater.partition_paths)
+    phase = (last - schedule.begin_step) // length
+    return GapPhase(step, length, phase, phase // schedule.partitions, phase % schedule.partitions, False,
+                    sparse.updater.partition_paths)
+
+
+def planned_peak_parameters(model) -> int:
+    """Most live parameters a cyclic GaP model holds in any phase: all targets plus the densest grown partition.
+
+    ``footprint.PeakParameterMonitor`` measures the same thing during ``fit``; this is the plan it must match.
+    """
+    sparse = find_sparse_model(model)
+    counts = live_parameters(sparse)
+    base = counts.live - counts.masked_live + sum(kept_count(unit.size, unit.sparsity) for unit in _units(sparse))
+    extra = 0
+    if isinstance(sparse.updater, GaP):
+        for group in sparse.updater.partition_paths:
+            members = set(group)
+            extra = max(extra, sum(unit.size - kept_count(unit.size, unit.sparsity) for unit in _units(sparse)
+                                   if unit.path in members))
+    return base + extra
+
+
+@dataclass
+class _UnitFacts:
+    path: str
+    size: int
+    sparsity: float
+
+
+def _units(sparse):
+    facts = []
+    units = iter(sparse.units)
+    for spec, wrapper in zip(sparse.layer_specs, sparse.sparse_layers):
+        for _name in wrapper.sparsities:
+            unit = next(units)
+            facts.append(_UnitFacts(spec["path"], int(np.prod(unit.mask.shape)), unit.sparsity))
+    return facts
+
+
+# ---------------------------------------------------------------------------------------------- parallel GaP
+def weight_owners(sparse, partition_paths) -> list:
+    """For each weight of ``sparse.model`` (in ``get_weights`` order): the partition whose layers hold it, or
+    None for weights outside every partition (normalisation layers, layers kept dense), which copies share."""
+    index = {id(w): j for j, w in enumerate(sparse.model.weights)}
+    owners = [None] * len(index)
+    tree = layer_tree(sparse.model)
+    for partition, paths in enumerate(partition_paths):
+        for path in paths:
+            for weight in tree[path].weights:
+                owners[index[id(weight)]] = partition
+    return owners
+
+
+def grow_copy(combined, partition: list, *, sparsify_options: dict):
+    """A new SparseModel (static masks) equal to ``combined`` but with the layers in ``partition`` dense.
+
+    Its revived positions hold zeros (``combined`` keeps pruned weights at zero) and its optimizer is fresh, so
+    revived weights start from zero with zeroed slots, as in cyclic GaP.
+    """
+    copy = sparsify(combined.model, method="static", **sparsify_options)
+    copy.model.set_weights(combined.model.get_weights())     # sparsify drew its own masks; take combined's
+    grown = set(partition)
+    paths = [spec["path"] for spec, wrapper in zip(copy.layer_specs, copy.sparse_layers)
+             for _name in wrapper.sparsities]
+    for path, unit, source in zip(paths, copy.units, combined.units):
+        unit.mask.assign(keras.ops.ones_like(unit.mask) if path in grown else source.mask)
+    copy.apply_masks()
+    return copy
+
+
+def copy_contribution(weights: list, owners: list, copy_index: int, copies: int) -> list:
+    """What copy ``copy_index`` adds to the combined model: its own partition's weights as they are, zeros for
+    other partitions, and ``1/copies`` of every shared weight. Summed over copies this is the combined model;
+    on ``copies`` workers that sum is a single all-reduce."""
+    contribution = []
+    for weight, owner in zip(weights, owners):
+        if owner is None:
+            contribution.append(np.asarray(weight, np.float64) / copies)
+        elif owner == copy_index:
+            contribution.append(np.asarray(weight, np.float64))
+        else:
+            contribution.append(np.zeros(np.shape(weight), np.float64))
+    return contribution
+
+
+def combine_contributions(contributions: list, like: list) -> list:
+    """Element-wise sum of the copies' contributions (the all-reduce), cast back to the weights' dtypes."""
+    return [np.sum([c[j] for c in contributions], axis=0).astype(np.asarray(w).dtype) for j, w in enumerate(like)]
+
+
+@dataclass
+class ParallelGap:
+    """What :func:`parallel_gap` returns."""
+
+    model: object                       # the combined SparseModel after fine-tuning (fixed masks)
+    partitions: list                    # layer paths per partition
+    rounds: int
+    peak_parameters: int                # most live parameters one copy (one worker) held
+    phase_histories: list = field(default_factory=list)   # [{"round", "copy", "history"}]
+    fine_tune_history: dict = field(default_factory=dict)
+    phase_seconds: float = 0.0          # all copies, one after another
+    fine_tune_seconds: float = 0.0
+
+    @property
+    def training_seconds(self):
+        return self.phase_seconds + self.fine_tune_seconds
+
+
+def parallel_gap(model, x=None, y=None, *, sparsity: float = 0.9, distribution="erk", partitions=4,
+                 rounds: int = 1, phase_epochs: int = 1, fine_tune_epochs: int = 1, optimizer="adam", loss=None,
+                 metrics=None, batch_size: int | None = 32, validation_data=None, verbose=0, seed: int = 0,
+                 fit_options: dict | None = None, fine_tune_optimizer=None, **sparsify_options) -> ParallelGap:
+    """Parallel GaP on one machine: per round, ``k`` copies each grow one partition for ``phase_epochs``.
+
+    Starting from a random sparse model at ``sparsity`` (per-layer targets from ``distribution``), each round
+    trains ``k`` copies of the current model, copy ``i`` with partition ``i`` dense (revived weights from zero,
+    fresh optimizer). The combined model takes partition ``i``'s layers from copy ``i`` and the average of the
+    copies for weights outside every partition; then every kernel is magnitude-pruned to its target and the
+    result is what all copies start the next round from. After ``rounds`` rounds the combined model is
+    fine-tuned with its mask fixed for ``fine_tune_epochs``. Each copy sees the whole training set per phase,
+    so one worker trains ``rounds * phase_epochs + fine_tune_epochs`` epochs; here the ``k`` copies run one
+    after another, so the time is about ``k`` times one worker's.
+
+    Args:
+        model: a built Keras model (left unchanged).
+        x, y, batch_size, validation_data, verbose, fit_options: passed to each ``fit``.
+        partitions: number of contiguous partitions, or lists of layer names (as for ``method="gap"``).
+        optimizer, loss, metrics: as ``compile``; each copy's phase gets a fresh optimizer (``optimizer`` may
+            be a no-argument factory, e.g. to build a learning-rate schedule per phase).
+        fine_tune_optimizer: the optimizer of the fine-tuning (default: a fresh ``optimizer``).
+        sparsify_options: passed to ``sparsify`` (``keep_dense``, ``layer_sparsity``, ``power``, ...).
+    """
+    if loss is None:
+        raise ValueError("parallel_gap needs loss= to train the copies")
+    for name, value, least in (("rounds", rounds, 1), ("phase_epochs", phase_epochs, 1),
+                               ("fine_tune_epochs", fine_tune_epochs, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
+    options = dict(sparsify_options, sparsity=sparsity, distribution=distribution, seed=seed)
+    combined = sparsify(model, method="static", **options)
+    groups = resolve_partitions([spec["path"] for spec in combined.layer_specs], partitions)
+    owners = weight_owners(combined, groups)
+    fit_options = dict(fit_options or {})
+    result = ParallelGap(model=combined, partitions=groups, rounds=int(rounds),
+                         peak_parameters=live_parameters(combined).live)
+    started = time.perf_counter()
+    for round_index in range(int(rounds)):
+        contributions = []
+        for copy_index, group in enumerate(groups):
+            worker = grow_copy(combined, group, sparsify_options=options)
+            worker.compile(optimizer=fresh_optimizer(optimizer), loss=loss, metrics=metrics)
+            history = worker.fit(x, y, batch_size=batch_size, epochs=int(phase_epochs),
+                                 validation_data=validation_data, verbose=verbose, **fit_options)
+            result.phase_histories.append({"round": round_index, "copy": copy_index, "history": history.history})
+            result.peak_parameters = max(result.peak_parameters, live_parameters(worker).live)
+            contributions.append(copy_contribution(worker.model.get_weights(), owners, copy_index, len(groups)))
+            del worker
+        like = combined.model.get_weights()
+        combined.model.set_weights(combine_contributions(contributions, like))
+        prune_by_magnitude(combined)        # identical on every worker: no broadcast needed after the all-reduce
+    result.phase_seconds = time.perf_counter() - started
+    combined.compile(optimizer=fresh_optimizer(fine_tune_optimizer or optimizer), loss=loss, metrics=metrics)
+    if fine_tune_epochs:
+        started = time.perf_counter()
+        result.fine_tune_history = combined.fit(x, y, batch_size=batch_size, epochs=int(fine_tune_epochs),
+                                                validation_data=validation_data, verbose=verbose,
+                                                **fit_options).history
+        result.fine_tune_seconds = time.perf_counter() - started
+    return result

@@ -1,0 +1,177 @@
+"""Lottery-ticket rewinding (Frankle & Carbin 2019; rewinding to step k: Frankle et al. 2020) in one call.
+
+    result = ms.lottery_ticket(model, x_train, y_train, sparsity=0.9, rewind_step=0, epochs=10,
+                               optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    result.model            # a SparseModel (method "static") holding the retrained ticket
+    ms.strip(result.model)  # plain Keras model, pruned weights exactly zero
+
+Steps: (1) train a dense copy of ``model`` for ``epochs``, keeping a copy of every weight as it was after
+``rewind_step`` optimizer steps (0: the initialisation); (2) prune by magnitude, each kernel keeping its
+``kept_count(N_l, S_l)`` largest ``|W|`` with ``S_l`` from the distribution (ERK by default, as for RigL);
+(3) rewind every weight (survivors of the masked kernels, biases, normalisation parameters) to the stored early
+values; (4) retrain with the mask fixed for ``retrain_epochs`` with a fresh optimizer. Only one round of
+pruning is done (one-shot); iterate the call for iterative magnitude pruning.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+
+from .api import copy_model, sparsify
+from .footprint import live_parameters
+from .masks import kept_count
+from .model import SparseModel
+
+
+def fresh_optimizer(optimizer):
+    """A new, unbuilt optimizer from ``optimizer``: a name, a config dict, an instance (copied through its
+    config) or a callable taking no arguments that returns a new optimizer (for schedules built per phase)."""
+    if isinstance(optimizer, keras.optimizers.Optimizer):
+        return optimizer.__class__.from_config(optimizer.get_config())
+    if callable(optimizer) and not isinstance(optimizer, type):
+        made = optimizer()
+        if not isinstance(made, keras.optimizers.Optimizer):
+            raise TypeError(f"the optimizer factory returned {type(made).__name__}, not a keras optimizer")
+        return made
+    return keras.optimizers.get(optimizer)
+
+
+class WeightSnapshot(keras.callbacks.Callback):
+    """Keeps a copy of every model weight as it is after ``step`` optimizer steps (0: before training)."""
+
+    def __init__(self, step: int = 0):
+        super().__init__()
+        if isinstance(step, bool) or int(step) < 0:
+            raise ValueError(f"rewind_step must be a whole number of steps >= 0, got {step!r}")
+        self.step = int(step)
+        self.weights = None
+
+    def _iterations(self):
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def on_train_begin(self, logs=None):
+        if self.weights is None and self._iterations() == self.step:
+            self.weights = [np.array(w) for w in self.model.get_weights()]
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.weights is None and self._iterations() == self.step:
+            self.weights = [np.array(w) for w in self.model.get_weights()]
+
+
+def prune_by_magnitude(sparse: SparseModel):
+    """Set every mask of ``sparse`` to its kernel's largest ``|W|`` at the kernel's target count, and apply it."""
+    for unit in sparse.units:
+        weights = keras.ops.abs(keras.ops.convert_to_tensor(unit.kernel))
+        size = int(np.prod(unit.mask.shape))
+        mask = sparse.updater.sparsity_type.keep_highest(weights, kept_count(size, unit.sparsity))
+        unit.mask.assign(keras.ops.cast(mask, "float32"))
+    sparse.apply_masks()
+
+
+@dataclass
+class LotteryTicket:
+    """What ``lottery_ticket`` returns."""
+
+    model: SparseModel                 # the retrained ticket (compiled; method "static")
+    dense_model: keras.Model           # the dense network after step (1)
+    rewind_step: int
+    rewound_weights: list              # every weight of the network at rewind_step (before masking)
+    masks: dict                        # {kernel key: 0/1 mask from the magnitude pruning}
+    dense_history: dict = field(default_factory=dict)
+    sparse_history: dict = field(default_factory=dict)
+    peak_parameters: int = 0           # live trainable parameters at the peak (the dense phase)
+    dense_seconds: float = 0.0
+    sparse_seconds: float = 0.0
+
+    @property
+    def training_seconds(self):
+        return self.dense_seconds + self.sparse_seconds
+
+
+def lottery_ticket(model, x=None, y=None, *, sparsity: float = 0.9, distribution="erk", rewind_step: int = 0,
+                   epochs: int = 1, retrain_epochs: int | None = None, optimizer="adam", loss=None, metrics=None,
+                   batch_size: int | None = 32, validation_data=None, callbacks=(), verbose=0, seed: int = 0,
+                   fit_options: dict | None = None, reuse: LotteryTicket | None = None,
+                   **sparsify_options) -> LotteryTicket:
+    """Find and retrain a lottery ticket of ``model`` at ``sparsity``: train, prune, rewind, retrain.
+
+    Args:
+        model: a built Keras model (left unchanged: a copy is trained).
+        x, y: training data as for ``keras.Model.fit`` (arrays, a tf.data.Dataset, ...).
+        sparsity, distribution: the target and its per-layer split (as ``sparsify``; extra ``sparsify``
+            keywords such as ``keep_dense`` or ``layer_sparsity`` pass through).
+        rewind_step: rewind the survivors to their values after this many optimizer steps of the dense run
+            (0: to initialisation, the original lottery ticket; a few hundred steps: "late rewinding").
+        epochs: epochs of dense training; ``retrain_epochs`` (default ``epochs``) of retraining the ticket.
+        optimizer: a name, config, instance or no-argument factory; each phase gets a fresh one, so both
+            start without optimizer state.
+        loss, metrics, batch_size, validation_data, callbacks, verbose, fit_options: as ``compile``/``fit``.
+        reuse: the result of an earlier call on the same model and data: its dense run and early weights are
+            used instead of training dense again (tickets at several sparsities from one dense run); the
+            returned ``dense_seconds`` is then 0.
+    """
+    if not isinstance(model, keras.Model) or not model.built:
+        raise TypeError("lottery_ticket expects a built keras.Model")
+    if loss is None:
+        raise ValueError("lottery_ticket needs loss= to train the dense network")
+    if isinstance(epochs, bool) or int(epochs) < 1:
+        raise ValueError(f"epochs must be a positive number, got {epochs!r}")
+    retrain_epochs = int(epochs if retrain_epochs is None else retrain_epochs)
+    if retrain_epochs < 0:
+        raise ValueError(f"retrain_epochs must be >= 0, got {retrain_epochs}")
+    snapshot = WeightSnapshot(rewind_step)
+    # Validate the sparsity, distribution and layer options before paying for dense training.
+    sparsify(model, sparsity, method="static", distribution=distribution, seed=seed, **sparsify_options)
+    fit_options = dict(fit_options or {})
+    if reuse is not None:
+        if reuse.rewind_step != int(rewind_step):
+            raise ValueError(f"reuse= holds weights rewound to step {reuse.rewind_step}, not {rewind_step}")
+        dense, dense_history, dense_seconds = reuse.dense_model, reuse.dense_history, 0.0
+        snapshot.weights = reuse.rewound_weights
+    else:
+        dense, dense_history, dense_seconds = _train_dense(model, x, y, snapshot, epochs, optimizer, loss,
+                                                           metrics, batch_size, validation_data, callbacks,
+                                                           verbose, fit_options)
+
+    ticket = sparsify(dense, sparsity, method="static", distribution=distribution, seed=seed, **sparsify_options)
+    # sparsify applied a random static mask; score the trained dense values instead (same weight order).
+    ticket.model.set_weights(dense.get_weights())
+    prune_by_magnitude(ticket)
+    masks = ticket.masks()
+    ticket.model.set_weights(snapshot.weights)   # same architecture, so the weight order is the dense model's
+    ticket.apply_masks()
+
+    ticket.compile(optimizer=fresh_optimizer(optimizer), loss=loss, metrics=metrics)
+    sparse_history, sparse_seconds = {}, 0.0
+    if retrain_epochs:
+        started = time.perf_counter()
+        sparse_history = ticket.fit(x, y, batch_size=batch_size, epochs=retrain_epochs,
+                                    validation_data=validation_data, callbacks=list(callbacks), verbose=verbose,
+                                    **fit_options).history
+        sparse_seconds = time.perf_counter() - started
+    return LotteryTicket(model=ticket, dense_model=dense, rewind_step=int(rewind_step),
+                         rewound_weights=snapshot.weights, masks=masks, dense_history=dense_history,
+                         sparse_history=sparse_history, peak_parameters=live_parameters(dense).live,
+                         dense_seconds=dense_seconds, sparse_seconds=sparse_seconds)
+
+
+def _train_dense(model, x, y, snapshot, epochs, optimizer, loss, metrics, batch_size, validation_data, callbacks,
+                 verbose, fit_options):
+    """Step (1): train a dense copy while ``snapshot`` keeps the early weights; returns (model, history, s)."""
+    dense = copy_model(model)
+    if dense is None:
+        raise ValueError("lottery_ticket needs a model Keras can copy (Sequential, functional, or subclassed with "
+                         "get_config), since the dense weights must be kept for rewinding")
+    dense.compile(optimizer=fresh_optimizer(optimizer), loss=loss, metrics=metrics)
+    started = time.perf_counter()
+    history = dense.fit(x, y, batch_size=batch_size, epochs=int(epochs), validation_data=validation_data,
+                        callbacks=[snapshot, *callbacks], verbose=verbose, **fit_options)
+    seconds = time.perf_counter() - started
+    if snapshot.weights is None:
+        done = int(keras.ops.convert_to_numpy(dense.optimizer.iterations))
+        raise ValueError(f"rewind_step={snapshot.step} was never reached: dense training ran {done} steps")
+    return dense, history.history, seconds

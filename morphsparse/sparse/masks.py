@@ -1,0 +1,104 @@
+"""Mask arithmetic shared by every updater: exact counts, stable seeds and top-k selection.
+
+Everything here keeps the invariant the rest of the package relies on: a mask for ``n`` weights at sparsity ``s``
+holds exactly ``n - floor(s * n)`` ones, and the positions chosen depend only on the scores, with ties broken by
+the lower flat index (``tf.math.top_k`` is stable), never on thread timing or on Python's salted ``hash()``.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import numpy as np
+import tensorflow as tf
+
+# A product like 0.29 * 100 is 28.999999999999996 in binary floating point; this slack makes floor() give the
+# count a reader expects without changing any count that is not within rounding error of an integer.
+_FLOOR_SLACK = 1e-9
+
+
+def pruned_count(size: int, sparsity: float) -> int:
+    """Number of zeros a mask of ``size`` weights holds at ``sparsity``: ``floor(sparsity * size)``."""
+    return int(math.floor(sparsity * size + _FLOOR_SLACK))
+
+
+def kept_count(size: int, sparsity: float) -> int:
+    """Number of ones a mask of ``size`` weights holds at ``sparsity``: ``size - floor(sparsity * size)``."""
+    return int(size) - pruned_count(size, sparsity)
+
+
+def kept_count_tensor(size: int, sparsity):
+    """``kept_count`` for a sparsity that is only known inside the graph (a schedule's output), as int32."""
+    sparsity = tf.cast(sparsity, tf.float64)
+    pruned = tf.floor(sparsity * float(size) + _FLOOR_SLACK)
+    return tf.cast(size - tf.cast(pruned, tf.int64), tf.int32)
+
+
+def stable_hash(text: str) -> int:
+    """A 31-bit hash of ``text`` that is the same in every process (CRC-32, unlike Python's salted hash())."""
+    return zlib.crc32(text.encode("utf-8")) & 0x7FFFFFFF
+
+
+def step_seed(key_hash: int, step):
+    """Seed for a stateless random op: the weight's stable hash and the training step."""
+    return tf.stack([tf.constant(key_hash, tf.int64), tf.cast(step, tf.int64)])
+
+
+def random_mask(shape, sparsity: float, key_hash: int, seed: int = 0) -> np.ndarray:
+    """A 0/1 float32 mask with the exact kept count, positions drawn from a generator seeded by the key."""
+    size = int(np.prod(shape))
+    rng = np.random.default_rng([int(seed) & 0x7FFFFFFF, key_hash])
+    flat = np.zeros(size, np.float32)
+    flat[rng.permutation(size)[:kept_count(size, sparsity)]] = 1.0
+    return flat.reshape(shape)
+
+
+class Unstructured:
+    """Sparsity type "unstructured": any single weight may be kept or removed.
+
+    Updaters express what they want as scores and counts; the sparsity type turns that into mask positions.
+    A structured type (N:M, blocks) would subclass this and override the three selection methods.
+    """
+
+    name = "unstructured"
+
+    def drop_lowest(self, mask, scores, count):
+        """Clear the ``count`` active positions of ``mask`` whose ``scores`` are lowest (ties: lower index)."""
+        flat_mask = tf.reshape(mask, [-1])
+        active = tf.where(flat_mask > 0)[:, 0]
+        # Only the active entries compete, which makes the top-k far smaller than the kernel at high sparsity.
+        active_scores = tf.gather(tf.reshape(scores, [-1]), active)
+        count = tf.minimum(tf.cast(count, tf.int32), tf.size(active))
+        _, lowest = tf.math.top_k(-active_scores, k=count)
+        cleared = tf.gather(active, lowest)
+        flat_mask = tf.tensor_scatter_nd_update(flat_mask, cleared[:, None], tf.zeros_like(cleared, mask.dtype))
+        return tf.reshape(flat_mask, tf.shape(mask))
+
+    def grow_highest(self, mask, scores, count):
+        """Set the ``count`` inactive positions of ``mask`` whose ``scores`` are highest (ties: lower index)."""
+        flat_mask = tf.reshape(mask, [-1])
+        flat_scores = tf.cast(tf.reshape(scores, [-1]), tf.float32)
+        candidates = tf.where(flat_mask > 0, tf.fill(tf.shape(flat_scores), -np.inf), flat_scores)
+        _, highest = tf.math.top_k(candidates, k=tf.cast(count, tf.int32))
+        flat_mask = tf.tensor_scatter_nd_update(flat_mask, highest[:, None], tf.ones_like(highest, mask.dtype))
+        return tf.reshape(flat_mask, tf.shape(mask))
+
+    def keep_highest(self, scores, count, dtype=tf.float32):
+        """A fresh mask holding ones at the ``count`` highest ``scores`` (one-shot methods such as SNIP)."""
+        flat_scores = tf.reshape(scores, [-1])
+        _, highest = tf.math.top_k(flat_scores, k=tf.cast(count, tf.int32))
+        flat_mask = tf.scatter_nd(highest[:, None], tf.ones_like(highest, dtype), tf.shape(flat_scores))
+        return tf.reshape(flat_mask, tf.shape(scores))
+
+
+SPARSITY_TYPES = {"unstructured": Unstructured}
+
+
+def get_sparsity_type(value):
+    """Resolve a sparsity type given by name or instance."""
+    if isinstance(value, str):
+        if value not in SPARSITY_TYPES:
+            raise ValueError(f"Unknown sparsity type {value!r}; known: {sorted(SPARSITY_TYPES)}")
+        return SPARSITY_TYPES[value]()
+    return value

@@ -1,0 +1,143 @@
+"""Width-multiplier expansion (ms.expand)."""
+
+import keras
+import numpy as np
+import pytest
+
+import morphsparse as ms
+from morphsparse.morph.expand import WidthSearch
+from test_alive import block_net
+from test_export import kill, randomize
+
+L = keras.layers
+
+
+def slim_block_net():
+    model = randomize(block_net())
+    kill(model.get_layer("a_bn"), [0, 1, 2])
+    kill(model.get_layer("stem_bn"), [0, 1, 2, 3])
+    kill(model.get_layer("b_bn"), [0, 1, 2, 3])
+    kill(model.get_layer("t1_bn"), slice(None))          # a whole tower: it must stay removed
+    return model, ms.export(model)
+
+
+@pytest.mark.parametrize("round_to", [None, 4])
+def test_expand_of_export_lands_within_one_step_under_the_original_budget(round_to):
+    model, slim = slim_block_net()
+    budget = ms.count_flops(model)
+    wide, report = ms.expand(slim, budget=budget, target="flops", round_to=round_to, return_report=True)
+    cost = ms.count_flops(wide)
+    assert cost == report.cost_after <= budget < report.cost_next_step
+    assert report.multiplier > 1
+    # every member of a group has the same width; the dead tower stays dead; input and output are fixed
+    assert wide.get_layer("stem").filters == wide.get_layer("b").filters
+    assert "t1" not in {layer.name for layer in wide.layers}
+    assert wide.get_layer("logits").units == 5 and wide.inputs[0].shape[1:] == (8, 8, 3)
+    if round_to:
+        assert all(after % round_to == 0 for path, (_, after) in report.widths.items()
+                   if path not in ("image", "logits"))
+    assert report.widths["stem"] == (12, wide.get_layer("stem").filters)
+
+
+@pytest.mark.slow
+def test_expanded_model_is_freshly_initialised_and_trains():
+    _, slim = slim_block_net()
+    wide = ms.expand(slim, budget=2 * ms.count_flops(slim))
+    # fresh weights: BatchNorm statistics at their initial values, not the slim model's
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(wide.get_layer("stem_bn").moving_variance), 1.0)
+    x = np.random.default_rng(0).normal(size=(8, 8, 8, 3)).astype("float32")
+    y = np.arange(8) % 5
+    wide.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = wide.fit(x, y, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+
+
+def test_size_target_and_shrinking_budget():
+    model, slim = slim_block_net()
+    budget = ms.count_params(slim) // 2
+    wide, report = ms.expand(slim, budget=budget, target="size", return_report=True)
+    assert ms.count_params(wide) <= budget < report.cost_next_step
+    assert report.multiplier < 1
+
+
+def test_widths_follow_flatten_depthwise_and_nested_models():
+    inner_in = keras.Input((6, 6, 4))
+    y = L.DepthwiseConv2D(3, padding="same", depth_multiplier=2, name="dw")(inner_in)
+    inner = keras.Model(inner_in, L.Conv2D(4, 1, name="pw")(y), name="inner")
+    inp = keras.Input((6, 6, 3))
+    x = L.Conv2D(4, 1, name="stem")(inp)
+    x = inner(x)
+    x = L.Flatten()(x)
+    out = L.Dense(2, name="head")(L.Dense(10, name="hidden")(x))
+    model = keras.Model(inp, out)
+    wide = ms.expand(model, budget=3 * ms.count_flops(model))
+    assert ms.count_flops(wide) <= 3 * ms.count_flops(model)
+    stem = wide.get_layer("stem").filters
+    assert stem > 4 and wide.get_layer("inner__dw").kernel.shape == (3, 3, stem, 2)
+    assert wide.get_layer("hidden").kernel.shape[0] == 36 * wide.get_layer("inner__pw").filters
+
+
+def test_search_is_monotone_and_bisection_finds_the_boundary():
+    _, slim = slim_block_net()
+    search = WidthSearch(ms.analyze(slim), "flops", round_to=2)
+    costs = [search.cost(w) for w in np.linspace(0.1, 3, 30)]
+    assert costs == sorted(costs)
+    w, cost = search.largest_multiplier(costs[12])
+    assert cost <= costs[12] < search.next_step(w)
+
+
+def test_bad_input():
+    _, slim = slim_block_net()
+    with pytest.raises(ms.ExpandError, match="smallest possible network"):
+        ms.expand(slim, budget=10)
+    with pytest.raises(ms.ExpandError, match="unknown target"):
+        ms.expand(slim, budget=1e6, target="latency")
+    with pytest.raises(ms.ExpandError, match="round_to"):
+        ms.expand(slim, budget=1e6, round_to=0)
+    with pytest.raises(ms.ExpandError, match="budget"):
+        ms.expand(slim, budget="lots")
+    with pytest.raises(ms.ExpandError, match="no removable"):
+        inp = keras.Input((4,))
+        ms.expand(keras.Model(inp, L.Dense(2)(inp)), budget=100)
+
+    class FixedScale(L.Layer):      # per-channel weights sized by its config, registered as a plain PassThrough
+        def __init__(self, channels, **kwargs):
+            super().__init__(**kwargs)
+            self.channels = channels
+
+        def build(self, shape):
+            self.w = self.add_weight(shape=(self.channels,), initializer="ones")
+
+        def call(self, x):
+            return x * self.w
+
+        def get_config(self):
+            return {**super().get_config(), "channels": self.channels}
+
+    from morphsparse import handlers
+    handlers.register_handler(FixedScale, handlers.PassThrough())
+    inp = keras.Input((4,))
+    model = keras.Model(inp, L.Dense(2)(FixedScale(3)(L.Dense(3, name="hidden")(inp))))
+    with pytest.raises(ms.ExpandError, match="FixedScale"):
+        ms.expand(model, budget=1000)
+
+
+def test_command_line_export_then_expand(tmp_path, capsys):
+    from morphsparse.cli import main
+
+    model, _ = slim_block_net()
+    original = tmp_path / "model.keras"
+    model.save(original)
+    slim_path, wide_path, structure = tmp_path / "slim.keras", tmp_path / "wide.keras", tmp_path / "s.json"
+    assert main(["export", str(original), "-o", str(slim_path), "--structure", str(structure)]) == 0
+    out = capsys.readouterr().out
+    assert "stem" in out and "FLOPs" in out and ms.load_structure(structure)["layers"]["stem"]["alive"] == 12
+    slim = keras.saving.load_model(slim_path)
+    assert slim.get_layer("stem").filters == 12
+    assert main(["expand", str(slim_path), "--like", str(original), "-o", str(wide_path), "--round-to", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "before" in out and "after" in out
+    wide = keras.saving.load_model(wide_path)
+    assert ms.count_flops(wide) <= ms.count_flops(model)
+    assert main(["expand", str(slim_path), "-o", str(wide_path), "--budget-flops", "10"]) == 2
+    assert "smallest possible network" in capsys.readouterr().err

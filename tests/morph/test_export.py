@@ -1,0 +1,294 @@
+"""Slim export (ms.export): channel removal, constant folding, branch and tower removal, saving."""
+
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import morphsparse as ms
+from test_alive import block_net
+
+L = keras.layers
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def randomize(model, seed=0):
+    """Random BatchNorm statistics and biases, so dead channels carry non-trivial constants."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            randomize(layer, seed + 1)
+        elif isinstance(layer, L.BatchNormalization):
+            n = layer.moving_mean.shape[0]
+            layer.gamma.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
+            layer.beta.assign(rng.normal(0, 0.5, n).astype("float32"))
+            layer.moving_mean.assign(rng.normal(0, 0.5, n).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 2, n).astype("float32"))
+        elif getattr(layer, "use_bias", False) and getattr(layer, "bias", None) is not None:
+            layer.bias.assign(rng.normal(0, 0.3, tuple(layer.bias.shape)).astype("float32"))
+    return model
+
+
+def kill(layer, channels, beta=True):
+    """Zero gamma (and beta) of some channels of a BatchNormalization, as a gamma regulariser would."""
+    for variable in (layer.gamma, layer.beta if beta else None):
+        if variable is not None:
+            value = keras.ops.convert_to_numpy(variable)
+            value[channels] = 0.0
+            variable.assign(value)
+
+
+def inputs_for(model, n=4, seed=1):
+    return np.random.default_rng(seed).normal(size=(n,) + tuple(model.inputs[0].shape[1:])).astype("float32")
+
+
+def assert_same_outputs(model, slim, rtol=1e-4):
+    x = inputs_for(model)
+    want = keras.ops.convert_to_numpy(model(x, training=False))
+    got = keras.ops.convert_to_numpy(slim(x, training=False))
+    assert want.shape == got.shape
+    assert np.abs(want - got).max() <= rtol * max(np.abs(want).max(), 1.0)
+
+
+def test_dead_branch_and_tower_disappear_and_outputs_match():
+    model = randomize(block_net())
+    kill(model.get_layer("a_bn"), slice(None))            # the whole residual branch a -> b
+    kill(model.get_layer("t1_bn"), slice(None))           # a whole concat tower
+    kill(model.get_layer("stem_bn"), [1, 3])
+    kill(model.get_layer("b_bn"), [1, 3, 5])              # channel 5 stays: stem_bn keeps it (OR)
+    slim, report = ms.export(model, return_report=True)
+    assert_same_outputs(model, slim)
+    names = {layer.name for layer in slim.layers}
+    assert not names & {"a", "a_bn", "b", "b_bn", "t1", "t1_bn", "add", "cat"}
+    assert slim.get_layer("stem").filters == 14
+    assert {"a", "b", "t1"} <= set(report.removed_layers)
+    # the slim model costs exactly what the alive masks say
+    assert ms.count_flops(slim) == ms.count_flops(model, alive=ms.alive_masks(model)) == report.flops_after
+    assert ms.count_params(slim) == report.params_after < report.params_before
+
+
+def test_dead_branch_with_nonzero_constant_is_added_back():
+    # branch a dies but b's BN still emits a non-zero constant: the Add keeps it as a constant offset
+    model = randomize(block_net())
+    kill(model.get_layer("a_bn"), slice(None))
+    slim = ms.export(model)
+    assert_same_outputs(model, slim)
+    assert "add" not in {layer.name for layer in slim.layers}
+
+
+def test_constant_of_dead_channels_folds_exactly_into_1x1_and_dense():
+    inp = keras.Input((6, 6, 3))
+    x = L.Conv2D(8, 3, padding="same", name="c1")(inp)
+    x = L.BatchNormalization(name="bn1")(x)
+    x = L.ReLU()(x)
+    y = L.Conv2D(5, 1, name="pointwise")(x)                 # 1x1: exact
+    z = L.Dense(4, name="dense")(L.GlobalAveragePooling2D()(x))
+    out = L.Concatenate()([L.GlobalAveragePooling2D()(y), z])
+    model = randomize(keras.Model(inp, out))
+    model.get_layer("bn1").beta.assign(np.linspace(0.2, 1.0, 8).astype("float32"))   # relu(beta) > 0
+    kill(model.get_layer("bn1"), [0, 2, 5], beta=False)
+    slim, report = ms.export(model, return_report=True)
+    assert slim.get_layer("c1").filters == 5
+    assert report.folded == 2 and not report.inexact
+    assert_same_outputs(model, slim)
+
+
+def test_fold_through_padded_spatial_conv_is_reported_and_exact_keeps_it():
+    inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 1, name="c1")(inp)
+    x = L.BatchNormalization(name="bn1")(x)
+    x = L.ReLU()(x)
+    x = L.Conv2D(6, 3, padding="same", name="spatial")(x)
+    out = L.Dense(3)(L.GlobalAveragePooling2D()(x))
+    model = randomize(keras.Model(inp, out))
+    model.get_layer("bn1").beta.assign(np.full(8, 0.5, "float32"))
+    kill(model.get_layer("bn1"), [1, 4], beta=False)
+    slim, report = ms.export(model, return_report=True)
+    assert report.inexact and report.inexact[0][0] == "spatial"
+    assert slim.get_layer("c1").filters == 6                   # removed, folded at the interior value
+    exact, exact_report = ms.export(model, exact=True, return_report=True)
+    assert exact.get_layer("c1").filters == 8 and len(exact_report.kept) == 2
+    assert_same_outputs(model, exact)
+    # a zero constant (beta killed too) crosses a padded kernel exactly
+    kill(model.get_layer("bn1"), [1, 4], beta=True)
+    slim, report = ms.export(model, exact=True, return_report=True)
+    assert slim.get_layer("c1").filters == 6 and not report.inexact
+    assert_same_outputs(model, slim)
+
+
+def test_flatten_dense_rows_are_sliced_and_folded():
+    inp = keras.Input((4, 4, 2))
+    x = L.Conv2D(6, 3, padding="same", name="c1")(inp)
+    x = L.BatchNormalization(name="bn1")(x)
+    x = L.Activation("sigmoid")(x)                          # sigmoid(0) = 0.5: dead channels are not zero
+    x = L.Flatten()(x)
+    out = L.Dense(3, name="head")(x)
+    model = randomize(keras.Model(inp, out))
+    kill(model.get_layer("bn1"), [0, 3])
+    slim = ms.export(model)
+    assert slim.get_layer("head").kernel.shape == (4 * 4 * 4, 3)
+    assert_same_outputs(model, slim)
+
+
+def test_depthwise_multiplier_and_bias_free_conv_fold_into_batchnorm_mean():
+    inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(4, 1, name="expand")(inp)
+    x = L.BatchNormalization(name="expand_bn")(x)
+    x = L.ReLU()(x)
+    x = L.DepthwiseConv2D(3, padding="same", depth_multiplier=2, name="dw")(x)
+    x = L.BatchNormalization(name="dw_bn")(x)
+    x = L.ReLU()(x)
+    x = L.Conv2D(5, 1, use_bias=False, name="project")(x)
+    x = L.BatchNormalization(name="project_bn")(x)
+    out = L.Dense(2)(L.GlobalAveragePooling2D()(x))
+    model = randomize(keras.Model(inp, out))
+    model.get_layer("dw_bn").beta.assign(np.full(8, 0.7, "float32"))
+    kill(model.get_layer("expand_bn"), [1])           # channel 1 of the group: dw outputs 2 and 3
+    kill(model.get_layer("dw_bn"), [2, 3], beta=False)  # dw_bn leaves relu(0.7) behind: folded
+    slim, report = ms.export(model, return_report=True)
+    assert slim.get_layer("expand").filters == 3
+    assert slim.get_layer("dw").kernel.shape == (3, 3, 3, 2)
+    assert slim.get_layer("project").kernel.shape == (1, 1, 6, 5)
+    assert not slim.get_layer("project").use_bias      # the constant went into project_bn's moving mean
+    assert report.folded == 1
+    assert_same_outputs(model, slim)
+
+
+def test_nested_model_is_flattened():
+    inner_in = keras.Input((8, 8, 6))
+    y = L.Conv2D(4, 1, name="inner_a")(inner_in)
+    y = L.BatchNormalization(name="inner_bn")(y)
+    y = L.ReLU()(y)
+    y = L.Conv2D(6, 1, name="inner_b")(y)
+    inner = keras.Model(inner_in, L.Add()([inner_in, y]), name="block")
+    inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(6, 3, padding="same", name="stem")(inp)
+    x = inner(x)
+    out = L.Dense(3)(L.GlobalAveragePooling2D()(x))
+    model = randomize(keras.Model(inp, out))
+    kill(model.get_layer("block").get_layer("inner_bn"), [0, 2])
+    slim = ms.export(model)
+    assert slim.get_layer("block__inner_a").filters == 2
+    assert_same_outputs(model, slim)
+
+
+def test_group_lasso_on_a_network_without_batchnorm():
+    inp = keras.Input((12,))
+    x = L.Dense(10, activation="relu", name="h1")(inp)
+    x = L.Dense(8, activation="tanh", name="h2")(x)
+    out = L.Dense(3, name="out")(x)
+    model = randomize(keras.Model(inp, out))
+    kernel = keras.ops.convert_to_numpy(model.get_layer("h1").kernel)
+    kernel[:, [0, 4, 7]] = 0.0                      # their output is relu(bias): a constant, folded into h2
+    model.get_layer("h1").kernel.assign(kernel)
+    slim = ms.export(model, source="group_lasso")
+    assert slim.get_layer("h1").units == 7
+    assert_same_outputs(model, slim)
+
+
+def test_channels_normalised_by_layernorm_or_not_constant_are_kept():
+    inp = keras.Input((6, 6, 3))
+    x = L.Conv2D(8, 1, name="c1")(inp)
+    x = L.LayerNormalization(name="ln")(x)
+    out = L.Dense(2)(L.GlobalAveragePooling2D()(x))
+    model = randomize(keras.Model(inp, out))
+    kernel = keras.ops.convert_to_numpy(model.get_layer("c1").kernel)
+    kernel[..., [1, 2]] = 0.0
+    model.get_layer("c1").kernel.assign(kernel)
+    slim, report = ms.export(model, source="group_lasso", return_report=True)
+    assert slim.get_layer("c1").filters == 8 and len(report.kept) == 2
+    assert "LayerNormalization" in report.kept[0][2]
+    assert_same_outputs(model, slim)
+
+    # squeeze-excite: the gamma-dead channel is multiplied by an unregularised gate, so it is not constant
+    inp = keras.Input((6, 6, 3))
+    x = L.Conv2D(4, 1, name="c")(inp)
+    x = L.BatchNormalization(name="bn")(x)
+    gate = L.Conv2D(4, 1, activation="sigmoid", name="gate")(L.GlobalAveragePooling2D(keepdims=True)(inp))
+    x = L.Multiply()([x, gate])
+    out = L.Dense(2)(L.GlobalAveragePooling2D()(x))
+    model = randomize(keras.Model(inp, out))
+    kill(model.get_layer("bn"), [0], beta=False)
+    slim, report = ms.export(model, return_report=True)
+    assert slim.get_layer("c").filters == 4 and "not constant" in report.kept[0][2]
+    assert_same_outputs(model, slim)
+
+
+def test_user_masks_and_bad_input():
+    model = randomize(block_net())
+    graph = ms.analyze(model)
+    masks = {"a": np.array([True, False] * 4)}
+    slim = ms.export(model, alive=masks)
+    assert slim.get_layer("a").filters == 4
+    assert_same_outputs(ms.export(model, alive={"a": np.ones(8, bool)}), model)
+    with pytest.raises(ms.AliveError, match="cannot be"):
+        ms.export(model, alive={"logits": np.zeros(5, bool)})
+    with pytest.raises(ms.AliveError, match="no input reaches"):
+        ms.export(model, alive={graph.group_of("t1").id: np.zeros(4, bool),
+                                graph.group_of("t2").id: np.zeros(6, bool)})
+    with pytest.raises(ValueError, match="boolean mask"):
+        ms.export(model, alive={"a": np.ones(3, bool)})
+    with pytest.raises(ValueError, match="unknown source"):
+        ms.export(model, source="magnitude")
+    with pytest.raises(TypeError):
+        ms.export("model.keras")
+
+
+def test_unsupported_layer_is_a_clear_error():
+    class Twice(L.Layer):
+        def call(self, x):
+            return x * 2.0
+
+    inp = keras.Input((4,))
+    out = L.Dense(2)(Twice()(L.Dense(3)(inp)))
+    with pytest.raises(ms.GraphError, match="no channel handler"):
+        ms.export(keras.Model(inp, out))
+
+
+APPLICATIONS = ["ResNet50", "MobileNetV2", "MobileNetV3Small", "DenseNet121", "InceptionV3", "EfficientNetB0",
+                "NASNetMobile"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", APPLICATIONS)
+def test_keras_applications_export_equivalently(name):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from equivalence import check_model
+
+    row = check_model(name)
+    assert row["equal"], row
+    assert row["flops_match"], row
+    assert row["killed_groups"] > 0 and row["flops_slim"] < row["flops"]
+
+
+def test_a_registered_handler_extends_export_and_expand_to_a_custom_layer():
+    from morphsparse import handlers
+
+    class ChannelScale(L.Layer):
+        def __init__(self, channels, **kwargs):
+            super().__init__(**kwargs)
+            self.channels = channels
+
+        def build(self, shape):
+            self.w = self.add_weight(shape=(self.channels,), initializer="ones")
+
+        def call(self, x):
+            return x * self.w
+
+        def get_config(self):
+            return {**super().get_config(), "channels": self.channels}
+
+    ms.register_handler(ChannelScale, handlers.ChannelSizedPassThrough("channels"))
+    inp = keras.Input((6, 6, 3))
+    x = L.BatchNormalization(name="bn")(L.Conv2D(5, 1, name="c")(inp))
+    x = ChannelScale(5, name="scale")(x)
+    model = randomize(keras.Model(inp, L.Dense(2)(L.GlobalAveragePooling2D()(x))))
+    model.get_layer("scale").w.assign(np.arange(1, 6).astype("float32"))
+    kill(model.get_layer("bn"), [1, 3])
+    slim = ms.export(model)
+    assert slim.get_layer("scale").channels == 3
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(slim.get_layer("scale").w), [1, 3, 5])
+    assert_same_outputs(model, slim)
+    assert ms.expand(slim, budget=3 * ms.count_flops(slim)).get_layer("scale").channels > 3

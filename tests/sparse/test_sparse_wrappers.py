@@ -1,0 +1,168 @@
+"""Which layers and models can be sparsified, and the mask-holding wrapper itself."""
+
+import keras
+import numpy as np
+import pytest
+
+import morphsparse.sparse as mss
+from morphsparse.sparse.masks import kept_count
+from morphsparse.sparse.wrappers import SparseWrapper, maskable_kernels
+
+
+def _np(variable):
+    return keras.ops.convert_to_numpy(variable)
+
+
+@keras.saving.register_keras_serializable(package="morphsparse_tests")
+class ScaledDense(keras.layers.Dense):
+    """A user subclass of Dense: must be found and masked like Dense."""
+
+    def call(self, inputs):
+        return super().call(inputs) * 0.5
+
+
+LAYER_CASES = {
+    "dense": ((6,), lambda: keras.layers.Dense(5)),
+    "dense_subclass": ((6,), lambda: ScaledDense(5)),
+    "conv1d": ((8, 3), lambda: keras.layers.Conv1D(4, 3)),
+    "conv2d": ((6, 6, 3), lambda: keras.layers.Conv2D(4, 3)),
+    "conv3d": ((4, 4, 4, 2), lambda: keras.layers.Conv3D(3, 2)),
+    "conv1d_transpose": ((5, 3), lambda: keras.layers.Conv1DTranspose(4, 3)),
+    "conv2d_transpose": ((4, 4, 3), lambda: keras.layers.Conv2DTranspose(4, 3)),
+    "conv3d_transpose": ((3, 3, 3, 2), lambda: keras.layers.Conv3DTranspose(3, 2)),
+    "separable_conv1d": ((8, 4), lambda: keras.layers.SeparableConv1D(6, 3)),
+    "separable_conv2d": ((6, 6, 4), lambda: keras.layers.SeparableConv2D(6, 3)),
+    "depthwise_conv1d": ((8, 4), lambda: keras.layers.DepthwiseConv1D(3, depth_multiplier=2)),
+    "depthwise_conv2d": ((6, 6, 4), lambda: keras.layers.DepthwiseConv2D(3, depth_multiplier=2)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LAYER_CASES))
+def test_layer_types_are_masked_and_trained(case):
+    shape, make_layer = LAYER_CASES[case]
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(shape)
+    outputs = keras.layers.Dense(2, name="head")(keras.layers.Flatten()(make_layer()(inputs)))
+    model = keras.Model(inputs, outputs)
+    sparse = mss.sparsify(model, 0.6, "rigl", "uniform", update_every=1, end_step=3)
+    assert len(sparse.units) == 2, [u.key for u in sparse.units]
+    sparse.compile(keras.optimizers.SGD(0.1, momentum=0.9), "mse")
+    rng = np.random.default_rng(0)
+    sparse.fit(rng.random((8,) + shape, dtype=np.float32), rng.random((8, 2), dtype=np.float32),
+               batch_size=4, verbose=0)
+    assert int(_np(sparse.mask_updates)) == 2
+    for unit in sparse.units:
+        mask = _np(unit.mask)
+        assert int(mask.sum()) == kept_count(mask.size, 0.6), unit.key
+        assert not np.any(_np(unit.kernel)[mask == 0]), unit.key
+
+
+def test_embedding_and_attention_projections():
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((5,), dtype="int32")
+    embedded = keras.layers.Embedding(20, 8, name="embed")(tokens)
+    attended = keras.layers.MultiHeadAttention(2, 4, name="mha")(embedded, embedded)
+    model = keras.Model(tokens, keras.layers.Dense(3, name="head")(keras.layers.Flatten()(attended)))
+    sparse = mss.sparsify(model, 0.5, "rigl", "erk", update_every=1, end_step=3)
+    keys = [u.key for u in sparse.units]
+    assert "embed/embeddings" in keys and sum(k.startswith("mha/") for k in keys) == 4
+    sparse.compile(keras.optimizers.Adam(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    sparse.fit(rng.integers(0, 20, (8, 5)), rng.integers(0, 3, 8), batch_size=4, verbose=0)
+    for unit in sparse.units:
+        mask = _np(unit.mask)
+        assert int(mask.sum()) == kept_count(mask.size, unit.sparsity), unit.key
+        assert not np.any(_np(unit.kernel)[mask == 0]), unit.key
+
+
+def test_separable_depthwise_kernel_is_optional():
+    layer = keras.layers.SeparableConv2D(4, 3)
+    assert maskable_kernels(layer) == ("pointwise_kernel",)
+    assert maskable_kernels(layer, mask_separable_depthwise=True) == ("depthwise_kernel", "pointwise_kernel")
+    assert maskable_kernels(keras.layers.BatchNormalization()) == ()
+
+
+@keras.saving.register_keras_serializable(package="morphsparse_tests")
+class TwoTower(keras.Model):
+    """A subclassed model with a nested block held in a list."""
+
+    def __init__(self, units=6, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.blocks = [keras.layers.Dense(units, activation="relu", name="inner1"),
+                       keras.layers.Dense(units, activation="relu", name="inner2")]
+        self.head = keras.layers.Dense(2, name="out")
+
+    def call(self, inputs):
+        x = inputs
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+    def get_config(self):
+        return dict(super().get_config(), units=self.units)
+
+
+def _nested_functional():
+    inner = keras.Sequential([keras.Input((6,)), keras.layers.Dense(7, name="n1"),
+                              keras.layers.Dense(7, name="n2")], name="block")
+    inputs = keras.Input((4,))
+    x = keras.layers.Dense(6, name="stem")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(2, name="top")(inner(x)), name="outer")
+
+
+MODEL_CASES = {
+    "sequential": lambda: keras.Sequential([keras.Input((4,)), keras.layers.Dense(6, name="s1"),
+                                            keras.layers.Dense(2, name="s2")]),
+    "functional": lambda: (lambda i: keras.Model(i, keras.layers.Dense(2, name="f2")(
+        keras.layers.Dense(6, name="f1")(i))))(keras.Input((4,))),
+    "nested": _nested_functional,
+    "subclassed": lambda: TwoTower(name="two_tower"),
+}
+EXPECTED_KEYS = {
+    "sequential": ["s1/kernel", "s2/kernel"], "functional": ["f1/kernel", "f2/kernel"],
+    "nested": ["stem/kernel", "block/n1/kernel", "block/n2/kernel", "top/kernel"],
+    "subclassed": ["inner1/kernel", "inner2/kernel", "out/kernel"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(MODEL_CASES))
+def test_model_kinds_found_recursively_and_round_trip(case, tmp_path):
+    keras.utils.set_random_seed(0)
+    model = MODEL_CASES[case]()
+    if not model.built:
+        model(np.zeros((1, 4), "float32"))     # a subclassed model builds its layers when called
+    sparse = mss.sparsify(model, 0.5, "rigl", "uniform", update_every=1, end_step=4)
+    assert sorted(u.key for u in sparse.units) == sorted(EXPECTED_KEYS[case])
+    sparse.compile(keras.optimizers.SGD(0.1, momentum=0.9), "mse")
+    x = np.random.default_rng(0).random((8, 4), dtype=np.float32)
+    sparse.fit(x, np.zeros((8, 2), "float32"), batch_size=4, verbose=0)
+    for unit in sparse.units:
+        mask = _np(unit.mask)
+        assert int(mask.sum()) == kept_count(mask.size, 0.5), unit.key
+        assert not np.any(_np(unit.kernel)[mask == 0]), unit.key
+    path = tmp_path / f"{case}.keras"
+    sparse.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), sparse.predict(x, verbose=0), atol=1e-6)
+    for key, mask in sparse.masks().items():
+        np.testing.assert_array_equal(loaded.masks()[key], mask)
+    plain = mss.strip(loaded)
+    np.testing.assert_allclose(plain.predict(x, verbose=0), sparse.predict(x, verbose=0), atol=1e-6)
+
+
+def test_wrapper_standalone_config_round_trip():
+    layer = keras.layers.Dense(4, name="w")
+    layer.build((None, 3))
+    wrapper = SparseWrapper(layer, {"kernel": 0.5}, {"kernel": "w/kernel"}, state={"gradient_average": "zeros"})
+    config = wrapper.get_config()
+    assert config["sparsities"] == {"kernel": 0.5} and config["state"] == {"gradient_average": "zeros"}
+    restored = SparseWrapper.from_config(config)
+    restored.build((None, 3))
+    assert restored.sparsities == {"kernel": 0.5} and restored.keys == {"kernel": "w/kernel"}
+    assert set(restored.masks) == {"kernel"} and set(restored.states["kernel"]) == {"gradient_average"}
+    assert restored(np.ones((1, 3), "float32")).shape == (1, 4)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        SparseWrapper(layer, {"kernel": 1.0})
+    with pytest.raises(ValueError, match="no maskable kernel"):
+        SparseWrapper(layer, {"bias": 0.5})
