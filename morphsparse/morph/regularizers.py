@@ -254,26 +254,26 @@ class Target:
         raise NotImplementedError
 
 
-class FlopsTarget(Target):
-    name, unit = "flops", "FLOPs"
+class _CostTableTarget(Target):
+    """A target whose cost and term come straight from one of the kernel calls' cost tables."""
+
+    table = ""   # attribute of the kernel calls holding the cost table: "flops" or "params"
 
     def cost(self, a_in, a_out, xp=np):
-        return self.k.flops.value(a_in, a_out, xp)
+        return getattr(self.k, self.table).value(a_in, a_out, xp)
 
     def term(self, a_in, a_out, r_in, r_out, xp=np):
-        return self.k.flops.term(a_in, a_out, r_in, r_out, xp)
+        return getattr(self.k, self.table).term(a_in, a_out, r_in, r_out, xp)
 
 
-class SizeTarget(Target):
+class FlopsTarget(_CostTableTarget):
+    name, unit, table = "flops", "FLOPs", "flops"
+
+
+class SizeTarget(_CostTableTarget):
     """Parameter count, as count_params counts it: kernels (kh*kw*A_in*A_out), biases and BatchNorm."""
 
-    name, unit = "size", "parameters"
-
-    def cost(self, a_in, a_out, xp=np):
-        return self.k.params.value(a_in, a_out, xp)
-
-    def term(self, a_in, a_out, r_in, r_out, xp=np):
-        return self.k.params.term(a_in, a_out, r_in, r_out, xp)
+    name, unit, table = "size", "parameters", "params"
 
 
 class ActivationsTarget(Target):

@@ -206,12 +206,6 @@ def digits_net():
     return keras.Model(inp, out, name="digits_net")
 
 
-@pytest.fixture(scope="module")
-def digits():
-    (x, y), (xt, yt) = ms.load_digits()
-    return x[..., None], y, xt[..., None], yt
-
-
 def compile_model(model, lr=3e-2):
     model.compile(keras.optimizers.Adam(lr), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
