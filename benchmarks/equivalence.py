@@ -225,6 +225,8 @@ def check_model(name, seed=0):
     sensitivity = float(np.abs(want - nudged).max()) / scale
     # what a regulariser reports as alive FLOPs, less the layers export drops because nothing surviving
     # reads them (they are counted by channel-group masks alone)
+    regularised = regulariser_prices_exactly(model, source, graph)
+    expanded = expands_within_budget(slim, report.flops_before)
     by_layer = ms.cost_report(graph, alive=masks).by_layer()
     dead_end_flops = sum(by_layer[path].flops for path in set(report.dead_ends))
     flops_alive = ms.count_flops(graph, alive=masks) - dead_end_flops
@@ -238,9 +240,28 @@ def check_model(name, seed=0):
            "params": report.params_before, "params_slim": report.params_after,
            "max_abs_diff": diff, "output_scale": scale, "relative_diff": diff / scale,
            "sensitivity_1e-6": sensitivity,
-           "equal": diff <= TOLERANCE * scale, "export_seconds": round(export_seconds, 3)}
+           "equal": diff <= TOLERANCE * scale, "export_seconds": round(export_seconds, 3),
+           "regulariser_exact": regularised, "expand_multiplier": expanded[0], "expand_within_budget": expanded[1]}
     keras.backend.clear_session()
     return row
+
+
+def regulariser_prices_exactly(model, source, graph):
+    """True when a FLOP MorphRegularizer builds on the model and its in-graph alive FLOPs and parameters (what
+    fit logs) equal count_flops / count_params of the same threshold masks (before the propagation that also
+    drops layers starved of input, which the in-graph count does not see)."""
+    reg = ms.MorphRegularizer(model, target="flops", source=source, threshold=THRESHOLD)
+    masks = ms.alive_masks(graph, source=source, threshold=THRESHOLD, propagate=False)
+    loss, flops, params = reg._loss_and_costs()
+    return bool(np.isfinite(float(loss)) and int(round(float(flops))) == ms.count_flops(reg.graph, alive=masks)
+                and int(round(float(params))) == ms.count_params(reg.graph, alive=masks))
+
+
+def expands_within_budget(slim, budget):
+    """(width multiplier, cost <= budget) of expanding the slim model back to the original's FLOPs."""
+    wide, report = ms.expand(slim, budget=budget, return_report=True)
+    cost = ms.count_flops(wide)
+    return round(report.multiplier, 4), bool(cost == report.cost_after <= budget)
 
 
 def write_markdown(rows, path):
@@ -254,22 +275,30 @@ def write_markdown(rows, path):
              "less the FLOPs of *dead-end* layers (alive channels whose only readers died, e.g. the depthwise "
              "conv opening a ConvNeXt branch whose MLP died; export drops them, group masks cannot say so). "
              "*Original's sensitivity*: the relative change of the original model's output when its input is "
-             "scaled by 1 + 1e-6; where it is large, float32 rounding alone moves the output that much.",
+             "scaled by 1 + 1e-6; where it is large, float32 rounding alone moves the output that much. "
+             "*Regulariser exact*: a FLOP-targeted `MorphRegularizer` builds on the model and the alive FLOPs "
+             "and parameters it logs in `fit` equal `count_flops` / `count_params` of the same masks. "
+             "*Expand*: the width multiplier that grows the slim model back to the original's FLOPs, and "
+             "whether the expanded model's exact FLOPs stay within that budget.",
              "", "| model | source | killed groups | branches | towers | removed layers | MFLOPs | slim MFLOPs | "
-             "FLOPs match | rel. diff | equal | original's sensitivity | export (s) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|---:|---:|"]
+             "FLOPs match | rel. diff | equal | original's sensitivity | regulariser exact | expand | "
+             "export (s) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|---:|---|---|---:|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | | | | | | | | | | error: {r['error'][:90]} | | |")
+            lines.append(f"| {r['model']} | | | | | | | | | | error: {r['error'][:90]} | | | | |")
             continue
         lines.append(f"| {r['model']} | {r['source']} | {r['killed_groups']} | {r['whole_branches']} | "
                      f"{r['whole_towers']} | {r['removed_layers']} | {r['flops'] / 1e6:.2f} | "
                      f"{r['flops_slim'] / 1e6:.2f} | {'yes' if r['flops_match'] else 'NO'} | "
                      f"{r['relative_diff']:.1e} | {'yes' if r['equal'] else 'NO'} | {r.get('sensitivity_1e-6', 0):.1e} | "
-                     f"{r['export_seconds']:.2f} |")
+                     f"{'yes' if r['regulariser_exact'] else 'NO'} | x{r['expand_multiplier']:.3f} "
+                     f"{'within' if r['expand_within_budget'] else 'OVER'} | {r['export_seconds']:.2f} |")
     ok = [r for r in rows if "error" not in r]
     lines += ["", f"{sum(r['equal'] for r in ok)}/{len(rows)} equal, FLOPs match for "
-              f"{sum(r['flops_match'] for r in ok)}/{len(rows)}."]
+              f"{sum(r['flops_match'] for r in ok)}/{len(rows)}, regulariser exact for "
+              f"{sum(r['regulariser_exact'] for r in ok)}/{len(rows)}, expanded within budget for "
+              f"{sum(r['expand_within_budget'] for r in ok)}/{len(rows)}."]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -297,7 +326,8 @@ def main(argv=None):
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
         write_markdown(rows, Path(args.markdown))
-    failed = [r["model"] for r in rows if "error" in r or not r["equal"] or not r["flops_match"]]
+    failed = [r["model"] for r in rows if "error" in r or not all(
+        r[key] for key in ("equal", "flops_match", "regulariser_exact", "expand_within_budget"))]
     print(f"{len(rows) - len(failed)}/{len(rows)} equivalent" + (f"; not: {failed}" if failed else ""))
     return 1 if failed else 0
 

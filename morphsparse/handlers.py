@@ -81,8 +81,8 @@ class LayerHandler:
         """Build this call in the slim model; return its new output tensor(s). ``step`` is a
         :class:`morphsparse.morph.export.RebuildStep` (new input tensors, masks, probe values)."""
         if not isinstance(call.layer, keras.layers.Layer):
-            # a keras.ops operation: apply it again; an input with no surviving entry is a constant
-            args, kwargs = step.arguments(substitute=step.constant_of)
+            # a keras.ops operation: apply it again (merges with a constant input go through Merge.rebuild)
+            args, kwargs = step.arguments()
             return call.layer(*args, **kwargs)
         layer = step.new_layer(self.rebuild_config(call, step.keep_in, step.keep_out))
         args, kwargs = step.arguments()
@@ -161,22 +161,59 @@ class Merge(PassThrough):
 
     def rebuild(self, call, step):
         missing = [i for i, t in enumerate(step.inputs) if t is None]
-        if not missing or not isinstance(call.layer, keras.layers.Layer):
+        if not missing:
             return super().rebuild(call, step)
-        # A branch with no surviving channel is a constant: Add/Multiply fold it with one keras.ops call
-        # (nothing when it is 0 or 1), any other merge gets it as a constant tensor.
+        # A branch with no surviving channel is a per-channel constant. It is held by a standard Rescaling
+        # layer (x * scale + offset, with per-channel vectors), never by a tensor baked into the graph: the
+        # slim model loads without morphsparse, and export and expand resize the vectors with their group.
         live = [t for t in step.inputs if t is not None]
         constants = [step.constant_of(i) for i in missing]
-        L = keras.layers
-        if type(call.layer) in (L.Add, L.Multiply):
-            add = isinstance(call.layer, L.Add)
+        layer = call.layer
+        base = call.path.replace("/", "__")
+        if isinstance(layer, (keras.layers.Add, keras.layers.Multiply)):
+            add = isinstance(layer, keras.layers.Add)
             out = live[0] if len(live) == 1 else step.new_layer()(live)
-            total = sum(constants) if add else np.prod(constants, axis=0)
+            total = np.sum(constants, axis=0) if add else np.prod(constants, axis=0)
             if np.all(total == (0.0 if add else 1.0)):
                 return out
-            return keras.ops.add(out, total) if add else keras.ops.multiply(out, total)
-        return step.new_layer()(*step.arguments(
-            substitute=lambda i: keras.ops.add(keras.ops.zeros_like(live[0]), step.constant_of(i)))[0])
+            scale, offset = (1.0, total) if add else (total, 0.0)
+            return keras.layers.Rescaling(_per_channel(scale), _per_channel(offset), name=f"{base}_constant")(out)
+        # Any other merge (or a keras.ops call) reads the constant as a tensor: live[0] * 0 + constant.
+        constant_inputs = {
+            i: keras.layers.Rescaling(0.0, _per_channel(c), name=f"{base}_constant{i}")(live[0])
+            for i, c in zip(missing, constants)}
+        args, kwargs = step.arguments(substitute=constant_inputs.get)
+        if isinstance(layer, keras.layers.Layer):
+            return step.new_layer()(*args, **kwargs)
+        return layer(*args, **kwargs)
+
+
+def _per_channel(value):
+    """A Rescaling argument: a plain float, or a float32 vector serialised the way Rescaling's own
+    get_config does (so the slim model's config round-trips)."""
+    if np.ndim(value) == 0:
+        return float(value)
+    return np.asarray(value, dtype="float32")
+
+
+class Rescaling(PassThrough):
+    """``keras.layers.Rescaling`` (x * scale + offset). Its scale and offset may be per-channel vectors
+    (export stores the constant of a removed residual branch in one): they follow the channel axis, sliced
+    to the surviving channels by export and resized by expand (nearest entry), with the layer's group."""
+
+    def rebuild_config(self, call, keep_in, keep_out):
+        config = call.layer.get_config()
+        width, keep = call.output_channels(0), keep_out[0]
+        for key in ("scale", "offset"):
+            value = np.asarray(getattr(call.layer, key))
+            if value.ndim != 1 or len(value) != width:
+                continue
+            if len(keep) == width:
+                value = value[keep]
+            else:   # expand: a new width; entry j takes the value of the old entry at the same relative place
+                value = value[np.arange(len(keep)) * width // max(len(keep), 1)]
+            config[key] = keras.saving.serialize_keras_object(value.astype("float32"))
+        return config
 
 
 class Concatenate(LayerHandler):
@@ -635,7 +672,7 @@ def _register_defaults():
     for cls in (L.BatchNormalization, L.LayerNormalization, L.GroupNormalization):
         register_handler(cls, ChannelAxisNormalization())
     for cls in (
-        L.UnitNormalization, L.Normalization, L.Rescaling, L.Activation, L.ReLU, L.LeakyReLU, L.PReLU, L.ELU, L.Softmax,
+        L.UnitNormalization, L.Normalization, L.Activation, L.ReLU, L.LeakyReLU, L.PReLU, L.ELU, L.Softmax,
         L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D, L.GaussianNoise,
         L.GaussianDropout, L.AlphaDropout, L.ActivityRegularization, L.Identity, L.Masking,
         L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.AveragePooling1D, L.AveragePooling2D,
@@ -659,6 +696,7 @@ def _register_defaults():
     # InceptionResNetV2's x[0] + x[1] * scale layer.
     register_handler("keras.src.applications.inception_resnet_v2.CustomScaleLayer", merge)
     register_handler(L.Concatenate, Concatenate())
+    register_handler(L.Rescaling, Rescaling())
     register_handler(L.Flatten, Flatten())
     register_handler(L.Reshape, Reshape())
     register_handler(L.InputLayer, Input())
@@ -692,6 +730,6 @@ def _register_defaults():
 
 _register_defaults()
 
-__all__ = ["LayerHandler", "PassThrough", "ChannelSizedPassThrough", "ChannelAxisNormalization", "Merge", "Concatenate", "Flatten", "Reshape", "Opaque", "Producer",
+__all__ = ["LayerHandler", "PassThrough", "ChannelSizedPassThrough", "ChannelAxisNormalization", "Merge", "Rescaling", "Concatenate", "Flatten", "Reshape", "Opaque", "Producer",
            "Dense", "Conv", "ConvTranspose", "DepthwiseConv", "SeparableConv", "Embedding", "Input",
            "register_handler", "get_handler"]

@@ -142,9 +142,10 @@ def build_with_widths(model, graph, counts, name=None, index=None):
         factor[gid] = count / graph.groups[gid].size
 
     def width(groups):
-        # every channel of a group appears equally often in a tensor (tiling, depth multipliers), so the
-        # new width is the sum of each group's share
-        return int(round(float(factor[groups].sum()))) if len(groups) else 0
+        # every channel of a group appears equally often in a tensor (tiling, depth multipliers), so each
+        # group's share is a whole number of channels; a concatenation is the sum of its inputs' shares
+        ids, entries = np.unique(groups, return_counts=True)
+        return int(sum(round(n * factor[g]) for g, n in zip(ids.tolist(), entries.tolist())))
 
     functional = _functional_of(model)
     tensors, new_inputs, layers = {}, [], {}

@@ -85,24 +85,36 @@ def device_profile(device) -> DeviceProfile:
 
 # --- per-call cost polynomials ---------------------------------------------------------------------------
 
-class Bilinear:
-    """For each kernel call k: value_k = c0 + ci*A_in + co*A_out + cio*A_in*A_out + cdw*A_out.
+COEFFICIENTS = ("c0", "ci", "co", "cio", "cg", "cdw")
 
-    ``cdw`` holds a depthwise conv's cost, whose regularisation term is cdw * (R_in + R_out) as in MorphNet
-    instead of the plain marginal cdw * R_out.
+
+def _at_most_one(count):
+    """min(count, 1) for numpy arrays and tensors alike: 1 when any output channel is alive."""
+    return tf.minimum(count, 1.0) if tf.is_tensor(count) else np.minimum(count, 1.0)
+
+
+class Bilinear:
+    """For each kernel call k:
+    value_k = c0 + ci*A_in + co*A_out + cio*A_in*A_out + cg*A_in*min(A_out, 1) + cdw*A_out.
+
+    ``cg`` is a per-input cost paid only while the layer has an output left: a SeparableConv's depthwise half
+    (export removes the whole layer when its last output channel dies). ``cdw`` holds a depthwise conv's cost,
+    whose regularisation term is cdw * (R_in + R_out) as in MorphNet instead of the plain marginal cdw * R_out.
     """
 
     def __init__(self, n):
-        self.c0, self.ci, self.co, self.cio, self.cdw = (np.zeros(n) for _ in range(5))
+        for name in COEFFICIENTS:
+            setattr(self, name, np.zeros(n))
 
     def per_call(self, a_in, a_out):
-        return self.c0 + self.ci * a_in + (self.co + self.cdw) * a_out + self.cio * a_in * a_out
+        return (self.c0 + self.ci * a_in + (self.co + self.cdw) * a_out + self.cio * a_in * a_out
+                + self.cg * a_in * _at_most_one(a_out))
 
     def per_call_term(self, a_in, a_out, r_in, r_out):
         """The marginal-cost term: each alive count replaced by the sum of R over the same entries, one side
         at a time, the other side's count held constant."""
         return (self.ci * r_in + self.co * r_out + self.cio * (a_in * r_out + a_out * r_in)
-                + self.cdw * (r_in + r_out))
+                + self.cg * r_in * _at_most_one(a_out) + self.cdw * (r_in + r_out))
 
     def value(self, a_in, a_out, xp=np):
         return xp.sum(self.per_call(a_in, a_out))
@@ -112,13 +124,13 @@ class Bilinear:
 
     def scaled(self, factor):
         out = Bilinear(len(self.c0))
-        for name in ("c0", "ci", "co", "cio", "cdw"):
+        for name in COEFFICIENTS:
             setattr(out, name, getattr(self, name) * factor)
         return out
 
     def plus(self, other):
         out = Bilinear(len(self.c0))
-        for name in ("c0", "ci", "co", "cio", "cdw"):
+        for name in COEFFICIENTS:
             setattr(out, name, getattr(self, name) + getattr(other, name))
         return out
 
@@ -128,8 +140,10 @@ class UnsupportedLayerError(ValueError):
 
 
 def _fit_bilinear(call, count, what):
-    """Read the bilinear coefficients of ``count(a_in, a_out)`` (a handler's macs or params) by probing the
-    corners of the alive-count square, then check an interior point so a non-bilinear handler is refused."""
+    """Read the coefficients (c0, ci, co, cio, cg) of ``count(a_in, a_out)`` (a handler's macs or params):
+    bilinear in the alive input and output channel counts, plus a per-input part ``cg`` paid only while an
+    output channel is alive (a SeparableConv's depthwise half). Probes the corners of the alive-count square
+    and the first output channel, then checks interior points so that any other handler is refused."""
     s = call.input_channels(0) if call.input_shapes else 0
     t = call.output_channels(0)
     groups = int(getattr(call.layer, "groups", 1) or 1)
@@ -137,16 +151,29 @@ def _fit_bilinear(call, count, what):
     c0 = f00
     ci = (fs0 - f00) / s if s else 0.0
     co = (f0t - f00) / t if t else 0.0
-    cio = (fst - fs0 - f0t + f00) / (s * t) if s and t else 0.0
+    cio = cg = 0.0
+    if s and t > 1:
+        f01, fs1 = count(0, 1), count(s, 1)
+        cio = (fst - f0t - fs1 + f01) / (s * (t - 1))
+        cg = (fs1 - f01) / s - ci - cio
+    elif s and t:
+        cio = (fst - fs0 - f0t + f00) / (s * t)
     a = max(groups, (s // 2) // groups * groups) if s else 0
-    b = max(1, t // 2) if t else 0
-    expected = c0 + ci * a + co * b + cio * a * b
-    if not np.isclose(count(a, b), expected, rtol=1e-9, atol=1e-6):
-        raise UnsupportedLayerError(
-            f"layer '{call.path}' ({type(call.layer).__name__}): its handler's {what} are not bilinear in the "
-            "alive input and output channels, so MorphRegularizer cannot price its channels. Pin the layer "
-            "with ignore=[...] when analysing, or give its handler bilinear macs()/params().")
-    return c0, ci, co, cio
+    for b in sorted({max(1, t // 2), t - 1} - {0}) if t else [0]:
+        expected = c0 + ci * a + co * b + cio * a * b + cg * a * min(b, 1)
+        if not np.isclose(count(a, b), expected, rtol=1e-9, atol=1e-6):
+            raise UnsupportedLayerError(
+                f"layer '{call.path}' ({type(call.layer).__name__}): its handler's {what} are not bilinear: not of the form "
+                "c0 + ci*A_in + co*A_out + cio*A_in*A_out (+ a per-input cost while an output lives), so "
+                "MorphRegularizer cannot price its channels. Give its handler macs()/params() of that form "
+                "(see morphsparse.handlers), or register handlers.Opaque() for the layer class to keep its "
+                "channels out of structure learning.")
+    return c0, ci, co, cio, cg
+
+
+def _touches_removable(graph, call):
+    """True when a removable channel group sits on one of the call's input or output channel axes."""
+    return any(graph.groups[int(g)].removable for g in np.unique(np.concatenate(call.in_groups + call.out_groups)))
 
 
 def _positions(shape):
@@ -178,14 +205,20 @@ class KernelCalls:
             full_params = param_count(*in_full[:1] or [0], out_full[0]) if call.first_call else 0.0
             if not full_macs and not full_params:
                 continue
-            if len(call.input_shapes) != 1 or len(call.output_shapes) != 1:
+            calls.append(call)
+            if not _touches_removable(graph, call):
+                # nothing it reads or writes can shrink (ignore=, opaque): a constant cost
+                flops.append((2 * full_macs,) + (0.0,) * 4)
+                params.append((full_params,) + (0.0,) * 4)
+            elif len(call.input_shapes) != 1 or len(call.output_shapes) != 1:
                 raise UnsupportedLayerError(
                     f"layer '{call.path}' ({type(call.layer).__name__}) has weights and "
                     f"{len(call.input_shapes)} inputs / {len(call.output_shapes)} outputs; MorphRegularizer "
-                    "prices single-input, single-output kernel layers only. Pin it with ignore=[...].")
-            calls.append(call)
-            flops.append([2 * c for c in _fit_bilinear(call, macs, "MACs")])
-            params.append(_fit_bilinear(call, param_count, "parameters") if call.first_call else (0, 0, 0, 0))
+                    "prices single-input, single-output kernel layers only. Keep its channels fixed: name it "
+                    "and the layers feeding it in ignore=[...].")
+            else:
+                flops.append([2 * c for c in _fit_bilinear(call, macs, "MACs")])
+                params.append(_fit_bilinear(call, param_count, "parameters") if call.first_call else (0,) * 5)
             in_pos.append(_positions(call.input_shapes[0]))
             out_pos.append(_positions(call.output_shapes[0]))
             first.append(call.first_call)
@@ -193,9 +226,11 @@ class KernelCalls:
         self.calls = calls
         n = len(calls)
         self.flops, self.params = Bilinear(n), Bilinear(n)
+        fitted = COEFFICIENTS[:5]
         for k in range(n):
-            self.flops.c0[k], self.flops.ci[k], self.flops.co[k], self.flops.cio[k] = flops[k]
-            self.params.c0[k], self.params.ci[k], self.params.co[k], self.params.cio[k] = params[k]
+            for table, values in ((self.flops, flops[k]), (self.params, params[k])):
+                for name, value in zip(fitted, values):
+                    getattr(table, name)[k] = value
             if depthwise[k]:
                 self.flops.cdw[k], self.flops.co[k] = self.flops.co[k], 0.0
         # Layers with MACs (conv, dense, ...) carry FLOPs, latency and activations; the others (BatchNorm)
@@ -315,7 +350,7 @@ class LatencyTarget(Target):
                 by_layer[id(call.layer)] = j
         for j, call in enumerate(k.calls):
             src = by_layer.get(id(call.layer), j)
-            for name in ("c0", "ci", "co", "cio"):
+            for name in COEFFICIENTS:
                 getattr(weights, name)[j] = getattr(k.params, name)[src]
         return weights
 

@@ -7,7 +7,7 @@ import pytest
 import morphsparse as ms
 from morphsparse.morph.expand import WidthSearch
 from test_alive import block_net
-from test_export import kill, randomize
+from test_export import assert_same_outputs, inputs_for, kill, randomize
 
 L = keras.layers
 
@@ -141,3 +141,43 @@ def test_command_line_export_then_expand(tmp_path, capsys):
     assert ms.count_flops(wide) <= ms.count_flops(model)
     assert main(["expand", str(slim_path), "-o", str(wide_path), "--budget-flops", "10"]) == 2
     assert "smallest possible network" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("factor", [1.5, 0.5])
+def test_a_dead_residual_branch_survives_expand_and_a_second_export(tmp_path, factor):
+    # Branch a -> b dies whole while b's BatchNorm still emits a non-zero constant: export must hold that
+    # constant in a layer whose width follows the residual group, so the slim model can change width again.
+    model = randomize(block_net())
+    kill(model.get_layer("a_bn"), slice(None))
+    kill(model.get_layer("stem_bn"), [0, 5])
+    b_bn = model.get_layer("b_bn")
+    kill(b_bn, [0, 5], beta=False)                     # the residual group loses channels 0 and 5
+    assert np.abs(keras.ops.convert_to_numpy(b_bn.beta)).min() > 0          # the constant is not trivial
+    slim, report = ms.export(model, return_report=True)
+    assert_same_outputs(model, slim)
+    constant = slim.get_layer("add_constant")
+    assert isinstance(constant, L.Rescaling) and np.asarray(constant.offset).shape == (14,)
+    assert ms.count_flops(slim) == report.flops_after == ms.count_flops(model, alive=ms.alive_masks(model))
+
+    budget = factor * ms.count_flops(slim)
+    wide, grown = ms.expand(slim, budget=budget, return_report=True)
+    width = wide.get_layer("stem").filters
+    assert (width > 14) == (factor > 1) and ms.count_flops(wide) == grown.cost_after <= budget
+    assert np.asarray(wide.get_layer("add_constant").offset).shape == (width,)
+
+    # a second shrink of the expanded model: kill part of the residual group again and export
+    wide = randomize(wide, seed=3)
+    kill(wide.get_layer("stem_bn"), [1, 2])
+    kill(wide.get_layer("t1_bn"), [0])
+    again, second = ms.export(wide, return_report=True)
+    assert_same_outputs(wide, again)
+    assert ms.count_flops(again) == second.flops_after == ms.count_flops(wide, alive=ms.alive_masks(wide))
+    assert again.get_layer("stem").filters == width - 2
+    assert np.asarray(again.get_layer("add_constant").offset).shape == (width - 2,)
+    ms.analyze(again)
+    path = tmp_path / f"again_{factor}.keras"
+    again.save(path)
+    loaded = keras.saving.load_model(path)
+    x = inputs_for(again)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(again(x)),
+                               rtol=1e-6, atol=1e-6)

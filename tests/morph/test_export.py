@@ -78,6 +78,34 @@ def test_dead_branch_with_nonzero_constant_is_added_back():
     assert "add" not in {layer.name for layer in slim.layers}
 
 
+def starved_tower_net():
+    """A concat tower (ta -> tb) read by a 3x3 'same' conv: when ta dies, tb reads nothing live and starves."""
+    inp = keras.Input((8, 8, 3), name="image")
+    x = L.ReLU()(L.BatchNormalization(name="stem_bn")(L.Conv2D(8, 3, padding="same", name="stem")(inp)))
+    t = L.ReLU()(L.BatchNormalization(name="ta_bn")(L.Conv2D(4, 1, name="ta")(x)))
+    t = L.BatchNormalization(name="tb_bn")(L.Conv2D(5, 3, padding="same", name="tb")(t))
+    u = L.BatchNormalization(name="u_bn")(L.Conv2D(6, 1, name="u")(x))
+    x = L.Concatenate(name="cat")([t, u])
+    x = L.ReLU()(L.BatchNormalization(name="mix_bn")(L.Conv2D(7, 3, padding="same", name="mix")(x)))
+    return keras.Model(inp, L.Dense(3, name="logits")(L.GlobalAveragePooling2D()(x)), name="starved")
+
+
+def test_a_starved_tower_is_folded_inexactly_unless_exact_keeps_what_feeds_it():
+    model = randomize(starved_tower_net())
+    kill(model.get_layer("ta_bn"), slice(None))
+    x = inputs_for(model)
+    want = keras.ops.convert_to_numpy(model(x, training=False))
+    slim, report = ms.export(model, return_report=True)
+    assert {"ta", "tb"}.isdisjoint(layer.name for layer in slim.layers)
+    assert [path for path, _, _ in report.inexact] == ["mix"]          # the default says what it did
+    exact, exact_report = ms.export(model, exact=True, return_report=True)
+    got = keras.ops.convert_to_numpy(exact(x, training=False))
+    assert np.abs(want - got).max() <= 1e-5 * np.abs(want).max()
+    assert not exact_report.inexact
+    assert exact.get_layer("ta").filters == 4 and exact.get_layer("tb").filters == 5
+    assert any("starved layer 'tb'" in reason for _, _, reason in exact_report.kept)
+
+
 def test_constant_of_dead_channels_folds_exactly_into_1x1_and_dense():
     inp = keras.Input((6, 6, 3))
     x = L.Conv2D(8, 3, padding="same", name="c1")(inp)
@@ -248,7 +276,7 @@ def test_unsupported_layer_is_a_clear_error():
 
 
 APPLICATIONS = ["ResNet50", "MobileNetV2", "MobileNetV3Small", "DenseNet121", "InceptionV3", "EfficientNetB0",
-                "NASNetMobile"]
+                "NASNetMobile", "Xception"]
 
 
 @pytest.mark.slow
@@ -261,6 +289,7 @@ def test_keras_applications_export_equivalently(name):
     assert row["equal"], row
     assert row["flops_match"], row
     assert row["killed_groups"] > 0 and row["flops_slim"] < row["flops"]
+    assert row["regulariser_exact"] and row["expand_within_budget"] and row["expand_multiplier"] > 1, row
 
 
 def test_a_registered_handler_extends_export_and_expand_to_a_custom_layer():

@@ -388,3 +388,56 @@ def test_unsupported_layers_are_refused_with_a_clear_error():
     model = keras.Model(inp, L.Dense(2)(L.Flatten()(x)))
     with pytest.raises(UnsupportedLayerError, match="'odd'.*not bilinear"):
         MorphRegularizer(model)
+
+
+def separable_net():
+    inp = keras.Input((6, 6, 3))
+    x = L.ReLU()(L.BatchNormalization(name="c1_bn")(L.Conv2D(5, 1, use_bias=False, name="c1")(inp)))
+    x = L.SeparableConv2D(7, 3, padding="same", depth_multiplier=2, name="sep")(x)
+    x = L.ReLU()(L.BatchNormalization(name="sep_bn")(x))
+    x = L.SeparableConv1D(4, 3, padding="same", name="sep1d")(L.Reshape((36, 7))(x))
+    x = L.BatchNormalization(name="sep1d_bn")(x)
+    return keras.Model(inp, L.Dense(2, name="out")(L.GlobalAveragePooling1D()(x)), name="separable_net")
+
+
+@pytest.mark.parametrize("target,count", [("flops", ms.count_flops), ("size", ms.count_params)])
+def test_separable_convs_are_priced_exactly_and_their_gradient_is_the_marginal_cost(target, count):
+    model = separable_net()
+    reg = MorphRegularizer(model, target=target)
+    graph = reg.graph
+    rng = np.random.default_rng(0)
+    sep = graph.group_of("sep").id
+    for trial in range(4):
+        masks = {g.id: rng.random(g.size) < 0.6 for g in graph.removable_groups}
+        if trial == 0:
+            masks[sep] = np.zeros(graph.groups[sep].size, bool)     # the whole separable layer goes
+        assert reg.cost(masks) == pytest.approx(count(model, alive=masks), rel=1e-9)
+    r = tf.Variable(tf.ones(reg.kernel_calls.n_channels))
+    with tf.GradientTape() as tape:
+        term = reg.term(r * tf.constant(reg.regularized, tf.float32))
+    grad = tape.gradient(term, r).numpy()
+    full = count(model)
+    for group in graph.removable_groups:
+        for channel in (0, group.size - 1):
+            mask = np.ones(group.size, bool)
+            mask[channel] = False
+            assert grad[graph._offsets[group.id] + channel] == pytest.approx(
+                full - count(model, alive={group.id: mask}), rel=1e-6), (group.producers, channel)
+
+
+def test_ignore_makes_an_unpriceable_layer_a_constant_cost():
+    class OddConv(L.Conv2D):
+        pass
+
+    ms.register_handler(OddConv, SquareCostHandler())
+    inp = keras.Input((4, 4, 3))
+    x = L.BatchNormalization(name="c_bn")(L.Conv2D(6, 1, name="c")(inp))
+    x = L.BatchNormalization(name="d_bn")(L.Conv2D(5, 1, name="d")(x))
+    x = L.BatchNormalization(name="odd_bn")(OddConv(4, 3, name="odd")(x))
+    model = keras.Model(inp, L.Dense(2)(L.Flatten()(x)))
+    with pytest.raises(UnsupportedLayerError, match="'odd'.*not bilinear"):
+        MorphRegularizer(model)
+    reg = MorphRegularizer(model, ignore=["d", "odd"])          # both of its channel axes pinned
+    assert reg.cost() == ms.count_flops(model)
+    masks = {reg.graph.group_of("c").id: np.r_[np.zeros(2, bool), np.ones(4, bool)]}
+    assert reg.cost(masks) == ms.count_flops(model, alive=masks) < ms.count_flops(model)
