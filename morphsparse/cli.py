@@ -4,6 +4,7 @@
     morphsparse report ResNet50 --input-size 64 --groups
     morphsparse export MODEL.keras -o slim.keras --structure s.json [--source gamma --threshold 0.01]
     morphsparse expand SLIM.keras --like ORIGINAL.keras -o wide.keras [--round-to 8]   # or --budget-flops N
+                                                                   # or --budget-params N (implies --target size)
 
 Each subcommand is a function ``cmd_NAME(args)`` registered in :func:`build_parser`.
 """
@@ -11,6 +12,7 @@ Each subcommand is a function ``cmd_NAME(args)`` registered in :func:`build_pars
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
@@ -81,14 +83,10 @@ def cmd_expand(args):
     import morphsparse as ms
 
     slim = load_model_arg(args.model)
-    if args.budget is not None:
-        budget = args.budget
-    elif args.like:
+    budget = args.budget
+    if budget is None:   # _check_expand_args made sure --like is there
         reference = load_model_arg(args.like)
         budget = ms.count_flops(reference) if args.target == "flops" else ms.count_params(reference)
-    else:
-        raise SystemExit("morphsparse expand: give --like ORIGINAL.keras or a budget (--budget-flops / "
-                         "--budget-params)")
     wide, report = ms.expand(slim, budget=budget, target=args.target, round_to=args.round_to,
                              ignore=args.ignore or (), return_report=True)
     print(report.table())
@@ -135,24 +133,45 @@ def build_parser():
     expand.add_argument("-o", "--output", required=True, help="where to save the widened .keras model")
     expand.add_argument("--like", default=None, help="take the budget from this model's cost (e.g. the original)")
     budget = expand.add_mutually_exclusive_group()
-    budget.add_argument("--budget-flops", dest="budget", type=float, default=None, help="FLOP budget")
-    budget.add_argument("--budget-params", dest="budget_params", type=float, default=None,
-                        help="parameter budget (implies --target size)")
-    expand.add_argument("--target", choices=("flops", "size"), default="flops", help="what the budget counts")
+    budget.add_argument("--budget-flops", type=float, default=None, help="FLOP budget (implies --target flops)")
+    budget.add_argument("--budget-params", type=float, default=None, help="parameter budget (implies --target size)")
+    expand.add_argument("--target", choices=("flops", "size"), default=None,
+                        help="what the budget counts (default: what the --budget-* flag says, else flops)")
     expand.add_argument("--round-to", type=int, default=None, help="round every width to a multiple (e.g. 8)")
     expand.add_argument("--ignore", nargs="*", help="layers whose output width must not change")
-    expand.set_defaults(func=_expand_args)
+    expand.set_defaults(func=cmd_expand, check=functools.partial(_check_expand_args, error=expand.error))
     return parser
 
 
-def _expand_args(args):
-    if args.budget_params is not None:
-        args.budget, args.target = args.budget_params, "size"
-    return cmd_expand(args)
+#: the budget flag of each target
+BUDGET_FLAGS = {"flops": "--budget-flops", "size": "--budget-params"}
+
+
+def _check_expand_args(args, error):
+    """Resolve the budget: ``--budget-flops`` implies ``--target flops`` and ``--budget-params`` implies
+    ``--target size``. A ``--target`` that contradicts the flag, or ``--like`` next to a budget, is refused
+    with ``error`` (argparse's: usage and exit code 2): read as the other unit, a FLOP budget would build a
+    model far too large without a word."""
+    args.budget = None
+    for target, flag in BUDGET_FLAGS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is None:
+            continue
+        if args.target not in (None, target):
+            error(f"{flag} is a {target} budget but --target is {args.target}: drop --target, or give the "
+                  f"budget with {BUDGET_FLAGS[args.target]}")
+        if args.like:
+            error(f"--like and {flag} both set the budget; give one of them")
+        args.budget, args.target = value, target
+    if args.budget is None and not args.like:
+        error("give --like ORIGINAL.keras or a budget (--budget-flops N or --budget-params N)")
+    args.target = args.target or "flops"
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if getattr(args, "check", None) is not None:
+        args.check(args)      # argument combinations argparse cannot express; exits with code 2
     try:
         return args.func(args)
     except Exception as err:  # the command line prints the message, not a traceback, for expected errors

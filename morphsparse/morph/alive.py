@@ -20,6 +20,11 @@ The pieces are public so a regulariser can reuse them on differentiable tensors:
 
 from __future__ import annotations
 
+import numbers
+import os
+import sys
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import keras
@@ -63,8 +68,7 @@ class RegularizationSource:
 def channel_norms(matrix, l1_fraction=0.0, xp=np):
     """Group-lasso norm of each column of a (fan-in, outputs) kernel matrix:
     (1 - l1_fraction) * sqrt(mean(w**2)) + l1_fraction * mean(|w|)."""
-    if not 0.0 <= l1_fraction <= 1.0:
-        raise ValueError(f"l1_fraction must be in [0, 1], got {l1_fraction}")
+    check_l1_fraction(l1_fraction)
     value = 0.0
     if l1_fraction < 1.0:
         value = (1.0 - l1_fraction) * xp.sqrt(xp.mean(xp.square(matrix), axis=0))
@@ -82,8 +86,55 @@ def _graph(model_or_graph):
 
 
 def _check_source(source):
+    if not isinstance(source, str):
+        raise TypeError(f"source must be a string, one of {SOURCES}; got {type(source).__name__} {source!r}")
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; use one of {SOURCES}")
+
+
+# --- argument checks shared by alive_masks, export, structure files and the regulariser -------------------
+
+def real_number(name, value):
+    """``value`` as a float, or a TypeError naming the argument: a string such as "0.01" read from a config
+    file would otherwise fail deep inside numpy with a message about ufuncs and casting rules."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def check_threshold(threshold):
+    """A threshold is a finite number >= 0 (R is a norm or |gamma|, never negative)."""
+    if threshold is None:
+        raise TypeError("threshold must be a number, got None")
+    value = real_number("threshold", threshold)
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"threshold must be a finite number >= 0, got {threshold!r}")
+    return value
+
+
+def check_l1_fraction(l1_fraction, source="group_lasso"):
+    """l1_fraction mixes L1 into the group-lasso norm, so it is a number in [0, 1] and only means something
+    for ``source="group_lasso"`` (with gamma it would be ignored without a word)."""
+    value = real_number("l1_fraction", l1_fraction)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"l1_fraction must be in [0, 1], got {l1_fraction!r}")
+    if value and source != "group_lasso":
+        raise ValueError(f"l1_fraction applies to source='group_lasso' only (got source={source!r}); leave it "
+                         "at 0 or switch the source")
+    return value
+
+
+def warn_user(message, category=UserWarning):
+    """Warn at the user's own line: the first caller outside morphsparse. The same check is reached at
+    different depths (export -> alive_masks, save_structure -> structure_of -> alive_masks), so no fixed
+    stacklevel points at the right place."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 def is_channel_source(call):
@@ -172,10 +223,11 @@ def alive_masks(model_or_graph, source="gamma", threshold=DEFAULT_THRESHOLD, l1_
     channel are dead too (:func:`propagated_masks`), so these masks price exactly what :func:`export` keeps.
     """
     _check_source(source)
-    if threshold is None or not np.isfinite(threshold) or threshold < 0:
-        raise ValueError(f"threshold must be a finite number >= 0, got {threshold}")
+    threshold = check_threshold(threshold)
+    check_l1_fraction(l1_fraction, source)
     graph = _graph(model_or_graph)
     vectors = group_vectors(graph, source, l1_fraction)
+    _warn_if_source_removes_nothing(graph, source, vectors)
     masks = {}
     for group in graph.groups:
         vector = vectors.get(group.id)
@@ -195,6 +247,51 @@ def alive_masks(model_or_graph, source="gamma", threshold=DEFAULT_THRESHOLD, l1_
         check_connected(graph, masks)
     if propagate:
         masks = propagated_masks(graph, masks)
+    return masks
+
+
+def _warn_if_source_removes_nothing(graph, source, vectors):
+    """Warn when the model has removable channels but none of them has a ``source`` value: every mask is
+    then all-alive whatever the weights, and export would return an unchanged copy without a word (the
+    regulariser refuses the same model outright)."""
+    removable = [g for g in graph.groups if g.removable and g.size]
+    if not removable or any(graph.groups[gid].removable for gid in vectors):
+        return
+    if source == "gamma":
+        hint = ("no channel has a gamma source (a BatchNormalization with scale=True right after the "
+                "Conv/Dense creating it). For a network without BatchNorm use source=\"group_lasso\"")
+    else:
+        hint = ("no removable channel has a group_lasso source (a Conv/Dense kernel creating it alone). Pick "
+                "the channels yourself with alive=")
+    warn_user(f"source={source!r} can never remove anything from model '{graph.model.name}': {hint}. Every "
+              f"channel of its {len(removable)} removable group(s) stays alive.")
+
+
+def user_masks(graph, alive, check=True):
+    """``{group id: mask}`` from a user's ``alive=`` mapping (group id or producer layer name -> boolean mask
+    of the group's channels); groups it does not name are alive. Errors name the ``alive`` entry. With
+    ``check``, masks that remove channels of a non-removable group or cut every input from an output raise
+    :class:`AliveError` (what export needs; a structure file may record them as they are)."""
+    if not isinstance(alive, Mapping):
+        raise TypeError(f"alive must be a mapping of group id or producer layer name -> boolean mask, got "
+                        f"{type(alive).__name__}")
+    masks = {g.id: np.ones(g.size, bool) for g in graph.groups}
+    for key, value in alive.items():
+        try:
+            group = graph._resolve_group(key)
+        except (KeyError, ValueError) as err:
+            raise ValueError(f"alive[{key!r}]: {err.args[0]}; use a group id or the name of a layer creating "
+                             f"channels (see ms.analyze(model))") from None
+        value = np.asarray(value)
+        if value.dtype != bool or value.shape != (group.size,):
+            raise ValueError(f"alive[{key!r}] must be a boolean mask of shape ({group.size},), got "
+                             f"{value.dtype} of shape {value.shape}")
+        if check and not group.removable and not value.all():
+            raise AliveError(f"alive[{key!r}] removes channels of group G{group.id}, which cannot be "
+                             f"removed ({'; '.join(sorted(set(group.pinned_by)))})")
+        masks[group.id] = value.copy()
+    if check:
+        check_connected(graph, masks)
     return masks
 
 
@@ -310,4 +407,5 @@ def alive_counts(masks):
 __all__ = ["SOURCES", "DEFAULT_THRESHOLD", "AliveError", "RegularizationSource", "channel_norms",
            "find_sources", "group_vectors", "alive_masks", "check_connected", "alive_counts",
            "is_channel_source", "flat_mask", "entry_mask", "live_entries", "effective_masks",
-           "propagated_masks", "GraphError"]
+           "propagated_masks", "user_masks", "check_threshold", "check_l1_fraction", "real_number",
+           "warn_user", "GraphError"]

@@ -16,7 +16,8 @@ import keras
 
 from morphsparse.costs import count_flops, count_params
 from morphsparse.morph import alive as _alive
-from morphsparse.morph.regularizers import MorphRegularizer
+from morphsparse.morph.expand import check_budget, check_round_to
+from morphsparse.morph.regularizers import DEFAULT_STRENGTH_MULTIPLIER, MorphRegularizer, check_arguments
 
 #: targets that ``ms.expand`` can budget; other regulariser targets expand on FLOPs unless told otherwise.
 EXPANDABLE = ("flops", "size")
@@ -91,7 +92,7 @@ def _budget_of(model, target):
 
 def cycle(model, fit, cycles=1, *, retrain=None, compile=None, retrain_compile=None, target="flops", source="gamma",
           threshold=_alive.DEFAULT_THRESHOLD, strength=None, strength_multiplier=None, l1_fraction=0.0,
-          device="v100", expand_target=None, budget=None, round_to=1, evaluate=None, exact=False, verbose=True,
+          device=None, expand_target=None, budget=None, round_to=1, evaluate=None, exact=False, verbose=True,
           **regularizer_kwargs):
     """Run ``cycles`` MorphNet cycles (shrink -> export -> expand -> retrain) and return a :class:`CycleResult`.
 
@@ -108,7 +109,7 @@ def cycle(model, fit, cycles=1, *, retrain=None, compile=None, retrain_compile=N
         retrain_compile: ``callable(model)`` compiling the widened network for retraining (default: ``compile``),
             e.g. a lower learning rate than structure learning uses.
         target, source, threshold, strength, strength_multiplier, l1_fraction, device: passed to
-            :class:`MorphRegularizer` (``threshold`` also to ``export``).
+            :class:`MorphRegularizer` (``threshold`` also to ``export``), and checked before any training.
         expand_target: "flops" or "size": the cost the width multiplier restores (default: ``target`` when
             it is one of those, else "flops").
         budget: the cost to expand back to (default: the seed model's cost in ``expand_target`` units).
@@ -118,8 +119,10 @@ def cycle(model, fit, cycles=1, *, retrain=None, compile=None, retrain_compile=N
     """
     if not isinstance(fit, dict):
         raise TypeError("fit= must be a dict of Model.fit keyword arguments, e.g. dict(x=x, y=y, epochs=5)")
-    if not (isinstance(cycles, int) and cycles >= 1):
+    if not (isinstance(cycles, int) and not isinstance(cycles, bool) and cycles >= 1):
         raise ValueError(f"cycles must be an integer >= 1, got {cycles!r}")
+    _check_pass_through(target, source, threshold, strength, strength_multiplier, l1_fraction, device, retrain,
+                        evaluate, budget, round_to)
     expand_target = expand_target or (target if target in EXPANDABLE else "flops")
     if expand_target not in EXPANDABLE:
         raise ValueError(f"expand_target must be one of {EXPANDABLE}, got {expand_target!r}")
@@ -127,8 +130,10 @@ def cycle(model, fit, cycles=1, *, retrain=None, compile=None, retrain_compile=N
     compile_retrain = compile_model if retrain_compile is None else _compiler(model, retrain_compile)
     retrain_fit = {**fit, **(retrain or {})}
     budget = _budget_of(model, expand_target) if budget is None else budget
+    # the device matters (and was checked, with a warning if it has no effect) for the latency target only
     reg_options = dict(target=target, source=source, threshold=threshold, strength=strength,
-                       l1_fraction=l1_fraction, device=device, **regularizer_kwargs)
+                       l1_fraction=l1_fraction, device=device if target == "latency" else None,
+                       **regularizer_kwargs)
     if strength_multiplier is not None:
         reg_options["strength_multiplier"] = strength_multiplier
     result = CycleResult(model=model, budget=budget, expand_target=expand_target)
@@ -159,6 +164,24 @@ def cycle(model, fit, cycles=1, *, retrain=None, compile=None, retrain_compile=N
         current = wide
     result.model = current
     return result
+
+
+def _check_pass_through(target, source, threshold, strength, strength_multiplier, l1_fraction, device, retrain,
+                        evaluate, budget, round_to):
+    """Check, before any training, the arguments that reach the regulariser, export and expand only later
+    (a bad ``round_to`` would otherwise fail after a whole shrink phase). Errors name the argument."""
+    check_arguments(target, source, threshold, strength,
+                    DEFAULT_STRENGTH_MULTIPLIER if strength_multiplier is None else strength_multiplier,
+                    l1_fraction, device)
+    if retrain is not None and not isinstance(retrain, dict):
+        raise TypeError(f"retrain= must be a dict of Model.fit keyword arguments (merged over fit=) or None, got "
+                        f"{type(retrain).__name__}")
+    if evaluate is not None and not callable(evaluate):
+        raise TypeError(f"evaluate= must be a callable taking a model and returning a dict, got "
+                        f"{type(evaluate).__name__}")
+    if budget is not None:
+        check_budget(budget)
+    check_round_to(round_to)
 
 
 def _copy_model(model):

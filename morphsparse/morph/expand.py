@@ -43,14 +43,40 @@ def rounded_width(size, multiplier, round_to=None):
     return max(step, step * int(round(size * multiplier / step)))
 
 
+def check_budget(budget):
+    """``budget`` as a positive finite float, or an ExpandError naming it (``True`` is refused rather than
+    read as a budget of one)."""
+    if isinstance(budget, bool):
+        raise ExpandError(f"budget must be a number (FLOPs or parameters), got {budget!r}")
+    try:
+        value = float(budget)
+    except (TypeError, ValueError):
+        raise ExpandError(f"budget must be a number (FLOPs or parameters), got {budget!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ExpandError(f"budget must be a positive finite number, got {budget!r}")
+    return value
+
+
+def check_round_to(round_to):
+    """``round_to`` is None or a positive integer (a float such as 2.5 has no meaning as a channel step)."""
+    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, (int, np.integer))
+                                 or round_to < 1):
+        raise ExpandError(f"round_to must be a positive integer or None, got {round_to!r}")
+    return round_to
+
+
+def check_target(target):
+    if not isinstance(target, str) or target not in TARGETS:
+        raise ExpandError(f"unknown target {target!r}; use one of {TARGETS}")
+    return target
+
+
 class WidthSearch:
     """Bisection over the width multiplier on a channel graph."""
 
     def __init__(self, graph, target="flops", round_to=None):
-        if target not in TARGETS:
-            raise ExpandError(f"unknown target {target!r}; use one of {TARGETS}")
-        if round_to is not None and (not isinstance(round_to, (int, np.integer)) or round_to < 1):
-            raise ExpandError(f"round_to must be a positive integer or None, got {round_to!r}")
+        check_target(target)
+        check_round_to(round_to)
         self.graph, self.target, self.round_to = graph, target, round_to
         self.groups = [g for g in graph.groups if g.removable and g.size > 0]
         if not self.groups:
@@ -202,14 +228,9 @@ def expand(model, budget, target="flops", round_to=None, ignore=(), name=None, r
     start = time.perf_counter()
     if not isinstance(model, keras.Model):
         raise TypeError(f"expand() takes a keras.Model, got {type(model).__name__}")
-    if target not in TARGETS:
-        raise ExpandError(f"unknown target {target!r}; use one of {TARGETS}")
-    try:
-        budget = float(budget)
-    except (TypeError, ValueError):
-        raise ExpandError(f"budget must be a number, got {budget!r}") from None
-    if not math.isfinite(budget) or budget <= 0:
-        raise ExpandError(f"budget must be a positive finite number, got {budget}")
+    check_target(target)
+    budget = check_budget(budget)
+    check_round_to(round_to)
     graph = model if isinstance(model, ChannelGraph) else analyze(model, ignore=ignore)
     search = WidthSearch(graph, target, round_to)
     multiplier, cost = search.largest_multiplier(budget)
@@ -228,4 +249,5 @@ def expand(model, budget, target="flops", round_to=None, ignore=(), name=None, r
     return (wide, report) if return_report else wide
 
 
-__all__ = ["expand", "ExpandReport", "ExpandError", "WidthSearch", "build_with_widths", "rounded_width", "TARGETS"]
+__all__ = ["expand", "ExpandReport", "ExpandError", "WidthSearch", "build_with_widths", "rounded_width", "TARGETS",
+           "check_budget", "check_round_to", "check_target"]

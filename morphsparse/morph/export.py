@@ -563,7 +563,7 @@ def export(model, source="gamma", threshold=_alive.DEFAULT_THRESHOLD, l1_fractio
         # value (beta) would be wrong -- it carries BN(conv(constant)), which the probe computes
         masks = _alive.alive_masks(graph, source, threshold, l1_fraction, propagate=False)
     else:
-        masks = _user_masks(graph, alive)
+        masks = _alive.user_masks(graph, alive)
     sources = _alive.find_sources(graph, source)
     report = ExportReport(model.name, source, threshold, exact, masks, {})
     exporter = _Exporter(model, graph, masks, sources, exact, name or model.name, report)
@@ -580,21 +580,6 @@ def export(model, source="gamma", threshold=_alive.DEFAULT_THRESHOLD, l1_fractio
                           f"alone: {noise:.2e}); please report this model", stacklevel=2)
     report.seconds = time.perf_counter() - start
     return (slim, report) if return_report else slim
-
-
-def _user_masks(graph, alive):
-    masks = {g.id: np.ones(g.size, bool) for g in graph.groups}
-    for key, value in alive.items():
-        group = graph._resolve_group(key)
-        value = np.asarray(value)
-        if value.dtype != bool or value.shape != (group.size,):
-            raise ValueError(f"alive[{key!r}] must be a boolean mask of shape ({group.size},)")
-        if not group.removable and not value.all():
-            raise _alive.AliveError(f"alive[{key!r}] removes channels of group G{group.id}, which cannot be "
-                                    f"removed ({'; '.join(sorted(set(group.pinned_by)))})")
-        masks[group.id] = value.copy()
-    _alive.check_connected(graph, masks)
-    return masks
 
 
 def _fill_report(report, graph, exporter, slim):

@@ -380,6 +380,44 @@ def _make_target(name, kernel_calls, device):
 
 # --- the regulariser ----------------------------------------------------------------------------------------
 
+#: the latency target's device when none is given
+DEFAULT_DEVICE = "v100"
+
+
+def check_arguments(target="flops", source="gamma", threshold=_alive.DEFAULT_THRESHOLD, strength=None,
+                    strength_multiplier=DEFAULT_STRENGTH_MULTIPLIER, l1_fraction=0.0, device=None):
+    """Check MorphRegularizer's arguments before any model work (``ms.cycle`` calls it too, so a typo fails
+    before training rather than after a shrink phase). Errors name the argument: TypeError for a wrong type,
+    ValueError for a value out of range. Returns (threshold, strength, strength_multiplier, l1_fraction,
+    device) resolved: numbers as floats, ``device`` a :class:`DeviceProfile` for the latency target (the
+    :data:`DEFAULT_DEVICE` when None) and None otherwise; a device given with another target warns."""
+    if not isinstance(target, str):
+        raise TypeError(f"target must be a string, one of {TARGETS}; got {type(target).__name__} {target!r}")
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; use one of {TARGETS}")
+    _alive._check_source(source)
+    threshold = _alive.check_threshold(threshold)
+    l1_fraction = _alive.check_l1_fraction(l1_fraction, source)
+    if strength is not None:
+        strength = _alive.real_number("strength", strength)
+        if not (np.isfinite(strength) and strength >= 0):
+            raise ValueError(f"strength must be a finite number >= 0 (or None for strength_multiplier / "
+                             f"initial cost), got {strength!r}")
+    strength_multiplier = _alive.real_number("strength_multiplier", strength_multiplier)
+    if not (np.isfinite(strength_multiplier) and strength_multiplier > 0):
+        raise ValueError(f"strength_multiplier must be a finite number > 0, got {strength_multiplier!r}")
+    if device is not None and not isinstance(device, (str, DeviceProfile)):
+        raise TypeError(f"device must be a name in {sorted(DEVICE_PROFILES)} or a DeviceProfile, got "
+                        f"{type(device).__name__} {device!r}")
+    if target != "latency":
+        if device is not None:
+            _alive.warn_user(f"device={device!r} is ignored: it only applies to target='latency' (this "
+                             f"regulariser's target is {target!r}); drop device= or use target='latency'")
+        return threshold, strength, strength_multiplier, l1_fraction, None
+    return threshold, strength, strength_multiplier, l1_fraction, device_profile(
+        DEFAULT_DEVICE if device is None else device)
+
+
 def _scale_for_replicas(value):
     """Divide by the number of replicas inside a tf.distribute replica context, as Keras does for every loss,
     so that summing the per-replica gradients applies the term once."""
@@ -398,24 +436,17 @@ class MorphRegularizer:
         strength: weight of the term in the loss; by default ``strength_multiplier / initial_cost``.
         strength_multiplier: see :data:`DEFAULT_STRENGTH_MULTIPLIER` and docs/structure_learning.md.
         l1_fraction: group-lasso mix of L1 (mean |w|) into the L2 norm (sqrt(mean w^2)); 0 by default.
-        device: latency target only: a name in :data:`DEVICE_PROFILES` or a :class:`DeviceProfile`.
+        device: latency target only: a name in :data:`DEVICE_PROFILES` or a :class:`DeviceProfile`; None
+            (the default) means "v100". Passing one with another target warns, as it would have no effect.
         ignore: layers whose output channels must not shrink (pinned, never regularised).
 
     Use ``reg.attach(model)`` for ``fit``, or add ``reg.loss()`` to your loss in a custom loop.
     """
 
     def __init__(self, model, target="flops", source="gamma", threshold=_alive.DEFAULT_THRESHOLD, strength=None,
-                 strength_multiplier=DEFAULT_STRENGTH_MULTIPLIER, l1_fraction=0.0, device="v100", ignore=()):
-        if target not in TARGETS:
-            raise ValueError(f"unknown target {target!r}; use one of {TARGETS}")
-        if source not in _alive.SOURCES:
-            raise ValueError(f"unknown source {source!r}; use one of {_alive.SOURCES}")
-        if threshold is None or not np.isfinite(threshold) or threshold < 0:
-            raise ValueError(f"threshold must be a finite number >= 0, got {threshold!r}")
-        if not 0.0 <= l1_fraction <= 1.0:
-            raise ValueError(f"l1_fraction must be in [0, 1], got {l1_fraction!r}")
-        if l1_fraction and source != "group_lasso":
-            raise ValueError("l1_fraction applies to source='group_lasso' only")
+                 strength_multiplier=DEFAULT_STRENGTH_MULTIPLIER, l1_fraction=0.0, device=None, ignore=()):
+        threshold, strength, strength_multiplier, l1_fraction, device = check_arguments(
+            target, source, threshold, strength, strength_multiplier, l1_fraction, device)
         self.model = model
         self.target_name, self.source, self.threshold, self.l1_fraction = target, source, threshold, l1_fraction
         self.graph = analyze(model, ignore=ignore)
@@ -429,11 +460,7 @@ class MorphRegularizer:
         full = np.ones(self.kernel_calls.n_channels)
         self.initial_cost = float(self.target.cost(*self.kernel_calls.sums(full)))
         if strength is None:
-            if not strength_multiplier > 0:
-                raise ValueError(f"strength_multiplier must be > 0, got {strength_multiplier!r}")
             strength = strength_multiplier / self.initial_cost
-        elif not (np.isfinite(strength) and strength >= 0):
-            raise ValueError(f"strength must be a finite number >= 0, got {strength!r}")
         self.strength = float(strength)
         self._trackers = None
 
@@ -660,4 +687,4 @@ class _Trackers:
 
 
 __all__ = ["MorphRegularizer", "DeviceProfile", "DEVICE_PROFILES", "TARGETS", "DEFAULT_STRENGTH_MULTIPLIER",
-           "UnsupportedLayerError", "device_profile"]
+           "DEFAULT_DEVICE", "UnsupportedLayerError", "device_profile", "check_arguments"]
