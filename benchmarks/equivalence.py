@@ -212,7 +212,7 @@ def check_model(name, seed=0):
     planner.apply(kills)
     masks = ms.alive_masks(graph, source=source, threshold=THRESHOLD)
     start = time.perf_counter()
-    slim, report = ms.export(model, source=source, threshold=THRESHOLD, return_report=True)
+    slim, report = ms.export_with_report(model, source=source, threshold=THRESHOLD)
     export_seconds = time.perf_counter() - start
     x = rng.normal(size=(4,) + tuple(model.inputs[0].shape[1:])).astype("float32")
     want = keras.ops.convert_to_numpy(model(x, training=False))
@@ -259,7 +259,7 @@ def regulariser_prices_exactly(model, source, graph):
 
 def expands_within_budget(slim, budget):
     """(width multiplier, cost <= budget) of expanding the slim model back to the original's FLOPs."""
-    wide, report = ms.expand(slim, budget=budget, return_report=True)
+    wide, report = ms.expand_with_report(slim, budget=budget)
     cost = ms.count_flops(wide)
     return round(report.multiplier, 4), bool(cost == report.cost_after <= budget)
 

@@ -76,7 +76,7 @@ def measure(name, repeats, size=224):
     planner.apply(kills)
 
     start = time.perf_counter()
-    slim, report = ms.export(model, return_report=True)       # analyse + export, from the weights alone
+    slim, report = ms.export_with_report(model)       # analyse + export, from the weights alone
     export_seconds = time.perf_counter() - start
     x_check = rng.normal(size=(2, size, size, 3)).astype("float32")
     diff = float(np.abs(np.asarray(model(x_check, training=False)) - np.asarray(slim(x_check, training=False))).max())

@@ -29,15 +29,6 @@ def compile_for_training(model, learning_rate):
     return model
 
 
-def recalibrate_batchnorm(model, x, batches=20, batch_size=128):
-    """Re-estimate BatchNorm moving statistics at the final weights (forward passes in training mode, no
-    weight update): structure learning runs at a high constant learning rate, so the moving averages lag
-    the weights and inference-mode accuracy would understate the network."""
-    for i in range(batches):
-        model(x[i * batch_size:(i + 1) * batch_size], training=True)
-    return model
-
-
 def test_accuracy(model, x_test, y_test):
     logits = model.predict(x_test, batch_size=512, verbose=0)
     return float(np.mean(np.argmax(logits, axis=-1) == y_test))
@@ -84,17 +75,19 @@ def main(argv=None):
     trainable.fit(x_train, y_train, batch_size=128, epochs=args.epochs, verbose=2)
     print(reg.summary())
     reg.detach(trainable)
-    learned_accuracy = test_accuracy(recalibrate_batchnorm(trainable, x_train), x_test, y_test)
+    # structure learning runs at a high constant learning rate, so the moving averages lag the weights:
+    # re-estimate them at the final weights before measuring inference-mode accuracy
+    ms.recalibrate_batchnorm(trainable, x_train[:2560])
+    learned_accuracy = test_accuracy(trainable, x_test, y_test)
 
     print("\n== 3. export: dead channels removed, surviving weights copied")
-    slim, report = ms.export(trainable, source="gamma", threshold=1e-2, return_report=True)
+    slim, report = ms.export_with_report(trainable, source="gamma", threshold=1e-2)
     print(report.summary())
     print(report.table())
     slim_accuracy = test_accuracy(slim, x_test, y_test)
 
     print(f"\n== 4. expand back to the seed's {seed_flops:,d} FLOPs and retrain from scratch ({args.epochs} epochs)")
-    wide = ms.expand(slim, budget=seed_flops, target="flops", round_to=1)
-    wide = wide[0] if isinstance(wide, tuple) else wide
+    wide = ms.expand(slim, budget=1.0, reference=seed, target="flops")
     keras.utils.set_random_seed(1)
     # a cosine decay to zero: the best accuracy a short retraining can give
     steps = args.epochs * int(np.ceil(len(x_train) / 128))

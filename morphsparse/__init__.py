@@ -30,6 +30,8 @@ _EXPORTS = {
     "alive_masks": "morph", "group_vectors": "morph", "find_sources": "morph", "AliveError": "morph",
     "export": "morph", "ExportReport": "morph", "ExportError": "morph",
     "expand": "morph", "ExpandReport": "morph", "ExpandError": "morph",
+    "export_with_report": "morph", "expand_with_report": "morph", "resize": "morph",
+    "recalibrate_batchnorm": "morph",
     "save_structure": "morph", "load_structure": "morph", "structure_of": "morph",
     "masks_from_structure": "morph",
     "MorphRegularizer": "morph.regularizers", "DeviceProfile": "morph.regularizers",

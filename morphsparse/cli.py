@@ -61,8 +61,8 @@ def cmd_export(args):
     import morphsparse as ms
 
     model = load_model_arg(args.model, args.input_size, args.classes)
-    slim, report = ms.export(model, source=args.source, threshold=args.threshold, l1_fraction=args.l1_fraction,
-                             exact=args.exact, ignore=args.ignore or (), return_report=True)
+    slim, report = ms.export_with_report(model, source=args.source, threshold=args.threshold,
+                                         l1_fraction=args.l1_fraction, exact=args.exact, ignore=args.ignore or ())
     print(report.table())
     print()
     print(report.summary())
@@ -87,8 +87,8 @@ def cmd_expand(args):
     if budget is None:   # _check_expand_args made sure --like is there
         reference = load_model_arg(args.like)
         budget = ms.count_flops(reference) if args.target == "flops" else ms.count_params(reference)
-    wide, report = ms.expand(slim, budget=budget, target=args.target, round_to=args.round_to,
-                             ignore=args.ignore or (), return_report=True)
+    wide, report = ms.expand_with_report(slim, budget=budget, target=args.target, round_to=args.round_to,
+                                         ignore=args.ignore or ())
     print(report.table())
     print()
     _print_costs("before", slim)

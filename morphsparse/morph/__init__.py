@@ -8,8 +8,8 @@ from importlib import import_module
 # ``export`` and ``expand`` are both a submodule and a function; binding the functions here, after their
 # modules load, keeps ``morphsparse.morph.export`` the function whichever import runs first.
 from morphsparse.morph.alive import AliveError, alive_masks, group_vectors  # noqa: E402,F401
-from morphsparse.morph.export import ExportError, ExportReport, export  # noqa: E402,F401
-from morphsparse.morph.expand import ExpandError, ExpandReport, expand  # noqa: E402,F401
+from morphsparse.morph.export import ExportError, ExportReport, export, export_with_report  # noqa: E402,F401
+from morphsparse.morph.expand import ExpandError, ExpandReport, expand, expand_with_report, resize  # noqa: E402,F401,E501
 from morphsparse.morph.structure import load_structure, masks_from_structure, save_structure, structure_of  # noqa: E402,F401,E501
 
 _EXPORTS = {
@@ -21,6 +21,8 @@ _EXPORTS = {
     "save_structure": "structure", "load_structure": "structure", "structure_of": "structure",
     "masks_from_structure": "structure", "propagated_masks": "alive",
     "expand": "expand", "ExpandReport": "expand", "ExpandError": "expand",
+    "export_with_report": "export", "expand_with_report": "expand", "resize": "expand",
+    "recalibrate_batchnorm": "batchnorm", "batch_norm_layers": "batchnorm",
 }
 #: modules searched for names not listed above (the regulariser and the cycle define their own).
 _OTHER_MODULES = ("regularizers", "cycle")

@@ -82,8 +82,7 @@ def _compiler(model, compile):
 
 def _expand(slim, budget, target, round_to):
     from morphsparse.morph.expand import expand
-    wide = expand(slim, budget=budget, target=target, round_to=round_to)
-    return wide[0] if isinstance(wide, tuple) else wide
+    return expand(slim, budget=budget, target=target, round_to=round_to)
 
 
 def _budget_of(model, target):

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from morphsparse.costs import cost_report
+from morphsparse.costs import cost_report, count_flops, count_params
 from morphsparse.graph import ChannelGraph, GraphError, analyze
+from morphsparse.morph.alive import warn_user
 from morphsparse.morph.replay import TensorIndex
 
 TARGETS = ("flops", "size")
@@ -41,6 +42,20 @@ def rounded_width(size, multiplier, round_to=None):
     ``round_to`` (or integer), at least one step."""
     step = round_to or 1
     return max(step, step * int(round(size * multiplier / step)))
+
+
+def group_granularity(graph):
+    """``{group id: step}``: the smallest change of a group's width that keeps every tensor's share of it a
+    whole number of channels. A tensor holding n of a group's ``size`` channels gets n/size of its new width
+    (NASNet concatenates two halves of one group, so that group can only grow in steps of two)."""
+    steps = {g.id: 1 for g in graph.groups}
+    for call in graph.calls:
+        for groups in call.in_groups + call.out_groups:
+            ids, entries = np.unique(groups, return_counts=True)
+            for gid, n in zip(ids.tolist(), entries.tolist()):
+                size = graph.groups[gid].size
+                steps[gid] = math.lcm(steps[gid], size // math.gcd(size, n))
+    return steps
 
 
 def check_budget(budget):
@@ -81,9 +96,11 @@ class WidthSearch:
         self.groups = [g for g in graph.groups if g.removable and g.size > 0]
         if not self.groups:
             raise ExpandError(f"model '{graph.model.name}' has no removable channel group to widen")
+        granularity = group_granularity(graph)
+        self.steps = {g.id: math.lcm(round_to or 1, granularity[g.id]) for g in self.groups}
 
     def counts(self, multiplier):
-        return {g.id: rounded_width(g.size, multiplier, self.round_to) for g in self.groups}
+        return {g.id: rounded_width(g.size, multiplier, self.steps[g.id]) for g in self.groups}
 
     def cost(self, multiplier):
         return _price(self.graph, self.counts(multiplier), self.target)
@@ -137,14 +154,21 @@ class ExpandReport:
     cost_before: int
     cost_after: int
     cost_next_step: int
+    flops_before: int = 0
+    flops_after: int = 0
+    params_before: int = 0
+    params_after: int = 0
     widths: dict = field(default_factory=dict)      # producer layer path -> (before, after)
     seconds: float = 0.0
 
     def summary(self):
-        return (f"expand of '{self.model_name}': width x{self.multiplier:.4f}"
-                f"{f' (round_to={self.round_to})' if self.round_to else ''}; {self.target} "
-                f"{self.cost_before:,d} -> {self.cost_after:,d} (budget {self.budget:,.0f}, next rounding step "
-                f"{self.cost_next_step:,d}); {self.seconds:.2f} s")
+        return (f"{'expand' if self.multiplier >= 1 else 'resize'} of '{self.model_name}': width "
+                f"x{self.multiplier:.4f}{f' (round_to={self.round_to})' if self.round_to else ''} to a budget of "
+                f"{self.budget:,.0f} {'FLOPs' if self.target == 'flops' else 'params'}: "
+                f"FLOPs {self.flops_before:,d} -> {self.flops_after:,d} (x{self.flops_after / max(self.flops_before, 1):.3f}), "
+                f"params {self.params_before:,d} -> {self.params_after:,d} "
+                f"(x{self.params_after / max(self.params_before, 1):.3f}); next rounding step would cost "
+                f"{self.cost_next_step:,d}; {self.seconds:.2f} s")
 
     def table(self):
         lines = [f"{'layer':44s} {'before':>8s} {'after':>8s}"]
@@ -154,6 +178,10 @@ class ExpandReport:
 
     def __str__(self):
         return self.summary()
+
+
+#: expand to a FLOP budget warns when the parameters grow more than this
+PARAMS_GROWTH_WARNING = 1.5
 
 
 def build_with_widths(model, graph, counts, name=None, index=None):
@@ -217,37 +245,83 @@ def build_with_widths(model, graph, counts, name=None, index=None):
                        name=name or model.name)
 
 
-def expand(model, budget, target="flops", round_to=None, ignore=(), name=None, return_report=False):
-    """Widen ``model`` (usually an exported slim model) by the largest uniform width multiplier whose
-    rounded widths cost at most ``budget`` (FLOPs for ``target="flops"``, parameters for ``"size"``).
+def resolve_budget(budget, target, model, reference=None):
+    """An absolute budget in ``target`` units: ``budget`` itself when > 1, else that fraction of the cost of
+    ``reference`` (a model or channel graph; default ``model``)."""
+    value = check_budget(budget)
+    if value > 1:
+        if reference is not None:
+            raise ExpandError(f"reference= prices a fractional budget (0 < budget <= 1); budget={budget!r} is "
+                              f"already an absolute number of {'FLOPs' if target == 'flops' else 'parameters'}")
+        return value
+    base = model if reference is None else reference
+    if not isinstance(base, (keras.Model, ChannelGraph)):
+        raise TypeError(f"reference must be a keras.Model (the model whose cost the fraction is of), got "
+                        f"{type(base).__name__}")
+    graph = base if isinstance(base, ChannelGraph) else analyze(base)
+    return value * _price(graph, None, target)
 
-    Returns a freshly initialised ``keras.Model`` (retrain it), or ``(model, ExpandReport)`` with
-    ``return_report=True``. ``round_to`` (e.g. 8) rounds every group's width to a multiple; ``ignore`` names
-    layers whose output width must not change (inputs and outputs never change).
-    """
+
+def expand_with_report(model, budget, target="flops", reference=None, round_to=None, ignore=(), name=None):
+    """:func:`expand`, returning ``(model, ExpandReport)``."""
     start = time.perf_counter()
     if not isinstance(model, keras.Model):
         raise TypeError(f"expand() takes a keras.Model, got {type(model).__name__}")
     check_target(target)
-    budget = check_budget(budget)
     check_round_to(round_to)
-    graph = model if isinstance(model, ChannelGraph) else analyze(model, ignore=ignore)
+    graph = analyze(model, ignore=ignore)
+    absolute = resolve_budget(budget, target, graph, reference)
     search = WidthSearch(graph, target, round_to)
-    multiplier, cost = search.largest_multiplier(budget)
+    multiplier, cost = search.largest_multiplier(absolute)
     counts = search.counts(multiplier)
     wide = build_with_widths(model, graph, counts, name=name)
-    wide_cost = _price(analyze(wide), None, target)
-    if wide_cost != cost:
-        raise GraphError(f"expanded model costs {wide_cost:,d} {target}, the search priced {cost:,d}; "
-                         "please report this model")
-    report = ExpandReport(model.name, target, budget, multiplier, round_to, _price(graph, None, target), cost,
-                          search.next_step(multiplier))
+    wide_graph = analyze(wide)
+    if _price(wide_graph, None, target) != cost:
+        raise GraphError(f"expanded model costs {_price(wide_graph, None, target):,d} {target}, the search "
+                         f"priced {cost:,d}; please report this model")
+    report = ExpandReport(model.name, target, absolute, multiplier, round_to, _price(graph, None, target), cost,
+                          search.next_step(multiplier), flops_before=count_flops(graph),
+                          flops_after=count_flops(wide_graph), params_before=count_params(graph),
+                          params_after=count_params(wide_graph))
     for group in graph.groups:
         for producer in group.producers:
             report.widths[producer] = (group.size, counts.get(group.id, group.size))
+    if target == "flops" and report.params_after > PARAMS_GROWTH_WARNING * report.params_before:
+        warn_user(f"expand of '{model.name}' to a FLOP budget multiplies its parameters by "
+                  f"x{report.params_after / report.params_before:.2f} ({report.params_before:,d} -> "
+                  f"{report.params_after:,d}): widening the cheap late layers costs few FLOPs but many weights. "
+                  "Pass target=\"size\" to budget the parameters instead, or check that the FLOP budget is "
+                  "what you want.")
     report.seconds = time.perf_counter() - start
-    return (wide, report) if return_report else wide
+    return wide, report
 
 
-__all__ = ["expand", "ExpandReport", "ExpandError", "WidthSearch", "build_with_widths", "rounded_width", "TARGETS",
+def expand(model, budget, target="flops", reference=None, round_to=None, ignore=(), name=None,
+           return_report=False):
+    """Resize ``model`` (usually an exported slim model) by the largest uniform width multiplier whose rounded
+    widths cost at most ``budget``: it widens (multiplier > 1) or narrows (< 1), whichever the budget asks.
+
+    ``budget``: an absolute cost (> 1: FLOPs for ``target="flops"``, parameters for ``"size"``), or a fraction
+    (0 < budget <= 1) of the cost of ``reference`` (default: ``model`` itself), e.g.
+    ``ms.expand(slim, budget=1.0, reference=seed)`` grows the slim model back to the seed's FLOPs.
+    ``round_to`` (e.g. 8) rounds every group's width to a multiple; ``ignore`` names layers whose output width
+    must not change (inputs and outputs never change).
+
+    Returns a freshly initialised ``keras.Model`` (retrain it). For the :class:`ExpandReport` (FLOPs and
+    parameters before and after, per-layer widths) call :func:`expand_with_report`. Warns when a FLOP budget
+    multiplies the parameters by more than 1.5.
+    """
+    wide, report = expand_with_report(model, budget, target, reference, round_to, ignore, name)
+    if return_report:
+        warn_user("expand(..., return_report=True) is deprecated: it returns a pair where expand returns a "
+                  "model; use ms.expand_with_report(...)", DeprecationWarning)
+        return wide, report
+    return wide
+
+
+#: ``ms.resize`` is ``ms.expand``: the same width search shrinks as well as widens.
+resize = expand
+
+
+__all__ = ["expand", "expand_with_report", "resize", "resolve_budget", "ExpandReport", "ExpandError", "WidthSearch", "build_with_widths", "rounded_width", "TARGETS",
            "check_budget", "check_round_to", "check_target"]

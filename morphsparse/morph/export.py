@@ -204,6 +204,11 @@ class ExportReport:
     seconds: float = 0.0
 
     @property
+    def removed_anything(self):
+        """True when the slim model is smaller than the original (some layer narrowed or removed)."""
+        return any(row.status != "kept" for row in self.layers)
+
+    @property
     def removed_layers(self):
         """Layers the slim model does not have: those that read no live channel and the dead ends."""
         return [row.path for row in self.layers if row.status in ("removed", "dead end")]
@@ -538,22 +543,9 @@ def _normalises_across_channels(call):
 
 # --- entry point ---------------------------------------------------------------------------------------
 
-def export(model, source="gamma", threshold=_alive.DEFAULT_THRESHOLD, l1_fraction=0.0, alive=None, exact=False,
-           ignore=(), name=None, return_report=False):
-    """A slim copy of ``model`` without its dead channels, with the surviving weights copied.
-
-    ``source`` ("gamma" or "group_lasso"), ``threshold`` and ``l1_fraction`` decide which channels are dead
-    from the model's weights alone (see :func:`morphsparse.alive_masks`); or pass ``alive``, a mapping group
-    id (or producer layer name) -> boolean mask, to choose yourself (a channel you mark dead is exported as if
-    its ``source`` weight were zero: gamma, or the kernel slice for group lasso). ``exact=True`` keeps dead channels
-    whose constant output would have to be folded through a zero-padded spatial convolution or merged in
-    while differing at the border (the only cases where the slim model differs, at image borders), and the
-    live channels that feed a layer kept this way; it then checks the slim model's outputs against the
-    original's on random inputs (relative 1e-5) and warns if they differ. ``ignore``: layers whose outputs must not shrink.
-
-    Returns the slim ``keras.Model`` (it saves and loads without morphsparse), or ``(slim, ExportReport)``
-    with ``return_report=True``.
-    """
+def export_with_report(model, source="gamma", threshold=_alive.DEFAULT_THRESHOLD, l1_fraction=0.0, alive=None,
+                       exact=False, ignore=(), name=None, calibration_data=None, calibration_steps=None):
+    """:func:`export`, returning ``(slim model, ExportReport)``."""
     start = time.perf_counter()
     if not isinstance(model, keras.Model):
         raise TypeError(f"export() takes a keras.Model, got {type(model).__name__}")
@@ -575,11 +567,59 @@ def export(model, source="gamma", threshold=_alive.DEFAULT_THRESHOLD, l1_fractio
     if exact:
         difference, noise = check_equivalent(model, slim)
         if difference > max(EXACT_RTOL, 10 * noise):
-            warnings.warn(f"export(exact=True) of '{model.name}': the slim model's outputs differ from the "
-                          f"original's by {difference:.2e} of their scale on random inputs (float32 rounding "
-                          f"alone: {noise:.2e}); please report this model", stacklevel=2)
+            _alive.warn_user(f"export(exact=True) of '{model.name}': the slim model's outputs differ from the "
+                             f"original's by {difference:.2e} of their scale on random inputs (float32 "
+                             f"rounding alone: {noise:.2e}); please report this model")
+    if not report.removed_anything and (sources or alive is not None):
+        _warn_nothing_removed(graph, report, alive, l1_fraction)
+    if calibration_data is not None:
+        from morphsparse.morph.batchnorm import recalibrate_batchnorm
+        recalibrate_batchnorm(slim, calibration_data, steps=calibration_steps)
     report.seconds = time.perf_counter() - start
-    return (slim, report) if return_report else slim
+    return slim, report
+
+
+def export(model, source="gamma", threshold=_alive.DEFAULT_THRESHOLD, l1_fraction=0.0, alive=None, exact=False,
+           ignore=(), name=None, calibration_data=None, calibration_steps=None, return_report=False):
+    """A slim copy of ``model`` without its dead channels, with the surviving weights copied.
+
+    ``source`` ("gamma" or "group_lasso"), ``threshold`` and ``l1_fraction`` decide which channels are dead
+    from the model's weights alone (see :func:`morphsparse.alive_masks`); or pass ``alive``, a mapping group
+    id (or producer layer name) -> boolean mask, to choose yourself (a channel you mark dead is exported as if
+    its ``source`` weight were zero: gamma, or the kernel slice for group lasso). ``exact=True`` keeps dead
+    channels whose constant output would have to be folded through a zero-padded spatial convolution or merged
+    in while differing at the border (the only cases where the slim model differs, at image borders), and the
+    live channels that feed a layer kept this way; it then checks the slim model's outputs against the
+    original's on random inputs (relative 1e-5) and warns if they differ. ``ignore``: layers whose outputs
+    must not shrink. ``calibration_data`` (batches of inputs, see :func:`morphsparse.recalibrate_batchnorm`):
+    re-estimate the slim model's BatchNorm statistics on it (``calibration_steps`` batches at most).
+
+    Returns the slim ``keras.Model`` (it saves and loads without morphsparse). For the
+    :class:`ExportReport` too, call :func:`export_with_report`. Warns when nothing was removed.
+    """
+    slim, report = export_with_report(model, source, threshold, l1_fraction, alive, exact, ignore, name,
+                                      calibration_data, calibration_steps)
+    if return_report:
+        _alive.warn_user("export(..., return_report=True) is deprecated: it returns a pair where export "
+                         "returns a model; use ms.export_with_report(...)", DeprecationWarning)
+        return slim, report
+    return slim
+
+
+def _warn_nothing_removed(graph, report, alive, l1_fraction):
+    """Export kept every channel: say why it probably happened and what to change."""
+    if alive is not None:
+        reason = "the alive= masks mark every removable channel alive"
+    else:
+        vectors = _alive.group_vectors(graph, report.source, l1_fraction)
+        smallest = min((float(v.min()) for gid, v in vectors.items() if graph.groups[gid].removable),
+                       default=float("nan"))
+        reason = (f"no channel's {report.source} value fell to threshold={report.threshold:g} (the smallest is "
+                  f"{smallest:.3g}). Train longer with the MorphRegularizer attached (a weight needs about "
+                  f"1.5 / learning_rate Adam steps to reach zero), raise its strength or give it a budget=, or "
+                  f"raise the threshold")
+    _alive.warn_user(f"export of '{report.model_name}' removed nothing ({report.flops_before:,d} FLOPs, "
+                     f"{report.params_before:,d} params, as before): {reason}.")
 
 
 def _fill_report(report, graph, exporter, slim):
@@ -608,4 +648,4 @@ def _fill_report(report, graph, exporter, slim):
     report.params_after = count_params(slim_graph)
 
 
-__all__ = ["export", "ExportReport", "ExportError", "RebuildStep"]
+__all__ = ["export", "export_with_report", "ExportReport", "ExportError", "RebuildStep"]

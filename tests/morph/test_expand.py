@@ -25,7 +25,7 @@ def slim_block_net():
 def test_expand_of_export_lands_within_one_step_under_the_original_budget(round_to):
     model, slim = slim_block_net()
     budget = ms.count_flops(model)
-    wide, report = ms.expand(slim, budget=budget, target="flops", round_to=round_to, return_report=True)
+    wide, report = ms.expand_with_report(slim, budget=budget, target="flops", round_to=round_to)
     cost = ms.count_flops(wide)
     assert cost == report.cost_after <= budget < report.cost_next_step
     assert report.multiplier > 1
@@ -55,7 +55,7 @@ def test_expanded_model_is_freshly_initialised_and_trains():
 def test_size_target_and_shrinking_budget():
     model, slim = slim_block_net()
     budget = ms.count_params(slim) // 2
-    wide, report = ms.expand(slim, budget=budget, target="size", return_report=True)
+    wide, report = ms.expand_with_report(slim, budget=budget, target="size")
     assert ms.count_params(wide) <= budget < report.cost_next_step
     assert report.multiplier < 1
 
@@ -153,14 +153,14 @@ def test_a_dead_residual_branch_survives_expand_and_a_second_export(tmp_path, fa
     b_bn = model.get_layer("b_bn")
     kill(b_bn, [0, 5], beta=False)                     # the residual group loses channels 0 and 5
     assert np.abs(keras.ops.convert_to_numpy(b_bn.beta)).min() > 0          # the constant is not trivial
-    slim, report = ms.export(model, return_report=True)
+    slim, report = ms.export_with_report(model)
     assert_same_outputs(model, slim)
     constant = slim.get_layer("add_constant")
     assert isinstance(constant, L.Rescaling) and np.asarray(constant.offset).shape == (14,)
     assert ms.count_flops(slim) == report.flops_after == ms.count_flops(model, alive=ms.alive_masks(model))
 
     budget = factor * ms.count_flops(slim)
-    wide, grown = ms.expand(slim, budget=budget, return_report=True)
+    wide, grown = ms.expand_with_report(slim, budget=budget)
     width = wide.get_layer("stem").filters
     assert (width > 14) == (factor > 1) and ms.count_flops(wide) == grown.cost_after <= budget
     assert np.asarray(wide.get_layer("add_constant").offset).shape == (width,)
@@ -169,7 +169,7 @@ def test_a_dead_residual_branch_survives_expand_and_a_second_export(tmp_path, fa
     wide = randomize(wide, seed=3)
     kill(wide.get_layer("stem_bn"), [1, 2])
     kill(wide.get_layer("t1_bn"), [0])
-    again, second = ms.export(wide, return_report=True)
+    again, second = ms.export_with_report(wide)
     assert_same_outputs(wide, again)
     assert ms.count_flops(again) == second.flops_after == ms.count_flops(wide, alive=ms.alive_masks(wide))
     assert again.get_layer("stem").filters == width - 2
@@ -181,3 +181,57 @@ def test_a_dead_residual_branch_survives_expand_and_a_second_export(tmp_path, fa
     x = inputs_for(again)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(again(x)),
                                rtol=1e-6, atol=1e-6)
+
+
+def test_a_group_split_across_a_concatenation_grows_in_whole_halves():
+    # cat([a, b]) + c ties a to the first half of c and b to the second: one group of 8 that two tensors
+    # each hold half of, so its width can only change in steps of two (NASNet has this pattern)
+    inp = keras.Input((6, 6, 3))
+    a = L.Conv2D(4, 1, name="a")(inp)
+    b = L.Conv2D(4, 1, name="b")(inp)
+    c = L.Conv2D(8, 3, padding="same", name="c")(inp)
+    x = L.Add(name="add")([L.Concatenate(name="cat")([a, b]), c])
+    model = keras.Model(inp, L.Dense(2, name="out")(L.GlobalAveragePooling2D()(x)))
+    graph = ms.analyze(model)
+    group = graph.group_of("c").id
+    search = WidthSearch(graph, "flops")
+    assert search.steps[group] == 2
+    assert all(n % 2 == 0 for n in (search.counts(m)[group] for m in np.linspace(0.1, 3.0, 30)))
+    for budget in (1.3, 1.75, 2.6):
+        wide, report = ms.expand_with_report(model, budget=budget * ms.count_flops(model))
+        assert wide.get_layer("a").filters == wide.get_layer("b").filters == wide.get_layer("c").filters // 2
+        assert ms.count_flops(wide) == report.cost_after
+
+
+def test_a_fractional_budget_is_of_the_reference_and_resize_narrows_too():
+    model, slim = slim_block_net()
+    seed_flops, slim_flops = ms.count_flops(model), ms.count_flops(slim)
+    back, report = ms.expand_with_report(slim, budget=1.0, reference=model)      # the seed's FLOPs
+    assert report.budget == seed_flops and ms.count_flops(back) <= seed_flops < report.cost_next_step
+    half, report = ms.expand_with_report(slim, budget=0.5)                       # half of its own FLOPs
+    assert ms.count_flops(half) <= 0.5 * slim_flops and report.multiplier < 1
+    assert (report.flops_before, report.flops_after) == (slim_flops, ms.count_flops(half))
+    assert (report.params_before, report.params_after) == (ms.count_params(slim), ms.count_params(half))
+    assert "FLOPs" in report.summary() and "params" in report.summary()
+    assert ms.resize is ms.expand
+    assert ms.count_params(ms.resize(slim, budget=0.5, target="size")) <= 0.5 * ms.count_params(slim)
+    with pytest.raises(ms.ExpandError, match="reference"):
+        ms.expand(slim, budget=2 * slim_flops, reference=model)
+
+
+def test_widening_to_a_flop_budget_warns_when_parameters_grow_past_1_5x():
+    _, slim = slim_block_net()
+    with pytest.warns(UserWarning, match="multiplies its parameters"):
+        wide = ms.expand(slim, budget=4 * ms.count_flops(slim))
+    assert ms.count_params(wide) > 1.5 * ms.count_params(slim)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ms.expand(slim, budget=1.2 * ms.count_flops(slim))                        # modest growth: silent
+
+
+def test_return_report_is_deprecated_but_still_works():
+    _, slim = slim_block_net()
+    with pytest.warns(DeprecationWarning, match="expand_with_report"):
+        wide, report = ms.expand(slim, budget=1.0, return_report=True)
+    assert isinstance(report, ms.ExpandReport) and isinstance(wide, keras.Model)

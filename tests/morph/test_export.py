@@ -58,7 +58,7 @@ def test_dead_branch_and_tower_disappear_and_outputs_match():
     kill(model.get_layer("t1_bn"), slice(None))           # a whole concat tower
     kill(model.get_layer("stem_bn"), [1, 3])
     kill(model.get_layer("b_bn"), [1, 3, 5])              # channel 5 stays: stem_bn keeps it (OR)
-    slim, report = ms.export(model, return_report=True)
+    slim, report = ms.export_with_report(model)
     assert_same_outputs(model, slim)
     names = {layer.name for layer in slim.layers}
     assert not names & {"a", "a_bn", "b", "b_bn", "t1", "t1_bn", "add", "cat"}
@@ -95,10 +95,10 @@ def test_a_starved_tower_is_folded_inexactly_unless_exact_keeps_what_feeds_it():
     kill(model.get_layer("ta_bn"), slice(None))
     x = inputs_for(model)
     want = keras.ops.convert_to_numpy(model(x, training=False))
-    slim, report = ms.export(model, return_report=True)
+    slim, report = ms.export_with_report(model)
     assert {"ta", "tb"}.isdisjoint(layer.name for layer in slim.layers)
     assert [path for path, _, _ in report.inexact] == ["mix"]          # the default says what it did
-    exact, exact_report = ms.export(model, exact=True, return_report=True)
+    exact, exact_report = ms.export_with_report(model, exact=True)
     got = keras.ops.convert_to_numpy(exact(x, training=False))
     assert np.abs(want - got).max() <= 1e-5 * np.abs(want).max()
     assert not exact_report.inexact
@@ -117,7 +117,7 @@ def test_constant_of_dead_channels_folds_exactly_into_1x1_and_dense():
     model = randomize(keras.Model(inp, out))
     model.get_layer("bn1").beta.assign(np.linspace(0.2, 1.0, 8).astype("float32"))   # relu(beta) > 0
     kill(model.get_layer("bn1"), [0, 2, 5], beta=False)
-    slim, report = ms.export(model, return_report=True)
+    slim, report = ms.export_with_report(model)
     assert slim.get_layer("c1").filters == 5
     assert report.folded == 2 and not report.inexact
     assert_same_outputs(model, slim)
@@ -133,15 +133,15 @@ def test_fold_through_padded_spatial_conv_is_reported_and_exact_keeps_it():
     model = randomize(keras.Model(inp, out))
     model.get_layer("bn1").beta.assign(np.full(8, 0.5, "float32"))
     kill(model.get_layer("bn1"), [1, 4], beta=False)
-    slim, report = ms.export(model, return_report=True)
+    slim, report = ms.export_with_report(model)
     assert report.inexact and report.inexact[0][0] == "spatial"
     assert slim.get_layer("c1").filters == 6                   # removed, folded at the interior value
-    exact, exact_report = ms.export(model, exact=True, return_report=True)
+    exact, exact_report = ms.export_with_report(model, exact=True)
     assert exact.get_layer("c1").filters == 8 and len(exact_report.kept) == 2
     assert_same_outputs(model, exact)
     # a zero constant (beta killed too) crosses a padded kernel exactly
     kill(model.get_layer("bn1"), [1, 4], beta=True)
-    slim, report = ms.export(model, exact=True, return_report=True)
+    slim, report = ms.export_with_report(model, exact=True)
     assert slim.get_layer("c1").filters == 6 and not report.inexact
     assert_same_outputs(model, slim)
 
@@ -175,7 +175,7 @@ def test_depthwise_multiplier_and_bias_free_conv_fold_into_batchnorm_mean():
     model.get_layer("dw_bn").beta.assign(np.full(8, 0.7, "float32"))
     kill(model.get_layer("expand_bn"), [1])           # channel 1 of the group: dw outputs 2 and 3
     kill(model.get_layer("dw_bn"), [2, 3], beta=False)  # dw_bn leaves relu(0.7) behind: folded
-    slim, report = ms.export(model, return_report=True)
+    slim, report = ms.export_with_report(model)
     assert slim.get_layer("expand").filters == 3
     assert slim.get_layer("dw").kernel.shape == (3, 3, 3, 2)
     assert slim.get_layer("project").kernel.shape == (1, 1, 6, 5)
@@ -225,7 +225,7 @@ def test_channels_normalised_by_layernorm_or_not_constant_are_kept():
     kernel = keras.ops.convert_to_numpy(model.get_layer("c1").kernel)
     kernel[..., [1, 2]] = 0.0
     model.get_layer("c1").kernel.assign(kernel)
-    slim, report = ms.export(model, source="group_lasso", return_report=True)
+    slim, report = ms.export_with_report(model, source="group_lasso")
     assert slim.get_layer("c1").filters == 8 and len(report.kept) == 2
     assert "LayerNormalization" in report.kept[0][2]
     assert_same_outputs(model, slim)
@@ -239,7 +239,7 @@ def test_channels_normalised_by_layernorm_or_not_constant_are_kept():
     out = L.Dense(2)(L.GlobalAveragePooling2D()(x))
     model = randomize(keras.Model(inp, out))
     kill(model.get_layer("bn"), [0], beta=False)
-    slim, report = ms.export(model, return_report=True)
+    slim, report = ms.export_with_report(model)
     assert slim.get_layer("c").filters == 4 and "not constant" in report.kept[0][2]
     assert_same_outputs(model, slim)
 
@@ -321,3 +321,13 @@ def test_a_registered_handler_extends_export_and_expand_to_a_custom_layer():
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(slim.get_layer("scale").w), [1, 3, 5])
     assert_same_outputs(model, slim)
     assert ms.expand(slim, budget=3 * ms.count_flops(slim)).get_layer("scale").channels > 3
+
+
+def test_export_says_when_it_removes_nothing_and_why():
+    model = randomize(block_net())                        # gammas in [0.5, 1.5]: nothing below the threshold
+    with pytest.warns(UserWarning, match="removed nothing.*threshold=0.01.*1.5 / learning_rate"):
+        slim = ms.export(model)
+    assert ms.count_flops(slim) == ms.count_flops(model)
+    with pytest.warns(DeprecationWarning, match="export_with_report"):
+        pair = ms.export(model, alive={"a": np.ones(8, bool)}, return_report=True)
+    assert isinstance(pair, tuple) and not pair[1].removed_anything
