@@ -36,6 +36,8 @@ _EXPORTS = {
     "masks_from_structure": "morph",
     "MorphRegularizer": "morph.regularizers", "DeviceProfile": "morph.regularizers",
     "DEVICE_PROFILES": "morph.regularizers", "UnsupportedLayerError": "morph.regularizers",
+    # LiteRT export
+    "to_litert": "litert", "LiteRTReport": "litert", "LiteRTError": "litert",
     "cycle": "morph.cycle", "CycleResult": "morph.cycle", "small_resnet": "models",
 }
 

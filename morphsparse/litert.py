@@ -1,0 +1,258 @@
+"""LiteRT (TFLite) export of a sparse model: zeros stored in the format the runtime runs faster.
+
+A mask turns into speed in LiteRT in two ways (docs/sparse_inference.md):
+
+* the fully-connected kernel has a sparse path for weights stored with 1x4 blocks (float) or 1x16 blocks
+  (int8) along the input axis: the converter stores such a kernel sparse and the FULLY_CONNECTED op reads it
+  as it is. A kernel with scattered zeros is stored sparse too (a smaller file), but a DENSIFY op expands it
+  when the model loads, so it runs at dense speed;
+* XNNPACK's sparse inference runs 1x1 convolutions with at least 2/3 zeros in a MobileNet-shaped subgraph
+  (stem 3x3 stride-2 conv, depthwise and 1x1 convs, global mean) without densifying them; it decides when the
+  delegate is created, so only a timing shows it (``benchmarks/sparse_inference.py``).
+
+:func:`to_litert` converts with ``tf.lite.Optimize.EXPERIMENTAL_SPARSITY``, writes the file, runs it in the
+LiteRT interpreter against the Keras model on random inputs, and reports per weight-bearing layer how its
+kernel was stored and which kernel the runtime got.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+QUANTIZATIONS = (None, "float16", "dynamic", "int8")
+
+
+class LiteRTError(RuntimeError):
+    """The model could not be converted or does not run the same in LiteRT; the message says why."""
+
+
+def _interpreter_class():
+    """The LiteRT interpreter (``ai-edge-litert``, the ``[litert]`` extra), else TensorFlow's own."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import tensorflow as tf
+        Interpreter = tf.lite.Interpreter
+    return Interpreter
+
+
+def interpreter(model_content, threads=1, delegates=True):
+    """A LiteRT interpreter for a flatbuffer, tensors allocated. ``delegates``: let the default XNNPACK
+    delegate take the ops it supports (LiteRT's default); False runs LiteRT's built-in kernels only."""
+    Interpreter = _interpreter_class()
+    options = {}
+    if not delegates:
+        import importlib
+        module = importlib.import_module(Interpreter.__module__)
+        options["experimental_op_resolver_type"] = module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    runner = Interpreter(model_content=model_content, num_threads=threads, **options)
+    runner.allocate_tensors()
+    return runner
+
+
+def run(runner, arrays):
+    """Outputs of a LiteRT interpreter for one input array per model input, one example at a time."""
+    inputs, outputs = runner.get_input_details(), runner.get_output_details()
+    results = [[] for _ in outputs]
+    for row in range(len(arrays[0])):
+        for detail, array in zip(inputs, arrays):
+            runner.set_tensor(detail["index"], array[row:row + 1].astype(detail["dtype"]))
+        runner.invoke()
+        for bucket, detail in zip(results, outputs):
+            bucket.append(runner.get_tensor(detail["index"]))
+    return [np.concatenate(bucket) for bucket in results]
+
+
+@dataclass
+class LayerStorage:
+    """How one weight-bearing layer's kernel reached the runtime."""
+
+    layer: str
+    class_name: str
+    zeros: float             # fraction of exact zeros in the Keras kernel
+    stored: str              # "sparse" or "dense" in the .tflite file
+    kernel: str              # what the runtime runs: see LiteRTReport.table()
+
+
+@dataclass
+class LiteRTReport:
+    """What :func:`to_litert` wrote and checked."""
+
+    path: str | None
+    bytes: int
+    quantize: str | None
+    sparse: bool
+    max_difference: float          # largest |LiteRT - Keras| output difference on the check inputs
+    output_scale: float
+    layers: list = field(default_factory=list)
+    runtime: str = "XNNPACK delegate and built-in kernels"
+
+    @property
+    def sparse_kernels(self):
+        return [row.layer for row in self.layers if row.kernel.startswith("sparse")]
+
+    def summary(self):
+        stored = sum(row.stored == "sparse" for row in self.layers)
+        return (f"LiteRT model of {self.bytes:,d} bytes{f' at {self.path}' if self.path else ''}"
+                f"{f', quantize={self.quantize}' if self.quantize else ''}: {stored}/{len(self.layers)} kernels "
+                f"stored sparse, {len(self.sparse_kernels)} run by a sparse kernel; outputs match Keras to "
+                f"{self.max_difference:.1e} (output scale {self.output_scale:.3g}); runtime: {self.runtime}")
+
+    def table(self):
+        lines = [f"{'layer':32s} {'class':18s} {'zeros':>6s} {'stored':>7s}  runtime kernel"]
+        for row in self.layers:
+            lines.append(f"{row.layer[:32]:32s} {row.class_name[:18]:18s} {row.zeros:6.1%} {row.stored:>7s}  "
+                         f"{row.kernel}")
+        return "\n".join(lines)
+
+    def __str__(self):
+        return self.summary()
+
+
+def _check_arguments(model, quantize, representative_data, rtol, threads):
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"to_litert() takes a keras.Model, got {type(model).__name__}")
+    from morphsparse.graph import _is_sparse_model
+    if _is_sparse_model(model):
+        raise TypeError(f"model '{model.name}' is a sparse training model: call ms.strip(model) first and "
+                        "convert the plain model it returns")
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
+    if quantize == "int8" and representative_data is None:
+        raise ValueError("quantize='int8' needs representative_data: a few batches of typical inputs that set "
+                         "the activation ranges")
+    if not (isinstance(rtol, (int, float)) and rtol > 0):
+        raise ValueError(f"rtol must be a positive number, got {rtol!r}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+
+
+def convert(model, sparse=True, quantize=None, representative_data=None):
+    """The model as a LiteRT flatbuffer (bytes); ``sparse`` stores zero-rich kernels in sparse format."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    optimizations = []
+    if sparse:
+        optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
+    if quantize in ("dynamic", "int8", "float16"):
+        optimizations.append(tf.lite.Optimize.DEFAULT)
+    converter.optimizations = optimizations
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if quantize == "int8":
+        def batches():
+            for batch in representative_data:
+                batch = batch[0] if isinstance(batch, tuple) else batch
+                yield [np.asarray(b, dtype="float32") for b in (batch if isinstance(batch, list) else [batch])]
+        converter.representative_dataset = batches
+    try:
+        return converter.convert()
+    except Exception as err:   # the converter's errors are long MLIR dumps: keep the first line with ours
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LiteRTError(f"LiteRT conversion of '{model.name}' failed: {first}") from err
+
+
+def _kernel_layers(model):
+    """(layer, kernel array) of every layer whose weights include a matrix-like kernel, nested models too."""
+    found = []
+
+    def walk(layers):
+        for layer in layers:
+            if isinstance(layer, keras.Model):
+                walk(layer.layers)
+                continue
+            kernel = next((w for w in layer.weights if len(w.shape) >= 2), None)
+            if kernel is not None:
+                found.append((layer, keras.ops.convert_to_numpy(kernel)))
+
+    walk(model.layers)
+    return found
+
+
+def _storage_by_layer(model, runner):
+    """Per kernel layer: (stored, runtime kernel), matching LiteRT tensor names to Keras layer names."""
+    tensors = runner.get_tensor_details()
+    try:
+        ops = runner._get_ops_details()   # the interpreter's op list; absent in some builds
+    except AttributeError:
+        ops = []
+    readers = {}
+    for op in ops:
+        for position, index in enumerate(np.asarray(op["inputs"]).tolist()):
+            readers.setdefault(index, []).append((op["op_name"], position))
+    rows = {}
+    for layer, kernel in _kernel_layers(model):
+        pattern = re.compile(rf"(^|/){re.escape(layer.name)}(_\d+)?/")
+        candidates = [t for t in tensors if pattern.search(t["name"]) and len(t["shape"]) >= 2
+                      and int(np.prod(t["shape"])) == kernel.size]
+        sparse = [t for t in candidates if t.get("sparsity_parameters")]
+        if sparse:
+            consumers = {name for name, _ in readers.get(sparse[0]["index"], [])}
+            if "DELEGATE" in consumers:
+                kernel_used = "XNNPACK delegate (sparse inference when the subgraph qualifies; time it)"
+            elif consumers == {"DENSIFY"}:
+                kernel_used = "densified at load: dense speed (the sparse FC kernel needs 1x4 blocks)"
+            elif consumers:
+                kernel_used = f"sparse {'/'.join(sorted(consumers))}"
+            else:
+                kernel_used = "stored sparse (reader unknown)"
+            rows[layer.name] = ("sparse", kernel_used)
+        else:
+            rows[layer.name] = ("dense", "dense")
+    return rows
+
+
+def to_litert(model, path=None, sparse=True, quantize=None, representative_data=None, check_inputs=None,
+              rtol=1e-5, threads=1):
+    """Convert ``model`` to a LiteRT (``.tflite``) file and check it against Keras.
+
+    ``sparse=True`` stores kernels with enough zeros in LiteRT's sparse format (dense elsewhere);
+    ``quantize``: None (float32), "float16", "dynamic" (int8 weights) or "int8" (needs ``representative_data``,
+    an iterable of input batches). The LiteRT interpreter's outputs are compared with ``model``'s on
+    ``check_inputs`` (default: 4 random examples); a float model must match to ``rtol`` of the output scale, or
+    :class:`LiteRTError` is raised (quantised models are compared and reported, not checked). ``path``: where to
+    write the file (None: not written). Returns a :class:`LiteRTReport` with, per weight-bearing layer, the
+    fraction of zeros, how the kernel was stored and which kernel the runtime runs.
+    """
+    _check_arguments(model, quantize, representative_data, rtol, threads)
+    flatbuffer = convert(model, sparse=sparse, quantize=quantize, representative_data=representative_data)
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(flatbuffer)
+    runtime = "XNNPACK delegate and built-in kernels"
+    try:
+        runner = interpreter(flatbuffer, threads=threads)
+    except RuntimeError as err:   # XNNPACK refuses some sparse quantised kernels when it prepares them
+        runner = interpreter(flatbuffer, threads=threads, delegates=False)
+        runtime = f"built-in kernels only (XNNPACK refused the model: {str(err).splitlines()[0][:120]})"
+    if check_inputs is None:
+        from morphsparse.morph.export import random_inputs
+        check_inputs = random_inputs(model, batch=4, seed=0)
+    arrays = [np.asarray(a) for a in (check_inputs if isinstance(check_inputs, (list, tuple)) else [check_inputs])]
+    want = keras.tree.flatten(model(arrays if len(arrays) > 1 else arrays[0], training=False))
+    want = [keras.ops.convert_to_numpy(w) for w in want]
+    got = run(runner, arrays)
+    scale = max(float(np.abs(w).max()) for w in want) or 1.0
+    difference = max(float(np.abs(w.astype(np.float64) - g.reshape(w.shape)).max()) for w, g in zip(want, got))
+    report = LiteRTReport(str(path) if path is not None else None, len(flatbuffer), quantize, sparse, difference,
+                          scale, runtime=runtime)
+    storage = _storage_by_layer(model, runner)
+    for layer, kernel in _kernel_layers(model):
+        stored, kernel_used = storage[layer.name]
+        report.layers.append(LayerStorage(layer.name, type(layer).__name__, float(np.mean(kernel == 0)), stored,
+                                          kernel_used))
+    if quantize is None and difference > rtol * scale:
+        raise LiteRTError(f"LiteRT outputs of '{model.name}' differ from Keras by {difference:.3g} (output scale "
+                          f"{scale:.3g}, allowed {rtol:g} of it)")
+    return report
+
+
+__all__ = ["to_litert", "convert", "interpreter", "run", "LiteRTReport", "LayerStorage", "LiteRTError",
+           "QUANTIZATIONS"]

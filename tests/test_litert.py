@@ -1,0 +1,67 @@
+"""ms.to_litert: sparse storage in LiteRT files, checked against Keras."""
+
+import keras
+import numpy as np
+import pytest
+
+import morphsparse as ms
+
+pytest.importorskip("ai_edge_litert", reason="the [litert] extra (ai-edge-litert) is not installed")
+L = keras.layers
+
+
+def mlp_with_zeros(seed=0):
+    """fc1: 90% zeros in 1x4 blocks along its input axis; fc2: 90% scattered zeros; fc3 dense."""
+    rng = np.random.default_rng(seed)
+    inp = keras.Input((32,))
+    x = L.Dense(64, activation="relu", name="fc1")(inp)
+    x = L.Dense(48, activation="relu", name="fc2")(x)
+    model = keras.Model(inp, L.Dense(5, name="fc3")(x))
+    fc1, fc2 = model.get_layer("fc1"), model.get_layer("fc2")
+    fc1.kernel.assign(fc1.kernel.numpy() * (rng.random((8, 64)) > 0.9).repeat(4, axis=0))
+    fc2.kernel.assign(fc2.kernel.numpy() * (rng.random((64, 48)) > 0.9))
+    return model
+
+
+def test_block_sparse_dense_layers_get_the_sparse_kernel_and_match_keras(tmp_path):
+    model = mlp_with_zeros()
+    path = tmp_path / "mlp.tflite"
+    report = ms.to_litert(model, path)
+    rows = {row.layer: row for row in report.layers}
+    assert rows["fc1"].stored == "sparse" and rows["fc1"].kernel == "sparse FULLY_CONNECTED"
+    assert rows["fc2"].stored == "sparse" and rows["fc2"].kernel.startswith("densified")
+    assert rows["fc3"].stored == "dense" and rows["fc1"].zeros >= 0.85
+    assert report.sparse_kernels == ["fc1"]
+    assert report.max_difference <= 1e-5 * report.output_scale
+    assert path.stat().st_size == report.bytes
+    # the written file runs on its own and gives the Keras outputs
+    from morphsparse.litert import interpreter, run
+    x = np.random.default_rng(3).normal(size=(3, 32)).astype("float32")
+    got = run(interpreter(path.read_bytes()), [x])[0]
+    np.testing.assert_allclose(got, keras.ops.convert_to_numpy(model(x)), rtol=1e-5, atol=1e-6)
+
+
+def test_dense_storage_when_sparse_is_off_and_a_smaller_file_when_on():
+    model = mlp_with_zeros()
+    dense = ms.to_litert(model, sparse=False)
+    assert all(row.stored == "dense" for row in dense.layers)
+    assert ms.to_litert(model).bytes < dense.bytes
+
+
+def test_quantised_conversion_is_reported_not_checked():
+    model = mlp_with_zeros()
+    data = [np.random.default_rng(i).normal(size=(8, 32)).astype("float32") for i in range(3)]
+    report = ms.to_litert(model, quantize="int8", representative_data=data)
+    assert report.quantize == "int8" and np.isfinite(report.max_difference)
+
+
+def test_bad_arguments_are_named():
+    model = mlp_with_zeros()
+    with pytest.raises(ValueError, match="quantize"):
+        ms.to_litert(model, quantize="int4")
+    with pytest.raises(ValueError, match="representative_data"):
+        ms.to_litert(model, quantize="int8")
+    with pytest.raises(ValueError, match="rtol"):
+        ms.to_litert(model, rtol=0)
+    with pytest.raises(TypeError, match="keras.Model"):
+        ms.to_litert("model.keras")
