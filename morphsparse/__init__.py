@@ -35,6 +35,8 @@ _EXPORTS = {
     "MorphRegularizer": "morph.regularizers", "DeviceProfile": "morph.regularizers",
     "DEVICE_PROFILES": "morph.regularizers", "UnsupportedLayerError": "morph.regularizers",
     "cycle": "morph.cycle", "CycleResult": "morph.cycle", "small_resnet": "models",
+    "prune": "morph.prune", "prune_with_report": "morph.prune", "PruneReport": "morph.prune",
+    "PruneError": "morph.prune", "channel_importance": "morph.prune",
 }
 
 __all__ = sorted(_EXPORTS)
