@@ -39,6 +39,8 @@ _EXPORTS = {
     # LiteRT export
     "to_litert": "litert", "LiteRTReport": "litert", "LiteRTError": "litert",
     "cycle": "morph.cycle", "CycleResult": "morph.cycle", "small_resnet": "models",
+    "prune": "morph.prune", "prune_with_report": "morph.prune", "PruneReport": "morph.prune",
+    "PruneError": "morph.prune", "channel_importance": "morph.prune",
 }
 
 __all__ = sorted(_EXPORTS)

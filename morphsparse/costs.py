@@ -117,3 +117,44 @@ def count_flops(model_or_graph, alive=None) -> int:
 def count_params(model_or_graph, alive=None) -> int:
     """Parameters (trainable and not); with ``alive=None`` this equals ``model.count_params()``."""
     return cost_report(model_or_graph, alive).params
+
+
+# --- budgets ------------------------------------------------------------------------------------------------
+# Every structural tool (MorphRegularizer, prune, expand/resize) takes its budget the same way: a fraction
+# (0 < b <= 1) of a model's cost, or an absolute count (> 1) in the target's unit.
+
+BUDGET_TARGETS = {"flops": count_flops, "size": count_params}
+
+
+def check_budget(budget, value_error=ValueError, type_error=TypeError):
+    """``budget`` as a float > 0: ``type_error`` for anything but a real number (``True`` is not a budget of
+    one), ``value_error`` for zero, negative or non-finite values; both name ``budget``."""
+    import math
+    import numbers
+
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Real):
+        raise type_error(f"budget must be a number (a fraction in (0, 1] of a cost, or an absolute FLOP or "
+                         f"parameter count > 1), got {type(budget).__name__} {budget!r}")
+    value = float(budget)
+    if not math.isfinite(value) or value <= 0:
+        raise value_error(f"budget must be a positive finite number (a fraction in (0, 1] of a cost, or an "
+                          f"absolute count > 1), got {budget!r}")
+    return value
+
+
+def resolve_budget(budget, target, model_or_graph, reference=None, value_error=ValueError, type_error=TypeError):
+    """The absolute budget in ``target`` units ("flops" or "size"): ``budget`` itself when > 1, else that
+    fraction of the cost of ``reference`` (a model or channel graph; default ``model_or_graph``)."""
+    value = check_budget(budget, value_error, type_error)
+    if target not in BUDGET_TARGETS:
+        raise value_error(f"unknown target {target!r}; use one of {tuple(BUDGET_TARGETS)}")
+    if value > 1:
+        if reference is not None:
+            raise value_error(f"reference= prices a fractional budget (0 < budget <= 1); budget={budget!r} is "
+                              f"already an absolute number of {'FLOPs' if target == 'flops' else 'parameters'}")
+        return value
+    base = model_or_graph if reference is None else reference
+    if not isinstance(base, ChannelGraph) and not hasattr(base, "layers"):
+        raise type_error(f"reference must be a keras.Model (the model whose cost the fraction is of), got "
+                         f"{type(base).__name__}")
+    return value * BUDGET_TARGETS[target](base)

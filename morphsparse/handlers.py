@@ -15,8 +15,6 @@ a Dense. Users register handlers for their own layers with :func:`register_handl
 
 from __future__ import annotations
 
-import math
-from typing import Callable
 
 import keras
 import numpy as np

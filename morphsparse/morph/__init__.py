@@ -1,16 +1,17 @@
 """Structure learning (MorphNet for Keras 3): alive channels, regularisers, slim export, width expansion.
 
-The export/expand/structure functions are bound eagerly (see below); the rest resolve lazily.
+The export/expand/prune/structure functions are bound eagerly (see below); the rest resolve lazily.
 """
 
 from importlib import import_module
 
-# ``export`` and ``expand`` are both a submodule and a function; binding the functions here, after their
+# ``export``, ``expand`` and ``prune`` are both a submodule and a function; binding the functions here, after their
 # modules load, keeps ``morphsparse.morph.export`` the function whichever import runs first.
 from morphsparse.morph.alive import AliveError, alive_masks, group_vectors  # noqa: E402,F401
 from morphsparse.morph.export import ExportError, ExportReport, export, export_with_report  # noqa: E402,F401
 from morphsparse.morph.expand import ExpandError, ExpandReport, expand, expand_with_report, resize  # noqa: E402,F401,E501
 from morphsparse.morph.structure import load_structure, masks_from_structure, save_structure, structure_of  # noqa: E402,F401,E501
+from morphsparse.morph.prune import PruneError, PruneReport, prune, prune_with_report  # noqa: E402,F401
 
 _EXPORTS = {
     # alive channels (alive.py)
@@ -23,6 +24,9 @@ _EXPORTS = {
     "expand": "expand", "ExpandReport": "expand", "ExpandError": "expand",
     "export_with_report": "export", "expand_with_report": "expand", "resize": "expand",
     "recalibrate_batchnorm": "batchnorm", "batch_norm_layers": "batchnorm",
+    # pruning a trained model to a budget
+    "prune": "prune", "prune_with_report": "prune", "PruneReport": "prune", "PruneStep": "prune",
+    "PruneError": "prune", "channel_importance": "prune",
 }
 #: modules searched for names not listed above (the regulariser and the cycle define their own).
 _OTHER_MODULES = ("regularizers", "cycle")

@@ -17,6 +17,7 @@ import keras
 from morphsparse.costs import count_flops, count_params
 from morphsparse.morph import alive as _alive
 from morphsparse.morph.expand import check_budget, check_round_to
+from morphsparse.morph.recipe import compiler_like
 from morphsparse.morph.regularizers import DEFAULT_STRENGTH_MULTIPLIER, MorphRegularizer, check_arguments
 
 #: targets that ``ms.expand`` can budget; other regulariser targets expand on FLOPs unless told otherwise.
@@ -60,24 +61,6 @@ class CycleResult:
     def summary(self):
         return "\n".join([f"{len(self.steps)} cycle(s) at a budget of {self.budget:,.0f} {self.expand_target}"]
                          + [s.summary() for s in self.steps])
-
-
-def _compiler(model, compile):
-    """A function that compiles a fresh model like the user wants: their callable, or the seed's own compile
-    configuration (a new optimizer of the same kind for every model)."""
-    if compile is not None:
-        if not callable(compile):
-            raise TypeError("compile= must be a callable taking a model (and compiling it)")
-        return compile
-    config = model.get_compile_config() if model.compiled else None
-    if not config:
-        raise ValueError("cycle() needs to compile the models it builds: compile the seed model first, or pass "
-                         "compile=lambda m: m.compile(...)")
-
-    def compile_like_seed(new_model):
-        new_model.compile_from_config(config)
-
-    return compile_like_seed
 
 
 def _expand(slim, budget, target, round_to):
@@ -125,8 +108,9 @@ def cycle(model, fit, cycles=1, *, retrain=None, compile=None, retrain_compile=N
     expand_target = expand_target or (target if target in EXPANDABLE else "flops")
     if expand_target not in EXPANDABLE:
         raise ValueError(f"expand_target must be one of {EXPANDABLE}, got {expand_target!r}")
-    compile_model = _compiler(model, compile)
-    compile_retrain = compile_model if retrain_compile is None else _compiler(model, retrain_compile)
+    compile_model = compiler_like(model, compile, "cycle()")
+    compile_retrain = compile_model if retrain_compile is None else compiler_like(model, retrain_compile,
+                                                                                    "cycle()")
     retrain_fit = {**fit, **(retrain or {})}
     budget = _budget_of(model, expand_target) if budget is None else budget
     # the device matters (and was checked, with a warning if it has no effect) for the latency target only

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
+from morphsparse import costs as _costs
 from morphsparse.costs import cost_report, count_flops, count_params
-from morphsparse.graph import ChannelGraph, GraphError, analyze
+from morphsparse.graph import GraphError, analyze
 from morphsparse.morph.alive import warn_user
 from morphsparse.morph.replay import TensorIndex
 
@@ -59,17 +60,8 @@ def group_granularity(graph):
 
 
 def check_budget(budget):
-    """``budget`` as a positive finite float, or an ExpandError naming it (``True`` is refused rather than
-    read as a budget of one)."""
-    if isinstance(budget, bool):
-        raise ExpandError(f"budget must be a number (FLOPs or parameters), got {budget!r}")
-    try:
-        value = float(budget)
-    except (TypeError, ValueError):
-        raise ExpandError(f"budget must be a number (FLOPs or parameters), got {budget!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ExpandError(f"budget must be a positive finite number, got {budget!r}")
-    return value
+    """``budget`` as a positive finite float, or an ExpandError naming it."""
+    return _costs.check_budget(budget, ExpandError, ExpandError)
 
 
 def check_round_to(round_to):
@@ -245,23 +237,6 @@ def build_with_widths(model, graph, counts, name=None, index=None):
                        name=name or model.name)
 
 
-def resolve_budget(budget, target, model, reference=None):
-    """An absolute budget in ``target`` units: ``budget`` itself when > 1, else that fraction of the cost of
-    ``reference`` (a model or channel graph; default ``model``)."""
-    value = check_budget(budget)
-    if value > 1:
-        if reference is not None:
-            raise ExpandError(f"reference= prices a fractional budget (0 < budget <= 1); budget={budget!r} is "
-                              f"already an absolute number of {'FLOPs' if target == 'flops' else 'parameters'}")
-        return value
-    base = model if reference is None else reference
-    if not isinstance(base, (keras.Model, ChannelGraph)):
-        raise TypeError(f"reference must be a keras.Model (the model whose cost the fraction is of), got "
-                        f"{type(base).__name__}")
-    graph = base if isinstance(base, ChannelGraph) else analyze(base)
-    return value * _price(graph, None, target)
-
-
 def expand_with_report(model, budget, target="flops", reference=None, round_to=None, ignore=(), name=None):
     """:func:`expand`, returning ``(model, ExpandReport)``."""
     start = time.perf_counter()
@@ -270,7 +245,7 @@ def expand_with_report(model, budget, target="flops", reference=None, round_to=N
     check_target(target)
     check_round_to(round_to)
     graph = analyze(model, ignore=ignore)
-    absolute = resolve_budget(budget, target, graph, reference)
+    absolute = _costs.resolve_budget(budget, target, graph, reference, ExpandError, ExpandError)
     search = WidthSearch(graph, target, round_to)
     multiplier, cost = search.largest_multiplier(absolute)
     counts = search.counts(multiplier)
@@ -323,5 +298,5 @@ def expand(model, budget, target="flops", reference=None, round_to=None, ignore=
 resize = expand
 
 
-__all__ = ["expand", "expand_with_report", "resize", "resolve_budget", "ExpandReport", "ExpandError", "WidthSearch", "build_with_widths", "rounded_width", "TARGETS",
+__all__ = ["expand", "expand_with_report", "resize", "ExpandReport", "ExpandError", "WidthSearch", "build_with_widths", "rounded_width", "TARGETS",
            "check_budget", "check_round_to", "check_target"]

@@ -25,7 +25,6 @@ unregularised one, say) are kept too. The report lists every such decision.
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import keras

@@ -25,7 +25,7 @@ def hand_statistics(model, batches):
     """Each BN's statistics as the average over batches of the batch mean and (biased) variance, with every
     BN normalising by its batch's statistics on the way, computed in float64."""
     (k1, b1), (k2, b2) = numpy_weights(model.get_layer("c1")), numpy_weights(model.get_layer("c2"))
-    bn1, bn2 = model.get_layer("bn1"), model.get_layer("bn2")
+    bn1 = model.get_layer("bn1")
     g1, be1 = numpy_weights(bn1)[:2]
     sums = {"bn1": [0, 0], "bn2": [0, 0]}
     for x in batches:

@@ -1,0 +1,642 @@
+"""Prune a trained model to a budget in one call: ``ms.prune(model, budget=0.5, target="flops")``.
+
+Channels are ranked **globally**, across all groups, by importance per unit of *marginal cost* (what the target
+would lose if the channel were removed, at the current widths: the same quantity as the gradient of the
+MorphNet term, :mod:`morphsparse.morph.regularizers`), and removed greedily in small chunks: after every chunk
+the marginal costs are computed again, because a channel's saving depends on the widths of its neighbours.
+The chunk stops as soon as the estimated saving covers the distance to the budget, and the exact analytic cost
+(``count_flops`` / ``count_params``) decides when to stop, so the result lands at or just under the budget.
+
+The slim model is then built by :func:`morphsparse.export` with the chosen masks (weights copied; a removed
+channel is exported as if its gamma, or for networks without BatchNorm its kernel column, were zero: the
+constant it leaves behind is folded into the next layer), and its exact cost is checked against the budget.
+
+Importance of a channel (higher = keep):
+
+* ``"gamma"``: |gamma| of the BatchNormalization after the channel's producer;
+* ``"l1"``: mean |w| of the kernel column feeding the channel;
+* ``"taylor"``: |first-order change of the loss when the channel is removed| = |sum over a few batches of
+  dL/dgamma * gamma| (Molchanov et al. 2019), from ``data``;
+* a callable ``importance(graph) -> {group id: per-channel scores}``.
+
+Coupled channels (one channel of a group with several producers, tied by residual Adds) are scored together:
+the sum of their sources' scores (for taylor, the sum of the signed estimates, then the absolute value: the
+estimate for removing all of them at once). Channels with no importance source are never pruned; every group
+keeps at least one channel (no whole block is removed), so the network stays connected.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+
+from morphsparse.costs import check_budget, count_flops, count_params, resolve_budget
+from morphsparse.graph import analyze
+from morphsparse.morph import alive as _alive
+from morphsparse.morph.export import export_with_report
+from morphsparse.morph.recipe import compiler_like
+
+TARGETS = ("flops", "size")
+IMPORTANCES = ("gamma", "l1", "taylor")
+#: fraction of the remaining candidate channels removed per round before marginal costs are recomputed
+DEFAULT_CHUNK = 0.05
+#: a result more than this fraction under the budget is reported by a warning (over-pruning)
+OVERSHOOT_WARNING = 0.05
+#: batch size used to split ``data=(x, y)`` arrays for the taylor importance
+ARRAY_BATCH_SIZE = 64
+_EXPORT_ATTEMPTS = 4
+
+
+class PruneError(ValueError):
+    """The model cannot be pruned as asked (an unreachable budget, say); the message says why."""
+
+
+# --- reports -----------------------------------------------------------------------------------------------
+
+@dataclass
+class PruneStep:
+    """One prune(-and-fine-tune) step: the budget it aimed at (in the target's unit), what the slim model
+    costs, the export source used for removal, the ExportReport and the fine-tuning history (or None)."""
+
+    index: int
+    budget: float
+    flops: int
+    params: int
+    removal: str
+    channels_before: int
+    channels_after: int
+    export_report: object = None
+    history: dict | None = None
+    seconds: float = 0.0
+
+    def summary(self):
+        text = (f"step {self.index}: budget {self.budget:,.0f} -> {self.flops:,d} FLOPs, {self.params:,d} params; "
+                f"{self.channels_before} -> {self.channels_after} removable channels ({self.seconds:.1f} s)")
+        if self.history:
+            last = {k: v[-1] for k, v in self.history.items() if v}
+            text += "; fine-tuned: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items())
+        return text
+
+
+@dataclass
+class PruneReport:
+    """What :func:`prune` did: the budget (absolute, in the target's unit, and as a fraction of the model's
+    own cost), FLOPs and parameters before and after, the width of every removable group before and after
+    (``groups``: producer layer names -> (before, after)), the importance used and one :class:`PruneStep` per
+    step (``steps``)."""
+
+    model_name: str
+    target: str
+    importance: str
+    budget: float
+    budget_fraction: float
+    flops_before: int
+    params_before: int
+    flops_after: int = 0
+    params_after: int = 0
+    groups: dict = field(default_factory=dict)      # "producer, producer" -> (channels before, after)
+    steps: list = field(default_factory=list)
+    never_pruned: int = 0                            # removable channels without an importance source
+    seconds: float = 0.0
+
+    @property
+    def unit(self):
+        return "FLOPs" if self.target == "flops" else "params"
+
+    @property
+    def cost_before(self):
+        return self.flops_before if self.target == "flops" else self.params_before
+
+    @property
+    def cost_after(self):
+        return self.flops_after if self.target == "flops" else self.params_after
+
+    @property
+    def histories(self):
+        """The fine-tuning history of every step (None where there was none)."""
+        return [step.history for step in self.steps]
+
+    def summary(self):
+        before = sum(b for b, _ in self.groups.values())
+        after = sum(a for _, a in self.groups.values())
+        return (f"prune of '{self.model_name}' to {self.budget:,.0f} {self.unit} "
+                f"({self.budget_fraction:.1%} of {self.cost_before:,d}), importance={self.importance!r}, "
+                f"{len(self.steps)} step(s): {self.flops_before:,d} -> {self.flops_after:,d} FLOPs "
+                f"(x{self.flops_after / max(self.flops_before, 1):.3f}), {self.params_before:,d} -> "
+                f"{self.params_after:,d} params (x{self.params_after / max(self.params_before, 1):.3f}); "
+                f"{before} -> {after} removable channels"
+                + (f" ({self.never_pruned} never pruned: no importance source)" if self.never_pruned else "")
+                + f"; {self.seconds:.1f} s")
+
+    def table(self):
+        lines = [f"{'producers':60s} {'before':>8s} {'after':>8s}"]
+        for producers, (before, after) in self.groups.items():
+            lines.append(f"{producers[:60]:60s} {before:8d} {after:8d}")
+        return "\n".join(lines)
+
+    def __str__(self):
+        return self.summary()
+
+
+# --- argument checks ---------------------------------------------------------------------------------------
+
+def _check_arguments(model, budget, target, importance, data, loss, steps, fit, compile, batches, chunk):
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"prune() takes a keras.Model, got {type(model).__name__}")
+    check_budget(budget)
+    if not isinstance(target, str) or target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; use one of {TARGETS}")
+    if not callable(importance) and (not isinstance(importance, str) or importance not in IMPORTANCES):
+        raise ValueError(f"unknown importance {importance!r}; use one of {IMPORTANCES} or a callable "
+                         "importance(graph) -> {group id: per-channel scores}")
+    if importance == "taylor":
+        if data is None:
+            raise ValueError("importance='taylor' needs data=: a tf.data.Dataset of (x, y) batches or (x, y) "
+                             "arrays, to compute dL/dgamma on")
+        _check_data(data)
+    else:
+        if data is not None:
+            _alive.warn_user(f"data= is only used by importance='taylor' and is ignored with "
+                             f"importance={_importance_name(importance)!r}")
+        if loss is not None:
+            _alive.warn_user(f"loss= is only used by importance='taylor' and is ignored with "
+                             f"importance={_importance_name(importance)!r}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if fit is not None and not isinstance(fit, dict):
+        raise TypeError(f"fit must be a dict of Model.fit keyword arguments (e.g. dict(x=x, y=y, epochs=1)) or "
+                        f"None, got {type(fit).__name__}")
+    if steps > 1 and fit is None:
+        raise ValueError(f"steps={steps} prunes iteratively and fine-tunes between steps: pass fit=dict(...) "
+                         "(Model.fit keyword arguments), or use steps=1")
+    if compile is not None and not callable(compile):
+        raise TypeError(f"compile must be a callable taking a model (and compiling it), got "
+                        f"{type(compile).__name__}")
+    if isinstance(batches, bool) or not isinstance(batches, (int, np.integer)) or batches < 1:
+        raise ValueError(f"batches must be an integer >= 1, got {batches!r}")
+    chunk_value = _alive.real_number("chunk", chunk)
+    if not 0.0 < chunk_value <= 1.0:
+        raise ValueError(f"chunk must be in (0, 1], got {chunk!r}")
+    if loss is not None and not callable(loss) and not isinstance(loss, str):
+        raise TypeError(f"loss must be a Keras loss (a name, a function or a keras.losses.Loss), got "
+                        f"{type(loss).__name__}")
+
+
+def _importance_name(importance):
+    return importance if isinstance(importance, str) else getattr(importance, "__name__", "callable")
+
+
+def _check_data(data):
+    import tensorflow as tf
+
+    if isinstance(data, tf.data.Dataset):
+        return
+    if isinstance(data, (tuple, list)) and len(data) in (2, 3):
+        lengths = {int(np.shape(a)[0]) for a in keras.tree.flatten(data) if a is not None}
+        if len(lengths) != 1:
+            raise ValueError(f"data=(x, y) arrays must have the same number of examples, got lengths "
+                             f"{sorted(lengths)}")
+        return
+    raise TypeError(f"data must be a tf.data.Dataset of (x, y) batches or a tuple (x, y) of arrays, got "
+                    f"{type(data).__name__}")
+
+
+# --- importance --------------------------------------------------------------------------------------------
+
+def _covered(graph, sources):
+    """Flat boolean vector: channels every producer of which has a source in ``sources`` (only those can be
+    removed by export's rule for that source: a producer without one would keep the channel varying)."""
+    offsets = graph._offsets
+    covered = np.ones(int(offsets[-1]), bool)
+    have = {}
+    for src in sources:
+        have.setdefault((src.group, src.producer.path), set()).update(np.asarray(src.channels).tolist())
+    for group in graph.groups:
+        for path, channels in group.producer_channels.items():
+            missing = set(np.asarray(channels).tolist()) - have.get((group.id, path), set())
+            if missing:
+                covered[offsets[group.id] + np.fromiter(missing, np.int64)] = False
+    return covered
+
+
+def _summed_scores(graph, sources, values):
+    """Flat per-channel sum of each source's values over the channels it covers (nan where none does)."""
+    offsets = graph._offsets
+    total = np.zeros(int(offsets[-1]))
+    seen = np.zeros(int(offsets[-1]), bool)
+    for src, value in zip(sources, values):
+        index = offsets[src.group] + np.asarray(src.channels)
+        np.add.at(total, index, np.asarray(value, np.float64).reshape(-1))
+        seen[index] = True
+    total[~seen] = np.nan
+    return total
+
+
+def _user_scores(graph, importance):
+    scores = importance(graph)
+    if not isinstance(scores, Mapping):
+        raise TypeError(f"importance callable must return a mapping group id -> per-channel scores, got "
+                        f"{type(scores).__name__}")
+    flat = np.full(int(graph._offsets[-1]), np.nan)
+    for key, value in scores.items():
+        try:
+            group = graph._resolve_group(key)
+        except (KeyError, ValueError) as err:
+            raise ValueError(f"importance callable returned key {key!r}: {err.args[0]}") from None
+        value = np.asarray(value, dtype=np.float64)
+        if value.shape != (group.size,):
+            raise ValueError(f"importance callable returned scores of shape {value.shape} for group G{group.id}, "
+                             f"expected ({group.size},)")
+        if np.isnan(value).any() or np.isneginf(value).any():
+            raise ValueError(f"importance callable returned nan or -inf scores for group G{group.id}; use +inf "
+                             "for a channel that must never be pruned")
+        flat[graph._offsets[group.id]:graph._offsets[group.id + 1]] = value
+    return flat
+
+
+def _loss_function(model, loss):
+    """``f(x, y, y_pred, sample_weight) -> scalar`` for the taylor importance."""
+    chosen = loss if loss is not None else (getattr(model, "loss", None) if model.compiled else None)
+    if chosen is None:
+        raise ValueError(f"importance='taylor' needs a loss: compile model '{model.name}' first or pass loss= "
+                         "(e.g. loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))")
+    if isinstance(chosen, (str, keras.losses.Loss)) or callable(chosen):
+        function = keras.losses.get(chosen) if isinstance(chosen, str) else chosen
+        if function is None:
+            raise ValueError(f"loss {chosen!r} is not a known Keras loss")
+        if isinstance(function, keras.losses.Loss):
+            return lambda x, y, p, sw: function(y, p, sample_weight=sw)
+        return lambda x, y, p, sw: keras.ops.mean(function(y, p))
+    # several outputs with a dict/list of losses: the model's own loss computation
+    return lambda x, y, p, sw: model.compute_loss(x=x, y=y, y_pred=p, sample_weight=sw, training=False)
+
+
+def _batches(data, batches):
+    import tensorflow as tf
+
+    if isinstance(data, tf.data.Dataset):
+        for batch in data.take(batches):
+            yield keras.utils.unpack_x_y_sample_weight(batch)
+        return
+    n = int(np.shape(keras.tree.flatten(data)[0])[0])
+    for start in range(0, min(n, batches * ARRAY_BATCH_SIZE), ARRAY_BATCH_SIZE):
+        piece = keras.tree.map_structure(lambda a: None if a is None else a[start:start + ARRAY_BATCH_SIZE], data)
+        yield keras.utils.unpack_x_y_sample_weight(tuple(piece))
+
+
+def _taylor_values(model, sources, data, loss, batches):
+    """Per gamma source: the sum over ``batches`` batches of dL/dgamma * gamma (signed, per BN entry), with
+    the model in inference mode (moving statistics, no dropout), as the exported model runs."""
+    import tensorflow as tf
+
+    loss_fn = _loss_function(model, loss)
+    gammas = [src.weight for src in sources]
+    totals = [np.zeros(tuple(g.shape)) for g in gammas]
+    seen = 0
+    for x, y, sample_weight in _batches(data, batches):
+        with tf.GradientTape() as tape:
+            for g in gammas:
+                tape.watch(g.value)
+            y_pred = model(x, training=False)
+            value = loss_fn(x, y, y_pred, sample_weight)
+        grads = tape.gradient(value, [g.value for g in gammas])
+        for total, g, grad in zip(totals, gammas, grads):
+            if grad is not None:
+                total += keras.ops.convert_to_numpy(grad).astype(np.float64) * keras.ops.convert_to_numpy(g)
+        seen += 1
+    if not seen:
+        raise ValueError("data= gave no batch for importance='taylor'")
+    return totals
+
+
+def _flat_importance(model, importance, data=None, loss=None, batches=8, graph=None):
+    """``(flat per-channel importance, export source)`` on ``graph``: nan where a channel has no importance
+    source or cannot be removed by the export rule chosen ("gamma": as if its gamma were zero;
+    "group_lasso": as if its kernel column were zero)."""
+    graph = graph or analyze(model)
+    gamma_sources = _alive.find_sources(graph, "gamma")
+    gamma_covered = _covered(graph, gamma_sources)
+    if importance == "gamma":
+        scores = _summed_scores(graph, gamma_sources, [src.values() for src in gamma_sources])
+        removal = "gamma"
+    elif importance == "taylor":
+        totals = _taylor_values(model, gamma_sources, data, loss, batches)
+        scores = np.abs(_summed_scores(graph, gamma_sources, totals))
+        removal = "gamma"
+    else:
+        if importance == "l1":
+            lasso = _alive.find_sources(graph, "group_lasso")
+            scores = _summed_scores(graph, lasso, [src.values(l1_fraction=1.0) for src in lasso])
+        else:
+            scores = _user_scores(graph, importance)
+        candidates = _removable_flat(graph) & np.isfinite(scores)
+        # removal as if gamma were zero (the channel keeps its mean, act(beta)) wherever every candidate has
+        # a BatchNorm after each producer; otherwise as if the kernel column were zero
+        removal = "gamma" if gamma_covered[candidates].all() else "group_lasso"
+    covered = gamma_covered if removal == "gamma" else _covered(graph, _alive.find_sources(graph, "group_lasso"))
+    scores = np.where(covered, scores, np.nan)
+    return scores, removal
+
+
+def channel_importance(model, importance="gamma", data=None, loss=None, batches=8, ignore=()):
+    """``{group id: per-channel importance}`` of every removable group, as :func:`prune` ranks them (before
+    dividing by the marginal cost); nan marks a channel prune never removes (no importance source)."""
+    _check_arguments(model, 0.5, "flops", importance, data, loss, 1, None, None, batches, DEFAULT_CHUNK)
+    graph = analyze(model, ignore=ignore)
+    scores, _ = _flat_importance(model, importance, data, loss, batches, graph)
+    offsets = graph._offsets
+    return {g.id: scores[offsets[g.id]:offsets[g.id + 1]] for g in graph.groups if g.removable}
+
+
+def _removable_flat(graph):
+    return np.concatenate([np.full(g.size, g.removable, bool) for g in graph.groups] or [np.zeros(0, bool)])
+
+
+# --- the greedy search -------------------------------------------------------------------------------------
+
+class _Search:
+    """Greedy global removal on one channel graph, priced with the regulariser's exact cost tables."""
+
+    def __init__(self, graph, target, scores, chunk):
+        from morphsparse.morph.regularizers import KernelCalls
+
+        self.graph, self.target, self.chunk = graph, target, chunk
+        self.calls = KernelCalls(graph)
+        self.table = self.calls.flops if target == "flops" else self.calls.params
+        self.count = count_flops if target == "flops" else count_params
+        offsets = graph._offsets
+        self.group_of = np.repeat(np.arange(len(graph.groups)), np.diff(offsets))
+        self.scores = scores
+        self.prunable = _removable_flat(graph) & np.isfinite(scores)
+        self.alive = np.ones(int(offsets[-1]), bool)
+        self.last_chunk = []
+
+    def cost(self, alive=None):
+        a = (self.alive if alive is None else alive).astype(np.float64)
+        return float(self.table.value(*self.calls.sums(a)))
+
+    def exact_cost(self, alive=None):
+        return self.count(self.graph, alive=self.masks(alive))
+
+    def masks(self, alive=None):
+        alive = self.alive if alive is None else alive
+        offsets = self.graph._offsets
+        return {g.id: alive[offsets[g.id]:offsets[g.id + 1]].copy() for g in self.graph.groups}
+
+    def marginal(self, alive=None):
+        """What the cost loses per channel if that channel alone is removed (the term's gradient)."""
+        t, k = self.table, self.calls
+        a = (self.alive if alive is None else alive).astype(np.float64)
+        a_in, a_out = k.sums(a)
+        d_in = t.ci + t.cio * a_out + t.cg * np.minimum(a_out, 1.0)
+        d_out = t.co + t.cdw + t.cio * a_in
+        grad = np.zeros(len(a))
+        for (pairs, counts), d in ((k.in_matrix, d_in), (k.out_matrix, d_out)):
+            np.add.at(grad, pairs[:, 1], counts * d[pairs[:, 0]])
+        return grad
+
+    def smallest(self):
+        """Alive vector of the smallest network: unprunable channels, plus the most important channel of
+        every group whose channels are all prunable."""
+        alive = ~self.prunable
+        for group in self.graph.groups:
+            lo, hi = self.graph._offsets[group.id], self.graph._offsets[group.id + 1]
+            if group.size and not alive[lo:hi].any():
+                alive[lo + int(np.argmax(self.scores[lo:hi]))] = True
+        return alive
+
+    def run(self, budget):
+        """Remove channels until the table cost is <= ``budget``; returns False when stuck above it."""
+        while self.cost() > budget:
+            gap = self.cost() - budget
+            marginal = self.marginal()
+            candidates = np.flatnonzero(self.alive & self.prunable & (marginal > 0))
+            if not len(candidates):
+                return False
+            score = self.scores[candidates] / marginal[candidates]
+            order = candidates[np.lexsort((-marginal[candidates], score))]
+            limit = max(1, int(math.ceil(self.chunk * len(candidates))))
+            left = np.bincount(self.group_of[self.alive], minlength=len(self.graph.groups))
+            taken, saved = [], 0.0
+            for c in order.tolist():
+                g = self.group_of[c]
+                if left[g] <= 1:
+                    continue   # every group keeps one channel
+                taken.append(c)
+                left[g] -= 1
+                saved += marginal[c]
+                if len(taken) >= limit or saved >= gap:
+                    break
+            if not taken:
+                return False
+            self.alive[taken] = False
+            self.last_chunk = taken
+        return True
+
+    def fill(self, budget):
+        """Give back channels of the last chunk while the budget allows (that chunk may overshoot by up to
+        one channel's saving): the best importance per unit of cost among those that still fit, one at a
+        time. Channels removed in earlier chunks ranked lower than all of these and stay removed."""
+        last = np.zeros(len(self.alive), bool)
+        last[self.last_chunk] = True
+        for _ in range(len(self.last_chunk)):
+            slack = budget - self.cost()
+            marginal = self.marginal()   # for a removed channel: what adding it back costs
+            fits = np.flatnonzero(last & ~self.alive & (marginal <= slack) & (marginal > 0))
+            if not len(fits):
+                return
+            best = fits[np.argmax(self.scores[fits] / marginal[fits])]
+            self.alive[best] = True
+            if self.cost() > budget:   # the estimate was exact for every bilinear cost; never keep an excess
+                self.alive[best] = False
+                return
+
+
+# --- export and compile helpers ----------------------------------------------------------------------------
+
+def _export_with_report(model, masks, source, ignore, name):
+    """``(slim, ExportReport)`` of ``export(model, alive=masks)``; the one place that calls the exporter."""
+    removes = any(not np.all(m) for m in masks.values())
+    with warnings.catch_warnings():
+        if not removes:   # a budget at the model's own cost: a plain copy is what was asked for
+            warnings.filterwarnings("ignore", message=r"export of .* removed nothing")
+        return export_with_report(model, source=source, alive=masks, ignore=ignore, name=name)
+
+
+def _price(model_or_graph):
+    return count_flops(model_or_graph), count_params(model_or_graph)
+
+
+# --- one step ----------------------------------------------------------------------------------------------
+
+def _prune_once(model, budget, target, importance, data, loss, batches, ignore, chunk, name, budget_arg):
+    """Prune ``model`` to ``budget`` (absolute, target units): returns (slim, PruneStep)."""
+    start = time.perf_counter()
+    graph = analyze(model, ignore=ignore)
+    scores, removal = _flat_importance(model, importance, data, loss, batches, graph)
+    search = _Search(graph, target, scores, chunk)
+    unit = "FLOPs" if target == "flops" else "params"
+    removable = _removable_flat(graph)
+    never = int((removable & ~search.prunable).sum())
+
+    def unreachable(smallest):
+        why = ""
+        if never:
+            why = (f"; {never} of {int(removable.sum())} removable channels have no importance source for "
+                   f"importance={_importance_name(importance)!r} and are never pruned (e.g. a conv with no "
+                   "BatchNorm after it for 'gamma'/'taylor': try importance='l1')")
+        return PruneError(f"budget={budget_arg!r} ({budget:,.0f} {unit}) cannot be reached: the smallest network "
+                          f"prune can make of '{model.name}' costs {smallest:,d} {unit} (every prunable group at "
+                          f"one channel{why})")
+
+    smallest = search.exact_cost(search.smallest())
+    if smallest > budget:
+        raise unreachable(smallest)
+    target_cost = budget
+    slim = report = None
+    for _ in range(_EXPORT_ATTEMPTS):
+        if not search.run(target_cost):
+            raise unreachable(search.exact_cost())
+        search.fill(target_cost)
+        exact = search.exact_cost()
+        if exact > budget:   # the tables and count_* disagree (they should not): aim lower
+            target_cost -= exact - budget
+            continue
+        masks = search.masks()
+        _alive.check_connected(graph, masks)
+        slim, report = _export_with_report(model, masks, removal, ignore, name)
+        cost = count_flops(slim) if target == "flops" else count_params(slim)
+        if cost <= budget:
+            break
+        # export kept channels it could not remove exactly: keep them too, and aim lower by what the slim
+        # model costs beyond its masks (a bias added to hold a folded constant, say)
+        for gid, channel, _reason in report.kept:
+            index = graph._offsets[gid] + channel
+            search.alive[index] = True
+            search.prunable[index] = False
+        extra = cost - search.exact_cost()
+        target_cost = budget - extra if extra > 0 else min(target_cost, search.cost()) - (cost - budget)
+        slim = None
+    if slim is None:
+        raise PruneError(f"could not export '{model.name}' under budget={budget_arg!r} ({budget:,.0f} {unit}) in "
+                         f"{_EXPORT_ATTEMPTS} attempts: export keeps channels the masks remove; please report "
+                         "this model")
+    flops, params = _price(slim)
+    before = int(removable.sum())
+    after = int((removable & search.alive).sum())
+    step = PruneStep(0, budget, flops, params, removal, before, after, report)
+    step.seconds = time.perf_counter() - start
+    return slim, step, never
+
+
+def _group_widths(graph, slim):
+    """``{"producer, producer": (before, after)}`` for every removable group of the original graph."""
+    slim_graph = analyze(slim)
+    widths = {}
+    for group in graph.groups:
+        if not group.removable or not group.size:
+            continue
+        after = 0
+        for producer in group.producers:
+            try:
+                after = slim_graph.group_of(producer.replace("/", "__")).size
+                break
+            except (KeyError, ValueError):
+                continue
+        widths[", ".join(group.producers)] = (group.size, after)
+    return widths
+
+
+# --- entry points ------------------------------------------------------------------------------------------
+
+def prune_with_report(model, budget=0.5, target="flops", importance="gamma", data=None, *, steps=1, fit=None,
+                      compile=None, loss=None, batches=8, ignore=(), chunk=DEFAULT_CHUNK, name=None):
+    """:func:`prune`, returning ``(slim model, PruneReport)``."""
+    start = time.perf_counter()
+    _check_arguments(model, budget, target, importance, data, loss, steps, fit, compile, batches, chunk)
+    graph = analyze(model, ignore=ignore)
+    flops_before, params_before = _price(graph)
+    own = flops_before if target == "flops" else params_before
+    absolute = resolve_budget(budget, target, graph)
+    compile_model = compiler_like(model, compile, "prune() with fit=", required=fit is not None)
+    report = PruneReport(model.name, target, _importance_name(importance), absolute, absolute / max(own, 1),
+                         flops_before, params_before)
+    if absolute >= own and budget > 1:
+        _alive.warn_user(f"budget={budget!r} is at or above the cost of model '{model.name}' ({own:,d} "
+                         f"{report.unit}): nothing is pruned")
+    reach = min(absolute, own)
+    current, slim_ignore = model, tuple(ignore)
+    for index in range(1, steps + 1):
+        step_budget = own * (reach / own) ** (index / steps) if own else reach
+        if index == steps:
+            step_budget = reach
+        slim, step, never = _prune_once(current, step_budget, target, importance, data, loss, batches,
+                                        slim_ignore, chunk, name, budget)
+        step.index = index
+        if index == 1:
+            report.never_pruned = never
+        if compile_model is not None:
+            try:
+                compile_model(slim)
+            except Exception as err:
+                if fit is not None or compile is not None:
+                    raise
+                _alive.warn_user(f"the slim model could not be compiled like '{model.name}' ({err}); it is "
+                                 "returned uncompiled: pass compile=lambda m: m.compile(...)")
+        if fit is not None:
+            step.history = slim.fit(**fit).history
+        report.steps.append(step)
+        current = slim
+        # the slim model is flat: nested layer paths became "outer__inner" names
+        slim_ignore = tuple(n.replace("/", "__") for n in slim_ignore)
+    report.flops_after, report.params_after = _price(current)
+    report.groups = _group_widths(graph, current)
+    if report.cost_after < (1 - OVERSHOOT_WARNING) * reach:
+        _alive.warn_user(f"prune of '{model.name}' over-pruned: the slim model costs {report.cost_after:,d} "
+                         f"{report.unit}, {1 - report.cost_after / reach:.1%} below budget={budget!r} "
+                         f"({reach:,.0f}): the last channel removed saved more than was left to reach the budget "
+                         "(this model's channels are coarse for it), or export removed more than asked")
+    report.seconds = time.perf_counter() - start
+    return current, report
+
+
+def prune(model, budget=0.5, target="flops", importance="gamma", data=None, *, steps=1, fit=None, compile=None,
+          loss=None, batches=8, ignore=(), chunk=DEFAULT_CHUNK, name=None):
+    """Prune a trained model to a budget and return the slim ``keras.Model`` (weights copied, via export).
+
+    Args:
+        model: a built functional or Sequential model (trained). It is not modified.
+        budget: a fraction of the model's own cost in (0, 1], or an absolute cost (> 1) in the target's unit.
+            The slim model's exact ``count_flops`` / ``count_params`` is at most the budget; a budget below
+            the smallest network prune can make (one channel per group, unprunable channels kept) raises
+            :class:`PruneError` with that smallest cost.
+        target: "flops" or "size" (parameters).
+        importance: "gamma", "l1", "taylor" (needs ``data``), or ``callable(graph) -> {group id: scores}``.
+        data: for taylor: a tf.data.Dataset of (x, y) batches or (x, y) arrays (split into batches of 64);
+            ``batches`` of them are used.
+        steps: prune to ``steps`` budgets geometric from the model's cost to ``budget``, fine-tuning with
+            ``fit`` after each (``steps > 1`` needs ``fit``).
+        fit: ``Model.fit`` keyword arguments for fine-tuning after every step (also with ``steps=1``).
+        compile: ``callable(model)`` compiling every slim model; by default the seed's compile configuration
+            (the slim model is returned compiled when the seed was compiled).
+        loss: the loss for taylor (default: the compiled model's).
+        ignore: layers whose output channels must never shrink.
+        chunk: fraction of the remaining candidate channels removed between two recomputations of the
+            marginal costs (the last chunk stops as soon as the budget is reached).
+        name: the slim model's name (default: the model's).
+
+    See :func:`prune_with_report` for the :class:`PruneReport` too, and docs/export_and_expand.md.
+    """
+    slim, _ = prune_with_report(model, budget, target, importance, data, steps=steps, fit=fit, compile=compile,
+                                loss=loss, batches=batches, ignore=ignore, chunk=chunk, name=name)
+    return slim
+
+
+__all__ = ["prune", "prune_with_report", "PruneReport", "PruneStep", "PruneError", "channel_importance",
+           "TARGETS", "IMPORTANCES"]

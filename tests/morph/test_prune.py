@@ -1,0 +1,294 @@
+"""Pruning a trained model to a budget in one call (morphsparse.morph.prune)."""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+import morphsparse as ms
+
+L = keras.layers
+
+
+def resnet(width=0.5, seed=0):
+    """ms.small_resnet on 8x8 digits, with distinct random gammas (so ranking is not a tie)."""
+    model = ms.small_resnet(input_shape=(8, 8, 1), width_multiplier=width)
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            layer.gamma.assign(rng.uniform(0.1, 1.0, layer.gamma.shape).astype("float32"))
+    return model
+
+
+def widths(model):
+    return {layer.name: int(layer.kernel.shape[-1]) for layer in model.layers if isinstance(layer, L.Conv2D)}
+
+
+def count(target):
+    return ms.count_flops if target == "flops" else ms.count_params
+
+
+def no_over_pruning_warning(record):
+    return not [w for w in record if "over-pruned" in str(w.message)]
+
+
+@pytest.mark.parametrize("target", ["flops", "size"])
+def test_prune_lands_at_or_just_under_the_budget(target):
+    model = resnet()
+    full = count(target)(model)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        slim, report = ms.prune_with_report(model, budget=0.5, target=target)
+    cost = count(target)(slim)
+    assert 0.85 * full / 2 <= cost <= full / 2
+    assert no_over_pruning_warning(record)
+    # an absolute budget (> 1) in the target's unit
+    absolute = int(0.3 * full)
+    cost = count(target)(ms.prune(model, budget=absolute, target=target))
+    assert 0.85 * absolute <= cost <= absolute
+    # the report
+    assert report.budget == pytest.approx(full / 2) and report.budget_fraction == pytest.approx(0.5)
+    assert (report.flops_before, report.params_before) == (ms.count_flops(model), ms.count_params(model))
+    assert (report.flops_after, report.params_after) == (ms.count_flops(slim), ms.count_params(slim))
+    assert report.cost_after == count(target)(slim) and report.target == target
+    assert report.importance == "gamma" and len(report.steps) == 1 and report.histories == [None]
+    assert report.groups["b2_conv2, b2_proj"][0] == 16
+    assert sum(a for _, a in report.groups.values()) < sum(b for b, _ in report.groups.values())
+    assert "prune of 'small_resnet'" in report.summary() and "b3_conv1" in report.table()
+    assert model.count_params() == report.params_before          # the model itself is untouched
+
+
+def test_coupled_residual_channels_stay_consistent_and_the_slim_model_saves(tmp_path):
+    model = resnet()
+    slim = ms.prune(model, budget=0.4)
+    w = widths(slim)
+    # the convs tied by residual Adds keep equal widths, and every group keeps a channel
+    assert w["stem"] == w["b1_conv2"] and w["b2_proj"] == w["b2_conv2"] and w["b3_proj"] == w["b3_conv2"]
+    assert min(w.values()) >= 1 and widths(model) != w
+    graph = ms.analyze(slim)
+    assert len(graph.removable_groups) == len(ms.analyze(model).removable_groups)
+    x = np.random.default_rng(1).normal(size=(3, 8, 8, 1)).astype("float32")
+    path = tmp_path / "slim.keras"
+    slim.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), slim.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def pointwise_resnet():
+    """1x1 convs only (a folded constant is exact everywhere), a residual Add and a concat, with random BN
+    statistics and betas."""
+    inp = keras.Input((4, 4, 3), name="image")
+
+    def conv_bn(x, name, width, relu=True):
+        x = L.BatchNormalization(name=f"{name}_bn")(L.Conv2D(width, 1, use_bias=False, name=name)(x))
+        return L.ReLU()(x) if relu else x
+
+    x = conv_bn(inp, "stem", 12)
+    x = L.ReLU()(L.Add()([x, conv_bn(conv_bn(x, "a", 8), "b", 12, relu=False)]))
+    x = L.Concatenate()([conv_bn(x, "t1", 6), conv_bn(x, "t2", 10)])
+    model = keras.Model(inp, L.Dense(5, name="logits")(L.GlobalAveragePooling2D()(x)), name="pointwise")
+    rng = np.random.default_rng(3)
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.gamma.assign(rng.uniform(0.1, 1, n).astype("float32"))
+            layer.beta.assign(rng.normal(0, 0.3, n).astype("float32"))
+            layer.moving_mean.assign(rng.normal(0, 0.3, n).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 2, n).astype("float32"))
+    return model
+
+
+def test_removed_channels_are_exported_as_if_their_gamma_were_zero():
+    """The slim model computes what the original computes with the pruned channels' gammas set to zero
+    (export folds the constant act(beta) they leave behind into the next layer)."""
+    model = pointwise_resnet()
+    slim, report = ms.prune_with_report(model, budget=0.5)
+    assert report.steps[0].removal == "gamma"
+    masks = report.steps[0].export_report.masks
+    reference = keras.models.clone_model(model)
+    reference.set_weights(model.get_weights())
+    for src in ms.find_sources(ms.analyze(reference), "gamma"):
+        gamma = keras.ops.convert_to_numpy(src.weight).copy()
+        gamma[~masks[src.group][src.channels]] = 0.0
+        src.weight.assign(gamma)
+    x = np.random.default_rng(2).normal(size=(4, 4, 4, 3)).astype("float32")
+    got, want = slim.predict(x, verbose=0), reference.predict(x, verbose=0)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    assert not np.allclose(want, model.predict(x, verbose=0), rtol=1e-3)   # something was removed
+
+
+def test_global_ranking_prunes_the_tiny_gamma_layer_first():
+    model = ms.small_resnet(input_shape=(8, 8, 1), width_multiplier=0.5)
+    model.get_layer("mix_b1_bn").gamma.assign(np.full(8, 1e-3, "float32"))
+    full = ms.count_flops(model)
+    graph = ms.analyze(model)
+    group = graph.group_of("mix_b1")
+    one_less = np.ones(group.size, bool)
+    one_less[0] = False
+    saving = full - ms.count_flops(graph, alive={group.id: one_less})
+    # room for 3 of its channels: only mix_b1 shrinks, although other layers have a larger saving per channel
+    slim = ms.prune(model, budget=full - 3 * saving)
+    before, after = widths(model), widths(slim)
+    assert after["mix_b1"] == before["mix_b1"] - 3
+    assert {k: v for k, v in after.items() if k != "mix_b1"} == {k: v for k, v in before.items() if k != "mix_b1"}
+    # pruned further, it goes down to one channel (never zero) before much else goes
+    after = widths(ms.prune(model, budget=0.8))
+    assert after["mix_b1"] == 1
+
+
+def test_with_equal_importance_the_largest_saving_goes_first():
+    model = ms.small_resnet(input_shape=(8, 8, 1), width_multiplier=0.5)
+    graph = ms.analyze(model)
+    full = ms.count_flops(graph)
+    savings = {}
+    for group in graph.removable_groups:
+        mask = np.ones(group.size, bool)
+        mask[0] = False
+        savings[group.id] = full - ms.count_flops(graph, alive={group.id: mask})
+    largest = max(savings, key=savings.get)
+    assert sorted(savings.values())[-2] < savings[largest]
+
+    def equal(graph):
+        return {g.id: np.ones(g.size) for g in graph.removable_groups}
+
+    with pytest.warns(UserWarning, match="over-pruned"):   # one channel saves far more than 1 FLOP
+        slim, report = ms.prune_with_report(model, budget=full - 1, importance=equal)
+    changed = {p: (b, a) for p, (b, a) in report.groups.items() if a != b}
+    producers = ", ".join(graph.groups[largest].producers)
+    assert changed == {producers: (graph.groups[largest].size, graph.groups[largest].size - 1)}
+    assert report.importance == "equal"
+
+
+@pytest.mark.filterwarnings("ignore:prune of .* over-pruned")
+def test_taylor_importance_on_digits_lands_within_budget(digits):
+    x, y, _, _ = digits
+    model = ms.small_resnet(input_shape=(8, 8, 1), width_multiplier=0.5)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    scores = ms.channel_importance(model, "taylor", data=(x[:256], y[:256]), batches=2)
+    assert all(np.all(np.isfinite(v) & (v >= 0)) for v in scores.values())
+    assert any(np.ptp(v) > 0 for v in scores.values())
+    full = ms.count_flops(model)
+    slim, report = ms.prune_with_report(model, budget=0.5, importance="taylor", data=(x[:256], y[:256]), batches=2)
+    assert 0.85 * full / 2 <= ms.count_flops(slim) <= full / 2
+    assert report.importance == "taylor" and slim.compiled      # compiled like the seed
+    # a tf.data.Dataset and an explicit loss work too, on an uncompiled model
+    import tensorflow as tf
+    plain = ms.small_resnet(input_shape=(8, 8, 1), width_multiplier=0.5)
+    data = tf.data.Dataset.from_tensor_slices((x[:128], y[:128])).batch(64)
+    slim = ms.prune(plain, budget=0.5, importance="taylor", data=data,
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert ms.count_flops(slim) <= full / 2 and not slim.compiled
+
+
+def test_steps_prune_and_fine_tune_iteratively(digits):
+    x, y, _, _ = digits
+    model = ms.small_resnet(input_shape=(8, 8, 1), width_multiplier=0.25)
+    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"], run_eagerly=True)   # two tiny batches: tracing would cost more
+    full = ms.count_flops(model)
+    fit = dict(x=x[:256], y=y[:256], epochs=1, batch_size=128, verbose=0)
+    slim, report = ms.prune_with_report(model, budget=0.4, steps=2, fit=fit)
+    assert len(report.steps) == 2
+    first, second = report.steps
+    assert first.budget == pytest.approx(full * 0.4 ** 0.5) and second.budget == pytest.approx(full * 0.4)
+    assert first.flops <= first.budget and second.flops <= second.budget and second.flops < first.flops
+    for step in report.steps:
+        assert set(step.history) >= {"loss", "accuracy"} and len(step.history["loss"]) == 1
+    assert ms.count_flops(slim) <= 0.4 * full and slim.compiled and slim.run_eagerly   # compiled like the seed
+    assert "fine-tuned" in first.summary()
+
+
+def test_ignore_keeps_a_layer_whole():
+    model = resnet()
+    slim = ms.prune(model, budget=0.4, ignore=["b3_conv1"])
+    assert widths(slim)["b3_conv1"] == widths(model)["b3_conv1"]
+    assert ms.count_flops(slim) <= 0.4 * ms.count_flops(model)
+
+
+def mlp(hidden=32, batch_norm=False):
+    inp = keras.Input((10,), name="x")
+    h = L.Dense(hidden, activation="relu", name="h1")(inp)
+    if batch_norm:
+        h = L.BatchNormalization(name="h1_bn")(h)
+    h = L.Dense(16, activation="relu", use_bias=False, name="h2")(h)
+    return keras.Model(inp, L.Dense(3, name="out")(h), name="mlp")
+
+
+def test_l1_prunes_a_network_without_batch_norm_and_gamma_cannot():
+    model = mlp()
+    slim, report = ms.prune_with_report(model, budget=0.5, importance="l1")
+    assert ms.count_flops(slim) <= ms.count_flops(model) / 2
+    assert report.steps[0].removal == "group_lasso"     # removed as if the kernel column were zero
+    with pytest.raises(ms.PruneError, match=r"budget=0.5 .*smallest network .* costs 1,760 FLOPs.*never pruned"):
+        ms.prune(model, budget=0.5, importance="gamma")
+
+
+def test_channels_without_an_importance_source_are_never_pruned():
+    model = mlp(batch_norm=True)      # h1 has a BatchNorm, h2 has none
+    slim, report = ms.prune_with_report(model, budget=0.7, target="size")
+    assert slim.get_layer("h2").kernel.shape[-1] == 16 and slim.get_layer("h1").kernel.shape[-1] < 32
+    assert report.never_pruned == 16 and "16 never pruned" in report.summary()
+
+
+def test_unreachable_budget_names_budget_and_the_smallest_cost():
+    model = resnet()
+    with pytest.raises(ms.PruneError, match=r"budget=100 \(100 FLOPs\) cannot be reached: .* costs [\d,]+ FLOPs"):
+        ms.prune(model, budget=100)
+
+
+def test_over_pruning_warns_only_when_it_happens():
+    inp = keras.Input((100,))
+    model = keras.Model(inp, L.Dense(1, name="out")(L.Dense(4, name="h")(inp)))
+    # 4 hidden channels of 102 parameters each, plus 1: a budget of 245.4 needs 2 of them gone -> 205
+    with pytest.warns(UserWarning, match="over-pruned"):
+        slim = ms.prune(model, budget=0.6, target="size", importance="l1")
+    assert ms.count_params(slim) == 205
+
+
+def test_a_budget_at_the_models_own_cost_prunes_nothing():
+    model = resnet()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        slim = ms.prune(model, budget=1.0)
+    assert widths(slim) == widths(model) and not [w for w in record if issubclass(w.category, UserWarning)]
+    with pytest.warns(UserWarning, match="at or above the cost"):
+        ms.prune(model, budget=10 * ms.count_flops(model))
+
+
+@pytest.fixture(scope="module")
+def tiny_resnet():
+    return ms.small_resnet(input_shape=(8, 8, 1), width_multiplier=0.25)
+
+
+@pytest.mark.parametrize("kwargs,error,name", [
+    (dict(budget=0), ValueError, "budget"),
+    (dict(budget=-0.5), ValueError, "budget"),
+    (dict(budget=float("nan")), ValueError, "budget"),
+    (dict(budget="0.5"), TypeError, "budget"),
+    (dict(budget=True), TypeError, "budget"),
+    (dict(target="latency"), ValueError, "target"),
+    (dict(importance="hessian"), ValueError, "importance"),
+    (dict(importance="taylor"), ValueError, "data="),
+    (dict(importance="taylor", data=[1, 2, 3, 4]), TypeError, "data"),
+    (dict(steps=0), ValueError, "steps"),
+    (dict(steps=1.5), ValueError, "steps"),
+    (dict(steps=2), ValueError, "fit="),
+    (dict(fit=[("epochs", 1)]), TypeError, "fit"),
+    (dict(compile="adam"), TypeError, "compile"),
+    (dict(chunk=0), ValueError, "chunk"),
+    (dict(batches=0), ValueError, "batches"),
+    (dict(ignore="stem"), TypeError, "ignore"),
+    (dict(importance=lambda g: {0: [1.0]}), ValueError, "importance"),
+])
+def test_argument_errors_name_the_argument(kwargs, error, name, tiny_resnet):
+    with pytest.raises(error, match=name):
+        ms.prune(tiny_resnet, **kwargs)
+
+
+def test_fit_needs_a_compiled_seed_or_compile(tiny_resnet):
+    model = tiny_resnet
+    with pytest.raises(ValueError, match="compile"):
+        ms.prune(model, budget=0.5, fit=dict(x=np.zeros((2, 8, 8, 1)), y=np.zeros(2), verbose=0))
+    with pytest.warns(UserWarning, match="data= is only used by importance='taylor'"):
+        ms.prune(model, budget=0.5, data=(np.zeros((2, 8, 8, 1)), np.zeros(2)))
