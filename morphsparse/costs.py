@@ -134,7 +134,7 @@ def check_budget(budget, value_error=ValueError, type_error=TypeError):
 
     if isinstance(budget, bool) or not isinstance(budget, numbers.Real):
         raise type_error(f"budget must be a number (a fraction in (0, 1] of a cost, or an absolute FLOP or "
-                         f"parameter count > 1), got {type(budget).__name__} {budget!r}")
+                         f"parameter count > 1), got {budget!r} of type {type(budget).__name__}")
     value = float(budget)
     if not math.isfinite(value) or value <= 0:
         raise value_error(f"budget must be a positive finite number (a fraction in (0, 1] of a cost, or an "

@@ -69,7 +69,7 @@ def test_cli_budget_params_implies_the_size_target(tmp_path, capsys):
     path = tmp_path / "m.keras"
     mlp().save(path)
     assert cli.main(["expand", str(path), "-o", str(tmp_path / "w.keras"), "--budget-params", "300"]) == 0
-    assert "; size " in capsys.readouterr().out
+    assert "to a budget of 300 params" in capsys.readouterr().out
     assert ms.count_params(keras.saving.load_model(tmp_path / "w.keras")) <= 300
 
 
