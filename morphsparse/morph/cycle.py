@@ -4,7 +4,9 @@ One cycle (algorithms.md 2.5): train the current model with a :class:`MorphRegul
 slim network (dead channels removed), widen it with a uniform width multiplier back to the budget (by default
 the cost of the model you started from), and retrain the widened network from scratch. The next cycle
 shrinks the retrained network again. The user's model, data and ``fit`` arguments are passed through as they
-are: ``cycle`` adds no training logic of its own.
+are: ``cycle`` adds no training logic of its own. Each step's slim model (``CycleStep.slim``) has its
+BatchNorm statistics re-estimated on up to 20 batches of the shrink data (``ms.recalibrate_batchnorm``), so it
+can be evaluated as it is.
 """
 
 from __future__ import annotations
@@ -131,7 +133,7 @@ def cycle(model, fit, cycles=1, *, retrain=None, compile=None, retrain_compile=N
         compile_model(trainable)
         shrink_history = trainable.fit(**fit).history
         regularizer.detach(trainable)
-        slim = _export(trainable, source, threshold, l1_fraction, exact)
+        slim = _export(trainable, source, threshold, l1_fraction, exact, _calibration_data(fit))
         wide = _expand(slim, budget, expand_target, round_to)
         compile_retrain(wide)
         retrain_history = wide.fit(**retrain_fit).history
@@ -173,9 +175,30 @@ def _copy_model(model):
     return copy
 
 
-def _export(model, source, threshold, l1_fraction, exact):
+#: batches of the shrink data that re-estimate the slim model's BatchNorm statistics (ms.recalibrate_batchnorm)
+CALIBRATION_BATCHES = 20
+
+
+def _calibration_data(fit):
+    """The shrink phase's inputs, when they can be read again without side effects (an array or a
+    tf.data.Dataset; a generator would lose the batches it yields), batched like the shrink phase."""
+    import tensorflow as tf
+
+    x = fit.get("x")
+    if isinstance(x, tf.data.Dataset):
+        return x
+    if hasattr(x, "shape") and hasattr(x, "__getitem__"):
+        size = int(fit.get("batch_size") or 32)
+        return [x[i:i + size] for i in range(0, min(len(x), size * CALIBRATION_BATCHES), size)]
+    return None
+
+
+def _export(model, source, threshold, l1_fraction, exact, calibration_data):
+    """The slim model, its BatchNorm statistics re-estimated on the shrink data when it can be read again
+    (the moving averages lag the weights after structure learning at a high learning rate)."""
     from morphsparse.morph.export import export
-    return export(model, source=source, threshold=threshold, l1_fraction=l1_fraction, exact=exact)
+    return export(model, source=source, threshold=threshold, l1_fraction=l1_fraction, exact=exact,
+                  calibration_data=calibration_data, calibration_steps=CALIBRATION_BATCHES)
 
 
 __all__ = ["cycle", "CycleResult", "CycleStep"]
