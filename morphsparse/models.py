@@ -32,12 +32,13 @@ def scaled_widths(multiplier, widths=None):
 
 
 def small_resnet(widths=None, width_multiplier=1.0, input_shape=(28, 28, 1), num_classes=10,
-                 name="small_resnet"):
+                 name="small_resnet", batch_norm=True):
     """A small residual convnet with a concat module; returns an un-compiled functional ``keras.Model``.
 
     ``widths``: output channels per layer name (defaults to :data:`SMALL_RESNET_WIDTHS`); layers tied by a
     residual Add must get equal widths. ``width_multiplier`` scales all widths uniformly. The model outputs
-    logits (use ``from_logits=True``).
+    logits (use ``from_logits=True``). ``batch_norm=False`` drops the BatchNormalization layers (the convs get
+    biases instead): a network for the group-lasso regulariser.
     """
     widths = scaled_widths(width_multiplier, widths)
     for a, b in _TIED:
@@ -47,9 +48,11 @@ def small_resnet(widths=None, width_multiplier=1.0, input_shape=(28, 28, 1), num
     L = keras.layers
 
     def conv_bn(x, layer, kernel=3, strides=1, relu=True):
-        x = L.Conv2D(widths[layer], kernel, strides=strides, padding="same", use_bias=False, name=layer)(x)
-        # momentum 0.9: the moving statistics settle within the few hundred steps of a short CPU run
-        x = L.BatchNormalization(momentum=0.9, name=f"{layer}_bn")(x)
+        x = L.Conv2D(widths[layer], kernel, strides=strides, padding="same", use_bias=not batch_norm,
+                     name=layer)(x)
+        if batch_norm:
+            # momentum 0.9: the moving statistics settle within the few hundred steps of a short CPU run
+            x = L.BatchNormalization(momentum=0.9, name=f"{layer}_bn")(x)
         return L.ReLU(name=f"{layer}_relu")(x) if relu else x
 
     inputs = keras.Input(shape=input_shape, name="image")
@@ -86,3 +89,52 @@ def conv_widths(model):
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
             widths[layer.name] = int(layer.kernel.shape[-1])
     return widths
+
+
+def small_mobilenet(input_shape=(8, 8, 1), num_classes=10, widths=(16, 32, 64, 64), batch_norm=True,
+                    name="small_mobilenet"):
+    """A MobileNet-style net: a 3x3 stem, then depthwise-separable blocks (3x3 depthwise conv -> BN -> ReLU ->
+    1x1 pointwise conv -> BN -> ReLU), the second strided, the last with a residual Add; GAP and a Dense
+    head. The depthwise convs share their channels with the pointwise conv before them (one channel group).
+
+    ``batch_norm=False`` (for the group-lasso source) drops the BatchNormalization layers; the convs then get
+    biases and He initialisation (over each output's kh*kw inputs for the depthwise convs) and the depthwise
+    convs are linear (no ReLU), which keeps the signal from vanishing.
+    """
+    L = keras.layers
+    if batch_norm:
+        conv_opts, dw_opts = dict(use_bias=False), dict(use_bias=False)
+    else:
+        conv_opts = dict(use_bias=True, kernel_initializer="he_normal")
+        # a depthwise kernel (kh, kw, C, 1) reads kh*kw inputs per output: Keras's fan_in counts kh*kw*C
+        dw_opts = dict(use_bias=True, depthwise_initializer=keras.initializers.VarianceScaling(
+            2.0, mode="fan_out", distribution="truncated_normal"))
+
+    def norm_relu(x, prefix, relu=True):
+        if batch_norm:
+            x = L.BatchNormalization(momentum=0.9, name=f"{prefix}_bn")(x)
+        return L.ReLU(name=f"{prefix}_relu")(x) if relu else x
+
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = norm_relu(L.Conv2D(widths[0], 3, padding="same", name="stem", **conv_opts)(inputs), "stem")
+    for i, (width, stride) in enumerate(zip(widths[1:], (1, 2, 1)), start=1):
+        y = L.DepthwiseConv2D(3, strides=stride, padding="same", name=f"dw{i}", **dw_opts)(x)
+        y = norm_relu(y, f"dw{i}", relu=batch_norm)
+        y = norm_relu(L.Conv2D(width, 1, name=f"pw{i}", **conv_opts)(y), f"pw{i}", relu=i != 3)
+        x = L.ReLU(name=f"add{i}_relu")(L.Add(name=f"add{i}")([x, y])) if i == 3 else y
+    x = L.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, L.Dense(num_classes, name="logits")(x), name=name)
+
+
+def small_mlp(input_shape=(8, 8, 1), num_classes=10, widths=(128, 128, 64), batch_norm=True, name="small_mlp"):
+    """An MLP: Flatten, Dense layers (each followed by BatchNorm when ``batch_norm``, for the gamma source)
+    with ReLU, and a Dense head."""
+    L = keras.layers
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = L.Flatten(name="flatten")(inputs)
+    for i, width in enumerate(widths, start=1):
+        x = L.Dense(width, use_bias=not batch_norm, name=f"fc{i}")(x)
+        if batch_norm:
+            x = L.BatchNormalization(momentum=0.9, name=f"fc{i}_bn")(x)
+        x = L.ReLU(name=f"fc{i}_relu")(x)
+    return keras.Model(inputs, L.Dense(num_classes, name="logits")(x), name=name)

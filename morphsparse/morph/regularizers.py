@@ -35,6 +35,7 @@ import tensorflow as tf
 from morphsparse import handlers as _handlers
 from morphsparse.graph import analyze
 from morphsparse.morph import alive as _alive
+import morphsparse.morph.budget as _budget
 
 TARGETS = ("flops", "size", "latency", "activations")
 
@@ -435,18 +436,26 @@ class MorphRegularizer:
         threshold: a channel is alive when its R exceeds this (the same value you pass to ``ms.export``).
         strength: weight of the term in the loss; by default ``strength_multiplier / initial_cost``.
         strength_multiplier: see :data:`DEFAULT_STRENGTH_MULTIPLIER` and docs/structure_learning.md.
+        budget: instead of a strength, the cost to reach: a fraction of the seed's cost in (0, 1], or an
+            absolute count > 1 in the target's unit. The strength is then controlled during training
+            (:mod:`morphsparse.morph.budget`); not with ``strength`` / ``strength_multiplier``.
+        steps: with ``budget``: the number of structure-learning steps (fit supplies it when omitted; a
+            custom loop must give it).
         l1_fraction: group-lasso mix of L1 (mean |w|) into the L2 norm (sqrt(mean w^2)); 0 by default.
         device: latency target only: a name in :data:`DEVICE_PROFILES` or a :class:`DeviceProfile`; None
             (the default) means "v100". Passing one with another target warns, as it would have no effect.
         ignore: layers whose output channels must not shrink (pinned, never regularised).
 
-    Use ``reg.attach(model)`` for ``fit``, or add ``reg.loss()`` to your loss in a custom loop.
+    Use ``reg.attach(model)`` for ``fit``, or add ``reg.loss()`` to your loss in a custom loop (with a
+    budget, also call ``reg.update()`` once per step).
     """
 
     def __init__(self, model, target="flops", source="gamma", threshold=_alive.DEFAULT_THRESHOLD, strength=None,
-                 strength_multiplier=DEFAULT_STRENGTH_MULTIPLIER, l1_fraction=0.0, device=None, ignore=()):
+                 strength_multiplier=None, l1_fraction=0.0, device=None, ignore=(), budget=None, steps=None):
+        _budget.check_arguments(budget, strength, strength_multiplier, steps)
         threshold, strength, strength_multiplier, l1_fraction, device = check_arguments(
-            target, source, threshold, strength, strength_multiplier, l1_fraction, device)
+            target, source, threshold, strength,
+            DEFAULT_STRENGTH_MULTIPLIER if strength_multiplier is None else strength_multiplier, l1_fraction, device)
         self.model = model
         self.target_name, self.source, self.threshold, self.l1_fraction = target, source, threshold, l1_fraction
         self.graph = analyze(model, ignore=ignore)
@@ -459,10 +468,30 @@ class MorphRegularizer:
         _alive.alive_masks(self.graph, source, threshold, l1_fraction, check=True)
         full = np.ones(self.kernel_calls.n_channels)
         self.initial_cost = float(self.target.cost(*self.kernel_calls.sums(full)))
-        if strength is None:
+        self.controller = None
+        if budget is not None:
+            self.controller = _budget.BudgetController(self, budget, steps)
+            strength = self.controller.current_strength
+        elif strength is None:
             strength = strength_multiplier / self.initial_cost
-        self.strength = float(strength)
+        self._strength = float(strength)
         self._trackers = None
+        if self.controller is not None:
+            object.__setattr__(model, _budget.STATE_ATTRIBUTE, self.controller.state)
+
+    @property
+    def strength(self):
+        """Weight of the term in the loss (with a budget: the controller's current value)."""
+        return self.controller.current_strength if self.controller is not None else self._strength
+
+    @strength.setter
+    def strength(self, value):
+        if self.controller is not None:
+            raise AttributeError("strength is set by the budget controller (MorphRegularizer(budget=...))")
+        self._strength = float(value)
+
+    def _strength_tensor(self):
+        return self.controller.strength() if self.controller is not None else self._strength
 
     # --- construction helpers ----------------------------------------------------------------------------
     def _check_layers_supported(self):
@@ -477,6 +506,10 @@ class MorphRegularizer:
                         f"handler {type(call.handler).__name__} has no kernel_matrix(), so MorphRegularizer "
                         "cannot tell which weights feed each channel. Register a handler that subclasses "
                         "morphsparse.handlers.Dense or Conv, or pin the layer with ignore=[...].")
+
+    def _ratio_name(self):
+        return {"flops": "alive_flops_ratio", "size": "alive_params_ratio"}.get(
+            self.target_name, f"alive_{self.target_name}_ratio")
 
     def _index_sources(self):
         """Flat channel index of every entry of every source, and which channels are regularised: those of
@@ -530,17 +563,39 @@ class MorphRegularizer:
 
     def loss(self):
         """``strength * term``: add this to the task loss in a custom training loop. Under a tf.distribute
-        strategy, pass it through ``tf.nn.scale_regularization_loss`` as for any regularisation loss."""
-        return self.strength * self.term()
+        strategy, pass it through ``tf.nn.scale_regularization_loss`` as for any regularisation loss. With a
+        budget, call :meth:`update` once per training step as well."""
+        return self._strength_tensor() * self.term()
 
-    def _loss_and_costs(self):
-        """(regularisation loss, alive FLOPs, alive parameters), computed in-graph for fit's logs."""
-        a, a_in, a_out, r_in, r_out = self._state()
-        loss = self.strength * self.target.term(a_in, a_out, r_in, r_out, xp=keras.ops)
+    def update(self):
+        """Budget only: advance the strength controller by one training step (tf ops, works inside a
+        ``tf.function``). Returns the alive cost as a fraction of the seed's."""
+        if self.controller is None:
+            raise ValueError("update() drives the budget controller: construct MorphRegularizer(budget=...)")
+        return self.controller.update()
+
+    def _loss_and_costs(self, training=False, budget_logs=False):
+        """(regularisation loss, alive FLOPs, alive parameters), computed in-graph for fit's logs. With a
+        budget and ``training``, also advances the controller (after the loss has read the strength);
+        ``budget_logs`` appends (strength after the step, alive cost ratio)."""
+        r = self.vector()
+        a, a_in, a_out, r_in, r_out = self._state(r)
+        loss = self._strength_tensor() * self.target.term(a_in, a_out, r_in, r_out, xp=keras.ops)
         a_in64, a_out64 = tf.cast(a_in, tf.float64), tf.cast(a_out, tf.float64)
         flops = self.kernel_calls.flops.value(a_in64, a_out64, xp=keras.ops)
         params = self.kernel_calls.params.value(a_in64, a_out64, xp=keras.ops)
-        return loss, flops, params
+        if self.controller is None:
+            return loss, flops, params
+        if training:
+            with tf.control_dependencies([loss]):
+                ratio = self.controller.update(r, a)
+        else:
+            ratio = self.controller.cost_ratio(a)
+        if not budget_logs:
+            return loss, flops, params
+        with tf.control_dependencies([ratio]):
+            strength = self.controller.strength()
+        return loss, flops, params, strength, ratio
 
 
     # --- numpy reports ---------------------------------------------------------------------------------------
@@ -583,14 +638,23 @@ class MorphRegularizer:
                 f"strength={self.strength:.3g}>")
 
     # --- fit integration -------------------------------------------------------------------------------------
-    def attach(self, model=None):
+    def attach(self, model=None, steps=None, resume_from=None):
         """Add the term to ``model``'s loss in ``fit``/``train_on_batch``/``evaluate`` and log
         ``regularization_loss``, ``alive_flops`` and ``alive_params``; returns the same model.
 
         The model keeps its class (the hook lives on the instance), so ``model.save`` writes a plain Keras
         model that loads with no morphsparse import and no custom scope; re-attach after loading to continue
         structure learning. ``detach(model)`` removes the hook.
+
+        With a budget, ``fit`` also logs ``strength`` and ``alive_<flops|params|...>_ratio`` and warns at the
+        end when the cost missed the budget. ``steps``: the number of structure-learning steps (default: the
+        steps of each fit call, added to those already taken). ``resume_from``: a file saved from a model with
+        a budget regulariser attached (``model.save`` / ModelCheckpoint): the controller continues from the
+        state saved in it.
         """
+        if (steps is not None or resume_from is not None) and self.controller is None:
+            raise ValueError("attach(steps=..., resume_from=...) apply to a budget: construct "
+                             "MorphRegularizer(budget=...)")
         model = self.model if model is None else model
         if model is not self.model:
             same = [id(w) for w in model.weights] == [id(w) for w in self.model.weights]
@@ -599,8 +663,13 @@ class MorphRegularizer:
                                  "weights)")
         if getattr(model, "_morph_regularizer", None) is not None:
             model._morph_regularizer.detach(model)
+        if self.controller is not None:
+            if steps is not None:
+                self.controller.set_steps(steps)
+            if resume_from is not None:
+                self.controller.restore(resume_from)
         with model.distribute_strategy.scope():
-            trackers = _Trackers()
+            trackers = _Trackers(self._ratio_name() if self.controller is not None else None)
         original_compute_loss = model.compute_loss
         original_metrics_result = model.get_metrics_result
         original_reset = model.reset_metrics
@@ -608,9 +677,9 @@ class MorphRegularizer:
 
         def compute_loss(self_model, x=None, y=None, y_pred=None, sample_weight=None, training=True):
             task = original_compute_loss(x, y, y_pred, sample_weight, training=training)
-            reg_loss, flops, params = regularizer._loss_and_costs()
-            trackers.update(reg_loss, flops, params)
-            return task + _scale_for_replicas(tf.cast(reg_loss, task.dtype))
+            values = regularizer._loss_and_costs(training=training, budget_logs=True)
+            trackers.update(*values)
+            return task + _scale_for_replicas(tf.cast(values[0], task.dtype))
 
         def get_metrics_result(self_model):
             results = original_metrics_result()
@@ -627,6 +696,9 @@ class MorphRegularizer:
         object.__setattr__(model, "reset_metrics", types.MethodType(reset_metrics, model))
         object.__setattr__(model, "_morph_regularizer", self)
         object.__setattr__(model, "_compute_loss_has_training_arg", True)
+        if self.controller is not None:
+            object.__setattr__(model, "fit", types.MethodType(_budget.fit_hook(model.fit, self.controller), model))
+            object.__setattr__(model, _budget.STATE_ATTRIBUTE, self.controller.state)
         self._trackers = trackers
         _reset_compiled_functions(model)
         return model
@@ -634,7 +706,8 @@ class MorphRegularizer:
     @staticmethod
     def detach(model):
         """Remove the hook installed by :meth:`attach`; returns the model."""
-        for name in ("compute_loss", "get_metrics_result", "reset_metrics", "_morph_regularizer"):
+        for name in ("compute_loss", "get_metrics_result", "reset_metrics", "_morph_regularizer", "fit",
+                     _budget.STATE_ATTRIBUTE):
             model.__dict__.pop(name, None)
         _reset_compiled_functions(model)
         return model
@@ -666,21 +739,31 @@ class _LatestValue(keras.metrics.Metric):
 
 
 class _Trackers:
-    """Metrics the attached model logs, held outside the model so that saving it is unaffected."""
+    """Metrics the attached model logs, held outside the model so that saving it is unaffected. With a
+    budget (``ratio_name``), also the strength and the alive cost ratio."""
 
-    def __init__(self):
+    def __init__(self, ratio_name=None):
         self.loss = keras.metrics.Mean(name="regularization_loss")
         self.flops = _LatestValue("alive_flops")
         self.params = _LatestValue("alive_params")
+        self.budget = None
+        if ratio_name is not None:
+            self.budget = (_LatestValue("strength", dtype="float32"), _LatestValue(ratio_name))
 
-    def update(self, loss, flops, params):
+    def update(self, loss, flops, params, *budget):
         self.loss.update_state(loss)
         self.flops.update_state(flops)
         self.params.update_state(params)
+        if self.budget is not None and budget:
+            for tracker, value in zip(self.budget, budget):
+                tracker.update_state(value)
 
     def results(self):
-        return {"regularization_loss": self.loss.result(), "alive_flops": self.flops.result(),
-                "alive_params": self.params.result()}
+        results = {"regularization_loss": self.loss.result(), "alive_flops": self.flops.result(),
+                   "alive_params": self.params.result()}
+        if self.budget is not None:
+            results.update({tracker.name: tracker.result() for tracker in self.budget})
+        return results
 
     def reset(self):
         self.loss.reset_state()

@@ -1,0 +1,351 @@
+"""MorphRegularizer(budget=...): the strength controller lands the alive cost on the budget, saves/resumes its
+state with the model, logs, warns, validates its arguments, and leaves budget=None unchanged."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import morphsparse as ms
+from morphsparse.models import small_mlp
+from morphsparse.morph.budget import LANDING_TOLERANCE, STATE_ATTRIBUTE, BudgetWarning, read_state
+from morphsparse.morph.regularizers import MorphRegularizer
+
+L = keras.layers
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+BATCH = 64
+
+
+def mlp(batch_norm=True):
+    return small_mlp(widths=(64, 64), batch_norm=batch_norm)
+
+
+def steps_per_epoch(x):
+    return int(np.ceil(len(x) / BATCH))
+
+
+def fit_with_budget(digits, optimizer, source="gamma", epochs=6, budget=0.5, target="flops", **fit_kw):
+    x, y, _, _ = digits
+    model = mlp(batch_norm=source == "gamma")
+    reg = MorphRegularizer(model, target=target, source=source, budget=budget)
+    reg.attach(model)
+    model.compile(optimizer, LOSS)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0, **fit_kw)
+    budget_warnings = [w for w in caught if issubclass(w.category, BudgetWarning)]
+    return model, reg, history, budget_warnings
+
+
+# --- landing ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("source,optimizer,epochs", [
+    ("gamma", lambda: keras.optimizers.Adam(3e-2), 8),                      # 176 steps ~ 5 / learning rate
+    ("group_lasso", lambda: keras.optimizers.SGD(3e-2, momentum=0.9), 16),  # an MLP without BatchNorm
+])
+def test_fit_lands_the_alive_cost_on_the_budget(digits, source, optimizer, epochs):
+    """A few epochs at a high learning rate: the alive cost at the end is within a band around the budget, with
+    no tuning (the multiplier the controller found is whatever it needed)."""
+    model, reg, history, caught = fit_with_budget(digits, optimizer(), source=source, epochs=epochs)
+    ratio = reg.cost() / reg.initial_cost
+    assert abs(ratio - 0.5) <= 0.05, (ratio, history.history["strength"])
+    assert reg.controller.step == reg.controller.total_steps == epochs * steps_per_epoch(digits[0])
+    if abs(ratio - 0.5) <= LANDING_TOLERANCE:
+        assert not caught, [str(w.message) for w in caught]
+
+
+def test_absolute_budget_and_size_target(digits):
+    model = mlp()
+    seed_params = ms.count_params(model)
+    reg = MorphRegularizer(model, target="size", budget=seed_params // 2)     # a count of parameters
+    assert reg.controller.ratio == pytest.approx((seed_params // 2) / seed_params)
+    _, reg, history, _ = fit_with_budget(digits, keras.optimizers.Adam(3e-2), target="size", epochs=8,
+                                         budget=0.6)
+    assert "alive_params_ratio" in history.history and "alive_flops_ratio" not in history.history
+    assert abs(reg.alive_params() / ms.count_params(reg.model) - 0.6) <= 0.05
+
+
+# --- logs and warnings ------------------------------------------------------------------------------------------
+
+def test_history_logs_strength_and_cost_ratio_every_epoch(digits):
+    _, reg, history, _ = fit_with_budget(digits, keras.optimizers.Adam(3e-2), epochs=3)
+    logs = history.history
+    for key in ("strength", "alive_flops_ratio", "alive_flops", "alive_params", "regularization_loss"):
+        assert len(logs[key]) == 3, key
+    assert logs["strength"][-1] == pytest.approx(reg.strength, rel=1e-5)
+    assert all(0.0 < r <= 1.0 for r in logs["alive_flops_ratio"])
+    # the logged ratio is alive FLOPs over the seed's
+    assert logs["alive_flops_ratio"][-1] == pytest.approx(logs["alive_flops"][-1] / reg.initial_cost, rel=1e-6)
+
+
+def test_unreachable_budget_warns_with_the_cost_reached_and_what_to_change(digits):
+    """Two epochs at Adam 1e-3: no channel can reach the threshold, and fit says so at the end."""
+    _, reg, _, caught = fit_with_budget(digits, keras.optimizers.Adam(1e-3), epochs=2)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "budget not reached" in message and "100.0%" in message and "budget 50.0%" in message
+    assert "more steps" in message and "higher learning rate" in message
+    assert reg.controller.report(warn=False) == pytest.approx(1.0)
+
+
+def test_no_warning_before_the_planned_steps_are_done(digits):
+    x, y, _, _ = digits
+    model = mlp()
+    reg = MorphRegularizer(model, budget=0.5, steps=10 * steps_per_epoch(x))
+    reg.attach(model)
+    model.compile(keras.optimizers.Adam(1e-3), LOSS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BudgetWarning)
+        model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)      # 1 of 10 planned epochs: no verdict yet
+    assert reg.controller.total_steps == 10 * steps_per_epoch(x)
+
+
+# --- saving and resuming ----------------------------------------------------------------------------------------
+
+def controller_values(reg):
+    return {name: np.array(value) for name, value in reg.controller.state.numpy_state().items()}
+
+
+@pytest.mark.filterwarnings("ignore::morphsparse.morph.budget.BudgetWarning")
+def test_checkpoint_mid_run_loads_reattaches_and_resumes_the_controller(tmp_path, digits):
+    x, y, _, _ = digits
+    spe = steps_per_epoch(x)
+    model = mlp()
+    reg = MorphRegularizer(model, budget=0.5, steps=6 * spe)          # a 6-epoch plan, stopped after 3
+    reg.attach(model)
+    model.compile(keras.optimizers.Adam(3e-2), LOSS)
+    path = str(tmp_path / "epoch{epoch}.keras")
+    model.fit(x, y, batch_size=BATCH, epochs=3, verbose=0, callbacks=[keras.callbacks.ModelCheckpoint(path)])
+    saved = controller_values(reg)                      # the state after epoch 3, as the last checkpoint saw it
+    assert saved["step"] == 3 * spe and saved["total_steps"] == 6 * spe
+    np.testing.assert_array_equal(read_state(path.format(epoch=3))[0], saved["log_multiplier"])
+
+    loaded = keras.saving.load_model(path.format(epoch=3))            # plain Keras: the state is ignored
+    assert not hasattr(loaded, STATE_ATTRIBUTE)
+    resumed = MorphRegularizer(loaded, budget=0.5)
+    assert resumed.controller.step == 0
+    resumed.attach(loaded, resume_from=path.format(epoch=3))
+    for name, value in controller_values(resumed).items():
+        np.testing.assert_array_equal(value, saved[name], err_msg=name)
+    assert resumed.strength == reg.strength
+
+    # the state is all the controller has: from the same weights, one more step gives the same new state
+    reg.controller.update()
+    resumed.controller.steps = 6 * spe
+    resumed.controller.update()
+    resumed.controller.steps = None
+    for name, value in controller_values(resumed).items():
+        np.testing.assert_allclose(value, controller_values(reg)[name], rtol=1e-6, err_msg=name)
+
+    # fit(initial_epoch=3, epochs=6) continues the same 6-epoch plan
+    history = loaded.fit(x, y, batch_size=BATCH, epochs=6, initial_epoch=3, verbose=0)
+    assert resumed.controller.total_steps == 6 * spe + 1
+    assert resumed.controller.step == 6 * spe + 1
+    assert len(history.history["strength"]) == 3
+
+
+@pytest.mark.filterwarnings("ignore::morphsparse.morph.budget.BudgetWarning")      # one epoch cannot land
+def test_load_weights_after_attach_restores_the_state_through_keras(tmp_path, digits):
+    x, y, _, _ = digits
+    model = mlp()
+    reg = MorphRegularizer(model, budget=0.5)
+    reg.attach(model)
+    model.compile(keras.optimizers.Adam(3e-2), LOSS)
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+    model.save_weights(tmp_path / "w.weights.h5")
+    saved = controller_values(reg)
+    other = mlp()
+    other.set_weights(model.get_weights())
+    reg2 = MorphRegularizer(other, budget=0.5)
+    reg2.attach(other)
+    assert reg2.controller.step == 0
+    other.load_weights(tmp_path / "w.weights.h5")       # Keras walks the model's state attribute itself
+    for name, value in controller_values(reg2).items():
+        np.testing.assert_array_equal(value, saved[name], err_msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::morphsparse.morph.budget.BudgetWarning")     # 4 steps cannot land
+def test_model_saved_with_a_budget_attached_loads_without_morphsparse(tmp_path, digits):
+    x, y, _, _ = digits
+    model = mlp()
+    MorphRegularizer(model, budget=0.5).attach(model)
+    model.compile(keras.optimizers.Adam(3e-2), LOSS)
+    model.fit(x[:256], y[:256], batch_size=BATCH, epochs=1, verbose=0)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    with zipfile.ZipFile(path) as archive:
+        config = json.loads(archive.read("config.json"))
+    assert config["class_name"] == "Functional" and "morphsparse" not in json.dumps(config)
+    code = textwrap.dedent(f"""
+        import sys, warnings
+        warnings.simplefilter("error")
+        import keras
+        m = keras.saving.load_model({str(path)!r})
+        assert not any(name.startswith("morphsparse") for name in sys.modules)
+        print(type(m).__name__, m.count_params())
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["Functional", str(model.count_params())]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::morphsparse.morph.budget.BudgetWarning")
+def test_controller_compiles_with_xla(digits):
+    """fit() compiles with XLA on GPU machines (jit_compile='auto'): the controller's ops must compile too."""
+    x, y, _, _ = digits
+    model = mlp()
+    reg = MorphRegularizer(model, budget=0.5)
+    reg.attach(model)
+    model.compile(keras.optimizers.Adam(3e-2), LOSS, jit_compile=True)
+    logs = model.fit(x[:256], y[:256], batch_size=BATCH, epochs=2, verbose=0).history
+    assert np.isfinite(logs["loss"][-1]) and logs["strength"][-1] > 0
+    assert reg.controller.step == 8
+
+
+# --- custom training loops --------------------------------------------------------------------------------------
+
+def test_custom_loop_with_loss_and_update_lands_on_the_budget(digits):
+    x, y, _, _ = digits
+    model = mlp()
+    steps = 8 * steps_per_epoch(x)
+    reg = MorphRegularizer(model, budget=0.5, steps=steps)
+    optimizer = keras.optimizers.Adam(3e-2)
+
+    @tf.function
+    def train_step(xb, yb):
+        with tf.GradientTape() as tape:
+            loss = LOSS(yb, model(xb, training=True)) + reg.loss()
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return reg.update()                 # the one extra call per step
+
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=0).batch(BATCH).repeat()
+    for step, (xb, yb) in enumerate(dataset.take(steps)):
+        train_step(xb, yb)
+    assert reg.controller.step == steps
+    ratio = reg.cost() / reg.initial_cost
+    assert abs(ratio - 0.5) <= 0.05
+    with warnings.catch_warnings(record=True) as caught:       # the end-of-run verdict a custom loop can ask for
+        warnings.simplefilter("always")
+        assert reg.controller.report() == pytest.approx(ratio)
+    assert bool(caught) == (abs(ratio - 0.5) > LANDING_TOLERANCE)
+
+
+def test_custom_loop_needs_steps():
+    model = mlp()
+    reg = MorphRegularizer(model, budget=0.5)
+    with pytest.raises(ValueError, match="steps="):
+        reg.update()
+
+
+# --- arguments ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs,pattern", [
+    (dict(budget=0.0), "budget must be a finite number > 0"),
+    (dict(budget=-3), "budget must be a finite number > 0"),
+    (dict(budget=float("nan")), "budget must be a finite number > 0"),
+    (dict(budget=10 ** 12), r"budget=.* is not below the seed's cost"),
+    (dict(budget=0.5, strength=1e-3), "budget=.*or strength=.*not both"),
+    (dict(budget=0.5, strength_multiplier=2.0), "budget=.*or strength_multiplier=.*not both"),
+    (dict(budget=0.5, steps=0), "steps must be a positive integer"),
+    (dict(budget=0.5, steps=2.5), "steps must be a positive integer"),
+    (dict(steps=100), "steps= .*pass budget="),
+    (dict(budget=2.0, target="latency"), "latency budget is a fraction"),
+    (dict(budget=0.1, ignore=["fc1"]), r"budget=0.1 is 10.0% .* cannot be removed .* already cost 46.4%"),
+])
+def test_bad_arguments_are_refused_with_a_message_naming_them(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        MorphRegularizer(mlp(), **kwargs)
+
+
+def test_budget_type_and_attach_arguments_are_checked(tmp_path):
+    with pytest.raises(TypeError, match="budget must be a number"):
+        MorphRegularizer(mlp(), budget="half")
+    with pytest.raises(TypeError, match="budget must be a number"):
+        MorphRegularizer(mlp(), budget=True)
+    model = mlp()
+    with pytest.raises(ValueError, match=r"attach\(steps=..., resume_from=...\) apply to a budget"):
+        MorphRegularizer(model).attach(model, steps=10)
+    plain = mlp()
+    plain.save(tmp_path / "plain.keras")
+    reg = MorphRegularizer(model, budget=0.5)
+    with pytest.raises(ValueError, match="resume_from=.*holds no budget controller state"):
+        reg.attach(model, resume_from=tmp_path / "plain.keras")
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        reg.attach(model, steps=-1)
+    with pytest.raises(AttributeError, match="budget controller"):
+        reg.strength = 1.0
+
+
+# --- budget=None is unchanged -----------------------------------------------------------------------------------
+
+def test_without_budget_nothing_changes(digits):
+    x, y, _, _ = digits
+    model = mlp()
+    reg = MorphRegularizer(model, strength_multiplier=2.0)
+    assert reg.controller is None and reg.strength == pytest.approx(2.0 / reg.initial_cost)
+    assert len(reg._loss_and_costs(training=True, budget_logs=True)) == 3
+    reg.attach(model)
+    assert "fit" not in model.__dict__ and not hasattr(model, STATE_ATTRIBUTE)
+    model.compile(keras.optimizers.Adam(3e-2), LOSS)
+    history = model.fit(x[:256], y[:256], batch_size=BATCH, epochs=1, verbose=0)
+    assert set(history.history) == {"loss", "regularization_loss", "alive_flops", "alive_params"}
+    assert reg.strength == pytest.approx(2.0 / reg.initial_cost)
+    reg.strength = 1e-6                     # still a plain, settable number
+    assert float(reg.loss()) == pytest.approx(1e-6 * float(reg.term()), rel=1e-6)
+    with pytest.raises(ValueError, match="budget="):
+        reg.update()
+
+
+# --- distribution -------------------------------------------------------------------------------------------------
+
+MIRRORED_SCRIPT = textwrap.dedent("""
+    import os, json, warnings
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    import numpy as np, tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    import morphsparse as ms
+    from morphsparse.models import small_mlp
+
+    (x, y), _ = ms.load_digits()
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        model = small_mlp(widths=(64, 64))
+        reg = ms.MorphRegularizer(model, budget=0.5)
+        reg.attach(model)
+        model.compile(keras.optimizers.Adam(3e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    warnings.simplefilter("ignore")
+    history = model.fit(x, y, batch_size=64, epochs=8, verbose=0)
+    state = reg.controller.state
+    print(json.dumps({"replicas": strategy.num_replicas_in_sync, "logs": sorted(history.history),
+                      "mirrored": type(state.log_multiplier.value).__name__,
+                      "step": reg.controller.step, "total": reg.controller.total_steps,
+                      "ratio": reg.cost() / reg.initial_cost}))
+""")
+
+
+@pytest.mark.slow
+def test_budget_under_mirrored_strategy():
+    out = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2
+    assert {"strength", "alive_flops_ratio"} <= set(result["logs"])
+    assert result["step"] == result["total"] > 0          # counted once per step, not once per replica
+    # BatchNorm statistics are per replica (32 images each), so the run is not the single-device one
+    assert abs(result["ratio"] - 0.5) <= 0.1
