@@ -28,21 +28,22 @@ def _check_sparsity(value, what="sparsity"):
 
 
 def copy_model(model):
-    """A copy of ``model`` with its own weights (same values); None when Keras cannot rebuild it."""
-    if isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False):
-        clone = keras.models.clone_model(model)
-    else:
-        try:
-            clone = type(model).from_config(model.get_config())
-        except Exception:  # noqa: BLE001 - a subclassed model without a usable get_config
-            return None
-        build_config = model.get_build_config() if model.built else None
-        if build_config:
-            clone.build_from_config(build_config)
-            try:
-                build_by_calling(clone)
-            except Exception:  # noqa: BLE001 - cannot rebuild: the caller falls back
-                return None
+    """An uncompiled copy of ``model`` with its own weights (same values); None when Keras cannot rebuild it.
+
+    Built from the model's config (not ``keras.models.clone_model``, which also compiles the copy with the
+    model's optimizer): the copy holds no optimizer, so a stripped copy loads without morphsparse.
+    """
+    try:
+        clone = type(model).from_config(model.get_config())
+    except Exception:  # noqa: BLE001 - a subclassed model without a usable get_config
+        return None
+    build_config = model.get_build_config() if model.built else None
+    if not clone.built and build_config:
+        clone.build_from_config(build_config)
+    try:
+        build_by_calling(clone)
+    except Exception:  # noqa: BLE001 - cannot rebuild: the caller falls back
+        return None
     if len(clone.weights) != len(model.weights):
         return None
     clone.set_weights(model.get_weights())
@@ -252,11 +253,9 @@ def _plan(model, sparsity, distribution, power, layer_sparsity, keep_dense, incl
           mask_separable_depthwise, updater):
     """One spec per masked kernel: ``{"key", "layer", "weight", "variable", "sparsity"}``."""
     tree = layer_tree(model)
-    candidates = {path: layer for path, layer in tree.items()
-                  if maskable_kernels(layer) and not isinstance(layer, keras.Model)}
     extra = _include_spec(include, tree)
-    for path in extra:
-        candidates.setdefault(path, tree[path])
+    candidates = {path: layer for path, layer in tree.items()
+                  if (maskable_kernels(layer) and not isinstance(layer, keras.Model)) or path in extra}
     frozen = [path for path, layer in candidates.items() if not layer.trainable
               or not any(kernel_variable(layer, n).trainable for n in _names(layer, path, extra, False))]
     if not candidates:
