@@ -20,6 +20,7 @@ first step.
 
 from __future__ import annotations
 
+import warnings
 import weakref
 
 import keras
@@ -117,5 +118,19 @@ def attach_metrics(model, optimizer: SparseOptimizer):
         object.__setattr__(existing, "optimizer", _Holder(optimizer))
         return existing
     metric = SparseTrainingMetrics(model, optimizer)
-    setattr(model, ATTRIBUTE, metric)        # tracked by Keras into model.metrics
+    try:
+        setattr(model, ATTRIBUTE, metric)        # tracked by Keras into model.metrics
+    except ValueError:
+        # A built subclassed model locks its state; adding a metric changes no weight, so unlock around it.
+        tracker = getattr(model, "_tracker", None)
+        if tracker is None or not hasattr(tracker, "unlock"):
+            warnings.warn(f"could not attach the sparse-training metrics to model {model.name!r}: fit's logs "
+                          "will not show sparsity, mask_changes and alive_params", UserWarning, stacklevel=3)
+            return metric
+        locked = tracker.locked
+        tracker.unlock()
+        try:
+            setattr(model, ATTRIBUTE, metric)
+        finally:
+            tracker.locked = locked
     return metric

@@ -209,13 +209,25 @@ class SparseOptimizer(keras.optimizers.Optimizer):
     def _find_slots(self, var_list):
         """Per-weight slots of the inner optimizer, by Keras's naming (``<variable path>_<slot name>``)."""
         prefixes = sorted(((v.path.replace("/", "_") + "_", v) for v in var_list), key=lambda p: -len(p[0]))
-        owner = {}
+        owner, unowned = {}, []
         for slot in self.inner_optimizer.variables:
             name = slot.name.split("/")[-1]
             for prefix, variable in prefixes:
                 if name.startswith(prefix):
                     owner.setdefault(id(variable), []).append(slot)
                     break
+            else:
+                unowned.append(slot)
+        for slot in unowned:      # factored statistics (Adafactor's row/column slots) carry no variable path
+            shape = tuple(slot.shape)
+            for unit in self.units:
+                kernel_shape = tuple(unit.kernel.shape)
+                if len(shape) and shape in (kernel_shape[:-1], kernel_shape[:-2] + kernel_shape[-1:]):
+                    self._warn_once(
+                        ("factored", unit.key),
+                        f"{type(self.inner_optimizer).__name__} keeps a slot {slot.name!r} of shape {shape} for "
+                        f"kernel {unit.key!r} {kernel_shape}: it cannot be reset per position, so grown weights "
+                        "start with the statistics of their row/column.")
         for unit in self.units:
             unit.slots = []
             for slot in owner.get(id(unit.kernel), []):
