@@ -4,8 +4,8 @@ Like ``keras.optimizers.LossScaleOptimizer``, it owns an inner optimizer, serial
 its own variables (one 0/1 mask per masked kernel, the method's per-kernel state, counters) next to the inner
 optimizer's in the ``.keras`` file. Each ``apply`` (what ``fit``'s step and ``optimizer.apply_gradients`` call):
 
-1. masks the gradients of the masked kernels (so gradient clipping and the optimizer's slots see the sparse
-   network), keeping the dense gradients for methods that score with them (RigL, SNFS);
+1. keeps the dense gradients of the masked kernels for methods that score with them (RigL, SNFS), and masks
+   them only when the inner optimizer clips by a norm over the tensor (so that norm is the sparse network's);
 2. applies the inner optimizer (EMA, gradient accumulation, weight decay and constraints included);
 3. in cross-replica context: re-applies every mask to its kernel (so pruned weights are exactly zero after every
    step, whatever the inner optimizer did, and again after ``set_weights``/``load_weights``), lets the method
@@ -134,6 +134,11 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         self._set("_fit_ended", True)
         self._set("_epoch_start_step", None)
         self._set("_warned", set())
+        # Pruned weights are re-masked after every step, so their gradients need no masking, except where the
+        # inner optimizer scales gradients by a norm taken over the whole tensor: that norm must be the sparse
+        # network's. (Slots at pruned positions may then hold values; they are reset when a position grows.)
+        self._set("_mask_gradients", bool(getattr(inner_optimizer, "clipnorm", None)
+                                          or getattr(inner_optimizer, "global_clipnorm", None)))
 
     def _set(self, name, value):
         """Plain attribute (no Keras or TensorFlow tracking of lists/dicts of non-variables)."""
@@ -332,7 +337,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             index = self._unit_index.get(id(variable))
             if index is not None and gradient is not None:
                 unit_grads[index] = gradient
-                gradient = _mask_gradient(gradient, tf_variable(self.units[index].mask))
+                if self._mask_gradients:
+                    gradient = _mask_gradient(gradient, tf_variable(self.units[index].mask))
             masked.append(gradient)
         if not self.method.uses_gradient:
             unit_grads = [None] * len(self.units)
@@ -426,7 +432,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
                                       {k: tf_variable(v) for k, v in unit.state.items()}), group=False)
 
         if method.changes_topology:
-            is_update = self.schedule.is_update_step(step, end_step)
+            is_update = self.schedule.is_update_step(step, self.end_step)
 
             def update_all():
                 for unit, gradient in zip(self.units, unit_grads):

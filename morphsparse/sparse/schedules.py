@@ -138,6 +138,15 @@ class UpdateSchedule:
 
     def is_update_step(self, step, model_end_step):
         step = tf.cast(step, tf.int64)
+        if isinstance(model_end_step, (int, np.integer)) or self.end_step is not None:
+            # The end is a Python number: decide what can be decided now, so that the traced step holds only
+            # the few scalar ops it needs (this runs on every training step).
+            end = self.end_step if self.end_step is not None else int(model_end_step)
+            on_period = tf.equal((step - self.begin_step) % self.update_every, 0) if self.begin_step else \
+                tf.equal(step % self.update_every, 0)
+            if self.begin_step:
+                on_period = on_period & (step >= self.begin_step)
+            return on_period if end < 0 else on_period & (step < end)
         end = self.resolve_end(model_end_step)
         return ((step >= self.begin_step) & ((end < 0) | (step < end))
                 & tf.equal((step - self.begin_step) % self.update_every, 0))
