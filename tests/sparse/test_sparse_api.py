@@ -348,3 +348,19 @@ def test_xla_compiled_step_gives_the_same_masks():
         _assert_exact(optimizer)
     for key in runs[0]:
         np.testing.assert_array_equal(runs[0][key], runs[1][key])
+
+
+def test_norm_clipping_sees_the_sparse_networks_gradient():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, use_bias=False, name="lin")])
+    optimizer = mss.sparse_optimizer(model, keras.optimizers.SGD(1.0, global_clipnorm=1e-3), 0.6, "static")
+    unit = optimizer.units[0]
+    mask, before = _np(unit.mask), _np(unit.kernel).copy()
+    x = np.random.default_rng(1).normal(size=(8, 6)).astype("float32")
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.square(model(x) - 1.0))
+    gradient = _np(tape.gradient(loss, model.trainable_variables)[0])
+    optimizer.apply_gradients(zip([tf.constant(gradient)], model.trainable_variables))
+    sparse_gradient = gradient * mask
+    expected = before - sparse_gradient * (1e-3 / np.linalg.norm(sparse_gradient))
+    np.testing.assert_allclose(_np(unit.kernel), expected, rtol=1e-5, atol=1e-8)
