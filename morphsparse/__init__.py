@@ -70,16 +70,26 @@ def _register_saved_classes():
     import importlib.util
 
     class _AfterKeras(importlib.abc.MetaPathFinder):
+        searching = False
+
         def find_spec(self, name, path=None, target=None):
-            if name != "keras":
+            # TensorFlow also calls importlib.util.find_spec("keras") without importing it: patch every spec,
+            # and leave sys.meta_path only once Keras has really been executed.
+            if name != "keras" or self.searching:
                 return None
-            sys.meta_path.remove(self)
-            spec = importlib.util.find_spec("keras")
+            self.searching = True
+            try:
+                spec = importlib.util.find_spec("keras")
+            finally:
+                self.searching = False
             if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
                 return spec
             execute = spec.loader.exec_module
+            finder = self
 
             def exec_module(module):
+                if finder in sys.meta_path:
+                    sys.meta_path.remove(finder)
                 execute(module)
                 import_module("morphsparse.sparse")
 

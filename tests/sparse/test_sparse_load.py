@@ -73,8 +73,9 @@ print("ok", int(sparse.iterations))
 """
 
 
-@pytest.mark.parametrize("imports", ["import morphsparse\nimport keras", "import keras\nimport morphsparse"],
-                         ids=["morphsparse-first", "keras-first"])
+@pytest.mark.parametrize("imports", ["import morphsparse\nimport keras", "import keras\nimport morphsparse",
+                                     "import morphsparse\nimport tensorflow\nimport keras"],
+                         ids=["morphsparse-first", "keras-first", "morphsparse-then-tensorflow"])
 def test_checkpoint_loads_in_a_fresh_process_after_import_morphsparse(checkpoint, imports):
     folder, _, _ = checkpoint
     done = _python(LOAD_AND_TRAIN.format(imports=imports), folder)
