@@ -329,7 +329,9 @@ def _warn_rounding(shapes, sparsities, sparsity, overrides):
         return
     wanted = total * (1.0 - sparsity)
     kept = sum(kept_count(size, sparsities[key]) for key, size in sizes.items())
-    if kept > 1.05 * wanted + 0.5:
+    # Only the floor of one weight per kernel matters here; ordinary rounding adds under one weight per kernel.
+    clamped = [key for key, size in sizes.items() if (1.0 - sparsities[key]) * size < 1.0]
+    if clamped and kept > 1.05 * wanted + 0.5:
         warnings.warn(f"sparsity={sparsity} asks to keep {wanted:.1f} of {total:,} weights, but each kernel keeps "
                       f"at least one weight (whole counts): the masks keep {kept} (sparsity "
                       f"{1 - kept / total:.6f}). Higher sparsities give the same masks.", UserWarning, stacklevel=4)
