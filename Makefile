@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast data conformance clean
+.PHONY: demo test test-fast data conformance tfmot-venv step-overhead clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,19 @@ test-fast: $(STAMP)
 
 conformance: $(STAMP)
 	$(BIN)/python benchmarks/conformance.py
+
+# The tensorflow-model-optimization peer for benchmarks/step_overhead.py, in its own virtual environment
+# (it needs tf_keras, which must not share an environment with Keras 3 training code).
+TFMOT_VENV := benchmarks/.venv-tfmot
+$(TFMOT_VENV)/.installed:
+	$(PY) -m venv $(TFMOT_VENV)
+	$(TFMOT_VENV)/bin/pip install -q "tensorflow-model-optimization==0.8.1" "tf-keras==2.21.*" "tensorflow-cpu==2.21.*"
+	touch $@
+
+tfmot-venv: $(TFMOT_VENV)/.installed
+
+step-overhead: $(STAMP) tfmot-venv
+	$(BIN)/python benchmarks/step_overhead.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -66,9 +66,9 @@ def evaluate(model, data):
     return float(model.evaluate(x_test, y_test, batch_size=1000, verbose=0)[1])
 
 
-def check_masks(sparse):
+def check_masks(model):
     """The invariant every method must end with: exact counts, pruned weights exactly zero."""
-    for unit in sparse.units:
+    for unit in mss.find_sparse_optimizer(model).units:
         mask = keras.ops.convert_to_numpy(unit.mask)
         assert int(mask.sum()) == mss.kept_count(mask.size, unit.sparsity), unit.key
         assert not np.any(keras.ops.convert_to_numpy(unit.kernel)[mask == 0]), unit.key
@@ -96,9 +96,11 @@ def run_rigl(sparsity, data, epochs, seed):
 def run_gap(sparsity, data, epochs, seed, rounds):
     (x_train, y_train), _ = data
     keras.utils.set_random_seed(seed)
-    sparse = mss.sparsify(rigl_study.build_mlp(), sparsity, "gap", "erk", partitions=3, rounds=rounds, seed=seed,
-                          rescale_init=True)
-    sparse.compile(sgd(steps_for(epochs, len(x_train))), LOSS, metrics=["accuracy"])
+    sparse = rigl_study.build_mlp()
+    steps = steps_for(epochs, len(x_train))
+    optimizer = mss.sparse_optimizer(sparse, sgd(steps), sparsity, "gap", "erk", partitions=3, rounds=rounds,
+                                     total_steps=steps, seed=seed, rescale_init=True)
+    sparse.compile(optimizer, LOSS, metrics=["accuracy"])
     monitor = mss.PeakParameterMonitor()
     started = time.perf_counter()
     sparse.fit(x_train, y_train, batch_size=BATCH, epochs=epochs, verbose=0, callbacks=[monitor])
@@ -135,9 +137,11 @@ def run_snip(sparsity, data, epochs, seed):
     (x_train, y_train), _ = data
     keras.utils.set_random_seed(seed)
     started = time.perf_counter()
-    sparse = mss.sparsify(rigl_study.build_mlp(), sparsity, "snip", "erk", data=(x_train, y_train), loss=LOSS,
-                          batches=1, batch_size=BATCH, seed=seed, rescale_init=True)
-    sparse.compile(sgd(steps_for(epochs, len(x_train))), LOSS, metrics=["accuracy"])
+    sparse = rigl_study.build_mlp()
+    optimizer = mss.sparse_optimizer(sparse, sgd(steps_for(epochs, len(x_train))), sparsity, "snip", "erk",
+                                     data=(x_train, y_train), loss=LOSS, batches=1, batch_size=BATCH, seed=seed,
+                                     rescale_init=True)
+    sparse.compile(optimizer, LOSS, metrics=["accuracy"])
     monitor = mss.PeakParameterMonitor()
     sparse.fit(x_train, y_train, batch_size=BATCH, epochs=epochs, verbose=0, callbacks=[monitor])
     seconds = time.perf_counter() - started

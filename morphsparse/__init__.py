@@ -19,9 +19,8 @@ _EXPORTS = {
     "count_flops": "costs", "count_macs": "costs", "count_params": "costs", "cost_report": "costs",
     "CostReport": "costs",
     # unstructured sparse training
-    "sparsify": "sparse", "apply_sparse_gradients": "sparse", "strip": "sparse", "sparsity_report": "sparse",
-    "SparseModel": "sparse", "SparseWrapper": "sparse", "SparsityMonitor": "sparse", "SparsityReport": "sparse",
-    "register_updater": "sparse", "MaskUpdater": "sparse", "DropGrow": "sparse",
+    "sparse_optimizer": "sparse", "SparseOptimizer": "sparse", "apply_masks": "sparse", "strip": "sparse",
+    "sparsity_report": "sparse", "SparsityReport": "sparse", "register_updater": "sparse", "MaskUpdater": "sparse", "DropGrow": "sparse",
     "UpdateSchedule": "sparse", "PolynomialSchedule": "sparse", "layer_sparsities": "sparse",
     "lottery_ticket": "sparse", "LotteryTicket": "sparse", "parallel_gap": "sparse", "ParallelGap": "sparse",
     "GaP": "sparse", "SNIP": "sparse", "gap_phase": "sparse", "planned_peak_parameters": "sparse",
@@ -57,3 +56,51 @@ def __getattr__(name):
 
 def __dir__():
     return sorted(set(globals()) | set(_EXPORTS))
+
+
+def _register_saved_classes():
+    """Make ``keras.saving.load_model`` find the classes morphsparse writes into ``.keras`` files (the
+    ``SparseOptimizer``, its methods and schedules) right after ``import morphsparse``.
+
+    Registering them means importing ``morphsparse.sparse``, hence Keras and TensorFlow. To keep
+    ``import morphsparse`` cheap, that happens now only if Keras is already imported, else as soon as it is.
+    """
+    import sys
+
+    if "keras" in sys.modules:
+        import_module("morphsparse.sparse")
+        return
+    import importlib.abc
+    import importlib.util
+
+    class _AfterKeras(importlib.abc.MetaPathFinder):
+        searching = False
+
+        def find_spec(self, name, path=None, target=None):
+            # TensorFlow also calls importlib.util.find_spec("keras") without importing it: patch every spec,
+            # and leave sys.meta_path only once Keras has really been executed.
+            if name != "keras" or self.searching:
+                return None
+            self.searching = True
+            try:
+                spec = importlib.util.find_spec("keras")
+            finally:
+                self.searching = False
+            if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+                return spec
+            execute = spec.loader.exec_module
+            finder = self
+
+            def exec_module(module):
+                if finder in sys.meta_path:
+                    sys.meta_path.remove(finder)
+                execute(module)
+                import_module("morphsparse.sparse")
+
+            spec.loader.exec_module = exec_module
+            return spec
+
+    sys.meta_path.insert(0, _AfterKeras())
+
+
+_register_saved_classes()

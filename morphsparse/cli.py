@@ -23,7 +23,15 @@ def load_model_arg(spec, input_size=None, classes=None):
     import keras
 
     if os.path.exists(spec):
-        return keras.saving.load_model(spec, compile=False)
+        # compile=False: the architecture and weights are what the commands read; a training checkpoint's
+        # optimizer (e.g. morphsparse's SparseOptimizer) is not needed for that.
+        try:
+            return keras.saving.load_model(spec, compile=False)
+        except Exception as err:  # noqa: BLE001 - any failure to read the file is reported in one line
+            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if len(message) > 300:
+                message = message[:300] + "..."
+            raise SystemExit(f"morphsparse: cannot load {spec}: {type(err).__name__}: {message}") from None
     constructor = getattr(keras.applications, spec, None)
     if constructor is None or not callable(constructor) or not spec[:1].isupper():
         raise SystemExit(f"morphsparse: '{spec}' is neither a model file nor a keras.applications constructor "

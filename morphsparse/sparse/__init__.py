@@ -1,25 +1,28 @@
-"""Unstructured sparse training (the RigL family) for Keras 3.
+"""Unstructured sparse training (the RigL family) for Keras 3, as an optimizer wrapper.
 
     import morphsparse as ms
-    sparse = ms.sparsify(model, sparsity=0.9, method="rigl", distribution="erk")
-    sparse.compile(...); sparse.fit(...)        # the model's own step updates the masks
-    ms.sparsity_report(sparse); plain = ms.strip(sparse)
+    optimizer = ms.sparse_optimizer(model, keras.optimizers.SGD(0.05, momentum=0.9), sparsity=0.9,
+                                    method="rigl", total_steps=epochs * steps_per_epoch)
+    model.compile(optimizer=optimizer, loss=...)   # model stays the same keras.Model
+    model.fit(...)                                 # logs gain sparsity, mask_changes, alive_params
+    ms.sparsity_report(model); plain = ms.strip(model)
 
 See docs/sparse_training.md.
 """
 
-from .api import KernelReport, SparsityReport, apply_sparse_gradients, sparsify, sparsity_report, strip
-from .callbacks import SparsityMonitor
+from .api import (KernelReport, SparsityReport, apply_masks, copy_model, sparse_optimizer, sparsity_report,
+                  strip)
 from .distributions import (Distribution, ErdosRenyi, ErdosRenyiKernel, Uniform, get_distribution,
                             layer_sparsities, register_distribution)
+from .kernels import MASKED_KERNELS, maskable_kernels
 from .masks import Unstructured, kept_count, stable_hash
-from .model import SparseModel, UnsupportedOptimizerError
+from .metrics import SparseTrainingMetrics
+from .optimizer import SparseOptimizer, find_sparse_optimizer
 from .schedules import (ConstantDropFraction, CosineDropFraction, DropFraction, InversePowerDropFraction,
                         PolynomialSchedule, PruningScheduleAdapter, UpdateSchedule)
 from .updaters import (SET, SNFS, DropGrow, KernelView, Magnitude, MaskUpdater, RigL, Static, UpdateContext,
                        get_updater, register_updater, UPDATERS)
 from .updaters import Dense as DenseBaseline
-from .wrappers import SparseWrapper
 # GaP, SNIP and lottery tickets (issue 5): importing them registers method="gap" and method="snip".
 from .footprint import LiveCounts, PeakParameterMonitor, live_parameters
 from .gap import (GaP, GapPhase, GapSchedule, ParallelGap, gap_phase, parallel_gap, planned_peak_parameters,
@@ -28,8 +31,9 @@ from .lottery import LotteryTicket, WeightSnapshot, lottery_ticket, prune_by_mag
 from .snip import SNIP, connection_sensitivity
 
 __all__ = [
-    "sparsify", "apply_sparse_gradients", "strip", "sparsity_report", "SparsityReport", "KernelReport",
-    "SparsityMonitor", "SparseModel", "SparseWrapper", "UnsupportedOptimizerError",
+    "sparse_optimizer", "SparseOptimizer", "apply_masks", "strip", "sparsity_report", "SparsityReport",
+    "KernelReport", "SparseTrainingMetrics", "find_sparse_optimizer", "copy_model", "MASKED_KERNELS",
+    "maskable_kernels",
     "Distribution", "Uniform", "ErdosRenyi", "ErdosRenyiKernel", "layer_sparsities", "get_distribution",
     "register_distribution", "Unstructured", "kept_count", "stable_hash",
     "UpdateSchedule", "PolynomialSchedule", "PruningScheduleAdapter", "DropFraction", "ConstantDropFraction",

@@ -1,61 +1,63 @@
-"""The user-facing calls: ``sparsify``, ``apply_sparse_gradients``, ``strip`` and ``sparsity_report``."""
+"""The user-facing calls: ``sparse_optimizer``, ``apply_masks``, ``strip`` and ``sparsity_report``."""
 
 from __future__ import annotations
 
-import fnmatch
+import math
+import warnings
 from dataclasses import dataclass, field
 
 import keras
 import numpy as np
 
-from .distributions import layer_sparsities
-from .model import SparseModel, build_by_calling, find_sparse_model, layer_tree
-from .schedules import get_schedule
+from .distributions import get_distribution, layer_sparsities
+from .kernels import (build_by_calling, is_kernel_like, kernel_variable, layer_tree, maskable_kernels, matches,
+                      output_positions, own_weights)
+from .masks import kept_count
+from .optimizer import SparseOptimizer, find_sparse_optimizer
+from .schedules import PolynomialSchedule, fraction, get_schedule, whole_number
 from .updaters import DropGrow, KernelView, MaskUpdater, get_updater, updater_class
-from .wrappers import kernel_variable, maskable_kernels
 
 
 def _check_sparsity(value, what="sparsity"):
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{what} must be a number in [0, 1), got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{what} must be a number in [0, 1), got {value!r}")
+    value = float(value)
     if not 0.0 <= value < 1.0:
         raise ValueError(f"{what} must be in [0, 1) (the fraction of weights removed), got {value}")
     return value
 
 
 def copy_model(model):
-    """A copy of ``model`` with its own weights (same values); None when Keras cannot rebuild it."""
-    if isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False):
-        clone = keras.models.clone_model(model)
-    else:
-        try:
-            clone = type(model).from_config(model.get_config())
-        except Exception:  # a subclassed model without a usable get_config
-            return None
-        build_config = model.get_build_config() if model.built else None
-        if build_config:
-            clone.build_from_config(build_config)
-            try:
-                build_by_calling(clone)
-            except Exception:  # noqa: BLE001 - cannot rebuild: the caller falls back to the original
-                return None
+    """An uncompiled copy of ``model`` with its own weights (same values); None when Keras cannot rebuild it.
+
+    Built from the model's config (not ``keras.models.clone_model``, which also compiles the copy with the
+    model's optimizer): the copy holds no optimizer, so a stripped copy loads without morphsparse.
+    """
+    try:
+        clone = type(model).from_config(model.get_config())
+    except Exception:  # noqa: BLE001 - a subclassed model without a usable get_config
+        return None
+    build_config = model.get_build_config() if model.built else None
+    if not clone.built and build_config:
+        clone.build_from_config(build_config)
+    try:
+        build_by_calling(clone)
+    except Exception:  # noqa: BLE001 - cannot rebuild: the caller falls back
+        return None
     if len(clone.weights) != len(model.weights):
         return None
     clone.set_weights(model.get_weights())
     return clone
 
 
-def _matches(pattern: str, path: str, layer) -> bool:
-    return fnmatch.fnmatchcase(layer.name, pattern) or fnmatch.fnmatchcase(path, pattern)
-
-
 def _select(patterns, candidates, what):
     """``{path: layer}`` of candidates matched by any pattern; every pattern must match something."""
+    if isinstance(patterns, str):
+        raise TypeError(f"{what} must be a list of layer names or globs, got the string {patterns!r}; write "
+                        f"{what}=[{patterns!r}]")
     selected = {}
     for pattern in patterns:
-        hits = {path: layer for path, layer in candidates.items() if _matches(pattern, path, layer)}
+        hits = {path: layer for path, layer in candidates.items() if matches(pattern, path, layer)}
         if not hits:
             raise ValueError(f"{what} names {pattern!r}, which matches no sparsifiable layer; sparsifiable "
                              f"layers are: {sorted(candidates)}")
@@ -63,170 +65,325 @@ def _select(patterns, candidates, what):
     return selected
 
 
-def sparsify(model, sparsity: float = 0.9, method="rigl", distribution="erk", *, power: float = 1.0,
-             layer_sparsity: dict | None = None, keep_dense=(), first_layer_dense: bool = False,
-             mask_separable_depthwise: bool = False, update_every: int = 100, begin_step: int = 0,
-             end_step: int | None = None, total_steps: int | None = None, end_fraction: float = 0.75,
-             drop_fraction: float = 0.3, drop_fraction_schedule="cosine", schedule=None,
-             skip_optimizer_step: bool = False, allow_unknown_optimizer: bool = False, seed: int = 0,
-             rescale_init: bool = False, copy: bool = True, **method_options) -> SparseModel:
-    """Return a ``SparseModel`` that trains ``model`` with masked kernels.
+def _include_spec(include, tree):
+    """``{path: (weight names)}`` of the extra (custom) layers ``include`` names."""
+    if isinstance(include, str):
+        raise TypeError(f"include must be a list of layer names or a dict {{name: [weight names]}}, got the "
+                        f"string {include!r}; write include=[{include!r}]")
+    items = include.items() if isinstance(include, dict) else [(name, ("kernel",)) for name in include]
+    found = {}
+    for pattern, names in items:
+        names = (names,) if isinstance(names, str) else tuple(names)
+        hits = {path: layer for path, layer in tree.items()
+                if matches(pattern, path, layer) and not isinstance(layer, keras.Model)}
+        if not hits:
+            raise ValueError(f"include names {pattern!r}, which matches no layer of the model; layers are: "
+                             f"{sorted(tree)}")
+        for path, layer in hits.items():
+            for name in names:
+                variable = kernel_variable(layer, name)       # raises, naming the layer's weights
+                if len(variable.shape) < 2:
+                    raise ValueError(f"include: {path}/{name} has shape {tuple(variable.shape)}; only weights "
+                                     "of rank >= 2 can be masked")
+            found[path] = names
+    return found
+
+
+def sparse_optimizer(model, optimizer, sparsity: float = 0.9, method="rigl", distribution="erk", *,
+                     power: float | None = None, layer_sparsity: dict | None = None, keep_dense=(), include=(),
+                     first_layer_dense: bool = False, mask_separable_depthwise: bool = False,
+                     update_every: int | None = None, begin_step: int = 0, end_step: int | None = None,
+                     total_steps: int | None = None, end_fraction: float = 0.75, drop_fraction: float | None = None,
+                     drop_fraction_schedule=None, schedule=None, skip_optimizer_step: bool = False, seed: int = 0,
+                     rescale_init: bool = False, **method_options):
+    """Make ``model`` train sparse: prune its kernels now and return the optimizer that keeps them sparse.
+
+        optimizer = ms.sparse_optimizer(model, keras.optimizers.SGD(0.05, momentum=0.9), sparsity=0.9,
+                                        method="rigl", total_steps=epochs * steps_per_epoch)
+        model.compile(optimizer=optimizer, loss=..., metrics=[...])
+        model.fit(...)                      # as often as you like; custom loops: optimizer.apply_gradients()
+
+    ``model`` stays the same object (Sequential, functional, nested or subclassed), with no wrapper layer: its
+    masked kernels hold exact zeros at pruned positions from now on. The returned ``SparseOptimizer`` wraps
+    ``optimizer`` and holds the masks; ``fit``'s logs get ``sparsity``, ``mask_changes`` and ``alive_params``.
 
     Args:
-        model: a built Keras model: Sequential, functional, nested or subclassed. Its kernels of Dense,
-            Conv1D/2D/3D, Conv*Transpose, SeparableConv (pointwise), DepthwiseConv, Embedding and EinsumDense
-            layers (and subclasses) are masked; biases and normalisation weights never are.
+        model: a built Keras model. Kernels of Dense, Conv1D/2D/3D, Conv*Transpose, SeparableConv (pointwise),
+            DepthwiseConv, Embedding and EinsumDense layers (and subclasses) are masked; biases and
+            normalisation weights never are. Other layers with weights of rank >= 2 are listed in a warning.
+        optimizer: the optimizer to wrap (an instance, or a name such as ``"adam"``). A
+            ``LossScaleOptimizer`` is kept outside: its inner optimizer is wrapped.
         sparsity: target fraction of zeros over all masked kernels, in [0, 1).
-        method: ``"rigl"``, ``"set"``, ``"snfs"``, ``"static"``, ``"magnitude"``, ``"dense"``, any name added
-            with ``register_updater``, or a ``MaskUpdater`` instance.
+        method: ``"rigl"``, ``"set"``, ``"snfs"``, ``"static"``, ``"magnitude"``, ``"dense"``, ``"gap"``,
+            ``"snip"``, a name added with ``register_updater``, or a ``MaskUpdater`` instance.
         distribution: ``"erk"`` (with ``power``), ``"er"``, ``"uniform"``, or a callable
             ``({key: shape}, sparsity) -> {key: sparsity}``.
         layer_sparsity: ``{layer name or glob: sparsity}`` overrides, outside the distribution's budget.
         keep_dense: layer names or globs left dense (not masked, outside the budget).
+        include: names or globs of other (custom) layers whose ``kernel`` is masked too, or
+            ``{name: [weight names]}``.
         first_layer_dense: leave the first masked layer dense (the official RigL code does for uniform).
         mask_separable_depthwise: also mask the depthwise kernels of SeparableConv layers.
-        update_every, begin_step, end_step: masks change every ``update_every`` steps from ``begin_step``
-            until ``end_step``. ``end_step=None`` is ``end_fraction`` of ``total_steps`` if given, else of the
-            first ``fit``.
-        drop_fraction, drop_fraction_schedule: initial fraction replaced per update and its decay
-            (``"cosine"``, ``"constant"``, ``"inverse_power"`` or a ``DropFraction``).
+        update_every, begin_step, end_step: masks change every ``update_every`` (default 100) steps from
+            ``begin_step`` while ``step < end_step``.
+        total_steps: the length of the whole training in steps (over all ``fit`` calls); ``end_step`` defaults
+            to ``end_fraction`` (75%) of it. With neither, masks keep changing for the whole of training (a
+            warning says so).
+        drop_fraction, drop_fraction_schedule: initial fraction replaced per update (default 0.3) and its decay
+            (``"cosine"`` default, ``"constant"``, ``"inverse_power"`` or a ``DropFraction``); drop/grow
+            methods only.
         schedule: an ``UpdateSchedule`` (``PolynomialSchedule`` for magnitude pruning) or a
             tensorflow-model-optimization ``PolynomialDecay``/``ConstantSparsity`` object.
         skip_optimizer_step: on update steps skip the optimizer step (official RigL order) instead of applying
             it before the update (default; also the only choice under tf.distribute).
-        allow_unknown_optimizer: allow optimizers whose slots cannot be zeroed for grown weights.
         seed: base seed; each kernel's randomness also depends on a stable hash of its path.
-        rescale_init: divide each masked kernel by sqrt(its density) once, at sparsification, so that the
-            sparse layers start with the activation scale of the dense initialiser (sparse-aware init).
-        copy: train a copy (default) so that ``model`` keeps its dense weights. A subclassed model that Keras
-            cannot rebuild from its config is used in place.
+        rescale_init: divide each masked kernel by sqrt(its density) once (sparse-aware initialisation).
         method_options: extra constructor arguments of the method (e.g. ``decay`` for SNFS).
     """
-    sparsity = _check_sparsity(sparsity)
-    if isinstance(model, SparseModel):
-        raise ValueError("This model is already sparse; call strip() first to start again from its weights")
     if not isinstance(model, keras.Model):
-        raise TypeError(f"sparsify expects a keras.Model, got {type(model).__name__}")
+        raise TypeError(f"sparse_optimizer expects a keras.Model as model=, got {type(model).__name__}")
     if not model.built:
-        raise ValueError(f"Model {model.name!r} is not built; call it on a batch or build(input_shape) first")
-    build_by_calling(model)
-    options = dict(method_options)
-    if not isinstance(method, MaskUpdater) and issubclass(updater_class(method), DropGrow):
-        options.setdefault("drop_fraction", drop_fraction)
-        options.setdefault("drop_fraction_schedule", drop_fraction_schedule)
-    updater = get_updater(method, **options)
-    sparse_schedule = get_schedule(schedule, updater.default_schedule(update_every, begin_step, end_step))
-    if end_step is None and total_steps is not None:
-        end_step = int(end_fraction * int(total_steps))
+        raise ValueError(f"model {model.name!r} is not built; call it on a batch or build(input_shape) first")
+    sparsity = _check_sparsity(sparsity)
+    if find_sparse_optimizer(model, required=False) is not None:
+        raise ValueError(f"model {model.name!r} is already sparse (it has a SparseOptimizer); sparsify a fresh "
+                         "model, or ms.strip(model) for a dense copy to start again from")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be a whole number, got {seed!r} ({type(seed).__name__})")
+    outer, inner = _split_loss_scale(optimizer)
 
-    inner = copy_model(model) if copy else None
-    inner = model if inner is None else inner
-    tree = layer_tree(inner)
+    updater = _resolve_method(method, method_options, drop_fraction, drop_fraction_schedule)
+    if power is not None:
+        if not (isinstance(distribution, str) and distribution.lower() == "erk"):
+            raise ValueError(f"power={power!r} applies only to distribution='erk', not distribution="
+                             f"{distribution!r}")
+        power = fraction(power, "power", 0.0, math.inf)
+    end_fraction = fraction(end_fraction, "end_fraction", 0.0, 1.0, low_open=True)
+    total_steps = whole_number(total_steps, "total_steps", 1, allow_none=True)
+    end_step = whole_number(end_step, "end_step", 1, allow_none=True)
+    begin_step = whole_number(begin_step, "begin_step", 0)
+    if update_every is not None:
+        whole_number(update_every, "update_every", 1)
+        if schedule is not None:
+            raise ValueError("give update_every= or schedule=, not both (the schedule says when masks change)")
+        if not updater.changes_topology or updater.name == "gap":
+            raise ValueError(f"update_every={update_every!r} has no effect with method={updater.name!r}: "
+                             + ("its mask never changes" if not updater.changes_topology else
+                                "GaP's phases are set by steps_per_phase, rounds and partitions"))
+    if end_step is not None and total_steps is not None:
+        raise ValueError(f"give end_step= or total_steps=, not both (end_step defaults to end_fraction * "
+                         f"total_steps); got end_step={end_step}, total_steps={total_steps}")
+    if end_step is None and total_steps is not None:
+        end_step = max(int(end_fraction * total_steps), 1)
+    if end_step is not None and end_step <= begin_step:
+        raise ValueError(f"begin_step={begin_step} must come before end_step={end_step}: no mask update would "
+                         "ever happen")
+    sparse_schedule = get_schedule(schedule, updater.default_schedule(update_every or 100, begin_step, None))
+    if (isinstance(sparse_schedule, PolynomialSchedule) or getattr(sparse_schedule, "needs_end", False)) \
+            and sparse_schedule.end_step is None and end_step is None:
+        raise ValueError(f"method={updater.name!r} needs to know when its schedule ends: pass total_steps= (the "
+                         "whole training, in steps) or end_step=")
+
+    build_by_calling(model)
+    plan = _plan(model, sparsity, distribution, power, layer_sparsity, keep_dense, include, first_layer_dense,
+                 mask_separable_depthwise, updater)
+    with model.distribute_strategy.scope():
+        sparse = SparseOptimizer(inner, kernels=plan, method=updater, schedule=sparse_schedule, seed=seed,
+                                 end_step=end_step, skip_optimizer_step=skip_optimizer_step)
+        sparse.bind_model(model)
+        sparse.build(model.trainable_variables)
+        masks = {}
+        for unit in sparse.units:
+            mask = updater.initial_mask(tuple(unit.kernel.shape), unit.sparsity, unit.key_hash, seed)
+            masks[unit.key] = mask
+            density = float(mask.mean())
+            if rescale_init and 0.0 < density < 1.0:
+                unit.kernel.assign(unit.kernel * (1.0 / np.sqrt(density)))
+        sparse.set_masks(masks)
+    if outer is None:
+        return sparse
+    return keras.optimizers.LossScaleOptimizer(sparse, initial_scale=outer.initial_scale,
+                                               dynamic_growth_steps=outer.dynamic_growth_steps, name=outer.name)
+
+
+def _split_loss_scale(optimizer):
+    if isinstance(optimizer, SparseOptimizer):
+        raise ValueError("optimizer= is already a SparseOptimizer; pass the plain optimizer to wrap")
+    try:
+        optimizer = keras.optimizers.get(optimizer)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"optimizer must be a keras optimizer or its name (e.g. 'adam'), got {optimizer!r}: "
+                         f"{err}") from None
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return optimizer, optimizer.inner_optimizer
+    if getattr(optimizer, "built", False):
+        raise ValueError(f"optimizer {optimizer.name!r} was already built (used) for other variables; pass a "
+                         "fresh optimizer")
+    return None, optimizer
+
+
+def _resolve_method(method, options, drop_fraction, drop_fraction_schedule):
+    cls = updater_class(method)
+    if isinstance(method, MaskUpdater):
+        given = {name: value for name, value in (("drop_fraction", drop_fraction),
+                                                 ("drop_fraction_schedule", drop_fraction_schedule))
+                 if value is not None}
+        given.update(options)
+        if given:
+            raise ValueError(f"{', '.join(f'{k}={v!r}' for k, v in given.items())} cannot be applied to the "
+                             f"method instance {type(method).__name__}; pass them to its constructor")
+        return method
+    options = dict(options)
+    if issubclass(cls, DropGrow):
+        options["drop_fraction"] = 0.3 if drop_fraction is None else drop_fraction
+        options["drop_fraction_schedule"] = ("cosine" if drop_fraction_schedule is None
+                                             else drop_fraction_schedule)
+    else:
+        for name, value in (("drop_fraction", drop_fraction), ("drop_fraction_schedule", drop_fraction_schedule)):
+            if value is not None:
+                raise ValueError(f"{name}={value!r} has no effect with method={method!r}: only drop/grow methods "
+                                 "(rigl, set, snfs) replace a fraction of weights")
+    try:
+        return get_updater(method, **options)
+    except TypeError as err:
+        raise TypeError(f"method={method!r} does not take the option(s) {sorted(options)}: {err}") from None
+
+
+def _plan(model, sparsity, distribution, power, layer_sparsity, keep_dense, include, first_layer_dense,
+          mask_separable_depthwise, updater):
+    """One spec per masked kernel: ``{"key", "layer", "weight", "variable", "sparsity"}``."""
+    tree = layer_tree(model)
+    extra = _include_spec(include, tree)
     candidates = {path: layer for path, layer in tree.items()
-                  if maskable_kernels(layer) and not isinstance(layer, keras.Model)}
+                  if (maskable_kernels(layer) and not isinstance(layer, keras.Model)) or path in extra}
+    frozen = [path for path, layer in candidates.items() if not layer.trainable
+              or not any(kernel_variable(layer, n).trainable for n in _names(layer, path, extra, False))]
     if not candidates:
-        raise ValueError(f"Model {model.name!r} has nothing to sparsify: no Dense, Conv, SeparableConv, "
-                         "DepthwiseConv, Embedding or EinsumDense layer (or subclass) was found in it")
-    dense_paths = set(_select(list(keep_dense), candidates, "keep_dense"))
+        raise ValueError(f"model {model.name!r} has nothing to sparsify: no Dense, Conv, SeparableConv, "
+                         "DepthwiseConv, Embedding or EinsumDense layer (or subclass) was found in it; name custom "
+                         "layers with include=")
+    dense_paths = set(_select(keep_dense, candidates, "keep_dense"))
     if first_layer_dense:
         dense_paths.add(next(iter(candidates)))
     overrides = {}
     for pattern, value in (layer_sparsity or {}).items():
         value = _check_sparsity(value, f"layer_sparsity[{pattern!r}]")
         for path in _select([pattern], candidates, "layer_sparsity"):
+            if path in dense_paths:
+                raise ValueError(f"layer {path!r} is named by both keep_dense and layer_sparsity[{pattern!r}]; "
+                                 "give one of them")
             overrides[path] = value
-    masked = {path: layer for path, layer in candidates.items() if path not in dense_paths}
+    skipped_frozen = [p for p in frozen if p not in dense_paths]
+    if skipped_frozen:
+        warnings.warn(f"not masked: layer(s) {skipped_frozen} are frozen (trainable=False), so the optimizer "
+                      "never sees them; unfreeze them before sparse_optimizer(), or list them in keep_dense= to "
+                      "silence this", UserWarning, stacklevel=3)
+    masked = {path: layer for path, layer in candidates.items() if path not in dense_paths and path not in frozen}
     if not masked:
-        raise ValueError("Every sparsifiable layer was kept dense; nothing is left to sparsify")
+        raise ValueError("every sparsifiable layer was kept dense (keep_dense=, first_layer_dense=) or is frozen; "
+                         "nothing is left to sparsify")
+    _warn_unmasked(model, tree, candidates)
 
-    shapes, kernel_overrides = {}, {}
+    shapes, kernel_overrides, specs = {}, {}, []
     for path, layer in masked.items():
-        for name in maskable_kernels(layer, mask_separable_depthwise):
+        for name in _names(layer, path, extra, mask_separable_depthwise):
             key = f"{path}/{name}"
-            shapes[key] = tuple(int(d) for d in kernel_variable(layer, name).shape)
+            variable = kernel_variable(layer, name)
+            shapes[key] = tuple(int(d) for d in variable.shape)
             if path in overrides:
                 kernel_overrides[key] = overrides[path]
+            specs.append({"key": key, "layer": path, "weight": name, "variable": variable.path})
     if updater.forced_sparsity is not None:
         sparsities = {key: float(updater.forced_sparsity) for key in shapes}
     else:
-        sparsities = layer_sparsities(shapes, sparsity, distribution, power, kernel_overrides)
-
-    specs = []
-    for path, layer in masked.items():
-        names = maskable_kernels(layer, mask_separable_depthwise)
-        specs.append({"path": path,
-                      "sparsities": {name: sparsities[f"{path}/{name}"] for name in names},
-                      "keys": {name: f"{path}/{name}" for name in names}})
-    sparse = SparseModel(inner, updater, sparse_schedule, specs, seed=seed, end_step=end_step,
-                         end_fraction=end_fraction, skip_optimizer_step=skip_optimizer_step,
-                         allow_unknown_optimizer=allow_unknown_optimizer, name=f"sparse_{model.name}")
-    sparse.initialize_masks(rescale_weights=rescale_init)
-    return sparse
+        sparsities = _solve(shapes, sparsity, distribution, power, kernel_overrides)
+    for spec in specs:
+        spec["sparsity"] = sparsities[spec["key"]]
+    _warn_rounding(shapes, sparsities, sparsity, kernel_overrides)
+    return specs
 
 
-def apply_sparse_gradients(model, optimizer, gradients, variables=None):
-    """The one per-step call of a custom training loop, in place of ``optimizer.apply_gradients``.
+def _names(layer, path, extra, mask_separable_depthwise):
+    return extra.get(path) or maskable_kernels(layer, mask_separable_depthwise)
 
-    ``model`` is the SparseModel; ``gradients`` are of the loss w.r.t. ``variables`` (default
-    ``model.trainable_variables``), computed as usual with ``tf.GradientTape``. Masks gradients, applies the
-    optimizer and, on update steps, updates the masks. Call it inside ``tf.function``/``strategy.run`` as you
-    would call ``optimizer.apply_gradients``.
-    """
-    return find_sparse_model(model).apply_gradients(optimizer, gradients, variables)
+
+def _solve(shapes, sparsity, distribution, power, overrides):
+    solver = get_distribution(distribution, power)
+    budgeted = {key: shape for key, shape in shapes.items() if key not in overrides}
+    if callable(solver) and not hasattr(solver, "solve") and budgeted:
+        result = solver(dict(budgeted), sparsity)
+        if not isinstance(result, dict) or set(result) != set(budgeted):
+            got = sorted(result) if isinstance(result, dict) else type(result).__name__
+            raise ValueError(f"distribution={distribution!r} must return {{key: sparsity}} for exactly the keys "
+                             f"{sorted(budgeted)}; it returned {got}")
+        for key, value in result.items():
+            _check_sparsity(value, f"distribution()[{key!r}]")
+    return layer_sparsities(shapes, sparsity, solver, power, overrides)
+
+
+def _warn_rounding(shapes, sparsities, sparsity, overrides):
+    """Warn when whole-weight counts make the model noticeably denser than asked (extreme sparsities)."""
+    sizes = {key: int(np.prod(shape)) for key, shape in shapes.items() if key not in overrides}
+    total = sum(sizes.values())
+    if not total or sparsity == 0.0:
+        return
+    wanted = total * (1.0 - sparsity)
+    kept = sum(kept_count(size, sparsities[key]) for key, size in sizes.items())
+    # Only the floor of one weight per kernel matters here; ordinary rounding adds under one weight per kernel.
+    clamped = [key for key, size in sizes.items() if (1.0 - sparsities[key]) * size < 1.0]
+    if clamped and kept > 1.05 * wanted + 0.5:
+        warnings.warn(f"sparsity={sparsity} asks to keep {wanted:.1f} of {total:,} weights, but each kernel keeps "
+                      f"at least one weight (whole counts): the masks keep {kept} (sparsity "
+                      f"{1 - kept / total:.6f}). Higher sparsities give the same masks.", UserWarning, stacklevel=4)
+
+
+def _warn_unmasked(model, tree, candidates):
+    skipped = []
+    for path, layer in tree.items():
+        if path in candidates or isinstance(layer, keras.Model):
+            continue
+        kernels = [w for w in own_weights(layer) if is_kernel_like(w)]
+        if kernels:
+            skipped.append(f"{path} ({type(layer).__name__}: {', '.join(w.name for w in kernels)}, "
+                           f"{sum(int(np.prod(w.shape)) for w in kernels):,} weights)")
+    if skipped:
+        warnings.warn("not masked (no built-in rule for these layers; pass include=[name] to mask a custom "
+                      f"layer's kernel): {'; '.join(skipped)}", UserWarning, stacklevel=4)
+
+
+# ---------------------------------------------------------------------------------------------- masks, strip
+def apply_masks(model):
+    """Zero every pruned weight of a sparse model now (training does it after every step by itself; call this
+    after ``set_weights``/``load_weights`` wrote dense values, before predicting or saving)."""
+    find_sparse_optimizer(model).apply_masks()
+    return model
 
 
 def strip(model):
-    """A plain Keras copy of a SparseModel's network: no wrappers, pruned weights exactly zero."""
-    sparse = find_sparse_model(model)
+    """A plain Keras copy of a sparse model: no optimizer, pruned weights exactly zero (GaP: its grown
+    partition pruned back to target). Loads without morphsparse."""
+    sparse = find_sparse_optimizer(model)
+    network = model if isinstance(model, keras.Model) else sparse.bound_model()
+    if network is None:
+        raise ValueError("strip needs the model: pass the model rather than its optimizer")
     sparse.apply_masks()
-    plain = copy_model(sparse.model)
-    target = sparse.model if plain is None else plain
-    _apply_export_masks(sparse, target, in_place=plain is None)
+    plain = copy_model(network)
+    target = network if plain is None else plain
+    position = {id(w): i for i, w in enumerate(network.weights)}
+    for unit in sparse.units:
+        mask = keras.ops.convert_to_tensor(unit.mask)
+        view = KernelView(unit.key, unit.key_hash, unit.sparsity, keras.ops.convert_to_tensor(unit.kernel),
+                          mask, None, dict(unit.state))
+        exported = sparse.method.export_mask(view)
+        # copy_model keeps the weight order of the original.
+        kernel = target.weights[position[id(unit.kernel)]] if plain is not None else unit.kernel
+        kernel.assign(kernel * keras.ops.cast(exported, kernel.dtype))
+        if plain is None and exported is not view.mask:
+            unit.mask.assign(exported)
     return target
 
 
-def _apply_export_masks(sparse, target, in_place):
-    """Zero what each method's ``export_mask`` removes (GaP: its grown partition pruned back to target)."""
-    tree = layer_tree(target)
-    units = iter(sparse.units)
-    for spec, wrapper in zip(sparse.layer_specs, sparse.sparse_layers):
-        for name in wrapper.sparsities:
-            unit = next(units)
-            mask = unit.mask.value if isinstance(unit.mask, keras.Variable) else unit.mask
-            view = KernelView(unit.key, unit.key_hash, unit.sparsity, keras.ops.convert_to_tensor(unit.kernel),
-                              keras.ops.convert_to_tensor(mask), None, dict(unit.state))
-            exported = sparse.updater.export_mask(view)
-            if exported is view.mask:
-                continue
-            kernel = kernel_variable(tree[spec["path"]], name)
-            kernel.assign(kernel * keras.ops.cast(exported, kernel.dtype))
-            if in_place:
-                unit.mask.assign(exported)
-
-
 # ---------------------------------------------------------------------------------------------- report
-def _output_positions(layer, kernel_name) -> int:
-    """How many times a kernel is applied per example: output pixels of a conv, 1 for a Dense on a vector."""
-    if isinstance(layer, keras.layers.Embedding):
-        return 0  # a lookup, not a multiply
-    try:
-        if isinstance(layer, (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
-                              keras.layers.Conv3DTranspose)):
-            shape = tuple(layer.input.shape)       # a transposed conv multiplies once per input position
-        else:
-            shape = tuple(layer.output.shape)
-    except (AttributeError, ValueError):
-        build_shapes = getattr(layer, "_build_shapes_dict", None) or {}
-        input_shape = next(iter(build_shapes.values()), None)
-        if input_shape is None:
-            return 1
-        shape = tuple(layer.compute_output_shape(input_shape))
-    if isinstance(layer, keras.layers.EinsumDense):
-        return 1
-    inner = shape[1:-1]   # spatial positions (a Dense on a sequence: time steps); both separable kernels
-    return int(np.prod([d for d in inner if d is not None])) if inner else 1
-
-
 @dataclass
 class KernelReport:
     key: str
@@ -236,6 +393,7 @@ class KernelReport:
     size: int
     dense_macs: int
     sparse_macs: int
+    stray: int = 0           # weights outside the mask that are not zero (written after the last step)
 
     @property
     def dense_flops(self):
@@ -248,9 +406,14 @@ class KernelReport:
 
 @dataclass
 class SparsityReport:
-    """Per masked kernel: shape, sparsity, non-zeros and MACs/FLOPs (FLOPs = 2 x MACs) dense vs sparse."""
+    """Per masked kernel: shape, sparsity, non-zeros and MACs/FLOPs (FLOPs = 2 x MACs) dense vs sparse.
+
+    ``sparsity`` is over the masked kernels; ``overall_sparsity`` over every trainable weight of rank >= 2,
+    including those of layers that are not masked (listed in ``unmasked``).
+    """
 
     kernels: list = field(default_factory=list)
+    unmasked: list = field(default_factory=list)     # [(weight path, size, non-zeros)]
 
     @property
     def size(self):
@@ -265,6 +428,16 @@ class SparsityReport:
         return 1.0 - self.nonzeros / self.size if self.size else 0.0
 
     @property
+    def overall_sparsity(self):
+        size = self.size + sum(u[1] for u in self.unmasked)
+        nonzeros = self.nonzeros + sum(u[2] for u in self.unmasked)
+        return 1.0 - nonzeros / size if size else 0.0
+
+    @property
+    def stray(self):
+        return sum(k.stray for k in self.kernels)
+
+    @property
     def dense_flops(self):
         return sum(k.dense_flops for k in self.kernels)
 
@@ -273,42 +446,68 @@ class SparsityReport:
         return sum(k.sparse_flops for k in self.kernels)
 
     def to_dict(self):
-        return {"sparsity": self.sparsity, "nonzeros": self.nonzeros, "size": self.size,
-                "dense_flops": self.dense_flops, "sparse_flops": self.sparse_flops,
+        return {"sparsity": self.sparsity, "overall_sparsity": self.overall_sparsity, "nonzeros": self.nonzeros,
+                "size": self.size, "stray": self.stray, "dense_flops": self.dense_flops,
+                "sparse_flops": self.sparse_flops,
                 "kernels": [dict(key=k.key, shape=list(k.shape), sparsity=k.sparsity, nonzeros=k.nonzeros,
-                                 size=k.size, dense_flops=k.dense_flops, sparse_flops=k.sparse_flops)
-                            for k in self.kernels]}
+                                 size=k.size, stray=k.stray, dense_flops=k.dense_flops, sparse_flops=k.sparse_flops)
+                            for k in self.kernels],
+                "unmasked": [dict(weight=u[0], size=u[1], nonzeros=u[2]) for u in self.unmasked]}
 
     def __str__(self):
         rows = [("kernel", "shape", "sparsity", "non-zeros", "FLOPs dense", "FLOPs sparse")]
         for k in self.kernels:
             rows.append((k.key, "x".join(map(str, k.shape)), f"{k.sparsity:.4f}", f"{k.nonzeros}",
                          f"{k.dense_flops:,}", f"{k.sparse_flops:,}"))
-        rows.append(("total", "", f"{self.sparsity:.4f}", f"{self.nonzeros}", f"{self.dense_flops:,}",
-                     f"{self.sparse_flops:,}"))
+        rows.append(("total (masked kernels)", "", f"{self.sparsity:.4f}", f"{self.nonzeros}",
+                     f"{self.dense_flops:,}", f"{self.sparse_flops:,}"))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
-                                   enumerate(zip(r, widths))) for r in rows)
+        lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                 for r in rows]
+        if self.unmasked:
+            lines.append(f"not masked: {', '.join(u[0] for u in self.unmasked)} "
+                         f"({sum(u[1] for u in self.unmasked):,} weights); sparsity over all weights "
+                         f"{self.overall_sparsity:.4f}")
+        if self.stray:
+            lines.append(f"WARNING: {self.stray} pruned weights are not zero (weights written after the last "
+                         "training step); call ms.apply_masks(model)")
+        return "\n".join(lines)
 
     def _repr_pretty_(self, printer, cycle):  # pragma: no cover - IPython display
         printer.text(str(self))
 
 
 def sparsity_report(model, print_fn=None) -> SparsityReport:
-    """Per-kernel sparsity and FLOPs of a SparseModel (printed with ``print_fn`` when given)."""
-    sparse = find_sparse_model(model)
+    """Per-kernel sparsity and FLOPs of a sparse model (printed with ``print_fn`` when given)."""
+    sparse = find_sparse_optimizer(model)
+    network = model if isinstance(model, keras.Model) else sparse.bound_model()
+    tree = layer_tree(network) if network is not None else {}
     report = SparsityReport()
+    masked_ids = set()
     for unit in sparse.units:
         mask = keras.ops.convert_to_numpy(unit.mask)
+        kernel = keras.ops.convert_to_numpy(unit.kernel)
+        masked_ids.add(id(unit.kernel))
         size = int(mask.size)
         nonzeros = int(np.count_nonzero(mask))
-        positions = _output_positions(unit.wrapper.layer, unit.name)
+        layer = tree.get(unit.layer)
+        positions = output_positions(layer, unit.weight) if layer is not None else 1
+        stray = int(np.count_nonzero(kernel[mask == 0]))
         report.kernels.append(KernelReport(unit.key, tuple(mask.shape), 1.0 - nonzeros / size, nonzeros, size,
-                                           size * positions, nonzeros * positions))
+                                           size * positions, nonzeros * positions, stray))
+    if network is not None:
+        for variable in network.trainable_weights:
+            if id(variable) not in masked_ids and is_kernel_like(variable):
+                values = keras.ops.convert_to_numpy(variable)
+                report.unmasked.append((variable.path, int(values.size), int(np.count_nonzero(values))))
+    if report.stray:
+        warnings.warn(f"{report.stray} pruned weights of {getattr(network, 'name', 'the model')!r} are not zero: "
+                      "weights were written (set_weights/load_weights) after the last training step; the next "
+                      "step zeroes them, or call ms.apply_masks(model) now", UserWarning, stacklevel=2)
     if print_fn is not None:
         print_fn(str(report))
     return report
 
 
-__all__ = ["sparsify", "apply_sparse_gradients", "strip", "sparsity_report", "SparsityReport", "KernelReport",
+__all__ = ["sparse_optimizer", "apply_masks", "strip", "sparsity_report", "SparsityReport", "KernelReport",
            "copy_model"]

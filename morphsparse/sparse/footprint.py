@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from .model import SparseModel
+from .optimizer import find_sparse_optimizer
 
 
 @dataclass
@@ -29,21 +29,21 @@ def _trainable_size(model) -> int:
 
 
 def live_parameters(model) -> LiveCounts:
-    """Live and total trainable parameters of a SparseModel, or of a plain (dense) Keras model."""
-    if not isinstance(model, SparseModel):
-        total = _trainable_size(model)
+    """Live and total trainable parameters of a sparse model, or of a plain (dense) Keras model."""
+    sparse = find_sparse_optimizer(model, required=False)
+    total = _trainable_size(model)
+    if sparse is None:
         return LiveCounts(total, total, 0, 0)
-    total = _trainable_size(model.model)
-    masked_total = sum(int(np.prod(unit.mask.shape)) for unit in model.units)
-    masked_live = sum(int(np.count_nonzero(keras.ops.convert_to_numpy(unit.mask))) for unit in model.units)
+    masked_total = sum(unit.size for unit in sparse.units)
+    masked_live = sum(int(np.count_nonzero(keras.ops.convert_to_numpy(unit.mask))) for unit in sparse.units)
     return LiveCounts(total - masked_total + masked_live, total, masked_live, masked_total)
 
 
 class PeakParameterMonitor(keras.callbacks.Callback):
     """Records the most live parameters the model held during ``fit`` (``peak``) and when (``peak_step``).
 
-    Masks only change on update steps, so the monitor reads one scalar per batch (the model's update counter)
-    and counts mask non-zeros only when that counter moved. Works on any SparseModel and on dense models
+    Masks only change on update steps, so the monitor reads one scalar per batch (the optimizer's update counter)
+    and counts mask non-zeros only when that counter moved. Works on any sparse model and on dense models
     (where the peak is simply the trainable parameter count). Adds ``live_parameters`` to the epoch logs.
     """
 
@@ -60,18 +60,15 @@ class PeakParameterMonitor(keras.callbacks.Callback):
         return live
 
     def _updates(self):
-        counter = getattr(self.model, "mask_updates", None)
-        return None if counter is None else int(keras.ops.convert_to_numpy(counter))
+        sparse = find_sparse_optimizer(self.model, required=False)
+        return None if sparse is None else int(keras.ops.convert_to_numpy(sparse.mask_updates))
 
     def on_train_begin(self, logs=None):
         self._seen_updates = self._updates()
         self._record(self._step())
 
     def _step(self):
-        counter = getattr(self.model, "sparse_step", None)
-        if counter is None:
-            return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-        return int(keras.ops.convert_to_numpy(counter))
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def on_train_batch_end(self, batch, logs=None):
         updates = self._updates()

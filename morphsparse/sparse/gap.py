@@ -8,11 +8,11 @@ target sparsity::
     at the step between two phases:  the dense partition is pruned back to target by |W|, the next one grows
     after rounds*k phases:          everything is at target; training goes on with the mask fixed (fine-tune)
 
-A grown position restarts from zero with zeroed optimizer slots; this is the base training step's rule for any
-position a mask update adds (``SparseModel._update_unit``), so GaP only has to say which masks are all ones.
+A grown position restarts from zero with reset optimizer slots; this is the ``SparseOptimizer``'s rule for any
+position a mask update adds, so GaP only has to say which masks are all ones.
 
-Cyclic GaP runs through ``ms.sparsify(model, method="gap", ...)`` with the same contract as RigL: ``fit``
-drives it from the optimizer's step, a custom loop calls ``ms.apply_sparse_gradients`` once per step, and
+Cyclic GaP runs through ``ms.sparse_optimizer(model, optimizer, method="gap", ...)`` with the same contract as
+RigL: ``fit`` (or a custom loop's ``optimizer.apply_gradients``) drives it from the optimizer's step, and
 ``ms.strip`` at any point prunes a partition grown in the current phase back to target.
 
 Parallel GaP (:func:`parallel_gap`) trains ``k`` copies for one phase, copy ``i`` growing partition ``i``, and
@@ -31,12 +31,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .api import sparsify
+from .api import copy_model, sparse_optimizer
 from .footprint import live_parameters
+from .kernels import layer_tree
 from .lottery import fresh_optimizer, prune_by_magnitude
 from .masks import kept_count
-from .model import find_sparse_model, layer_tree
-from .schedules import UpdateSchedule
+from .optimizer import find_sparse_optimizer
+from .schedules import UpdateSchedule, whole_number
 from .updaters import MaskUpdater, register_updater
 
 _PACKAGE = "morphsparse"
@@ -114,25 +115,29 @@ class GapSchedule(UpdateSchedule):
 
     def __init__(self, partitions: int = 4, rounds: int = 1, steps_per_phase: int | None = None,
                  begin_step: int = 0):
-        if int(partitions) < 1:
+        if isinstance(partitions, (int, np.integer)) and not isinstance(partitions, bool) and int(partitions) < 1:
             raise ValueError(f"partitions must be at least 1, got {partitions}")
-        if int(rounds) < 1:
-            raise ValueError(f"rounds must be at least 1, got {rounds}")
-        if steps_per_phase is not None and int(steps_per_phase) < 1:
-            raise ValueError(f"steps_per_phase must be a positive number of steps, got {steps_per_phase}")
-        if int(begin_step) < 0:
-            raise ValueError(f"begin_step must be >= 0, got {begin_step}")
-        self.partitions = int(partitions)
-        self.rounds = int(rounds)
-        self.steps_per_phase = None if steps_per_phase is None else int(steps_per_phase)
+        self.partitions = whole_number(partitions, "partitions", 1)
+        self.rounds = whole_number(rounds, "rounds", 1)
+        self.steps_per_phase = whole_number(steps_per_phase, "steps_per_phase", 1, allow_none=True)
+        begin_step = whole_number(begin_step, "begin_step", 0)
         phases = self.rounds * self.partitions
-        # Known end: the model need not learn it from fit(). None: SparseModel resolves it (end_fraction).
+        # Known end: the optimizer's end step is not needed. None: the optimizer's end step (from total_steps).
         end_step = None if self.steps_per_phase is None else int(begin_step) + phases * self.steps_per_phase
         super().__init__(update_every=self.steps_per_phase or 1, begin_step=begin_step, end_step=end_step)
 
     @property
     def phases(self) -> int:
         return self.rounds * self.partitions
+
+    @property
+    def needs_end(self) -> bool:
+        return self.steps_per_phase is None
+
+    def last_update_step(self, model_end_step: int):
+        if self.steps_per_phase is None and (model_end_step is None or model_end_step < 0):
+            return None
+        return int(self.grow_end(model_end_step))
 
     def phase_length(self, model_end_step):
         """P, as an int64 tensor."""
@@ -166,17 +171,17 @@ class GapSchedule(UpdateSchedule):
 # ---------------------------------------------------------------------------------------------- updater
 @register_updater("gap")
 class GaP(MaskUpdater):
-    """Cyclic scheduled grow-and-prune. Use through ``sparsify(model, sparsity, method="gap", ...)``.
+    """Cyclic scheduled grow-and-prune. Use through ``sparse_optimizer(model, optimizer, sparsity, method="gap", ...)``.
 
     Args:
         partitions: number of contiguous partitions of the masked layers in model order (default 4, as in the
             paper's ResNet-50 runs), or an explicit list of lists of layer names/globs.
         rounds: how many times each partition is grown.
         steps_per_phase: optimizer steps a partition stays dense. None: the grow-and-prune rounds fill the
-            steps up to ``end_step`` (75% of the first fit by default) evenly; the rest fine-tunes.
+            steps up to ``end_step`` (75% of ``total_steps`` by default) evenly; the rest fine-tunes.
 
-    ``sparsify``'s ``update_every`` and ``drop_fraction`` do not apply to GaP; ``begin_step`` delays the first
-    phase.
+    ``sparse_optimizer``'s ``update_every`` and ``drop_fraction`` do not apply to GaP (giving them is an error);
+    ``begin_step`` delays the first phase.
     """
 
     def __init__(self, partitions=4, rounds: int = 1, steps_per_phase: int | None = None,
@@ -195,20 +200,17 @@ class GaP(MaskUpdater):
     def default_schedule(self, update_every, begin_step, end_step) -> GapSchedule:
         return GapSchedule(partition_count(self.partitions), self.rounds, self.steps_per_phase, begin_step)
 
-    def attach(self, model):
-        if not isinstance(model.schedule, GapSchedule):
-            raise TypeError(f"method='gap' needs a GapSchedule, got {type(model.schedule).__name__}; leave "
-                            "schedule=None in sparsify() (steps_per_phase, rounds and partitions set it)")
-        paths = [spec["path"] for spec in model.layer_specs]
+    def attach(self, sparse):
+        if not isinstance(sparse.schedule, GapSchedule):
+            raise TypeError(f"method='gap' needs a GapSchedule, got {type(sparse.schedule).__name__}; leave "
+                            "schedule=None in sparse_optimizer() (steps_per_phase, rounds and partitions set it)")
+        paths = list(dict.fromkeys(unit.layer for unit in sparse.units))
         self.partition_paths = resolve_partitions(paths, self.partitions)
-        if len(self.partition_paths) != model.schedule.partitions:
-            raise ValueError(f"the schedule has {model.schedule.partitions} partitions but the updater resolved "
+        if len(self.partition_paths) != sparse.schedule.partitions:
+            raise ValueError(f"the schedule has {sparse.schedule.partitions} partitions but the updater resolved "
                              f"{len(self.partition_paths)}")
         index_of_path = {path: i for i, group in enumerate(self.partition_paths) for path in group}
-        self.partition_of = {}
-        for spec in model.layer_specs:
-            for name, key in _spec_keys(spec).items():
-                self.partition_of[key] = index_of_path[spec["path"]]
+        self.partition_of = {unit.key: index_of_path[unit.layer] for unit in sparse.units}
 
     def update_mask(self, kernel, context):
         grown = context.schedule.grown_partition(context.step, context.end_step)
@@ -230,11 +232,6 @@ class GaP(MaskUpdater):
                     steps_per_phase=self.steps_per_phase)
 
 
-def _spec_keys(spec) -> dict:
-    keys = spec.get("keys") or {}
-    return {name: keys.get(name, f"{spec['path']}/{name}") for name in spec["sparsities"]}
-
-
 # ---------------------------------------------------------------------------------------------- introspection
 @dataclass
 class GapPhase:
@@ -250,27 +247,27 @@ class GapPhase:
 
 
 def gap_phase(model) -> GapPhase:
-    """The phase a ``method="gap"`` SparseModel is in now, read from its step counter and masks' schedule."""
-    sparse = find_sparse_model(model)
-    if not isinstance(sparse.updater, GaP):
-        raise TypeError(f"gap_phase needs a model made with method='gap', got method={sparse.updater.name!r}")
+    """The phase a ``method="gap"`` sparse model is in now, read from its step counter and schedule."""
+    sparse = find_sparse_optimizer(model)
+    if not isinstance(sparse.method, GaP):
+        raise TypeError(f"gap_phase needs a model made with method='gap', got method={sparse.method.name!r}")
     schedule = sparse.schedule
-    step = int(keras.ops.convert_to_numpy(sparse.sparse_step))
-    end = int(keras.ops.convert_to_numpy(sparse.end_step))
+    step = int(keras.ops.convert_to_numpy(sparse.iterations))
+    end = sparse.end_step
     if schedule.steps_per_phase is None and end < 0:
-        return GapPhase(step, 0, None, None, None, False, sparse.updater.partition_paths)
+        return GapPhase(step, 0, None, None, None, False, sparse.method.partition_paths)
     length = int(schedule.phase_length(end))
     grow_end = int(schedule.grow_end(end))
     # The update that opens phase j runs at the end of step begin + j*P, so after `step` steps the last update
     # seen is the one at step - 1.
     last = step - 1
     if last < schedule.begin_step:
-        return GapPhase(step, length, None, None, None, False, sparse.updater.partition_paths)
+        return GapPhase(step, length, None, None, None, False, sparse.method.partition_paths)
     if last >= grow_end:
-        return GapPhase(step, length, None, None, None, True, sparse.updater.partition_paths)
+        return GapPhase(step, length, None, None, None, True, sparse.method.partition_paths)
     phase = (last - schedule.begin_step) // length
     return GapPhase(step, length, phase, phase // schedule.partitions, phase % schedule.partitions, False,
-                    sparse.updater.partition_paths)
+                    sparse.method.partition_paths)
 
 
 def planned_peak_parameters(model) -> int:
@@ -278,42 +275,25 @@ def planned_peak_parameters(model) -> int:
 
     ``footprint.PeakParameterMonitor`` measures the same thing during ``fit``; this is the plan it must match.
     """
-    sparse = find_sparse_model(model)
-    counts = live_parameters(sparse)
-    base = counts.live - counts.masked_live + sum(kept_count(unit.size, unit.sparsity) for unit in _units(sparse))
+    sparse = find_sparse_optimizer(model)
+    counts = live_parameters(model)
+    base = counts.live - counts.masked_live + sum(kept_count(unit.size, unit.sparsity) for unit in sparse.units)
     extra = 0
-    if isinstance(sparse.updater, GaP):
-        for group in sparse.updater.partition_paths:
+    if isinstance(sparse.method, GaP):
+        for group in sparse.method.partition_paths:
             members = set(group)
-            extra = max(extra, sum(unit.size - kept_count(unit.size, unit.sparsity) for unit in _units(sparse)
-                                   if unit.path in members))
+            extra = max(extra, sum(unit.size - kept_count(unit.size, unit.sparsity) for unit in sparse.units
+                                   if unit.layer in members))
     return base + extra
 
 
-@dataclass
-class _UnitFacts:
-    path: str
-    size: int
-    sparsity: float
-
-
-def _units(sparse):
-    facts = []
-    units = iter(sparse.units)
-    for spec, wrapper in zip(sparse.layer_specs, sparse.sparse_layers):
-        for _name in wrapper.sparsities:
-            unit = next(units)
-            facts.append(_UnitFacts(spec["path"], int(np.prod(unit.mask.shape)), unit.sparsity))
-    return facts
-
-
 # ---------------------------------------------------------------------------------------------- parallel GaP
-def weight_owners(sparse, partition_paths) -> list:
-    """For each weight of ``sparse.model`` (in ``get_weights`` order): the partition whose layers hold it, or
+def weight_owners(model, partition_paths) -> list:
+    """For each weight of ``model`` (in ``get_weights`` order): the partition whose layers hold it, or
     None for weights outside every partition (normalisation layers, layers kept dense), which copies share."""
-    index = {id(w): j for j, w in enumerate(sparse.model.weights)}
+    index = {id(w): j for j, w in enumerate(model.weights)}
     owners = [None] * len(index)
-    tree = layer_tree(sparse.model)
+    tree = layer_tree(model)
     for partition, paths in enumerate(partition_paths):
         for path in paths:
             for weight in tree[path].weights:
@@ -321,21 +301,25 @@ def weight_owners(sparse, partition_paths) -> list:
     return owners
 
 
-def grow_copy(combined, partition: list, *, sparsify_options: dict):
-    """A new SparseModel (static masks) equal to ``combined`` but with the layers in ``partition`` dense.
+def grow_copy(combined, partition: list, *, optimizer="adam", sparsify_options: dict):
+    """A copy of the sparse model ``combined`` (static masks, a fresh ``optimizer``) with the layers in
+    ``partition`` dense. Returns ``(model, its SparseOptimizer)``.
 
     Its revived positions hold zeros (``combined`` keeps pruned weights at zero) and its optimizer is fresh, so
-    revived weights start from zero with zeroed slots, as in cyclic GaP.
+    revived weights start from zero with fresh slots, as in cyclic GaP.
     """
-    copy = sparsify(combined.model, method="static", **sparsify_options)
-    copy.model.set_weights(combined.model.get_weights())     # sparsify drew its own masks; take combined's
+    source = find_sparse_optimizer(combined)
+    copy = copy_model(combined)
+    if copy is None:
+        raise ValueError("parallel GaP needs a model Keras can copy (Sequential, functional, or subclassed with "
+                         "get_config)")
+    sparse = sparse_optimizer(copy, fresh_optimizer(optimizer), method="static", **sparsify_options)
+    copy.set_weights(combined.get_weights())     # sparse_optimizer drew its own masks; take combined's
     grown = set(partition)
-    paths = [spec["path"] for spec, wrapper in zip(copy.layer_specs, copy.sparse_layers)
-             for _name in wrapper.sparsities]
-    for path, unit, source in zip(paths, copy.units, combined.units):
-        unit.mask.assign(keras.ops.ones_like(unit.mask) if path in grown else source.mask)
-    copy.apply_masks()
-    return copy
+    sparse.set_masks({unit.key: (np.ones(tuple(unit.mask.shape), np.float32) if unit.layer in grown
+                                 else keras.ops.convert_to_numpy(other.mask))
+                      for unit, other in zip(sparse.units, source.units)})
+    return copy, sparse
 
 
 def copy_contribution(weights: list, owners: list, copy_index: int, copies: int) -> list:
@@ -362,7 +346,7 @@ def combine_contributions(contributions: list, like: list) -> list:
 class ParallelGap:
     """What :func:`parallel_gap` returns."""
 
-    model: object                       # the combined SparseModel after fine-tuning (fixed masks)
+    model: object                       # the combined sparse model after fine-tuning (fixed masks)
     partitions: list                    # layer paths per partition
     rounds: int
     peak_parameters: int                # most live parameters one copy (one worker) held
@@ -398,7 +382,7 @@ def parallel_gap(model, x=None, y=None, *, sparsity: float = 0.9, distribution="
         optimizer, loss, metrics: as ``compile``; each copy's phase gets a fresh optimizer (``optimizer`` may
             be a no-argument factory, e.g. to build a learning-rate schedule per phase).
         fine_tune_optimizer: the optimizer of the fine-tuning (default: a fresh ``optimizer``).
-        sparsify_options: passed to ``sparsify`` (``keep_dense``, ``layer_sparsity``, ``power``, ...).
+        sparsify_options: passed to ``sparse_optimizer`` (``keep_dense``, ``layer_sparsity``, ``power``, ...).
     """
     if loss is None:
         raise ValueError("parallel_gap needs loss= to train the copies")
@@ -407,8 +391,13 @@ def parallel_gap(model, x=None, y=None, *, sparsity: float = 0.9, distribution="
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
             raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
     options = dict(sparsify_options, sparsity=sparsity, distribution=distribution, seed=seed)
-    combined = sparsify(model, method="static", **options)
-    groups = resolve_partitions([spec["path"] for spec in combined.layer_specs], partitions)
+    combined = copy_model(model)
+    if combined is None:
+        raise ValueError("parallel_gap needs a model Keras can copy (Sequential, functional, or subclassed with "
+                         "get_config); the model you pass is left unchanged")
+    fine_tune = sparse_optimizer(combined, fresh_optimizer(fine_tune_optimizer or optimizer), method="static",
+                                 **options)
+    groups = resolve_partitions(list(dict.fromkeys(unit.layer for unit in fine_tune.units)), partitions)
     owners = weight_owners(combined, groups)
     fit_options = dict(fit_options or {})
     result = ParallelGap(model=combined, partitions=groups, rounds=int(rounds),
@@ -417,19 +406,19 @@ def parallel_gap(model, x=None, y=None, *, sparsity: float = 0.9, distribution="
     for round_index in range(int(rounds)):
         contributions = []
         for copy_index, group in enumerate(groups):
-            worker = grow_copy(combined, group, sparsify_options=options)
-            worker.compile(optimizer=fresh_optimizer(optimizer), loss=loss, metrics=metrics)
+            worker, worker_optimizer = grow_copy(combined, group, optimizer=optimizer, sparsify_options=options)
+            worker.compile(optimizer=worker_optimizer, loss=loss, metrics=metrics)
             history = worker.fit(x, y, batch_size=batch_size, epochs=int(phase_epochs),
                                  validation_data=validation_data, verbose=verbose, **fit_options)
             result.phase_histories.append({"round": round_index, "copy": copy_index, "history": history.history})
             result.peak_parameters = max(result.peak_parameters, live_parameters(worker).live)
-            contributions.append(copy_contribution(worker.model.get_weights(), owners, copy_index, len(groups)))
+            contributions.append(copy_contribution(worker.get_weights(), owners, copy_index, len(groups)))
             del worker
-        like = combined.model.get_weights()
-        combined.model.set_weights(combine_contributions(contributions, like))
+        like = combined.get_weights()
+        combined.set_weights(combine_contributions(contributions, like))
         prune_by_magnitude(combined)        # identical on every worker: no broadcast needed after the all-reduce
     result.phase_seconds = time.perf_counter() - started
-    combined.compile(optimizer=fresh_optimizer(fine_tune_optimizer or optimizer), loss=loss, metrics=metrics)
+    combined.compile(optimizer=fine_tune, loss=loss, metrics=metrics)
     if fine_tune_epochs:
         started = time.perf_counter()
         result.fine_tune_history = combined.fit(x, y, batch_size=batch_size, epochs=int(fine_tune_epochs),

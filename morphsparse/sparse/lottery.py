@@ -2,7 +2,7 @@
 
     result = ms.lottery_ticket(model, x_train, y_train, sparsity=0.9, rewind_step=0, epochs=10,
                                optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    result.model            # a SparseModel (method "static") holding the retrained ticket
+    result.model            # a copy of the model, sparse (method "static"), holding the retrained ticket
     ms.strip(result.model)  # plain Keras model, pruned weights exactly zero
 
 Steps: (1) train a dense copy of ``model`` for ``epochs``, keeping a copy of every weight as it was after
@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from .api import copy_model, sparsify
+from .api import copy_model, sparse_optimizer
 from .footprint import live_parameters
 from .masks import kept_count
-from .model import SparseModel
+from .optimizer import find_sparse_optimizer
 
 
 def fresh_optimizer(optimizer):
@@ -62,21 +62,23 @@ class WeightSnapshot(keras.callbacks.Callback):
             self.weights = [np.array(w) for w in self.model.get_weights()]
 
 
-def prune_by_magnitude(sparse: SparseModel):
-    """Set every mask of ``sparse`` to its kernel's largest ``|W|`` at the kernel's target count, and apply it."""
+def prune_by_magnitude(model):
+    """Set every mask of the sparse ``model`` to its kernel's largest ``|W|`` at the kernel's target count, and
+    apply it."""
+    sparse = find_sparse_optimizer(model)
+    masks = {}
     for unit in sparse.units:
         weights = keras.ops.abs(keras.ops.convert_to_tensor(unit.kernel))
-        size = int(np.prod(unit.mask.shape))
-        mask = sparse.updater.sparsity_type.keep_highest(weights, kept_count(size, unit.sparsity))
-        unit.mask.assign(keras.ops.cast(mask, "float32"))
-    sparse.apply_masks()
+        mask = sparse.method.sparsity_type.keep_highest(weights, kept_count(unit.size, unit.sparsity))
+        masks[unit.key] = keras.ops.convert_to_numpy(mask)
+    sparse.set_masks(masks)
 
 
 @dataclass
 class LotteryTicket:
     """What ``lottery_ticket`` returns."""
 
-    model: SparseModel                 # the retrained ticket (compiled; method "static")
+    model: keras.Model                 # the retrained ticket (a copy, compiled with a static SparseOptimizer)
     dense_model: keras.Model           # the dense network after step (1)
     rewind_step: int
     rewound_weights: list              # every weight of the network at rewind_step (before masking)
@@ -102,8 +104,8 @@ def lottery_ticket(model, x=None, y=None, *, sparsity: float = 0.9, distribution
     Args:
         model: a built Keras model (left unchanged: a copy is trained).
         x, y: training data as for ``keras.Model.fit`` (arrays, a tf.data.Dataset, ...).
-        sparsity, distribution: the target and its per-layer split (as ``sparsify``; extra ``sparsify``
-            keywords such as ``keep_dense`` or ``layer_sparsity`` pass through).
+        sparsity, distribution: the target and its per-layer split (as ``sparse_optimizer``; extra
+            ``sparse_optimizer`` keywords such as ``keep_dense`` or ``layer_sparsity`` pass through).
         rewind_step: rewind the survivors to their values after this many optimizer steps of the dense run
             (0: to initialisation, the original lottery ticket; a few hundred steps: "late rewinding").
         epochs: epochs of dense training; ``retrain_epochs`` (default ``epochs``) of retraining the ticket.
@@ -124,8 +126,14 @@ def lottery_ticket(model, x=None, y=None, *, sparsity: float = 0.9, distribution
     if retrain_epochs < 0:
         raise ValueError(f"retrain_epochs must be >= 0, got {retrain_epochs}")
     snapshot = WeightSnapshot(rewind_step)
-    # Validate the sparsity, distribution and layer options before paying for dense training.
-    sparsify(model, sparsity, method="static", distribution=distribution, seed=seed, **sparsify_options)
+    # Validate the sparsity, distribution and layer options (on a throw-away copy) before dense training.
+    probe = copy_model(model)
+    if probe is None:
+        raise ValueError("lottery_ticket needs a model Keras can copy (Sequential, functional, or subclassed with "
+                         "get_config), since the dense weights must be kept for rewinding")
+    sparse_optimizer(probe, "sgd", sparsity, method="static", distribution=distribution, seed=seed,
+                     **sparsify_options)
+    del probe
     fit_options = dict(fit_options or {})
     if reuse is not None:
         if reuse.rewind_step != int(rewind_step):
@@ -137,15 +145,17 @@ def lottery_ticket(model, x=None, y=None, *, sparsity: float = 0.9, distribution
                                                            metrics, batch_size, validation_data, callbacks,
                                                            verbose, fit_options)
 
-    ticket = sparsify(dense, sparsity, method="static", distribution=distribution, seed=seed, **sparsify_options)
-    # sparsify applied a random static mask; score the trained dense values instead (same weight order).
-    ticket.model.set_weights(dense.get_weights())
+    ticket = copy_model(dense)
+    sparse = sparse_optimizer(ticket, fresh_optimizer(optimizer), sparsity, method="static",
+                              distribution=distribution, seed=seed, **sparsify_options)
+    # sparse_optimizer applied a random static mask; score the trained dense values instead (same weight order).
+    ticket.set_weights(dense.get_weights())
     prune_by_magnitude(ticket)
-    masks = ticket.masks()
-    ticket.model.set_weights(snapshot.weights)   # same architecture, so the weight order is the dense model's
-    ticket.apply_masks()
+    masks = sparse.masks()
+    ticket.set_weights(snapshot.weights)   # same architecture, so the weight order is the dense model's
+    sparse.apply_masks()
 
-    ticket.compile(optimizer=fresh_optimizer(optimizer), loss=loss, metrics=metrics)
+    ticket.compile(optimizer=sparse, loss=loss, metrics=metrics)
     sparse_history, sparse_seconds = {}, 0.0
     if retrain_epochs:
         started = time.perf_counter()

@@ -2,7 +2,12 @@
 
 Everything here keeps the invariant the rest of the package relies on: a mask for ``n`` weights at sparsity ``s``
 holds exactly ``n - floor(s * n)`` ones, and the positions chosen depend only on the scores, with ties broken by
-the lower flat index (``tf.math.top_k`` is stable), never on thread timing or on Python's salted ``hash()``.
+the lower flat index (``tf.math.top_k`` and a stable sort are both stable), never on thread timing or on Python's
+salted ``hash()``.
+
+Two implementations of each selection give the same masks: outside XLA a top-k over the active positions only
+(fast on CPU, dynamic shapes), inside an XLA-compiled step (Keras compiles with XLA by default on a GPU) a stable
+sort of the whole kernel (static shapes, which XLA requires).
 """
 
 from __future__ import annotations
@@ -33,6 +38,48 @@ def kept_count_tensor(size: int, sparsity):
     sparsity = tf.cast(sparsity, tf.float64)
     pruned = tf.floor(sparsity * float(size) + _FLOOR_SLACK)
     return tf.cast(size - tf.cast(pruned, tf.int64), tf.int32)
+
+
+def in_xla_context() -> bool:
+    """True while tracing inside an XLA-compiled function (``jit_compile=True``), where shapes must be static."""
+    try:
+        from tensorflow.python.ops import control_flow_util
+        return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+    except Exception:  # noqa: BLE001 - a TensorFlow without this helper: assume no XLA
+        return False
+
+
+def _sorted_ranks(keys):
+    """Rank of every entry of the 1-D ``keys`` in ascending order, ties by lower index (static shapes)."""
+    order = tf.argsort(keys, stable=True)
+    return tf.scatter_nd(order[:, None], tf.range(tf.size(keys)), tf.shape(keys))
+
+
+def top_k_indices(values, count):
+    """Indices of the ``count`` largest entries of the 1-D ``values`` (ties: lower index), like
+    ``tf.math.top_k(values, count).indices`` as a set, faster when ``count`` is a small part of ``values``.
+
+    TensorFlow's top-k costs O(n log k); for a few percent of a large kernel (RigL's grow step) a strided sample
+    first gives a threshold that keeps about twice ``count`` candidates, and the exact top-k runs on those. When
+    the sample misjudges (fewer than ``count`` pass), the full top-k runs instead, so the result is always exact.
+    """
+    count = tf.cast(count, tf.int32)
+    size = values.shape[0]
+    if size is None or size < 65536:
+        return tf.math.top_k(values, k=count, sorted=False).indices
+    stride = 16
+    sample = values[::stride]
+    sample_k = tf.minimum(tf.size(sample), 2 * count // stride + 16)
+    threshold = tf.reduce_min(tf.math.top_k(sample, k=sample_k, sorted=False).values)
+    passing = values >= threshold
+    enough = tf.reduce_sum(tf.cast(passing, tf.int32)) >= count
+
+    def filtered():
+        candidates = tf.cast(tf.where(passing)[:, 0], tf.int32)
+        chosen = tf.math.top_k(tf.gather(values, candidates), k=count, sorted=False).indices
+        return tf.gather(candidates, chosen)
+
+    return tf.cond(enough & (count > 0), filtered, lambda: tf.math.top_k(values, k=count, sorted=False).indices)
 
 
 def stable_hash(text: str) -> int:
@@ -66,11 +113,16 @@ class Unstructured:
     def drop_lowest(self, mask, scores, count):
         """Clear the ``count`` active positions of ``mask`` whose ``scores`` are lowest (ties: lower index)."""
         flat_mask = tf.reshape(mask, [-1])
+        if in_xla_context():
+            keys = tf.where(flat_mask > 0, tf.cast(tf.reshape(scores, [-1]), tf.float32), np.inf)
+            count = tf.minimum(tf.cast(count, tf.int32), tf.cast(tf.reduce_sum(flat_mask), tf.int32))
+            dropped = (_sorted_ranks(keys) < count) & (flat_mask > 0)
+            return tf.reshape(tf.where(dropped, tf.zeros_like(flat_mask), flat_mask), tf.shape(mask))
         active = tf.where(flat_mask > 0)[:, 0]
         # Only the active entries compete, which makes the top-k far smaller than the kernel at high sparsity.
         active_scores = tf.gather(tf.reshape(scores, [-1]), active)
         count = tf.minimum(tf.cast(count, tf.int32), tf.size(active))
-        _, lowest = tf.math.top_k(-active_scores, k=count)
+        lowest = top_k_indices(-active_scores, count)
         cleared = tf.gather(active, lowest)
         flat_mask = tf.tensor_scatter_nd_update(flat_mask, cleared[:, None], tf.zeros_like(cleared, mask.dtype))
         return tf.reshape(flat_mask, tf.shape(mask))
@@ -80,13 +132,20 @@ class Unstructured:
         flat_mask = tf.reshape(mask, [-1])
         flat_scores = tf.cast(tf.reshape(scores, [-1]), tf.float32)
         candidates = tf.where(flat_mask > 0, tf.fill(tf.shape(flat_scores), -np.inf), flat_scores)
-        _, highest = tf.math.top_k(candidates, k=tf.cast(count, tf.int32))
+        if in_xla_context():
+            count = tf.cast(count, tf.int32)
+            grown = (_sorted_ranks(-candidates) < count) & (flat_mask <= 0)
+            return tf.reshape(tf.where(grown, tf.ones_like(flat_mask), flat_mask), tf.shape(mask))
+        highest = top_k_indices(candidates, count)
         flat_mask = tf.tensor_scatter_nd_update(flat_mask, highest[:, None], tf.ones_like(highest, mask.dtype))
         return tf.reshape(flat_mask, tf.shape(mask))
 
     def keep_highest(self, scores, count, dtype=tf.float32):
         """A fresh mask holding ones at the ``count`` highest ``scores`` (one-shot methods such as SNIP)."""
         flat_scores = tf.reshape(scores, [-1])
+        if in_xla_context():
+            kept = _sorted_ranks(-tf.cast(flat_scores, tf.float32)) < tf.cast(count, tf.int32)
+            return tf.reshape(tf.cast(kept, dtype), tf.shape(scores))
         _, highest = tf.math.top_k(flat_scores, k=tf.cast(count, tf.int32))
         flat_mask = tf.scatter_nd(highest[:, None], tf.ones_like(highest, dtype), tf.shape(flat_scores))
         return tf.reshape(flat_mask, tf.shape(scores))

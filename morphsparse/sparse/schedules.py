@@ -1,9 +1,10 @@
 """When masks change, and by how much: update schedules, drop-fraction decays and gradual-pruning targets.
 
 All schedule methods take the step and the resolved ``end_step`` as tensors and return tensors, so that one
-traced training step serves the whole run and nothing is re-traced when the schedule moves. ``end_step`` is a
-model variable rather than a Python number because ``end_step=None`` is only resolved when ``fit`` learns the
-length of training (75% of it by default, as in the RigL paper).
+traced training step serves the whole run and nothing is re-traced when the schedule moves. The end step a
+schedule method receives is the ``SparseOptimizer``'s (75% of ``total_steps`` by default, as in the RigL paper);
+-1 means no end is known: masks then keep changing for the whole of training and decays stay at their initial
+value.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import importlib
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 _PACKAGE = "morphsparse"
@@ -21,15 +23,37 @@ def _float(value):
     return tf.cast(value, tf.float32)
 
 
+def whole_number(value, name: str, minimum: int = 0, allow_none: bool = False):
+    """``value`` as an int, or a TypeError/ValueError that names the argument ``name``."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a whole number of steps, got {value!r} ({type(value).__name__})")
+    if not float(value).is_integer():
+        raise ValueError(f"{name} must be a whole number of steps, got {value!r}")
+    if int(value) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def fraction(value, name: str, low: float = 0.0, high: float = 1.0, low_open: bool = False):
+    """``value`` as a float in [low, high] ((low, high] with ``low_open``), or an error naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not math.isfinite(value) or value > high or value < low or (low_open and value == low):
+        bracket = "(" if low_open else "["
+        raise ValueError(f"{name} must be in {bracket}{low:g}, {high:g}], got {value!r}")
+    return value
+
+
 # ---------------------------------------------------------------------------------------------- drop fraction
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class DropFraction:
     """Fraction of a layer's active weights that one drop/grow update replaces, as a function of the step."""
 
     def __init__(self, initial: float = 0.3):
-        if not 0.0 <= float(initial) <= 1.0:
-            raise ValueError(f"drop fraction must be in [0, 1], got {initial}")
-        self.initial = float(initial)
+        self.initial = fraction(initial, "drop_fraction")
 
     def __call__(self, step, end_step):
         raise NotImplementedError
@@ -55,7 +79,9 @@ class CosineDropFraction(DropFraction):
     """``f(t) = initial / 2 * (1 + cos(pi * t / end_step))``, the RigL paper's setting."""
 
     def __call__(self, step, end_step):
-        progress = tf.clip_by_value(_float(step) / tf.maximum(_float(end_step), 1.0), 0.0, 1.0)
+        # No known end (-1): no decay, the initial fraction throughout.
+        progress = tf.where(_float(end_step) > 0,
+                            tf.clip_by_value(_float(step) / tf.maximum(_float(end_step), 1.0), 0.0, 1.0), 0.0)
         return self.initial * 0.5 * (1.0 + tf.cos(math.pi * progress))
 
 
@@ -65,8 +91,8 @@ class InversePowerDropFraction(DropFraction):
 
     def __init__(self, initial: float = 0.3, power: float = 1.0, period: int = 100):
         super().__init__(initial)
-        self.power = float(power)
-        self.period = int(period)
+        self.power = fraction(power, "power", 0.0, math.inf)
+        self.period = whole_number(period, "period", 1)
 
     def __call__(self, step, end_step):
         return self.initial * tf.pow(1.0 + _float(step) / float(self.period), -self.power)
@@ -96,24 +122,43 @@ def get_drop_fraction(value, initial: float = 0.3) -> DropFraction:
 class UpdateSchedule:
     """Which steps update the masks, and (for gradual methods) each layer's sparsity at a step.
 
-    ``end_step=None`` means "the model's end step" (resolved from the length of training).
+    ``end_step=None`` means "the optimizer's end step" (from ``total_steps``; -1 when none is known).
     """
 
     def __init__(self, update_every: int = 100, begin_step: int = 0, end_step: int | None = None):
-        if int(update_every) < 1:
-            raise ValueError(f"update_every must be a positive number of steps, got {update_every}")
-        self.update_every = int(update_every)
-        self.begin_step = int(begin_step)
-        self.end_step = None if end_step is None else int(end_step)
+        self.update_every = whole_number(update_every, "update_every", 1)
+        self.begin_step = whole_number(begin_step, "begin_step", 0)
+        self.end_step = whole_number(end_step, "end_step", 0, allow_none=True)
+        if self.end_step is not None and self.end_step <= self.begin_step:
+            raise ValueError(f"end_step={self.end_step} must be greater than begin_step={self.begin_step}: no mask "
+                             "update would ever happen")
 
     def resolve_end(self, model_end_step):
-        return model_end_step if self.end_step is None else tf.constant(self.end_step, tf.int64)
+        return tf.cast(model_end_step, tf.int64) if self.end_step is None else tf.constant(self.end_step, tf.int64)
 
     def is_update_step(self, step, model_end_step):
         step = tf.cast(step, tf.int64)
+        if isinstance(model_end_step, (int, np.integer)) or self.end_step is not None:
+            # The end is a Python number: decide what can be decided now, so that the traced step holds only
+            # the few scalar ops it needs (this runs on every training step).
+            end = self.end_step if self.end_step is not None else int(model_end_step)
+            on_period = tf.equal((step - self.begin_step) % self.update_every, 0) if self.begin_step else \
+                tf.equal(step % self.update_every, 0)
+            if self.begin_step:
+                on_period = on_period & (step >= self.begin_step)
+            return on_period if end < 0 else on_period & (step < end)
         end = self.resolve_end(model_end_step)
-        return ((step >= self.begin_step) & (step < end)
+        return ((step >= self.begin_step) & ((end < 0) | (step < end))
                 & tf.equal((step - self.begin_step) % self.update_every, 0))
+
+    def last_update_step(self, model_end_step: int):
+        """The last step at which masks may change, or None when there is no end (Python ints)."""
+        end = self.end_step if self.end_step is not None else model_end_step
+        if end is None or end < 0:
+            return None
+        if end <= self.begin_step:
+            return -1
+        return self.begin_step + ((end - 1 - self.begin_step) // self.update_every) * self.update_every
 
     def layer_sparsity(self, target_sparsity: float, step, model_end_step):
         """Sparsity a layer with final ``target_sparsity`` should have at ``step`` (constant by default)."""
@@ -139,14 +184,18 @@ class PolynomialSchedule(UpdateSchedule):
     def __init__(self, initial_sparsity: float = 0.0, update_every: int = 100, begin_step: int = 0,
                  end_step: int | None = None, exponent: float = 3.0):
         super().__init__(update_every, begin_step, end_step)
-        self.initial_sparsity = float(initial_sparsity)
-        self.exponent = float(exponent)
+        self.initial_sparsity = fraction(initial_sparsity, "initial_sparsity")
+        self.exponent = fraction(exponent, "exponent", 0.0, math.inf)
 
     def is_update_step(self, step, model_end_step):
         step = tf.cast(step, tf.int64)
         end = self.resolve_end(model_end_step)
         on_period = tf.equal((step - self.begin_step) % self.update_every, 0)
         return (step >= self.begin_step) & (((step <= end) & on_period) | tf.equal(step, end))
+
+    def last_update_step(self, model_end_step: int):
+        end = self.end_step if self.end_step is not None else model_end_step
+        return None if end is None or end < 0 else end
 
     def layer_sparsity(self, target_sparsity, step, model_end_step):
         end = tf.cast(self.resolve_end(model_end_step), tf.float64)
@@ -184,6 +233,10 @@ class PruningScheduleAdapter(UpdateSchedule):
 
     def is_update_step(self, step, model_end_step):
         return self._call(step)[0]
+
+    def last_update_step(self, model_end_step: int):
+        end = getattr(self.schedule, "end_step", None)
+        return None if end is None or int(end) < 0 else int(end)
 
     def layer_sparsity(self, target_sparsity, step, model_end_step):
         if self.target_sparsity == 0.0:

@@ -1,7 +1,8 @@
 """SNIP (Lee et al., 2019): one-shot pruning at initialisation by connection sensitivity ``|g * W|``.
 
-    sparse = ms.sparsify(model, 0.9, method="snip", data=(x, y), loss="sparse_categorical_crossentropy")
-    sparse.compile(...); sparse.fit(...)          # the mask never changes again
+    optimizer = ms.sparse_optimizer(model, "adam", 0.9, method="snip", data=(x, y),
+                                    loss="sparse_categorical_crossentropy")
+    model.compile(optimizer=optimizer, ...); model.fit(...)      # the mask never changes again
 
 Before any training step, the loss gradient ``g`` of each masked kernel is taken on ``batches`` batches of
 ``data`` (averaged, i.e. the gradient of the mean loss over those batches) at the initial weights, and each
@@ -19,6 +20,20 @@ import tensorflow as tf
 
 from .masks import kept_count
 from .updaters import Static, register_updater
+
+
+def _check_batched(data, model):
+    """A tf.data.Dataset of single examples would be fed to the model as if each were a batch: refuse it."""
+    if not isinstance(data, tf.data.Dataset) or model is None:
+        return
+    inputs = getattr(model, "inputs", None)
+    spec = data.element_spec
+    if not inputs or not isinstance(spec, (tuple, list)) or not hasattr(spec[0], "shape"):
+        return
+    rank, expected = len(spec[0].shape), len(inputs[0].shape)
+    if rank == expected - 1:
+        raise ValueError(f"data= is a tf.data.Dataset of single examples (x of shape {tuple(spec[0].shape)}, the "
+                         f"model expects batches of rank {expected}); batch it first, e.g. data=dataset.batch(128)")
 
 
 def first_batches(data, batches: int, batch_size: int):
@@ -44,21 +59,23 @@ def first_batches(data, batches: int, batch_size: int):
     return found
 
 
-def connection_sensitivity(sparse_model, data, loss, batches: int = 1, batch_size: int = 128) -> dict:
-    """``{kernel key: |g * W|}`` for every masked kernel of ``sparse_model`` (numpy arrays).
+def connection_sensitivity(model, data, loss, batches: int = 1, batch_size: int = 128, units=None) -> dict:
+    """``{kernel key: |g * W|}`` for every masked kernel of the sparse ``model`` (numpy arrays).
 
     ``g`` is the gradient of the mean of ``loss`` over the first ``batches`` batches, at the current weights.
     """
+    from .optimizer import find_sparse_optimizer
     loss_fn = keras.losses.get(loss)
     if loss_fn is None:
         raise ValueError("SNIP needs loss= (a Keras loss name or callable) to score connections")
-    units = sparse_model.units
+    units = find_sparse_optimizer(model).units if units is None else units
     kernels = [unit.kernel for unit in units]
     totals = [tf.zeros(k.shape, tf.float32) for k in kernels]
+    _check_batched(data, model)
     chosen = first_batches(data, batches, batch_size)
     for x, y in chosen:
         with tf.GradientTape() as tape:
-            prediction = sparse_model.model(x, training=False)
+            prediction = model(x, training=False)
             value = tf.reduce_mean(loss_fn(y, prediction))
         gradients = tape.gradient(value, kernels)
         for i, gradient in enumerate(gradients):
@@ -84,30 +101,32 @@ class SNIP(Static):
     def __init__(self, data=None, loss=None, batches: int = 1, batch_size: int = 128,
                  sparsity_type="unstructured"):
         super().__init__(sparsity_type)
-        if isinstance(batches, bool) or int(batches) < 1:
-            raise ValueError(f"batches must be a positive number, got {batches!r}")
-        if isinstance(batch_size, bool) or int(batch_size) < 1:
-            raise ValueError(f"batch_size must be a positive number, got {batch_size!r}")
+        from .schedules import whole_number
+        whole_number(batches, "batches", 1)
+        whole_number(batch_size, "batch_size", 1)
         self.data = data
         self.loss = loss
         self.batches = int(batches)
         self.batch_size = int(batch_size)
         self.scores = {}       # key hash -> |g * W|, filled by attach() when data is given
 
-    def attach(self, model):
+    def attach(self, sparse):
         if self.data is None:
             return  # a loaded model: its masks come from the file
         if self.loss is None:
             raise ValueError("method='snip' needs loss= (e.g. 'sparse_categorical_crossentropy') to score "
                              "connections on data=")
-        scores = connection_sensitivity(model, self.data, self.loss, self.batches, self.batch_size)
-        self.scores = {unit.key_hash: scores[unit.key] for unit in model.units}
+        if sparse.bound_model() is None:
+            raise ValueError("method='snip' scores connections on the model: build it with ms.sparse_optimizer()")
+        scores = connection_sensitivity(sparse.bound_model(), self.data, self.loss, self.batches, self.batch_size,
+                                        units=sparse.units)
+        self.scores = {unit.key_hash: scores[unit.key] for unit in sparse.units}
         self.data = None   # scoring is done; do not keep a reference to the user's data set
 
     def initial_mask(self, shape, sparsity, key_hash, seed):
         if key_hash not in self.scores:
             raise ValueError("method='snip' scores connections on data before training: pass data=(x, y) (or a "
-                             "tf.data.Dataset of batches) and loss= to sparsify()")
+                             "tf.data.Dataset of batches) and loss= to sparse_optimizer()")
         scores = self.scores[key_hash]
         mask = self.sparsity_type.keep_highest(tf.constant(scores.reshape(shape)), kept_count(scores.size, sparsity))
         return keras.ops.convert_to_numpy(mask).astype(np.float32)

@@ -16,8 +16,8 @@ The base update (algorithms.md section 1.3) for one kernel with mask M and weigh
     M1 = M minus the (n - target + k) active positions with the lowest drop_scores     (|W| by default)
     M2 = M1 plus the k inactive positions of M1 with the highest grow_scores           (just-dropped included)
 
-The training step then zeroes W and every optimizer slot wherever M_old * M_new is 0, so grown weights start
-at zero with fresh slots and a re-grown position keeps its old value.
+The ``SparseOptimizer`` then zeroes W and resets every per-weight optimizer slot wherever M_old * M_new is 0, so
+grown weights start at zero with fresh slots and a re-grown position keeps its old value.
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ def get_updater(value, **options) -> "MaskUpdater":
     """Resolve a method given by registered name, class or instance; ``options`` go to the constructor."""
     if isinstance(value, MaskUpdater):
         if options:
-            raise ValueError(f"options {sorted(options)} cannot be applied to an updater instance; "
-                             "pass them to its constructor")
+            raise ValueError(f"options {sorted(options)} cannot be applied to the method instance "
+                             f"{type(value).__name__}; pass them to its constructor")
         return value
     return updater_class(value)(**options)
 
@@ -136,11 +136,13 @@ class MaskUpdater:
     def grow_count(self, kernel: KernelView, n_active, context: UpdateContext):
         return tf.zeros([], tf.int32)
 
-    def attach(self, model):
-        """Called once by ``SparseModel.__init__`` (also when loading) after its masked kernels exist.
+    def attach(self, sparse):
+        """Called once by ``SparseOptimizer.build`` (also when loading) after its masks exist.
 
-        Methods that need the whole model rather than one kernel use it: GaP resolves its partitions of the
-        kernels here, SNIP scores the kernels on its batches before the initial masks are drawn.
+        ``sparse`` is the optimizer: ``sparse.units`` are the masked kernels (key, layer path, kernel, mask,
+        sparsity), ``sparse.model`` the model when known (not after loading). Methods that need the whole model
+        rather than one kernel use it: GaP resolves its partitions here, SNIP scores the kernels on its batches
+        before the initial masks are drawn.
         """
         return None
 

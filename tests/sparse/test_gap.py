@@ -6,10 +6,9 @@ import pytest
 import tensorflow as tf
 
 import morphsparse as ms
-from morphsparse.sparse import (GapSchedule, PeakParameterMonitor, apply_sparse_gradients, gap_phase,
-                                kept_count, live_parameters, planned_peak_parameters, resolve_partitions,
-                                sparsify, strip)
-from morphsparse.sparse.model import optimizer_slots
+from morphsparse.sparse import (GapSchedule, PeakParameterMonitor, find_sparse_optimizer, gap_phase, kept_count,
+                                live_parameters, planned_peak_parameters, resolve_partitions, sparse_optimizer,
+                                strip)
 
 def _mlp():
     """Four masked Dense layers (dense, dense_1, dense_2, dense_3) with distinct sizes."""
@@ -25,25 +24,39 @@ def _data(n=96, seed=1):
     return rng.normal(size=(n, 6)).astype("float32"), rng.integers(0, 3, n)
 
 
-def _gap(model=None, **options):
+class _Sparse:
+    """A model with its SparseOptimizer (what the tests below look at)."""
+
+    def __init__(self, model, optimizer):
+        self.model, self.optimizer = model, optimizer
+        self.units = optimizer.units
+        self.method = optimizer.method
+
+    def masks(self):
+        return self.optimizer.masks()
+
+
+def _gap(model=None, inner=None, **options):
     options = {"partitions": 2, "steps_per_phase": 3, "rounds": 2, "distribution": "uniform", **options}
-    return sparsify(model or _mlp(), 0.75, method="gap", **options)
+    model = model or _mlp()
+    optimizer = sparse_optimizer(model, inner or keras.optimizers.Adam(0.01), 0.75, method="gap", **options)
+    return _Sparse(model, optimizer)
 
 
 def _counts(sparse):
     return {key: int(mask.sum()) for key, mask in sparse.masks().items()}
 
 
-def _trainer(sparse, optimizer):
+def _trainer(sparse):
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    optimizer.build(sparse.trainable_variables)
+    model, optimizer = sparse.model, sparse.optimizer
 
     @tf.function
     def step(x, y):
         with tf.GradientTape() as tape:
-            loss = loss_fn(y, sparse(x, training=True))
-        gradients = tape.gradient(loss, sparse.trainable_variables)
-        apply_sparse_gradients(sparse, optimizer, gradients)
+            loss = loss_fn(y, model(x, training=True))
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
     return step
 
 
@@ -67,15 +80,15 @@ def test_mask_counts_through_every_phase():
     sparse = _gap()
     targets = {unit.key: kept_count(int(np.prod(unit.mask.shape)), unit.sparsity) for unit in sparse.units}
     sizes = {unit.key: int(np.prod(unit.mask.shape)) for unit in sparse.units}
-    groups = sparse.updater.partition_paths
+    groups = sparse.method.partition_paths
     assert groups == [["dense", "dense_1"], ["dense_2", "dense_3"]]
     assert _counts(sparse) == targets                       # starts sparse at the target
-    step = _trainer(sparse, keras.optimizers.Adam(0.01))
+    step = _trainer(sparse)
     x, y = _data()
     previous = sparse.masks()
     for t in range(16):
         step(x[6 * (t % 16):6 * (t % 16) + 6], y[6 * (t % 16):6 * (t % 16) + 6])
-        phase = gap_phase(sparse)
+        phase = gap_phase(sparse.model)
         current = sparse.masks()
         for key, mask in current.items():
             layer = key.split("/")[0]
@@ -96,10 +109,10 @@ def test_mask_counts_through_every_phase():
 
 
 def test_revived_weights_and_slots_start_at_zero():
-    sparse = _gap(steps_per_phase=2)
-    before = sparse.masks()
     optimizer = keras.optimizers.Adam(0.01)
-    step = _trainer(sparse, optimizer)
+    sparse = _gap(steps_per_phase=2, inner=optimizer)
+    before = sparse.masks()
+    step = _trainer(sparse)
     x, y = _data()
     step(x[:8], y[:8])     # step 0: optimizer step on the sparse model, then partition 0 grows dense
     grown_units = [u for u in sparse.units if u.key.split("/")[0] in ("dense", "dense_1")]
@@ -108,7 +121,7 @@ def test_revived_weights_and_slots_start_at_zero():
         assert keras.ops.convert_to_numpy(unit.mask).all()
         assert revived.any()
         assert np.all(keras.ops.convert_to_numpy(unit.kernel)[revived] == 0)
-        slots = optimizer_slots(optimizer, unit.kernel)
+        slots = [slot for slot, _fresh in unit.slots]
         assert len(slots) == 2
         for slot in slots:
             assert np.all(keras.ops.convert_to_numpy(slot)[revived] == 0)
@@ -118,9 +131,9 @@ def test_revived_weights_and_slots_start_at_zero():
 
 
 def test_prune_back_keeps_the_largest_magnitudes():
-    sparse = _gap(steps_per_phase=2, partitions=4)
     optimizer = keras.optimizers.SGD(0.1)      # no momentum: a zero learning rate then means no move
-    step = _trainer(sparse, optimizer)
+    sparse = _gap(steps_per_phase=2, partitions=4, inner=optimizer)
+    step = _trainer(sparse)
     x, y = _data()
     step(x[:8], y[:8])
     step(x[8:16], y[8:16])   # partition 0 (layer "dense") is dense during step 1
@@ -143,16 +156,16 @@ def test_prune_back_keeps_the_largest_magnitudes():
 
 def test_strip_mid_phase_returns_the_target_by_magnitude():
     sparse = _gap(steps_per_phase=4)
-    step = _trainer(sparse, keras.optimizers.Adam(0.01))
+    step = _trainer(sparse)
     x, y = _data()
     for t in range(2):
         step(x[8 * t:8 * t + 8], y[8 * t:8 * t + 8])
-    assert gap_phase(sparse).grown_partition == 0
+    assert gap_phase(sparse.model).grown_partition == 0
     dense_unit = sparse.units[0]
     weights = keras.ops.convert_to_numpy(dense_unit.kernel).copy()
     assert keras.ops.convert_to_numpy(dense_unit.mask).all()
-    plain = strip(sparse)
-    assert not any(isinstance(layer, ms.sparse.SparseWrapper) for layer in plain.layers)
+    plain = strip(sparse.model)
+    assert plain is not sparse.model and find_sparse_optimizer(plain, required=False) is None
     for unit, layer in zip(sparse.units, [l for l in plain.layers if isinstance(l, keras.layers.Dense)]):
         kernel = keras.ops.convert_to_numpy(layer.kernel)
         assert np.count_nonzero(kernel) == kept_count(kernel.size, unit.sparsity)
@@ -175,9 +188,9 @@ def test_save_load_mid_phase_resumes_the_schedule(tmp_path):
     def build():
         keras.utils.set_random_seed(3)
         sparse = _gap(steps_per_phase=3, partitions=2, rounds=2)
-        sparse.compile(optimizer=keras.optimizers.Adam(0.01),
-                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        return sparse
+        sparse.model.compile(optimizer=sparse.optimizer,
+                             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return sparse.model
 
     straight = build()
     straight.fit(x[:64], y[:64], batch_size=8, epochs=1, shuffle=False, verbose=0)
@@ -188,28 +201,29 @@ def test_save_load_mid_phase_resumes_the_schedule(tmp_path):
     path = tmp_path / "gap.keras"
     first.save(path)
     loaded = keras.saving.load_model(path)
-    assert type(loaded.updater).__name__ == "GaP"
+    assert type(find_sparse_optimizer(loaded).method).__name__ == "GaP"
     assert gap_phase(loaded) == gap_phase(first)
     loaded.fit(x[32:64], y[32:64], batch_size=8, epochs=1, shuffle=False, verbose=0)
     assert gap_phase(loaded) == gap_phase(straight)
     assert (gap_phase(loaded).phase, gap_phase(loaded).grown_partition) == (2, 0)
-    for key, mask in straight.masks().items():
-        np.testing.assert_array_equal(loaded.masks()[key], mask)
+    for key, mask in find_sparse_optimizer(straight).masks().items():
+        np.testing.assert_array_equal(find_sparse_optimizer(loaded).masks()[key], mask)
     for a, b in zip(straight.get_weights(), loaded.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_phases_fill_the_end_step_when_unset_and_peak_is_measured():
-    sparse = _gap(steps_per_phase=None, partitions=2, rounds=1)
-    sparse.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    sparse = _gap(steps_per_phase=None, partitions=2, rounds=1, total_steps=16)
+    model = sparse.model
+    model.compile(optimizer=sparse.optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     monitor = PeakParameterMonitor()
     x, y = _data()
-    sparse.fit(x, y, batch_size=6, epochs=1, shuffle=False, verbose=0, callbacks=[monitor])   # 16 steps
-    assert int(keras.ops.convert_to_numpy(sparse.end_step)) == 12          # 75% of the fit
-    phase = gap_phase(sparse)
+    model.fit(x, y, batch_size=6, epochs=1, shuffle=False, verbose=0, callbacks=[monitor])   # 16 steps
+    assert sparse.optimizer.end_step == 12          # 75% of total_steps
+    phase = gap_phase(model)
     assert phase.phase_length == 6 and phase.fine_tuning
-    assert monitor.peak == planned_peak_parameters(sparse)
-    counts = live_parameters(sparse)
+    assert monitor.peak == planned_peak_parameters(model)
+    counts = live_parameters(model)
     assert counts.live < monitor.peak < counts.total
 
 
@@ -227,14 +241,19 @@ def test_bad_arguments_get_clear_errors():
     with pytest.raises(ValueError, match="matches no masked layer"):
         _gap(partitions=[["dense", "dense_1"], ["nope"]])
     with pytest.raises(TypeError, match="GapSchedule"):
-        sparsify(_mlp(), 0.75, method="gap", schedule=ms.sparse.UpdateSchedule(10))
-    assert isinstance(_gap().schedule, GapSchedule)
+        sparse_optimizer(_mlp(), "adam", 0.75, method="gap", schedule=ms.sparse.UpdateSchedule(10))
+    with pytest.raises(ValueError, match=r"update_every=10 has no effect with method='gap'"):
+        _gap(update_every=10)
+    with pytest.raises(ValueError, match=r"method='gap' needs to know when its schedule ends"):
+        _gap(steps_per_phase=None)
+    assert isinstance(_gap().optimizer.schedule, GapSchedule)
 
 
 def test_gap_phase_refuses_other_methods():
-    sparse = sparsify(_mlp(), 0.5, method="static")
+    model = _mlp()
+    sparse_optimizer(model, "sgd", 0.5, method="static")
     with pytest.raises(TypeError, match="method='gap'"):
-        gap_phase(sparse)
+        gap_phase(model)
 
 
 # ---------------------------------------------------------------------------------------------- parallel GaP
@@ -244,22 +263,23 @@ def test_parallel_combination_takes_partition_i_from_copy_i():
                                    keras.layers.BatchNormalization(name="norm"), keras.layers.Dense(8, name="dense_1"),
                                    keras.layers.Dense(3, name="dense_2")])
     options = {"sparsity": 0.75, "distribution": "uniform", "seed": 0}
-    combined = sparsify(normalised, method="static", **options)
-    groups = resolve_partitions([spec["path"] for spec in combined.layer_specs], 2)
+    combined_optimizer = sparse_optimizer(normalised, "adam", method="static", **options)
+    combined = normalised
+    groups = resolve_partitions(list(dict.fromkeys(u.layer for u in combined_optimizer.units)), 2)
     assert groups == [["dense", "dense_1"], ["dense_2"]]
     owners = weight_owners(combined, groups)
-    names = [w.path.split("/", 1)[1] for w in combined.model.weights]
+    names = [w.path.split("/", 1)[1] for w in combined.weights]
     assert [owners[names.index(n)] for n in ("dense/kernel", "dense/bias", "dense_1/kernel", "dense_2/kernel")] \
         == [0, 0, 0, 1]
     assert owners[names.index("norm/gamma")] is None and owners[names.index("norm/moving_mean")] is None
 
-    copy = grow_copy(combined, groups[1], sparsify_options=options)
-    assert copy.masks()["dense_2/kernel"].all()
-    np.testing.assert_array_equal(copy.masks()["dense/kernel"], combined.masks()["dense/kernel"])
-    revived = combined.masks()["dense_2/kernel"] == 0
-    assert np.all(keras.ops.convert_to_numpy(copy.model.get_layer("dense_2").kernel)[revived] == 0)
+    copy, copy_optimizer = grow_copy(combined, groups[1], sparsify_options=options)
+    assert copy_optimizer.masks()["dense_2/kernel"].all()
+    np.testing.assert_array_equal(copy_optimizer.masks()["dense/kernel"], combined_optimizer.masks()["dense/kernel"])
+    revived = combined_optimizer.masks()["dense_2/kernel"] == 0
+    assert np.all(keras.ops.convert_to_numpy(copy.get_layer("dense_2").kernel)[revived] == 0)
 
-    like = combined.model.get_weights()
+    like = combined.get_weights()
     copies = [[np.full(w.shape, 1.0 + i, w.dtype) for w in like] for i in range(2)]
     total = combine_contributions([copy_contribution(c, owners, i, 2) for i, c in enumerate(copies)], like)
     for name, value in zip(names, total):
@@ -274,12 +294,12 @@ def test_parallel_gap_end_to_end():
                              phase_epochs=1, fine_tune_epochs=1, optimizer="adam",
                              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), batch_size=16)
     assert len(result.phase_histories) == 4 and [h["copy"] for h in result.phase_histories] == [0, 1, 0, 1]
-    sparse = result.model
+    sparse = find_sparse_optimizer(result.model)
     for unit in sparse.units:
         mask = keras.ops.convert_to_numpy(unit.mask)
         assert int(mask.sum()) == kept_count(mask.size, unit.sparsity)
         assert np.all(keras.ops.convert_to_numpy(unit.kernel)[mask == 0] == 0)
-    counts = live_parameters(sparse)
+    counts = live_parameters(result.model)
     sizes = {unit.key.split("/")[0]: int(np.prod(unit.mask.shape)) for unit in sparse.units}
     extra = max(sum(sizes[p] - kept_count(sizes[p], 0.75) for p in group) for group in result.partitions)
     assert result.peak_parameters == counts.live + extra

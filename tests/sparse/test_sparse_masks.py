@@ -52,3 +52,12 @@ def test_keep_highest_exact_count():
     out = Unstructured().keep_highest(scores, 7).numpy()
     assert out.sum() == 7
     assert set(np.argsort(-scores.numpy())[:7]) == set(np.flatnonzero(out))
+
+
+@pytest.mark.parametrize("count", [0, 7, 3000, 60000, 100000])
+def test_prefiltered_top_k_picks_the_same_set_as_top_k(count):
+    from morphsparse.sparse.masks import top_k_indices
+    values = tf.round(tf.random.stateless_normal([100000], seed=[3, 4]) * 4)      # many ties
+    values = tf.where(tf.range(100000) % 7 == 0, -np.inf, values)                   # like grow's active positions
+    expected = tf.math.top_k(values, k=count).indices.numpy()
+    np.testing.assert_array_equal(np.sort(top_k_indices(values, count).numpy()), np.sort(expected))

@@ -35,6 +35,10 @@ def test_update_steps_every_delta_t_until_end():
     schedule = UpdateSchedule(update_every=100, begin_step=0, end_step=None)
     steps = [s for s in range(0, 1000) if bool(schedule.is_update_step(s, tf.constant(750, tf.int64)))]
     assert steps == [0, 100, 200, 300, 400, 500, 600, 700]
+    assert schedule.last_update_step(750) == 700 and schedule.last_update_step(-1) is None
+    # No end known (-1): updates go on, and the cosine decay stays at its initial fraction.
+    assert [s for s in range(0, 500) if bool(schedule.is_update_step(s, -1))] == [0, 100, 200, 300, 400]
+    assert float(CosineDropFraction(0.3)(400, -1)) == pytest.approx(0.3)
     own_end = UpdateSchedule(update_every=50, begin_step=10, end_step=120)
     assert [s for s in range(200) if bool(own_end.is_update_step(s, tf.constant(-1, tf.int64)))] == [10, 60, 110]
 
@@ -78,12 +82,12 @@ def test_tfmot_style_schedule_drives_magnitude_pruning(tmp_path):
     assert isinstance(adapter, PruningScheduleAdapter) and adapter.target_sparsity == 0.8
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(20), keras.layers.Dense(4)])
-    sparse = mss.sparsify(model, 0.8, "magnitude", "uniform", schedule=FakeTfmotSchedule())
-    sparse.compile("sgd", "mse")
+    sparse = mss.sparse_optimizer(model, "sgd", 0.8, "magnitude", "uniform", schedule=FakeTfmotSchedule())
+    model.compile(sparse, "mse")
     x, y = np.random.rand(64, 8).astype("float32"), np.random.rand(64, 4).astype("float32")
     seen = []
     for _ in range(6):
-        sparse.fit(x, y, batch_size=8, epochs=1, verbose=0)      # 8 steps per call; the last prune is at 40
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0)       # 8 steps per call; the last prune is at 40
         seen.append({u.key: int(keras.ops.convert_to_numpy(u.mask).sum()) for u in sparse.units})
     assert seen[-1] == {"dense/kernel": 160 - math.floor(0.8 * 160), "dense_1/kernel": 80 - math.floor(0.8 * 80)}
     assert seen[0]["dense/kernel"] > seen[-1]["dense/kernel"]
@@ -93,5 +97,11 @@ def test_tfmot_style_schedule_drives_magnitude_pruning(tmp_path):
 
 
 def test_schedule_type_error():
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="schedule must be an UpdateSchedule"):
         get_schedule(42, UpdateSchedule())
+    with pytest.raises(ValueError, match=r"end_step=5 must be greater than begin_step=10"):
+        UpdateSchedule(10, begin_step=10, end_step=5)
+    with pytest.raises(ValueError, match=r"update_every must be a whole number of steps, got 2.5"):
+        UpdateSchedule(2.5)
+    with pytest.raises(ValueError, match=r"period must be >= 1"):
+        InversePowerDropFraction(0.3, period=0)

@@ -1,4 +1,4 @@
-"""Which layers and models can be sparsified, and the mask-holding wrapper itself."""
+"""Which layers and models can be sparsified; every model kind keeps its class and round-trips."""
 
 import keras
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 
 import morphsparse.sparse as mss
 from morphsparse.sparse.masks import kept_count
-from morphsparse.sparse.wrappers import SparseWrapper, maskable_kernels
+from morphsparse.sparse.kernels import maskable_kernels
 
 
 def _np(variable):
@@ -44,12 +44,13 @@ def test_layer_types_are_masked_and_trained(case):
     inputs = keras.Input(shape)
     outputs = keras.layers.Dense(2, name="head")(keras.layers.Flatten()(make_layer()(inputs)))
     model = keras.Model(inputs, outputs)
-    sparse = mss.sparsify(model, 0.6, "rigl", "uniform", update_every=1, end_step=3)
+    sparse = mss.sparse_optimizer(model, keras.optimizers.SGD(0.1, momentum=0.9), 0.6, "rigl", "uniform",
+                                  update_every=1, end_step=3)
     assert len(sparse.units) == 2, [u.key for u in sparse.units]
-    sparse.compile(keras.optimizers.SGD(0.1, momentum=0.9), "mse")
+    model.compile(sparse, "mse")
     rng = np.random.default_rng(0)
-    sparse.fit(rng.random((8,) + shape, dtype=np.float32), rng.random((8, 2), dtype=np.float32),
-               batch_size=4, verbose=0)
+    model.fit(rng.random((8,) + shape, dtype=np.float32), rng.random((8, 2), dtype=np.float32),
+              batch_size=4, verbose=0)
     assert int(_np(sparse.mask_updates)) == 2
     for unit in sparse.units:
         mask = _np(unit.mask)
@@ -63,12 +64,13 @@ def test_embedding_and_attention_projections():
     embedded = keras.layers.Embedding(20, 8, name="embed")(tokens)
     attended = keras.layers.MultiHeadAttention(2, 4, name="mha")(embedded, embedded)
     model = keras.Model(tokens, keras.layers.Dense(3, name="head")(keras.layers.Flatten()(attended)))
-    sparse = mss.sparsify(model, 0.5, "rigl", "erk", update_every=1, end_step=3)
+    sparse = mss.sparse_optimizer(model, keras.optimizers.Adam(0.01), 0.5, "rigl", "erk", update_every=1,
+                                  end_step=3)
     keys = [u.key for u in sparse.units]
     assert "embed/embeddings" in keys and sum(k.startswith("mha/") for k in keys) == 4
-    sparse.compile(keras.optimizers.Adam(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(sparse, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     rng = np.random.default_rng(0)
-    sparse.fit(rng.integers(0, 20, (8, 5)), rng.integers(0, 3, 8), batch_size=4, verbose=0)
+    model.fit(rng.integers(0, 20, (8, 5)), rng.integers(0, 3, 8), batch_size=4, verbose=0)
     for unit in sparse.units:
         mask = _np(unit.mask)
         assert int(mask.sum()) == kept_count(mask.size, unit.sparsity), unit.key
@@ -132,37 +134,25 @@ def test_model_kinds_found_recursively_and_round_trip(case, tmp_path):
     model = MODEL_CASES[case]()
     if not model.built:
         model(np.zeros((1, 4), "float32"))     # a subclassed model builds its layers when called
-    sparse = mss.sparsify(model, 0.5, "rigl", "uniform", update_every=1, end_step=4)
+    kind = type(model)
+    sparse = mss.sparse_optimizer(model, keras.optimizers.SGD(0.1, momentum=0.9), 0.5, "rigl", "uniform",
+                                  update_every=1, end_step=4)
+    assert type(model) is kind                 # no new model class, no wrapper layers
     assert sorted(u.key for u in sparse.units) == sorted(EXPECTED_KEYS[case])
-    sparse.compile(keras.optimizers.SGD(0.1, momentum=0.9), "mse")
+    model.compile(sparse, "mse")
     x = np.random.default_rng(0).random((8, 4), dtype=np.float32)
-    sparse.fit(x, np.zeros((8, 2), "float32"), batch_size=4, verbose=0)
+    history = model.fit(x, np.zeros((8, 2), "float32"), batch_size=4, verbose=0)
+    assert int(_np(sparse.mask_updates)) == 2 and "sparsity" in history.history
     for unit in sparse.units:
         mask = _np(unit.mask)
         assert int(mask.sum()) == kept_count(mask.size, 0.5), unit.key
         assert not np.any(_np(unit.kernel)[mask == 0]), unit.key
     path = tmp_path / f"{case}.keras"
-    sparse.save(path)
+    model.save(path)
     loaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), sparse.predict(x, verbose=0), atol=1e-6)
+    assert type(loaded) is kind
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
     for key, mask in sparse.masks().items():
-        np.testing.assert_array_equal(loaded.masks()[key], mask)
+        np.testing.assert_array_equal(mss.find_sparse_optimizer(loaded).masks()[key], mask)
     plain = mss.strip(loaded)
-    np.testing.assert_allclose(plain.predict(x, verbose=0), sparse.predict(x, verbose=0), atol=1e-6)
-
-
-def test_wrapper_standalone_config_round_trip():
-    layer = keras.layers.Dense(4, name="w")
-    layer.build((None, 3))
-    wrapper = SparseWrapper(layer, {"kernel": 0.5}, {"kernel": "w/kernel"}, state={"gradient_average": "zeros"})
-    config = wrapper.get_config()
-    assert config["sparsities"] == {"kernel": 0.5} and config["state"] == {"gradient_average": "zeros"}
-    restored = SparseWrapper.from_config(config)
-    restored.build((None, 3))
-    assert restored.sparsities == {"kernel": 0.5} and restored.keys == {"kernel": "w/kernel"}
-    assert set(restored.masks) == {"kernel"} and set(restored.states["kernel"]) == {"gradient_average"}
-    assert restored(np.ones((1, 3), "float32")).shape == (1, 4)
-    with pytest.raises(ValueError, match=r"\[0, 1\)"):
-        SparseWrapper(layer, {"kernel": 1.0})
-    with pytest.raises(ValueError, match="no maskable kernel"):
-        SparseWrapper(layer, {"bias": 0.5})
+    np.testing.assert_allclose(plain.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)

@@ -1,0 +1,136 @@
+"""``sparsity``, ``mask_changes`` and ``alive_params`` in every ``fit``'s logs, with no callback.
+
+Keras reports in ``fit``'s logs (progress bar, ``History``, ``TensorBoard``, ``CSVLogger``...) the results of every
+metric in ``model.metrics``, and a metric assigned as an attribute of a model is tracked into that list (the
+public mechanism Keras documents for custom metrics). ``sparse_optimizer`` attaches one such metric to the model;
+it has no state of its own and reads three scalar counters the ``SparseOptimizer`` keeps, so it costs a few
+scalar reads per step. Because it lives in ``model.metrics`` and not in a callback, no callback order matters.
+
+Its result is a dict (Keras spreads dict results into the logs):
+
+- ``sparsity``: fraction of zeros over the masked kernels;
+- ``mask_changes``: weights regrown since the start of the epoch (``reset_state`` runs at each epoch start);
+- ``alive_params``: live trainable values (unmasked kernel positions plus every unmasked trainable weight).
+
+It reports only inside training steps (the ``SparseOptimizer`` marks the traced training graph), so
+``evaluate()`` returns what it returned before, with no ``val_sparsity`` columns. It also guards against a
+sparsified model being compiled with a plain optimizer (training would silently be dense): that raises at the
+first step.
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+
+import keras
+import tensorflow as tf
+
+from .optimizer import SparseOptimizer, _root_graph, find_sparse_optimizer
+
+ATTRIBUTE = "_morphsparse_metrics"
+
+
+class _Holder:
+    """A plain reference: Keras's saver walks a metric's attributes, and must not find the optimizer here."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __call__(self):
+        return self.value
+
+
+class SparseTrainingMetrics(keras.metrics.Metric):
+    """Reports the sparse-training counters of the model's ``SparseOptimizer`` (see the module docstring)."""
+
+    def __init__(self, model, optimizer, name="sparse_training"):
+        super().__init__(name=name)
+        object.__setattr__(self, "_model_ref", weakref.ref(model))
+        object.__setattr__(self, "optimizer", _Holder(optimizer))
+
+    def update_state(self, *args, **kwargs):
+        return None
+
+    def reset_state(self):
+        optimizer = self._current()
+        if optimizer is None or not optimizer.built or not tf.executing_eagerly():
+            return
+        optimizer.epoch_start_changes.assign(optimizer.mask_changes)
+        object.__setattr__(optimizer, "_epoch_start_step",
+                           int(keras.ops.convert_to_numpy(optimizer.iterations)))
+
+    def _current(self):
+        model = self._model_ref()
+        if model is None:
+            return self.optimizer()
+        found = find_sparse_optimizer(getattr(model, "optimizer", None), required=False)
+        return found if found is not None else None
+
+    def result(self):
+        model = self._model_ref()
+        optimizer = self._current()
+        if optimizer is None:
+            if model is not None and getattr(model, "optimizer", None) is not None and not tf.executing_eagerly():
+                raise ValueError(
+                    f"model {model.name!r} was made sparse by ms.sparse_optimizer() but is compiled with "
+                    f"{type(model.optimizer).__name__}, not with the SparseOptimizer that sparse_optimizer() "
+                    "returned: its training would be dense. Compile with "
+                    "model.compile(optimizer=ms.sparse_optimizer(model, keras.optimizers.SGD(...), ...), ...), "
+                    "or train the dense copy ms.strip(model).")
+            return {}
+        if tf.executing_eagerly():
+            training = optimizer._eager_training
+            object.__setattr__(optimizer, "_eager_training", False)
+            if not training:
+                self._check_epoch(optimizer)
+                return {}
+        else:
+            marks = getattr(_root_graph(tf.compat.v1.get_default_graph()), "_morphsparse_training", ())
+            if id(optimizer) not in marks:
+                return {}
+        live = tf.cast(optimizer.live.value, tf.float32)
+        sparsity = 1.0 - live / float(max(optimizer.masked_total, 1))
+        changes = optimizer.mask_changes.value - optimizer.epoch_start_changes.value
+        alive = optimizer.total_trainable - optimizer.masked_total + optimizer.live.value
+        return {"sparsity": sparsity, "mask_changes": changes, "alive_params": alive}
+
+    def _check_epoch(self, optimizer):
+        """At the end of a training epoch (Keras reads results eagerly then): did a fit start past the end?"""
+        start = optimizer._epoch_start_step
+        if start is None or not optimizer.built:
+            return
+        now = int(keras.ops.convert_to_numpy(optimizer.iterations))
+        if now > start:                      # steps ran since the epoch began: a training epoch
+            if optimizer._fit_ended:         # the first epoch since the last fit() ended (or ever)
+                optimizer.check_fit_start(start)
+            object.__setattr__(optimizer, "_fit_ended", False)
+        object.__setattr__(optimizer, "_epoch_start_step", None)
+
+    def get_config(self):
+        return {"name": self.name}
+
+
+def attach_metrics(model, optimizer: SparseOptimizer):
+    """Attach (or re-point) the sparse-training metric of ``model`` to ``optimizer``."""
+    existing = getattr(model, ATTRIBUTE, None)
+    if isinstance(existing, SparseTrainingMetrics):
+        object.__setattr__(existing, "optimizer", _Holder(optimizer))
+        return existing
+    metric = SparseTrainingMetrics(model, optimizer)
+    try:
+        setattr(model, ATTRIBUTE, metric)        # tracked by Keras into model.metrics
+    except ValueError:
+        # A built subclassed model locks its state; adding a metric changes no weight, so unlock around it.
+        tracker = getattr(model, "_tracker", None)
+        if tracker is None or not hasattr(tracker, "unlock"):
+            warnings.warn(f"could not attach the sparse-training metrics to model {model.name!r}: fit's logs "
+                          "will not show sparsity, mask_changes and alive_params", UserWarning, stacklevel=3)
+            return metric
+        locked = tracker.locked
+        tracker.unlock()
+        try:
+            setattr(model, ATTRIBUTE, metric)
+        finally:
+            tracker.locked = locked
+    return metric
