@@ -14,7 +14,6 @@ output channel axis.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -384,13 +383,6 @@ class ChannelGraph:
         return f"<ChannelGraph '{self.model.name}': {len(self.calls)} calls, {len(self.groups)} groups>"
 
 
-def _is_sparse_model(model):
-    """True for morphsparse's SparseModel (or a subclass). The sparse package is not imported for this: a
-    model can only be a SparseModel if its module has been loaded already."""
-    module = sys.modules.get("morphsparse.sparse.model")
-    return module is not None and isinstance(model, module.SparseModel)
-
-
 def _check_ignore(ignore):
     """``ignore`` is a collection of layer names; a bare string would be read letter by letter."""
     if isinstance(ignore, str):
@@ -419,11 +411,6 @@ def analyze(model, ignore=()) -> ChannelGraph:
     _check_ignore(ignore)
     functional = _functional_of_or_none(model)
     if functional is None:
-        if _is_sparse_model(model):
-            raise GraphError(
-                f"model '{model.name}' is a sparse training model (the SparseModel ms.sparsify returns), whose "
-                "wrapped kernels cannot be read as channels. Call ms.strip(model) first to get the plain "
-                "(functional) model with the masks applied, and analyse, export or expand that.")
         if isinstance(model, keras.Model):
             raise GraphError(
                 f"model '{model.name}' ({type(model).__name__}) is a subclassed keras.Model: its call() is "

@@ -117,10 +117,6 @@ class LiteRTReport:
 def _check_arguments(model, quantize, representative_data, rtol, threads):
     if not isinstance(model, keras.Model):
         raise TypeError(f"to_litert() takes a keras.Model, got {type(model).__name__}")
-    from morphsparse.graph import _is_sparse_model
-    if _is_sparse_model(model):
-        raise TypeError(f"model '{model.name}' is a sparse training model: call ms.strip(model) first and "
-                        "convert the plain model it returns")
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
     if quantize == "int8" and representative_data is None:

@@ -200,15 +200,20 @@ def test_cycle_checks_pass_through_arguments_before_training():
 
 # --- 6. a sparse training model ----------------------------------------------------------------------------
 
-def test_a_sparse_training_model_points_at_strip():
-    base = keras.Sequential([keras.Input((6,)), L.Dense(8, name="h"), L.Dense(2, name="out")], name="tiny")
-    sparse = ms.sparsify(base, 0.5, "static", "uniform")
-    for call in (ms.analyze, lambda m: ms.export(m, source="group_lasso"), lambda m: ms.expand(m, 1000)):
-        with pytest.raises(ms.GraphError,
-                           match=r"'sparse_tiny' is a sparse training model.*Call ms\.strip\(model\) first") as info:
-            call(sparse)
-        assert "functional API" not in str(info.value)
-    assert ms.analyze(ms.strip(sparse)).group_of("h").size == 8      # the advice works
+def test_a_sparse_training_model_is_analysed_exported_and_expanded_as_it_is():
+    # sparse training keeps the user's model (an optimizer wrapper holds the masks), so the structural
+    # tools read it directly: no strip, no rebuild
+    model = keras.Sequential([keras.Input((6,)), L.Dense(8, name="h"), L.Dense(2, name="out")], name="tiny")
+    optimizer = ms.sparse_optimizer(model, keras.optimizers.SGD(0.1), sparsity=0.5, method="static",
+                                    distribution="uniform")
+    model.compile(optimizer, "mse")
+    assert ms.analyze(model).group_of("h").size == 8
+    kernel = keras.ops.convert_to_numpy(model.get_layer("h").kernel)
+    kernel[:, :3] = 0.0                                    # three neurons lose every input weight
+    model.get_layer("h").kernel.assign(kernel)
+    slim = ms.export(model, source="group_lasso", threshold=0.0)
+    assert slim.get_layer("h").units == 5
+    assert ms.count_flops(ms.expand(slim, budget=2 * ms.count_flops(slim))) <= 2 * ms.count_flops(slim)
 
 
 # --- the rest of this side: export / expand / structure_of arguments ----------------------------------------
