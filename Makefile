@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev,plots]"
+	$(BIN)/pip install -q -e ".[dev,plots,hub]"
 	touch $(STAMP)
 
 # Real data: Debian's dataset-fashion-mnist where root and apt are available; the loader also takes a path.

@@ -24,6 +24,7 @@ from morphsparse.costs import cost_report, count_flops, count_params
 from morphsparse.graph import ChannelGraph, GraphError, analyze
 from morphsparse.morph.alive import warn_user
 from morphsparse.morph.replay import TensorIndex
+from morphsparse.trace import symbolic_kwargs
 
 TARGETS = ("flops", "size")
 
@@ -224,9 +225,10 @@ def build_with_widths(model, graph, counts, name=None, index=None):
                     config.pop("build_config", None)
                     config["name"] = call.path.replace("/", "__")
                     layers[id(layer)] = type(layer).from_config(config)
-                outputs = layers[id(layer)](*args, **kwargs)
-            else:
-                outputs = layer(*args, **kwargs)
+                outputs = layers[id(layer)](*args, **symbolic_kwargs(layers[id(layer)], kwargs))
+            else:   # a keras.ops call: its handler re-applies it (a reshape or slice names channel positions)
+                outputs = call.handler.apply_op(call, args, kwargs,
+                                                lambda i, lo, hi, call=call: width(call.in_groups[i][lo:hi]))
         except Exception as err:  # the layer's class decides what it accepts; say which one failed
             raise ExpandError(f"cannot rebuild layer '{call.path}' ({type(layer).__name__}) with "
                               f"{[len(m) for m in keep_in]} input and {[len(m) for m in keep_out]} output "

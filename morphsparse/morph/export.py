@@ -111,7 +111,7 @@ def random_inputs(model, batch=2, seed=0):
 
 
 def _outputs(model, arrays):
-    out = model(arrays if len(arrays) > 1 else arrays[0], training=False)
+    out = model(keras.tree.pack_sequence_as(model.input, list(arrays)), training=False)
     return [keras.ops.convert_to_numpy(t).astype(np.float64) for t in keras.tree.flatten(out)]
 
 
@@ -256,7 +256,13 @@ class RebuildStep:
         self.inputs = [exporter.tensors.get(key) for key in index.inputs_of[k]]
         self.keep_in = [exporter.live[key] for key in index.inputs_of[k]]
         self.keep_out = [exporter.live[key] for key in index.outputs_of[k]]
+        # internal channel axes (attention heads): which of their channels the rebuilt layer keeps
+        self.keep_internal = [exporter.live[key] for key in _alive.internal_keys(exporter.graph, k)]
         self.probe = [exporter.probe.at(k, i) for i in range(len(self.inputs))]
+
+    def new_count(self, i, lo, hi):
+        """How many of the original entries ``lo:hi`` of input i's channel axis survive."""
+        return int(np.sum(self.keep_in[i][lo:hi]))
 
     def constant_of(self, i):
         """Input i (which has no surviving entry) as a numpy constant over the output's surviving entries
@@ -407,8 +413,8 @@ class _Exporter:
             # Removed values matter only where they are folded (kernel layers), merged in as a constant (an
             # input with no live entry) or normalised with live channels; elsewhere they just flow on
             # (0 * gate is constant even though the gate is not).
-            folds = isinstance(call.handler, _handlers.Producer) and not isinstance(
-                call.handler, _handlers.DepthwiseConv)
+            folds = isinstance(call.handler, _handlers.Producer) and not call.handler.reads_channels_separately(
+                call)
             merged_constant = values.removed.all() and k not in self.removed
             if not (folds or normalises or merged_constant):
                 continue
@@ -532,6 +538,9 @@ def _functional_of_model(model):
 
 
 def _normalises_across_channels(call):
+    from morphsparse.ops_handlers import normalises_across_channels
+    if normalises_across_channels(call) or getattr(call.handler, "normalises_across_channels", False):
+        return True   # keras.ops softmax / rms_norm over the channel axis; RMSNorm layers
     layer = call.layer
     if isinstance(layer, (keras.layers.LayerNormalization, keras.layers.GroupNormalization,
                           keras.layers.UnitNormalization, keras.layers.Softmax)):
