@@ -19,7 +19,9 @@ the sequence output) and is put through:
 
 Writes benchmarks/results/hub_conformance.json and docs/hub_conformance.md.
 
-    python benchmarks/hub_conformance.py [--models BertBackbone ViTBackbone ...] [--no-profiler]
+    python benchmarks/hub_conformance.py [--models BertBackbone ViTBackbone ...] [--no-profiler] [--update]
+
+``--update`` replaces the rows of the given models in the JSON and rewrites the table.
 """
 
 import argparse
@@ -181,16 +183,23 @@ def backbone_names():
                   and n not in ("Backbone", "FeaturePyramidBackbone"))
 
 
-def build(name):
-    """(backbone, model with a Dense head, kind) for a row of CONFIGS."""
+#: larger configs, for benchmarks/analyze_speed.py (not in the table)
+SPEED_CONFIGS = {
+    "BertBackbone (base: 12 layers, 768 wide)": dict(vocabulary_size=30522, num_layers=12, num_heads=12,
+                                                     hidden_dim=768, intermediate_dim=3072, max_sequence_length=512),
+}
+
+
+def build(name, sequence_length=SEQUENCE_LENGTH):
+    """(backbone, model with a Dense head, kind) for a row of CONFIGS (or SPEED_CONFIGS)."""
     import keras_hub
     cls = getattr(keras_hub.models, name.split(" ")[0])
-    backbone = cls(**CONFIGS[name])
+    backbone = cls(**{**CONFIGS, **SPEED_CONFIGS}[name])
     kind = "vision" if name.split(" ")[0] in VISION else "text"
     structure = backbone.input
     if kind == "text":
         inputs = keras.tree.map_structure(
-            lambda t: keras.Input((SEQUENCE_LENGTH,) + tuple(t.shape[2:]), dtype=t.dtype,
+            lambda t: keras.Input((sequence_length,) + tuple(t.shape[2:]), dtype=t.dtype,
                                   name=t._keras_history.operation.name), structure)
     else:
         inputs = keras.Input(tuple(backbone.input.shape[1:]), name="images")
@@ -470,6 +479,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=None)
     parser.add_argument("--no-profiler", action="store_true")
+    parser.add_argument("--update", action="store_true", help="replace these models' rows in the JSON and table")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "hub_conformance.json"))
     parser.add_argument("--markdown", default=str(ROOT / "docs" / "hub_conformance.md"))
     args = parser.parse_args(argv)
@@ -490,6 +500,10 @@ def main(argv=None):
         rows.append(row)
         print(json.dumps(row, default=str), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    if args.update and not every and Path(args.out).exists():
+        new = {r["model"]: r for r in rows}
+        rows = [new.pop(r["model"], r) for r in json.loads(Path(args.out).read_text())] + list(new.values())
+        every = True
     if every:
         Path(args.out).write_text(json.dumps(rows, indent=1, default=str) + "\n")
         write_markdown(rows, Path(args.markdown))

@@ -437,6 +437,15 @@ class Rotary(_h.Opaque):
         from morphsparse.ops_handlers import _pin_all
         return _pin_all(call, graph, "rotary position embedding (rotates pairs of channels)")
 
+    def macs(self, call, alive_in, alive_out):
+        """keras_hub's RotaryEmbedding computes its angles as einsum("bi,j->bij", positions, inverse_freq):
+        T * d/2 multiply-accumulates per call (T positions, d channels of the rotated axis)."""
+        layer, shape = call.layer, call.input_shapes[0]
+        if not (hasattr(layer, "sequence_axis") and hasattr(layer, "feature_axis")):
+            return 0
+        t, d = shape[layer.sequence_axis], shape[layer.feature_axis]
+        return 0 if t is None or d is None else int(t) * (int(d) // 2)
+
 
 #: keras_hub rotary position embeddings (subclasses of the first are found through it)
 HUB_ROTARY = ("layers.modeling.rotary_embedding.RotaryEmbedding", "models.smollm3.smollm3_layers.SmolLM3RotaryEmbedding")

@@ -504,12 +504,15 @@ def analyze(model, ignore=()) -> ChannelGraph:
                 elif handler is None and isinstance(op, keras.Operation):
                     from morphsparse.ops_handlers import UNKNOWN_OP
                     handler = UNKNOWN_OP   # a keras.ops call with no rule: its channels are kept
+                if trace is not None and trace.sealed:
+                    from morphsparse.ops_handlers import SealedComposite
+                    handler, trace = SealedComposite(trace), None    # kept whole, as one pinned call
                 if trace is not None:
                     traces[id(node)] = (node, trace)
                     out_maps = walk(trace.model, f"{prefix}{op.name}/", trace.input_maps(in_maps),
                                     trace.input_maps(in_shapes))
                     _carry_shapes(shapes, trace.model.outputs, node.outputs)
-                elif _is_nested_model(op):
+                elif _is_nested_model(op) and handler is None:
                     pass
                 else:
                     out_shapes = [_shape(t) for t in node.outputs]

@@ -131,10 +131,21 @@ class Broadcasting(_h.Merge):
     channel axis has the output's width are tied; width-1 inputs broadcast. A constant operand with one value
     per channel pins those channels."""
 
+    @staticmethod
+    def _ties(call):
+        width = call.output_channels(0)
+        widths = [s[-1] if len(s) else 1 for s in call.input_shapes]
+        return any(w == width for w in widths) and all(w in (1, width) for w in widths)
+
+    def live_outputs(self, call, in_live, out_alive):
+        if not self._ties(call):
+            return PinnedOp.live_outputs(self, call, in_live, out_alive)
+        return super().live_outputs(call, in_live, out_alive)
+
     def propagate(self, call, graph):
         width = call.output_channels(0)
         tied = [m for m in call.in_maps if len(m) == width]
-        if not tied or any(len(m) not in (1, width) for m in call.in_maps):
+        if not self._ties(call):
             return _pin_all(call, graph, f"keras.ops {_op_name(call)} broadcasts channel axes of widths "
                                          f"{[len(m) for m in call.in_maps]} into {width}")
         for other in tied[1:]:
@@ -209,6 +220,9 @@ class Reshape(_h.LayerHandler):
         x = args[0] if args else kwargs["x"]
         newshape = list(call.layer.newshape) if isinstance(call.layer.newshape, (list, tuple)) else [
             call.layer.newshape]
+        if sum(d is None or d == -1 for d in newshape) == 1:
+            # a shape read from a symbolic tensor (ops.shape(x)[0] is None while tracing): the batch
+            newshape = [-1 if d is None else d for d in newshape]
         if self._kind(call) == "keep" and newshape[-1] not in (-1, None):
             newshape[-1] = new_count(0, 0, call.input_shapes[0][-1])
         elif self._kind(call) == "flatten":
@@ -410,15 +424,23 @@ class Split(_h.LayerHandler):
         return keras.ops.split(x, points, axis=-1)
 
 
-class Stack(_h.Merge):
+class Stack(Broadcasting):
     """stack: along the channel axis it makes a new axis of the inputs (pinned); elsewhere it ties the
     inputs' channels like an element-wise merge."""
 
-    def propagate(self, call, graph):
+    def _on_channels(self, call):
         rank_out = len(call.output_shapes[0])
-        if int(call.layer.axis) % rank_out == rank_out - 1:
+        return int(call.layer.axis) % rank_out == rank_out - 1
+
+    def propagate(self, call, graph):
+        if self._on_channels(call):
             return _pin_all(call, graph, "keras.ops.stack along the channel axis")
         return Broadcasting.propagate(self, call, graph)
+
+    def live_outputs(self, call, in_live, out_alive):
+        if self._on_channels(call):
+            return PinnedOp.live_outputs(self, call, in_live, out_alive)
+        return Broadcasting.live_outputs(self, call, in_live, out_alive)
 
 
 def einsum_macs(equation, shapes):
@@ -463,6 +485,31 @@ class Contraction(PinnedOp):
             t, heads, dim, s = q[1], q[2], q[3], k[1]
             return t * s * heads * (dim + v[3])
         return 0
+
+
+class SealedComposite(PinnedOp):
+    """A composite layer that was traced but cannot be rebuilt piece by piece (``Trace.sealed``): it is kept
+    as one layer with its channels pinned; its cost is that of its traced graph."""
+
+    def __init__(self, trace):
+        super().__init__(trace.sealed)
+        self.trace = trace
+        self._macs = None
+
+    def propagate(self, call, graph):
+        return _pin_all(call, graph, f"{type(call.layer).__name__} {self.trace.sealed}")
+
+    def macs(self, call, alive_in, alive_out):
+        if self._macs is None:
+            from morphsparse.costs import count_macs
+            self._macs = count_macs(self.trace.model)
+        return self._macs
+
+    def params(self, call, alive_in, alive_out):
+        return int(sum(np.prod(w.shape) for w in call.layer.weights))
+
+    def slice_weights(self, call, keep_in, keep_out, weights):
+        return weights
 
 
 def _register(names, handler, module=_NP):
@@ -526,4 +573,4 @@ _register_defaults()
 
 __all__ = ["PinnedOp", "UNKNOWN_OP", "Unary", "CrossChannel", "Broadcasting", "Reduction", "Reshape", "Transpose",
            "ExpandDims", "Squeeze", "Pad", "Tile", "BroadcastTo", "AxisOp", "GetItem", "Split", "Stack",
-           "Contraction", "einsum_macs", "normalises_across_channels"]
+           "Contraction", "SealedComposite", "einsum_macs", "normalises_across_channels"]

@@ -30,11 +30,14 @@ class TraceError(ValueError):
 
 class Trace:
     """The inner graph of one call: ``model`` (a functional model over fresh inputs), ``input_positions``
-    (for each of ``model.inputs``, the position of the outer node's input tensor it stands for)."""
+    (for each of ``model.inputs``, the position of the outer node's input tensor it stands for). ``sealed``:
+    None, or why the graph must not be rebuilt piece by piece (it bakes the batch size into a shape), in which
+    case the layer is kept whole and its channels pinned."""
 
-    def __init__(self, model, input_positions):
+    def __init__(self, model, input_positions, sealed=None):
         self.model = model
         self.input_positions = input_positions
+        self.sealed = sealed
 
     def input_maps(self, maps):
         """The outer call's per-input-tensor values (channel maps, tensor keys), in ``model.inputs`` order."""
@@ -62,9 +65,43 @@ def trace_call(op, node, functional=None, input_shapes=None):
         return _trace(op, node, functional, shapes, batch=None)
     except TraceError as first:
         try:
-            return _trace(op, node, functional, shapes, batch=1)
+            trace = _trace(op, node, functional, shapes, batch=1)
         except TraceError:
             raise first from None
+    # A graph traced at batch 1 is rebuilt for any batch only if no operation took the batch size into its
+    # configuration (a reshape to (batch, ...)): compare with a trace at batch 2.
+    try:
+        other = _trace(op, node, functional, shapes, batch=2)
+        differs = _batch_dependent(trace.model, other.model)
+    except TraceError as err:
+        differs = f"it does not trace at batch 2 ({err})"
+    if differs:
+        trace.sealed = f"builds shapes from the batch size ({differs}), so it is kept whole"
+    return trace
+
+
+def _signature(model):
+    rows = []
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for n in model._nodes_by_depth[depth]:
+            op = n.operation
+            if op is None or isinstance(op, keras.layers.InputLayer) or isinstance(op, keras.layers.Layer):
+                rows.append(type(op).__name__)
+                continue
+            config = {k: v for k, v in op.get_config().items() if k != "name"}
+            rows.append((type(op).__name__, repr(config)))
+    return rows
+
+
+def _batch_dependent(model_1, model_2):
+    """A description of the first operation whose configuration differs between traces at batch 1 and 2."""
+    a, b = _signature(model_1), _signature(model_2)
+    if len(a) != len(b):
+        return "its graph changes with the batch size"
+    for x, y in zip(a, b):
+        if x != y:
+            return f"keras.ops {x[0] if isinstance(x, tuple) else x}"
+    return None
 
 
 def _trace(op, node, functional, shapes, batch):
@@ -73,10 +110,9 @@ def _trace(op, node, functional, shapes, batch):
         if id(tensor) in fresh:
             continue
         shape = tuple(shapes[position])
-        if batch is not None and shape and shape[0] is None:
-            shape = (batch,) + shape[1:]
-        fresh[id(tensor)] = keras.Input(batch_shape=shape, dtype=tensor.dtype,
-                                        sparse=getattr(tensor, "sparse", False))
+        if shape:
+            shape = (batch,) + shape[1:]     # a call inside a batch-1 trace is traced at an unknown batch too
+        fresh[id(tensor)] = keras.Input(batch_shape=shape, dtype=tensor.dtype)
         positions.append(position)
     args, kwargs = node.arguments.fill_in(fresh)
     target = functional if functional is not None else op
@@ -129,6 +165,7 @@ def _lenient_output_specs(root):
     """While tracing, let sub-layers take call arguments their ``compute_output_spec`` does not declare when
     they are None (keras_hub's CachedMultiHeadAttention is called with ``cache=None``, which the
     MultiHeadAttention output spec refuses): an instance attribute drops them, and is removed afterwards."""
+    from morphsparse.handlers import get_handler
     patched = []
     for layer in _sub_layers(root):
         spec = layer.compute_output_spec
@@ -136,12 +173,23 @@ def _lenient_output_specs(root):
             parameters = inspect.signature(spec).parameters
         except (TypeError, ValueError):
             continue
-        if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        names = None if any(p.kind is p.VAR_KEYWORD for p in parameters.values()) else frozenset(parameters)
+        infer = getattr(get_handler(layer), "infer_output_shapes", None)
+        if names is None and infer is None:
             continue
 
-        def lenient(*args, _spec=spec, _names=frozenset(parameters), **kwargs):
-            kwargs = {k: v for k, v in kwargs.items() if k in _names or v is not None}
-            return _spec(*args, **kwargs)
+        def lenient(*args, _spec=spec, _names=names, _infer=infer, _layer=layer, **kwargs):
+            if _names is not None:
+                kwargs = {k: v for k, v in kwargs.items() if k in _names or v is not None}
+            out = _spec(*args, **kwargs)
+            if _infer is not None and isinstance(out, keras.KerasTensor) and None in out.shape[1:] and args:
+                # Keras forgets a dimension it could know (EinsumDense's partial output_shape): code that
+                # reads ops.shape() of the result would bake that None into its operations
+                inferred = _infer(_layer, [tuple(args[0].shape)])
+                if inferred:
+                    shape = tuple(o if o is not None else n for o, n in zip(out.shape, inferred[0]))
+                    out = keras.KerasTensor(shape, dtype=out.dtype)
+            return out
 
         object.__setattr__(layer, "compute_output_spec", lenient)
         patched.append(layer)

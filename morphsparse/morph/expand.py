@@ -25,6 +25,7 @@ from morphsparse.graph import ChannelGraph, GraphError, analyze
 from morphsparse.morph.alive import warn_user
 from morphsparse.morph.replay import TensorIndex
 from morphsparse.trace import symbolic_kwargs
+from morphsparse.morph.export import _from_config
 
 TARGETS = ("flops", "size")
 
@@ -224,7 +225,7 @@ def build_with_widths(model, graph, counts, name=None, index=None):
                     config = dict(call.handler.rebuild_config(call, keep_in, keep_out))
                     config.pop("build_config", None)
                     config["name"] = call.path.replace("/", "__")
-                    layers[id(layer)] = type(layer).from_config(config)
+                    layers[id(layer)] = _from_config(layer, config)
                 outputs = layers[id(layer)](*args, **symbolic_kwargs(layers[id(layer)], kwargs))
             else:   # a keras.ops call: its handler re-applies it (a reshape or slice names channel positions)
                 outputs = call.handler.apply_op(call, args, kwargs,
@@ -235,7 +236,7 @@ def build_with_widths(model, graph, counts, name=None, index=None):
                               f"channels: {err}. Register a handler whose rebuild_config sets its width.") from err
         outputs = keras.tree.flatten(outputs)
         for key, tensor, keep in zip(index.outputs_of[k], outputs, keep_out):
-            if len(tensor.shape) > 1 and tensor.shape[-1] != len(keep):
+            if len(tensor.shape) > 1 and tensor.shape[-1] not in (None, len(keep)):
                 raise ExpandError(f"layer '{call.path}' ({type(layer).__name__}) is not supported by expand: "
                                   f"rebuilt with {tensor.shape[-1]} output channels instead of {len(keep)}; "
                                   "register a handler whose rebuild_config sets its width")

@@ -77,7 +77,10 @@ class Probe:
                 if removed.any():
                     self.values[(k, i)] = _entry_values(data[key], removed)
             args, kwargs = index.arguments(k, data)
-            outputs = call.layer(*args, **kwargs)
+            if isinstance(call.layer, keras.layers.Layer):
+                outputs = call.layer(*args, **kwargs)
+            else:   # a keras.ops call, as its handler applies it (a traced reshape may read (None, ...))
+                outputs = call.handler.apply_op(call, args, kwargs, lambda i, lo, hi: hi - lo)
             outputs = [keras.ops.convert_to_numpy(t) for t in keras.tree.flatten(outputs)]
             for position, entries, value in forced.get(k, ()):
                 outputs[position][..., entries] = value[entries]
@@ -482,7 +485,7 @@ class _Exporter:
         config = dict(layer.get_config() if config is None else config)
         config.pop("build_config", None)
         config["name"] = call.path.replace("/", "__")
-        new = type(layer).from_config(config)
+        new = _from_config(layer, config)
         self.layers[id(layer)] = new
         return new
 
@@ -523,6 +526,20 @@ class _Exporter:
         single_out = not isinstance(functional._outputs_struct, (list, tuple, dict))
         return keras.Model(new_inputs[0] if single_in and len(new_inputs) == 1 else new_inputs,
                            outputs[0] if single_out and len(outputs) == 1 else outputs, name=self.name)
+
+
+def _from_config(layer, config):
+    """A new layer of ``layer``'s class from ``config``. A layer without weights whose class cannot read its own
+    config back (keras_hub 0.32's LlamaRotaryEmbedding passes ``scaling_factor`` twice) is used as it is when
+    nothing in its config changed: it holds no state, so the slim model may share it."""
+    try:
+        return type(layer).from_config(config)
+    except Exception:
+        unchanged = {k: v for k, v in config.items() if k != "name"} == {
+            k: v for k, v in layer.get_config().items() if k not in ("name", "build_config")}
+        if layer.weights or not unchanged:
+            raise
+        return layer
 
 
 def _weight_position(layer, variable):
