@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast data conformance clean
+.PHONY: demo test test-fast data conformance hub-conformance clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,9 @@ test-fast: $(STAMP)
 
 conformance: $(STAMP)
 	$(BIN)/python benchmarks/conformance.py
+
+hub-conformance: $(STAMP)
+	$(BIN)/python benchmarks/hub_conformance.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

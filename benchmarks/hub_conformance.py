@@ -94,9 +94,10 @@ CONFIGS = {
     "XLMRobertaBackbone": dict(T, num_heads=2, max_sequence_length=SEQUENCE_LENGTH),
     "XLNetBackbone": dict(T, num_heads=2),
     # --- vision ---
-    "CSPNetBackbone": dict(stem_filters=8, stem_kernel_size=3, stem_strides=1, stackwise_depth=[1, 1],
-                           stackwise_strides=[2, 2], stackwise_num_filters=[8, 16], block_type="bottleneck_block",
-                           image_shape=IMAGE),
+    "CSPNetBackbone": dict(stem_filters=16, stem_kernel_size=3, stem_strides=1, stackwise_depth=[1, 1],
+                           stackwise_strides=2, stackwise_num_filters=[16, 24], down_growth=True,
+                           bottle_ratio=(0.5, 1.0), block_ratio=(1.0, 0.5), expand_ratio=(2.0, 1.0),
+                           block_type="dark_block", stage_type="csp", stem_padding="same", image_shape=IMAGE),
     "DINOV2Backbone": dict(patch_size=4, num_layers=2, hidden_dim=16, num_heads=2, intermediate_dim=32,
                            image_shape=(16, 16, 3), position_embedding_shape=(16, 16, 3)),
     "DINOV3Backbone": dict(patch_size=4, num_layers=2, hidden_dim=16, num_heads=2, intermediate_dim=32,
@@ -196,13 +197,13 @@ def build(name, sequence_length=SEQUENCE_LENGTH):
     cls = getattr(keras_hub.models, name.split(" ")[0])
     backbone = cls(**{**CONFIGS, **SPEED_CONFIGS}[name])
     kind = "vision" if name.split(" ")[0] in VISION else "text"
-    structure = backbone.input
-    if kind == "text":
-        inputs = keras.tree.map_structure(
-            lambda t: keras.Input((sequence_length,) + tuple(t.shape[2:]), dtype=t.dtype,
-                                  name=t._keras_history.operation.name), structure)
-    else:
-        inputs = keras.Input(tuple(backbone.input.shape[1:]), name="images")
+    def fresh(t):   # an input of the same shape, a fixed sequence length for text
+        shape = tuple(t.shape[1:])
+        if kind == "text" and shape and shape[0] is None:
+            shape = (sequence_length,) + shape[1:]
+        return keras.Input(shape, dtype=t.dtype, name=t._keras_history.operation.name)
+
+    inputs = keras.tree.map_structure(fresh, backbone.input)
     out = backbone(inputs)
     if isinstance(out, dict):
         names = ("pooled_output", "sequence_output", "decoder_sequence_output", "encoder_sequence_output")

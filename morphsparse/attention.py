@@ -270,8 +270,9 @@ class ReversibleEmbedding(_h.Embedding):
 
 
 class ViTPatchingAndEmbedding(_h.Producer):
-    """keras_hub ``ViTPatchingAndEmbedding``: a patch convolution to ``hidden_dim`` new channels, plus a class
-    token and position embeddings over the same channels."""
+    """keras_hub ``ViTPatchingAndEmbedding`` and ``DeiTEmbeddings``: a patch convolution (``patch_embedding``)
+    to ``hidden_dim`` new channels, plus class, distillation and mask tokens and position embeddings over the
+    same channels (every other weight of the layer has them on its last axis)."""
 
     width_key = "hidden_dim"
 
@@ -280,7 +281,9 @@ class ViTPatchingAndEmbedding(_h.Producer):
 
     def macs(self, call, alive_in, alive_out):
         conv = self._conv(call)
-        patches = call.layer.num_patches
+        patches = 1
+        for size, k, stride in zip(call.input_shapes[0][1:-1], conv.kernel_size, conv.strides):
+            patches *= (size - k) // stride + 1
         return patches * int(np.prod(conv.kernel_size)) * alive_in[0] * alive_out[0]
 
     def params(self, call, alive_in, alive_out):
@@ -299,10 +302,12 @@ class ViTPatchingAndEmbedding(_h.Producer):
 
     def rebuild_config(self, call, keep_in, keep_out):
         config = super().rebuild_config(call, keep_in, keep_out)
-        config["num_channels"] = int(np.sum(keep_in[0]))
-        # keras_hub 0.32 writes these derived values into the config but does not accept them back
-        config.pop("num_patches", None)
-        config.pop("num_positions", None)
+        if "num_channels" in config:
+            config["num_channels"] = int(np.sum(keep_in[0]))
+        if type(call.layer).__name__ == "ViTPatchingAndEmbedding":
+            # keras_hub 0.32 writes these derived values into the config but does not accept them back
+            config.pop("num_patches", None)
+            config.pop("num_positions", None)
         return config
 
     def slice_weights(self, call, keep_in, keep_out, weights):
@@ -447,6 +452,28 @@ class Rotary(_h.Opaque):
         return 0 if t is None or d is None else int(t) * (int(d) // 2)
 
 
+class ShapeReader(_h.LayerHandler):
+    """A layer that reads only the shape of its input (its batch size) and emits a table of its own (keras_hub
+    DeBERTa's RelativeEmbedding): its outputs are new, pinned channels; its input is not read."""
+
+    def propagate(self, call, graph):
+        outs = []
+        for i in range(len(call.output_shapes)):
+            ids = graph.new_channels(call, call.output_channels(i), output=i)
+            graph.pin(ids, f"{call.path}: a table of its own ({type(call.layer).__name__})")
+            outs.append(ids)
+        return outs
+
+    def params(self, call, alive_in, alive_out):
+        return int(sum(np.prod(w.shape) for w in call.layer.weights))
+
+    def live_outputs(self, call, in_live, out_alive):
+        return [np.ones(call.output_channels(i), bool) for i in range(len(call.output_shapes))]
+
+    def slice_weights(self, call, keep_in, keep_out, weights):
+        return weights
+
+
 #: keras_hub rotary position embeddings (subclasses of the first are found through it)
 HUB_ROTARY = ("layers.modeling.rotary_embedding.RotaryEmbedding", "models.smollm3.smollm3_layers.SmolLM3RotaryEmbedding")
 
@@ -469,6 +496,7 @@ def _register_defaults():
     _h.register_handler(keras.layers.ReversibleEmbedding, ReversibleEmbedding())
     _h.register_handler(f"{_HUB}.layers.modeling.position_embedding.PositionEmbedding", PositionEmbedding())
     _h.register_handler(f"{_HUB}.models.vit.vit_layers.ViTPatchingAndEmbedding", ViTPatchingAndEmbedding())
+    _h.register_handler(f"{_HUB}.models.deit.deit_layers.DeiTEmbeddings", ViTPatchingAndEmbedding())
     _h.register_handler(keras.layers.EinsumDense, EinsumDense())
     norm = ChannelNormalization()
     if hasattr(keras.layers, "RMSNormalization"):
@@ -477,9 +505,10 @@ def _register_defaults():
         _h.register_handler(f"{_HUB}.{name}", norm)
     for name in HUB_ROTARY:
         _h.register_handler(f"{_HUB}.{name}", Rotary())
+    _h.register_handler(f"{_HUB}.models.deberta_v3.relative_embedding.RelativeEmbedding", ShapeReader())
 
 
 _register_defaults()
 
 __all__ = ["MultiHeadAttention", "PositionEmbedding", "ReversibleEmbedding", "ViTPatchingAndEmbedding", "EinsumDense",
-           "ChannelNormalization", "Rotary", "HUB_CHANNEL_NORMS", "HUB_ROTARY"]
+           "ChannelNormalization", "Rotary", "ShapeReader", "HUB_CHANNEL_NORMS", "HUB_ROTARY"]

@@ -511,7 +511,8 @@ def analyze(model, ignore=()) -> ChannelGraph:
                     traces[id(node)] = (node, trace)
                     out_maps = walk(trace.model, f"{prefix}{op.name}/", trace.input_maps(in_maps),
                                     trace.input_maps(in_shapes))
-                    _carry_shapes(shapes, trace.model.outputs, node.outputs)
+                    _carry_shapes(shapes, trace.model.outputs, [node.outputs[p] for p in trace.output_positions])
+                    out_maps = trace.outer_values(out_maps, len(node.outputs))
                 elif _is_nested_model(op) and handler is None:
                     pass
                 else:
@@ -544,7 +545,8 @@ def analyze(model, ignore=()) -> ChannelGraph:
                     call.out_maps = list(out_maps)
                     calls.append(call)
                 for t, m in zip(node.outputs, out_maps):
-                    tensor_maps[id(t)] = m
+                    if m is not None:   # None: a placeholder for a None the call returned
+                        tensor_maps[id(t)] = m
         missing = [t for t in fmodel.outputs if id(t) not in tensor_maps]
         if missing:
             raise GraphError(f"model '{fmodel.name}': outputs {[t.name for t in missing]} are not reachable "

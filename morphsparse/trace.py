@@ -34,10 +34,21 @@ class Trace:
     None, or why the graph must not be rebuilt piece by piece (it bakes the batch size into a shape), in which
     case the layer is kept whole and its channels pinned."""
 
-    def __init__(self, model, input_positions, sealed=None):
+    def __init__(self, model, input_positions, sealed=None, output_positions=None):
         self.model = model
         self.input_positions = input_positions
         self.sealed = sealed
+        # for each of ``model.outputs``, the position of the outer node's output it computes (a call that
+        # returns None beside its tensors, ``(x, None)``, has a placeholder output no trace computes)
+        self.output_positions = list(range(len(model.outputs))) if output_positions is None else output_positions
+
+    def outer_values(self, values, count):
+        """``values`` (one per ``model.outputs``) spread over the outer node's ``count`` outputs (None where
+        the call returned None)."""
+        full = [None] * count
+        for position, value in zip(self.output_positions, values):
+            full[position] = value
+        return full
 
     def input_maps(self, maps):
         """The outer call's per-input-tensor values (channel maps, tensor keys), in ``model.inputs`` order."""
@@ -66,8 +77,10 @@ def trace_call(op, node, functional=None, input_shapes=None):
     except TraceError as first:
         try:
             trace = _trace(op, node, functional, shapes, batch=1)
-        except TraceError:
-            raise first from None
+        except TraceError as second:
+            if str(second) == str(first):
+                raise first from None
+            raise TraceError(f"{first}; with a batch of one, {second}") from None
     # A graph traced at batch 1 is rebuilt for any batch only if no operation took the batch size into its
     # configuration (a reshape to (batch, ...)): compare with a trace at batch 2.
     try:
@@ -122,15 +135,18 @@ def _trace(op, node, functional, shapes, batch):
     except Exception as err:  # any failure means: not traceable as symbolic Keras code
         raise TraceError(f"calling it on symbolic inputs failed ({type(err).__name__}: {err})") from None
     flat = keras.tree.flatten(outputs)
-    if len(flat) != len(node.outputs) or not all(isinstance(t, keras.KerasTensor) for t in flat):
+    # outputs that do not depend on the inputs (None, or constants such as an empty tuple of hidden states
+    # stacked as zeros) are left out of the trace: nothing in the model computes them from its inputs
+    kept = [i for i, t in enumerate(flat) if isinstance(t, keras.KerasTensor)]
+    if len(flat) != len(node.outputs) or not kept:
         raise TraceError("its call does not return symbolic tensors matching its outputs")
-    for t, outer in zip(flat, node.outputs):
+    for t, outer in ((flat[i], node.outputs[i]) for i in kept):
         if len(t.shape) != len(outer.shape) or any(
                 a is not None and b is not None and a != b for a, b in zip(t.shape[1:], outer.shape[1:])):
             raise TraceError(f"its traced output has shape {tuple(t.shape)}, not {tuple(outer.shape)}")
     inputs = [fresh[id(node.input_tensors[p])] for p in positions]
     try:
-        model = keras.Model(inputs, flat, name=f"{op.name}_traced")
+        model = keras.Model(inputs, [flat[i] for i in kept], name=f"{op.name}_traced")
     except Exception as err:
         raise TraceError(f"its traced graph is not a functional graph ({type(err).__name__}: {err})") from None
     _forget_trace_nodes(model)
@@ -138,7 +154,20 @@ def _trace(op, node, functional, shapes, batch):
     if missing:
         raise TraceError(f"its weights {[w.path for w in missing[:3]]} are not held by any layer its call is "
                          "made of (weights it creates itself and uses directly cannot be traced)")
-    return Trace(model, positions)
+    return Trace(model, positions, output_positions=kept)
+
+
+def _none_to_placeholder(value):
+    """None leaves of a call's output structure (keras_hub blocks return ``(x, None)`` when they compute no
+    attention scores or cache) become scalar placeholders, so that Keras records the call; the caller drops
+    them, and the trace of that call leaves them out (``Trace.output_positions``)."""
+    if value is None:
+        return keras.KerasTensor((), dtype="float32")
+    if isinstance(value, (list, tuple)):
+        return type(value)(_none_to_placeholder(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _none_to_placeholder(v) for k, v in value.items()}
+    return value
 
 
 def _sub_layers(root):
@@ -175,8 +204,6 @@ def _lenient_output_specs(root):
             continue
         names = None if any(p.kind is p.VAR_KEYWORD for p in parameters.values()) else frozenset(parameters)
         infer = getattr(get_handler(layer), "infer_output_shapes", None)
-        if names is None and infer is None:
-            continue
 
         def lenient(*args, _spec=spec, _names=names, _infer=infer, _layer=layer, **kwargs):
             if _names is not None:
@@ -189,7 +216,7 @@ def _lenient_output_specs(root):
                 if inferred:
                     shape = tuple(o if o is not None else n for o, n in zip(out.shape, inferred[0]))
                     out = keras.KerasTensor(shape, dtype=out.dtype)
-            return out
+            return _none_to_placeholder(out)
 
         object.__setattr__(layer, "compute_output_spec", lenient)
         patched.append(layer)

@@ -242,9 +242,8 @@ def build_with_widths(model, graph, counts, name=None, index=None):
                                   "register a handler whose rebuild_config sets its width")
             tensors[key] = tensor
     outputs = [tensors[key] for key in index.model_outputs]
-    single_in = not isinstance(functional._inputs_struct, (list, tuple, dict)) and len(new_inputs) == 1
-    single_out = not isinstance(functional._outputs_struct, (list, tuple, dict)) and len(outputs) == 1
-    return keras.Model(new_inputs[0] if single_in else new_inputs, outputs[0] if single_out else outputs,
+    return keras.Model(keras.tree.pack_sequence_as(functional._inputs_struct, new_inputs),
+                       keras.tree.pack_sequence_as(functional._outputs_struct, outputs),
                        name=name or model.name)
 
 

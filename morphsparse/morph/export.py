@@ -522,10 +522,9 @@ class _Exporter:
                 raise ExportError(f"network output '{path}' would lose channels or become constant")
             outputs.append(self.tensors[key])
         functional = _functional_of_model(self.model)
-        single_in = not isinstance(functional._inputs_struct, (list, tuple, dict))
-        single_out = not isinstance(functional._outputs_struct, (list, tuple, dict))
-        return keras.Model(new_inputs[0] if single_in and len(new_inputs) == 1 else new_inputs,
-                           outputs[0] if single_out and len(outputs) == 1 else outputs, name=self.name)
+        # the same input and output structure (a dict of token ids and padding mask stays a dict)
+        return keras.Model(keras.tree.pack_sequence_as(functional._inputs_struct, new_inputs),
+                           keras.tree.pack_sequence_as(functional._outputs_struct, outputs), name=self.name)
 
 
 def _from_config(layer, config):

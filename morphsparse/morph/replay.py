@@ -54,7 +54,8 @@ class TensorIndex:
                     traced = graph.traces.get(id(node))
                     if traced is not None:
                         trace = traced[1]
-                        out_keys = walk(trace.model, trace.input_maps(in_keys))
+                        out_keys = trace.outer_values(walk(trace.model, trace.input_maps(in_keys)),
+                                                      len(node.outputs))
                     elif _is_nested_model(op):
                         out_keys = walk(_functional_of(op), in_keys)
                     else:
@@ -68,7 +69,8 @@ class TensorIndex:
                         for key in out_keys:
                             self.producer_of[key] = k
                     for t, key in zip(node.outputs, out_keys):
-                        alias[id(t)] = key
+                        if key is not None:
+                            alias[id(t)] = key
             return [alias[id(t)] for t in fmodel.outputs]
 
         self.model_outputs = walk(functional, self.model_inputs)
