@@ -19,6 +19,8 @@ registered by name, so keras_hub is never imported here.
 
 from __future__ import annotations
 
+import inspect
+
 import keras
 import numpy as np
 
@@ -304,10 +306,11 @@ class ViTPatchingAndEmbedding(_h.Producer):
         config = super().rebuild_config(call, keep_in, keep_out)
         if "num_channels" in config:
             config["num_channels"] = int(np.sum(keep_in[0]))
-        if type(call.layer).__name__ == "ViTPatchingAndEmbedding":
-            # keras_hub 0.32 writes these derived values into the config but does not accept them back
-            config.pop("num_patches", None)
-            config.pop("num_positions", None)
+        # keras_hub 0.32 writes derived values (num_patches, num_positions) into these layers' configs but
+        # does not accept them back
+        for key in ("num_patches", "num_positions"):
+            if key in config and key not in inspect.signature(type(call.layer).__init__).parameters:
+                config.pop(key)
         return config
 
     def slice_weights(self, call, keep_in, keep_out, weights):

@@ -1,6 +1,7 @@
 """The channel graph: which channels of a Keras model must be removed together.
 
-``analyze(model)`` walks a built functional or Sequential model (nested models included) in topological order.
+``analyze(model)`` walks a built functional or Sequential model (nested models included) in topological order;
+a layer with no handler is read through its call (its inner layers and keras.ops calls, see ``trace.py``).
 Every channel of every tensor's channel axis gets a *class id*; layer handlers (``handlers.py``) say how classes
 flow: producers (Conv, Dense, ...) create new ones, pass-through layers keep them, merges (Add, Multiply, ...)
 tie them together. Ties are kept in a union-find, so any pattern of residual adds, concatenations, depthwise
@@ -443,8 +444,10 @@ def analyze(model, ignore=()) -> ChannelGraph:
     """Read the coupled-channel structure of a built Keras 3 functional or Sequential model.
 
     ``ignore``: names of layers whose output channels must never be removed (in addition to the network's
-    inputs and outputs). Raises :class:`GraphError` for subclassed models, unbuilt models and layers with no
-    registered handler (the message says how to register one).
+    inputs and outputs). Layers with no registered handler are read through their call (composite layers made
+    of Keras layers and keras.ops). Raises :class:`GraphError` for subclassed top-level models, unbuilt models
+    and layers with no handler that cannot be read through (the message names the layer and says how to
+    register a handler).
     """
     start = time.perf_counter()
     if isinstance(model, keras.Sequential):
