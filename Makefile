@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast data conformance tfmot-venv step-overhead clean
+.PHONY: demo test test-fast data conformance hub-conformance tfmot-venv step-overhead clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev,plots,litert]"
+	$(BIN)/pip install -q -e ".[dev,plots,litert,hub]"
 	touch $(STAMP)
 
 # Real data: Debian's dataset-fashion-mnist where root and apt are available; the loader also takes a path.
@@ -31,6 +31,9 @@ test-fast: $(STAMP)
 
 conformance: $(STAMP)
 	$(BIN)/python benchmarks/conformance.py
+
+hub-conformance: $(STAMP)
+	$(BIN)/python benchmarks/hub_conformance.py
 
 # The tensorflow-model-optimization peer for benchmarks/step_overhead.py, in its own virtual environment
 # (it needs tf_keras, which must not share an environment with Keras 3 training code).

@@ -1,6 +1,8 @@
-"""Time of ``ms.analyze`` and ``ms.cost_report`` on every keras.applications model (best of a few runs).
+"""Time of ``ms.analyze`` and ``ms.cost_report`` on every keras.applications model and, when keras-hub is
+installed, on the keras_hub backbones of benchmarks/hub_conformance.py plus a BERT-base-sized one (12 layers,
+768 wide, 128 tokens); best of a few runs.
 
-    python benchmarks/analyze_speed.py [--models ResNet50 ...] [--repeats 3]
+    python benchmarks/analyze_speed.py [--models ResNet50 BertBackbone ...] [--repeats 3]
 
 Prints one line per model and writes benchmarks/results/analyze_speed.json.
 """
@@ -22,6 +24,22 @@ import morphsparse as ms  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def hub_names():
+    try:
+        import keras_hub  # noqa: F401
+    except ImportError:
+        return []
+    from hub_conformance import CONFIGS, SPEED_CONFIGS
+    return sorted(CONFIGS) + sorted(SPEED_CONFIGS)
+
+
+def build_model(name):
+    if name in application_names():
+        return build_application(name)
+    from hub_conformance import SPEED_CONFIGS, build
+    return build(name, sequence_length=128 if name in SPEED_CONFIGS else 8)[1]
+
+
 def best_time(fn, repeats):
     best = float("inf")
     for _ in range(repeats):
@@ -38,15 +56,17 @@ def main(argv=None):
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "analyze_speed.json"))
     args = parser.parse_args(argv)
     rows = []
-    print(f"{'model':20s} {'layers':>7s} {'analyze (s)':>12s} {'cost_report (s)':>16s}")
-    for name in args.models or application_names():
-        model = build_application(name)
+    print(f"{'model':42s} {'layers':>7s} {'analyze (s)':>12s} {'cost_report (s)':>16s}")
+    names = args.models or application_names() + hub_names()
+    for name in names:
+        model = build_model(name)
         analyze_s = best_time(lambda: ms.analyze(model), args.repeats)
         graph = ms.analyze(model)
         report_s = best_time(lambda: ms.cost_report(graph), args.repeats)
-        rows.append({"model": name, "layers": len(model.layers), "analyze_seconds": round(analyze_s, 4),
+        rows.append({"model": name, "layers": len(model.layers), "layer_calls": len(graph.calls),
+                     "analyze_seconds": round(analyze_s, 4),
                      "cost_report_seconds": round(report_s, 4)})
-        print(f"{name:20s} {len(model.layers):7d} {analyze_s:12.4f} {report_s:16.4f}", flush=True)
+        print(f"{name:42s} {len(model.layers):7d} {analyze_s:12.4f} {report_s:16.4f}", flush=True)
         keras.backend.clear_session()
     if args.models is None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """The channel graph: which channels of a Keras model must be removed together.
 
-``analyze(model)`` walks a built functional or Sequential model (nested models included) in topological order.
+``analyze(model)`` walks a built functional or Sequential model (nested models included) in topological order;
+a layer with no handler is read through its call (its inner layers and keras.ops calls, see ``trace.py``).
 Every channel of every tensor's channel axis gets a *class id*; layer handlers (``handlers.py``) say how classes
 flow: producers (Conv, Dense, ...) create new ones, pass-through layers keep them, merges (Add, Multiply, ...)
 tie them together. Ties are kept in a union-find, so any pattern of residual adds, concatenations, depthwise
@@ -40,6 +41,10 @@ class LayerCall:
     in_maps: list                  # class ids per input tensor's channel axis (during the walk)
     out_maps: list = field(default_factory=list)
     first_call: bool = True        # False for the 2nd+ call of a shared layer (its weights are counted once)
+    # Channel axes inside the layer that no tensor carries (a MultiHeadAttention's heads): names and class ids.
+    # The ChannelGraph lists them after the outputs in out_groups / out_channels_idx.
+    internal_names: list = field(default_factory=list)
+    internal_maps: list = field(default_factory=list)
     # Filled in by ChannelGraph: per tensor, the group id and channel-in-group of each channel-axis entry.
     in_groups: list = field(default_factory=list)
     in_channels: list = field(default_factory=list)
@@ -49,6 +54,15 @@ class LayerCall:
     @property
     def name(self):
         return self.layer.name
+
+    @property
+    def n_outputs(self):
+        """Number of output tensors (``out_groups`` lists the internal axes after them)."""
+        return len(self.output_shapes)
+
+    def internal_index(self, name):
+        """Position of internal axis ``name`` in ``out_groups`` / ``out_channels_idx`` / alive_out counts."""
+        return self.n_outputs + self.internal_names.index(name)
 
     def output_channels(self, i=0):
         return _channel_count(self.output_shapes[i])
@@ -142,7 +156,7 @@ class _Builder:
         self.consumers = []           # (call, class ids)
         self.pins = []                # (class ids, reason)
         self._layer_outputs = {}      # (id(layer), output index) -> class ids, so shared layers share channels
-        self._layer_inputs = {}       # id(layer) -> class ids read by the kernel at the first call
+        self._layer_inputs = {}       # (id(layer), slot) -> class ids read by the kernel at the first call
 
     def new_channels(self, call, n, pinned=False, output=0):
         # A kernel layer called twice (shared weights) emits the same channels at every call.
@@ -165,13 +179,21 @@ class _Builder:
         for x, y in zip(a.tolist(), b.tolist()):
             union(x, y)
 
-    def consume(self, call, ids):
-        previous = self._layer_inputs.get(id(call.layer))
+    def consume(self, call, ids, slot=0):
+        """``call``'s kernel reads channels ``ids``; ``slot`` tells apart the kernels of a layer with several
+        (a MultiHeadAttention's query, key and value projections)."""
+        key = (id(call.layer), slot)
+        previous = self._layer_inputs.get(key)
         if previous is not None and previous is not ids:
             self.tie(previous, ids)   # a shared layer reads the same kernel rows at every call
         else:
-            self._layer_inputs[id(call.layer)] = ids
+            self._layer_inputs[key] = ids
         self.consumers.append((call, ids))
+
+    def internal(self, call, name, ids):
+        """Declare a channel axis inside ``call`` that no tensor carries (attention heads)."""
+        call.internal_names.append(name)
+        call.internal_maps.append(np.asarray(ids))
 
     def pin(self, ids, reason):
         self.pins.append((np.asarray(ids), reason))
@@ -220,10 +242,13 @@ class ChannelGraph:
     :class:`ChannelGroup`, indexed by id), ``analysis_seconds``. Print it for the group table.
     """
 
-    def __init__(self, model, calls, builder, output_maps, ignore, seconds_so_far):
+    def __init__(self, model, calls, builder, output_maps, ignore, seconds_so_far, traces=None):
         start = time.perf_counter()
         self.model = model
         self.calls = calls
+        # id(node) -> (node, Trace) for every layer or nested model read through a trace (see trace.py); the
+        # tools that replay the graph (TensorIndex) walk the same traced graphs.
+        self.traces = traces or {}
         roots = builder.classes.roots()
 
         # Producers that share a root class belong to one group: union-find over creators.
@@ -281,7 +306,7 @@ class ChannelGraph:
                 call.in_groups.append(g)
                 call.in_channels.append(c)
             call.out_groups, call.out_channels_idx = [], []
-            for m in call.out_maps:
+            for m in list(call.out_maps) + list(call.internal_maps):
                 g, c = locate(m)
                 call.out_groups.append(g)
                 call.out_channels_idx.append(c)
@@ -314,7 +339,16 @@ class ChannelGraph:
     def output_groups(self, name):
         """Ids of the groups on the output channel axis of layer ``name`` (usually one)."""
         call = self.calls_of(name)[0]
-        return sorted(set(np.concatenate(call.out_groups).tolist())) if call.out_groups else []
+        outs = call.out_groups[:call.n_outputs]
+        return sorted(set(np.concatenate(outs).tolist())) if outs else []
+
+    def internal_group(self, name, axis="heads"):
+        """The group of internal axis ``axis`` of layer ``name`` (a MultiHeadAttention's heads)."""
+        call = self.calls_of(name)[0]
+        if axis not in call.internal_names:
+            raise KeyError(f"layer '{name}' has no internal axis '{axis}' (it has {call.internal_names})")
+        groups = np.unique(call.out_groups[call.internal_index(axis)])
+        return self.groups[int(groups[0])]
 
     def group_of(self, name):
         """The single group on layer ``name``'s output channel axis."""
@@ -402,8 +436,10 @@ def analyze(model, ignore=()) -> ChannelGraph:
     """Read the coupled-channel structure of a built Keras 3 functional or Sequential model.
 
     ``ignore``: names of layers whose output channels must never be removed (in addition to the network's
-    inputs and outputs). Raises :class:`GraphError` for subclassed models, unbuilt models and layers with no
-    registered handler (the message says how to register one).
+    inputs and outputs). Layers with no registered handler are read through their call (composite layers made
+    of Keras layers and keras.ops). Raises :class:`GraphError` for subclassed top-level models, unbuilt models
+    and layers with no handler that cannot be read through (the message names the layer and says how to
+    register a handler).
     """
     start = time.perf_counter()
     if isinstance(model, keras.Sequential):
@@ -421,9 +457,17 @@ def analyze(model, ignore=()) -> ChannelGraph:
     builder = _Builder()
     calls = []
     seen_layers = set()
+    traces = {}
+    shapes = {}      # id(tensor) -> its shape where the walk knows it better than Keras (see _refined_shapes)
 
-    def walk(fmodel, prefix, input_maps):
+    def shape_of(t):
+        return shapes.get(id(t), _shape(t))
+
+    def walk(fmodel, prefix, input_maps, input_shapes):
         tensor_maps = {id(t): m for t, m in zip(fmodel.inputs, input_maps)}
+        for t, shape in zip(fmodel.inputs, input_shapes):
+            if shape != _shape(t):
+                shapes[id(t)] = shape
         depths = sorted(fmodel._nodes_by_depth, reverse=True)
         for depth in depths:
             for node in fmodel._nodes_by_depth[depth]:
@@ -434,23 +478,47 @@ def analyze(model, ignore=()) -> ChannelGraph:
                 if any(id(t) not in tensor_maps for t in inputs):
                     continue  # not reachable from these inputs (another call of a shared model)
                 in_maps = [tensor_maps[id(t)] for t in inputs]
+                in_shapes = [shape_of(t) for t in inputs]
+                handler = None if _is_nested_model(op) else _handlers.get_handler(op)
+                trace = None
                 if _is_nested_model(op):
                     inner = _functional_of(op)
-                    out_maps = walk(inner, f"{prefix}{op.name}/", in_maps)
+                    if any(_shape(a) != b for a, b in zip(inner.inputs, in_shapes)):
+                        # called on more specific shapes (a fixed sequence length): read it at those
+                        trace = _trace_or_error(op, node, prefix, inner, in_shapes)
+                    else:
+                        out_maps = walk(inner, f"{prefix}{op.name}/", in_maps, in_shapes)
+                        _carry_shapes(shapes, inner.outputs, node.outputs)
+                elif handler is None and _traceable(op):
+                    trace = _trace_or_error(op, node, prefix, None, in_shapes)
+                elif handler is None and isinstance(op, keras.Operation):
+                    from morphsparse.ops_handlers import UNKNOWN_OP
+                    handler = UNKNOWN_OP   # a keras.ops call with no rule: its channels are kept
+                if trace is not None and trace.sealed:
+                    from morphsparse.ops_handlers import SealedComposite
+                    handler, trace = SealedComposite(trace), None    # kept whole, as one pinned call
+                if trace is not None:
+                    traces[id(node)] = (node, trace)
+                    out_maps = walk(trace.model, f"{prefix}{op.name}/", trace.input_maps(in_maps),
+                                    trace.input_maps(in_shapes))
+                    _carry_shapes(shapes, trace.model.outputs, [node.outputs[p] for p in trace.output_positions])
+                    out_maps = trace.outer_values(out_maps, len(node.outputs))
+                elif _is_nested_model(op) and handler is None:
+                    pass
                 else:
-                    handler = _handlers.get_handler(op)
+                    out_shapes = [_shape(t) for t in node.outputs]
+                    if any(None in s[1:] for s in out_shapes) and all(None not in s[1:] for s in in_shapes):
+                        out_shapes = _refined_shapes(op, node, handler, in_shapes, out_shapes)
+                        for t, shape in zip(node.outputs, out_shapes):
+                            shapes[id(t)] = shape
                     call = LayerCall(layer=op, path=prefix + op.name, node=node, handler=handler,
-                                     input_shapes=[_shape(t) for t in inputs],
-                                     output_shapes=[_shape(t) for t in node.outputs], in_maps=in_maps,
+                                     input_shapes=in_shapes, output_shapes=out_shapes, in_maps=in_maps,
                                      first_call=id(op) not in seen_layers)
                     if handler is None:
                         raise GraphError(
                             f"layer '{call.path}' of class {type(op).__module__}.{type(op).__qualname__} has no "
                             "channel handler, so morphsparse cannot tell which of its channels are coupled. "
-                            "Register one before analysing, e.g. morphsparse.register_handler("
-                            f"{type(op).__name__}, morphsparse.handlers.PassThrough()) if it keeps channels, "
-                            "handlers.Merge() if it combines inputs element-wise, or handlers.Opaque() to keep "
-                            "its channels fixed.")
+                            + _REGISTER_HINT.format(name=type(op).__name__))
                     for shape in call.output_shapes:
                         if len(shape) >= 2 and shape[-1] is None:
                             raise builder.error(call, "has an output with an unknown channel count; give the "
@@ -467,7 +535,8 @@ def analyze(model, ignore=()) -> ChannelGraph:
                     call.out_maps = list(out_maps)
                     calls.append(call)
                 for t, m in zip(node.outputs, out_maps):
-                    tensor_maps[id(t)] = m
+                    if m is not None:   # None: a placeholder for a None the call returned
+                        tensor_maps[id(t)] = m
         missing = [t for t in fmodel.outputs if id(t) not in tensor_maps]
         if missing:
             raise GraphError(f"model '{fmodel.name}': outputs {[t.name for t in missing]} are not reachable "
@@ -482,7 +551,7 @@ def analyze(model, ignore=()) -> ChannelGraph:
         call.out_maps = call.handler.propagate(call, builder)
         calls.append(call)
         input_maps.append(call.out_maps[0])
-    output_maps = walk(functional, "", input_maps)
+    output_maps = walk(functional, "", input_maps, [_shape(t) for t in functional.inputs])
     output_names = [t._keras_history.operation.name for t in functional.outputs]
 
     known = {c.path for c in calls} | {c.layer.name for c in calls}
@@ -496,4 +565,60 @@ def analyze(model, ignore=()) -> ChannelGraph:
                     builder.pin(m, f"{call.path}: ignore=")
 
     return ChannelGraph(model, calls, builder, list(zip(output_names, output_maps)), ignore,
-                        time.perf_counter() - start)
+                        time.perf_counter() - start, traces)
+
+
+_REGISTER_HINT = ("Register one before analysing, e.g. morphsparse.register_handler({name}, "
+                  "morphsparse.handlers.PassThrough()) if it keeps channels, handlers.Merge() if it combines "
+                  "inputs element-wise, or handlers.Opaque() to keep its channels fixed.")
+
+
+def _carry_shapes(shapes, inner_outputs, outer_outputs):
+    """The outer tensors of a nested or traced call take the (refined) shapes of the inner outputs."""
+    for inner, outer in zip(inner_outputs, outer_outputs):
+        shape = shapes.get(id(inner), _shape(inner))
+        if shape != _shape(outer):
+            shapes[id(outer)] = tuple(a if a is not None else b for a, b in zip(shape, _shape(outer)))
+
+
+def _refined_shapes(op, node, handler, in_shapes, out_shapes):
+    """Output shapes of a call whose symbolic outputs lost a dimension its inputs have (an EinsumDense built
+    with ``output_shape=(None, heads, size)`` forgets the sequence length): the operation's output spec on
+    inputs of the known shapes, or the handler's own inference. Dimensions still unknown stay None."""
+    from morphsparse.trace import symbolic_kwargs
+    fresh = {id(t): keras.KerasTensor(shape, dtype=t.dtype) for t, shape in zip(node.input_tensors, in_shapes)}
+    refined = out_shapes
+    try:
+        args, kwargs = node.arguments.fill_in(fresh)
+        spec = op.compute_output_spec(*args, **symbolic_kwargs(op, kwargs))
+        refined = [_merge_shape(tuple(t.shape), old) for t, old in zip(keras.tree.flatten(spec), out_shapes)]
+    except Exception:   # an operation that cannot say: keep what Keras recorded
+        pass
+    if any(None in s[1:] for s in refined) and hasattr(handler, "infer_output_shapes"):
+        inferred = handler.infer_output_shapes(op, in_shapes)
+        if inferred is not None:
+            refined = [_merge_shape(tuple(new), old) for new, old in zip(inferred, refined)]
+    return refined
+
+
+def _merge_shape(new, old):
+    if len(new) != len(old):
+        return old
+    return tuple(o if o is not None else n for n, o in zip(new, old))
+
+
+def _traceable(op):
+    """Layers (not bare keras.ops operations) with no handler are read through their call."""
+    return isinstance(op, keras.layers.Layer) and not isinstance(op, keras.layers.InputLayer)
+
+
+def _trace_or_error(op, node, prefix, functional=None, input_shapes=None):
+    from morphsparse.trace import TraceError, trace_call
+    try:
+        return trace_call(op, node, functional, input_shapes)
+    except TraceError as err:
+        kind = "model" if functional is not None else "layer"
+        raise GraphError(
+            f"{kind} '{prefix}{op.name}' of class {type(op).__module__}.{type(op).__qualname__} has no channel "
+            f"handler and cannot be read through its call: {err}. "
+            + _REGISTER_HINT.format(name=type(op).__name__)) from None

@@ -75,13 +75,19 @@ class LayerHandler:
         full = len(keep_out[0])
         return [w[..., keep_out[0]] if w.ndim and w.shape[-1] == full else w for w in weights]
 
+    def apply_op(self, call, args, kwargs, new_count):
+        """Apply a keras.ops operation again in a rebuilt model (export or expand). ``new_count(i, lo, hi)``:
+        how many entries the rebuilt input i has in place of the original entries ``lo:hi`` of its channel
+        axis, for operations whose arguments name channel positions (a reshape's last dimension, a slice)."""
+        return call.layer(*args, **kwargs)
+
     def rebuild(self, call, step):
         """Build this call in the slim model; return its new output tensor(s). ``step`` is a
         :class:`morphsparse.morph.export.RebuildStep` (new input tensors, masks, probe values)."""
         if not isinstance(call.layer, keras.layers.Layer):
             # a keras.ops operation: apply it again (merges with a constant input go through Merge.rebuild)
             args, kwargs = step.arguments()
-            return call.layer(*args, **kwargs)
+            return self.apply_op(call, args, kwargs, step.new_count)
         layer = step.new_layer(self.rebuild_config(call, step.keep_in, step.keep_out))
         args, kwargs = step.arguments()
         outputs = layer(*args, **kwargs)
@@ -403,6 +409,11 @@ class Producer(LayerHandler):
         step.set_weights(layer, weights)
         return outputs
 
+    def reads_channels_separately(self, call):
+        """True when each output reads one input channel only (depthwise): a removed input channel takes its
+        outputs with it, so there is no constant to fold into the bias."""
+        return False
+
     # --- structure learning (morphsparse.morph) ---------------------------------------------------------
     def kernel_matrix(self, call, xp=np):
         """The weights feeding each output entry, as a (fan-in, output entries) matrix (group lasso reads
@@ -444,10 +455,19 @@ class Conv(Producer):
 
     width_key = "filters"
 
+    def _depthwise(self, call):
+        """A grouped conv whose every group reads one input channel (``groups`` = input channels) is a
+        depthwise conv written as Conv2D(groups=C): input channel c feeds outputs c*m .. c*m+m-1."""
+        groups = getattr(call.layer, "groups", 1) or 1
+        return groups > 1 and groups == call.input_channels(0)
+
     def propagate(self, call, graph):
         self._check_format(call, graph)
         groups = getattr(call.layer, "groups", 1) or 1
         in_map = call.in_maps[0]
+        if self._depthwise(call):
+            graph.consume(call, in_map)
+            return [np.repeat(in_map, call.output_channels(0) // groups)]
         if groups > 1:
             per_group = in_map.reshape(groups, -1)
             for g in range(1, groups):
@@ -462,16 +482,35 @@ class Conv(Producer):
 
     def macs(self, call, alive_in, alive_out):
         groups = getattr(call.layer, "groups", 1) or 1
-        return (_spatial_positions(call.output_shapes[0]) * self._kernel_positions(call)
-                * (alive_in[0] // groups) * alive_out[0])
+        per_group_in = 1 if self._depthwise(call) else alive_in[0] // groups
+        return _spatial_positions(call.output_shapes[0]) * self._kernel_positions(call) * per_group_in * alive_out[0]
 
     def params(self, call, alive_in, alive_out):
         groups = getattr(call.layer, "groups", 1) or 1
         bias = alive_out[0] if call.layer.use_bias else 0
-        return self._kernel_positions(call) * (alive_in[0] // groups) * alive_out[0] + bias
+        per_group_in = 1 if self._depthwise(call) else alive_in[0] // groups
+        return self._kernel_positions(call) * per_group_in * alive_out[0] + bias
+
+    def reads_channels_separately(self, call):
+        return self._depthwise(call)
+
+    def live_outputs(self, call, in_live, out_alive):
+        if self._depthwise(call):
+            m = call.output_channels(0) // call.input_channels(0)
+            keep = np.repeat(in_live[0], m) & out_alive[0]
+            return [keep] if keep.any() else None
+        return super().live_outputs(call, in_live, out_alive)
+
+    def rebuild_config(self, call, keep_in, keep_out):
+        config = super().rebuild_config(call, keep_in, keep_out)
+        if self._depthwise(call):
+            config["groups"] = int(np.sum(keep_in[0]))
+        return config
 
     def _keep_per_group(self, call, keep):
         groups = getattr(call.layer, "groups", 1) or 1
+        if self._depthwise(call):
+            return np.ones(1, bool)   # every group reads its one channel
         per_group = keep.reshape(groups, -1)
         if not (per_group == per_group[0]).all():
             raise ValueError("a grouped conv must keep the same channels in every group")
@@ -523,6 +562,9 @@ class DepthwiseConv(Producer):
     channels pass through; with m > 1 each output still belongs to its input's channel (they die together)."""
 
     produces_channels = False
+
+    def reads_channels_separately(self, call):
+        return True
 
     def propagate(self, call, graph):
         self._check_format(call, graph)
@@ -710,23 +752,13 @@ def _register_defaults():
     register_handler(BaseDepthwiseConv, DepthwiseConv())
     register_handler(BaseSeparableConv, SeparableConv())
 
-    # Operations written as keras.ops calls on symbolic tensors (x + 3.0, ops.multiply(a, b), ...).
-    from keras.src.ops import numpy as knp
-    from keras.src.ops import nn as knn
-    for name in ("Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum", "Minimum", "Power"):
-        if hasattr(knp, name):
-            register_handler(getattr(knp, name), merge)
-    if hasattr(knp, "Concatenate"):
-        register_handler(knp.Concatenate, Concatenate())
-    for module, names in ((knp, ("Absolute", "Abs", "Square", "Sqrt", "Exp", "Negative", "Clip", "Tanh")),
-                          (knn, ("Relu", "Relu6", "Sigmoid", "HardSigmoid", "HardSwish", "Silu", "Swish",
-                                 "Gelu", "Elu", "Selu", "Softplus", "LeakyRelu", "Tanh"))):
-        for name in names:
-            if hasattr(module, name):
-                register_handler(getattr(module, name), pass_through)
+    # keras.ops calls (x + 3.0, ops.multiply(a, b), ops.pad, x[:, 0], ...) and attention layers: registered
+    # by ops_handlers and attention, imported at the end of this module.
 
 
 _register_defaults()
+from morphsparse import ops_handlers as _ops_handlers  # noqa: E402,F401  (registers the keras.ops rules)
+from morphsparse import attention as _attention  # noqa: E402,F401  (MultiHeadAttention, keras_hub layers)
 
 __all__ = ["LayerHandler", "PassThrough", "ChannelSizedPassThrough", "ChannelAxisNormalization", "Merge", "Rescaling", "Concatenate", "Flatten", "Reshape", "Opaque", "Producer",
            "Dense", "Conv", "ConvTranspose", "DepthwiseConv", "SeparableConv", "Embedding", "Input",

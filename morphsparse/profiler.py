@@ -2,6 +2,10 @@
 
 The model is traced to a concrete function with a fully defined input signature (batch 1), its variables are
 frozen into constants, and ``tf.compat.v1.profiler`` counts the float operations of each op type.
+
+The profiler registers no FLOP statistics for ``Einsum`` ops (Keras's attention scores and their weighted sum
+run as einsums; its projections run as BatchMatMul). Those are counted here from the same frozen graph: 2 x the
+product of the sizes of every index of the op's equation, read from its static input shapes.
 """
 
 from __future__ import annotations
@@ -10,11 +14,12 @@ import collections
 
 #: op types whose FLOPs are 2 x MACs of a layer morphsparse counts (the rest is BN, bias, element-wise, ...).
 MAC_OP_TYPES = ("Conv2D", "DepthwiseConv2dNative", "MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3",
-                "Conv2DBackpropInput", "Conv3D")
+                "Conv2DBackpropInput", "Conv3D", "Einsum")
 
 
 def profiler_flops(model, batch_size=1):
     """FLOPs per TensorFlow op type of one forward pass (inference mode) of ``batch_size`` examples."""
+    import keras
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2_as_graph)
@@ -26,11 +31,10 @@ def profiler_flops(model, batch_size=1):
             raise ValueError(f"input '{tensor.name}' of model '{model.name}' has an unknown dimension {shape}; "
                              "the profiler needs a fully defined input shape")
         specs.append(tf.TensorSpec(shape, tensor.dtype))
-    single = len(specs) == 1
 
     @tf.function
     def forward(*args):
-        return model(args[0] if single else list(args), training=False)
+        return model(keras.tree.pack_sequence_as(model.input, list(args)), training=False)
 
     concrete = forward.get_concrete_function(*specs)
     _, graph_def = convert_variables_to_constants_v2_as_graph(concrete)
@@ -47,7 +51,19 @@ def profiler_flops(model, batch_size=1):
             pending.extend(node.children)
             if node.float_ops:
                 per_type[graph.get_operation_by_name(node.name).type] += node.float_ops
-    return dict(per_type)
+        if "Einsum" not in per_type:
+            for op in graph.get_operations():
+                if op.type == "Einsum":
+                    per_type["Einsum"] += _einsum_flops(op)
+    return {k: v for k, v in per_type.items() if v}
+
+
+def _einsum_flops(op):
+    from morphsparse.ops_handlers import einsum_macs
+    equation = op.get_attr("equation")
+    equation = equation.decode() if isinstance(equation, bytes) else equation
+    shapes = [tuple(t.shape.as_list()) for t in op.inputs]
+    return 2 * einsum_macs(equation, shapes)
 
 
 def profiler_mac_flops(model, batch_size=1):

@@ -105,9 +105,14 @@ def test_keras_ops_on_symbolic_tensors_are_followed():
 
 
 def test_unknown_layer_error_names_layer_class_and_fix():
+    # A layer that uses a weight of its own in its call cannot be read through (see test_composite_layers_are
+    # _read_through for one that can): the error names it and says how to describe it.
     class Mystery(L.Layer):
+        def build(self, shape):
+            self.scale = self.add_weight(shape=(shape[-1],), initializer="ones")
+
         def call(self, x):
-            return x * 2.0
+            return x * self.scale
 
     inp = keras.Input((4,))
     out = L.Dense(3)(Mystery(name="mystery")(L.Dense(5)(inp)))
@@ -116,6 +121,7 @@ def test_unknown_layer_error_names_layer_class_and_fix():
         ms.analyze(model)
     message = str(err.value)
     assert "mystery" in message and "Mystery" in message and "register_handler" in message
+    assert "cannot be read through" in message
     ms.register_handler(Mystery, handlers.PassThrough)
     try:
         graph = ms.analyze(model)

@@ -56,13 +56,17 @@ class RegularizationSource:
     layer: object
     weight: object
     channels: np.ndarray
+    axis: int = 0     # the producer's output axis (past its outputs: an internal axis, attention heads)
 
     def values(self, l1_fraction=0.0, xp=np):
         """R for every entry of the weight's output axis (numpy, or a keras.ops tensor when ``xp`` is ops)."""
         if self.kind == "gamma":
             gamma = keras.ops.convert_to_numpy(self.weight) if xp is np else self.weight
             return xp.abs(gamma)
-        return channel_norms(self.producer.handler.kernel_matrix(self.producer, xp), l1_fraction, xp)
+        handler = self.producer.handler
+        matrix = (handler.kernel_matrix(self.producer, xp) if self.axis == 0
+                  else handler.axis_matrix(self.producer, self.axis, xp))
+        return channel_norms(matrix, l1_fraction, xp)
 
 
 def channel_norms(matrix, l1_fraction=0.0, xp=np):
@@ -179,17 +183,19 @@ def find_sources(model_or_graph, source="gamma", index=None):
     for k, call in enumerate(graph.calls):
         if not is_channel_source(call) or not call.out_groups:
             continue
-        groups, channels = call.out_groups[0], call.out_channels_idx[0]
-        if len(set(groups.tolist())) != 1:
-            continue  # a producer always starts one group; anything else is not ours to regularise
-        gid = int(groups[0])
-        if source == "gamma":
-            bn = _following_batch_norm(index, k)
-            if bn is None:
-                continue
-            found.append(RegularizationSource(gid, source, call, bn, bn.layer.gamma, channels))
-        else:
-            found.append(RegularizationSource(gid, source, call, call, None, channels))
+        axes = call.handler.regularized_axes(call) if hasattr(call.handler, "regularized_axes") else [0]
+        for axis in axes:
+            groups, channels = call.out_groups[axis], call.out_channels_idx[axis]
+            if len(set(groups.tolist())) != 1:
+                continue  # a producer always starts one group; anything else is not ours to regularise
+            gid = int(groups[0])
+            if source == "gamma":
+                bn = _following_batch_norm(index, k) if axis == 0 else None
+                if bn is None:
+                    continue
+                found.append(RegularizationSource(gid, source, call, bn, bn.layer.gamma, channels))
+            else:
+                found.append(RegularizationSource(gid, source, call, call, None, channels, axis))
     return found
 
 
@@ -369,6 +375,8 @@ def live_entries(graph, masks, index=None):
             outs = [np.zeros(call.output_channels(i), bool) for i in range(len(call.output_shapes))]
         for key, mask in zip(index.outputs_of[k], outs):
             live[key] = np.asarray(mask, bool)
+        for j in range(call.n_outputs, len(out_alive)):   # internal axes (attention heads): alive if kept
+            live[(k, "internal", j)] = out_alive[j] & (k not in removed)
     # Dead ends: a layer whose outputs reach no output through surviving layers (the depthwise conv at the
     # head of a ConvNeXt branch whose MLP died) is dropped by the functional rebuild too.
     outputs = set(index.model_outputs)
@@ -382,9 +390,15 @@ def live_entries(graph, masks, index=None):
     dead_ends = {k for k, call in enumerate(graph.calls) if call.node is not None and k not in removed
                  and k not in needed}
     for k in dead_ends:
-        for key in index.outputs_of[k]:
+        for key in index.outputs_of[k] + internal_keys(graph, k):
             live[key] = np.zeros(len(live[key]), bool)
     return live, removed | dead_ends, dead_ends
+
+
+def internal_keys(graph, k):
+    """Keys in ``live`` of the internal axes (attention heads) of call k, in ``out_groups`` order."""
+    call = graph.calls[k]
+    return [(k, "internal", j) for j in range(call.n_outputs, len(call.out_groups))]
 
 
 def effective_masks(graph, live, index):
@@ -392,7 +406,8 @@ def effective_masks(graph, live, index):
     alive but only read by removed layers is not)."""
     masks = {g.id: np.zeros(g.size, bool) for g in graph.groups}
     for k, call in enumerate(graph.calls):
-        for key, groups, channels in zip(index.outputs_of[k], call.out_groups, call.out_channels_idx):
+        for key, groups, channels in zip(index.outputs_of[k] + internal_keys(graph, k), call.out_groups,
+                                         call.out_channels_idx):
             keep = live[key]
             for gid in np.unique(groups[keep]).tolist():
                 masks[gid][channels[keep & (groups == gid)]] = True

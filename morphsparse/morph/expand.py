@@ -25,6 +25,8 @@ from morphsparse.costs import cost_report, count_flops, count_params
 from morphsparse.graph import GraphError, analyze
 from morphsparse.morph.alive import warn_user
 from morphsparse.morph.replay import TensorIndex
+from morphsparse.trace import symbolic_kwargs
+from morphsparse.morph.export import _from_config
 
 TARGETS = ("flops", "size")
 
@@ -215,25 +217,25 @@ def build_with_widths(model, graph, counts, name=None, index=None):
                     config = dict(call.handler.rebuild_config(call, keep_in, keep_out))
                     config.pop("build_config", None)
                     config["name"] = call.path.replace("/", "__")
-                    layers[id(layer)] = type(layer).from_config(config)
-                outputs = layers[id(layer)](*args, **kwargs)
-            else:
-                outputs = layer(*args, **kwargs)
+                    layers[id(layer)] = _from_config(layer, config)
+                outputs = layers[id(layer)](*args, **symbolic_kwargs(layers[id(layer)], kwargs))
+            else:   # a keras.ops call: its handler re-applies it (a reshape or slice names channel positions)
+                outputs = call.handler.apply_op(call, args, kwargs,
+                                                lambda i, lo, hi, call=call: width(call.in_groups[i][lo:hi]))
         except Exception as err:  # the layer's class decides what it accepts; say which one failed
             raise ExpandError(f"cannot rebuild layer '{call.path}' ({type(layer).__name__}) with "
                               f"{[len(m) for m in keep_in]} input and {[len(m) for m in keep_out]} output "
                               f"channels: {err}. Register a handler whose rebuild_config sets its width.") from err
         outputs = keras.tree.flatten(outputs)
         for key, tensor, keep in zip(index.outputs_of[k], outputs, keep_out):
-            if len(tensor.shape) > 1 and tensor.shape[-1] != len(keep):
+            if len(tensor.shape) > 1 and tensor.shape[-1] not in (None, len(keep)):
                 raise ExpandError(f"layer '{call.path}' ({type(layer).__name__}) is not supported by expand: "
                                   f"rebuilt with {tensor.shape[-1]} output channels instead of {len(keep)}; "
                                   "register a handler whose rebuild_config sets its width")
             tensors[key] = tensor
     outputs = [tensors[key] for key in index.model_outputs]
-    single_in = not isinstance(functional._inputs_struct, (list, tuple, dict)) and len(new_inputs) == 1
-    single_out = not isinstance(functional._outputs_struct, (list, tuple, dict)) and len(outputs) == 1
-    return keras.Model(new_inputs[0] if single_in else new_inputs, outputs[0] if single_out else outputs,
+    return keras.Model(keras.tree.pack_sequence_as(functional._inputs_struct, new_inputs),
+                       keras.tree.pack_sequence_as(functional._outputs_struct, outputs),
                        name=name or model.name)
 
 

@@ -76,7 +76,10 @@ class Probe:
                 if removed.any():
                     self.values[(k, i)] = _entry_values(data[key], removed)
             args, kwargs = index.arguments(k, data)
-            outputs = call.layer(*args, **kwargs)
+            if isinstance(call.layer, keras.layers.Layer):
+                outputs = call.layer(*args, **kwargs)
+            else:   # a keras.ops call, as its handler applies it (a traced reshape may read (None, ...))
+                outputs = call.handler.apply_op(call, args, kwargs, lambda i, lo, hi: hi - lo)
             outputs = [keras.ops.convert_to_numpy(t) for t in keras.tree.flatten(outputs)]
             for position, entries, value in forced.get(k, ()):
                 outputs[position][..., entries] = value[entries]
@@ -110,7 +113,7 @@ def random_inputs(model, batch=2, seed=0):
 
 
 def _outputs(model, arrays):
-    out = model(arrays if len(arrays) > 1 else arrays[0], training=False)
+    out = model(keras.tree.pack_sequence_as(model.input, list(arrays)), training=False)
     return [keras.ops.convert_to_numpy(t).astype(np.float64) for t in keras.tree.flatten(out)]
 
 
@@ -255,7 +258,13 @@ class RebuildStep:
         self.inputs = [exporter.tensors.get(key) for key in index.inputs_of[k]]
         self.keep_in = [exporter.live[key] for key in index.inputs_of[k]]
         self.keep_out = [exporter.live[key] for key in index.outputs_of[k]]
+        # internal channel axes (attention heads): which of their channels the rebuilt layer keeps
+        self.keep_internal = [exporter.live[key] for key in _alive.internal_keys(exporter.graph, k)]
         self.probe = [exporter.probe.at(k, i) for i in range(len(self.inputs))]
+
+    def new_count(self, i, lo, hi):
+        """How many of the original entries ``lo:hi`` of input i's channel axis survive."""
+        return int(np.sum(self.keep_in[i][lo:hi]))
 
     def constant_of(self, i):
         """Input i (which has no surviving entry) as a numpy constant over the output's surviving entries
@@ -406,8 +415,8 @@ class _Exporter:
             # Removed values matter only where they are folded (kernel layers), merged in as a constant (an
             # input with no live entry) or normalised with live channels; elsewhere they just flow on
             # (0 * gate is constant even though the gate is not).
-            folds = isinstance(call.handler, _handlers.Producer) and not isinstance(
-                call.handler, _handlers.DepthwiseConv)
+            folds = isinstance(call.handler, _handlers.Producer) and not call.handler.reads_channels_separately(
+                call)
             merged_constant = values.removed.all() and k not in self.removed
             if not (folds or normalises or merged_constant):
                 continue
@@ -475,7 +484,7 @@ class _Exporter:
         config = dict(layer.get_config() if config is None else config)
         config.pop("build_config", None)
         config["name"] = call.path.replace("/", "__")
-        new = type(layer).from_config(config)
+        new = _from_config(layer, config)
         self.layers[id(layer)] = new
         return new
 
@@ -512,10 +521,23 @@ class _Exporter:
                 raise ExportError(f"network output '{path}' would lose channels or become constant")
             outputs.append(self.tensors[key])
         functional = _functional_of_model(self.model)
-        single_in = not isinstance(functional._inputs_struct, (list, tuple, dict))
-        single_out = not isinstance(functional._outputs_struct, (list, tuple, dict))
-        return keras.Model(new_inputs[0] if single_in and len(new_inputs) == 1 else new_inputs,
-                           outputs[0] if single_out and len(outputs) == 1 else outputs, name=self.name)
+        # the same input and output structure (a dict of token ids and padding mask stays a dict)
+        return keras.Model(keras.tree.pack_sequence_as(functional._inputs_struct, new_inputs),
+                           keras.tree.pack_sequence_as(functional._outputs_struct, outputs), name=self.name)
+
+
+def _from_config(layer, config):
+    """A new layer of ``layer``'s class from ``config``. A layer without weights whose class cannot read its own
+    config back (keras_hub 0.32's LlamaRotaryEmbedding passes ``scaling_factor`` twice) is used as it is when
+    nothing in its config changed: it holds no state, so the slim model may share it."""
+    try:
+        return type(layer).from_config(config)
+    except Exception:
+        unchanged = {k: v for k, v in config.items() if k != "name"} == {
+            k: v for k, v in layer.get_config().items() if k not in ("name", "build_config")}
+        if layer.weights or not unchanged:
+            raise
+        return layer
 
 
 def _weight_position(layer, variable):
@@ -531,6 +553,9 @@ def _functional_of_model(model):
 
 
 def _normalises_across_channels(call):
+    from morphsparse.ops_handlers import normalises_across_channels
+    if normalises_across_channels(call) or getattr(call.handler, "normalises_across_channels", False):
+        return True   # keras.ops softmax / rms_norm over the channel axis; RMSNorm layers
     layer = call.layer
     if isinstance(layer, (keras.layers.LayerNormalization, keras.layers.GroupNormalization,
                           keras.layers.UnitNormalization, keras.layers.Softmax)):

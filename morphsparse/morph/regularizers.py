@@ -140,14 +140,19 @@ class UnsupportedLayerError(ValueError):
     """A layer whose cost the regulariser cannot express (the message names it and says what to do)."""
 
 
-def _fit_bilinear(call, count, what):
+def _fit_bilinear(call, count, what, s=None, t=None):
     """Read the coefficients (c0, ci, co, cio, cg) of ``count(a_in, a_out)`` (a handler's macs or params):
     bilinear in the alive input and output channel counts, plus a per-input part ``cg`` paid only while an
     output channel is alive (a SeparableConv's depthwise half). Probes the corners of the alive-count square
-    and the first output channel, then checks interior points so that any other handler is refused."""
-    s = call.input_channels(0) if call.input_shapes else 0
-    t = call.output_channels(0)
+    and the first output channel, then checks interior points so that any other handler is refused.
+    ``s``/``t``: the full widths of the two axes (default: the call's first input and output)."""
+    if s is None:
+        s = call.input_channels(0) if call.input_shapes else 0
+    if t is None:
+        t = call.output_channels(0)
     groups = int(getattr(call.layer, "groups", 1) or 1)
+    if s and s % groups:
+        groups = 1
     f00, fs0, f0t, fst = count(0, 0), count(s, 0), count(0, t), count(s, t)
     c0 = f00
     ci = (fs0 - f00) / s if s else 0.0
@@ -181,50 +186,110 @@ def _positions(shape):
     return int(np.prod(shape[1:-1])) if len(shape) > 2 else 1
 
 
+def _axis(call, ref):
+    """(groups, channels) of a channel axis of ``call`` named by ``("in", i)`` or ``("out", j)`` (j past the
+    outputs: an internal axis); empty for None (a constant side of a cost term)."""
+    if ref is None:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    side, i = ref
+    if side == "in":
+        return call.in_groups[i], call.in_channels[i]
+    return call.out_groups[i], call.out_channels_idx[i]
+
+
+def _axis_positions(call, ref):
+    if ref is None:
+        return 0
+    side, i = ref
+    shapes = call.input_shapes if side == "in" else call.output_shapes
+    return _positions(shapes[i]) if i < len(shapes) else 0
+
+
+def _cost_terms(graph, call):
+    """The call's cost as bilinear terms ``(in_ref, out_ref, macs(a, b), params(a, b))``: the handler's own
+    ``cost_terms`` (a layer with several channel axes, such as attention), else one term in the alive counts of
+    its first input and output with every other axis full."""
+    handler = call.handler
+    if hasattr(handler, "cost_terms"):
+        return handler.cost_terms(call)
+    in_full = [call.input_channels(i) for i in range(len(call.input_shapes))]
+    out_full = [call.output_channels(i) for i in range(len(call.output_shapes))]
+
+    def macs(a, b):
+        return handler.macs(call, [a] + in_full[1:], [b] + out_full[1:])
+
+    def params(a, b):
+        return handler.params(call, [a] + in_full[1:], [b] + out_full[1:])
+
+    if (len(call.input_shapes) != 1 or len(call.output_shapes) != 1) and _touches_removable(graph, call):
+        raise UnsupportedLayerError(
+            f"layer '{call.path}' ({type(call.layer).__name__}) has weights and "
+            f"{len(call.input_shapes)} inputs / {len(call.output_shapes)} outputs; MorphRegularizer "
+            "prices single-input, single-output kernel layers only. Keep its channels fixed: name it "
+            "and the layers feeding it in ignore=[...].")
+    return [(("in", 0) if call.input_shapes else None, ("out", 0), macs, params)]
+
+
 class KernelCalls:
     """The layer calls that cost anything, with their cost polynomials and the sparse matrices that sum a
-    per-channel vector (R or alive) over each call's input and output channel-axis entries."""
+    per-channel vector (R or alive) over each call's input and output channel-axis entries.
+
+    A call whose handler has ``cost_terms`` (attention: query, key and value widths times heads, heads times
+    output width) contributes one row per term; ``calls[k]`` is the call of row k and ``terms[k]`` the term's
+    index in it."""
 
     def __init__(self, graph):
         self.graph = graph
         offsets = graph._offsets
-        calls, flops, params, in_pos, out_pos, first, depthwise = [], [], [], [], [], [], []
+        calls, terms, flops, params, in_pos, out_pos, first, depthwise = [], [], [], [], [], [], [], []
+        in_entries, out_entries = [], []
         for call in graph.calls:
             if call.node is None or not call.out_groups:
                 continue
             handler = call.handler
-            in_full = [call.input_channels(i) for i in range(len(call.input_shapes))]
-            out_full = [call.output_channels(i) for i in range(len(call.output_shapes))]
-
-            def macs(a, b, call=call, handler=handler, in_full=in_full, out_full=out_full):
-                return float(handler.macs(call, [a] + in_full[1:], [b] + out_full[1:]))
-
-            def param_count(a, b, call=call, handler=handler, in_full=in_full, out_full=out_full):
-                return float(handler.params(call, [a] + in_full[1:], [b] + out_full[1:]))
-
-            full_macs = macs(*in_full[:1] or [0], out_full[0])
-            full_params = param_count(*in_full[:1] or [0], out_full[0]) if call.first_call else 0.0
+            pieces = None
+            try:
+                pieces = _cost_terms(graph, call)
+            except UnsupportedLayerError:
+                pass
+            full = [self._full(call, in_ref, out_ref, m, p) for in_ref, out_ref, m, p in pieces] if pieces else []
+            full_macs = sum(m for m, _ in full) if pieces else float(handler.macs(
+                call, [call.input_channels(i) for i in range(len(call.input_shapes))],
+                [call.output_channels(i) for i in range(len(call.output_shapes))]))
+            full_params = (sum(p for _, p in full) if pieces else float(handler.params(
+                call, [call.input_channels(i) for i in range(len(call.input_shapes))],
+                [call.output_channels(i) for i in range(len(call.output_shapes))]))) if call.first_call else 0.0
             if not full_macs and not full_params:
                 continue
-            calls.append(call)
             if not _touches_removable(graph, call):
                 # nothing it reads or writes can shrink (ignore=, opaque): a constant cost
-                flops.append((2 * full_macs,) + (0.0,) * 4)
-                params.append((full_params,) + (0.0,) * 4)
-            elif len(call.input_shapes) != 1 or len(call.output_shapes) != 1:
-                raise UnsupportedLayerError(
-                    f"layer '{call.path}' ({type(call.layer).__name__}) has weights and "
-                    f"{len(call.input_shapes)} inputs / {len(call.output_shapes)} outputs; MorphRegularizer "
-                    "prices single-input, single-output kernel layers only. Keep its channels fixed: name it "
-                    "and the layers feeding it in ignore=[...].")
+                rows = [(None, None, (2 * full_macs,) + (0.0,) * 4, (full_params,) + (0.0,) * 4)]
             else:
-                flops.append([2 * c for c in _fit_bilinear(call, macs, "MACs")])
-                params.append(_fit_bilinear(call, param_count, "parameters") if call.first_call else (0,) * 5)
-            in_pos.append(_positions(call.input_shapes[0]))
-            out_pos.append(_positions(call.output_shapes[0]))
-            first.append(call.first_call)
-            depthwise.append(isinstance(handler, _handlers.DepthwiseConv))
+                if pieces is None:
+                    _cost_terms(graph, call)    # raises the UnsupportedLayerError
+                rows = []
+                for in_ref, out_ref, m, p in pieces:
+                    s, t = len(_axis(call, in_ref)[0]), len(_axis(call, out_ref)[0])
+                    fm = _fit_bilinear(call, lambda a, b, m=m: float(m(a if in_ref else 1, b if out_ref else 1)),
+                                       "MACs", s, t)
+                    fp = (_fit_bilinear(call, lambda a, b, p=p: float(p(a if in_ref else 1, b if out_ref else 1)),
+                                        "parameters", s, t) if call.first_call else (0.0,) * 5)
+                    rows.append((in_ref, out_ref, [2 * c for c in fm], fp))
+            for j, (in_ref, out_ref, f, p) in enumerate(rows):
+                calls.append(call)
+                terms.append(j)
+                flops.append(f)
+                params.append(p)
+                groups, channels = _axis(call, in_ref)
+                in_entries.append(offsets[groups] + channels)
+                groups, channels = _axis(call, out_ref)
+                out_entries.append(offsets[groups] + channels)
+                in_pos.append(_axis_positions(call, in_ref))
+                out_pos.append(_axis_positions(call, out_ref))
+                first.append(call.first_call)
+                depthwise.append(isinstance(handler, _handlers.DepthwiseConv))
         self.calls = calls
+        self.terms = terms
         n = len(calls)
         self.flops, self.params = Bilinear(n), Bilinear(n)
         fitted = COEFFICIENTS[:5]
@@ -241,8 +306,14 @@ class KernelCalls:
         self.in_positions = np.asarray(in_pos, dtype=np.float64)
         self.out_positions = np.asarray(out_pos, dtype=np.float64)
         self.n_channels = int(offsets[-1])
-        self.in_matrix = self._summing_matrix([offsets[c.in_groups[0]] + c.in_channels[0] for c in calls])
-        self.out_matrix = self._summing_matrix([offsets[c.out_groups[0]] + c.out_channels_idx[0] for c in calls])
+        self.in_matrix = self._summing_matrix(in_entries)
+        self.out_matrix = self._summing_matrix(out_entries)
+
+    @staticmethod
+    def _full(call, in_ref, out_ref, macs, params):
+        a = len(_axis(call, in_ref)[0]) if in_ref else 1
+        b = len(_axis(call, out_ref)[0]) if out_ref else 1
+        return float(macs(a, b)), float(params(a, b))
 
     def _summing_matrix(self, flat_indices):
         """(calls x channels) counts: row k sums a flat per-channel vector over call k's channel-axis entries
@@ -348,9 +419,9 @@ class LatencyTarget(Target):
         by_layer = {}
         for j, call in enumerate(k.calls):
             if call.first_call:
-                by_layer[id(call.layer)] = j
+                by_layer[(id(call.layer), k.terms[j])] = j
         for j, call in enumerate(k.calls):
-            src = by_layer.get(id(call.layer), j)
+            src = by_layer.get((id(call.layer), k.terms[j]), j)
             for name in COEFFICIENTS:
                 getattr(weights, name)[j] = getattr(k.params, name)[src]
         return weights

@@ -5,7 +5,8 @@
 flattened network we need one name per tensor across nesting levels; :class:`TensorIndex` walks the model in
 exactly the order ``analyze`` does and gives every tensor a key: ``("input", i)`` for the i-th network input and
 ``(k, j)`` for output j of the k-th call in ``graph.calls``. An inner model's inputs are aliases of the tensors
-fed to it, its outputs aliases of the tensors it returns.
+fed to it, its outputs aliases of the tensors it returns; a layer read through its call (``graph.traces``) is
+walked like an inner model.
 """
 
 from __future__ import annotations
@@ -50,7 +51,12 @@ class TensorIndex:
                     if any(id(t) not in alias for t in node.input_tensors):
                         continue
                     in_keys = [alias[id(t)] for t in node.input_tensors]
-                    if _is_nested_model(op):
+                    traced = graph.traces.get(id(node))
+                    if traced is not None:
+                        trace = traced[1]
+                        out_keys = trace.outer_values(walk(trace.model, trace.input_maps(in_keys)),
+                                                      len(node.outputs))
+                    elif _is_nested_model(op):
                         out_keys = walk(_functional_of(op), in_keys)
                     else:
                         k = next(pending)
@@ -63,7 +69,8 @@ class TensorIndex:
                         for key in out_keys:
                             self.producer_of[key] = k
                     for t, key in zip(node.outputs, out_keys):
-                        alias[id(t)] = key
+                        if key is not None:
+                            alias[id(t)] = key
             return [alias[id(t)] for t in fmodel.outputs]
 
         self.model_outputs = walk(functional, self.model_inputs)

@@ -265,9 +265,12 @@ def test_user_masks_and_bad_input():
 
 
 def test_unsupported_layer_is_a_clear_error():
-    class Twice(L.Layer):
+    class Twice(L.Layer):     # a weight of its own: it cannot be read through its call
+        def build(self, shape):
+            self.gain = self.add_weight(shape=(), initializer="ones")
+
         def call(self, x):
-            return x * 2.0
+            return x * 2.0 * self.gain
 
     inp = keras.Input((4,))
     out = L.Dense(2)(Twice()(L.Dense(3)(inp)))

@@ -362,8 +362,14 @@ def test_threshold_that_kills_a_non_removable_group_is_refused():
 
 
 class Doubler(L.Layer):
+    """Uses a weight of its own in its call, so it cannot be read through (a composite layer made of Keras
+    layers and keras.ops would be)."""
+
+    def build(self, shape):
+        self.gain = self.add_weight(shape=(), initializer="ones")
+
     def call(self, x):
-        return keras.ops.concatenate([x, x], axis=-1)
+        return keras.ops.concatenate([x, x * self.gain], axis=-1)
 
 
 class SquareCostHandler(ms.handlers.Conv):

@@ -1,0 +1,517 @@
+"""Handlers for attention and the embedding layers of transformers (Keras and keras_hub).
+
+``MultiHeadAttention`` (and its subclasses, such as keras_hub's ``CachedMultiHeadAttention``) reads the channels
+of its query, key and value tensors with three projection kernels, works per head, and writes new output
+channels with its output projection. Its heads are an *internal* channel axis of the layer (no tensor carries
+it): each head is one channel of a removable group, and removing it removes its query, key, value and output
+slices together. Its output channels start a group like any kernel layer's; in a transformer the residual add
+ties them to the residual stream.
+
+Costs, per example (T query positions, S key positions, h heads of key size k and value size v, widths d_q,
+d_k, d_v of the inputs and d_o of the output): projections T*d_q*h*k + S*d_k*h*k + S*d_v*h*v + T*h*v*d_o, the
+attention scores T*S*h*k and their weighted sum T*S*h*v multiply-accumulates (over the attention axes).
+
+Embeddings of keras_hub models: ``PositionEmbedding`` takes its width from its input and its output is added
+to it, so its channels *are* its input's channels (the residual stream); ``ViTPatchingAndEmbedding`` is a
+patch convolution plus a class token and position embeddings over the same new channels. keras_hub classes are
+registered by name, so keras_hub is never imported here.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import keras
+import numpy as np
+
+from morphsparse import handlers as _h
+from morphsparse.trace import symbolic_kwargs
+
+_HUB = "keras_hub.src"
+
+
+def _positions(shape, what):
+    dims = shape[1:-1]
+    if any(d is None for d in dims):
+        raise ValueError(f"{what} has an unknown length {tuple(shape)}; build the model on inputs of fixed "
+                         "length (keras.Input(shape=(length, ...))) to count its costs")
+    return int(np.prod(dims)) if dims else 1
+
+
+class MultiHeadAttention(_h.Producer):
+    """``keras.layers.MultiHeadAttention``: heads are one removable group (internal axis ``"heads"``)."""
+
+    def _roles(self, call):
+        """Input positions of query, key and value in the call's input tensors."""
+        args, kwargs = call.node.arguments.args, call.node.arguments.kwargs
+        query = args[0] if len(args) > 0 else kwargs.get("query")
+        value = args[1] if len(args) > 1 else kwargs.get("value")
+        key = args[2] if len(args) > 2 else kwargs.get("key")
+        key = value if key is None else key
+        position = {}
+        for i, t in enumerate(call.node.input_tensors):
+            position.setdefault(id(t), i)
+        return position[id(query)], position[id(key)], position[id(value)]
+
+    def _sizes(self, call):
+        layer = call.layer
+        return layer.num_heads, layer.key_dim, layer.value_dim or layer.key_dim
+
+    def _lengths(self, call):
+        """(T, S, scores): query positions, key positions, and query-key pairs over the attention axes."""
+        qi, ki, _ = self._roles(call)
+        q_shape, k_shape = call.input_shapes[qi], call.input_shapes[ki]
+        t, s = _positions(q_shape, "the query"), _positions(k_shape, "the key")
+        rank = len(q_shape)
+        axes = call.layer.attention_axes
+        axes = list(range(1, rank - 1)) if axes is None else [a % rank for a in axes]
+        others = int(np.prod([q_shape[a] for a in range(1, rank - 1) if a not in axes]) or 1)
+        pairs = others * int(np.prod([q_shape[a] for a in axes])) * int(np.prod([k_shape[a] for a in axes]))
+        return t, s, pairs
+
+    def propagate(self, call, graph):
+        qi, ki, vi = self._roles(call)
+        h, _, _ = self._sizes(call)
+        graph.consume(call, call.in_maps[qi], slot="query")
+        graph.consume(call, call.in_maps[ki], slot="key")
+        graph.consume(call, call.in_maps[vi], slot="value")
+        heads = graph.new_channels(call, h, output="heads")
+        graph.internal(call, "heads", heads)
+        outs = [graph.new_channels(call, call.output_channels(0))]
+        for i in range(1, len(call.output_shapes)):    # attention scores: (batch, heads, T, S)
+            ids = graph.new_channels(call, call.output_channels(i), output=i)
+            graph.pin(ids, f"{call.path}: attention scores")
+            outs.append(ids)
+        return outs
+
+    # --- costs ------------------------------------------------------------------------------------------
+    def cost_terms(self, call):
+        """The MACs and parameters as a sum of bilinear terms, each in the alive counts of two channel axes:
+        ``(in_ref, out_ref, macs(a, b), params(a, b))`` with refs ``("in", i)``, ``("out", j)`` (j past the
+        outputs: an internal axis) or None (a constant 1)."""
+        qi, ki, vi = self._roles(call)
+        h, k, v = self._sizes(call)
+        t, s, pairs = self._lengths(call)
+        bias = 1 if call.layer.use_bias else 0
+        heads = ("out", call.internal_index("heads"))
+        return [
+            (("in", qi), heads, lambda a, b: t * k * a * b, lambda a, b: k * a * b + bias * k * b),
+            (("in", ki), heads, lambda a, b: s * k * a * b, lambda a, b: k * a * b + bias * k * b),
+            (("in", vi), heads, lambda a, b: s * v * a * b, lambda a, b: v * a * b + bias * v * b),
+            (None, heads, lambda a, b: pairs * (k + v) * b, lambda a, b: 0),
+            (heads, ("out", 0), lambda a, b: t * v * a * b, lambda a, b: v * a * b + bias * b),
+        ]
+
+    def _total(self, call, alive_in, alive_out, which):
+        counts = {("in", i): c for i, c in enumerate(alive_in)}
+        counts.update({("out", j): c for j, c in enumerate(alive_out)})
+        total = 0
+        for in_ref, out_ref, macs, params in self.cost_terms(call):
+            a = 1 if in_ref is None else counts[in_ref]
+            b = 1 if out_ref is None else counts[out_ref]
+            total += (macs if which == "macs" else params)(a, b)
+        return total
+
+    def macs(self, call, alive_in, alive_out):
+        return self._total(call, alive_in, self._with_heads(call, alive_out), "macs")
+
+    def params(self, call, alive_in, alive_out):
+        return self._total(call, alive_in, self._with_heads(call, alive_out), "params")
+
+    def _with_heads(self, call, alive_out):
+        """alive_out with the heads count (all heads when the caller counted outputs only)."""
+        index = call.internal_index("heads")
+        if len(alive_out) > index:
+            return list(alive_out)
+        return list(alive_out) + [call.layer.num_heads] * (index + 1 - len(alive_out))
+
+    # --- group lasso (morphsparse.morph.alive) ----------------------------------------------------------
+    def kernel_matrix(self, call, xp=np):
+        return _h._as_matrix(call.layer.output_dense.kernel, xp)
+
+    def axis_matrix(self, call, axis, xp=np):
+        """The weights of each channel of output axis ``axis`` as (fan-in, channels) columns: for the heads,
+        every query, key, value and output weight of the head."""
+        if axis == 0:
+            return self.kernel_matrix(call, xp)
+        layer = call.layer
+        parts = []
+        for kernel, head_axis in ((layer.query_dense.kernel, 1), (layer.key_dense.kernel, 1),
+                                  (layer.value_dense.kernel, 1), (layer.output_dense.kernel, 0)):
+            parts.append(_h._as_matrix(kernel, xp, out_axis=head_axis))
+        if xp is np:
+            return np.concatenate(parts, axis=0)
+        return xp.concatenate(parts, axis=0)
+
+    def regularized_axes(self, call):
+        """Output axes with a group-lasso source: the output channels and the heads."""
+        return [0, call.internal_index("heads")]
+
+    # --- export and expand ------------------------------------------------------------------------------
+    def _heads_mask(self, call, keep_out):
+        index = call.internal_index("heads")
+        if len(keep_out) > index:
+            return np.asarray(keep_out[index], bool)
+        return np.ones(call.layer.num_heads, bool)
+
+    def live_outputs(self, call, in_live, out_alive):
+        qi, ki, vi = self._roles(call)
+        heads = self._heads_mask(call, out_alive)
+        if not heads.any():
+            raise ValueError("every head of this attention layer is dead; keep at least one (lower the "
+                             "threshold or the regulariser strength)")
+        if not (in_live[qi].any() and in_live[ki].any() and in_live[vi].any()) or not out_alive[0].any():
+            return None
+        outs = [out_alive[0]]
+        outs += [np.ones(call.output_channels(i), bool) for i in range(1, len(call.output_shapes))]
+        return outs
+
+    def rebuild_config(self, call, keep_in, keep_out):
+        config = call.layer.get_config()
+        qi = self._roles(call)[0]
+        heads = self._heads_mask(call, keep_out)
+        config["num_heads"] = int(heads.sum())
+        out = int(np.sum(keep_out[0]))
+        if config.get("output_shape") is not None or out != int(np.sum(keep_in[qi])):
+            config["output_shape"] = out
+        return config
+
+    def slice_weights(self, call, keep_in, keep_out, weights):
+        qi, ki, vi = self._roles(call)
+        heads, out = self._heads_mask(call, keep_out), keep_out[0]
+        layer = call.layer
+        cuts = {}
+        for dense, rows in ((layer.query_dense, keep_in[qi]), (layer.key_dense, keep_in[ki]),
+                            (layer.value_dense, keep_in[vi])):
+            cuts[id(dense.kernel)] = lambda w, rows=rows: w[rows][:, heads]
+            if getattr(dense, "bias", None) is not None:
+                cuts[id(dense.bias)] = lambda w: w[heads]
+        cuts[id(layer.output_dense.kernel)] = lambda w: w[heads][..., out]
+        if getattr(layer.output_dense, "bias", None) is not None:
+            cuts[id(layer.output_dense.bias)] = lambda w: w[out]
+        return [cuts[id(v)](w) if id(v) in cuts else w for v, w in zip(layer.weights, weights)]
+
+    def rebuild(self, call, step):
+        old = step.old_weights()
+        keep_out = list(step.keep_out) + step.keep_internal
+        config = self.rebuild_config(call, step.keep_in, keep_out)
+        weights = self.slice_weights(call, step.keep_in, keep_out, old)
+        weights = self._fold(call, step, weights, old)
+        layer = step.new_layer(config)
+        args, kwargs = step.arguments()
+        outputs = layer(*args, **symbolic_kwargs(layer, kwargs))
+        step.set_weights(layer, weights)
+        return outputs
+
+    def _fold(self, call, step, weights, old):
+        """Fold constant removed query/key/value input channels into the projection biases."""
+        layer = call.layer
+        heads = self._heads_mask(call, list(step.keep_out) + step.keep_internal)
+        roles = dict(zip(("query", "key", "value"), self._roles(call)))
+        position = {id(v): i for i, v in enumerate(layer.weights)}
+        for role, dense in (("query", layer.query_dense), ("key", layer.key_dense), ("value", layer.value_dense)):
+            values = step.probe[roles[role]]
+            if values is None or not np.any(values.value):
+                continue
+            constants = np.zeros(len(values.removed))
+            constants[values.removed] = values.value
+            kernel = old[position[id(dense.kernel)]].astype(np.float64)        # (d, heads, size)
+            delta = np.tensordot(constants, kernel, axes=(0, 0))[heads]
+            if getattr(dense, "bias", None) is None:
+                raise ValueError(f"removed {role} input channels carry a constant and the layer has no bias "
+                                 "to fold it into")
+            i = position[id(dense.bias)]
+            weights[i] = (weights[i] + delta).astype(weights[i].dtype)
+            step.exporter.report.folded += 1
+        return weights
+
+
+class PositionEmbedding(_h.Producer):
+    """keras_hub ``PositionEmbedding``: a (sequence_length, width) table whose width is its input's; its
+    output is added to its input, so its channels are its input's channels."""
+
+    produces_channels = False
+
+    def reads_channels_separately(self, call):
+        return True    # it reads only its input's shape: a removed input channel takes its column with it
+
+    def propagate(self, call, graph):
+        return [call.in_maps[0]]
+
+    def macs(self, call, alive_in, alive_out):
+        return 0
+
+    def params(self, call, alive_in, alive_out):
+        return int(call.layer.position_embeddings.shape[0]) * alive_out[0]
+
+    def kernel_matrix(self, call, xp=np):
+        return _h._as_matrix(call.layer.position_embeddings, xp)
+
+    def live_outputs(self, call, in_live, out_alive):
+        return [in_live[0]] if in_live[0].any() else None
+
+    def rebuild_config(self, call, keep_in, keep_out):
+        return call.layer.get_config()
+
+    def slice_weights(self, call, keep_in, keep_out, weights):
+        return [w[:, keep_out[0]] for w in weights]
+
+
+class ReversibleEmbedding(_h.Embedding):
+    """``keras.layers.ReversibleEmbedding``: an Embedding whose untied reverse table (width, vocabulary) is
+    sliced on its rows."""
+
+    def params(self, call, alive_in, alive_out):
+        return sum(int(np.prod(w.shape)) // call.output_channels(0) * alive_out[0] for w in call.layer.weights)
+
+    def slice_weights(self, call, keep_in, keep_out, weights):
+        keep = keep_out[0]
+        reverse = getattr(call.layer, "reverse_embeddings", None)
+        return [w[keep] if reverse is not None and v is reverse else w[:, keep]
+                for v, w in zip(call.layer.weights, weights)]
+
+
+class ViTPatchingAndEmbedding(_h.Producer):
+    """keras_hub ``ViTPatchingAndEmbedding`` and ``DeiTEmbeddings``: a patch convolution (``patch_embedding``)
+    to ``hidden_dim`` new channels, plus class, distillation and mask tokens and position embeddings over the
+    same channels (every other weight of the layer has them on its last axis)."""
+
+    width_key = "hidden_dim"
+
+    def _conv(self, call):
+        return call.layer.patch_embedding
+
+    def macs(self, call, alive_in, alive_out):
+        conv = self._conv(call)
+        patches = 1
+        for size, k, stride in zip(call.input_shapes[0][1:-1], conv.kernel_size, conv.strides):
+            patches *= (size - k) // stride + 1
+        return patches * int(np.prod(conv.kernel_size)) * alive_in[0] * alive_out[0]
+
+    def params(self, call, alive_in, alive_out):
+        conv, full_in = self._conv(call), call.input_channels(0)
+        total = 0
+        for w in call.layer.weights:
+            size = int(np.prod(w.shape))
+            if w is conv.kernel:
+                total += size // full_in // call.output_channels(0) * alive_in[0] * alive_out[0]
+            else:
+                total += size // call.output_channels(0) * alive_out[0]
+        return total
+
+    def kernel_matrix(self, call, xp=np):
+        return _h._as_matrix(self._conv(call).kernel, xp)
+
+    def rebuild_config(self, call, keep_in, keep_out):
+        config = super().rebuild_config(call, keep_in, keep_out)
+        if "num_channels" in config:
+            config["num_channels"] = int(np.sum(keep_in[0]))
+        # keras_hub 0.32 writes derived values (num_patches, num_positions) into these layers' configs but
+        # does not accept them back
+        for key in ("num_patches", "num_positions"):
+            if key in config and key not in inspect.signature(type(call.layer).__init__).parameters:
+                config.pop(key)
+        return config
+
+    def slice_weights(self, call, keep_in, keep_out, weights):
+        kernel, keep = self._conv(call).kernel, keep_out[0]
+        return [w[..., keep_in[0], :][..., keep] if v is kernel else w[..., keep]
+                for v, w in zip(call.layer.weights, weights)]
+
+
+def _einsum_specs(equation):
+    inputs, output = equation.replace(" ", "").split("->")
+    x_spec, kernel_spec = inputs.split(",")
+    return x_spec, kernel_spec, output
+
+
+class EinsumDense(_h.Producer):
+    """``keras.layers.EinsumDense``. When its equation contracts the input's last axis with the kernel and
+    takes the output's last axis from the kernel (``"btd,dhk->bthk"``: a Dense into heads), it reads its input
+    channels like a Dense and creates new output channels (entry k of every head is one channel). Any other
+    equation pins its channels; its multiply-accumulates are counted either way."""
+
+    def _letters(self, call):
+        x_spec, kernel_spec, out_spec = _einsum_specs(call.layer.equation)
+        if "." in x_spec + out_spec + kernel_spec:
+            return None
+        l_in, l_out = x_spec[-1], out_spec[-1]
+        if l_in in kernel_spec and l_in not in out_spec and l_out in kernel_spec and l_out not in x_spec:
+            return l_in, l_out
+        return None
+
+    def propagate(self, call, graph):
+        if self._letters(call) is None:
+            from morphsparse.ops_handlers import _pin_all
+            return _pin_all(call, graph, f"EinsumDense equation {call.layer.equation!r} does not map input "
+                                         "channels to new output channels")
+        return super().propagate(call, graph)
+
+    def infer_output_shapes(self, layer, in_shapes):
+        """The output shape from the equation, the input's shape and the kernel's (Keras keeps the None of a
+        partial ``output_shape`` such as ``(None, heads, size)``)."""
+        x_spec, kernel_spec, out_spec = _einsum_specs(layer.equation)
+        if "." in x_spec + kernel_spec + out_spec:
+            return None
+        sizes = dict(zip(kernel_spec, tuple(layer.kernel.shape)))
+        sizes.update({letter: d for letter, d in zip(x_spec, in_shapes[0]) if d is not None})
+        return [tuple(sizes.get(letter) for letter in out_spec)]
+
+    def _full_macs(self, call):
+        from morphsparse.ops_handlers import einsum_macs
+        x_shape = tuple(1 if d is None else d for d in call.input_shapes[0])
+        return einsum_macs(call.layer.equation, [x_shape, tuple(call.layer.kernel.shape)])
+
+    def _fractions(self, call, alive_in, alive_out):
+        letters = self._letters(call)
+        if letters is None:
+            return 1.0, 1.0
+        return alive_in[0] / call.input_channels(0), alive_out[0] / call.output_channels(0)
+
+    def macs(self, call, alive_in, alive_out):
+        f_in, f_out = self._fractions(call, alive_in, alive_out)
+        return int(round(self._full_macs(call) * f_in * f_out))
+
+    def params(self, call, alive_in, alive_out):
+        f_in, f_out = self._fractions(call, alive_in, alive_out)
+        kernel = int(np.prod(call.layer.kernel.shape))
+        bias = getattr(call.layer, "bias", None)
+        total = int(round(kernel * f_in * f_out))
+        if bias is not None:
+            total += int(round(int(np.prod(bias.shape)) * (f_out if self._bias_has_output(call) else 1.0)))
+        return total
+
+    def _bias_has_output(self, call):
+        letters = self._letters(call)
+        return letters is not None and letters[1] in (call.layer.bias_axes or "")
+
+    def _kernel_axes(self, call):
+        _, kernel_spec, _ = _einsum_specs(call.layer.equation)
+        l_in, l_out = self._letters(call)
+        return kernel_spec.index(l_in), kernel_spec.index(l_out)
+
+    def kernel_matrix(self, call, xp=np):
+        if self._letters(call) is None:
+            return _h._as_matrix(call.layer.kernel, xp)
+        return _h._as_matrix(call.layer.kernel, xp, out_axis=self._kernel_axes(call)[1])
+
+    def rebuild_config(self, call, keep_in, keep_out):
+        config = call.layer.get_config()
+        shape = config.get("output_shape")
+        if self._letters(call) is not None and shape is not None:
+            shape = list(shape) if isinstance(shape, (list, tuple)) else [shape]
+            shape[-1] = int(np.sum(keep_out[0]))
+            config["output_shape"] = shape if len(shape) > 1 else shape[0]
+        return config
+
+    def slice_weights(self, call, keep_in, keep_out, weights):
+        if self._letters(call) is None:
+            return weights
+        axis_in, axis_out = self._kernel_axes(call)
+        out = []
+        for v, w in zip(call.layer.weights, weights):
+            if v is call.layer.kernel:
+                w = np.compress(keep_in[0], w, axis=axis_in)
+                w = np.compress(keep_out[0], w, axis=axis_out)
+            elif v is getattr(call.layer, "bias", None) and self._bias_has_output(call):
+                w = w[..., keep_out[0]]
+            out.append(w)
+        return out
+
+    def bias_shift(self, call, removed, constants, weights):
+        if self._letters(call) is None:
+            return None
+        kernel = _h._weight(call.layer, weights, call.layer.kernel).astype(np.float64)
+        axis_in, axis_out = self._kernel_axes(call)
+        if kernel.ndim != 2 or not self._bias_has_output(call):
+            raise ValueError("removed input channels carry a constant that cannot be folded into this "
+                             "EinsumDense's bias")
+        kernel = np.moveaxis(kernel, axis_in, 0)
+        return constants[removed].astype(np.float64) @ kernel[removed]
+
+
+class ChannelNormalization(_h.PassThrough):
+    """A normalisation over the channel axis with per-channel weights (RMSNorm and the layer norms of LLMs):
+    channel-keeping, weights sliced with the channels; it normalises across channels, so export keeps dead
+    channels it reads (as for LayerNormalization)."""
+
+    normalises_across_channels = True
+
+
+class Rotary(_h.Opaque):
+    """A rotary position embedding: it rotates pairs of channels of each head, so its channels are kept."""
+
+    def propagate(self, call, graph):
+        from morphsparse.ops_handlers import _pin_all
+        return _pin_all(call, graph, "rotary position embedding (rotates pairs of channels)")
+
+    def macs(self, call, alive_in, alive_out):
+        """keras_hub's RotaryEmbedding computes its angles as einsum("bi,j->bij", positions, inverse_freq):
+        T * d/2 multiply-accumulates per call (T positions, d channels of the rotated axis)."""
+        layer, shape = call.layer, call.input_shapes[0]
+        if not (hasattr(layer, "sequence_axis") and hasattr(layer, "feature_axis")):
+            return 0
+        t, d = shape[layer.sequence_axis], shape[layer.feature_axis]
+        return 0 if t is None or d is None else int(t) * (int(d) // 2)
+
+
+class ShapeReader(_h.LayerHandler):
+    """A layer that reads only the shape of its input (its batch size) and emits a table of its own (keras_hub
+    DeBERTa's RelativeEmbedding): its outputs are new, pinned channels; its input is not read."""
+
+    def propagate(self, call, graph):
+        outs = []
+        for i in range(len(call.output_shapes)):
+            ids = graph.new_channels(call, call.output_channels(i), output=i)
+            graph.pin(ids, f"{call.path}: a table of its own ({type(call.layer).__name__})")
+            outs.append(ids)
+        return outs
+
+    def params(self, call, alive_in, alive_out):
+        return int(sum(np.prod(w.shape) for w in call.layer.weights))
+
+    def live_outputs(self, call, in_live, out_alive):
+        return [np.ones(call.output_channels(i), bool) for i in range(len(call.output_shapes))]
+
+    def slice_weights(self, call, keep_in, keep_out, weights):
+        return weights
+
+
+#: keras_hub rotary position embeddings (subclasses of the first are found through it)
+HUB_ROTARY = ("layers.modeling.rotary_embedding.RotaryEmbedding", "models.smollm3.smollm3_layers.SmolLM3RotaryEmbedding")
+
+#: keras_hub normalisation layers over the channel axis (RMSNorm variants with a per-channel scale)
+HUB_CHANNEL_NORMS = (
+    "layers.modeling.rms_normalization.RMSNormalization", "models.llama.llama_layernorm.LlamaLayerNorm",
+    "models.qwen.qwen_layernorm.QwenLayerNorm", "models.qwen_moe.qwen_moe_layernorm.QwenMoeLayerNorm",
+    "models.gemma4.gemma4_layers.RMSNormalization", "models.gemma3.gemma3_layers.RMSNormalization",
+    "models.gemma.rms_normalization.RMSNormalization", "models.t5.t5_layer_norm.T5LayerNorm",
+    "models.mistral.mistral_layer_norm.MistralLayerNormalization", "models.phi3.phi3_layernorm.Phi3LayerNorm",
+    "models.mixtral.mixtral_layer_norm.MixtralLayerNormalization", "models.qwen3.qwen3_layernorm.Qwen3LayerNorm",
+    "models.gpt_oss.gpt_oss_layer_norm.GptOssLayerNormalization", "models.edrec.edrec_layers.EdRecRMSNormalization",
+    "models.qwen3_moe.qwen3_moe_layernorm.Qwen3MoeLayerNorm", "models.qwen3_5.qwen3_5_layers.Qwen3_5LayerNorm",
+    "models.gemma3n.rms_normalization.Gemma3nRMSNorm", "models.roformer_v2.roformer_v2_attention.RoformerNorm",
+)
+
+
+def _register_defaults():
+    _h.register_handler(keras.layers.MultiHeadAttention, MultiHeadAttention())
+    _h.register_handler(keras.layers.ReversibleEmbedding, ReversibleEmbedding())
+    _h.register_handler(f"{_HUB}.layers.modeling.position_embedding.PositionEmbedding", PositionEmbedding())
+    _h.register_handler(f"{_HUB}.models.vit.vit_layers.ViTPatchingAndEmbedding", ViTPatchingAndEmbedding())
+    _h.register_handler(f"{_HUB}.models.deit.deit_layers.DeiTEmbeddings", ViTPatchingAndEmbedding())
+    _h.register_handler(keras.layers.EinsumDense, EinsumDense())
+    norm = ChannelNormalization()
+    if hasattr(keras.layers, "RMSNormalization"):
+        _h.register_handler(keras.layers.RMSNormalization, norm)
+    for name in HUB_CHANNEL_NORMS:
+        _h.register_handler(f"{_HUB}.{name}", norm)
+    for name in HUB_ROTARY:
+        _h.register_handler(f"{_HUB}.{name}", Rotary())
+    _h.register_handler(f"{_HUB}.models.deberta_v3.relative_embedding.RelativeEmbedding", ShapeReader())
+
+
+_register_defaults()
+
+__all__ = ["MultiHeadAttention", "PositionEmbedding", "ReversibleEmbedding", "ViTPatchingAndEmbedding", "EinsumDense",
+           "ChannelNormalization", "Rotary", "ShapeReader", "HUB_CHANNEL_NORMS", "HUB_ROTARY"]
