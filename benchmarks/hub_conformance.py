@@ -15,7 +15,7 @@ the sequence output) and is put through:
   are marked dead and their weights zeroed; the slim model exported with ``exact=True`` must be smaller and
   give the same logits (relative 1e-5) as the original;
 * **expanded**: the slim model is widened back to the original FLOPs; the result must fit the budget;
-* **sparse-trained**: ``ms.sparsify`` (RigL, 80%) trains a few steps and reaches its sparsity.
+* **sparse-trained**: ``ms.sparse_optimizer`` (RigL, 80%) trains a few steps and reaches its sparsity.
 
 Writes benchmarks/results/hub_conformance.json and docs/hub_conformance.md.
 
@@ -400,10 +400,11 @@ def check_backbone(name, use_profiler=True, fit_steps=2):
             row["expanded_error"] = _short(err)
     try:
         _, plain, _ = build(name)
-        sparse = ms.sparsify(plain, 0.8, method="rigl", update_every=1, total_steps=fit_steps)
-        sparse.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        sparse.fit(x, y, batch_size=2, epochs=1, steps_per_epoch=fit_steps, verbose=0)
-        sparsity = ms.sparsity_report(sparse).sparsity
+        optimizer = ms.sparse_optimizer(plain, keras.optimizers.Adam(1e-3), sparsity=0.8, method="rigl",
+                                        update_every=1, total_steps=fit_steps)
+        plain.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        plain.fit(x, y, batch_size=2, epochs=1, steps_per_epoch=fit_steps, verbose=0)
+        sparsity = ms.sparsity_report(plain).sparsity
         row["sparsity"] = round(float(sparsity), 4)
         row["sparse"] = bool(abs(sparsity - 0.8) < 0.02)
     except Exception as err:

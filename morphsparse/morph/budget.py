@@ -50,6 +50,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from morphsparse.costs import check_budget
+
 #: Model attribute holding the controller state (a plain attribute, not tracked: saving walks it by name).
 STATE_ATTRIBUTE = "_morph_budget_state"
 #: A final cost more than this (as a fraction of the seed's cost) from the budget is reported at the end.
@@ -110,13 +112,7 @@ class BudgetState(keras.layers.Layer):
 def parse_budget(budget, target):
     """Validate ``budget`` and return (ratio or None, absolute or None): a fraction in (0, 1] or an absolute
     cost > 1 in the target's unit."""
-    if isinstance(budget, bool) or not isinstance(budget, (int, float, np.integer, np.floating)):
-        raise TypeError(f"budget must be a number (a fraction of the seed's cost in (0, 1], or an absolute "
-                        f"{target.unit} count > 1), got {budget!r}")
-    budget = float(budget)
-    if not math.isfinite(budget) or budget <= 0:
-        raise ValueError(f"budget must be a finite number > 0 (a fraction of the seed's cost in (0, 1], or an "
-                         f"absolute {target.unit} count > 1), got {budget!r}")
+    budget = check_budget(budget)
     if budget <= 1.0:
         return budget, None
     if target.name == "latency":

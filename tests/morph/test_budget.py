@@ -252,9 +252,9 @@ def test_custom_loop_needs_steps():
 # --- arguments ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs,pattern", [
-    (dict(budget=0.0), "budget must be a finite number > 0"),
-    (dict(budget=-3), "budget must be a finite number > 0"),
-    (dict(budget=float("nan")), "budget must be a finite number > 0"),
+    (dict(budget=0.0), "budget must be a positive finite number"),
+    (dict(budget=-3), "budget must be a positive finite number"),
+    (dict(budget=float("nan")), "budget must be a positive finite number"),
     (dict(budget=10 ** 12), r"budget=.* is not below the seed's cost"),
     (dict(budget=0.5, strength=1e-3), "budget=.*or strength=.*not both"),
     (dict(budget=0.5, strength_multiplier=2.0), "budget=.*or strength_multiplier=.*not both"),
