@@ -743,14 +743,17 @@ def _register_defaults():
 
     register_handler(L.Dense, Dense())
     register_handler(L.Embedding, Embedding())
-    from keras.src.layers.convolutional.base_conv import BaseConv
-    from keras.src.layers.convolutional.base_conv_transpose import BaseConvTranspose
-    from keras.src.layers.convolutional.base_depthwise_conv import BaseDepthwiseConv
-    from keras.src.layers.convolutional.base_separable_conv import BaseSeparableConv
-    register_handler(BaseConv, Conv())
-    register_handler(BaseConvTranspose, ConvTranspose())
-    register_handler(BaseDepthwiseConv, DepthwiseConv())
-    register_handler(BaseSeparableConv, SeparableConv())
+    # The public convolution classes (their subclasses are found along the class hierarchy), and Keras's base
+    # classes by name only, for layers deriving from those directly: nothing is imported from keras.src.
+    for handler, public, base in (
+            (Conv(), (L.Conv1D, L.Conv2D, L.Conv3D), "base_conv.BaseConv"),
+            (ConvTranspose(), (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose),
+             "base_conv_transpose.BaseConvTranspose"),
+            (DepthwiseConv(), (L.DepthwiseConv1D, L.DepthwiseConv2D), "base_depthwise_conv.BaseDepthwiseConv"),
+            (SeparableConv(), (L.SeparableConv1D, L.SeparableConv2D), "base_separable_conv.BaseSeparableConv")):
+        for cls in public:
+            register_handler(cls, handler)
+        register_handler(f"keras.src.layers.convolutional.{base}", handler)
 
     # keras.ops calls (x + 3.0, ops.multiply(a, b), ops.pad, x[:, 0], ...) and attention layers: registered
     # by ops_handlers and attention, imported at the end of this module.
