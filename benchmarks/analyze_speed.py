@@ -60,9 +60,15 @@ def main(argv=None):
     names = args.models or application_names() + hub_names()
     for name in names:
         model = build_model(name)
-        analyze_s = best_time(lambda: ms.analyze(model), args.repeats)
-        graph = ms.analyze(model)
-        report_s = best_time(lambda: ms.cost_report(graph), args.repeats)
+        try:
+            analyze_s = best_time(lambda: ms.analyze(model), args.repeats)
+            graph = ms.analyze(model)
+            report_s = best_time(lambda: ms.cost_report(graph), args.repeats)
+        except ms.GraphError as err:   # a keras_hub backbone the hub conformance table lists as not analysed
+            rows.append({"model": name, "error": str(err)[:200]})
+            print(f"{name:42s} not analysed (see docs/hub_conformance.md)", flush=True)
+            keras.backend.clear_session()
+            continue
         rows.append({"model": name, "layers": len(model.layers), "layer_calls": len(graph.calls),
                      "analyze_seconds": round(analyze_s, 4),
                      "cost_report_seconds": round(report_s, 4)})

@@ -497,13 +497,12 @@ class SealedComposite(PinnedOp):
         self._macs = None
 
     def propagate(self, call, graph):
+        from morphsparse.costs import count_macs
+        self._macs = count_macs(self.trace.model)    # its inner graph must be readable too (raises if not)
         return _pin_all(call, graph, f"{type(call.layer).__name__} {self.trace.sealed}")
 
     def macs(self, call, alive_in, alive_out):
-        if self._macs is None:
-            from morphsparse.costs import count_macs
-            self._macs = count_macs(self.trace.model)
-        return self._macs
+        return self._macs or 0
 
     def params(self, call, alive_in, alive_out):
         return int(sum(np.prod(w.shape) for w in call.layer.weights))
