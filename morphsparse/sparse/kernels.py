@@ -66,16 +66,22 @@ def is_kernel_like(variable) -> bool:
 
 
 def layer_tree(model) -> dict:
-    """``{path: layer}`` of every layer inside ``model``, recursively; paths join layer names with '/'."""
-    found = {}
+    """``{path: layer}`` of every layer inside ``model``, recursively; paths join layer names with '/'.
+
+    A layer reachable along two paths (keras_hub backbones keep ``token_embedding`` both inside their
+    embedding block and as an attribute of the backbone) is listed once, under the first path found, so that
+    its kernel gets one mask.
+    """
+    found, seen = {}, set()
 
     def visit(layer, prefix):
         for child in layer._flatten_layers(include_self=False, recursive=False):
-            if isinstance(child, keras.layers.InputLayer):
+            if isinstance(child, keras.layers.InputLayer) or id(child) in seen:
                 continue
             path = f"{prefix}{child.name}"
             if path not in found:
                 found[path] = child
+                seen.add(id(child))
                 visit(child, path + "/")
 
     visit(model, "")
@@ -86,19 +92,25 @@ def build_by_calling(model):
     """Build every sublayer of ``model`` by calling it once on zeros of its recorded input shape.
 
     ``Model.build(shape)`` on a subclassed model marks it built without building the layers its ``call`` uses;
-    one call on zeros builds them all.
+    one call on zeros builds them all. A layer the call never reaches stays unbuilt: it holds no weights, so
+    there is nothing of it to mask.
     """
-    if all(layer.built for layer in model._flatten_layers(include_self=False)):
+    unbuilt = [layer.name for layer in model._flatten_layers(include_self=False) if not layer.built]
+    if not unbuilt:
         return
     config = model.get_build_config() if model.built else None
     shape = (config or {}).get("input_shape")
-    if shape is None:
-        raise ValueError(f"model {model.name!r} has layers that are not built; call it on a batch first")
 
-    def zeros(s):
-        return tf.zeros([1 if d is None else d for d in s])
+    def zeros(s, dtype="float32"):
+        return tf.zeros([1 if d is None else d for d in s], dtype)
 
-    model(zeros(shape) if _is_shape(shape) else tf.nest.map_structure(zeros, shape, check_types=False))
+    if shape is not None:
+        model(zeros(shape) if _is_shape(shape) else tf.nest.map_structure(zeros, shape, check_types=False))
+    elif getattr(model, "inputs", None):      # a functional model: its own inputs, with their dtypes
+        model(tf.nest.map_structure(lambda t: zeros(t.shape, t.dtype), model.input))
+    else:
+        raise ValueError(f"model {model.name!r} has layers that are not built ({', '.join(unbuilt[:5])}); "
+                         "call it on a batch first")
 
 
 def _is_shape(value):

@@ -156,3 +156,50 @@ def test_model_kinds_found_recursively_and_round_trip(case, tmp_path):
         np.testing.assert_array_equal(mss.find_sparse_optimizer(loaded).masks()[key], mask)
     plain = mss.strip(loaded)
     np.testing.assert_allclose(plain.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+class _SharedEmbeddingBlock(keras.layers.Layer):
+    """Holds an Embedding that its parent model also keeps as an attribute (as keras_hub backbones do)."""
+
+    def __init__(self, embedding, **kwargs):
+        super().__init__(**kwargs)
+        self.token_embedding = embedding
+
+    def call(self, ids):
+        return self.token_embedding(ids)
+
+
+class _IdleLayer(keras.layers.Layer):
+    """A weightless layer a model creates but its forward pass never calls."""
+
+    def call(self, x):
+        return x
+
+
+def test_a_layer_reachable_along_two_paths_gets_one_mask_and_trains():
+    embedding = keras.layers.Embedding(50, 8, name="token_embedding")
+    ids = keras.Input((6,), dtype="int32")
+    block = _SharedEmbeddingBlock(embedding, name="embeddings")
+    x = keras.layers.GlobalAveragePooling1D()(block(ids))
+    model = keras.Model(ids, keras.layers.Dense(3, name="head")(x))
+    model.token_embedding = embedding               # the second path to the same layer
+    optimizer = mss.sparse_optimizer(model, keras.optimizers.Adam(1e-2), 0.5, "rigl", update_every=1,
+                                     total_steps=4)
+    keys = [unit.key for unit in optimizer.units]
+    assert sum(key.endswith("token_embedding/embeddings") for key in keys) == 1, keys
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.random.default_rng(0).integers(0, 50, (8, 6)).astype("int32")
+    model.fit(x, np.zeros(8, "int32"), batch_size=4, epochs=1, verbose=0)
+    unit = next(u for u in optimizer.units if u.key.endswith("token_embedding/embeddings"))
+    table, mask = _np(model.get_layer("embeddings").token_embedding.embeddings), _np(unit.mask)
+    assert int(mask.sum()) == kept_count(table.size, unit.sparsity)
+    assert not np.any(table[mask == 0])           # the one mask holds: pruned entries are exact zeros
+
+
+def test_a_functional_model_with_a_layer_it_never_calls_is_built_from_its_inputs():
+    ids = keras.Input((6,), dtype="int32")
+    x = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(20, 4)(ids))
+    model = keras.Model(ids, keras.layers.Dense(3)(x))
+    model.idle = _IdleLayer(name="idle")            # tracked, never built (keras_hub's AlibiBias in Bloom)
+    optimizer = mss.sparse_optimizer(model, "adam", 0.5, "static")
+    assert len(optimizer.units) == 2
