@@ -17,6 +17,7 @@ kernel was stored and which kernel the runtime got.
 
 from __future__ import annotations
 
+import platform
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,6 +172,20 @@ def _kernel_layers(model):
     return found
 
 
+def _xnnpack_may_run_sparse():
+    """False on x86 processors with AVX: XNNPACK never takes its sparse (NCHW) path there, by design (its
+    ``xnn_is_chw_compatible_config``: dense kernels are expected to be faster), so sparse 1x1 convolutions run
+    at dense speed. True elsewhere (ARM), and where the processor cannot be read."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return True
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = next((line for line in info if line.startswith("flags")), "")
+    except OSError:
+        return True
+    return " avx" not in flags
+
+
 def _storage_by_layer(model, runner):
     """Per kernel layer: (stored, runtime kernel), matching LiteRT tensor names to Keras layer names."""
     tensors = runner.get_tensor_details()
@@ -191,7 +206,10 @@ def _storage_by_layer(model, runner):
         if sparse:
             consumers = {name for name, _ in readers.get(sparse[0]["index"], [])}
             if "DELEGATE" in consumers:
-                kernel_used = "XNNPACK delegate (sparse inference when the subgraph qualifies; time it)"
+                kernel_used = ("XNNPACK delegate (sparse inference when the subgraph qualifies; time it)"
+                               if _xnnpack_may_run_sparse() else
+                               "XNNPACK delegate: dense speed on this x86 CPU with AVX (XNNPACK runs sparse "
+                               "inference on ARM and pre-AVX x86 only)")
             elif consumers == {"DENSIFY"}:
                 kernel_used = "densified at load: dense speed (the sparse FC kernel needs 1x4 blocks)"
             elif consumers:

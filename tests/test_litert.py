@@ -65,3 +65,23 @@ def test_bad_arguments_are_named():
         ms.to_litert(model, rtol=0)
     with pytest.raises(TypeError, match="keras.Model"):
         ms.to_litert("model.keras")
+
+
+def test_the_report_knows_xnnpack_keeps_sparse_inference_off_x86_with_avx(monkeypatch, tmp_path):
+    from morphsparse import litert
+
+    cpuinfo = tmp_path / "cpuinfo"
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):
+        return real_open(cpuinfo if path == "/proc/cpuinfo" else path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    monkeypatch.setattr(litert.platform, "machine", lambda: "x86_64")
+    cpuinfo.write_text("processor : 0\nflags : fpu sse sse2 avx avx2 avx512f\n")
+    assert not litert._xnnpack_may_run_sparse()
+    cpuinfo.write_text("processor : 0\nflags : fpu sse sse2 ssse3\n")
+    assert litert._xnnpack_may_run_sparse()
+    monkeypatch.setattr(litert.platform, "machine", lambda: "aarch64")
+    cpuinfo.write_text("processor : 0\nflags : fpu sse sse2 avx avx2\n")
+    assert litert._xnnpack_may_run_sparse()
