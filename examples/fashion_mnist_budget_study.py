@@ -56,11 +56,8 @@ class Study:
 
     def __init__(self, settings, mode, out):
         self.s, self.mode = settings, mode
-        (x, y), (xt, yt) = ms.load_fashion_mnist()
-        rng = np.random.default_rng(0)
-        train = rng.permutation(len(x))[:settings["train_images"]]
-        self.x, self.y = ms.prepare_images(x[train]), y[train]
-        self.x_test, self.y_test = ms.prepare_images(xt[:settings["test_images"]]), yt[:settings["test_images"]]
+        (self.x, self.y), (self.x_test, self.y_test) = ms.fashion_mnist_subset(settings["train_images"],
+                                                                               settings["test_images"])
         self.cache_dir = out / "budget_study_cache" / mode
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.cache_file = self.cache_dir / "runs.json"
