@@ -39,7 +39,7 @@ from morphsparse.models import small_vit  # noqa: E402
 
 # the other examples' helpers (this folder is on sys.path when the script runs)
 from demo import test_accuracy  # noqa: E402
-from fashion_mnist_budget_study import summarise  # noqa: E402
+from fashion_mnist_budget_study import overridden, print_summary, summarise  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -176,11 +176,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     tf.get_logger().setLevel("ERROR")      # every new model retraces predict(): expected here
     mode = "smoke" if args.smoke else "full"
-    settings = dict(SETTINGS[mode])
-    if args.seeds:
-        settings["seeds"] = tuple(args.seeds)
-    if args.train_images:
-        settings["train_images"] = args.train_images
+    settings = overridden(SETTINGS[mode], args)
     if args.epochs:
         settings["shrink_epochs"] = settings["epochs"] = args.epochs
     if args.budget:
@@ -215,10 +211,8 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"fashion_mnist_vit{'' if mode == 'full' else '_smoke'}.json"
     path.write_text(json.dumps(report, indent=1))
-    print(f"\n{'method':8s} {'n':>2s} {'FLOPs':>10s} {'params':>7s} {'accuracy':>16s}")
-    for r in summary:
-        print(f"{r['method']:8s} {r['n']:2d} {r['flops_mean']:10,d} {r['params_mean']:7d} "
-              f"{100 * r['accuracy_mean']:7.2f} +- {100 * r['accuracy_std']:.2f}")
+    print()
+    print_summary(summary)
     print(json.dumps(report["claims"], indent=1))
     print(f"wrote {path} in {report['seconds']:.0f} s")
     return 0

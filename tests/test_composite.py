@@ -141,16 +141,18 @@ def test_attention_heads_are_a_group_and_costs_match_the_profiler():
     assert ms.cost_report(graph, alive={heads.id: 2}).by_layer()["mha"].macs == attention * 2 // 3
 
 
+def _scale_heads(model, name, heads, factor=0.0):
+    """Multiply the query, key, value and output kernel weights of ``heads`` of layer ``name`` by ``factor``."""
+    mha = model.get_layer(name)
+    for kernel, axis in ((mha.query_dense.kernel, 1), (mha.key_dense.kernel, 1), (mha.value_dense.kernel, 1),
+                         (mha.output_dense.kernel, 0)):
+        value = keras.ops.convert_to_numpy(kernel)
+        np.moveaxis(value, axis, 0)[heads] *= factor
+        kernel.assign(value)
+
+
 def _zero_head(model, head):
-    """Zero the query, key, value and output weights of ``head`` (an index or a list of them)."""
-    mha = model.get_layer("mha")
-    for dense in (mha.query_dense, mha.key_dense, mha.value_dense):
-        value = keras.ops.convert_to_numpy(dense.kernel)
-        value[:, head] = 0.0
-        dense.kernel.assign(value)
-    value = keras.ops.convert_to_numpy(mha.output_dense.kernel)
-    value[head] = 0.0
-    mha.output_dense.kernel.assign(value)
+    _scale_heads(model, "mha", head)
 
 
 def test_heads_and_ffn_neurons_are_regularised_exported_and_expanded():
@@ -191,18 +193,6 @@ def test_regulariser_gradient_reaches_the_heads():
     assert all(g is not None and float(tf.reduce_sum(tf.abs(g))) > 0 for g in grads)
 
 
-def _zero_heads(model, name, heads):
-    mha = model.get_layer(name)
-    for dense in (mha.query_dense, mha.key_dense, mha.value_dense):
-        for weight, axis in ((dense.kernel, 1), (dense.bias, 0)):
-            value = keras.ops.convert_to_numpy(weight)
-            np.moveaxis(value, axis, 0)[heads] = 0.0
-            weight.assign(value)
-    value = keras.ops.convert_to_numpy(mha.output_dense.kernel)
-    value[heads] = 0.0
-    mha.output_dense.kernel.assign(value)
-
-
 def test_small_vit_heads_and_ffn_widths_are_groups_and_export_rebuilds_it(tmp_path):
     from morphsparse.models import small_vit
     model = small_vit(dim=16, depth=2, heads=4, key_dim=4, ffn=24)
@@ -220,8 +210,8 @@ def test_small_vit_heads_and_ffn_widths_are_groups_and_export_rebuilds_it(tmp_pa
     assert not reg.graph.group_of("b0_ffn2").removable
     assert {s.group for s in reg.sources} >= {reg.graph.internal_group("b1_mha", "heads").id,
                                               reg.graph.group_of("b0_ffn1").id}
-    _zero_heads(model, "b0_mha", [1, 2])
-    _zero_heads(model, "b1_mha", [0])
+    _scale_heads(model, "b0_mha", [1, 2])
+    _scale_heads(model, "b1_mha", [0])
     dense = model.get_layer("b1_ffn1")
     for weight in (dense.kernel, dense.bias):
         value = keras.ops.convert_to_numpy(weight)
@@ -257,18 +247,8 @@ def test_an_attention_layer_keeps_its_strongest_head_when_all_fall_below_the_thr
     model = attention_net(heads=3)
     reg = ms.MorphRegularizer(model, target="flops", source="group_lasso", threshold=1e-3, budget=0.5, steps=10)
     heads = reg.graph.internal_group("mha", "heads")
-    mha = model.get_layer("mha")
     _zero_head(model, [0, 2])
-    value = keras.ops.convert_to_numpy(mha.query_dense.kernel)
-    value[:, 1] *= 1e-4                                           # head 1 below the threshold too, but largest
-    mha.query_dense.kernel.assign(value)
-    for dense in (mha.key_dense, mha.value_dense):
-        value = keras.ops.convert_to_numpy(dense.kernel)
-        value[:, 1] = 0.0
-        dense.kernel.assign(value)
-    value = keras.ops.convert_to_numpy(mha.output_dense.kernel)
-    value[1] = 0.0
-    mha.output_dense.kernel.assign(value)
+    _scale_heads(model, "mha", [1], 1e-4)                        # below the threshold too, but the largest
     assert float(np.max(ms.group_vectors(model, source="group_lasso")[heads.id])) < 1e-3
     masks = reg.alive_masks()
     assert masks[heads.id].tolist() == [False, True, False]
