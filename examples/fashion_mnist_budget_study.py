@@ -56,11 +56,8 @@ class Study:
 
     def __init__(self, settings, mode, out):
         self.s, self.mode = settings, mode
-        (x, y), (xt, yt) = ms.load_fashion_mnist()
-        rng = np.random.default_rng(0)
-        train = rng.permutation(len(x))[:settings["train_images"]]
-        self.x, self.y = ms.prepare_images(x[train]), y[train]
-        self.x_test, self.y_test = ms.prepare_images(xt[:settings["test_images"]]), yt[:settings["test_images"]]
+        (self.x, self.y), (self.x_test, self.y_test) = ms.fashion_mnist_subset(settings["train_images"],
+                                                                               settings["test_images"])
         self.cache_dir = out / "budget_study_cache" / mode
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.cache_file = self.cache_dir / "runs.json"
@@ -196,6 +193,14 @@ def summarise(runs):
     return out
 
 
+def print_summary(summary):
+    """The :func:`summarise` rows as a table: accuracy in %, mean +- standard deviation over the seeds."""
+    print(f"{'method':16s} {'budget':>6s} {'n':>2s} {'MFLOPs':>7s} {'params':>7s} {'accuracy':>16s}")
+    for r in summary:
+        print(f"{r['method']:16s} {r['budget']:6.2f} {r['n']:2d} {r['flops_mean'] / 1e6:7.2f} {r['params_mean']:7d} "
+              f"{100 * r['accuracy_mean']:7.2f} +- {100 * r['accuracy_std']:.2f}")
+
+
 def claims(summary, budgets):
     """What the study set out to show, checked on the means (differences in accuracy points)."""
     by = {(r["method"], r["budget"]): r for r in summary}
@@ -221,6 +226,16 @@ def claims(summary, budgets):
     return result
 
 
+def overridden(settings, args):
+    """A copy of ``settings`` with the command line's ``--seeds`` and ``--train-images`` where given."""
+    settings = dict(settings)
+    if args.seeds:
+        settings["seeds"] = tuple(args.seeds)
+    if args.train_images:
+        settings["train_images"] = args.train_images
+    return settings
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny run that checks the pipeline")
@@ -234,11 +249,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     tf.get_logger().setLevel("ERROR")      # every new model retraces predict(): expected here
     mode = "quick" if args.quick else "full"
-    settings = dict(SETTINGS[mode])
-    if args.seeds:
-        settings["seeds"] = tuple(args.seeds)
-    if args.train_images:
-        settings["train_images"] = args.train_images
+    settings = overridden(SETTINGS[mode], args)
     try:
         study = Study(settings, mode, args.out)
     except ms.DataNotFoundError as err:
@@ -279,10 +290,7 @@ def main(argv=None):
     path = args.out / f"fashion_mnist_budget_study{suffix}.json"
     path.write_text(json.dumps(report, indent=1))
     plot(report, args.out, suffix)
-    print(f"{'method':16s} {'budget':>6s} {'n':>2s} {'MFLOPs':>7s} {'params':>7s} {'accuracy':>16s}")
-    for r in summary:
-        print(f"{r['method']:16s} {r['budget']:6.2f} {r['n']:2d} {r['flops_mean'] / 1e6:7.2f} {r['params_mean']:7d} "
-              f"{100 * r['accuracy_mean']:7.2f} +- {100 * r['accuracy_std']:.2f}")
+    print_summary(summary)
     print(json.dumps(report["claims"], indent=1))
     print(f"wrote {path} in {report['seconds']:.0f} s")
     return 0

@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 # public name -> submodule that defines it. Each concept adds its names here.
 _EXPORTS = {
     # data
-    "load_fashion_mnist": "data", "load_digits": "data", "prepare_images": "data",
+    "load_fashion_mnist": "data", "fashion_mnist_subset": "data", "load_digits": "data", "prepare_images": "data",
     "DataNotFoundError": "data",
     # channel graph and costs
     "analyze": "graph", "ChannelGraph": "graph", "ChannelGroup": "graph", "GraphError": "graph",

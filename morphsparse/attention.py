@@ -41,6 +41,10 @@ def _positions(shape, what):
 class MultiHeadAttention(_h.Producer):
     """``keras.layers.MultiHeadAttention``: heads are one removable group (internal axis ``"heads"``)."""
 
+    #: a layer with no head cannot be rebuilt (``num_heads=0``), so the heads group keeps its strongest head
+    #: when every head falls below the threshold (``morphsparse.morph.alive.keep_one_groups``)
+    keeps_one_internal = True
+
     def _roles(self, call):
         """Input positions of query, key and value in the call's input tensors."""
         args, kwargs = call.node.arguments.args, call.node.arguments.kwargs
@@ -498,6 +502,9 @@ def _register_defaults():
     _h.register_handler(keras.layers.MultiHeadAttention, MultiHeadAttention())
     _h.register_handler(keras.layers.ReversibleEmbedding, ReversibleEmbedding())
     _h.register_handler(f"{_HUB}.layers.modeling.position_embedding.PositionEmbedding", PositionEmbedding())
+    # the small ViT's position embedding (morphsparse.models) adds the same kind of table to its input; by name,
+    # so the models module is not imported here
+    _h.register_handler("morphsparse.models.AddPositionEmbedding", PositionEmbedding())
     _h.register_handler(f"{_HUB}.models.vit.vit_layers.ViTPatchingAndEmbedding", ViTPatchingAndEmbedding())
     _h.register_handler(f"{_HUB}.models.deit.deit_layers.DeiTEmbeddings", ViTPatchingAndEmbedding())
     _h.register_handler(keras.layers.EinsumDense, EinsumDense())

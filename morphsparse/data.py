@@ -99,6 +99,23 @@ def load_fashion_mnist(path=None):
         "t10k-labels-idx1-ubyte.gz. morphsparse never downloads data at run time.")
 
 
+def fashion_mnist_subset(train_images=None, test_images=None, seed=0, path=None):
+    """A random subset of the Fashion-MNIST training images and the first test images, ready for a network:
+    ``(x_train, y_train), (x_test, y_test)`` with float32 images in [0, 1] of shape (n, 28, 28, 1).
+
+    ``train_images`` training images drawn without replacement by a generator seeded with ``seed`` (the same
+    subset on every run; None: all 60,000, unshuffled), ``test_images`` the first ones of the test set (None:
+    all 10,000). The examples' studies share it so that they train on the same images.
+    """
+    (x, y), (xt, yt) = load_fashion_mnist(path)
+    if train_images is not None:
+        chosen = np.random.default_rng(seed).permutation(len(x))[:train_images]
+        x, y = x[chosen], y[chosen]
+    if test_images is not None:
+        xt, yt = xt[:test_images], yt[:test_images]
+    return (prepare_images(x), y), (prepare_images(xt), yt)
+
+
 def load_digits(test_fraction: float = 0.25, seed: int = 0):
     """scikit-learn's bundled 8x8 digits as ``(x_train, y_train), (x_test, y_test)``.
 

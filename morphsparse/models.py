@@ -138,3 +138,62 @@ def small_mlp(input_shape=(8, 8, 1), num_classes=10, widths=(128, 128, 64), batc
             x = L.BatchNormalization(momentum=0.9, name=f"fc{i}_bn")(x)
         x = L.ReLU(name=f"fc{i}_relu")(x)
     return keras.Model(inputs, L.Dense(num_classes, name="logits")(x), name=name)
+
+
+@keras.saving.register_keras_serializable(package="morphsparse")
+class AddPositionEmbedding(keras.layers.Layer):
+    """Adds a learned (sequence length, width) table to its input: a ViT's position embedding.
+
+    Keras has no such layer, and an ``Embedding`` called on a constant ``arange`` inside a functional model
+    is run once at construction (its output becomes a frozen constant, its table is not a weight of the
+    model), so the table lives here. Its channels are its input's; the channel graph handles it with the
+    keras_hub ``PositionEmbedding`` handler (``morphsparse/attention.py``), slicing the table's columns with the
+    residual stream.
+    """
+
+    def build(self, input_shape):
+        self.position_embeddings = self.add_weight(
+            shape=(input_shape[-2], input_shape[-1]), initializer=keras.initializers.RandomNormal(stddev=0.02),
+            name="position_embeddings")
+
+    def call(self, inputs):
+        return inputs + keras.ops.cast(self.position_embeddings, inputs.dtype)
+
+
+def small_vit(input_shape=(28, 28, 1), num_classes=10, patch=7, dim=64, depth=2, heads=4, key_dim=16, ffn=128,
+              name="small_vit"):
+    """A small Vision Transformer for 28x28 images: a strided Conv2D cuts ``patch`` x ``patch`` patches into
+    tokens of width ``dim`` (16 tokens for 7x7 patches), a learned position embedding is added, then ``depth``
+    pre-norm blocks ``LayerNormalization -> MultiHeadAttention -> Add -> LayerNormalization -> Dense(ffn, gelu)
+    -> Dense(dim) -> Add``, a final LayerNormalization, global average pooling over the tokens and a Dense
+    head (logits).
+
+    ``heads`` and ``ffn`` are an int (every block) or one value per block, so narrowed and learned structures
+    can be built by construction. Every block's heads and FFN width are removable channel groups; the residual
+    stream (patch embedding, position embedding, attention and FFN outputs) is one group, which export keeps
+    whole because LayerNormalization reads it (docs/channel_graph.md).
+    """
+    heads = [heads] * depth if isinstance(heads, int) else list(heads)
+    ffn = [ffn] * depth if isinstance(ffn, int) else list(ffn)
+    if len(heads) != depth or len(ffn) != depth:
+        raise ValueError(f"heads and ffn need one value per block ({depth}), got {heads} and {ffn}")
+    L = keras.layers
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = L.Conv2D(dim, patch, strides=patch, name="patchify")(inputs)
+    tokens = (input_shape[0] // patch) * (input_shape[1] // patch)
+    x = L.Reshape((tokens, dim), name="tokens")(x)
+    # A learned position embedding as an Embedding of the token indices: a plain Keras layer the channel
+    # graph already reads (its output is added to the stream, so its channels are the stream's).
+    x = AddPositionEmbedding(name="position")(x)
+    for i in range(depth):
+        y = L.LayerNormalization(epsilon=1e-6, name=f"b{i}_ln1")(x)
+        y = L.MultiHeadAttention(heads[i], key_dim, name=f"b{i}_mha")(y, y)
+        x = L.Add(name=f"b{i}_add1")([x, y])
+        y = L.LayerNormalization(epsilon=1e-6, name=f"b{i}_ln2")(x)
+        y = L.Dense(ffn[i], activation="gelu", name=f"b{i}_ffn1")(y)
+        y = L.Dense(dim, name=f"b{i}_ffn2")(y)
+        x = L.Add(name=f"b{i}_add2")([x, y])
+    x = L.LayerNormalization(epsilon=1e-6, name="final_ln")(x)
+    x = L.GlobalAveragePooling1D(name="pool")(x)
+    outputs = L.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)

@@ -141,15 +141,18 @@ def test_attention_heads_are_a_group_and_costs_match_the_profiler():
     assert ms.cost_report(graph, alive={heads.id: 2}).by_layer()["mha"].macs == attention * 2 // 3
 
 
+def _scale_heads(model, name, heads, factor=0.0):
+    """Multiply the query, key, value and output kernel weights of ``heads`` of layer ``name`` by ``factor``."""
+    mha = model.get_layer(name)
+    for kernel, axis in ((mha.query_dense.kernel, 1), (mha.key_dense.kernel, 1), (mha.value_dense.kernel, 1),
+                         (mha.output_dense.kernel, 0)):
+        value = keras.ops.convert_to_numpy(kernel)
+        np.moveaxis(value, axis, 0)[heads] *= factor
+        kernel.assign(value)
+
+
 def _zero_head(model, head):
-    mha = model.get_layer("mha")
-    for dense in (mha.query_dense, mha.key_dense, mha.value_dense):
-        value = keras.ops.convert_to_numpy(dense.kernel)
-        value[:, head] = 0.0
-        dense.kernel.assign(value)
-    value = keras.ops.convert_to_numpy(mha.output_dense.kernel)
-    value[head] = 0.0
-    mha.output_dense.kernel.assign(value)
+    _scale_heads(model, "mha", head)
 
 
 def test_heads_and_ffn_neurons_are_regularised_exported_and_expanded():
@@ -188,3 +191,70 @@ def test_regulariser_gradient_reaches_the_heads():
         loss = reg.loss()
     grads = tape.gradient(loss, [mha.query_dense.kernel, mha.output_dense.kernel])
     assert all(g is not None and float(tf.reduce_sum(tf.abs(g))) > 0 for g in grads)
+
+
+def test_small_vit_heads_and_ffn_widths_are_groups_and_export_rebuilds_it(tmp_path):
+    from morphsparse.models import small_vit
+    model = small_vit(dim=16, depth=2, heads=4, key_dim=4, ffn=24)
+    graph = ms.analyze(model)
+    stream = graph.group_of("patchify")
+    # the position embedding (a weight of the model, not a constant) is on the stream and counted
+    assert graph.group_of("position") is stream and stream is graph.group_of("b1_ffn2")
+    assert ms.count_params(graph) == model.count_params()
+    assert ms.cost_report(graph).by_layer()["position"].params == 16 * 16
+    for i in range(2):
+        assert graph.internal_group(f"b{i}_mha", "heads").size == 4
+        assert graph.group_of(f"b{i}_ffn1").size == 24 and graph.group_of(f"b{i}_ffn1").removable
+    # the budget regulariser prices heads and neurons; ignore= on the patch embedding pins the whole stream
+    reg = ms.MorphRegularizer(model, target="flops", source="group_lasso", budget=0.5, ignore=["patchify"])
+    assert not reg.graph.group_of("b0_ffn2").removable
+    assert {s.group for s in reg.sources} >= {reg.graph.internal_group("b1_mha", "heads").id,
+                                              reg.graph.group_of("b0_ffn1").id}
+    _scale_heads(model, "b0_mha", [1, 2])
+    _scale_heads(model, "b1_mha", [0])
+    dense = model.get_layer("b1_ffn1")
+    for weight in (dense.kernel, dense.bias):
+        value = keras.ops.convert_to_numpy(weight)
+        value[..., ::3] = 0.0
+        weight.assign(value)
+    slim, report = ms.export_with_report(model, source="group_lasso", threshold=1e-3)
+    assert [slim.get_layer(f"b{i}_mha").num_heads for i in range(2)] == [2, 3]
+    assert slim.get_layer("b1_ffn1").units == 16 and slim.get_layer("b0_ffn1").units == 24
+    difference, noise = check_equivalent(model, slim)
+    assert difference <= max(1e-5, 10 * noise)
+    assert report.flops_after == ms.count_flops(slim) < report.flops_before
+    # the report lists a layer that lost heads as narrowed, the heads after its output width (16+4 -> 16+2)
+    rows = {row.path: row for row in report.layers}
+    assert rows["b0_mha"].status == "narrowed" and rows["b0_mha"].out_before == [16, 4]
+    assert rows["b0_mha"].out_after == [16, 2]
+    assert "b0_mha" in report.table() and "4 layers narrowed" in report.summary()   # b0_mha, b1_mha, b1_ffn1/2
+    path = tmp_path / "slim.keras"
+    slim.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.count_params() == slim.count_params()
+    # the uniform baseline: one multiplier on heads and FFN widths, the stream left whole
+    narrow = ms.resize(small_vit(dim=16, depth=2, heads=4, key_dim=4, ffn=24), budget=ms.count_flops(slim),
+                       ignore=["patchify"])
+    assert ms.count_flops(narrow) <= ms.count_flops(slim)
+    assert narrow.get_layer("b0_ffn2").units == 16
+    assert narrow.get_layer("b0_mha").num_heads == narrow.get_layer("b1_mha").num_heads < 4
+
+
+def test_an_attention_layer_keeps_its_strongest_head_when_all_fall_below_the_threshold():
+    """A MultiHeadAttention with no head cannot be rebuilt, so the alive masks, the regulariser's in-graph
+    alive cost (what the budget controller steers) and export all keep one head: before, the controller could
+    price a layer with zero heads, and export (or reg.cost() at the end of fit) raised."""
+    model = attention_net(heads=3)
+    reg = ms.MorphRegularizer(model, target="flops", source="group_lasso", threshold=1e-3, budget=0.5, steps=10)
+    heads = reg.graph.internal_group("mha", "heads")
+    _zero_head(model, [0, 2])
+    _scale_heads(model, "mha", [1], 1e-4)                        # below the threshold too, but the largest
+    assert float(np.max(ms.group_vectors(model, source="group_lasso")[heads.id])) < 1e-3
+    masks = reg.alive_masks()
+    assert masks[heads.id].tolist() == [False, True, False]
+    _, flops, _ = reg._loss_and_costs()
+    assert float(flops) == reg.cost() == ms.count_flops(reg.graph, alive=masks)
+    assert float(reg.controller.update()) == pytest.approx(reg.cost() / reg.initial_cost)
+    slim = ms.export(model, source="group_lasso", threshold=1e-3)
+    assert slim.get_layer("mha").num_heads == 1
+    assert ms.count_flops(slim) == reg.cost()

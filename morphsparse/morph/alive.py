@@ -249,11 +249,28 @@ def alive_masks(model_or_graph, source="gamma", threshold=DEFAULT_THRESHOLD, l1_
                     "Lower the threshold, or check that the regulariser did not collapse the network.")
             alive = np.ones(group.size, dtype=bool)
         masks[group.id] = alive
+    for gid in keep_one_groups(graph):
+        if gid in vectors and not masks[gid].any():
+            masks[gid][int(np.argmax(vectors[gid]))] = True
     if check:
         check_connected(graph, masks)
     if propagate:
         masks = propagated_masks(graph, masks)
     return masks
+
+
+def keep_one_groups(graph):
+    """Ids of the removable groups that must keep at least one channel: the internal axes of layers whose
+    handler has ``keeps_one_internal`` (a MultiHeadAttention with no head cannot be rebuilt). When the
+    threshold kills all of such a group, the alive masks (and the regulariser's in-graph alive count) keep
+    its channel with the largest R, so the cost they report is what export can deliver."""
+    ids = []
+    for call in graph.calls:
+        if getattr(call.handler, "keeps_one_internal", False):
+            for j in range(call.n_outputs, len(call.out_groups)):
+                ids += [gid for gid in np.unique(call.out_groups[j]).tolist()
+                        if graph.groups[gid].removable and gid not in ids]
+    return ids
 
 
 def _warn_if_source_removes_nothing(graph, source, vectors):
@@ -419,7 +436,7 @@ def alive_counts(masks):
     return {gid: int(np.count_nonzero(mask)) for gid, mask in masks.items()}
 
 
-__all__ = ["SOURCES", "DEFAULT_THRESHOLD", "AliveError", "RegularizationSource", "channel_norms",
+__all__ = ["SOURCES", "DEFAULT_THRESHOLD", "AliveError", "keep_one_groups", "RegularizationSource", "channel_norms",
            "find_sources", "group_vectors", "alive_masks", "check_connected", "alive_counts",
            "is_channel_source", "flat_mask", "entry_mask", "live_entries", "effective_masks",
            "propagated_masks", "user_masks", "check_threshold", "check_l1_fraction", "real_number",

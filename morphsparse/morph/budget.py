@@ -207,9 +207,9 @@ class BudgetController:
         window = tf.clip_by_value(s.velocity_window * total, s.min_window, s.max_window)
         velocity = st.velocity + (r - st.previous_r - st.velocity) / window
         horizon = tf.maximum(s.horizon * total, window)
-        heading_dead = tf.logical_and(tf.constant(reg.regularized),
-                                      r + horizon * tf.minimum(velocity, 0.0) <= reg.threshold)
-        projected = alive * tf.cast(tf.logical_not(heading_dead), tf.float32)
+        # the channels alive at the extrapolated R (r only falls there, so this is alive minus those heading
+        # dead); through _alive_vector, so an attention layer still keeps one head in the projection
+        projected = reg._alive_vector(r + horizon * tf.minimum(velocity, 0.0))
         ratio = self.cost_ratio(alive)
         e_projected = tf.cast(self.cost_ratio(projected), tf.float32) - self.target_ratio(t + horizon, total)
         e_alive = tf.cast(ratio, tf.float32) - self.target_ratio(t, total)

@@ -180,6 +180,7 @@ class LayerWidths:
     out_before: list
     out_after: list
     status: str            # "kept", "narrowed" or "removed"
+    # out_before / out_after list the output tensors' widths, then the internal axes' (attention heads)
 
 
 @dataclass
@@ -653,8 +654,11 @@ def _fill_report(report, graph, exporter, slim):
             continue
         in_before = [len(exporter.live[key]) for key in index.inputs_of[k]]
         in_after = [int(exporter.live[key].sum()) for key in index.inputs_of[k]]
-        out_before = [len(exporter.live[key]) for key in index.outputs_of[k]]
-        out_after = [int(exporter.live[key].sum()) for key in index.outputs_of[k]]
+        # internal axes (attention heads) after the outputs, as the cost report writes them ("64+4"): a layer
+        # that lost heads but kept its output width is narrowed too
+        outs = index.outputs_of[k] + _alive.internal_keys(graph, k)
+        out_before = [len(exporter.live[key]) for key in outs]
+        out_after = [int(exporter.live[key].sum()) for key in outs]
         if k in exporter.dead_ends:
             status, out_after = "dead end", [0] * len(out_after)
         elif k in exporter.removed:

@@ -533,6 +533,7 @@ class MorphRegularizer:
         self._check_layers_supported()
         self.sources = _alive.find_sources(self.graph, source)
         self._index_sources()
+        self._keep_one = _alive.keep_one_groups(self.graph)
         self.kernel_calls = KernelCalls(self.graph)
         self.target = _make_target(target, self.kernel_calls, device)
         # Raises AliveError for a threshold that kills a group which cannot be removed.
@@ -615,8 +616,19 @@ class MorphRegularizer:
         return tf.where(tf.constant(self.regularized), r, tf.zeros_like(r))
 
     def _alive_vector(self, r):
-        """1 for alive channels, 0 for dead ones; a constant in the gradient (the marginal-cost rule)."""
+        """1 for alive channels, 0 for dead ones; a constant in the gradient (the marginal-cost rule). A group
+        that must keep a channel (an attention layer's heads) keeps its largest R when all fall below the
+        threshold, as :func:`morphsparse.morph.alive.alive_masks` does, so the cost steered is exportable."""
         alive = tf.logical_or(tf.logical_not(tf.constant(self.regularized)), r > self.threshold)
+        if self._keep_one:
+            offsets = self.graph._offsets
+            for gid in self._keep_one:
+                lo, hi = int(offsets[gid]), int(offsets[gid + 1])
+                segment = r[lo:hi]
+                strongest = tf.one_hot(tf.argmax(segment), hi - lo, on_value=True, off_value=False)
+                none = tf.logical_not(tf.reduce_any(alive[lo:hi]))
+                kept = tf.logical_or(alive[lo:hi], tf.logical_and(none, strongest))
+                alive = tf.concat([alive[:lo], kept, alive[hi:]], axis=0)
         return tf.stop_gradient(tf.cast(alive, r.dtype))
 
     def _state(self, r=None):
