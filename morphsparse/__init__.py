@@ -25,6 +25,8 @@ _EXPORTS = {
     "lottery_ticket": "sparse", "LotteryTicket": "sparse", "parallel_gap": "sparse", "ParallelGap": "sparse",
     "GaP": "sparse", "SNIP": "sparse", "gap_phase": "sparse", "planned_peak_parameters": "sparse",
     "live_parameters": "sparse", "PeakParameterMonitor": "sparse",
+    "register_sparsity_type": "sparse", "get_sparsity_type": "sparse", "Unstructured": "sparse", "Block": "sparse",
+    "NByM": "sparse", "FanIn": "sparse",
     # structure learning
     "alive_masks": "morph", "group_vectors": "morph", "find_sources": "morph", "AliveError": "morph",
     "export": "morph", "ExportReport": "morph", "ExportError": "morph",

@@ -125,9 +125,11 @@ def build_parser():
     export.add_argument("model", help="a .keras file, or a keras.applications name such as ResNet50")
     export.add_argument("-o", "--output", required=True, help="where to save the slim .keras model")
     export.add_argument("--structure", default=None, help="also write the structure JSON here")
-    export.add_argument("--source", choices=("gamma", "group_lasso"), default="gamma",
-                        help="what decides a channel is dead: BatchNorm gamma or the kernel's group-lasso norm")
-    export.add_argument("--threshold", type=float, default=0.01, help="dead below this value (default 0.01)")
+    export.add_argument("--source", choices=("gamma", "group_lasso", "zeros"), default="gamma",
+                        help="what decides a channel is dead: BatchNorm gamma, the kernel's group-lasso norm, or "
+                             "all-zero incoming weights (after sparse training)")
+    export.add_argument("--threshold", type=float, default=None,
+                        help="dead below this value (default 0.01; source zeros takes none)")
     export.add_argument("--l1-fraction", type=float, default=0.0, help="group lasso: share of the L1 term")
     export.add_argument("--exact", action="store_true",
                         help="keep dead channels whose constant would be folded through a padded spatial conv")

@@ -10,6 +10,10 @@ read from the model's current weights, and a channel is alive when R > threshold
 * ``source="group_lasso"``: R = (1 - l1_fraction) * sqrt(mean(w**2)) + l1_fraction * mean(|w|) over the
   weights feeding each output channel of every source's kernel (the mean, not the sum, so one threshold fits
   layers of any fan-in).
+* ``source="zeros"``: R = max |w| over the same weights, with no threshold: a channel dies exactly when every
+  weight feeding it is zero. This is the end of sparse training: a neuron whose whole mask column is off (SRigL's
+  neuron ablation, ``ms.FanIn(ablation=True)``, or any mask that empties a column) is removed physically, and the
+  export folds the constant it still emits (act(bias)) into the layers that read it, so outputs are unchanged.
 
 A group with several sources (a residual Add ties the last conv of every block of a stage) takes the
 elementwise max of their vectors, so a channel is alive when any source keeps it (logical OR).
@@ -33,7 +37,7 @@ import numpy as np
 from morphsparse import handlers as _handlers
 from morphsparse.graph import ChannelGraph, GraphError, analyze
 
-SOURCES = ("gamma", "group_lasso")
+SOURCES = ("gamma", "group_lasso", "zeros")
 DEFAULT_THRESHOLD = 1e-2
 
 
@@ -66,6 +70,8 @@ class RegularizationSource:
         handler = self.producer.handler
         matrix = (handler.kernel_matrix(self.producer, xp) if self.axis == 0
                   else handler.axis_matrix(self.producer, self.axis, xp))
+        if self.kind == "zeros":
+            return xp.max(xp.abs(matrix), axis=0)
         return channel_norms(matrix, l1_fraction, xp)
 
 
@@ -104,6 +110,19 @@ def real_number(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
     return float(value)
+
+
+def resolve_threshold(source, threshold):
+    """The threshold a call uses: None means DEFAULT_THRESHOLD, or 0 for ``source="zeros"``, which takes no
+    other value (it removes exactly the channels whose weights are all zero)."""
+    if source == "zeros":
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)
+                                      or float(threshold) != 0.0):
+            raise ValueError(f"source='zeros' removes exactly the channels whose weights are all zero and takes no "
+                             f"threshold; got threshold={threshold!r} (leave it out, or use "
+                             "source='group_lasso' with a threshold)")
+        return 0.0
+    return check_threshold(DEFAULT_THRESHOLD if threshold is None else threshold)
 
 
 def check_threshold(threshold):
@@ -217,11 +236,12 @@ def group_vectors(model_or_graph, source="gamma", l1_fraction=0.0, sources=None)
     return vectors
 
 
-def alive_masks(model_or_graph, source="gamma", threshold=DEFAULT_THRESHOLD, l1_fraction=0.0, check=True,
+def alive_masks(model_or_graph, source="gamma", threshold=None, l1_fraction=0.0, check=True,
                 propagate=True):
     """``{group id: boolean mask}`` for every group of the channel graph.
 
-    A channel of a removable group is alive when its regularisation value exceeds ``threshold``; groups
+    A channel of a removable group is alive when its regularisation value exceeds ``threshold`` (None:
+    DEFAULT_THRESHOLD, or 0 for ``source="zeros"``); groups
     that are not removable (network inputs and outputs, ``ignore=`` layers, opaque layers) and groups with no
     regularisation source are all alive. With ``check`` (the default) an :class:`AliveError` is raised when
     the threshold kills every channel of a non-removable group, or leaves no live path from the network's
@@ -229,7 +249,7 @@ def alive_masks(model_or_graph, source="gamma", threshold=DEFAULT_THRESHOLD, l1_
     channel are dead too (:func:`propagated_masks`), so these masks price exactly what :func:`export` keeps.
     """
     _check_source(source)
-    threshold = check_threshold(threshold)
+    threshold = resolve_threshold(source, threshold)
     check_l1_fraction(l1_fraction, source)
     graph = _graph(model_or_graph)
     vectors = group_vectors(graph, source, l1_fraction)
@@ -284,7 +304,7 @@ def _warn_if_source_removes_nothing(graph, source, vectors):
         hint = ("no channel has a gamma source (a BatchNormalization with scale=True right after the "
                 "Conv/Dense creating it). For a network without BatchNorm use source=\"group_lasso\"")
     else:
-        hint = ("no removable channel has a group_lasso source (a Conv/Dense kernel creating it alone). Pick "
+        hint = (f"no removable channel has a {source} source (a Conv/Dense kernel creating it alone). Pick "
                 "the channels yourself with alive=")
     warn_user(f"source={source!r} can never remove anything from model '{graph.model.name}': {hint}. Every "
               f"channel of its {len(removable)} removable group(s) stays alive.")
@@ -437,7 +457,7 @@ def alive_counts(masks):
 
 
 __all__ = ["SOURCES", "DEFAULT_THRESHOLD", "AliveError", "keep_one_groups", "RegularizationSource", "channel_norms",
-           "find_sources", "group_vectors", "alive_masks", "check_connected", "alive_counts",
+           "find_sources", "group_vectors", "resolve_threshold", "alive_masks", "check_connected", "alive_counts",
            "is_channel_source", "flat_mask", "entry_mask", "live_entries", "effective_masks",
            "propagated_masks", "user_masks", "check_threshold", "check_l1_fraction", "real_number",
            "warn_user", "GraphError"]

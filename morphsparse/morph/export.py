@@ -568,12 +568,14 @@ def _normalises_across_channels(call):
 
 # --- entry point ---------------------------------------------------------------------------------------
 
-def export_with_report(model, source="gamma", threshold=_alive.DEFAULT_THRESHOLD, l1_fraction=0.0, alive=None,
+def export_with_report(model, source="gamma", threshold=None, l1_fraction=0.0, alive=None,
                        exact=False, ignore=(), name=None, calibration_data=None, calibration_steps=None):
     """:func:`export`, returning ``(slim model, ExportReport)``."""
     start = time.perf_counter()
     if not isinstance(model, keras.Model):
         raise TypeError(f"export() takes a keras.Model, got {type(model).__name__}")
+    _alive._check_source(source)
+    threshold = _alive.resolve_threshold(source, threshold)
     graph = analyze(model, ignore=ignore)
     if alive is None:
         # threshold masks only: starved channels are found by the live pass, and forcing one to its dead
@@ -604,12 +606,15 @@ def export_with_report(model, source="gamma", threshold=_alive.DEFAULT_THRESHOLD
     return slim, report
 
 
-def export(model, source="gamma", threshold=_alive.DEFAULT_THRESHOLD, l1_fraction=0.0, alive=None, exact=False,
+def export(model, source="gamma", threshold=None, l1_fraction=0.0, alive=None, exact=False,
            ignore=(), name=None, calibration_data=None, calibration_steps=None, return_report=False):
     """A slim copy of ``model`` without its dead channels, with the surviving weights copied.
 
-    ``source`` ("gamma" or "group_lasso"), ``threshold`` and ``l1_fraction`` decide which channels are dead
-    from the model's weights alone (see :func:`morphsparse.alive_masks`); or pass ``alive``, a mapping group
+    ``source`` ("gamma" or "group_lasso"), ``threshold`` (default 0.01) and ``l1_fraction`` decide which
+    channels are dead from the model's weights alone (see :func:`morphsparse.alive_masks`); ``source="zeros"``
+    (no threshold) removes exactly the channels whose incoming weights are all zero: the output neurons a sparse
+    training emptied (``ms.FanIn(ablation=True)``), exported straight from the sparse model or after
+    ``ms.strip``, with the constant each still emits (act(bias)) folded onward; or pass ``alive``, a mapping group
     id (or producer layer name) -> boolean mask, to choose yourself (a channel you mark dead is exported as if
     its ``source`` weight were zero: gamma, or the kernel slice for group lasso). ``exact=True`` keeps dead
     channels whose constant output would have to be folded through a zero-padded spatial convolution or merged
@@ -635,6 +640,9 @@ def _warn_nothing_removed(graph, report, alive, l1_fraction):
     """Export kept every channel: say why it probably happened and what to change."""
     if alive is not None:
         reason = "the alive= masks mark every removable channel alive"
+    elif report.source == "zeros":
+        reason = ("no removable channel has all its incoming weights zero (sparse training empties whole neurons "
+                  "with sparsity_type=ms.FanIn(ablation=True); other masks rarely do)")
     else:
         vectors = _alive.group_vectors(graph, report.source, l1_fraction)
         smallest = min((float(v.min()) for gid, v in vectors.items() if graph.groups[gid].removable),

@@ -468,6 +468,9 @@ def check_arguments(target="flops", source="gamma", threshold=_alive.DEFAULT_THR
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; use one of {TARGETS}")
     _alive._check_source(source)
+    if source == "zeros":
+        raise ValueError("source='zeros' only reads which channels are already all zero (ms.export after sparse "
+                         "training); a regulariser needs 'gamma' or 'group_lasso'")
     threshold = _alive.check_threshold(threshold)
     l1_fraction = _alive.check_l1_fraction(l1_fraction, source)
     if strength is not None:

@@ -30,7 +30,7 @@ from morphsparse.morph import alive as _alive
 FORMAT = "morphsparse.structure/1"
 
 
-def structure_of(model_or_graph, source="gamma", threshold=_alive.DEFAULT_THRESHOLD, l1_fraction=0.0,
+def structure_of(model_or_graph, source="gamma", threshold=None, l1_fraction=0.0,
                  alive=None):
     """The structure dict of a model: alive masks from its weights (``source``/``threshold``) or ``alive``
     (group id or producer layer name -> boolean mask)."""
@@ -50,12 +50,12 @@ def structure_of(model_or_graph, source="gamma", threshold=_alive.DEFAULT_THRESH
             layers[producer] = {"channels": int(kept.size), "alive": int(kept.sum()),
                                 "kept": np.flatnonzero(kept).tolist(), "group": group.id}
     return {"format": FORMAT, "model": graph.model.name, "source": None if alive is not None else source,
-            "threshold": None if alive is not None else threshold, "layers": layers, "groups": groups,
+            "threshold": None if alive is not None else _alive.resolve_threshold(source, threshold), "layers": layers, "groups": groups,
             "flops": count_flops(graph), "alive_flops": count_flops(graph, alive=masks),
             "params": count_params(graph), "alive_params": count_params(graph, alive=masks)}
 
 
-def save_structure(model_or_graph, path, source="gamma", threshold=_alive.DEFAULT_THRESHOLD, l1_fraction=0.0,
+def save_structure(model_or_graph, path, source="gamma", threshold=None, l1_fraction=0.0,
                    alive=None):
     """Write :func:`structure_of` as JSON to ``path``; returns the dict."""
     structure = structure_of(model_or_graph, source, threshold, l1_fraction, alive)

@@ -29,6 +29,8 @@ from .gap import (GaP, GapPhase, GapSchedule, ParallelGap, gap_phase, parallel_g
                   resolve_partitions)
 from .lottery import LotteryTicket, WeightSnapshot, lottery_ticket, prune_by_magnitude
 from .snip import SNIP, connection_sensitivity
+from .sparsity_types import (SPARSITY_TYPES, Block, FanIn, NByM, get_sparsity_type, register_sparsity_type,
+                             serialize_sparsity_type)
 
 __all__ = [
     "sparse_optimizer", "SparseOptimizer", "apply_masks", "strip", "sparsity_report", "SparsityReport",
@@ -46,3 +48,5 @@ __all__ += [
     "SNIP", "connection_sensitivity", "lottery_ticket", "LotteryTicket", "WeightSnapshot", "prune_by_magnitude",
     "live_parameters", "LiveCounts", "PeakParameterMonitor", "parallel_gap", "ParallelGap",
 ]
+__all__ += ["SPARSITY_TYPES", "Block", "NByM", "FanIn", "get_sparsity_type", "register_sparsity_type",
+            "serialize_sparsity_type"]

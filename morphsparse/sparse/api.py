@@ -12,7 +12,8 @@ import numpy as np
 from .distributions import get_distribution, layer_sparsities
 from .kernels import (build_by_calling, is_kernel_like, kernel_variable, layer_tree, maskable_kernels, matches,
                       output_positions, own_weights)
-from .masks import kept_count
+from .masks import Unstructured, kept_count
+from .sparsity_types import get_sparsity_type, serialize_sparsity_type
 from .optimizer import SparseOptimizer, find_sparse_optimizer
 from .schedules import PolynomialSchedule, fraction, get_schedule, whole_number
 from .updaters import DropGrow, KernelView, MaskUpdater, get_updater, updater_class
@@ -89,8 +90,8 @@ def _include_spec(include, tree):
     return found
 
 
-def sparse_optimizer(model, optimizer, sparsity: float = 0.9, method="rigl", distribution="erk", *,
-                     power: float | None = None, layer_sparsity: dict | None = None, keep_dense=(), include=(),
+def sparse_optimizer(model, optimizer, sparsity: float | None = None, method="rigl", distribution=None, *,
+                     sparsity_type=None, power: float | None = None, layer_sparsity: dict | None = None, keep_dense=(), include=(),
                      first_layer_dense: bool = False, mask_separable_depthwise: bool = False,
                      update_every: int | None = None, begin_step: int = 0, end_step: int | None = None,
                      total_steps: int | None = None, end_fraction: float = 0.75, drop_fraction: float | None = None,
@@ -113,11 +114,19 @@ def sparse_optimizer(model, optimizer, sparsity: float = 0.9, method="rigl", dis
             normalisation weights never are. Other layers with weights of rank >= 2 are listed in a warning.
         optimizer: the optimizer to wrap (an instance, or a name such as ``"adam"``). A
             ``LossScaleOptimizer`` is kept outside: its inner optimizer is wrapped.
-        sparsity: target fraction of zeros over all masked kernels, in [0, 1).
+        sparsity: target fraction of zeros over all masked kernels, in [0, 1); default 0.9 (1 - N/M for an
+            ``"N:M"`` sparsity type, which allows no other value).
         method: ``"rigl"``, ``"set"``, ``"snfs"``, ``"static"``, ``"magnitude"``, ``"dense"``, ``"gap"``,
             ``"snip"``, a name added with ``register_updater``, or a ``MaskUpdater`` instance.
-        distribution: ``"erk"`` (with ``power``), ``"er"``, ``"uniform"``, or a callable
+        distribution: ``"erk"`` (the default, with ``power``), ``"er"``, ``"uniform"``, or a callable
             ``({key: shape}, sparsity) -> {key: sparsity}``.
+        sparsity_type: which patterns of zeros a mask may hold, for every method (docs/sparse_training.md,
+            "Sparsity types"): ``"unstructured"`` (default); blocks ``"1x4"``, ``"1x16"``, ``"4x1"`` (outputs x
+            inputs, kept or removed whole); ``"N:M"`` such as ``"2:4"`` (N of every M consecutive inputs of each
+            output; fixes the sparsity at 1 - N/M, so the distribution has no say); ``"fan_in"`` (every output
+            neuron keeps the same number of inputs, SRigL); ``ms.FanIn(ablation=True, min_salient_fraction=0.3)``
+            for SRigL's neuron ablation; a name added with ``register_sparsity_type`` or a type object. Per-layer
+            counts follow the distribution, rounded to whole blocks/groups.
         layer_sparsity: ``{layer name or glob: sparsity}`` overrides, outside the distribution's budget.
         keep_dense: layer names or globs left dense (not masked, outside the budget).
         include: names or globs of other (custom) layers whose ``kernel`` is masked too, or
@@ -140,6 +149,27 @@ def sparse_optimizer(model, optimizer, sparsity: float = 0.9, method="rigl", dis
         rescale_init: divide each masked kernel by sqrt(its density) once (sparse-aware initialisation).
         method_options: extra constructor arguments of the method (e.g. ``decay`` for SNFS).
     """
+    structure = _resolve_sparsity_type(sparsity_type, method, method_options)
+    effective = structure or (method.sparsity_type if isinstance(method, MaskUpdater)
+                              else get_sparsity_type(method_options.get("sparsity_type", "unstructured")))
+    fixed = getattr(effective, "fixed_sparsity", None)
+    if fixed is not None:
+        structure_name = effective.name
+        if sparsity is not None and abs(_check_sparsity(sparsity) - fixed) > 1e-9:
+            raise ValueError(f"sparsity_type={structure_name!r} keeps exactly {effective.n} of every {effective.m} "
+                             f"weights, i.e. sparsity={fixed:g}; got sparsity={sparsity!r}. Pass sparsity={fixed:g} "
+                             "(or leave sparsity out)")
+        if layer_sparsity:
+            raise ValueError(f"layer_sparsity= cannot apply with sparsity_type={structure_name!r}, which fixes every "
+                             f"masked kernel at sparsity {fixed:g}; keep layers dense with keep_dense= instead")
+        if distribution is not None or power is not None:
+            warnings.warn(f"distribution={distribution!r} (power={power!r}) is ignored: sparsity_type="
+                          f"{structure_name!r} fixes every masked kernel at sparsity {fixed:g}", UserWarning,
+                          stacklevel=2)
+            distribution, power = None, None
+        sparsity = fixed
+    sparsity = 0.9 if sparsity is None else sparsity
+    distribution = "erk" if distribution is None else distribution
     if not isinstance(model, keras.Model):
         raise TypeError(f"sparse_optimizer expects a keras.Model as model=, got {type(model).__name__}")
     if not model.built:
@@ -152,7 +182,10 @@ def sparse_optimizer(model, optimizer, sparsity: float = 0.9, method="rigl", dis
         raise TypeError(f"seed must be a whole number, got {seed!r} ({type(seed).__name__})")
     outer, inner = _split_loss_scale(optimizer)
 
+    if structure is not None:
+        method_options = dict(method_options, sparsity_type=structure)
     updater = _resolve_method(method, method_options, drop_fraction, drop_fraction_schedule)
+    _check_method_and_type(updater)
     if power is not None:
         if not (isinstance(distribution, str) and distribution.lower() == "erk"):
             raise ValueError(f"power={power!r} applies only to distribution='erk', not distribution="
@@ -204,6 +237,36 @@ def sparse_optimizer(model, optimizer, sparsity: float = 0.9, method="rigl", dis
         return sparse
     return keras.optimizers.LossScaleOptimizer(sparse, initial_scale=outer.initial_scale,
                                                dynamic_growth_steps=outer.dynamic_growth_steps, name=outer.name)
+
+
+def _resolve_sparsity_type(sparsity_type, method, method_options):
+    """The sparsity type object given as ``sparsity_type=`` (None: the method's own, unstructured by default)."""
+    if sparsity_type is None:
+        return None
+    if "sparsity_type" in method_options:
+        raise ValueError("give sparsity_type= once (it was given both as sparsity_type= and among the method "
+                         "options)")
+    structure = get_sparsity_type(sparsity_type)
+    if isinstance(method, MaskUpdater):
+        if serialize_sparsity_type(method.sparsity_type) != serialize_sparsity_type(structure):
+            raise ValueError(f"sparsity_type={sparsity_type!r} cannot be applied to the method instance "
+                             f"{type(method).__name__} (its sparsity type is {method.sparsity_type.name!r}); pass "
+                             "it to its constructor")
+        return None
+    return structure
+
+
+def _check_method_and_type(updater):
+    structure = updater.sparsity_type
+    if type(structure) is Unstructured:
+        return
+    if updater.forced_sparsity is not None:
+        raise ValueError(f"method={updater.name!r} keeps every weight, so sparsity_type={structure.name!r} has "
+                         "nothing to shape; use sparsity_type='unstructured' (the default) with it")
+    if getattr(structure, "fixed_sparsity", None) is not None and updater.dense_start:
+        warnings.warn(f"method={updater.name!r} prunes gradually, but sparsity_type={structure.name!r} has no "
+                      f"intermediate sparsity: every kernel goes from dense to {structure.name} at the first "
+                      "mask update of the schedule", UserWarning, stacklevel=3)
 
 
 def _split_loss_scale(optimizer):
@@ -290,16 +353,19 @@ def _plan(model, sparsity, distribution, power, layer_sparsity, keep_dense, incl
             key = f"{path}/{name}"
             variable = kernel_variable(layer, name)
             shapes[key] = tuple(int(d) for d in variable.shape)
+            updater.sparsity_type.check(shapes[key], key)
             if path in overrides:
                 kernel_overrides[key] = overrides[path]
             specs.append({"key": key, "layer": path, "weight": name, "variable": variable.path})
-    if updater.forced_sparsity is not None:
-        sparsities = {key: float(updater.forced_sparsity) for key in shapes}
+    fixed = getattr(updater.sparsity_type, "fixed_sparsity", None)
+    if updater.forced_sparsity is not None or fixed is not None:
+        value = updater.forced_sparsity if updater.forced_sparsity is not None else fixed
+        sparsities = {key: float(value) for key in shapes}
     else:
         sparsities = _solve(shapes, sparsity, distribution, power, kernel_overrides)
     for spec in specs:
         spec["sparsity"] = sparsities[spec["key"]]
-    _warn_rounding(shapes, sparsities, sparsity, kernel_overrides)
+    _warn_rounding(shapes, sparsities, sparsity, kernel_overrides, updater.sparsity_type)
     return specs
 
 
@@ -321,20 +387,29 @@ def _solve(shapes, sparsity, distribution, power, overrides):
     return layer_sparsities(shapes, sparsity, solver, power, overrides)
 
 
-def _warn_rounding(shapes, sparsities, sparsity, overrides):
-    """Warn when whole-weight counts make the model noticeably denser than asked (extreme sparsities)."""
+def _warn_rounding(shapes, sparsities, sparsity, overrides, sparsity_type=None):
+    """Warn when whole counts (weights, blocks or per-neuron groups) make the model noticeably denser than
+    asked (extreme sparsities, or large blocks)."""
     sizes = {key: int(np.prod(shape)) for key, shape in shapes.items() if key not in overrides}
     total = sum(sizes.values())
     if not total or sparsity == 0.0:
         return
     wanted = total * (1.0 - sparsity)
-    kept = sum(kept_count(size, sparsities[key]) for key, size in sizes.items())
-    # Only the floor of one weight per kernel matters here; ordinary rounding adds under one weight per kernel.
-    clamped = [key for key, size in sizes.items() if (1.0 - sparsities[key]) * size < 1.0]
-    if clamped and kept > 1.05 * wanted + 0.5:
-        warnings.warn(f"sparsity={sparsity} asks to keep {wanted:.1f} of {total:,} weights, but each kernel keeps "
-                      f"at least one weight (whole counts): the masks keep {kept} (sparsity "
-                      f"{1 - kept / total:.6f}). Higher sparsities give the same masks.", UserWarning, stacklevel=4)
+    if sparsity_type is None or type(sparsity_type) is Unstructured:
+        kept = sum(kept_count(size, sparsities[key]) for key, size in sizes.items())
+        # Only the floor of one weight per kernel matters here; ordinary rounding adds under one weight per kernel.
+        clamped = [key for key, size in sizes.items() if (1.0 - sparsities[key]) * size < 1.0]
+        if clamped and kept > 1.05 * wanted + 0.5:
+            warnings.warn(f"sparsity={sparsity} asks to keep {wanted:.1f} of {total:,} weights, but each kernel "
+                          f"keeps at least one weight (whole counts): the masks keep {kept} (sparsity "
+                          f"{1 - kept / total:.6f}). Higher sparsities give the same masks.", UserWarning,
+                          stacklevel=4)
+        return
+    kept = sum(sparsity_type.kept_count(shapes[key], sparsities[key]) for key in sizes)
+    if kept > 1.05 * wanted + 0.5 and getattr(sparsity_type, "fixed_sparsity", None) is None:
+        warnings.warn(f"sparsity={sparsity} asks to keep {wanted:.1f} of {total:,} weights, but sparsity_type="
+                      f"{sparsity_type.name!r} keeps whole blocks/groups (at least one per kernel or neuron): the "
+                      f"masks keep {kept} (sparsity {1 - kept / total:.6f})", UserWarning, stacklevel=4)
 
 
 def _warn_unmasked(model, tree, candidates):

@@ -35,7 +35,6 @@ from .api import copy_model, sparse_optimizer
 from .footprint import live_parameters
 from .kernels import layer_tree
 from .lottery import fresh_optimizer, prune_by_magnitude
-from .masks import kept_count
 from .optimizer import find_sparse_optimizer
 from .schedules import UpdateSchedule, whole_number
 from .updaters import MaskUpdater, register_updater
@@ -221,11 +220,11 @@ class GaP(MaskUpdater):
                        lambda: MaskUpdater.update_mask(self, kernel, context))
 
     def export_mask(self, kernel):
-        target = kept_count(kernel.size, kernel.sparsity)
+        target = self.sparsity_type.kept_count(tuple(kernel.weight.shape), kernel.sparsity)
         live = int(np.count_nonzero(keras.ops.convert_to_numpy(kernel.mask)))
         if live <= target:
             return kernel.mask
-        return self.sparsity_type.drop_lowest(kernel.mask, tf.abs(kernel.weight) * kernel.mask, live - target)
+        return self.sparsity_type.update(kernel.mask, tf.abs(kernel.weight) * kernel.mask, None, target, 0)
 
     def get_config(self):
         return dict(super().get_config(), partitions=self.partitions, rounds=self.rounds,
@@ -277,12 +276,14 @@ def planned_peak_parameters(model) -> int:
     """
     sparse = find_sparse_optimizer(model)
     counts = live_parameters(model)
-    base = counts.live - counts.masked_live + sum(kept_count(unit.size, unit.sparsity) for unit in sparse.units)
+    kept = {unit.key: sparse.method.sparsity_type.kept_count(tuple(unit.kernel.shape), unit.sparsity)
+            for unit in sparse.units}
+    base = counts.live - counts.masked_live + sum(kept.values())
     extra = 0
     if isinstance(sparse.method, GaP):
         for group in sparse.method.partition_paths:
             members = set(group)
-            extra = max(extra, sum(unit.size - kept_count(unit.size, unit.sparsity) for unit in sparse.units
+            extra = max(extra, sum(unit.size - kept[unit.key] for unit in sparse.units
                                    if unit.layer in members))
     return base + extra
 
@@ -360,7 +361,7 @@ class ParallelGap:
         return self.phase_seconds + self.fine_tune_seconds
 
 
-def parallel_gap(model, x=None, y=None, *, sparsity: float = 0.9, distribution="erk", partitions=4,
+def parallel_gap(model, x=None, y=None, *, sparsity: float | None = 0.9, distribution=None, partitions=4,
                  rounds: int = 1, phase_epochs: int = 1, fine_tune_epochs: int = 1, optimizer="adam", loss=None,
                  metrics=None, batch_size: int | None = 32, validation_data=None, verbose=0, seed: int = 0,
                  fit_options: dict | None = None, fine_tune_optimizer=None, **sparsify_options) -> ParallelGap:

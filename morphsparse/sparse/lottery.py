@@ -23,7 +23,6 @@ import numpy as np
 
 from .api import copy_model, sparse_optimizer
 from .footprint import live_parameters
-from .masks import kept_count
 from .optimizer import find_sparse_optimizer
 
 
@@ -69,7 +68,8 @@ def prune_by_magnitude(model):
     masks = {}
     for unit in sparse.units:
         weights = keras.ops.abs(keras.ops.convert_to_tensor(unit.kernel))
-        mask = sparse.method.sparsity_type.keep_highest(weights, kept_count(unit.size, unit.sparsity))
+        sparsity_type = sparse.method.sparsity_type
+        mask = sparsity_type.keep_highest(weights, sparsity_type.kept_count(tuple(unit.kernel.shape), unit.sparsity))
         masks[unit.key] = keras.ops.convert_to_numpy(mask)
     sparse.set_masks(masks)
 
@@ -94,7 +94,7 @@ class LotteryTicket:
         return self.dense_seconds + self.sparse_seconds
 
 
-def lottery_ticket(model, x=None, y=None, *, sparsity: float = 0.9, distribution="erk", rewind_step: int = 0,
+def lottery_ticket(model, x=None, y=None, *, sparsity: float | None = 0.9, distribution=None, rewind_step: int = 0,
                    epochs: int = 1, retrain_epochs: int | None = None, optimizer="adam", loss=None, metrics=None,
                    batch_size: int | None = 32, validation_data=None, callbacks=(), verbose=0, seed: int = 0,
                    fit_options: dict | None = None, reuse: LotteryTicket | None = None,

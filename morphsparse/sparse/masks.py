@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import zlib
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -101,14 +102,43 @@ def random_mask(shape, sparsity: float, key_hash: int, seed: int = 0) -> np.ndar
     return flat.reshape(shape)
 
 
+@keras.saving.register_keras_serializable(package="morphsparse.sparsity_types", name="Unstructured")
 class Unstructured:
-    """Sparsity type "unstructured": any single weight may be kept or removed.
+    """Sparsity type "unstructured": any single weight may be kept or removed; the base of every sparsity type.
 
     Updaters express what they want as scores and counts; the sparsity type turns that into mask positions.
-    A structured type (N:M, blocks) would subclass this and override the three selection methods.
+    Structured types (blocks, N:M, constant fan-in; sparsity_types.py) override ``check``, ``kept_count``,
+    ``random_mask``, ``update`` and ``keep_highest``; ``drop_lowest``/``grow_highest`` are the element-wise
+    selections this type's ``update`` is made of.
     """
 
     name = "unstructured"
+
+    def check(self, shape, where=None):
+        """Raise a ValueError naming ``where`` when a kernel of ``shape`` cannot hold this structure."""
+        return None
+
+    def kept_count(self, shape, sparsity) -> int:
+        """Exact number of ones a mask of ``shape`` keeps at ``sparsity`` (whole blocks/groups for structures)."""
+        return kept_count(int(np.prod(shape)), sparsity)
+
+    def kept_count_tensor(self, shape, sparsity):
+        """``kept_count`` for a sparsity known only inside the graph (a schedule's output), as int32."""
+        return kept_count_tensor(int(np.prod(shape)), sparsity)
+
+    def random_mask(self, shape, sparsity, key_hash, seed=0) -> np.ndarray:
+        """The initial mask: random positions within the structure, seeded by the kernel's key and ``seed``."""
+        return random_mask(shape, sparsity, key_hash, seed)
+
+    def update(self, mask, drop_scores, grow_scores, n_target, n_grow):
+        """One mask update: drop the lowest ``drop_scores`` so that, after growing ``n_grow`` positions by the
+        highest ``grow_scores`` (None: no growing), ``n_target`` positions are live."""
+        n_active = tf.cast(tf.reduce_sum(mask), tf.int32)
+        n_drop = tf.maximum(n_active - tf.cast(n_target, tf.int32) + tf.cast(n_grow, tf.int32), 0)
+        mask = self.drop_lowest(mask, drop_scores, n_drop)
+        if grow_scores is not None:
+            mask = self.grow_highest(mask, grow_scores, n_grow)
+        return mask
 
     def drop_lowest(self, mask, scores, count):
         """Clear the ``count`` active positions of ``mask`` whose ``scores`` are lowest (ties: lower index)."""
@@ -150,14 +180,21 @@ class Unstructured:
         flat_mask = tf.scatter_nd(highest[:, None], tf.ones_like(highest, dtype), tf.shape(flat_scores))
         return tf.reshape(flat_mask, tf.shape(scores))
 
+    def get_config(self):
+        return {}
 
-SPARSITY_TYPES = {"unstructured": Unstructured}
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        config = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"<sparsity_type {self.name!r}{' ' + config if config else ''}>"
 
 
-def get_sparsity_type(value):
-    """Resolve a sparsity type given by name or instance."""
-    if isinstance(value, str):
-        if value not in SPARSITY_TYPES:
-            raise ValueError(f"Unknown sparsity type {value!r}; known: {sorted(SPARSITY_TYPES)}")
-        return SPARSITY_TYPES[value]()
-    return value
+def __getattr__(name):
+    # The registry and the other types live in sparsity_types.py (which imports this module).
+    if name in ("SPARSITY_TYPES", "get_sparsity_type"):
+        from . import sparsity_types
+        return getattr(sparsity_types, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

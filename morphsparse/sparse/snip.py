@@ -18,7 +18,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .masks import kept_count
 from .updaters import Static, register_updater
 
 
@@ -128,7 +127,8 @@ class SNIP(Static):
             raise ValueError("method='snip' scores connections on data before training: pass data=(x, y) (or a "
                              "tf.data.Dataset of batches) and loss= to sparse_optimizer()")
         scores = self.scores[key_hash]
-        mask = self.sparsity_type.keep_highest(tf.constant(scores.reshape(shape)), kept_count(scores.size, sparsity))
+        mask = self.sparsity_type.keep_highest(tf.constant(scores.reshape(shape)),
+                                              self.sparsity_type.kept_count(shape, sparsity))
         return keras.ops.convert_to_numpy(mask).astype(np.float32)
 
     def get_config(self):

@@ -28,7 +28,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .masks import get_sparsity_type, kept_count, kept_count_tensor, random_mask, step_seed
+from .masks import step_seed
+from .sparsity_types import get_sparsity_type, serialize_sparsity_type
 from .schedules import PolynomialSchedule, UpdateSchedule, get_drop_fraction
 
 UPDATERS: dict[str, type] = {}
@@ -115,7 +116,7 @@ class MaskUpdater:
     def initial_mask(self, shape, sparsity, key_hash, seed) -> np.ndarray:
         if self.dense_start:
             return np.ones(shape, np.float32)
-        return random_mask(shape, sparsity, key_hash, seed)
+        return self.sparsity_type.random_mask(shape, sparsity, key_hash, seed)
 
     def observe(self, kernel: KernelView, context: UpdateContext):
         """Runs on every training step (before any update); SNFS keeps its gradient average here."""
@@ -131,7 +132,7 @@ class MaskUpdater:
     def target_kept(self, kernel: KernelView, context: UpdateContext):
         """How many weights the kernel keeps after this update (int32 tensor)."""
         sparsity = context.schedule.layer_sparsity(kernel.sparsity, context.step, context.end_step)
-        return kept_count_tensor(kernel.size, sparsity)
+        return self.sparsity_type.kept_count_tensor(tuple(kernel.weight.shape), sparsity)
 
     def grow_count(self, kernel: KernelView, n_active, context: UpdateContext):
         return tf.zeros([], tf.int32)
@@ -157,15 +158,14 @@ class MaskUpdater:
         n_active = tf.cast(tf.reduce_sum(kernel.mask), tf.int32)
         n_target = self.target_kept(kernel, context)
         grow_scores = self.grow_scores(kernel, context)
-        n_grow = self.grow_count(kernel, n_active, context) if grow_scores is not None else 0
-        n_drop = tf.maximum(n_active - n_target + n_grow, 0)
-        mask = self.sparsity_type.drop_lowest(kernel.mask, self.drop_scores(kernel, context), n_drop)
-        if grow_scores is not None:
-            mask = self.sparsity_type.grow_highest(mask, grow_scores, n_grow)
-        return mask
+        n_grow = (self.grow_count(kernel, n_active, context) if grow_scores is not None
+                  else tf.zeros([], tf.int32))
+        # The sparsity type drops (n_active - n_target + n_grow) and grows n_grow within its structure.
+        return self.sparsity_type.update(kernel.mask, self.drop_scores(kernel, context), grow_scores, n_target,
+                                         n_grow)
 
     def get_config(self):
-        return {"sparsity_type": self.sparsity_type.name}
+        return {"sparsity_type": serialize_sparsity_type(self.sparsity_type)}
 
     @classmethod
     def from_config(cls, config):
@@ -181,7 +181,7 @@ class DropGrow(MaskUpdater):
 
     def target_kept(self, kernel, context):
         # Drop/grow keeps each kernel's count fixed; no schedule can change it.
-        return tf.constant(kept_count(kernel.size, kernel.sparsity), tf.int32)
+        return tf.constant(self.sparsity_type.kept_count(tuple(kernel.weight.shape), kernel.sparsity), tf.int32)
 
     def grow_count(self, kernel, n_active, context):
         fraction = self.drop_fraction(context.step, context.end_step)
