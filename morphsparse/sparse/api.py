@@ -346,6 +346,7 @@ def _plan(model, sparsity, distribution, power, layer_sparsity, keep_dense, incl
         raise ValueError("every sparsifiable layer was kept dense (keep_dense=, first_layer_dense=) or is frozen; "
                          "nothing is left to sparsify")
     _warn_unmasked(model, tree, candidates)
+    _warn_ablating_outputs(model, masked, updater.sparsity_type)
 
     shapes, kernel_overrides, specs = {}, {}, []
     for path, layer in masked.items():
@@ -367,6 +368,21 @@ def _plan(model, sparsity, distribution, power, layer_sparsity, keep_dense, incl
         spec["sparsity"] = sparsities[spec["key"]]
     _warn_rounding(shapes, sparsities, sparsity, kernel_overrides, updater.sparsity_type)
     return specs
+
+
+def _warn_ablating_outputs(model, masked, sparsity_type):
+    """Neuron ablation on a layer whose outputs are the model's would mask whole outputs (a class that can
+    never be predicted): say so, naming the layer."""
+    if not getattr(sparsity_type, "ablation", False):
+        return
+    names = set(getattr(model, "output_names", None) or [])
+    if isinstance(model, keras.Sequential) and model.layers:
+        names.add(model.layers[-1].name)
+    hits = [path for path, layer in masked.items() if layer.name in names]
+    if hits:
+        warnings.warn(f"layer(s) {hits} produce the model's outputs and neuron ablation may mask whole outputs "
+                      f"of them (a logit that never changes); pass keep_dense={hits} to keep them out of the "
+                      "sparse budget", UserWarning, stacklevel=4)
 
 
 def _names(layer, path, extra, mask_separable_depthwise):

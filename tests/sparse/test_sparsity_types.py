@@ -341,3 +341,20 @@ def test_source_zeros_takes_no_threshold():
         ms.export(model, source="zeros", threshold=0.01)
     with pytest.warns(UserWarning, match="removed nothing.*no removable channel has all its incoming weights zero"):
         ms.export(model, source="zeros")
+
+
+@pytest.mark.parametrize("kind", ["sequential", "functional"])
+def test_ablation_on_an_output_layer_warns_naming_it(kind):
+    if kind == "sequential":
+        model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(16, name="hidden"),
+                                  keras.layers.Dense(4, name="logits")])
+    else:
+        inputs = keras.Input((12,))
+        model = keras.Model(inputs, keras.layers.Dense(4, name="logits")(keras.layers.Dense(16, name="hidden")(inputs)))
+    with pytest.warns(UserWarning, match=r"\['logits'\].*keep_dense"):
+        ms.sparse_optimizer(model, "sgd", 0.5, "rigl", sparsity_type=FanIn(ablation=True))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ms.sparse_optimizer(keras.models.clone_model(model), "sgd", 0.5, "rigl", sparsity_type=FanIn(ablation=True),
+                            keep_dense=["logits"], total_steps=10)
+    assert not [w for w in caught if "ablation" in str(w.message)]    # kept dense: nothing to say
