@@ -199,7 +199,7 @@ def plot(summary, path):
         low, high = row["latency_ratio_range"]
         median = row["latency_ratio_median"]
         ax.errorbar(median, 100 * row["accuracy_mean"], yerr=100 * row["accuracy_std"],
-                    xerr=[[median - low], [high - median]], marker="o", capsize=3, label=row["variant"])
+                    xerr=[[max(median - low, 0.0)], [max(high - median, 0.0)]], marker="o", capsize=3, label=row["variant"])
     ax.set_xlabel("LiteRT latency, batch 1, one thread (ratio to dense)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"Fashion-MNIST MLP, RigL at {SPARSITY:.0%}: accuracy vs latency")
