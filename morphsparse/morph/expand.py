@@ -24,7 +24,6 @@ from morphsparse import costs as _costs
 from morphsparse.costs import cost_report, count_flops, count_params
 from morphsparse.graph import GraphError, analyze
 from morphsparse.morph.alive import warn_user
-from morphsparse.morph.replay import TensorIndex
 from morphsparse.trace import symbolic_kwargs
 from morphsparse.morph.export import _from_config
 
@@ -178,13 +177,10 @@ class ExpandReport:
 PARAMS_GROWTH_WARNING = 1.5
 
 
-def build_with_widths(model, graph, counts, name=None, index=None):
+def build_with_widths(model, graph, counts, name=None):
     """A freshly initialised copy of ``model`` whose removable groups have ``counts[group id]`` channels
     (groups not in ``counts`` keep their size). Layers get their new widths from their handler's
     ``rebuild_config``; nested models are flattened (inner layer names become ``outer__inner``)."""
-    from morphsparse.graph import _functional_of
-
-    index = index or TensorIndex(graph)
     factor = np.ones(len(graph.groups))
     for gid, count in counts.items():
         factor[gid] = count / graph.groups[gid].size
@@ -195,11 +191,9 @@ def build_with_widths(model, graph, counts, name=None, index=None):
         ids, entries = np.unique(groups, return_counts=True)
         return int(sum(round(n * factor[g]) for g, n in zip(ids.tolist(), entries.tolist())))
 
-    functional = _functional_of(model)
     tensors, new_inputs, layers = {}, [], {}
-    for key, tensor in zip(index.model_inputs, functional.inputs):
-        new = keras.Input(batch_shape=tuple(tensor.shape), dtype=tensor.dtype,
-                          name=tensor._keras_history.operation.name)
+    for key, tensor in zip(graph.model_inputs, graph.input_tensors):
+        new = keras.Input(batch_shape=tuple(tensor.shape), dtype=tensor.dtype, name=graph.producer(key).name)
         tensors[key] = new
         new_inputs.append(new)
     for k, call in enumerate(graph.calls):
@@ -207,9 +201,7 @@ def build_with_widths(model, graph, counts, name=None, index=None):
             continue
         keep_in = [np.ones(width(g), bool) for g in call.in_groups]
         keep_out = [np.ones(width(g), bool) for g in call.out_groups]
-        node = call.node
-        args, kwargs = node.arguments.fill_in({id(t): tensors[key] for t, key in zip(node.input_tensors,
-                                                                                      index.inputs_of[k])})
+        args, kwargs = graph.call_arguments(call, tensors)
         layer = call.layer
         try:
             if isinstance(layer, keras.layers.Layer):
@@ -227,16 +219,14 @@ def build_with_widths(model, graph, counts, name=None, index=None):
                               f"{[len(m) for m in keep_in]} input and {[len(m) for m in keep_out]} output "
                               f"channels: {err}. Register a handler whose rebuild_config sets its width.") from err
         outputs = keras.tree.flatten(outputs)
-        for key, tensor, keep in zip(index.outputs_of[k], outputs, keep_out):
+        for key, tensor, keep in zip(call.output_keys, outputs, keep_out):
             if len(tensor.shape) > 1 and tensor.shape[-1] not in (None, len(keep)):
                 raise ExpandError(f"layer '{call.path}' ({type(layer).__name__}) is not supported by expand: "
                                   f"rebuilt with {tensor.shape[-1]} output channels instead of {len(keep)}; "
                                   "register a handler whose rebuild_config sets its width")
             tensors[key] = tensor
-    outputs = [tensors[key] for key in index.model_outputs]
-    return keras.Model(keras.tree.pack_sequence_as(functional._inputs_struct, new_inputs),
-                       keras.tree.pack_sequence_as(functional._outputs_struct, outputs),
-                       name=name or model.name)
+    outputs = [tensors[key] for key in graph.model_outputs]
+    return keras.Model(graph.pack_inputs(new_inputs), graph.pack_outputs(outputs), name=name or model.name)
 
 
 def expand_with_report(model, budget, target="flops", reference=None, round_to=None, ignore=(), name=None):
