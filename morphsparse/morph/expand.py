@@ -25,7 +25,7 @@ from morphsparse.costs import cost_report, count_flops, count_params
 from morphsparse.graph import GraphError, analyze
 from morphsparse.morph.alive import warn_user
 from morphsparse.trace import symbolic_kwargs
-from morphsparse.morph.export import _from_config
+from morphsparse.morph.rebuild import rebuild
 
 TARGETS = ("flops", "size")
 
@@ -191,42 +191,24 @@ def build_with_widths(model, graph, counts, name=None):
         ids, entries = np.unique(groups, return_counts=True)
         return int(sum(round(n * factor[g]) for g, n in zip(ids.tolist(), entries.tolist())))
 
-    tensors, new_inputs, layers = {}, [], {}
-    for key, tensor in zip(graph.model_inputs, graph.input_tensors):
-        new = keras.Input(batch_shape=tuple(tensor.shape), dtype=tensor.dtype, name=graph.producer(key).name)
-        tensors[key] = new
-        new_inputs.append(new)
-    for k, call in enumerate(graph.calls):
-        if call.node is None:
-            continue
+    def build(call, engine):
+        # handlers describe a call's new widths as masks over its entries: every entry of a new width is kept
         keep_in = [np.ones(width(g), bool) for g in call.in_groups]
         keep_out = [np.ones(width(g), bool) for g in call.out_groups]
-        args, kwargs = graph.call_arguments(call, tensors)
-        layer = call.layer
+        args, kwargs = engine.arguments(call)
         try:
-            if isinstance(layer, keras.layers.Layer):
-                if id(layer) not in layers:
-                    config = dict(call.handler.rebuild_config(call, keep_in, keep_out))
-                    config.pop("build_config", None)
-                    config["name"] = call.path.replace("/", "__")
-                    layers[id(layer)] = _from_config(layer, config)
-                outputs = layers[id(layer)](*args, **symbolic_kwargs(layers[id(layer)], kwargs))
-            else:   # a keras.ops call: its handler re-applies it (a reshape or slice names channel positions)
-                outputs = call.handler.apply_op(call, args, kwargs,
-                                                lambda i, lo, hi, call=call: width(call.in_groups[i][lo:hi]))
+            if isinstance(call.layer, keras.layers.Layer):
+                layer = engine.new_layer(call, call.handler.rebuild_config(call, keep_in, keep_out))
+                return layer(*args, **symbolic_kwargs(layer, kwargs))
+            # a keras.ops call: its handler re-applies it (a reshape or slice names channel positions)
+            return call.handler.apply_op(call, args, kwargs, lambda i, lo, hi: width(call.in_groups[i][lo:hi]))
         except Exception as err:  # the layer's class decides what it accepts; say which one failed
-            raise ExpandError(f"cannot rebuild layer '{call.path}' ({type(layer).__name__}) with "
+            raise ExpandError(f"cannot rebuild layer '{call.path}' ({type(call.layer).__name__}) with "
                               f"{[len(m) for m in keep_in]} input and {[len(m) for m in keep_out]} output "
                               f"channels: {err}. Register a handler whose rebuild_config sets its width.") from err
-        outputs = keras.tree.flatten(outputs)
-        for key, tensor, keep in zip(call.output_keys, outputs, keep_out):
-            if len(tensor.shape) > 1 and tensor.shape[-1] not in (None, len(keep)):
-                raise ExpandError(f"layer '{call.path}' ({type(layer).__name__}) is not supported by expand: "
-                                  f"rebuilt with {tensor.shape[-1]} output channels instead of {len(keep)}; "
-                                  "register a handler whose rebuild_config sets its width")
-            tensors[key] = tensor
-    outputs = [tensors[key] for key in graph.model_outputs]
-    return keras.Model(graph.pack_inputs(new_inputs), graph.pack_outputs(outputs), name=name or model.name)
+
+    return rebuild(graph, build, lambda call, position: width(call.out_groups[position]), name or model.name,
+                   error=ExpandError)
 
 
 def expand_with_report(model, budget, target="flops", reference=None, round_to=None, ignore=(), name=None):

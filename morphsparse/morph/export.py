@@ -34,6 +34,7 @@ from morphsparse import handlers as _handlers
 from morphsparse.costs import count_flops, count_params
 from morphsparse.graph import GraphError, analyze
 from morphsparse.morph import alive as _alive
+from morphsparse.morph import rebuild as _rebuild
 
 #: relative tolerance for "the same value" when deciding whether a removed entry is constant
 CONSTANT_RTOL = 1e-5
@@ -253,15 +254,14 @@ class RebuildStep:
     no surviving entry); ``keep_in`` / ``keep_out``: surviving entries of each input and output; ``probe``:
     :class:`EntryValues` of each input's removed entries (None when nothing was removed)."""
 
-    def __init__(self, exporter, k):
-        self.exporter, self.k = exporter, k
-        self.call = exporter.graph.calls[k]
-        self.inputs = [exporter.tensors.get(key) for key in self.call.input_keys]
+    def __init__(self, exporter, engine, call):
+        self.exporter, self.engine, self.call, self.k = exporter, engine, call, call.index
+        self.inputs = engine.inputs(call)
         self.keep_in = [exporter.live[key] for key in self.call.input_keys]
         self.keep_out = [exporter.live[key] for key in self.call.output_keys]
         # internal channel axes (attention heads): which of their channels the rebuilt layer keeps
-        self.keep_internal = [exporter.live[key] for key in _alive.internal_keys(exporter.graph, k)]
-        self.probe = [exporter.probe.at(k, i) for i in range(len(self.inputs))]
+        self.keep_internal = [exporter.live[key] for key in _alive.internal_keys(exporter.graph, call.index)]
+        self.probe = [exporter.probe.at(call.index, i) for i in range(len(self.inputs))]
 
     def new_count(self, i, lo, hi):
         """How many of the original entries ``lo:hi`` of input i's channel axis survive."""
@@ -288,17 +288,10 @@ class RebuildStep:
     def arguments(self, substitute=None):
         """(args, kwargs) of the original call with the new tensors in place (removed inputs replaced by
         ``substitute(i)``)."""
-        node = self.call.node
-        tensors = {}
-        for i, t in enumerate(node.input_tensors):
-            value = self.inputs[i]
-            if value is None and substitute is not None:
-                value = substitute(i)
-            tensors[id(t)] = value
-        return node.arguments.fill_in(tensors)
+        return self.engine.arguments(self.call, substitute)
 
     def new_layer(self, config=None):
-        return self.exporter.new_layer(self.call, config)
+        return self.engine.new_layer(self.call, config)
 
     def old_weights(self):
         return [keras.ops.convert_to_numpy(w) for w in self.call.layer.weights]
@@ -366,7 +359,6 @@ class _Exporter:
         self.masks = {gid: np.array(m, bool) for gid, m in masks.items()}
         self.sources = sources
         self.report = report
-        self.layers = {}            # id(original layer) -> rebuilt layer (shared layers stay shared)
         self.pending_mean_shift = {}   # BN call index -> shift of its moving mean (bias folded past a conv)
         self.before_forcing = self._between_sources_and_their_batch_norms()
 
@@ -474,64 +466,15 @@ class _Exporter:
         return changed
 
     # 3: rebuild
-    def new_layer(self, call, config=None):
-        layer = call.layer
-        if id(layer) in self.layers:
-            return self.layers[id(layer)]
-        config = dict(layer.get_config() if config is None else config)
-        config.pop("build_config", None)
-        config["name"] = call.path.replace("/", "__")
-        new = _from_config(layer, config)
-        self.layers[id(layer)] = new
-        return new
-
     def rebuild(self):
         graph = self.graph
-        self.tensors = {}
-        new_inputs = []
-        for key, tensor in zip(graph.model_inputs, graph.input_tensors):
-            new = keras.Input(batch_shape=tuple(tensor.shape), dtype=tensor.dtype, name=graph.producer(key).name)
-            self.tensors[key] = new
-            new_inputs.append(new)
-        for k, call in enumerate(graph.calls):
-            if call.node is None or k in self.removed:
-                continue
-            step = RebuildStep(self, k)
-            try:
-                outputs = call.handler.rebuild(call, step)
-            except ExportError:
-                raise
-            except (ValueError, TypeError, NotImplementedError) as err:
-                raise ExportError(f"cannot rebuild layer '{call.path}' ({type(call.layer).__name__}): {err}") from err
-            outputs = keras.tree.flatten(outputs)
-            for key, tensor, keep in zip(call.output_keys, outputs, step.keep_out):
-                if tensor is not None and tuple(tensor.shape)[-1] not in (None, int(keep.sum())) and len(
-                        tensor.shape) > 1:
-                    raise ExportError(f"layer '{call.path}' rebuilt with {tensor.shape[-1]} channels, expected "
-                                      f"{int(keep.sum())}")
-                self.tensors[key] = tensor
-        outputs = []
         for key in graph.model_outputs:
-            if key not in self.tensors or not self.live[key].all():
-                path = graph.producer(key).path
-                raise ExportError(f"network output '{path}' would lose channels or become constant")
-            outputs.append(self.tensors[key])
-        # the same input and output structure (a dict of token ids and padding mask stays a dict)
-        return keras.Model(graph.pack_inputs(new_inputs), graph.pack_outputs(outputs), name=self.name)
-
-
-def _from_config(layer, config):
-    """A new layer of ``layer``'s class from ``config``. A layer without weights whose class cannot read its own
-    config back (keras_hub 0.32's LlamaRotaryEmbedding passes ``scaling_factor`` twice) is used as it is when
-    nothing in its config changed: it holds no state, so the slim model may share it."""
-    try:
-        return type(layer).from_config(config)
-    except Exception:
-        unchanged = {k: v for k, v in config.items() if k != "name"} == {
-            k: v for k, v in layer.get_config().items() if k not in ("name", "build_config")}
-        if layer.weights or not unchanged:
-            raise
-        return layer
+            if not self.live[key].all():
+                raise ExportError(f"network output '{graph.producer(key).path}' would lose channels or become "
+                                  "constant")
+        return _rebuild.rebuild(graph, lambda call, engine: call.handler.rebuild(call, RebuildStep(self, engine, call)),
+                                lambda call, position: int(self.live[call.output_keys[position]].sum()),
+                                self.name, skip=self.removed, error=ExportError)
 
 
 def _weight_position(layer, variable):
