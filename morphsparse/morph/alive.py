@@ -335,7 +335,8 @@ def live_entries(graph, masks):
     """Surviving entries of every tensor's channel axis, and the calls that disappear.
 
     Returns ``(live, removed, dead_ends)``: ``live[key]`` a boolean array per tensor key of the graph (see
-    :class:`~morphsparse.graph.ChannelGraph`); ``removed`` the call indices that disappear: those whose outputs are all constant
+    :class:`~morphsparse.graph.ChannelGraph`); ``removed`` the call indices that disappear: those whose
+    outputs are all constant
     (nothing they read survives) and the ``dead_ends``, whose outputs no surviving layer reads.
     """
     flat = flat_mask(graph, masks)
@@ -347,7 +348,8 @@ def live_entries(graph, masks):
         else:
             in_live = [live[key] for key in call.input_keys]
             try:
-                outs = call.handler.live_outputs(call, in_live, out_alive)
+                rules = _handlers.rebuild_part(call.handler)
+                outs = rules.live_outputs(call, in_live, out_alive)
             except ValueError as err:
                 raise ValueError(f"cannot export layer '{call.path}' ({type(call.layer).__name__}): {err}") from None
         if outs is None:

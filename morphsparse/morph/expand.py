@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 from morphsparse import costs as _costs
+from morphsparse import handlers as _handlers
 from morphsparse.costs import cost_report, count_flops, count_params
 from morphsparse.graph import GraphError, analyze
 from morphsparse.morph.alive import warn_user
@@ -196,12 +197,13 @@ def build_with_widths(model, graph, counts, name=None):
         keep_in = [np.ones(width(g), bool) for g in call.in_groups]
         keep_out = [np.ones(width(g), bool) for g in call.out_groups]
         args, kwargs = engine.arguments(call)
+        rules = _handlers.rebuild_part(call.handler)
         try:
             if isinstance(call.layer, keras.layers.Layer):
-                layer = engine.new_layer(call, call.handler.rebuild_config(call, keep_in, keep_out))
+                layer = engine.new_layer(call, rules.rebuild_config(call, keep_in, keep_out))
                 return layer(*args, **symbolic_kwargs(layer, kwargs))
             # a keras.ops call: its handler re-applies it (a reshape or slice names channel positions)
-            return call.handler.apply_op(call, args, kwargs, lambda i, lo, hi: width(call.in_groups[i][lo:hi]))
+            return rules.apply_op(call, args, kwargs, lambda i, lo, hi: width(call.in_groups[i][lo:hi]))
         except Exception as err:  # the layer's class decides what it accepts; say which one failed
             raise ExpandError(f"cannot rebuild layer '{call.path}' ({type(call.layer).__name__}) with "
                               f"{[len(m) for m in keep_in]} input and {[len(m) for m in keep_out]} output "

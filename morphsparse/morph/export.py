@@ -82,7 +82,7 @@ class Probe:
             if isinstance(call.layer, keras.layers.Layer):
                 outputs = call.layer(*args, **kwargs)
             else:   # a keras.ops call, as its handler applies it (a traced reshape may read (None, ...))
-                outputs = call.handler.apply_op(call, args, kwargs, lambda i, lo, hi: hi - lo)
+                outputs = _handlers.rebuild_part(call.handler).apply_op(call, args, kwargs, lambda i, lo, hi: hi - lo)
             outputs = [keras.ops.convert_to_numpy(t) for t in keras.tree.flatten(outputs)]
             for position, entries, value in forced.get(k, ()):
                 outputs[position][..., entries] = value[entries]
@@ -250,12 +250,14 @@ class ExportReport:
 # --- the rebuild ---------------------------------------------------------------------------------------
 
 class RebuildStep:
-    """One layer call being rebuilt: what handlers see. ``inputs``: the new tensors (None for an input with
-    no surviving entry); ``keep_in`` / ``keep_out``: surviving entries of each input and output; ``probe``:
-    :class:`EntryValues` of each input's removed entries (None when nothing was removed)."""
+    """One layer call being rebuilt: all a handler's ``rebuild`` sees of the export (it reaches nothing
+    else). ``inputs``: the new tensors (None for an input with no surviving entry); ``keep_in`` /
+    ``keep_out`` / ``keep_internal``: surviving entries of each input, output and internal axis; ``probe``:
+    :class:`EntryValues` of each input's removed entries (None when nothing was removed); methods to make the
+    new layer, call it, set its weights and fold constants."""
 
     def __init__(self, exporter, engine, call):
-        self.exporter, self.engine, self.call, self.k = exporter, engine, call, call.index
+        self._exporter, self._engine, self.call, self.k = exporter, engine, call, call.index
         self.inputs = engine.inputs(call)
         self.keep_in = [exporter.live[key] for key in self.call.input_keys]
         self.keep_out = [exporter.live[key] for key in self.call.output_keys]
@@ -278,7 +280,7 @@ class RebuildStep:
         if values.varies.any():
             raise ExportError(f"layer '{self.call.path}': input {i} has no live channel but is not constant")
         if not values.uniform.all():
-            self.exporter.report.inexact.append((self.call.path, int((~values.uniform).sum()),
+            self._exporter.report.inexact.append((self.call.path, int((~values.uniform).sum()),
                                                  "constant branch differs at the image border"))
         width = len(self.keep_out[0])
         if len(full) == width:
@@ -288,10 +290,10 @@ class RebuildStep:
     def arguments(self, substitute=None):
         """(args, kwargs) of the original call with the new tensors in place (removed inputs replaced by
         ``substitute(i)``)."""
-        return self.engine.arguments(self.call, substitute)
+        return self._engine.arguments(self.call, substitute)
 
     def new_layer(self, config=None):
-        return self.engine.new_layer(self.call, config)
+        return self._engine.new_layer(self.call, config)
 
     def old_weights(self):
         return [keras.ops.convert_to_numpy(w) for w in self.call.layer.weights]
@@ -309,8 +311,8 @@ class RebuildStep:
         delta = handler.bias_shift(self.call, values.removed, constants, old_weights)
         if delta is None:
             return None
-        report = self.exporter.report
-        report.folded += 1
+        report = self._exporter.report
+        self.note_fold()
         nonzero = values.value != 0
         border = (~values.uniform) | (nonzero & (not handler.fold_exact(self.call)))
         if border.any():
@@ -328,7 +330,7 @@ class RebuildStep:
             position = _weight_position(layer, layer.bias)
             weights[position] = (weights[position] + delta[keep]).astype(weights[position].dtype)
             return weights
-        exporter = self.exporter
+        exporter = self._exporter
         readers = exporter.graph.readers(self.call.output_keys[0])
         if len(readers) == 1 and readers[0].index not in exporter.removed and isinstance(
                 readers[0].layer, keras.layers.BatchNormalization):
@@ -339,8 +341,12 @@ class RebuildStep:
         weights.append(delta[keep].astype("float32"))
         return weights
 
+    def note_fold(self):
+        """Count a constant folded into a bias by the handler itself (the report says how many)."""
+        self._exporter.report.folded += 1
+
     def set_weights(self, layer, arrays):
-        shift = self.exporter.pending_mean_shift.get(self.k)
+        shift = self._exporter.pending_mean_shift.get(self.k)
         if shift is not None:
             arrays = list(arrays)
             position = _weight_position(self.call.layer, self.call.layer.moving_mean)
@@ -472,8 +478,11 @@ class _Exporter:
             if not self.live[key].all():
                 raise ExportError(f"network output '{graph.producer(key).path}' would lose channels or become "
                                   "constant")
-        return _rebuild.rebuild(graph, lambda call, engine: call.handler.rebuild(call, RebuildStep(self, engine, call)),
-                                lambda call, position: int(self.live[call.output_keys[position]].sum()),
+
+        def build(call, engine):
+            return _handlers.rebuild_part(call.handler).rebuild(call, RebuildStep(self, engine, call))
+
+        return _rebuild.rebuild(graph, build, lambda call, position: int(self.live[call.output_keys[position]].sum()),
                                 self.name, skip=self.removed, error=ExportError)
 
 
