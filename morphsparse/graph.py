@@ -10,7 +10,11 @@ multipliers, grouped convs and Flatten->Dense resolves exactly, channel by chann
 At the end, classes that are tied form one removable channel, and the channels created by producers that share
 any channel form one :class:`ChannelGroup`. Every structural feature (costs, regulariser, exporter, expander)
 reads the same :class:`ChannelGraph`: for every layer call, the (group, channel) of every entry of each input and
-output channel axis.
+output channel axis, and the tensors it reads and writes (the walk gives every tensor of the flattened network
+a key, so producers, readers and chains are questions to the graph, not walks of their own).
+
+The Keras functional internals the graph is read from (a functional model's nodes by depth, a tensor's
+history, a layer's node lists) are touched in this module only (section "Keras functional internals").
 """
 
 from __future__ import annotations

@@ -479,11 +479,13 @@ class _Exporter:
                 raise ExportError(f"network output '{graph.producer(key).path}' would lose channels or become "
                                   "constant")
 
-        def build(call, engine):
+        def build(call, engine):   # the handler's export part, through the RebuildStep interface
             return _handlers.rebuild_part(call.handler).rebuild(call, RebuildStep(self, engine, call))
 
-        return _rebuild.rebuild(graph, build, lambda call, position: int(self.live[call.output_keys[position]].sum()),
-                                self.name, skip=self.removed, error=ExportError)
+        def surviving(call, position):
+            return int(self.live[call.output_keys[position]].sum())
+
+        return _rebuild.rebuild(graph, build, surviving, self.name, skip=self.removed, error=ExportError)
 
 
 def _weight_position(layer, variable):
