@@ -33,7 +33,6 @@ import morphsparse as ms  # noqa: E402
 import morphsparse.handlers  # noqa: E402,F401
 from conformance import application_names, build_application  # noqa: E402
 from morphsparse.morph import alive as alive_mod  # noqa: E402
-from morphsparse.morph.replay import TensorIndex  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-4
@@ -79,7 +78,6 @@ class KillPlanner:
 
     def __init__(self, graph, source, rng):
         self.graph, self.rng = graph, rng
-        self.index = TensorIndex(graph)
         self.sources = alive_mod.find_sources(graph, source)
         mixers = {c.path for c in graph.calls if isinstance(c.layer, CHANNEL_MIXERS)}
         voting = {s.producer.path for s in self.sources}
@@ -92,36 +90,27 @@ class KillPlanner:
                          and set(graph.groups[s.group].producers) <= voting | gates}
         self._ancestors = {}
 
-    def _only_gates(self, k, steps=6):
+    def _only_gates(self, k):
         """True when call k's output reaches a two-tensor Multiply through single element-wise layers."""
-        key = self.index.outputs_of[k][0]
-        for _ in range(steps):
-            readers = self.index.readers.get(key, [])
-            if len(readers) != 1:
-                return False
-            r = readers[0][0]
-            call, inputs = self.graph.calls[r], self.index.inputs_of[r]
-            if len(inputs) >= 2:
+        for call in self.graph.chain(k):
+            if len(call.input_keys) >= 2:
                 return type(call.layer).__name__ == "Multiply"
-            if not isinstance(call.handler, ms.handlers.PassThrough):
-                return False
-            key = self.index.outputs_of[r][0]
         return False
 
     def ancestors(self, key):
         """Indices of the calls a tensor depends on."""
         stack, seen = [key], set()
         while stack:
-            k = self.index.producer_of[stack.pop()]
-            if k in seen:
+            call = self.graph.producer(stack.pop())
+            if call.index in seen:
                 continue
-            seen.add(k)
-            stack.extend(self.index.inputs_of.get(k, []))
+            seen.add(call.index)
+            stack.extend(call.input_keys)
         return seen
 
     def exclusive_groups(self, k, position):
         """Killable groups produced and used only inside input ``position`` of call k."""
-        keys = self.index.inputs_of[k]
+        keys = self.graph.inputs_of(k)
         mine = self.ancestors(keys[position])
         others = set().union(*[self.ancestors(key) for i, key in enumerate(keys) if i != position])
         inside = {self.graph.calls[c].path for c in mine - others}
@@ -132,13 +121,13 @@ class KillPlanner:
         kills, notes = {}, {"branches": 0, "towers": 0}
         # residual adds: keras.layers.Add or an ``x + branch`` keras.ops add (ConvNeXt)
         merges = [k for k, c in enumerate(graph.calls) if type(c.layer).__name__ == "Add"
-                  and len(self.index.inputs_of.get(k, [])) >= 2]
+                  and len(c.input_keys) >= 2]
         concats = [k for k, c in enumerate(graph.calls) if isinstance(c.layer, keras.layers.Concatenate)]
         for pool, count, label in ((merges, branches, "branches"), (concats, towers, "towers")):
             for k in rng.permutation(pool).tolist():
                 if notes[label] >= count:
                     break
-                for position in rng.permutation(len(self.index.inputs_of[k])).tolist():
+                for position in rng.permutation(len(graph.inputs_of(k))).tolist():
                     groups = [g for g in self.exclusive_groups(k, position) if g not in kills]
                     if groups:
                         for gid in groups:
@@ -168,8 +157,7 @@ class KillPlanner:
                         value[dead] = 0.0
                         variable.assign(value)
                 continue
-            follower = alive_mod._following_batch_norm(self.index, self.index.index_of[id(src.producer)],
-                                                       with_scale=False)
+            follower = alive_mod.following_batch_norm(self.graph, src.producer, with_scale=False)
             if follower is not None:   # its beta and mean would be the constant left behind
                 bn = follower.layer
                 for variable in (bn.beta if bn.center else None, bn.moving_mean):

@@ -259,8 +259,6 @@ def zero_dead_weights(graph, masks):
     then computes what the slim model computes."""
     from morphsparse.attention import MultiHeadAttention
     from morphsparse.morph import alive as alive_mod
-    from morphsparse.morph.replay import TensorIndex
-    index = TensorIndex(graph)
     for src in ms.find_sources(graph, "group_lasso"):
         mask = masks.get(src.group)
         if mask is None:
@@ -281,7 +279,7 @@ def zero_dead_weights(graph, masks):
         if bias is not None and tuple(bias.shape)[-1:] == (len(dead),):
             _zero(bias, dead, axis=-1)
         if src.axis == 0:
-            follower = alive_mod._following_batch_norm(index, index.index_of[id(src.producer)], with_scale=False)
+            follower = alive_mod.following_batch_norm(graph, src.producer, with_scale=False)
             if follower is not None:
                 for bn_weight in (follower.layer.beta if follower.layer.center else None,
                                   follower.layer.moving_mean):

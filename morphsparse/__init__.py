@@ -15,7 +15,8 @@ _EXPORTS = {
     "DataNotFoundError": "data",
     # channel graph and costs
     "analyze": "graph", "ChannelGraph": "graph", "ChannelGroup": "graph", "GraphError": "graph",
-    "register_handler": "handlers", "LayerHandler": "handlers", "get_handler": "handlers",
+    "register_handler": "handlers", "LayerHandler": "handlers", "ChannelHandler": "handlers",
+    "RebuildHandler": "handlers", "get_handler": "handlers",
     "count_flops": "costs", "count_macs": "costs", "count_params": "costs", "cost_report": "costs",
     "CostReport": "costs",
     # unstructured sparse training

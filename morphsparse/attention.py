@@ -226,7 +226,7 @@ class MultiHeadAttention(_h.Producer):
                                  "to fold it into")
             i = position[id(dense.bias)]
             weights[i] = (weights[i] + delta).astype(weights[i].dtype)
-            step.exporter.report.folded += 1
+            step.note_fold()
         return weights
 
 

@@ -10,7 +10,11 @@ multipliers, grouped convs and Flatten->Dense resolves exactly, channel by chann
 At the end, classes that are tied form one removable channel, and the channels created by producers that share
 any channel form one :class:`ChannelGroup`. Every structural feature (costs, regulariser, exporter, expander)
 reads the same :class:`ChannelGraph`: for every layer call, the (group, channel) of every entry of each input and
-output channel axis.
+output channel axis, and the tensors it reads and writes (the walk gives every tensor of the flattened network
+a key, so producers, readers and chains are questions to the graph, not walks of their own).
+
+The Keras functional internals the graph is read from (a functional model's nodes by depth, a tensor's
+history, a layer's node lists) are touched in this module only (section "Keras functional internals").
 """
 
 from __future__ import annotations
@@ -50,6 +54,11 @@ class LayerCall:
     in_channels: list = field(default_factory=list)
     out_groups: list = field(default_factory=list)
     out_channels_idx: list = field(default_factory=list)
+    # The tensors the call reads and writes, as keys of the flattened network (see ChannelGraph's "tensors"
+    # queries): ("input", i) for the i-th network input, (k, j) for output j of graph.calls[k].
+    index: int = -1                # position in graph.calls
+    input_keys: list = field(default_factory=list)
+    output_keys: list = field(default_factory=list)
 
     @property
     def name(self):
@@ -202,7 +211,9 @@ class _Builder:
         return GraphError(f"layer '{call.path}' ({type(call.layer).__name__}) {message}")
 
 
-def _functional_of(model):
+# --- Keras functional internals: the one place morphsparse reads them -----------------------------------
+
+def functional_of(model):
     """The functional graph behind a Functional or Sequential model, or None for a subclassed one."""
     if isinstance(model, keras.Sequential):
         functional = getattr(model, "_functional", None)
@@ -220,13 +231,57 @@ def _functional_of(model):
     return None
 
 
+def nodes_in_order(functional):
+    """The operation nodes of a functional model (input placeholders left out) in topological order."""
+    for depth in sorted(functional._nodes_by_depth, reverse=True):
+        for node in functional._nodes_by_depth[depth]:
+            if node.operation is not None and not node.is_input:
+                yield node
+
+
+def all_nodes(functional):
+    """Every node of a functional model, input placeholders included, in no particular order."""
+    return [n for depth in functional._nodes_by_depth.values() for n in depth]
+
+
+def forget_nodes(functional):
+    """Take the nodes of ``functional`` off the layers that recorded them (the functional model keeps its own
+    references): after a trace, the user's layers look as they did before the analysis."""
+    nodes = all_nodes(functional)
+    ids = {id(n) for n in nodes}
+    for n in nodes:
+        op = n.operation
+        if op is None:
+            continue
+        op._inbound_nodes = [x for x in op._inbound_nodes if id(x) not in ids]
+        op._outbound_nodes = [x for x in op._outbound_nodes if id(x) not in ids]
+        for t in n.input_tensors:
+            parent = _operation_of(t)
+            if parent is not None:
+                parent._outbound_nodes = [x for x in parent._outbound_nodes if id(x) not in ids]
+
+
+def _operation_of(tensor):
+    """The operation (layer) that made a symbolic tensor."""
+    return tensor._keras_history.operation
+
+
+def input_structure(functional):
+    """How the model's inputs are nested (a dict of token ids and padding mask stays a dict)."""
+    return functional._inputs_struct
+
+
+def output_structure(functional):
+    return functional._outputs_struct
+
+
 def _is_nested_model(op):
     return isinstance(op, keras.Model) and _functional_of_or_none(op) is not None
 
 
 def _functional_of_or_none(model):
     try:
-        return _functional_of(model)
+        return functional_of(model)
     except GraphError:
         return None
 
@@ -240,15 +295,22 @@ class ChannelGraph:
 
     Attributes: ``model``, ``calls`` (every :class:`LayerCall` in topological order), ``groups`` (every
     :class:`ChannelGroup`, indexed by id), ``analysis_seconds``. Print it for the group table.
+
+    The graph also records the tensors of the flattened network (nested models and traced composites
+    included), each by a key: ``("input", i)`` for the i-th network input, ``(k, j)`` for output j of
+    ``calls[k]``. ``model_inputs`` / ``model_outputs`` list the network's; :meth:`inputs_of`,
+    :meth:`outputs_of`, :meth:`producer`, :meth:`readers`, :meth:`groups_of` and :meth:`chain` answer the
+    questions the structural tools (export, expand, alive masks) ask of them.
     """
 
-    def __init__(self, model, calls, builder, output_maps, ignore, seconds_so_far, traces=None):
+    def __init__(self, model, calls, builder, output_maps, ignore, seconds_so_far, traces=None,
+                 output_keys=()):
         start = time.perf_counter()
         self.model = model
         self.calls = calls
-        # id(node) -> (node, Trace) for every layer or nested model read through a trace (see trace.py); the
-        # tools that replay the graph (TensorIndex) walk the same traced graphs.
+        # id(node) -> (node, Trace) for every layer or nested model read through a trace (see trace.py)
         self.traces = traces or {}
+        self._record_tensors(output_keys)
         roots = builder.classes.roots()
 
         # Producers that share a root class belong to one group: union-find over creators.
@@ -328,6 +390,84 @@ class ChannelGraph:
         self.ignore = tuple(ignore)
         self.analysis_seconds = seconds_so_far + time.perf_counter() - start
 
+    def _record_tensors(self, output_keys):
+        self._producer, self._readers = {}, {}
+        self.model_inputs = []
+        for call in self.calls:
+            if call.node is None:
+                self.model_inputs.extend(call.output_keys)
+            for key in call.output_keys:
+                self._producer[key] = call
+            for key in call.input_keys:
+                self._readers.setdefault(key, []).append(call)
+        self.model_outputs = list(output_keys)
+
+    # --- tensors ------------------------------------------------------------------------------------------
+    def _call(self, call):
+        return self.calls[call] if isinstance(call, (int, np.integer)) else call
+
+    def inputs_of(self, call):
+        """Keys of the tensors ``call`` (a :class:`LayerCall` or its index) reads, in input order."""
+        return self._call(call).input_keys
+
+    def outputs_of(self, call):
+        """Keys of the tensors ``call`` writes, in output order."""
+        return self._call(call).output_keys
+
+    def producer(self, key):
+        """The :class:`LayerCall` writing tensor ``key`` (a network input's is its InputLayer call)."""
+        return self._producer[key]
+
+    def readers(self, key):
+        """The calls reading tensor ``key``, once per input position that reads it; [] for none."""
+        return self._readers.get(key, [])
+
+    def groups_of(self, key):
+        """(group ids, channel within group) of each entry of tensor ``key``'s channel axis."""
+        call = self._producer[key]
+        position = call.output_keys.index(key)
+        return call.out_groups[position], call.out_channels_idx[position]
+
+    def chain(self, call):
+        """The calls that follow ``call`` in single file: the only reader of its first output, then the only
+        reader of that call's first output, and so on.
+
+        One rule serves every client: the walk goes on through plain channel-keeping layers (handler exactly
+        :class:`~morphsparse.handlers.PassThrough`: activations, dropout, padding, pooling, ...), which
+        change neither which channels exist nor their scale per channel; it stops after yielding the first
+        call that is anything else (a BatchNormalization, a Multiply, a conv), or before a tensor that has no
+        reader or several (then the chain does not lead anywhere on its own). The graph is acyclic, so the
+        walk ends."""
+        call = self._call(call)
+        while call.output_keys:
+            readers = self.readers(call.output_keys[0])
+            if len(readers) != 1:
+                return
+            call = readers[0]
+            yield call
+            if type(call.handler) is not _handlers.PassThrough:
+                return
+
+    def call_arguments(self, call, values):
+        """(args, kwargs) of ``call``'s node with each input tensor replaced by ``values[its key]`` (to run
+        the call again on arrays, or on the tensors of a rebuilt model)."""
+        call = self._call(call)
+        return call.node.arguments.fill_in({id(t): values[key] for t, key in zip(call.node.input_tensors,
+                                                                                 call.input_keys)})
+
+    @property
+    def input_tensors(self):
+        """The model's symbolic input tensors, in ``model_inputs`` order."""
+        return list(functional_of(self.model).inputs)
+
+    def pack_inputs(self, values):
+        """``values`` (one per network input) nested the way the model takes its inputs."""
+        return keras.tree.pack_sequence_as(input_structure(functional_of(self.model)), list(values))
+
+    def pack_outputs(self, values):
+        """``values`` (one per network output) nested the way the model returns its outputs."""
+        return keras.tree.pack_sequence_as(output_structure(functional_of(self.model)), list(values))
+
     # --- look-ups ---------------------------------------------------------------------------------------
     def calls_of(self, name):
         """Every call of the layer with this path or plain name."""
@@ -369,7 +509,7 @@ class ChannelGraph:
         weighs count/size). Groups not named are fully alive."""
         weights = np.ones(int(self._offsets[-1]), dtype=np.float64)
         for key, value in (alive or {}).items():
-            group = self._resolve_group(key)
+            group = self.resolve_group(key)
             lo, hi = self._offsets[group.id], self._offsets[group.id + 1]
             value = np.asarray(value)
             if value.dtype == bool:
@@ -387,7 +527,14 @@ class ChannelGraph:
                 raise ValueError(f"alive[{key!r}] must be a boolean mask or an integer count, got {value!r}")
         return weights
 
-    def _resolve_group(self, key):
+    @property
+    def offsets(self):
+        """Where each group's channels start in the group-order concatenation of all channels (one entry
+        more than there are groups: the last is the total)."""
+        return self._offsets
+
+    def resolve_group(self, key):
+        """The :class:`ChannelGroup` named by ``key``: a group, a group id, or a producer layer's name."""
         if isinstance(key, ChannelGroup):
             return key
         if isinstance(key, (int, np.integer)):
@@ -443,7 +590,7 @@ def analyze(model, ignore=()) -> ChannelGraph:
     """
     start = time.perf_counter()
     if isinstance(model, keras.Sequential):
-        _functional_of(model)  # raises the "not built" error when needed
+        functional_of(model)  # raises the "not built" error when needed
     _check_ignore(ignore)
     functional = _functional_of_or_none(model)
     if functional is None:
@@ -463,96 +610,103 @@ def analyze(model, ignore=()) -> ChannelGraph:
     def shape_of(t):
         return shapes.get(id(t), _shape(t))
 
-    def walk(fmodel, prefix, input_maps, input_shapes):
+    def walk(fmodel, prefix, input_maps, input_shapes, input_keys):
+        # An inner model's (or trace's) inputs are aliases of the tensors fed to it, its outputs aliases of
+        # the tensors it returns: every tensor of the flattened network has one key (LayerCall.input_keys).
         tensor_maps = {id(t): m for t, m in zip(fmodel.inputs, input_maps)}
+        tensor_keys = {id(t): key for t, key in zip(fmodel.inputs, input_keys)}
         for t, shape in zip(fmodel.inputs, input_shapes):
             if shape != _shape(t):
                 shapes[id(t)] = shape
-        depths = sorted(fmodel._nodes_by_depth, reverse=True)
-        for depth in depths:
-            for node in fmodel._nodes_by_depth[depth]:
-                op = node.operation
-                if op is None or node.is_input:
-                    continue
-                inputs = node.input_tensors
-                if any(id(t) not in tensor_maps for t in inputs):
-                    continue  # not reachable from these inputs (another call of a shared model)
-                in_maps = [tensor_maps[id(t)] for t in inputs]
-                in_shapes = [shape_of(t) for t in inputs]
-                handler = None if _is_nested_model(op) else _handlers.get_handler(op)
-                trace = None
-                if _is_nested_model(op):
-                    inner = _functional_of(op)
-                    if any(_shape(a) != b for a, b in zip(inner.inputs, in_shapes)):
-                        # called on more specific shapes (a fixed sequence length): read it at those
-                        trace = _trace_or_error(op, node, prefix, inner, in_shapes)
-                    else:
-                        out_maps = walk(inner, f"{prefix}{op.name}/", in_maps, in_shapes)
-                        _carry_shapes(shapes, inner.outputs, node.outputs)
-                elif handler is None and _traceable(op):
-                    trace = _trace_or_error(op, node, prefix, None, in_shapes)
-                elif handler is None and isinstance(op, keras.Operation):
-                    from morphsparse.ops_handlers import UNKNOWN_OP
-                    handler = UNKNOWN_OP   # a keras.ops call with no rule: its channels are kept
-                if trace is not None and trace.sealed:
-                    from morphsparse.ops_handlers import SealedComposite
-                    handler, trace = SealedComposite(trace), None    # kept whole, as one pinned call
-                if trace is not None:
-                    traces[id(node)] = (node, trace)
-                    out_maps = walk(trace.model, f"{prefix}{op.name}/", trace.input_maps(in_maps),
-                                    trace.input_maps(in_shapes))
-                    _carry_shapes(shapes, trace.model.outputs, [node.outputs[p] for p in trace.output_positions])
-                    out_maps = trace.outer_values(out_maps, len(node.outputs))
-                elif _is_nested_model(op) and handler is None:
-                    pass
+        for node in nodes_in_order(fmodel):
+            op = node.operation
+            inputs = node.input_tensors
+            if any(id(t) not in tensor_maps for t in inputs):
+                continue  # not reachable from these inputs (another call of a shared model)
+            in_maps = [tensor_maps[id(t)] for t in inputs]
+            in_keys = [tensor_keys[id(t)] for t in inputs]
+            in_shapes = [shape_of(t) for t in inputs]
+            handler = None if _is_nested_model(op) else _handlers.get_handler(op)
+            trace = None
+            if _is_nested_model(op):
+                inner = functional_of(op)
+                if any(_shape(a) != b for a, b in zip(inner.inputs, in_shapes)):
+                    # called on more specific shapes (a fixed sequence length): read it at those
+                    trace = _trace_or_error(op, node, prefix, inner, in_shapes)
                 else:
-                    out_shapes = [_shape(t) for t in node.outputs]
-                    if any(None in s[1:] for s in out_shapes) and all(None not in s[1:] for s in in_shapes):
-                        out_shapes = _refined_shapes(op, node, handler, in_shapes, out_shapes)
-                        for t, shape in zip(node.outputs, out_shapes):
-                            shapes[id(t)] = shape
-                    call = LayerCall(layer=op, path=prefix + op.name, node=node, handler=handler,
-                                     input_shapes=in_shapes, output_shapes=out_shapes, in_maps=in_maps,
-                                     first_call=id(op) not in seen_layers)
-                    if handler is None:
-                        raise GraphError(
-                            f"layer '{call.path}' of class {type(op).__module__}.{type(op).__qualname__} has no "
-                            "channel handler, so morphsparse cannot tell which of its channels are coupled. "
-                            + _REGISTER_HINT.format(name=type(op).__name__))
-                    for shape in call.output_shapes:
-                        if len(shape) >= 2 and shape[-1] is None:
-                            raise builder.error(call, "has an output with an unknown channel count; give the "
-                                                      "model static channel dimensions")
-                    seen_layers.add(id(op))
-                    out_maps = handler.propagate(call, builder)
-                    if len(out_maps) != len(node.outputs):
-                        raise builder.error(call, f"handler returned {len(out_maps)} channel maps for "
-                                                  f"{len(node.outputs)} outputs")
-                    for i, m in enumerate(out_maps):
-                        if len(m) != call.output_channels(i):
-                            raise builder.error(call, f"handler gave {len(m)} channels for output {i} of width "
-                                                      f"{call.output_channels(i)}")
-                    call.out_maps = list(out_maps)
-                    calls.append(call)
-                for t, m in zip(node.outputs, out_maps):
-                    if m is not None:   # None: a placeholder for a None the call returned
-                        tensor_maps[id(t)] = m
+                    out_maps, out_keys = walk(inner, f"{prefix}{op.name}/", in_maps, in_shapes, in_keys)
+                    _carry_shapes(shapes, inner.outputs, node.outputs)
+            elif handler is None and _traceable(op):
+                trace = _trace_or_error(op, node, prefix, None, in_shapes)
+            elif handler is None and isinstance(op, keras.Operation):
+                from morphsparse.ops_handlers import UNKNOWN_OP
+                handler = UNKNOWN_OP   # a keras.ops call with no rule: its channels are kept
+            if trace is not None and trace.sealed:
+                from morphsparse.ops_handlers import SealedComposite
+                handler, trace = SealedComposite(trace), None    # kept whole, as one pinned call
+            if trace is not None:
+                traces[id(node)] = (node, trace)
+                out_maps, out_keys = walk(trace.model, f"{prefix}{op.name}/", trace.input_maps(in_maps),
+                                          trace.input_maps(in_shapes), trace.input_maps(in_keys))
+                _carry_shapes(shapes, trace.model.outputs, [node.outputs[p] for p in trace.output_positions])
+                out_maps = trace.outer_values(out_maps, len(node.outputs))
+                out_keys = trace.outer_values(out_keys, len(node.outputs))
+            elif _is_nested_model(op) and handler is None:
+                pass
+            else:
+                out_shapes = [_shape(t) for t in node.outputs]
+                if any(None in s[1:] for s in out_shapes) and all(None not in s[1:] for s in in_shapes):
+                    out_shapes = _refined_shapes(op, node, handler, in_shapes, out_shapes)
+                    for t, shape in zip(node.outputs, out_shapes):
+                        shapes[id(t)] = shape
+                out_keys = [(len(calls), j) for j in range(len(node.outputs))]
+                call = LayerCall(layer=op, path=prefix + op.name, node=node, handler=handler,
+                                 input_shapes=in_shapes, output_shapes=out_shapes, in_maps=in_maps,
+                                 first_call=id(op) not in seen_layers, index=len(calls),
+                                 input_keys=in_keys, output_keys=out_keys)
+                if handler is None:
+                    raise GraphError(
+                        f"layer '{call.path}' of class {type(op).__module__}.{type(op).__qualname__} has no "
+                        "channel handler, so morphsparse cannot tell which of its channels are coupled. "
+                        + _REGISTER_HINT.format(name=type(op).__name__))
+                for shape in call.output_shapes:
+                    if len(shape) >= 2 and shape[-1] is None:
+                        raise builder.error(call, "has an output with an unknown channel count; give the "
+                                                  "model static channel dimensions")
+                seen_layers.add(id(op))
+                out_maps = handler.propagate(call, builder)
+                if len(out_maps) != len(node.outputs):
+                    raise builder.error(call, f"handler returned {len(out_maps)} channel maps for "
+                                              f"{len(node.outputs)} outputs")
+                for i, m in enumerate(out_maps):
+                    if len(m) != call.output_channels(i):
+                        raise builder.error(call, f"handler gave {len(m)} channels for output {i} of width "
+                                                  f"{call.output_channels(i)}")
+                call.out_maps = list(out_maps)
+                calls.append(call)
+            for t, m, key in zip(node.outputs, out_maps, out_keys):
+                if m is not None:   # None: a placeholder for a None the call returned
+                    tensor_maps[id(t)] = m
+                    tensor_keys[id(t)] = key
         missing = [t for t in fmodel.outputs if id(t) not in tensor_maps]
         if missing:
             raise GraphError(f"model '{fmodel.name}': outputs {[t.name for t in missing]} are not reachable "
                              "from its inputs")
-        return [tensor_maps[id(t)] for t in fmodel.outputs]
+        return [tensor_maps[id(t)] for t in fmodel.outputs], [tensor_keys[id(t)] for t in fmodel.outputs]
 
-    input_maps = []
-    for tensor in functional.inputs:
-        layer = tensor._keras_history.operation
+    input_maps, input_keys = [], []
+    for position, tensor in enumerate(functional.inputs):
+        layer = _operation_of(tensor)
         call = LayerCall(layer=layer, path=layer.name, node=None, handler=_handlers.get_handler(layer),
-                         input_shapes=[], output_shapes=[_shape(tensor)], in_maps=[])
+                         input_shapes=[], output_shapes=[_shape(tensor)], in_maps=[], index=len(calls),
+                         output_keys=[("input", position)])
         call.out_maps = call.handler.propagate(call, builder)
         calls.append(call)
         input_maps.append(call.out_maps[0])
-    output_maps = walk(functional, "", input_maps, [_shape(t) for t in functional.inputs])
-    output_names = [t._keras_history.operation.name for t in functional.outputs]
+        input_keys.append(("input", position))
+    output_maps, output_keys = walk(functional, "", input_maps, [_shape(t) for t in functional.inputs],
+                                    input_keys)
+    output_names = [_operation_of(t).name for t in functional.outputs]
 
     known = {c.path for c in calls} | {c.layer.name for c in calls}
     for name in ignore:
@@ -565,7 +719,7 @@ def analyze(model, ignore=()) -> ChannelGraph:
                     builder.pin(m, f"{call.path}: ignore=")
 
     return ChannelGraph(model, calls, builder, list(zip(output_names, output_maps)), ignore,
-                        time.perf_counter() - start, traces)
+                        time.perf_counter() - start, traces, output_keys)
 
 
 _REGISTER_HINT = ("Register one before analysing, e.g. morphsparse.register_handler({name}, "

@@ -1,16 +1,23 @@
-"""Per-layer-class handlers: how a layer moves channels through the network and what it costs.
+"""Per-layer-class handlers: how a layer moves channels through the network, what it costs, and how it is
+rebuilt narrower or wider. Nothing else needs to know the layer's type.
 
-A handler answers three questions about one layer class, and nothing else needs to know the layer's type:
+A handler has two parts, two protocols that tools use separately:
 
-* ``propagate``: given the channel maps of the layer's input tensors (one class id per channel of the
-  channel axis), return the channel maps of its outputs. A producer (Conv, Dense, ...) creates new channels;
-  a pass-through layer returns its input map; a merge (Add, ...) ties its inputs together.
-* ``macs``: multiply-accumulates of one call, given how many channels of each input and output are alive.
-* ``params``: parameters of the layer, given the same alive counts.
+* :class:`ChannelHandler`, the structural and cost part, all that ``analyze``, the cost counters and the
+  regulariser read: ``propagate`` (given the channel maps of the layer's input tensors, one class id per
+  channel of the channel axis, return those of its outputs: a producer (Conv, Dense, ...) creates new
+  channels, a pass-through layer returns its input map, a merge (Add, ...) ties its inputs together),
+  ``macs`` and ``params`` (of one call, given how many channels of each input and output are alive).
+* :class:`RebuildHandler`, the export and expand part: ``live_outputs`` (which output entries survive),
+  ``rebuild_config`` (the layer's config at new widths; expand uses it alone), ``slice_weights``,
+  ``apply_op`` (a keras.ops call applied again) and ``rebuild(call, step)``, which builds the call in a slim
+  model through the :class:`~morphsparse.morph.export.RebuildStep` interface only. A handler that is only a
+  ``ChannelHandler`` is rebuilt by the defaults (:data:`DEFAULT_REBUILD`: a channel-keeping layer whose
+  per-channel weights sit on the last axis).
 
-Handlers are looked up along the layer's class hierarchy, so a subclass of ``keras.layers.Dense`` is handled as
-a Dense. Users register handlers for their own layers with :func:`register_handler`. Structural features
-(regulariser, exporter, expander) add their own per-handler methods on the same classes.
+:class:`LayerHandler` is both, and what the stock handlers derive from. Handlers are looked up along the
+layer's class hierarchy, so a subclass of ``keras.layers.Dense`` is handled as a Dense. Users register
+handlers for their own layers with :func:`register_handler`.
 """
 
 from __future__ import annotations
@@ -23,9 +30,9 @@ CHANNELS_LAST_ONLY = ("morphsparse reads channels_last models only; rebuild the 
                       "data_format='channels_last' (Keras's default).")
 
 
-class LayerHandler:
-    """Base handler. Subclasses override what differs; the defaults describe a layer with no weights that
-    keeps its channels (so ``propagate`` must be overridden by anything that does not)."""
+class ChannelHandler:
+    """The structural and cost part of a handler. Subclasses override what differs; ``propagate`` must be
+    overridden, the cost defaults describe a layer whose per-channel weights sit on the last axis."""
 
     #: True when the layer's outputs start new channel groups (it has a kernel over channels).
     produces_channels = False
@@ -55,9 +62,13 @@ class LayerHandler:
     def describe(self, layer):
         return type(self).__name__
 
-    # --- slim export (morphsparse.morph.export) ---------------------------------------------------------
-    # ``keep_in`` / ``keep_out``: per input / output tensor, a boolean mask of the channel-axis entries that
-    # survive. The defaults describe a channel-keeping layer whose per-channel weights sit on the last axis.
+
+class RebuildHandler:
+    """The export and expand part of a handler (``morphsparse.morph.export`` and ``expand``).
+
+    ``keep_in`` / ``keep_out``: per input / output tensor, a boolean mask of the channel-axis entries that
+    survive (for expand: all-True masks of the new widths). The defaults describe a channel-keeping layer
+    whose per-channel weights sit on the last axis."""
 
     def live_outputs(self, call, in_live, out_alive):
         """Surviving entries of each output given those of the inputs (``out_alive``: the alive masks of
@@ -83,7 +94,8 @@ class LayerHandler:
 
     def rebuild(self, call, step):
         """Build this call in the slim model; return its new output tensor(s). ``step`` is a
-        :class:`morphsparse.morph.export.RebuildStep` (new input tensors, masks, probe values)."""
+        :class:`morphsparse.morph.export.RebuildStep`, all a handler may use of the export: new input
+        tensors, masks, probe values, new layers, weights and constant folds."""
         if not isinstance(call.layer, keras.layers.Layer):
             # a keras.ops operation: apply it again (merges with a constant input go through Merge.rebuild)
             args, kwargs = step.arguments()
@@ -93,6 +105,22 @@ class LayerHandler:
         outputs = layer(*args, **kwargs)
         step.set_weights(layer, self.slice_weights(call, step.keep_in, step.keep_out, step.old_weights()))
         return outputs
+
+
+class LayerHandler(ChannelHandler, RebuildHandler):
+    """A whole handler: structure and cost (:class:`ChannelHandler`) and export and expand
+    (:class:`RebuildHandler`). The defaults describe a layer with no weights that keeps its channels (so
+    ``propagate`` must be overridden by anything that does not)."""
+
+
+#: the export part of a handler that has only the structural part
+DEFAULT_REBUILD = RebuildHandler()
+
+
+def rebuild_part(handler):
+    """The export and expand part of ``handler``: itself, or :data:`DEFAULT_REBUILD` for a handler that is
+    only a :class:`ChannelHandler`."""
+    return handler if isinstance(handler, RebuildHandler) else DEFAULT_REBUILD
 
 
 # --- channel-keeping layers ---------------------------------------------------------------------------
@@ -669,22 +697,24 @@ class Nested(LayerHandler):
 
 # --- registry -----------------------------------------------------------------------------------------
 
-_REGISTRY: dict[type, LayerHandler] = {}
-_NAME_REGISTRY: dict[str, LayerHandler] = {}
+_REGISTRY: dict[type, ChannelHandler] = {}
+_NAME_REGISTRY: dict[str, ChannelHandler] = {}
 
 
-def register_handler(layer_class, handler: LayerHandler | type[LayerHandler]):
+def register_handler(layer_class, handler: ChannelHandler | type[ChannelHandler]):
     """Register ``handler`` for ``layer_class`` and its subclasses (a more specific registration wins).
 
     ``layer_class`` may be a class or a dotted/qualified class name string (for classes defined in modules
-    you do not want to import eagerly). Example, for a custom channel-keeping layer::
+    you do not want to import eagerly). ``handler`` is a :class:`LayerHandler`, or a :class:`ChannelHandler`
+    (structure and cost only; export and expand then treat the layer as channel-keeping). Example, for a custom channel-keeping layer::
 
         morphsparse.register_handler(MyScale, morphsparse.handlers.PassThrough())
     """
     if isinstance(handler, type):
         handler = handler()
-    if not isinstance(handler, LayerHandler):
-        raise TypeError(f"handler must be a morphsparse.LayerHandler (instance or class), got {handler!r}")
+    if not isinstance(handler, ChannelHandler):
+        raise TypeError(f"handler must be a morphsparse.LayerHandler or ChannelHandler (instance or class), "
+                        f"got {handler!r}")
     if isinstance(layer_class, str):
         _NAME_REGISTRY[layer_class] = handler
     elif isinstance(layer_class, type):
@@ -694,7 +724,7 @@ def register_handler(layer_class, handler: LayerHandler | type[LayerHandler]):
     return handler
 
 
-def get_handler(layer) -> LayerHandler | None:
+def get_handler(layer) -> ChannelHandler | None:
     """The handler for ``layer`` (an instance or class), searched along its class hierarchy; None if none."""
     cls = layer if isinstance(layer, type) else type(layer)
     for klass in cls.__mro__:
@@ -763,6 +793,6 @@ _register_defaults()
 from morphsparse import ops_handlers as _ops_handlers  # noqa: E402,F401  (registers the keras.ops rules)
 from morphsparse import attention as _attention  # noqa: E402,F401  (MultiHeadAttention, keras_hub layers)
 
-__all__ = ["LayerHandler", "PassThrough", "ChannelSizedPassThrough", "ChannelAxisNormalization", "Merge", "Rescaling", "Concatenate", "Flatten", "Reshape", "Opaque", "Producer",
+__all__ = ["ChannelHandler", "RebuildHandler", "LayerHandler", "DEFAULT_REBUILD", "rebuild_part", "PassThrough", "ChannelSizedPassThrough", "ChannelAxisNormalization", "Merge", "Rescaling", "Concatenate", "Flatten", "Reshape", "Opaque", "Producer",
            "Dense", "Conv", "ConvTranspose", "DepthwiseConv", "SeparableConv", "Embedding", "Input",
            "register_handler", "get_handler"]

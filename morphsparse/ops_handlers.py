@@ -104,7 +104,7 @@ class _Conditional(_h.LayerHandler):
     def live_outputs(self, call, in_live, out_alive):
         if self.keeps(call) is None and all(call.output_channels(i) == len(in_live[0])
                                             for i in range(len(call.output_shapes))):
-            return _h.LayerHandler.live_outputs(self, call, in_live, out_alive)
+            return _h.RebuildHandler.live_outputs(self, call, in_live, out_alive)
         return PinnedOp.live_outputs(self, call, in_live, out_alive)
 
 

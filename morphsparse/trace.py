@@ -94,15 +94,16 @@ def trace_call(op, node, functional=None, input_shapes=None):
 
 
 def _signature(model):
+    from morphsparse.graph import nodes_in_order
+
     rows = []
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for n in model._nodes_by_depth[depth]:
-            op = n.operation
-            if op is None or isinstance(op, keras.layers.InputLayer) or isinstance(op, keras.layers.Layer):
-                rows.append(type(op).__name__)
-                continue
-            config = {k: v for k, v in op.get_config().items() if k != "name"}
-            rows.append((type(op).__name__, repr(config)))
+    for n in nodes_in_order(model):
+        op = n.operation
+        if isinstance(op, keras.layers.Layer):
+            rows.append(type(op).__name__)
+            continue
+        config = {k: v for k, v in op.get_config().items() if k != "name"}
+        rows.append((type(op).__name__, repr(config)))
     return rows
 
 
@@ -149,7 +150,9 @@ def _trace(op, node, functional, shapes, batch):
         model = keras.Model(inputs, [flat[i] for i in kept], name=f"{op.name}_traced")
     except Exception as err:
         raise TraceError(f"its traced graph is not a functional graph ({type(err).__name__}: {err})") from None
-    _forget_trace_nodes(model)
+    from morphsparse.graph import forget_nodes
+
+    forget_nodes(model)
     missing = _untraced_weights(op, model)
     if missing:
         raise TraceError(f"its weights {[w.path for w in missing[:3]]} are not held by any layer its call is "
@@ -238,20 +241,3 @@ def symbolic_kwargs(layer, kwargs):
     if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
         return kwargs
     return {k: v for k, v in kwargs.items() if k in parameters or v is not None}
-
-
-def _forget_trace_nodes(model):
-    """Take the nodes recorded by the trace off the layers that recorded them (the functional view keeps its
-    own references): the user's layers look as they did before the analysis."""
-    nodes = [n for depth in model._nodes_by_depth.values() for n in depth]
-    ids = {id(n) for n in nodes}
-    for n in nodes:
-        op = n.operation
-        if op is None:
-            continue
-        op._inbound_nodes = [x for x in op._inbound_nodes if id(x) not in ids]
-        op._outbound_nodes = [x for x in op._outbound_nodes if id(x) not in ids]
-        for t in n.input_tensors:
-            parent = t._keras_history.operation
-            if parent is not None:
-                parent._outbound_nodes = [x for x in parent._outbound_nodes if id(x) not in ids]

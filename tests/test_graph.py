@@ -193,6 +193,57 @@ def test_two_inputs_two_outputs():
     assert not graph.group_of("a").removable and not graph.group_of("b").removable
 
 
+def test_graph_records_tensors_and_answers_queries():
+    graph = ms.analyze(residual_concat_net())
+    stem, stem_bn = graph.calls_of("stem")[0], graph.calls_of("stem_bn")[0]
+    assert graph.model_inputs == [("input", 0)] and graph.producer(("input", 0)).name == "image"
+    assert graph.inputs_of(stem) == [("input", 0)] and graph.outputs_of(stem) == [(stem.index, 0)]
+    assert graph.calls[stem.index] is stem and graph.inputs_of(stem.index) == stem.input_keys
+    assert graph.producer(stem.output_keys[0]) is stem
+    assert graph.readers(stem.output_keys[0]) == [stem_bn]
+    assert [c.name for c in graph.readers(stem_bn.output_keys[0])] == ["branch_a", "add"]
+    assert graph.readers(graph.model_outputs[0]) == []
+    assert graph.producer(graph.model_outputs[0]).name == "logits"
+    groups, channels = graph.groups_of(stem.output_keys[0])
+    assert set(groups.tolist()) == {graph.group_of("stem").id} and sorted(channels.tolist()) == list(range(16))
+
+
+def test_chain_follows_single_readers_through_plain_channel_keeping_layers():
+    inp = keras.Input((6, 6, 3))
+    x = L.Conv2D(4, 3, name="conv")(inp)
+    x = L.ReLU(name="relu")(x)
+    x = L.ZeroPadding2D(name="pad")(x)
+    x = L.BatchNormalization(name="bn")(x)
+    x = L.ReLU(name="after_bn")(x)
+    y = L.Conv2D(4, 1, name="fork")(x)
+    out = L.Add(name="sum")([x, y])
+    graph = ms.analyze(keras.Model(inp, out))
+    assert [c.name for c in graph.chain(graph.calls_of("conv")[0])] == ["relu", "pad", "bn"]
+    assert [c.name for c in graph.chain(graph.calls_of("after_bn")[0])] == []      # two readers
+    assert [c.name for c in graph.chain(graph.calls_of("fork")[0])] == ["sum"]
+
+
+def test_nested_models_and_traces_share_one_tensor_key_space():
+    inner_in = keras.Input((8,))
+    inner = keras.Model(inner_in, L.Dense(6, name="inner_dense")(inner_in), name="inner")
+    inp = keras.Input((8,))
+    out = L.Dense(2, name="last")(inner(L.Dense(8, name="first")(inp)))
+    graph = ms.analyze(keras.Model(inp, out))
+    first, inner_dense, last = (graph.calls_of(n)[0] for n in ("first", "inner_dense", "last"))
+    assert inner_dense.input_keys == first.output_keys and last.input_keys == inner_dense.output_keys
+
+
+def test_tensor_index_is_a_deprecated_view_of_the_graph():
+    from morphsparse.morph.replay import TensorIndex
+
+    graph = ms.analyze(residual_concat_net())
+    with pytest.warns(DeprecationWarning, match="graph.inputs_of"):
+        index = TensorIndex(graph)
+    stem = graph.calls_of("stem")[0]
+    assert index.outputs_of[stem.index] == stem.output_keys and index.producer_of[stem.output_keys[0]] == stem.index
+    assert index.model_outputs == graph.model_outputs
+
+
 def test_shared_layer_emits_one_group():
     shared = L.Dense(6, name="shared")
     a, b = keras.Input((4,)), keras.Input((4,))

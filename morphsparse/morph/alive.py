@@ -166,21 +166,13 @@ def is_channel_source(call):
         call.handler, "kernel_matrix")
 
 
-def _following_batch_norm(index, k, max_steps=4, with_scale=True):
-    """The BatchNormalization that alone reads call k's output, directly or through a chain of single
-    channel-keeping layers. None when any other layer reads the output on the way: gamma then does not
-    silence the channel everywhere (DenseNet's transition conv also feeds a concatenation, say)."""
-    key = index.outputs_of[k][0]
-    for _ in range(max_steps):
-        readers = index.followers(key)
-        if len(readers) != 1:
-            return None
-        reader = readers[0]
+def following_batch_norm(graph, call, with_scale=True):
+    """The BatchNormalization that alone reads ``call``'s output, directly or through a chain of single
+    channel-keeping layers (``graph.chain``). None when any other layer reads the output on the way: gamma
+    then does not silence the channel everywhere (DenseNet's transition conv also feeds a concatenation)."""
+    for reader in graph.chain(call):
         if isinstance(reader.layer, keras.layers.BatchNormalization):
             return reader if _normalises_channels(reader) and (reader.layer.scale or not with_scale) else None
-        if type(reader.handler) is not _handlers.PassThrough:
-            return None
-        key = index.outputs_of[index.index_of[id(reader)]][0]
     return None
 
 
@@ -191,15 +183,12 @@ def _normalises_channels(call):
     return [a % rank for a in axes] == [rank - 1]
 
 
-def find_sources(model_or_graph, source="gamma", index=None):
+def find_sources(model_or_graph, source="gamma"):
     """Every :class:`RegularizationSource` of the model for ``source`` ("gamma" or "group_lasso")."""
-    from morphsparse.morph.replay import TensorIndex
-
     _check_source(source)
     graph = _graph(model_or_graph)
-    index = index or TensorIndex(graph)
     found = []
-    for k, call in enumerate(graph.calls):
+    for call in graph.calls:
         if not is_channel_source(call) or not call.out_groups:
             continue
         axes = call.handler.regularized_axes(call) if hasattr(call.handler, "regularized_axes") else [0]
@@ -209,7 +198,7 @@ def find_sources(model_or_graph, source="gamma", index=None):
                 continue  # a producer always starts one group; anything else is not ours to regularise
             gid = int(groups[0])
             if source == "gamma":
-                bn = _following_batch_norm(index, k) if axis == 0 else None
+                bn = following_batch_norm(graph, call) if axis == 0 else None
                 if bn is None:
                     continue
                 found.append(RegularizationSource(gid, source, call, bn, bn.layer.gamma, channels))
@@ -321,7 +310,7 @@ def user_masks(graph, alive, check=True):
     masks = {g.id: np.ones(g.size, bool) for g in graph.groups}
     for key, value in alive.items():
         try:
-            group = graph._resolve_group(key)
+            group = graph.resolve_group(key)
         except (KeyError, ValueError) as err:
             raise ValueError(f"alive[{key!r}]: {err.args[0]}; use a group id or the name of a layer creating "
                              f"channels (see ms.analyze(model))") from None
@@ -342,11 +331,8 @@ def propagated_masks(graph, masks):
     """``masks`` less the channels no surviving layer computes: a layer that reads no live channel is
     removed by export (a residual branch or a tower that died upstream), so its own channels die too unless
     another producer of their group lives. Non-removable groups stay whole."""
-    from morphsparse.morph.replay import TensorIndex
-
-    index = TensorIndex(graph)
-    live, _, _ = live_entries(graph, masks, index)
-    effective = effective_masks(graph, live, index)
+    live, _, _ = live_entries(graph, masks)
+    effective = effective_masks(graph, live)
     return {gid: (effective[gid] if graph.groups[gid].removable else np.ones(graph.groups[gid].size, bool))
             for gid in masks}
 
@@ -354,19 +340,16 @@ def propagated_masks(graph, masks):
 def check_connected(graph, masks):
     """Raise :class:`AliveError` when, with these masks, some network output no longer depends on any input
     (a chain of layers whose channels all died: the model would emit a constant)."""
-    from morphsparse.morph.replay import TensorIndex
-
-    index = TensorIndex(graph)
     flat = flat_mask(graph, masks)
-    signal = {key: True for key in index.model_inputs}
-    for k, call in enumerate(graph.calls):
+    signal = {key: True for key in graph.model_inputs}
+    for call in graph.calls:
         if call.node is None:
             continue
         carried = [signal.get(key, False) and bool(entry_mask(graph, flat, groups, channels).any())
-                   for key, groups, channels in zip(index.inputs_of[k], call.in_groups, call.in_channels)]
-        for key, groups, channels in zip(index.outputs_of[k], call.out_groups, call.out_channels_idx):
+                   for key, groups, channels in zip(call.input_keys, call.in_groups, call.in_channels)]
+        for key, groups, channels in zip(call.output_keys, call.out_groups, call.out_channels_idx):
             signal[key] = any(carried) and bool(entry_mask(graph, flat, groups, channels).any())
-    cut = [graph.calls[index.producer_of[key]].path for key in index.model_outputs if not signal.get(key)]
+    cut = [graph.producer(key).path for key in graph.model_outputs if not signal.get(key)]
     if cut:
         raise AliveError(
             f"with these alive channels no input reaches output(s) {cut}: every channel of some layer on each "
@@ -382,19 +365,17 @@ def flat_mask(graph, masks):
 
 def entry_mask(graph, flat, groups, channels):
     """Alive flag of each entry of a channel axis given its (group, channel) arrays and a :func:`flat_mask`."""
-    return flat[graph._offsets[groups] + channels]
+    return flat[graph.offsets[groups] + channels]
 
 
-def live_entries(graph, masks, index=None):
+def live_entries(graph, masks):
     """Surviving entries of every tensor's channel axis, and the calls that disappear.
 
-    Returns ``(live, removed, dead_ends)``: ``live[key]`` a boolean array per tensor key of
-    :class:`TensorIndex`; ``removed`` the call indices that disappear: those whose outputs are all constant
+    Returns ``(live, removed, dead_ends)``: ``live[key]`` a boolean array per tensor key of the graph (see
+    :class:`~morphsparse.graph.ChannelGraph`); ``removed`` the call indices that disappear: those whose
+    outputs are all constant
     (nothing they read survives) and the ``dead_ends``, whose outputs no surviving layer reads.
     """
-    from morphsparse.morph.replay import TensorIndex
-
-    index = index or TensorIndex(graph)
     flat = flat_mask(graph, masks)
     live, removed = {}, set()
     for k, call in enumerate(graph.calls):
@@ -402,32 +383,33 @@ def live_entries(graph, masks, index=None):
         if call.node is None:
             outs = [np.ones(call.output_channels(0), bool)]
         else:
-            in_live = [live[key] for key in index.inputs_of[k]]
+            in_live = [live[key] for key in call.input_keys]
             try:
-                outs = call.handler.live_outputs(call, in_live, out_alive)
+                rules = _handlers.rebuild_part(call.handler)
+                outs = rules.live_outputs(call, in_live, out_alive)
             except ValueError as err:
                 raise ValueError(f"cannot export layer '{call.path}' ({type(call.layer).__name__}): {err}") from None
         if outs is None:
             removed.add(k)
             outs = [np.zeros(call.output_channels(i), bool) for i in range(len(call.output_shapes))]
-        for key, mask in zip(index.outputs_of[k], outs):
+        for key, mask in zip(call.output_keys, outs):
             live[key] = np.asarray(mask, bool)
         for j in range(call.n_outputs, len(out_alive)):   # internal axes (attention heads): alive if kept
             live[(k, "internal", j)] = out_alive[j] & (k not in removed)
     # Dead ends: a layer whose outputs reach no output through surviving layers (the depthwise conv at the
     # head of a ConvNeXt branch whose MLP died) is dropped by the functional rebuild too.
-    outputs = set(index.model_outputs)
+    outputs = set(graph.model_outputs)
     needed = set()
     for k in range(len(graph.calls) - 1, -1, -1):
         if k in removed or graph.calls[k].node is None:
             continue
-        if any(key in outputs or any(r in needed for r, _ in index.readers.get(key, ()))
-               for key in index.outputs_of[k] if live[key].any()):
+        if any(key in outputs or any(r.index in needed for r in graph.readers(key))
+               for key in graph.outputs_of(k) if live[key].any()):
             needed.add(k)
     dead_ends = {k for k, call in enumerate(graph.calls) if call.node is not None and k not in removed
                  and k not in needed}
     for k in dead_ends:
-        for key in index.outputs_of[k] + internal_keys(graph, k):
+        for key in graph.outputs_of(k) + internal_keys(graph, k):
             live[key] = np.zeros(len(live[key]), bool)
     return live, removed | dead_ends, dead_ends
 
@@ -438,12 +420,12 @@ def internal_keys(graph, k):
     return [(k, "internal", j) for j in range(call.n_outputs, len(call.out_groups))]
 
 
-def effective_masks(graph, live, index):
+def effective_masks(graph, live):
     """Group masks of the channels that survive somewhere in the slim model (a channel of a group that is
     alive but only read by removed layers is not)."""
     masks = {g.id: np.zeros(g.size, bool) for g in graph.groups}
     for k, call in enumerate(graph.calls):
-        for key, groups, channels in zip(index.outputs_of[k] + internal_keys(graph, k), call.out_groups,
+        for key, groups, channels in zip(call.output_keys + internal_keys(graph, k), call.out_groups,
                                          call.out_channels_idx):
             keep = live[key]
             for gid in np.unique(groups[keep]).tolist():

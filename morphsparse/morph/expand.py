@@ -21,12 +21,12 @@ import keras
 import numpy as np
 
 from morphsparse import costs as _costs
+from morphsparse import handlers as _handlers
 from morphsparse.costs import cost_report, count_flops, count_params
 from morphsparse.graph import GraphError, analyze
 from morphsparse.morph.alive import warn_user
-from morphsparse.morph.replay import TensorIndex
 from morphsparse.trace import symbolic_kwargs
-from morphsparse.morph.export import _from_config
+from morphsparse.morph.rebuild import rebuild
 
 TARGETS = ("flops", "size")
 
@@ -178,13 +178,10 @@ class ExpandReport:
 PARAMS_GROWTH_WARNING = 1.5
 
 
-def build_with_widths(model, graph, counts, name=None, index=None):
+def build_with_widths(model, graph, counts, name=None):
     """A freshly initialised copy of ``model`` whose removable groups have ``counts[group id]`` channels
     (groups not in ``counts`` keep their size). Layers get their new widths from their handler's
     ``rebuild_config``; nested models are flattened (inner layer names become ``outer__inner``)."""
-    from morphsparse.graph import _functional_of
-
-    index = index or TensorIndex(graph)
     factor = np.ones(len(graph.groups))
     for gid, count in counts.items():
         factor[gid] = count / graph.groups[gid].size
@@ -195,48 +192,25 @@ def build_with_widths(model, graph, counts, name=None, index=None):
         ids, entries = np.unique(groups, return_counts=True)
         return int(sum(round(n * factor[g]) for g, n in zip(ids.tolist(), entries.tolist())))
 
-    functional = _functional_of(model)
-    tensors, new_inputs, layers = {}, [], {}
-    for key, tensor in zip(index.model_inputs, functional.inputs):
-        new = keras.Input(batch_shape=tuple(tensor.shape), dtype=tensor.dtype,
-                          name=tensor._keras_history.operation.name)
-        tensors[key] = new
-        new_inputs.append(new)
-    for k, call in enumerate(graph.calls):
-        if call.node is None:
-            continue
+    def build(call, engine):
+        # handlers describe a call's new widths as masks over its entries: every entry of a new width is kept
         keep_in = [np.ones(width(g), bool) for g in call.in_groups]
         keep_out = [np.ones(width(g), bool) for g in call.out_groups]
-        node = call.node
-        args, kwargs = node.arguments.fill_in({id(t): tensors[key] for t, key in zip(node.input_tensors,
-                                                                                      index.inputs_of[k])})
-        layer = call.layer
+        args, kwargs = engine.arguments(call)
+        rules = _handlers.rebuild_part(call.handler)
         try:
-            if isinstance(layer, keras.layers.Layer):
-                if id(layer) not in layers:
-                    config = dict(call.handler.rebuild_config(call, keep_in, keep_out))
-                    config.pop("build_config", None)
-                    config["name"] = call.path.replace("/", "__")
-                    layers[id(layer)] = _from_config(layer, config)
-                outputs = layers[id(layer)](*args, **symbolic_kwargs(layers[id(layer)], kwargs))
-            else:   # a keras.ops call: its handler re-applies it (a reshape or slice names channel positions)
-                outputs = call.handler.apply_op(call, args, kwargs,
-                                                lambda i, lo, hi, call=call: width(call.in_groups[i][lo:hi]))
+            if isinstance(call.layer, keras.layers.Layer):
+                layer = engine.new_layer(call, rules.rebuild_config(call, keep_in, keep_out))
+                return layer(*args, **symbolic_kwargs(layer, kwargs))
+            # a keras.ops call: its handler re-applies it (a reshape or slice names channel positions)
+            return rules.apply_op(call, args, kwargs, lambda i, lo, hi: width(call.in_groups[i][lo:hi]))
         except Exception as err:  # the layer's class decides what it accepts; say which one failed
-            raise ExpandError(f"cannot rebuild layer '{call.path}' ({type(layer).__name__}) with "
+            raise ExpandError(f"cannot rebuild layer '{call.path}' ({type(call.layer).__name__}) with "
                               f"{[len(m) for m in keep_in]} input and {[len(m) for m in keep_out]} output "
                               f"channels: {err}. Register a handler whose rebuild_config sets its width.") from err
-        outputs = keras.tree.flatten(outputs)
-        for key, tensor, keep in zip(index.outputs_of[k], outputs, keep_out):
-            if len(tensor.shape) > 1 and tensor.shape[-1] not in (None, len(keep)):
-                raise ExpandError(f"layer '{call.path}' ({type(layer).__name__}) is not supported by expand: "
-                                  f"rebuilt with {tensor.shape[-1]} output channels instead of {len(keep)}; "
-                                  "register a handler whose rebuild_config sets its width")
-            tensors[key] = tensor
-    outputs = [tensors[key] for key in index.model_outputs]
-    return keras.Model(keras.tree.pack_sequence_as(functional._inputs_struct, new_inputs),
-                       keras.tree.pack_sequence_as(functional._outputs_struct, outputs),
-                       name=name or model.name)
+
+    return rebuild(graph, build, lambda call, position: width(call.out_groups[position]), name or model.name,
+                   error=ExpandError)
 
 
 def expand_with_report(model, budget, target="flops", reference=None, round_to=None, ignore=(), name=None):

@@ -34,7 +34,7 @@ from morphsparse import handlers as _handlers
 from morphsparse.costs import count_flops, count_params
 from morphsparse.graph import GraphError, analyze
 from morphsparse.morph import alive as _alive
-from morphsparse.morph.replay import TensorIndex
+from morphsparse.morph import rebuild as _rebuild
 
 #: relative tolerance for "the same value" when deciding whether a removed entry is constant
 CONSTANT_RTOL = 1e-5
@@ -64,30 +64,33 @@ class Probe:
     """Runs the original layers eagerly on random inputs, with dead channels forced to their dead value, and
     records the values of removed entries where they are read."""
 
-    def __init__(self, graph, index, forced, live, batch=2, seed=0):
+    def __init__(self, graph, forced, live, batch=2, seed=0):
         self.values = {}
-        data = dict(zip(index.model_inputs, random_inputs(graph.model, batch, seed)))
-        readers_left = {key: len(r) for key, r in index.readers.items()}
+        data = dict(zip(graph.model_inputs, random_inputs(graph.model, batch, seed)))
+        readers_left = {}
+        for call in graph.calls:
+            for key in call.input_keys:
+                readers_left[key] = readers_left.get(key, 0) + 1
         for k, call in enumerate(graph.calls):
             if call.node is None:
                 continue
-            for i, key in enumerate(index.inputs_of[k]):
+            for i, key in enumerate(call.input_keys):
                 removed = ~live[key]
                 if removed.any():
                     self.values[(k, i)] = _entry_values(data[key], removed)
-            args, kwargs = index.arguments(k, data)
+            args, kwargs = graph.call_arguments(call, data)
             if isinstance(call.layer, keras.layers.Layer):
                 outputs = call.layer(*args, **kwargs)
             else:   # a keras.ops call, as its handler applies it (a traced reshape may read (None, ...))
-                outputs = call.handler.apply_op(call, args, kwargs, lambda i, lo, hi: hi - lo)
+                outputs = _handlers.rebuild_part(call.handler).apply_op(call, args, kwargs, lambda i, lo, hi: hi - lo)
             outputs = [keras.ops.convert_to_numpy(t) for t in keras.tree.flatten(outputs)]
             for position, entries, value in forced.get(k, ()):
                 outputs[position][..., entries] = value[entries]
-            for key, value in zip(index.outputs_of[k], outputs):
+            for key, value in zip(call.output_keys, outputs):
                 data[key] = value
-            for key in index.inputs_of[k]:   # free what nobody reads any more
+            for key in call.input_keys:   # free what nobody reads any more
                 readers_left[key] -= 1
-                if readers_left[key] == 0 and key not in index.model_outputs:
+                if readers_left[key] == 0 and key not in graph.model_outputs:
                     data.pop(key, None)
 
     def at(self, k, i):
@@ -95,8 +98,8 @@ class Probe:
 
 
 def _model_inputs(model):
-    from morphsparse.graph import _functional_of
-    return _functional_of(model).inputs
+    from morphsparse.graph import functional_of
+    return functional_of(model).inputs
 
 
 def random_inputs(model, batch=2, seed=0):
@@ -142,12 +145,12 @@ def _entry_values(array, removed):
     return EntryValues(removed, centre, varies, uniform)
 
 
-def _forced_values(graph, index, sources, masks):
+def _forced_values(graph, sources, masks):
     """Per call index: (output position, entries, value) to overwrite: the dead channels of every source."""
     flat = _alive.flat_mask(graph, masks)
     forced = {}
     for src in sources:
-        k = index.index_of[id(src.layer)]
+        k = src.layer.index
         call = src.layer
         dead = ~_alive.entry_mask(graph, flat, call.out_groups[0], call.out_channels_idx[0])
         dead &= call.out_groups[0] == src.group
@@ -248,20 +251,20 @@ class ExportReport:
 # --- the rebuild ---------------------------------------------------------------------------------------
 
 class RebuildStep:
-    """One layer call being rebuilt: what handlers see. ``inputs``: the new tensors (None for an input with
-    no surviving entry); ``keep_in`` / ``keep_out``: surviving entries of each input and output; ``probe``:
-    :class:`EntryValues` of each input's removed entries (None when nothing was removed)."""
+    """One layer call being rebuilt: all a handler's ``rebuild`` sees of the export (it reaches nothing
+    else). ``inputs``: the new tensors (None for an input with no surviving entry); ``keep_in`` /
+    ``keep_out`` / ``keep_internal``: surviving entries of each input, output and internal axis; ``probe``:
+    :class:`EntryValues` of each input's removed entries (None when nothing was removed); methods to make the
+    new layer, call it, set its weights and fold constants."""
 
-    def __init__(self, exporter, k):
-        self.exporter, self.k = exporter, k
-        self.call = exporter.graph.calls[k]
-        index = exporter.index
-        self.inputs = [exporter.tensors.get(key) for key in index.inputs_of[k]]
-        self.keep_in = [exporter.live[key] for key in index.inputs_of[k]]
-        self.keep_out = [exporter.live[key] for key in index.outputs_of[k]]
+    def __init__(self, exporter, engine, call):
+        self._exporter, self._engine, self.call, self.k = exporter, engine, call, call.index
+        self.inputs = engine.inputs(call)
+        self.keep_in = [exporter.live[key] for key in self.call.input_keys]
+        self.keep_out = [exporter.live[key] for key in self.call.output_keys]
         # internal channel axes (attention heads): which of their channels the rebuilt layer keeps
-        self.keep_internal = [exporter.live[key] for key in _alive.internal_keys(exporter.graph, k)]
-        self.probe = [exporter.probe.at(k, i) for i in range(len(self.inputs))]
+        self.keep_internal = [exporter.live[key] for key in _alive.internal_keys(exporter.graph, call.index)]
+        self.probe = [exporter.probe.at(call.index, i) for i in range(len(self.inputs))]
 
     def new_count(self, i, lo, hi):
         """How many of the original entries ``lo:hi`` of input i's channel axis survive."""
@@ -278,7 +281,7 @@ class RebuildStep:
         if values.varies.any():
             raise ExportError(f"layer '{self.call.path}': input {i} has no live channel but is not constant")
         if not values.uniform.all():
-            self.exporter.report.inexact.append((self.call.path, int((~values.uniform).sum()),
+            self._exporter.report.inexact.append((self.call.path, int((~values.uniform).sum()),
                                                  "constant branch differs at the image border"))
         width = len(self.keep_out[0])
         if len(full) == width:
@@ -288,17 +291,10 @@ class RebuildStep:
     def arguments(self, substitute=None):
         """(args, kwargs) of the original call with the new tensors in place (removed inputs replaced by
         ``substitute(i)``)."""
-        node = self.call.node
-        tensors = {}
-        for i, t in enumerate(node.input_tensors):
-            value = self.inputs[i]
-            if value is None and substitute is not None:
-                value = substitute(i)
-            tensors[id(t)] = value
-        return node.arguments.fill_in(tensors)
+        return self._engine.arguments(self.call, substitute)
 
     def new_layer(self, config=None):
-        return self.exporter.new_layer(self.call, config)
+        return self._engine.new_layer(self.call, config)
 
     def old_weights(self):
         return [keras.ops.convert_to_numpy(w) for w in self.call.layer.weights]
@@ -316,8 +312,8 @@ class RebuildStep:
         delta = handler.bias_shift(self.call, values.removed, constants, old_weights)
         if delta is None:
             return None
-        report = self.exporter.report
-        report.folded += 1
+        report = self._exporter.report
+        self.note_fold()
         nonzero = values.value != 0
         border = (~values.uniform) | (nonzero & (not handler.fold_exact(self.call)))
         if border.any():
@@ -335,19 +331,23 @@ class RebuildStep:
             position = _weight_position(layer, layer.bias)
             weights[position] = (weights[position] + delta[keep]).astype(weights[position].dtype)
             return weights
-        exporter = self.exporter
-        readers = exporter.index.readers.get(exporter.index.outputs_of[self.k][0], [])
-        if len(readers) == 1 and readers[0][0] not in exporter.removed and isinstance(
-                exporter.graph.calls[readers[0][0]].layer, keras.layers.BatchNormalization):
-            shift = exporter.pending_mean_shift.setdefault(readers[0][0], np.zeros(len(keep)))
+        exporter = self._exporter
+        readers = exporter.graph.readers(self.call.output_keys[0])
+        if len(readers) == 1 and readers[0].index not in exporter.removed and isinstance(
+                readers[0].layer, keras.layers.BatchNormalization):
+            shift = exporter.pending_mean_shift.setdefault(readers[0].index, np.zeros(len(keep)))
             shift += delta
             return weights
         config["use_bias"] = True
         weights.append(delta[keep].astype("float32"))
         return weights
 
+    def note_fold(self):
+        """Count a constant folded into a bias by the handler itself (the report says how many)."""
+        self._exporter.report.folded += 1
+
     def set_weights(self, layer, arrays):
-        shift = self.exporter.pending_mean_shift.get(self.k)
+        shift = self._exporter.pending_mean_shift.get(self.k)
         if shift is not None:
             arrays = list(arrays)
             position = _weight_position(self.call.layer, self.call.layer.moving_mean)
@@ -363,39 +363,34 @@ class RebuildStep:
 class _Exporter:
     def __init__(self, model, graph, masks, sources, exact, name, report):
         self.model, self.graph, self.exact, self.name = model, graph, exact, name
-        self.index = TensorIndex(graph)
         self.masks = {gid: np.array(m, bool) for gid, m in masks.items()}
         self.sources = sources
         self.report = report
-        self.layers = {}            # id(original layer) -> rebuilt layer (shared layers stay shared)
         self.pending_mean_shift = {}   # BN call index -> shift of its moving mean (bias folded past a conv)
         self.before_forcing = self._between_sources_and_their_batch_norms()
 
     def _between_sources_and_their_batch_norms(self):
         """Calls from a gamma source's producer to its BatchNorm (excluded): a dead channel there still
         carries the producer's signal, which the BatchNorm then multiplies by gamma ~ 0."""
-        index, calls = self.index, set()
+        calls = set()
         for src in self.sources:
             if src.layer is src.producer:
                 continue
-            key, target = index.outputs_of[index.index_of[id(src.producer)]][0], index.index_of[id(src.layer)]
-            for _ in range(8):
-                readers = [k for k, _ in index.readers.get(key, ())]
-                calls.update(readers)
-                if target in readers or len(readers) != 1:
+            for reader in self.graph.chain(src.producer):   # the chain the source was found along
+                calls.add(reader.index)
+                if reader is src.layer:
                     break
-                key = index.outputs_of[readers[0]][0]
         return calls
 
     # 1-2: surviving entries and probe values, keeping channels whose removal would not be exact
     def settle(self):
         for _ in range(8):
             try:
-                self.live, self.removed, self.dead_ends = _alive.live_entries(self.graph, self.masks, self.index)
+                self.live, self.removed, self.dead_ends = _alive.live_entries(self.graph, self.masks)
             except ValueError as err:
                 raise ExportError(str(err)) from None
-            forced = _forced_values(self.graph, self.index, self.sources, self.masks)
-            self.probe = Probe(self.graph, self.index, forced, self.live)
+            forced = _forced_values(self.graph, self.sources, self.masks)
+            self.probe = Probe(self.graph, forced, self.live)
             if not self._keep_what_must_stay():
                 return
         raise ExportError("could not settle which channels to keep (8 rounds); please report this model")
@@ -440,7 +435,7 @@ class _Exporter:
                     self.masks[gid][ch] = True
                     self.report.kept.append((gid, ch, f"{call.path}: {reason}"))
                     changed = True
-                elif self._feed_starved(self.index.inputs_of[k][i], f"{call.path}: {reason}"):
+                elif self._feed_starved(call.input_keys[i], f"{call.path}: {reason}"):
                     changed = True   # alive, but removed because what computes it starved: feed it again
                 elif reason.startswith("not constant"):
                     unresolved.append(call.path)
@@ -458,12 +453,12 @@ class _Exporter:
         pending, seen, changed = [key], set(), False
         while pending:
             key = pending.pop()
-            k = self.index.producer_of.get(key)
-            if k is None or k in seen or k in self.dead_ends:
+            call = self.graph.producer(key)
+            k = call.index
+            if call.node is None or k in seen or k in self.dead_ends:
                 continue
             seen.add(k)
-            call = self.graph.calls[k]
-            for in_key, groups, channels in zip(self.index.inputs_of[k], call.in_groups, call.in_channels):
+            for in_key, groups, channels in zip(call.input_keys, call.in_groups, call.in_channels):
                 if k not in self.removed:
                     if not self.live[in_key].any():
                         pending.append(in_key)   # a whole input (tower, branch) with nothing left in it
@@ -478,67 +473,20 @@ class _Exporter:
         return changed
 
     # 3: rebuild
-    def new_layer(self, call, config=None):
-        layer = call.layer
-        if id(layer) in self.layers:
-            return self.layers[id(layer)]
-        config = dict(layer.get_config() if config is None else config)
-        config.pop("build_config", None)
-        config["name"] = call.path.replace("/", "__")
-        new = _from_config(layer, config)
-        self.layers[id(layer)] = new
-        return new
-
     def rebuild(self):
-        graph, index = self.graph, self.index
-        self.tensors = {}
-        new_inputs = []
-        for key, tensor in zip(index.model_inputs, _model_inputs(self.model)):
-            layer = tensor._keras_history.operation
-            new = keras.Input(batch_shape=tuple(tensor.shape), dtype=tensor.dtype, name=layer.name)
-            self.tensors[key] = new
-            new_inputs.append(new)
-        for k, call in enumerate(graph.calls):
-            if call.node is None or k in self.removed:
-                continue
-            step = RebuildStep(self, k)
-            try:
-                outputs = call.handler.rebuild(call, step)
-            except ExportError:
-                raise
-            except (ValueError, TypeError, NotImplementedError) as err:
-                raise ExportError(f"cannot rebuild layer '{call.path}' ({type(call.layer).__name__}): {err}") from err
-            outputs = keras.tree.flatten(outputs)
-            for key, tensor, keep in zip(index.outputs_of[k], outputs, step.keep_out):
-                if tensor is not None and tuple(tensor.shape)[-1] not in (None, int(keep.sum())) and len(
-                        tensor.shape) > 1:
-                    raise ExportError(f"layer '{call.path}' rebuilt with {tensor.shape[-1]} channels, expected "
-                                      f"{int(keep.sum())}")
-                self.tensors[key] = tensor
-        outputs = []
-        for key in index.model_outputs:
-            if key not in self.tensors or not self.live[key].all():
-                path = graph.calls[index.producer_of[key]].path
-                raise ExportError(f"network output '{path}' would lose channels or become constant")
-            outputs.append(self.tensors[key])
-        functional = _functional_of_model(self.model)
-        # the same input and output structure (a dict of token ids and padding mask stays a dict)
-        return keras.Model(keras.tree.pack_sequence_as(functional._inputs_struct, new_inputs),
-                           keras.tree.pack_sequence_as(functional._outputs_struct, outputs), name=self.name)
+        graph = self.graph
+        for key in graph.model_outputs:
+            if not self.live[key].all():
+                raise ExportError(f"network output '{graph.producer(key).path}' would lose channels or become "
+                                  "constant")
 
+        def build(call, engine):   # the handler's export part, through the RebuildStep interface
+            return _handlers.rebuild_part(call.handler).rebuild(call, RebuildStep(self, engine, call))
 
-def _from_config(layer, config):
-    """A new layer of ``layer``'s class from ``config``. A layer without weights whose class cannot read its own
-    config back (keras_hub 0.32's LlamaRotaryEmbedding passes ``scaling_factor`` twice) is used as it is when
-    nothing in its config changed: it holds no state, so the slim model may share it."""
-    try:
-        return type(layer).from_config(config)
-    except Exception:
-        unchanged = {k: v for k, v in config.items() if k != "name"} == {
-            k: v for k, v in layer.get_config().items() if k not in ("name", "build_config")}
-        if layer.weights or not unchanged:
-            raise
-        return layer
+        def surviving(call, position):
+            return int(self.live[call.output_keys[position]].sum())
+
+        return _rebuild.rebuild(graph, build, surviving, self.name, skip=self.removed, error=ExportError)
 
 
 def _weight_position(layer, variable):
@@ -546,11 +494,6 @@ def _weight_position(layer, variable):
         if w is variable:
             return position
     raise ExportError(f"layer '{layer.name}': weight {variable.name} not found")
-
-
-def _functional_of_model(model):
-    from morphsparse.graph import _functional_of
-    return _functional_of(model)
 
 
 def _normalises_across_channels(call):
@@ -589,7 +532,7 @@ def export_with_report(model, source="gamma", threshold=None, l1_fraction=0.0, a
     exporter.settle()
     slim = exporter.rebuild()
     report.masks = exporter.masks
-    report.effective_masks = _alive.effective_masks(graph, exporter.live, exporter.index)
+    report.effective_masks = _alive.effective_masks(graph, exporter.live)
     _fill_report(report, graph, exporter, slim)
     if exact:
         difference, noise = check_equivalent(model, slim)
@@ -656,15 +599,14 @@ def _warn_nothing_removed(graph, report, alive, l1_fraction):
 
 
 def _fill_report(report, graph, exporter, slim):
-    index = exporter.index
     for k, call in enumerate(graph.calls):
         if call.node is None:
             continue
-        in_before = [len(exporter.live[key]) for key in index.inputs_of[k]]
-        in_after = [int(exporter.live[key].sum()) for key in index.inputs_of[k]]
+        in_before = [len(exporter.live[key]) for key in call.input_keys]
+        in_after = [int(exporter.live[key].sum()) for key in call.input_keys]
         # internal axes (attention heads) after the outputs, as the cost report writes them ("64+4"): a layer
         # that lost heads but kept its output width is narrowed too
-        outs = index.outputs_of[k] + _alive.internal_keys(graph, k)
+        outs = list(call.output_keys) + _alive.internal_keys(graph, k)
         out_before = [len(exporter.live[key]) for key in outs]
         out_after = [int(exporter.live[key].sum()) for key in outs]
         if k in exporter.dead_ends:

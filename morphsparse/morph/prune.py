@@ -212,7 +212,7 @@ def _check_data(data):
 def _covered(graph, sources):
     """Flat boolean vector: channels every producer of which has a source in ``sources`` (only those can be
     removed by export's rule for that source: a producer without one would keep the channel varying)."""
-    offsets = graph._offsets
+    offsets = graph.offsets
     covered = np.ones(int(offsets[-1]), bool)
     have = {}
     for src in sources:
@@ -227,7 +227,7 @@ def _covered(graph, sources):
 
 def _summed_scores(graph, sources, values):
     """Flat per-channel sum of each source's values over the channels it covers (nan where none does)."""
-    offsets = graph._offsets
+    offsets = graph.offsets
     total = np.zeros(int(offsets[-1]))
     seen = np.zeros(int(offsets[-1]), bool)
     for src, value in zip(sources, values):
@@ -243,10 +243,10 @@ def _user_scores(graph, importance):
     if not isinstance(scores, Mapping):
         raise TypeError(f"importance callable must return a mapping group id -> per-channel scores, got "
                         f"{type(scores).__name__}")
-    flat = np.full(int(graph._offsets[-1]), np.nan)
+    flat = np.full(int(graph.offsets[-1]), np.nan)
     for key, value in scores.items():
         try:
-            group = graph._resolve_group(key)
+            group = graph.resolve_group(key)
         except (KeyError, ValueError) as err:
             raise ValueError(f"importance callable returned key {key!r}: {err.args[0]}") from None
         value = np.asarray(value, dtype=np.float64)
@@ -256,7 +256,7 @@ def _user_scores(graph, importance):
         if np.isnan(value).any() or np.isneginf(value).any():
             raise ValueError(f"importance callable returned nan or -inf scores for group G{group.id}; use +inf "
                              "for a channel that must never be pruned")
-        flat[graph._offsets[group.id]:graph._offsets[group.id + 1]] = value
+        flat[graph.offsets[group.id]:graph.offsets[group.id + 1]] = value
     return flat
 
 
@@ -350,7 +350,7 @@ def channel_importance(model, importance="gamma", data=None, loss=None, batches=
     _check_arguments(model, 0.5, "flops", importance, data, loss, 1, None, None, batches, DEFAULT_CHUNK)
     graph = analyze(model, ignore=ignore)
     scores, _ = _flat_importance(model, importance, data, loss, batches, graph)
-    offsets = graph._offsets
+    offsets = graph.offsets
     return {g.id: scores[offsets[g.id]:offsets[g.id + 1]] for g in graph.groups if g.removable}
 
 
@@ -370,7 +370,7 @@ class _Search:
         self.calls = KernelCalls(graph)
         self.table = self.calls.flops if target == "flops" else self.calls.params
         self.count = count_flops if target == "flops" else count_params
-        offsets = graph._offsets
+        offsets = graph.offsets
         self.group_of = np.repeat(np.arange(len(graph.groups)), np.diff(offsets))
         self.scores = scores
         self.prunable = _removable_flat(graph) & np.isfinite(scores)
@@ -386,7 +386,7 @@ class _Search:
 
     def masks(self, alive=None):
         alive = self.alive if alive is None else alive
-        offsets = self.graph._offsets
+        offsets = self.graph.offsets
         return {g.id: alive[offsets[g.id]:offsets[g.id + 1]].copy() for g in self.graph.groups}
 
     def marginal(self, alive=None):
@@ -406,7 +406,7 @@ class _Search:
         every group whose channels are all prunable."""
         alive = ~self.prunable
         for group in self.graph.groups:
-            lo, hi = self.graph._offsets[group.id], self.graph._offsets[group.id + 1]
+            lo, hi = self.graph.offsets[group.id], self.graph.offsets[group.id + 1]
             if group.size and not alive[lo:hi].any():
                 alive[lo + int(np.argmax(self.scores[lo:hi]))] = True
         return alive
@@ -517,7 +517,7 @@ def _prune_once(model, budget, target, importance, data, loss, batches, ignore, 
         # export kept channels it could not remove exactly: keep them too, and aim lower by what the slim
         # model costs beyond its masks (a bias added to hold a folded constant, say)
         for gid, channel, _reason in report.kept:
-            index = graph._offsets[gid] + channel
+            index = graph.offsets[gid] + channel
             search.alive[index] = True
             search.prunable[index] = False
         extra = cost - search.exact_cost()

@@ -240,7 +240,7 @@ class KernelCalls:
 
     def __init__(self, graph):
         self.graph = graph
-        offsets = graph._offsets
+        offsets = graph.offsets
         calls, terms, flops, params, in_pos, out_pos, first, depthwise = [], [], [], [], [], [], [], []
         in_entries, out_entries = [], []
         for call in graph.calls:
@@ -589,7 +589,7 @@ class MorphRegularizer:
     def _index_sources(self):
         """Flat channel index of every entry of every source, and which channels are regularised: those of
         removable groups that at least one source covers."""
-        offsets = self.graph._offsets
+        offsets = self.graph.offsets
         removable = {g.id for g in self.graph.groups if g.removable}
         self._source_index = [offsets[s.group] + np.asarray(s.channels) for s in self.sources]
         covered = np.zeros(int(offsets[-1]), dtype=bool)
@@ -610,7 +610,7 @@ class MorphRegularizer:
 
     # --- differentiable pieces ----------------------------------------------------------------------------
     def vector(self):
-        """R for every channel of every group, concatenated in group order (``graph._offsets``): a
+        """R for every channel of every group, concatenated in group order (``graph.offsets``): a
         differentiable tensor, 0 where a channel is not regularised."""
         values = [keras.ops.reshape(s.values(self.l1_fraction, xp=keras.ops), (-1,)) for s in self.sources]
         values = tf.concat([tf.cast(v, tf.float32) for v in values], axis=0)

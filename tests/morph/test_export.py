@@ -326,6 +326,29 @@ def test_a_registered_handler_extends_export_and_expand_to_a_custom_layer():
     assert ms.expand(slim, budget=3 * ms.count_flops(slim)).get_layer("scale").channels > 3
 
 
+def test_a_structure_only_handler_is_exported_and_expanded_as_channel_keeping():
+    from morphsparse import handlers
+
+    class Halve(L.Layer):
+        def call(self, x):
+            return x * 0.5
+
+    class HalveChannels(handlers.ChannelHandler):    # structure and cost only, no export part
+        def propagate(self, call, graph):
+            return [call.in_maps[0]]
+
+    ms.register_handler(Halve, HalveChannels)
+    assert handlers.rebuild_part(handlers.get_handler(Halve)) is handlers.DEFAULT_REBUILD
+    inp = keras.Input((6, 6, 3))
+    x = Halve(name="halve")(L.BatchNormalization(name="bn")(L.Conv2D(5, 1, name="c")(inp)))
+    model = randomize(keras.Model(inp, L.Dense(2)(L.GlobalAveragePooling2D()(x))))
+    kill(model.get_layer("bn"), [1, 3])
+    slim = ms.export(model)
+    assert slim.get_layer("halve").output.shape[-1] == 3
+    assert_same_outputs(model, slim)
+    assert ms.expand(slim, budget=3 * ms.count_flops(slim)).get_layer("halve").output.shape[-1] > 3
+
+
 def test_export_says_when_it_removes_nothing_and_why():
     model = randomize(block_net())                        # gammas in [0.5, 1.5]: nothing below the threshold
     with pytest.warns(UserWarning, match="removed nothing.*threshold=0.01.*1.5 / learning_rate"):
