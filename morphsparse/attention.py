@@ -171,7 +171,7 @@ class MultiHeadAttention(_h.Producer):
         return outs
 
     def rebuild_config(self, call, keep_in, keep_out):
-        config = call.layer.get_config()
+        config = _h.layer_config(call.layer)
         qi = self._roles(call)[0]
         heads = self._heads_mask(call, keep_out)
         config["num_heads"] = int(heads.sum())
@@ -255,7 +255,7 @@ class PositionEmbedding(_h.Producer):
         return [in_live[0]] if in_live[0].any() else None
 
     def rebuild_config(self, call, keep_in, keep_out):
-        return call.layer.get_config()
+        return _h.layer_config(call.layer)
 
     def slice_weights(self, call, keep_in, keep_out, weights):
         return [w[:, keep_out[0]] for w in weights]
@@ -400,7 +400,7 @@ class EinsumDense(_h.Producer):
         return _h._as_matrix(call.layer.kernel, xp, out_axis=self._kernel_axes(call)[1])
 
     def rebuild_config(self, call, keep_in, keep_out):
-        config = call.layer.get_config()
+        config = _h.layer_config(call.layer)
         shape = config.get("output_shape")
         if self._letters(call) is not None and shape is not None:
             shape = list(shape) if isinstance(shape, (list, tuple)) else [shape]

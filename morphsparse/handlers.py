@@ -22,9 +22,39 @@ handlers for their own layers with :func:`register_handler`.
 
 from __future__ import annotations
 
+import inspect
+import warnings
 
 import keras
 import numpy as np
+
+
+def layer_config(layer) -> dict:
+    """``layer.get_config()``; for a layer whose class cannot give one (keras_hub 0.32's Gemma
+    ``RMSNormalization`` was made with a dtype policy object and defines no ``get_config``), the constructor
+    arguments read back from the attributes of the same names, with a warning naming the layer."""
+    try:
+        return layer.get_config()
+    except Exception as err:  # noqa: BLE001 - Keras raises NotImplementedError or a TypeError by class
+        reason = err
+    config = {"name": layer.name, "trainable": layer.trainable, "dtype": layer.dtype_policy}
+    parameters = inspect.signature(type(layer).__init__).parameters.values()
+    missing = []
+    for p in parameters:
+        if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in config:
+            continue
+        if hasattr(layer, p.name):
+            config[p.name] = getattr(layer, p.name)
+        elif p.default is p.empty:
+            missing.append(p.name)
+    if missing:
+        raise ValueError(f"layer '{layer.name}' ({type(layer).__name__}) has no usable get_config ({reason}) and "
+                         f"its constructor arguments {missing} are not attributes; register a handler for it")
+    warnings.warn(f"layer '{layer.name}' ({type(layer).__name__}) has no usable get_config(); it is rebuilt from "
+                  f"its constructor arguments read off its attributes: "
+                  f"{sorted(k for k in config if k not in ('name', 'trainable', 'dtype'))}", UserWarning,
+                  stacklevel=3)
+    return config
 
 CHANNELS_LAST_ONLY = ("morphsparse reads channels_last models only; rebuild the model with "
                       "data_format='channels_last' (Keras's default).")
@@ -79,7 +109,7 @@ class RebuildHandler:
 
     def rebuild_config(self, call, keep_in, keep_out):
         """The layer's config in the slim model."""
-        return call.layer.get_config()
+        return layer_config(call.layer)
 
     def slice_weights(self, call, keep_in, keep_out, weights):
         """The surviving slices of ``weights`` (numpy, in ``layer.weights`` order)."""
@@ -147,7 +177,7 @@ class ChannelSizedPassThrough(PassThrough):
         self.config_key = config_key
 
     def rebuild_config(self, call, keep_in, keep_out):
-        config = call.layer.get_config()
+        config = layer_config(call.layer)
         config[self.config_key] = int(keep_out[0].sum())
         return config
 
@@ -234,7 +264,7 @@ class Rescaling(PassThrough):
     to the surviving channels by export and resized by expand (nearest entry), with the layer's group."""
 
     def rebuild_config(self, call, keep_in, keep_out):
-        config = call.layer.get_config()
+        config = layer_config(call.layer)
         width, keep = call.output_channels(0), keep_out[0]
         for key in ("scale", "offset"):
             value = np.asarray(getattr(call.layer, key))
@@ -324,7 +354,7 @@ class Reshape(LayerHandler):
         return [np.ones(call.output_channels(0), bool)]
 
     def rebuild_config(self, call, keep_in, keep_out):
-        config = call.layer.get_config()
+        config = layer_config(call.layer)
         target = list(config["target_shape"])
         target[-1] = int(keep_out[0].sum()) if target[-1] != -1 else -1
         config["target_shape"] = tuple(target)
@@ -409,7 +439,7 @@ class Producer(LayerHandler):
         return [out_alive[0]]
 
     def rebuild_config(self, call, keep_in, keep_out):
-        config = call.layer.get_config()
+        config = layer_config(call.layer)
         if self.width_key:
             config[self.width_key] = int(keep_out[0].sum())
         return config
@@ -612,7 +642,7 @@ class DepthwiseConv(Producer):
         return [keep] if keep.any() else None
 
     def rebuild_config(self, call, keep_in, keep_out):
-        return call.layer.get_config()
+        return layer_config(call.layer)
 
     def slice_weights(self, call, keep_in, keep_out, weights):
         return _cut(call.layer, weights, kernel=lambda w: w[..., keep_in[0], :], bias=lambda w: w[keep_out[0]])

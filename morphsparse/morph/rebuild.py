@@ -13,6 +13,7 @@ from __future__ import annotations
 import keras
 
 from morphsparse.graph import GraphError
+from morphsparse.handlers import layer_config
 
 
 class Rebuild:
@@ -44,7 +45,7 @@ class Rebuild:
         named after the call's path; the one made at the first call of a shared layer at later calls."""
         layer = call.layer
         if id(layer) not in self._layers:
-            config = dict(layer.get_config() if config is None else config)
+            config = dict(layer_config(layer) if config is None else config)
             config.pop("build_config", None)
             config["name"] = call.path.replace("/", "__")
             self._layers[id(layer)] = layer_from_config(layer, config)
@@ -98,7 +99,7 @@ def layer_from_config(layer, config):
         return type(layer).from_config(config)
     except Exception:
         unchanged = {k: v for k, v in config.items() if k != "name"} == {
-            k: v for k, v in layer.get_config().items() if k not in ("name", "build_config")}
+            k: v for k, v in layer_config(layer).items() if k not in ("name", "build_config")}
         if layer.weights or not unchanged:
             raise
         return layer

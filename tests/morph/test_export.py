@@ -357,3 +357,38 @@ def test_export_says_when_it_removes_nothing_and_why():
     with pytest.warns(DeprecationWarning, match="export_with_report"):
         pair = ms.export(model, alive={"a": np.ones(8, bool)}, return_report=True)
     assert isinstance(pair, tuple) and not pair[1].removed_anything
+
+
+class _TaggedGain(keras.layers.Layer):
+    """A channel-keeping layer made with an argument Keras cannot serialise and no get_config of its own
+    (as keras_hub 0.32's Gemma RMSNormalization): its config must be read back from its attributes."""
+
+    def __init__(self, gain, tag=None, **kwargs):
+        super().__init__(**kwargs)
+        self.gain, self.tag = gain, tag
+
+    def call(self, x):
+        return x * self.gain
+
+
+def test_a_layer_without_a_usable_get_config_is_rebuilt_from_its_attributes():
+    from morphsparse import handlers
+
+    inp = keras.Input((6,))
+    x = _TaggedGain(2.5, tag=object(), name="gain")(keras.layers.Dense(8, name="d1")(inp))
+    model = keras.Model(inp, keras.layers.Dense(3, name="d2")(x))
+    with pytest.raises(Exception):
+        model.get_layer("gain").get_config()
+    ms.register_handler(_TaggedGain, handlers.PassThrough)
+    try:
+        d1 = model.get_layer("d1")
+        d1.kernel.assign(d1.kernel.numpy() * np.array([1.0, 0.0] * 4, "float32"))   # half its neurons empty
+        with pytest.warns(UserWarning, match=r"'gain'.*_TaggedGain.*no usable get_config.*\['gain', 'tag'\]"):
+            slim = ms.export(model, source="zeros")
+        rebuilt = next(layer for layer in slim.layers if isinstance(layer, _TaggedGain))
+        assert rebuilt.gain == 2.5 and rebuilt is not model.get_layer("gain")
+        assert ms.count_flops(slim) < ms.count_flops(model)
+        x = np.random.default_rng(0).normal(size=(4, 6)).astype("float32")
+        np.testing.assert_allclose(slim.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+    finally:
+        handlers._REGISTRY.pop(_TaggedGain)
