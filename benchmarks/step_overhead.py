@@ -7,7 +7,8 @@ are included in the cost).
 Two worker processes, each pinned to one CPU core with one TensorFlow thread (intra- and inter-op):
 
 - ``keras3``: this repository on Keras 3 (dense, and ``ms.sparse_optimizer`` with static, SET, SNFS, RigL and
-  gradual magnitude pruning, ERK);
+  gradual magnitude pruning, ERK; and RigL with its three log values switched off, ``rigl_without_logs``, to
+  show what Keras's per-step handling of log values costs);
 - ``tfmot``: tensorflow-model-optimization 0.8.1 on tf_keras (dense, and ``prune_low_magnitude`` with
   ``ConstantSparsity(0.9, frequency=100)`` and its mandatory ``UpdatePruningStep`` callback), run with the Python
   of its own virtual environment (``benchmarks/.venv-tfmot``; ``make tfmot-venv`` creates it). Without it the run
@@ -74,6 +75,7 @@ def keras3_variants(models, steps, rounds, methods):
 
     sys.path.insert(0, str(ROOT))
     import morphsparse as ms
+    from morphsparse.sparse import metrics as sparse_metrics
 
     total = steps * (rounds + 2) * 2
     variants = {}
@@ -88,6 +90,15 @@ def keras3_variants(models, steps, rounds, methods):
                 optimizer = ms.sparse_optimizer(model, optimizer, SPARSITY, method, "erk", end_step=total, **options)
             model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
             variants[(name, method)] = (model, None)
+        # The same RigL run without its three log values, to show what they cost: Keras converts every log
+        # value of every step to a Python float (any metric, accuracy included, costs as much).
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((28, 28, 1))] + _build(keras.layers, name), name=name)
+        optimizer = ms.sparse_optimizer(model, keras.optimizers.SGD(0.01), SPARSITY, "rigl", "erk", end_step=total,
+                                        update_every=100)
+        model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        getattr(model, sparse_metrics.ATTRIBUTE).result = lambda: {}     # benchmark only: no log values
+        variants[(name, "rigl_without_logs")] = (model, None)
     return tf, variants
 
 
