@@ -14,8 +14,9 @@ thread, batch 1. Reported per variant: median and minimum time per call and the 
 over rounds), as ratios to the dense model measured in the same rounds.
 
 (c) ``resnet``: a small ResNet-style CNN trained on real Fashion-MNIST with RigL, constant fan-in and neuron
-    ablation (minimum-salient fraction ABLATION_FRACTION) at 70/80/90%, then exported by ``ms.export(source="zeros")`` (its fully masked channels removed
-    through the channel graph): Keras on CPU, batch 1 and 32, the exported model against the dense one in turns;
+    ablation (minimum-salient fraction ABLATION_FRACTION) at 70/80/90%, then exported by
+    ``ms.export(source="zeros")`` (its fully masked channels removed through the channel graph), as it is and with
+    ``round_to=8``: Keras on CPU, batch 1 and 32, the exported model against the dense one in turns;
     its speed-up is set against its FLOP reduction (dense FLOPs / exported FLOPs).
 
 Writes ``benchmarks/results/sparse_inference.json``.
@@ -143,10 +144,13 @@ def train_with_ablation(sparsity, data, epochs, seed=0, batch=128):
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x_train, y_train, batch_size=batch, epochs=epochs, verbose=0)
     dense = ms.strip(model)
-    slim = ms.export(dense, source="zeros")
     x = x_test[:64]
-    difference = float(np.max(np.abs(dense.predict(x, verbose=0) - slim.predict(x, verbose=0))))
-    return dense, slim, difference
+    exported = []
+    for round_to in (None, 8):      # as ablated, and with every width rounded up to a multiple of 8
+        slim = ms.export(dense, source="zeros", round_to=round_to)
+        difference = float(np.max(np.abs(dense.predict(x, verbose=0) - slim.predict(x, verbose=0))))
+        exported.append((slim, difference))
+    return exported
 
 
 def keras_timings(quick, rounds, calls):
@@ -162,10 +166,11 @@ def keras_timings(quick, rounds, calls):
     base = resnet()
     models = [("dense", base, 0.0, None)]
     for s in SPARSITIES[-1:] if quick else SPARSITIES:
-        dense, slim, difference = train_with_ablation(s, data, epochs=1 if quick else 2)
-        models.append((f"{s:.0%} fan-in + ablation, exported", slim, s, difference))
-        print(f"resnet     {s:.0%}: exported FLOPs {ms.count_flops(slim):,} of {ms.count_flops(base):,}, "
-              f"output difference {difference:.1e}", flush=True)
+        for (slim, difference), label in zip(train_with_ablation(s, data, epochs=1 if quick else 2),
+                                             ("exported", "exported, widths rounded to 8")):
+            models.append((f"{s:.0%} fan-in + ablation, {label}", slim, s, difference))
+            print(f"resnet     {s:.0%} {label}: FLOPs {ms.count_flops(slim):,} of {ms.count_flops(base):,}, "
+                  f"output difference {difference:.1e}", flush=True)
     rows = []
     for batch in (1, 32):
         x = tf.constant(data[1][0][:batch])

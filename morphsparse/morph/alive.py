@@ -327,6 +327,27 @@ def user_masks(graph, alive, check=True):
     return masks
 
 
+def rounded_masks(graph, masks, multiple, vectors=None):
+    """``masks`` with dead channels revived, strongest first (by ``vectors``, else lowest index), until every
+    removable channel group keeps a multiple of ``multiple`` channels or all of them. Kernels run faster at
+    such widths (oneDNN and XNNPACK block channels by 8 or 16). A group that dies whole stays dead, and internal
+    axes (attention heads) are left as they are. A revived channel computes what it did in the full model."""
+    internal = {int(g) for call in graph.calls for groups in call.out_groups[call.n_outputs:]
+                for g in np.ravel(groups)}
+    vectors = vectors or {}
+    rounded = {}
+    for gid, mask in masks.items():
+        mask = np.asarray(mask, bool).copy()
+        alive = int(mask.sum())
+        if graph.groups[gid].removable and gid not in internal and 0 < alive < mask.size:
+            wanted = min(mask.size, -(-alive // multiple) * multiple)
+            dead = np.flatnonzero(~mask)
+            strength = np.asarray(vectors.get(gid, np.zeros(mask.size)), np.float64)[dead]
+            mask[dead[np.argsort(-strength, kind="stable")[:wanted - alive]]] = True
+        rounded[gid] = mask
+    return rounded
+
+
 def propagated_masks(graph, masks):
     """``masks`` less the channels no surviving layer computes: a layer that reads no live channel is
     removed by export (a residual branch or a tower that died upstream), so its own channels die too unless
@@ -439,7 +460,7 @@ def alive_counts(masks):
 
 
 __all__ = ["SOURCES", "DEFAULT_THRESHOLD", "AliveError", "keep_one_groups", "RegularizationSource", "channel_norms",
-           "find_sources", "group_vectors", "resolve_threshold", "alive_masks", "check_connected", "alive_counts",
+           "find_sources", "group_vectors", "resolve_threshold", "alive_masks", "rounded_masks", "check_connected", "alive_counts",
            "is_channel_source", "flat_mask", "entry_mask", "live_entries", "effective_masks",
            "propagated_masks", "user_masks", "check_threshold", "check_l1_fraction", "real_number",
            "warn_user", "GraphError"]

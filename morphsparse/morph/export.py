@@ -24,6 +24,7 @@ unregularised one, say) are kept too. The report lists every such decision.
 
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass, field
 
@@ -512,7 +513,8 @@ def _normalises_across_channels(call):
 # --- entry point ---------------------------------------------------------------------------------------
 
 def export_with_report(model, source="gamma", threshold=None, l1_fraction=0.0, alive=None,
-                       exact=False, ignore=(), name=None, calibration_data=None, calibration_steps=None):
+                       exact=False, ignore=(), name=None, calibration_data=None, calibration_steps=None,
+                       round_to=None):
     """:func:`export`, returning ``(slim model, ExportReport)``."""
     start = time.perf_counter()
     if not isinstance(model, keras.Model):
@@ -527,6 +529,9 @@ def export_with_report(model, source="gamma", threshold=None, l1_fraction=0.0, a
     else:
         masks = _alive.user_masks(graph, alive)
     sources = _alive.find_sources(graph, source)
+    if _check_round_to(round_to) is not None:
+        masks = _alive.rounded_masks(graph, masks, round_to, _alive.group_vectors(graph, source, l1_fraction,
+                                                                                  sources))
     report = ExportReport(model.name, source, threshold, exact, masks, {})
     exporter = _Exporter(model, graph, masks, sources, exact, name or model.name, report)
     exporter.settle()
@@ -549,8 +554,16 @@ def export_with_report(model, source="gamma", threshold=None, l1_fraction=0.0, a
     return slim, report
 
 
+def _check_round_to(round_to):
+    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, numbers.Integral)
+                                 or round_to < 1):
+        raise ValueError(f"round_to must be a positive whole number of channels or None, got {round_to!r}")
+    return round_to
+
+
 def export(model, source="gamma", threshold=None, l1_fraction=0.0, alive=None, exact=False,
-           ignore=(), name=None, calibration_data=None, calibration_steps=None, return_report=False):
+           ignore=(), name=None, calibration_data=None, calibration_steps=None, return_report=False,
+           round_to=None):
     """A slim copy of ``model`` without its dead channels, with the surviving weights copied.
 
     ``source`` ("gamma" or "group_lasso"), ``threshold`` (default 0.01) and ``l1_fraction`` decide which
@@ -566,12 +579,15 @@ def export(model, source="gamma", threshold=None, l1_fraction=0.0, alive=None, e
     original's on random inputs (relative 1e-5) and warns if they differ. ``ignore``: layers whose outputs
     must not shrink. ``calibration_data`` (batches of inputs, see :func:`morphsparse.recalibrate_batchnorm`):
     re-estimate the slim model's BatchNorm statistics on it (``calibration_steps`` batches at most).
+    ``round_to=8``: keep, in every channel group, a multiple of 8 channels (or all of them), reviving the
+    strongest dead channels (they compute what they did, so outputs are unchanged): CPU kernels block channels
+    by 8 or 16 and run an odd width at nearly the cost of the next multiple.
 
     Returns the slim ``keras.Model`` (it saves and loads without morphsparse). For the
     :class:`ExportReport` too, call :func:`export_with_report`. Warns when nothing was removed.
     """
     slim, report = export_with_report(model, source, threshold, l1_fraction, alive, exact, ignore, name,
-                                      calibration_data, calibration_steps)
+                                      calibration_data, calibration_steps, round_to)
     if return_report:
         _alive.warn_user("export(..., return_report=True) is deprecated: it returns a pair where export "
                          "returns a model; use ms.export_with_report(...)", DeprecationWarning)

@@ -392,3 +392,30 @@ def test_a_layer_without_a_usable_get_config_is_rebuilt_from_its_attributes():
         np.testing.assert_allclose(slim.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
     finally:
         handlers._REGISTRY.pop(_TaggedGain)
+
+
+@pytest.mark.parametrize("dead, kept", [(5, 16), (10, 8), (15, 8)])
+def test_round_to_keeps_a_multiple_of_channels_and_the_outputs(dead, kept):
+    inp = keras.Input((6,))
+    model = keras.Model(inp, keras.layers.Dense(3, name="d2")(
+        keras.layers.Dense(16, activation="relu", name="d1")(inp)))
+    d1 = model.get_layer("d1")
+    columns = np.ones(16, "float32")
+    columns[np.random.default_rng(1).permutation(16)[:dead]] = 0.0
+    d1.kernel.assign(d1.kernel.numpy() * columns)
+    plain = ms.export(model, source="zeros")
+    rounded = ms.export(model, source="zeros", round_to=8)
+    width = {m: sum(layer.units for layer in m.layers if isinstance(layer, keras.layers.Dense)) - 3
+             for m in (plain, rounded)}
+    assert width[plain] == 16 - dead and width[rounded] == kept
+    x = np.random.default_rng(0).normal(size=(4, 6)).astype("float32")
+    for slim in (plain, rounded):
+        np.testing.assert_allclose(slim.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0, 2.5, True, "8"])
+def test_round_to_must_be_a_positive_whole_number(bad):
+    inp = keras.Input((6,))
+    model = keras.Model(inp, keras.layers.Dense(3)(keras.layers.Dense(8)(inp)))
+    with pytest.raises(ValueError, match="round_to"):
+        ms.export(model, source="zeros", round_to=bad)
