@@ -19,7 +19,7 @@ What each method is given, per run of E epochs (E = 12 full, 2 quick):
   serves both sparsities (``reuse=``); its dense network is also the dense reference.
 
 Usage:
-    python examples/fashion_mnist_gap.py            # full run (about 15-20 minutes on 2 busy CPU cores)
+    python examples/fashion_mnist_gap.py            # full run (about 5 minutes on 2 quiet cores, 18 busy)
     python examples/fashion_mnist_gap.py --quick    # about two minutes: 12k training images, 2 epochs
 """
 
