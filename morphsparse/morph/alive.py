@@ -125,6 +125,15 @@ def resolve_threshold(source, threshold):
     return check_threshold(DEFAULT_THRESHOLD if threshold is None else threshold)
 
 
+def check_round_to(round_to, error=ValueError):
+    """``round_to`` is None or a positive whole number of channels (2.5 channels has no meaning); else
+    ``error`` naming it. Shared by export and expand."""
+    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, numbers.Integral)
+                                 or round_to < 1):
+        raise error(f"round_to must be a positive integer or None, got {round_to!r}")
+    return round_to
+
+
 def check_threshold(threshold):
     """A threshold is a finite number >= 0 (R is a norm or |gamma|, never negative)."""
     if threshold is None:
@@ -462,5 +471,5 @@ def alive_counts(masks):
 __all__ = ["SOURCES", "DEFAULT_THRESHOLD", "AliveError", "keep_one_groups", "RegularizationSource", "channel_norms",
            "find_sources", "group_vectors", "resolve_threshold", "alive_masks", "rounded_masks", "check_connected", "alive_counts",
            "is_channel_source", "flat_mask", "entry_mask", "live_entries", "effective_masks",
-           "propagated_masks", "user_masks", "check_threshold", "check_l1_fraction", "real_number",
+           "propagated_masks", "user_masks", "check_threshold", "check_round_to", "check_l1_fraction", "real_number",
            "warn_user", "GraphError"]

@@ -24,6 +24,7 @@ from morphsparse import costs as _costs
 from morphsparse import handlers as _handlers
 from morphsparse.costs import cost_report, count_flops, count_params
 from morphsparse.graph import GraphError, analyze
+from morphsparse.morph import alive as _alive
 from morphsparse.morph.alive import warn_user
 from morphsparse.trace import symbolic_kwargs
 from morphsparse.morph.rebuild import rebuild
@@ -67,11 +68,8 @@ def check_budget(budget):
 
 
 def check_round_to(round_to):
-    """``round_to`` is None or a positive integer (a float such as 2.5 has no meaning as a channel step)."""
-    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, (int, np.integer))
-                                 or round_to < 1):
-        raise ExpandError(f"round_to must be a positive integer or None, got {round_to!r}")
-    return round_to
+    """``round_to`` is None or a positive integer, else an ExpandError naming it."""
+    return _alive.check_round_to(round_to, ExpandError)
 
 
 def check_target(target):

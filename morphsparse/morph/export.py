@@ -24,7 +24,6 @@ unregularised one, say) are kept too. The report lists every such decision.
 
 from __future__ import annotations
 
-import numbers
 import time
 from dataclasses import dataclass, field
 
@@ -529,7 +528,7 @@ def export_with_report(model, source="gamma", threshold=None, l1_fraction=0.0, a
     else:
         masks = _alive.user_masks(graph, alive)
     sources = _alive.find_sources(graph, source)
-    if _check_round_to(round_to) is not None:
+    if _alive.check_round_to(round_to) is not None:
         masks = _alive.rounded_masks(graph, masks, round_to, _alive.group_vectors(graph, source, l1_fraction,
                                                                                   sources))
     report = ExportReport(model.name, source, threshold, exact, masks, {})
@@ -552,13 +551,6 @@ def export_with_report(model, source="gamma", threshold=None, l1_fraction=0.0, a
         recalibrate_batchnorm(slim, calibration_data, steps=calibration_steps)
     report.seconds = time.perf_counter() - start
     return slim, report
-
-
-def _check_round_to(round_to):
-    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, numbers.Integral)
-                                 or round_to < 1):
-        raise ValueError(f"round_to must be a positive whole number of channels or None, got {round_to!r}")
-    return round_to
 
 
 def export(model, source="gamma", threshold=None, l1_fraction=0.0, alive=None, exact=False,
