@@ -56,7 +56,7 @@ class SparseTrainingMetrics(keras.metrics.Metric):
         optimizer = self._current()
         if optimizer is None or not optimizer.built or not tf.executing_eagerly():
             return
-        optimizer.epoch_start_changes.assign(optimizer.mask_changes)
+        optimizer.epoch_changes.assign(0)
         object.__setattr__(optimizer, "_epoch_start_step",
                            int(keras.ops.convert_to_numpy(optimizer.iterations)))
 
@@ -89,11 +89,11 @@ class SparseTrainingMetrics(keras.metrics.Metric):
             marks = getattr(_root_graph(tf.compat.v1.get_default_graph()), "_morphsparse_training", ())
             if id(optimizer) not in marks:
                 return {}
-        live = tf.cast(optimizer.live.value, tf.float32)
-        sparsity = 1.0 - live / float(max(optimizer.masked_total, 1))
-        changes = optimizer.mask_changes.value - optimizer.epoch_start_changes.value
-        alive = optimizer.total_trainable - optimizer.masked_total + optimizer.live.value
-        return {"sparsity": sparsity, "mask_changes": changes, "alive_params": alive}
+        # Few ops: Keras runs these and converts their values to Python on every step (one read of each counter).
+        live = optimizer.live.value
+        sparsity = 1.0 - tf.cast(live, tf.float32) * (1.0 / max(optimizer.masked_total, 1))
+        alive = live + (optimizer.total_trainable - optimizer.masked_total)
+        return {"sparsity": sparsity, "mask_changes": optimizer.epoch_changes.value, "alive_params": alive}
 
     def _check_epoch(self, optimizer):
         """At the end of a training epoch (Keras reads results eagerly then): did a fit start past the end?"""

@@ -70,6 +70,9 @@ class Unit:
         self.mask = mask
         self.state = state
         self.slots = []                           # [(inner optimizer variable, value of a fresh slot)]
+        # Planned sparsity 0 (ERK gives small layers none): every method keeps the mask all ones, so the training
+        # step neither re-masks nor updates this kernel; set_masks refuses a mask with zeros for it.
+        self.always_dense = self.sparsity == 0.0
 
     @property
     def size(self) -> int:
@@ -161,8 +164,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         self.masked_total = int(sum(int(np.prod(kernel.shape)) for kernel in kernels))
         self.mask_updates = self.add_variable((), initializer="zeros", dtype="int64", name="mask_updates")
         self.mask_changes = self.add_variable((), initializer="zeros", dtype="int64", name="mask_changes")
-        self.epoch_start_changes = self.add_variable((), initializer="zeros", dtype="int64",
-                                                     name="epoch_start_changes")
+        self.epoch_changes = self.add_variable((), initializer="zeros", dtype="int64", name="epoch_changes")
         self.live = self.add_variable((), initializer=keras.initializers.Constant(self.masked_total),
                                       dtype="int64", name="masked_live")
         units = []
@@ -310,7 +312,14 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         live = 0
         for unit in self.units:
             if unit.key in masks:
-                unit.mask.assign(np.asarray(masks[unit.key], np.float32).reshape(tuple(unit.mask.shape)))
+                mask = np.asarray(masks[unit.key], np.float32).reshape(tuple(unit.mask.shape))
+                if unit.always_dense and not np.all(mask == 1.0):
+                    raise ValueError(
+                        f"kernel {unit.key!r} has sparsity 0 in this optimizer's plan (the distribution gave it "
+                        f"none), so training never masks it; got a mask with {int(np.sum(mask != 1.0))} zeros for "
+                        f"it. Give it a sparsity, e.g. sparse_optimizer(..., layer_sparsity={{{unit.layer!r}: "
+                        "0.5}), to mask it.")
+                unit.mask.assign(mask)
             live += int(np.count_nonzero(keras.ops.convert_to_numpy(unit.mask)))
         self.live.assign(live)
         if apply:
@@ -337,7 +346,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             index = self._unit_index.get(id(variable))
             if index is not None and gradient is not None:
                 unit_grads[index] = gradient
-                if self._mask_gradients:
+                if self._mask_gradients and not self.units[index].always_dense:
                     gradient = _mask_gradient(gradient, tf_variable(self.units[index].mask))
             masked.append(gradient)
         if not self.method.uses_gradient:
@@ -389,6 +398,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
 
     def apply_masks_in_graph(self):
         for unit in self.units:
+            if unit.always_dense:
+                continue
             kernel = tf_variable(unit.kernel)
             kernel.assign(kernel * tf.cast(tf_variable(unit.mask), kernel.dtype))
 
@@ -402,12 +413,15 @@ class SparseOptimizer(keras.optimizers.Optimizer):
     def _after_step(self, strategy, unit_grads):
         """Cross-replica part of a step: re-mask, observe, the conditional update, the step counter."""
         extended = strategy.extended
-        step = tf.identity(tf_variable(self._iterations))
-        end_step = tf.constant(self.end_step, tf.int64)
-        context = UpdateContext(step=step, end_step=end_step, schedule=self.schedule, seed=self.seed)
         method = self.method
+        units = [unit for unit in self.units if not unit.always_dense]
+        observes = type(method).observe is not MaskUpdater.observe
+        if observes or method.changes_topology:
+            step = tf.identity(tf_variable(self._iterations))
+            context = UpdateContext(step=step, end_step=tf.constant(self.end_step, tf.int64),
+                                    schedule=self.schedule, seed=self.seed)
 
-        for unit in self.units:
+        for unit in units:
             extended.update(tf_variable(unit.kernel), lambda k, m: k.assign(k * tf.cast(m, k.dtype)),
                             args=(tf_variable(unit.mask),), group=False)
 
@@ -417,9 +431,9 @@ class SparseOptimizer(keras.optimizers.Optimizer):
                 return None
             return extended.reduce_to(tf.distribute.ReduceOp.SUM, gradient, destinations=tf_variable(unit.mask))
 
-        if type(method).observe is not MaskUpdater.observe:
+        if observes:
             for unit, gradient in zip(self.units, unit_grads):
-                if gradient is None:
+                if gradient is None or unit.always_dense:
                     continue
 
                 def observe(mask, kernel, gradient, state, unit=unit):
@@ -436,8 +450,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
 
             def update_all():
                 for unit, gradient in zip(self.units, unit_grads):
-                    if method.uses_gradient and gradient is None:
-                        continue      # no gradient for this kernel in this step (e.g. an unused branch)
+                    if unit.always_dense or (method.uses_gradient and gradient is None):
+                        continue      # nothing to update, or no gradient in this step (e.g. an unused branch)
                     self._update_unit(extended, context, unit, reduced(gradient, unit))
                 extended.update(tf_variable(self.mask_updates), lambda v: v.assign_add(1), group=False)
                 return tf.constant(True)
@@ -450,7 +464,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
     def _update_unit(self, extended, context, unit, gradient):
         method = self.method
 
-        def update(mask, kernel, gradient, state, slots, changes, live):
+        def update(mask, kernel, gradient, state, slots, changes, epoch_changes, live):
             old_mask = tf.identity(mask)
             weight = tf.identity(kernel)
             dense_gradient = None if gradient is None else tf.convert_to_tensor(gradient)
@@ -466,8 +480,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
                 if fresh:
                     value = value + fresh * (1 - keep_slot)
                 ops.append(slot.assign(value))
-            grown = tf.reduce_sum(new_mask * (1.0 - old_mask))
-            ops.append(changes.assign_add(tf.cast(grown, tf.int64)))
+            grown = tf.cast(tf.reduce_sum(new_mask * (1.0 - old_mask)), tf.int64)
+            ops += [changes.assign_add(grown), epoch_changes.assign_add(grown)]
             ops.append(live.assign_add(tf.cast(tf.reduce_sum(new_mask) - tf.reduce_sum(old_mask), tf.int64)))
             return tf.group(ops)
 
@@ -475,7 +489,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
                         args=(tf_variable(unit.kernel), gradient,
                               {k: tf_variable(v) for k, v in unit.state.items()},
                               [(tf_variable(slot), fresh) for slot, fresh in unit.slots],
-                              tf_variable(self.mask_changes), tf_variable(self.live)), group=False)
+                              tf_variable(self.mask_changes), tf_variable(self.epoch_changes),
+                              tf_variable(self.live)), group=False)
 
     # ------------------------------------------------------------------ schedule facts (Python ints)
     def last_update_step(self):

@@ -364,3 +364,35 @@ def test_norm_clipping_sees_the_sparse_networks_gradient():
     sparse_gradient = gradient * mask
     expected = before - sparse_gradient * (1e-3 / np.linalg.norm(sparse_gradient))
     np.testing.assert_allclose(_np(unit.kernel), expected, rtol=1e-5, atol=1e-8)
+
+
+def test_a_kernel_planned_dense_stays_dense_and_refuses_a_sparse_mask():
+    # ERK gives small layers sparsity 0; layer_sparsity=0 does the same on purpose. Training never masks or
+    # updates such a kernel (no per-step cost), so set_masks must not accept zeros for it.
+    x, y = _data()
+    model, optimizer = _sparse(_mlp(), 0.8, "rigl", layer_sparsity={"c": 0.0}, update_every=2, total_steps=12)
+    dense_unit = next(unit for unit in optimizer.units if unit.layer == "c")
+    assert dense_unit.always_dense and not any(u.always_dense for u in optimizer.units if u is not dense_unit)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    assert int(_np(optimizer.mask_updates)) == 5
+    assert np.all(_np(dense_unit.mask) == 1.0) and np.all(_np(dense_unit.kernel) != 0.0)
+    _assert_exact(optimizer)
+    masks = optimizer.masks()
+    masks["c/kernel"] = np.zeros_like(masks["c/kernel"])
+    with pytest.raises(ValueError, match=r"'c/kernel' has sparsity 0 .*layer_sparsity=\{'c'"):
+        optimizer.set_masks(masks)
+
+
+def test_steps_per_execution_keeps_one_schedule_and_the_logs():
+    # Several steps per call (what users of small models compile with to save Keras's per-step overhead).
+    x, y = _data()
+    model = _mlp()
+    optimizer = mss.sparse_optimizer(model, keras.optimizers.SGD(0.05, momentum=0.9), 0.8, "rigl", update_every=2,
+                                     total_steps=24)
+    model.compile(optimizer, LOSS, steps_per_execution=4)
+    history = model.fit(x, y, batch_size=8, epochs=4, verbose=0)               # 24 steps, 4 per call
+    assert int(_np(optimizer.iterations)) == 24
+    assert int(_np(optimizer.mask_updates)) == 9                               # steps 0, 2, ..., 16 (end 18)
+    assert history.history["sparsity"][-1] == pytest.approx(optimizer.global_sparsity(), abs=1e-6)
+    assert sum(history.history["mask_changes"]) == int(_np(optimizer.mask_changes)) > 0
+    _assert_exact(optimizer)
