@@ -43,6 +43,7 @@ _EXPORTS = {
     "cycle": "morph.cycle", "CycleResult": "morph.cycle", "small_resnet": "models",
     "prune": "morph.prune", "prune_with_report": "morph.prune", "PruneReport": "morph.prune",
     "PruneError": "morph.prune", "channel_importance": "morph.prune",
+    "distill": "morph.distill", "Distiller": "morph.distill",
 }
 
 __all__ = sorted(_EXPORTS)

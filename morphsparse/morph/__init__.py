@@ -1,17 +1,18 @@
 """Structure learning (MorphNet for Keras 3): alive channels, regularisers, slim export, width expansion.
 
-The export/expand/prune/structure functions are bound eagerly (see below); the rest resolve lazily.
+The export/expand/prune/distill/structure functions are bound eagerly (see below); the rest resolve lazily.
 """
 
 from importlib import import_module
 
-# ``export``, ``expand`` and ``prune`` are both a submodule and a function; binding the functions here, after their
-# modules load, keeps ``morphsparse.morph.export`` the function whichever import runs first.
+# ``export``, ``expand``, ``prune`` and ``distill`` are both a submodule and a function; binding the functions here,
+# after their modules load, keeps ``morphsparse.morph.export`` the function whichever import runs first.
 from morphsparse.morph.alive import AliveError, alive_masks, group_vectors  # noqa: E402,F401
 from morphsparse.morph.export import ExportError, ExportReport, export, export_with_report  # noqa: E402,F401
 from morphsparse.morph.expand import ExpandError, ExpandReport, expand, expand_with_report, resize  # noqa: E402,F401,E501
 from morphsparse.morph.structure import load_structure, masks_from_structure, save_structure, structure_of  # noqa: E402,F401,E501
 from morphsparse.morph.prune import PruneError, PruneReport, prune, prune_with_report  # noqa: E402,F401
+from morphsparse.morph.distill import Distiller, distill  # noqa: E402,F401
 
 _EXPORTS = {
     # alive channels (alive.py)
@@ -27,6 +28,8 @@ _EXPORTS = {
     # pruning a trained model to a budget
     "prune": "prune", "prune_with_report": "prune", "PruneReport": "prune", "PruneStep": "prune",
     "PruneError": "prune", "channel_importance": "prune",
+    # knowledge distillation
+    "distill": "distill", "Distiller": "distill",
 }
 #: modules searched for names not listed above (the regulariser and the cycle define their own).
 _OTHER_MODULES = ("regularizers", "cycle")

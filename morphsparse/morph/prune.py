@@ -1,11 +1,18 @@
 """Prune a trained model to a budget in one call: ``ms.prune(model, budget=0.5, target="flops")``.
 
-Channels are ranked **globally**, across all groups, by importance per unit of *marginal cost* (what the target
-would lose if the channel were removed, at the current widths: the same quantity as the gradient of the
-MorphNet term, :mod:`morphsparse.morph.regularizers`), and removed greedily in small chunks: after every chunk
-the marginal costs are computed again, because a channel's saving depends on the widths of its neighbours.
-The chunk stops as soon as the estimated saving covers the distance to the budget, and the exact analytic cost
-(``count_flops`` / ``count_params``) decides when to stop, so the result lands at or just under the budget.
+Channels are ranked **globally**, across all groups, by their importance normalised within their own group
+(divided by the group's mean, as Torch-Pruning's mean normaliser does: a BatchNorm undoes its layer's scale, so
+raw gammas of two layers are not comparable) over a price, the channel's *marginal cost* to the power
+``cost_power`` (the marginal cost is what the target would lose if the channel were removed, at the current
+widths: the gradient of the MorphNet term, :mod:`morphsparse.morph.regularizers`). Power 1 ranks by importance
+per unit of cost and, on a plain chain, cuts the expensive high-resolution layers first; power 0 ranks by
+importance alone; the default 0.5 is the compromise benchmarks/structure_quality.py measured. Every group keeps
+at least ``min_width`` of its channels (a floor: a chain cut to one channel is an information bottleneck that
+fine-tuning does not repair), and a result with a layer collapsed below 10% of its channels warns, naming it.
+Channels are removed greedily in small chunks: after every chunk the marginal costs are computed again, because
+a channel's saving depends on the widths of its neighbours. The chunk stops as soon as the estimated saving
+covers the distance to the budget, and the exact analytic cost (``count_flops`` / ``count_params``) decides when
+to stop, so the result lands at or just under the budget.
 
 The slim model is then built by :func:`morphsparse.export` with the chosen masks (weights copied; a removed
 channel is exported as if its gamma, or for networks without BatchNorm its kernel column, were zero: the
@@ -22,7 +29,8 @@ Importance of a channel (higher = keep):
 Coupled channels (one channel of a group with several producers, tied by residual Adds) are scored together:
 the sum of their sources' scores (for taylor, the sum of the signed estimates, then the absolute value: the
 estimate for removing all of them at once). Channels with no importance source are never pruned; every group
-keeps at least one channel (no whole block is removed), so the network stays connected.
+keeps at least its floor (no whole block is removed), so the network stays connected. To fine-tune the slim
+model from the unpruned one, see :func:`morphsparse.distill`.
 """
 
 from __future__ import annotations
@@ -36,7 +44,8 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from morphsparse.costs import check_budget, count_flops, count_params, resolve_budget
+from morphsparse.costs import (DEFAULT_COST_POWER, check_budget, check_cost_power, count_flops, count_params,
+                               resolve_budget)
 from morphsparse.graph import analyze
 from morphsparse.morph import alive as _alive
 from morphsparse.morph.export import export_with_report
@@ -46,6 +55,10 @@ TARGETS = ("flops", "size")
 IMPORTANCES = ("gamma", "l1", "taylor")
 #: fraction of the remaining candidate channels removed per round before marginal costs are recomputed
 DEFAULT_CHUNK = 0.05
+#: every group keeps at least this fraction of its channels (and at least one)
+DEFAULT_MIN_WIDTH = 0.2
+#: a group left with fewer channels than this fraction of its width (or one channel of eight or more) is reported
+COLLAPSE_WARNING = 0.1
 #: a result more than this fraction under the budget is reported by a warning (over-pruning)
 OVERSHOOT_WARNING = 0.05
 #: batch size used to split ``data=(x, y)`` arrays for the taylor importance
@@ -186,6 +199,27 @@ def _check_arguments(model, budget, target, importance, data, loss, steps, fit, 
     if loss is not None and not callable(loss) and not isinstance(loss, str):
         raise TypeError(f"loss must be a Keras loss (a name, a function or a keras.losses.Loss), got "
                         f"{type(loss).__name__}")
+
+
+def check_shaping(cost_power, min_width):
+    """``(cost_power, min_width)`` as floats, or a ValueError naming the argument."""
+    cost_power = check_cost_power(cost_power)
+    min_width = _alive.real_number("min_width", min_width)
+    if not 0.0 <= min_width < 1.0:
+        raise ValueError(f"min_width must be a fraction in [0, 1) of each group's channels, got {min_width!r}")
+    return cost_power, min_width
+
+
+def _warn_collapsed(model, groups, min_width):
+    """Warn about every group left far narrower than it was: a chain cut to a channel or two is an information
+    bottleneck that fine-tuning does not repair (benchmarks/structure_quality.py)."""
+    collapsed = [f"{producers} ({before} -> {after})" for producers, (before, after) in groups.items()
+                 if 0 < after < COLLAPSE_WARNING * before or (after == 1 and before >= 8)]
+    if collapsed:
+        _alive.warn_user(f"prune of '{model.name}' left {len(collapsed)} layer(s) collapsed to under "
+                         f"{COLLAPSE_WARNING:.0%} of their channels or to one: {', '.join(collapsed[:5])}"
+                         f"{' ...' if len(collapsed) > 5 else ''}; raise min_width= (now {min_width!r}) to keep a "
+                         "floor in every layer")
 
 
 def _importance_name(importance):
@@ -354,6 +388,22 @@ def channel_importance(model, importance="gamma", data=None, loss=None, batches=
     return {g.id: scores[offsets[g.id]:offsets[g.id + 1]] for g in graph.groups if g.removable}
 
 
+def _normalised_within_groups(graph, scores, prunable):
+    """Scores divided by their group's mean over its prunable channels (Torch-Pruning's mean normaliser):
+    gamma and kernel norms have no common scale across layers (the BatchNorm after a layer undoes its scale),
+    so only a channel's importance relative to its own group is compared globally."""
+    scores = np.array(scores, np.float64)
+    offsets = graph.offsets
+    for group in graph.groups:
+        lo, hi = offsets[group.id], offsets[group.id + 1]
+        chosen = prunable[lo:hi]
+        if chosen.any():
+            mean = float(np.mean(np.abs(scores[lo:hi][chosen])))
+            if mean > 0 and np.isfinite(mean):
+                scores[lo:hi] = scores[lo:hi] / mean
+    return scores
+
+
 def _removable_flat(graph):
     return np.concatenate([np.full(g.size, g.removable, bool) for g in graph.groups] or [np.zeros(0, bool)])
 
@@ -363,18 +413,19 @@ def _removable_flat(graph):
 class _Search:
     """Greedy global removal on one channel graph, priced with the regulariser's exact cost tables."""
 
-    def __init__(self, graph, target, scores, chunk):
+    def __init__(self, graph, target, scores, chunk, cost_power=DEFAULT_COST_POWER, min_width=DEFAULT_MIN_WIDTH):
         from morphsparse.morph.regularizers import KernelCalls
 
-        self.graph, self.target, self.chunk = graph, target, chunk
+        self.graph, self.target, self.chunk, self.cost_power = graph, target, chunk, cost_power
         self.calls = KernelCalls(graph)
         self.table = self.calls.flops if target == "flops" else self.calls.params
         self.count = count_flops if target == "flops" else count_params
         offsets = graph.offsets
         self.group_of = np.repeat(np.arange(len(graph.groups)), np.diff(offsets))
-        self.scores = scores
         self.prunable = _removable_flat(graph) & np.isfinite(scores)
+        self.scores = _normalised_within_groups(graph, scores, self.prunable)
         self.alive = np.ones(int(offsets[-1]), bool)
+        self.floor = np.array([max(1, math.ceil(min_width * g.size)) for g in graph.groups], np.int64)
         self.last_chunk = []
 
     def cost(self, alive=None):
@@ -402,14 +453,24 @@ class _Search:
         return grad
 
     def smallest(self):
-        """Alive vector of the smallest network: unprunable channels, plus the most important channel of
-        every group whose channels are all prunable."""
+        """Alive vector of the smallest network: unprunable channels, plus the most important channels of
+        every group up to its floor (``min_width`` of its channels, at least one)."""
         alive = ~self.prunable
         for group in self.graph.groups:
             lo, hi = self.graph.offsets[group.id], self.graph.offsets[group.id + 1]
-            if group.size and not alive[lo:hi].any():
-                alive[lo + int(np.argmax(self.scores[lo:hi]))] = True
+            missing = int(self.floor[group.id]) - int(alive[lo:hi].sum())
+            if group.size and missing > 0:
+                order = np.argsort(-np.where(alive[lo:hi], -np.inf, np.nan_to_num(self.scores[lo:hi], nan=-1.0)))
+                alive[lo + order[:missing]] = True
         return alive
+
+    def price(self, marginal, channels):
+        """What removing each of ``channels`` is charged: its marginal cost to the power ``cost_power``
+        (scaled by the mean, so only the ratios between channels matter)."""
+        if self.cost_power == 0:
+            return np.ones(len(channels))
+        m = marginal[channels]
+        return (m / m.mean()) ** self.cost_power
 
     def run(self, budget):
         """Remove channels until the table cost is <= ``budget``; returns False when stuck above it."""
@@ -419,15 +480,15 @@ class _Search:
             candidates = np.flatnonzero(self.alive & self.prunable & (marginal > 0))
             if not len(candidates):
                 return False
-            score = self.scores[candidates] / marginal[candidates]
+            score = self.scores[candidates] / self.price(marginal, candidates)
             order = candidates[np.lexsort((-marginal[candidates], score))]
             limit = max(1, int(math.ceil(self.chunk * len(candidates))))
             left = np.bincount(self.group_of[self.alive], minlength=len(self.graph.groups))
             taken, saved = [], 0.0
             for c in order.tolist():
                 g = self.group_of[c]
-                if left[g] <= 1:
-                    continue   # every group keeps one channel
+                if left[g] <= self.floor[g]:
+                    continue   # every group keeps its floor
                 taken.append(c)
                 left[g] -= 1
                 saved += marginal[c]
@@ -451,7 +512,7 @@ class _Search:
             fits = np.flatnonzero(last & ~self.alive & (marginal <= slack) & (marginal > 0))
             if not len(fits):
                 return
-            best = fits[np.argmax(self.scores[fits] / marginal[fits])]
+            best = fits[np.argmax(self.scores[fits] / self.price(marginal, fits))]
             self.alive[best] = True
             if self.cost() > budget:   # the estimate was exact for every bilinear cost; never keep an excess
                 self.alive[best] = False
@@ -475,12 +536,13 @@ def _price(model_or_graph):
 
 # --- one step ----------------------------------------------------------------------------------------------
 
-def _prune_once(model, budget, target, importance, data, loss, batches, ignore, chunk, name, budget_arg):
+def _prune_once(model, budget, target, importance, data, loss, batches, ignore, chunk, name, budget_arg,
+                cost_power, min_width):
     """Prune ``model`` to ``budget`` (absolute, target units): returns (slim, PruneStep)."""
     start = time.perf_counter()
     graph = analyze(model, ignore=ignore)
     scores, removal = _flat_importance(model, importance, data, loss, batches, graph)
-    search = _Search(graph, target, scores, chunk)
+    search = _Search(graph, target, scores, chunk, cost_power, min_width)
     unit = "FLOPs" if target == "flops" else "params"
     removable = _removable_flat(graph)
     never = int((removable & ~search.prunable).sum())
@@ -493,7 +555,8 @@ def _prune_once(model, budget, target, importance, data, loss, batches, ignore, 
                    "BatchNorm after it for 'gamma'/'taylor': try importance='l1')")
         return PruneError(f"budget={budget_arg!r} ({budget:,.0f} {unit}) cannot be reached: the smallest network "
                           f"prune can make of '{model.name}' costs {smallest:,d} {unit} (every prunable group at "
-                          f"one channel{why})")
+                          f"its floor, min_width={min_width!r} of its channels and at least one{why}); lower "
+                          "min_width= or raise the budget")
 
     smallest = search.exact_cost(search.smallest())
     if smallest > budget:
@@ -556,10 +619,12 @@ def _group_widths(graph, slim):
 # --- entry points ------------------------------------------------------------------------------------------
 
 def prune_with_report(model, budget=0.5, target="flops", importance="gamma", data=None, *, steps=1, fit=None,
-                      compile=None, loss=None, batches=8, ignore=(), chunk=DEFAULT_CHUNK, name=None):
+                      compile=None, loss=None, batches=8, ignore=(), chunk=DEFAULT_CHUNK, name=None,
+                      cost_power=DEFAULT_COST_POWER, min_width=DEFAULT_MIN_WIDTH):
     """:func:`prune`, returning ``(slim model, PruneReport)``."""
     start = time.perf_counter()
     _check_arguments(model, budget, target, importance, data, loss, steps, fit, compile, batches, chunk)
+    cost_power, min_width = check_shaping(cost_power, min_width)
     graph = analyze(model, ignore=ignore)
     flops_before, params_before = _price(graph)
     own = flops_before if target == "flops" else params_before
@@ -577,7 +642,7 @@ def prune_with_report(model, budget=0.5, target="flops", importance="gamma", dat
         if index == steps:
             step_budget = reach
         slim, step, never = _prune_once(current, step_budget, target, importance, data, loss, batches,
-                                        slim_ignore, chunk, name, budget)
+                                        slim_ignore, chunk, name, budget, cost_power, min_width)
         step.index = index
         if index == 1:
             report.never_pruned = never
@@ -597,6 +662,7 @@ def prune_with_report(model, budget=0.5, target="flops", importance="gamma", dat
         slim_ignore = tuple(n.replace("/", "__") for n in slim_ignore)
     report.flops_after, report.params_after = _price(current)
     report.groups = _group_widths(graph, current)
+    _warn_collapsed(model, report.groups, min_width)
     if report.cost_after < (1 - OVERSHOOT_WARNING) * reach:
         _alive.warn_user(f"prune of '{model.name}' over-pruned: the slim model costs {report.cost_after:,d} "
                          f"{report.unit}, {1 - report.cost_after / reach:.1%} below budget={budget!r} "
@@ -607,7 +673,8 @@ def prune_with_report(model, budget=0.5, target="flops", importance="gamma", dat
 
 
 def prune(model, budget=0.5, target="flops", importance="gamma", data=None, *, steps=1, fit=None, compile=None,
-          loss=None, batches=8, ignore=(), chunk=DEFAULT_CHUNK, name=None):
+          loss=None, batches=8, ignore=(), chunk=DEFAULT_CHUNK, name=None, cost_power=DEFAULT_COST_POWER,
+          min_width=DEFAULT_MIN_WIDTH):
     """Prune a trained model to a budget and return the slim ``keras.Model`` (weights copied, via export).
 
     Args:
@@ -630,11 +697,18 @@ def prune(model, budget=0.5, target="flops", importance="gamma", data=None, *, s
         chunk: fraction of the remaining candidate channels removed between two recomputations of the
             marginal costs (the last chunk stops as soon as the budget is reached).
         name: the slim model's name (default: the model's).
+        cost_power: channels are ranked by importance (normalised within each group) divided by their
+            marginal cost to this power: 1 ranks by importance per unit of cost (thins the expensive
+            high-resolution layers first), 0 by importance alone; the default 0.5 is what
+            benchmarks/structure_quality.py found best (docs/structure_learning.md).
+        min_width: every group keeps at least this fraction of its channels (and at least one); a result with
+            a layer under 10% of its channels warns, naming it.
 
     See :func:`prune_with_report` for the :class:`PruneReport` too, and docs/export_and_expand.md.
     """
     slim, _ = prune_with_report(model, budget, target, importance, data, steps=steps, fit=fit, compile=compile,
-                                loss=loss, batches=batches, ignore=ignore, chunk=chunk, name=name)
+                                loss=loss, batches=batches, ignore=ignore, chunk=chunk, name=name,
+                                cost_power=cost_power, min_width=min_width)
     return slim
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from morphsparse import handlers as _handlers
+from morphsparse.costs import check_cost_power
 from morphsparse.graph import analyze
 from morphsparse.morph import alive as _alive
 import morphsparse.morph.budget as _budget
@@ -519,14 +520,19 @@ class MorphRegularizer:
         device: latency target only: a name in :data:`DEVICE_PROFILES` or a :class:`DeviceProfile`; None
             (the default) means "v100". Passing one with another target warns, as it would have no effect.
         ignore: layers whose output channels must not shrink (pinned, never regularised).
+        cost_power: each channel is charged its marginal cost (at full width) to this power: 1 (the default)
+            is MorphNet's exact marginal cost, 0 charges every channel alike; with a budget, the controller
+            lands the real cost either way (docs/structure_learning.md, "When a learned structure helps").
 
     Use ``reg.attach(model)`` for ``fit``, or add ``reg.loss()`` to your loss in a custom loop (with a
     budget, also call ``reg.update()`` once per step).
     """
 
     def __init__(self, model, target="flops", source="gamma", threshold=_alive.DEFAULT_THRESHOLD, strength=None,
-                 strength_multiplier=None, l1_fraction=0.0, device=None, ignore=(), budget=None, steps=None):
+                 strength_multiplier=None, l1_fraction=0.0, device=None, ignore=(), budget=None, steps=None,
+                 cost_power=1.0):
         _budget.check_arguments(budget, strength, strength_multiplier, steps)
+        self.cost_power = check_cost_power(cost_power)
         threshold, strength, strength_multiplier, l1_fraction, device = check_arguments(
             target, source, threshold, strength,
             DEFAULT_STRENGTH_MULTIPLIER if strength_multiplier is None else strength_multiplier, l1_fraction, device)
@@ -543,6 +549,7 @@ class MorphRegularizer:
         _alive.alive_masks(self.graph, source, threshold, l1_fraction, check=True)
         full = np.ones(self.kernel_calls.n_channels)
         self.initial_cost = float(self.target.cost(*self.kernel_calls.sums(full)))
+        self._price_weights = self._cost_power_weights()
         self.controller = None
         if budget is not None:
             self.controller = _budget.BudgetController(self, budget, steps)
@@ -581,6 +588,26 @@ class MorphRegularizer:
                         f"handler {type(call.handler).__name__} has no kernel_matrix(), so MorphRegularizer "
                         "cannot tell which weights feed each channel. Register a handler that subclasses "
                         "morphsparse.handlers.Dense or Conv, or pin the layer with ignore=[...].")
+
+    def _cost_power_weights(self):
+        """Per-channel factors turning each channel's price (its marginal cost at full width) into that cost to
+        the power ``cost_power``, scaled so that the term starts at the same value; None at power 1."""
+        if self.cost_power == 1.0:
+            return None
+        ones = tf.Variable(np.ones(self.kernel_calls.n_channels, np.float32))
+        a_in, a_out = self.kernel_calls.sums(np.ones(self.kernel_calls.n_channels), xp=np)
+        with tf.GradientTape() as tape:
+            r_in, r_out = self.kernel_calls.sums(ones, xp=keras.ops)
+            term = self.target.term(a_in.astype(np.float32), a_out.astype(np.float32), r_in, r_out, xp=keras.ops)
+        marginal = np.asarray(tf.convert_to_tensor(tape.gradient(term, ones)), np.float64)
+        priced = self.regularized & (marginal > 0)
+        if not priced.any():
+            return None
+        weights = np.ones_like(marginal)
+        m = marginal[priced]
+        weights[priced] = (m / m.mean()) ** (self.cost_power - 1.0)
+        weights[priced] *= m.sum() / (weights[priced] * m).sum()
+        return tf.constant(weights, tf.float32)
 
     def _ratio_name(self):
         return {"flops": "alive_flops_ratio", "size": "alive_params_ratio"}.get(
@@ -638,7 +665,8 @@ class MorphRegularizer:
         r = self.vector() if r is None else r
         a = self._alive_vector(r)
         a_in, a_out = self.kernel_calls.sums(a, xp=keras.ops)
-        r_in, r_out = self.kernel_calls.sums(r, xp=keras.ops)
+        priced = r if self._price_weights is None else r * self._price_weights
+        r_in, r_out = self.kernel_calls.sums(priced, xp=keras.ops)
         return a, a_in, a_out, r_in, r_out
 
     def term(self, r=None):

@@ -118,23 +118,36 @@ def test_removed_channels_are_exported_as_if_their_gamma_were_zero():
     assert not np.allclose(want, model.predict(x, verbose=0), rtol=1e-3)   # something was removed
 
 
-def test_global_ranking_prunes_the_tiny_gamma_layer_first():
+def test_channels_weak_within_their_own_layer_go_first():
+    """Importance is normalised within each group (a BatchNorm undoes its layer's scale, so gammas of two layers
+    are not comparable): three channels far below the rest of their own layer go first, wherever they are."""
     model = ms.small_resnet(input_shape=(8, 8, 1), width_multiplier=0.5)
-    model.get_layer("mix_b1_bn").gamma.assign(np.full(8, 1e-3, "float32"))
+    gamma = np.ones(8, "float32")
+    gamma[:3] = 1e-3
+    model.get_layer("mix_b1_bn").gamma.assign(gamma)
     full = ms.count_flops(model)
     graph = ms.analyze(model)
     group = graph.group_of("mix_b1")
     one_less = np.ones(group.size, bool)
     one_less[0] = False
     saving = full - ms.count_flops(graph, alive={group.id: one_less})
-    # room for 3 of its channels: only mix_b1 shrinks, although other layers have a larger saving per channel
     slim = ms.prune(model, budget=full - 3 * saving)
     before, after = widths(model), widths(slim)
     assert after["mix_b1"] == before["mix_b1"] - 3
     assert {k: v for k, v in after.items() if k != "mix_b1"} == {k: v for k, v in before.items() if k != "mix_b1"}
-    # pruned further, it goes down to one channel (never zero) before much else goes
-    after = widths(ms.prune(model, budget=0.8))
-    assert after["mix_b1"] == 1
+
+
+def test_a_whole_layer_of_small_gammas_is_not_singled_out():
+    """Scaled down as a whole, a layer keeps its share: after normalisation only the shape of its gammas counts."""
+    model = ms.small_resnet(input_shape=(8, 8, 1), width_multiplier=0.5)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            layer.gamma.assign(rng.uniform(0.5, 1.0, layer.gamma.shape).astype("float32"))
+    reference = widths(ms.prune(model, budget=0.6))
+    bn = model.get_layer("mix_b1_bn")
+    bn.gamma.assign(bn.gamma.numpy() * 1e-3)
+    assert widths(ms.prune(model, budget=0.6)) == reference
 
 
 def test_with_equal_importance_the_largest_saving_goes_first():
@@ -280,6 +293,13 @@ def tiny_resnet():
     (dict(batches=0), ValueError, "batches"),
     (dict(ignore="stem"), TypeError, "ignore"),
     (dict(importance=lambda g: {0: [1.0]}), ValueError, "importance"),
+    (dict(cost_power=-0.5), ValueError, "cost_power"),
+    (dict(cost_power=3), ValueError, "cost_power"),
+    (dict(cost_power=float("nan")), ValueError, "cost_power"),
+    (dict(cost_power="1"), TypeError, "cost_power"),
+    (dict(min_width=1.0), ValueError, "min_width"),
+    (dict(min_width=-0.1), ValueError, "min_width"),
+    (dict(min_width=True), TypeError, "min_width"),
 ])
 def test_argument_errors_name_the_argument(kwargs, error, name, tiny_resnet):
     with pytest.raises(error, match=name):
@@ -292,3 +312,63 @@ def test_fit_needs_a_compiled_seed_or_compile(tiny_resnet):
         ms.prune(model, budget=0.5, fit=dict(x=np.zeros((2, 8, 8, 1)), y=np.zeros(2), verbose=0))
     with pytest.warns(UserWarning, match="data= is only used by importance='taylor'"):
         ms.prune(model, budget=0.5, data=(np.zeros((2, 8, 8, 1)), np.zeros(2)))
+
+
+def vgg_chain(seed=0):
+    """The plain chain of the structure-quality study (no residual adds: every width is free), with random
+    gammas so that the ranking is not a tie."""
+    x = inputs = keras.Input((12, 12, 1))
+    for i, (width, stride) in enumerate(zip((16, 16, 32, 32), (1, 1, 2, 1))):
+        x = L.Conv2D(width, 3, strides=stride, padding="same", use_bias=False, name=f"conv{i}")(x)
+        x = L.ReLU()(L.BatchNormalization(name=f"bn{i}")(x))
+    x = L.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, L.Dense(10, name="logits")(x), name="vgg_chain")
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            layer.gamma.assign(rng.uniform(0.1, 1.0, layer.gamma.shape).astype("float32"))
+    return model
+
+
+@pytest.mark.parametrize("min_width", [0.2, 0.4])
+def test_every_layer_keeps_its_floor(min_width):
+    model = vgg_chain()
+    before = widths(model)
+    slim = ms.prune(model, budget=0.25, min_width=min_width)
+    for name, width in widths(slim).items():
+        assert width >= np.ceil(min_width * before[name]), (name, width)
+    assert ms.count_flops(slim) <= 0.25 * ms.count_flops(model)
+
+
+def test_without_a_floor_a_chain_collapses_and_the_warning_names_the_layer_and_min_width():
+    """Ranked by importance per unit of FLOPs with no floor, the expensive high-resolution layer of a chain goes
+    down to a single channel (what the issue saw); the warning names it and the argument to raise."""
+    model = vgg_chain()
+    with pytest.warns(UserWarning, match=r"conv1 \(16 -> 1\).*min_width="):
+        slim = ms.prune(model, budget=0.25, cost_power=1.0, min_width=0.0)
+    assert widths(slim)["conv1"] == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)   # the defaults neither collapse a layer nor warn
+        assert min(widths(ms.prune(model, budget=0.25)).values()) >= 4
+
+
+def test_cost_power_shifts_the_cut_from_expensive_to_cheap_layers():
+    """At power 1 the cheap low-resolution layers keep more of their channels than at power 0 (importance
+    alone); both land under the budget."""
+    model = vgg_chain()
+    full = ms.count_flops(model)
+
+    def kept(power):
+        slim = ms.prune(model, budget=0.4, cost_power=power, min_width=0.1)
+        assert ms.count_flops(slim) <= 0.4 * full
+        w = widths(slim)
+        return (w["conv2"] + w["conv3"]) / 64, (w["conv0"] + w["conv1"]) / 32
+
+    cheap_1, expensive_1 = kept(1.0)
+    cheap_0, expensive_0 = kept(0.0)
+    assert cheap_1 - expensive_1 > cheap_0 - expensive_0
+
+
+def test_a_floor_that_makes_the_budget_unreachable_names_min_width():
+    with pytest.raises(ms.PruneError, match="min_width"):
+        ms.prune(vgg_chain(), budget=0.05, min_width=0.5)

@@ -447,3 +447,32 @@ def test_ignore_makes_an_unpriceable_layer_a_constant_cost():
     assert reg.cost() == ms.count_flops(model)
     masks = {reg.graph.group_of("c").id: np.r_[np.zeros(2, bool), np.ones(4, bool)]}
     assert reg.cost(masks) == ms.count_flops(model, alive=masks) < ms.count_flops(model)
+
+
+@pytest.mark.parametrize("power", [0.0, 0.5])
+def test_cost_power_charges_each_channel_its_marginal_cost_to_that_power(power):
+    """d term / d R_c is proportional to marginal_c ** power, and the term starts where power 1 starts (so one
+    strength means the same); the alive cost the budget controller steers is unchanged."""
+    model = small_resnet()
+    exact, shaped = MorphRegularizer(model), MorphRegularizer(model, cost_power=power)
+
+    def gradient(reg):
+        r = tf.Variable(tf.ones(reg.kernel_calls.n_channels))
+        with tf.GradientTape() as tape:
+            term = reg.term(r * tf.constant(reg.regularized, tf.float32))
+        return float(term), tape.gradient(term, r).numpy()
+
+    term_exact, marginal = gradient(exact)
+    term_shaped, grad = gradient(shaped)
+    priced = exact.regularized & (marginal > 0)
+    ratio = grad[priced] / marginal[priced] ** power
+    assert np.ptp(ratio) / ratio.mean() < 1e-4
+    assert term_shaped == pytest.approx(term_exact, rel=1e-5)
+    assert shaped.cost() == exact.cost()
+
+
+@pytest.mark.parametrize("value,error", [(-1, ValueError), (2.5, ValueError), (float("nan"), ValueError),
+                                         ("0.5", TypeError), (True, TypeError)])
+def test_cost_power_errors_name_it(value, error):
+    with pytest.raises(error, match="cost_power"):
+        MorphRegularizer(small_resnet(), cost_power=value)
