@@ -70,6 +70,9 @@ WIDTH_ARMS = {
     "prune_widths_cost1": ("prune_widths", dict(cost_power=1.0)),
 }
 VARIANTS.update(WIDTH_ARMS)
+VARIANTS["morphnet_onepass"] = ("morphnet_onepass", {})
+VARIANTS["morphnet_onepass_cost05"] = ("morphnet_onepass", dict(cost_power=0.5))
+VARIANTS["prune_cost0"] = ("prune", dict(cost_power=0.0))
 BATCH = 64
 LEARNING_RATE = 3e-3          # training from scratch (uniform, retraining, the dense seed)
 FINE_TUNE_RATE = 1e-3         # fine-tuning kept weights (pruned, exported)
@@ -234,6 +237,21 @@ class Study:
         wide = ms.expand(slim, budget=budget, target=target, reference=ZOO[name][0]())
         self.fit(name, wide, self.epochs - self.epochs // 2, seed)
         return wide, {"alive_ratio": ratio}
+
+    def morphnet_onepass(self, name, target, budget, seed, **options):
+        """One schedule for all ``E`` epochs: the controller's planned steps are the first half, where it lands
+        the budget; it then holds it while the learning rate decays to zero; the export is the result."""
+        _, side, source, threshold, _ = ZOO[name]
+        model = self.fresh(name, seed)
+        plan = (self.epochs // 2) * int(np.ceil(len(self.y) / SHRINK_BATCH))
+        reg = ms.MorphRegularizer(model, target=target, budget=budget, source=source, threshold=threshold,
+                                  steps=plan, **options)
+        reg.attach(model)
+        self.fit(name, model, self.epochs, seed, rate=SHRINK_RATE, batch=SHRINK_BATCH)
+        reg.detach(model)
+        ratio = reg.cost() / reg.initial_cost
+        slim = ms.export(model, source=source, threshold=threshold, calibration_data=self.data(name)[0][:CALIBRATION])
+        return slim, {"alive_ratio": ratio}
 
     def morphnet_widths(self, name, target, budget, seed, shrink_epochs=None, **options):
         """Diagnostic: the learned widths expanded to the budget and trained ``E`` epochs from scratch, as long

@@ -17,6 +17,18 @@ import os
 import sys
 
 
+def positive_int(text):
+    """argparse type of a count or size (``--input-size``, ``--classes``): a whole number >= 1. A 0 would be
+    taken as "not given" and a negative size fail deep inside Keras."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
 def load_model_arg(spec, input_size=None, classes=None):
     """A model from a ``.keras``/``.h5`` path or a keras.applications constructor name (built with weights=None)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -114,8 +126,8 @@ def build_parser():
 
     report = sub.add_parser("report", help="print the channel groups and per-layer costs of a model")
     report.add_argument("model", help="a .keras file, or a keras.applications name such as ResNet50")
-    report.add_argument("--input-size", type=int, default=None, help="square input size for an application")
-    report.add_argument("--classes", type=int, default=None, help="classes for an application's top")
+    report.add_argument("--input-size", type=positive_int, default=None, help="square input size for an application")
+    report.add_argument("--classes", type=positive_int, default=None, help="classes for an application's top")
     report.add_argument("--ignore", nargs="*", help="layers whose output channels must not be removed")
     report.add_argument("--groups", action="store_true", help="print every channel group, not just a summary")
     report.add_argument("--all-layers", action="store_true", help="list layers that cost nothing too")
@@ -134,8 +146,8 @@ def build_parser():
     export.add_argument("--exact", action="store_true",
                         help="keep dead channels whose constant would be folded through a padded spatial conv")
     export.add_argument("--ignore", nargs="*", help="layers whose output channels must not be removed")
-    export.add_argument("--input-size", type=int, default=None, help="square input size for an application")
-    export.add_argument("--classes", type=int, default=None, help="classes for an application's top")
+    export.add_argument("--input-size", type=positive_int, default=None, help="square input size for an application")
+    export.add_argument("--classes", type=positive_int, default=None, help="classes for an application's top")
     export.set_defaults(func=cmd_export)
 
     expand = sub.add_parser("expand", help="widen a (slim) model by one width multiplier up to a budget")

@@ -17,6 +17,8 @@ kernel was stored and which kernel the runtime got.
 
 from __future__ import annotations
 
+import math
+import numbers
 import platform
 import re
 from dataclasses import dataclass, field
@@ -26,6 +28,10 @@ import keras
 import numpy as np
 
 QUANTIZATIONS = (None, "float16", "dynamic", "int8")
+#: to_litert(rtol=None): how far (a fraction of the output scale) LiteRT's outputs may be from Keras's, per
+#: quantization: float32 agrees to rounding; float16 weights move outputs by ~1e-4 of their scale, int8 weights
+#: (and activations) by a few percent. Beyond that the file is broken, not just quantised.
+RTOL = {None: 1e-5, "float16": 1e-2, "dynamic": 0.1, "int8": 0.25}
 
 
 class LiteRTError(RuntimeError):
@@ -115,16 +121,21 @@ class LiteRTReport:
         return self.summary()
 
 
-def _check_arguments(model, quantize, representative_data, rtol, threads):
+def _check_arguments(model, sparse, quantize, representative_data, rtol, threads):
+    from morphsparse.sparse.schedules import flag
+
     if not isinstance(model, keras.Model):
         raise TypeError(f"to_litert() takes a keras.Model, got {type(model).__name__}")
+    flag(sparse, "sparse")
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
     if quantize == "int8" and representative_data is None:
         raise ValueError("quantize='int8' needs representative_data: a few batches of typical inputs that set "
                          "the activation ranges")
-    if not (isinstance(rtol, (int, float)) and rtol > 0):
-        raise ValueError(f"rtol must be a positive number, got {rtol!r}")
+    if rtol is not None and (isinstance(rtol, bool) or not isinstance(rtol, numbers.Real)
+                             or not math.isfinite(rtol) or rtol <= 0):
+        raise ValueError(f"rtol must be a finite number > 0 (a fraction of the output scale, e.g. 1e-5), or None "
+                         f"for the default of the quantization {RTOL}; got {rtol!r}")
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
 
@@ -149,10 +160,60 @@ def convert(model, sparse=True, quantize=None, representative_data=None):
                 yield [np.asarray(b, dtype="float32") for b in (batch if isinstance(batch, list) else [batch])]
         converter.representative_dataset = batches
     try:
-        return converter.convert()
+        flatbuffer = converter.convert()
     except Exception as err:   # the converter's errors are long MLIR dumps: keep the first line with ours
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LiteRTError(f"LiteRT conversion of '{model.name}' failed: {first}") from err
+    if sparse and quantize is not None:
+        flatbuffer = densify_before_dequantize(flatbuffer)
+    return flatbuffer
+
+
+def densify_before_dequantize(flatbuffer):
+    """Repair a converter output in which a sparse kernel feeds a DEQUANTIZE op directly.
+
+    With ``quantize="float16"`` the converter stores a kernel with 1x4 zero blocks sparse in float16 and, as
+    the float FULLY_CONNECTED op reads 1x4-block kernels sparse, leaves out the DENSIFY op; but it is a
+    DEQUANTIZE (float16 -> float32) that reads the kernel, and DEQUANTIZE takes the compressed values as a
+    dense array: every output of the model is NaN or garbage. This inserts the missing DENSIFY (as the
+    converter does for scattered zeros), so the file keeps its sparse storage and computes the right thing.
+    Returns the flatbuffer unchanged when no sparse tensor feeds a DEQUANTIZE.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.python.schema_util import get_builtin_code_from_operator_code
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
+    codes = [get_builtin_code_from_operator_code(code) for code in model.operatorCodes]
+    dequantize, densify = schema.BuiltinOperator.DEQUANTIZE, schema.BuiltinOperator.DENSIFY
+    repaired = 0
+    for subgraph in model.subgraphs:
+        operators = []
+        for op in subgraph.operators or []:
+            source = subgraph.tensors[op.inputs[0]] if op.inputs is not None and len(op.inputs) else None
+            if codes[op.opcodeIndex] == dequantize and source is not None and source.sparsity is not None:
+                if densify not in codes:
+                    code = schema.OperatorCodeT()
+                    code.builtinCode = code.deprecatedBuiltinCode = densify
+                    code.version = 1
+                    model.operatorCodes.append(code)
+                    codes.append(densify)
+                dense = schema.TensorT()
+                dense.shape, dense.type = np.array(source.shape, np.int32), source.type
+                dense.name = (source.name or b"") + b"/densified"
+                model.buffers.append(schema.BufferT())        # an empty buffer: computed at load
+                dense.buffer = len(model.buffers) - 1
+                subgraph.tensors.append(dense)
+                densify_op = schema.OperatorT()
+                densify_op.opcodeIndex = codes.index(densify)
+                densify_op.inputs = np.array([op.inputs[0]], np.int32)
+                densify_op.outputs = np.array([len(subgraph.tensors) - 1], np.int32)
+                op.inputs = np.array([len(subgraph.tensors) - 1] + list(op.inputs[1:]), np.int32)
+                operators.append(densify_op)
+                repaired += 1
+            operators.append(op)
+        subgraph.operators = operators
+    return flatbuffer_utils.convert_object_to_bytearray(model) if repaired else flatbuffer
 
 
 def _kernel_layers(model):
@@ -211,7 +272,8 @@ def _storage_by_layer(model, runner):
                                "XNNPACK delegate: dense speed on this x86 CPU with AVX (XNNPACK runs sparse "
                                "inference on ARM and pre-AVX x86 only)")
             elif consumers == {"DENSIFY"}:
-                kernel_used = "densified at load: dense speed (the sparse FC kernel needs 1x4 blocks)"
+                kernel_used = ("densified at load: dense speed (LiteRT's sparse FC kernel takes float32 1x4 or "
+                               "int8 1x16 blocks)")
             elif consumers:
                 kernel_used = f"sparse {'/'.join(sorted(consumers))}"
             else:
@@ -223,18 +285,21 @@ def _storage_by_layer(model, runner):
 
 
 def to_litert(model, path=None, sparse=True, quantize=None, representative_data=None, check_inputs=None,
-              rtol=1e-5, threads=1):
+              rtol=None, threads=1):
     """Convert ``model`` to a LiteRT (``.tflite``) file and check it against Keras.
 
     ``sparse=True`` stores kernels with enough zeros in LiteRT's sparse format (dense elsewhere);
     ``quantize``: None (float32), "float16", "dynamic" (int8 weights) or "int8" (needs ``representative_data``,
     an iterable of input batches). The LiteRT interpreter's outputs are compared with ``model``'s on
-    ``check_inputs`` (default: 4 random examples); a float model must match to ``rtol`` of the output scale, or
-    :class:`LiteRTError` is raised (quantised models are compared and reported, not checked). ``path``: where to
-    write the file (None: not written). Returns a :class:`LiteRTReport` with, per weight-bearing layer, the
+    ``check_inputs`` (default: 4 random examples) and must match to ``rtol`` of the output scale, or
+    :class:`LiteRTError` is raised; ``rtol=None`` takes the quantization's default (:data:`RTOL`: 1e-5 for
+    float32, 1e-2 for float16, 0.1 for dynamic, 0.25 for int8, loose enough for rounding, not for a broken
+    file). A NaN or infinite output where Keras's is finite is always an error. ``path``: where to write the file
+    (None: not written). Returns a :class:`LiteRTReport` with, per weight-bearing layer, the
     fraction of zeros, how the kernel was stored and which kernel the runtime runs.
     """
-    _check_arguments(model, quantize, representative_data, rtol, threads)
+    _check_arguments(model, sparse, quantize, representative_data, rtol, threads)
+    rtol = RTOL[quantize] if rtol is None else float(rtol)
     flatbuffer = convert(model, sparse=sparse, quantize=quantize, representative_data=representative_data)
     if path is not None:
         path = Path(path)
@@ -255,6 +320,13 @@ def to_litert(model, path=None, sparse=True, quantize=None, representative_data=
     got = run(runner, arrays)
     scale = max(float(np.abs(w).max()) for w in want) or 1.0
     difference = max(float(np.abs(w.astype(np.float64) - g.reshape(w.shape)).max()) for w, g in zip(want, got))
+    settings = f"sparse={sparse}, quantize={quantize!r}"
+    if any(not np.isfinite(g).all() for g in got) and all(np.isfinite(w).all() for w in want):
+        bad = sum(int(np.size(g) - np.isfinite(g).sum()) for g in got)
+        raise LiteRTError(f"the LiteRT model of '{model.name}' ({settings}) outputs NaN or inf ({bad} of "
+                          f"{sum(np.size(g) for g in got)} values) where Keras's outputs are finite: the file is "
+                          f"broken{f' (written to {path})' if path is not None else ''}. Try sparse=False or "
+                          "another quantize=, and please report the model")
     report = LiteRTReport(str(path) if path is not None else None, len(flatbuffer), quantize, sparse, difference,
                           scale, runtime=runtime)
     storage = _storage_by_layer(model, runner)
@@ -262,9 +334,10 @@ def to_litert(model, path=None, sparse=True, quantize=None, representative_data=
         stored, kernel_used = storage[layer.name]
         report.layers.append(LayerStorage(layer.name, type(layer).__name__, float(np.mean(kernel == 0)), stored,
                                           kernel_used))
-    if quantize is None and difference > rtol * scale:
-        raise LiteRTError(f"LiteRT outputs of '{model.name}' differ from Keras by {difference:.3g} (output scale "
-                          f"{scale:.3g}, allowed {rtol:g} of it)")
+    if not difference <= rtol * scale:     # "not <=": a NaN difference fails too
+        raise LiteRTError(f"LiteRT outputs of '{model.name}' ({settings}) differ from Keras by {difference:.3g} "
+                          f"(output scale {scale:.3g}, allowed rtol={rtol:g} of it); pass a larger rtol= if this "
+                          "much is expected (quantization of a deep network)")
     return report
 
 

@@ -324,9 +324,16 @@ class AxisOp(_Conditional):
         return _pin_all(call, graph, f"keras.ops {_op_name(call)} {self.keeps(call) or 'changes the channel axis'}")
 
 
+def _index_key(key):
+    """An index key as Keras's GetItem applies it: a list is a tuple of per-axis entries (a model loaded from
+    a .keras file holds ``x[:, 0, :]`` as the list ``[slice, 0, slice]``, which numpy would not accept)."""
+    return tuple(key) if isinstance(key, list) else key
+
+
 def _normalised_key(key, rank):
     """The index ``key`` as one entry per input axis: ints, slices, or None for a new axis (after expanding
     the Ellipsis). Returns None for keys it cannot read (tensors, booleans)."""
+    key = _index_key(key)
     if not isinstance(key, tuple):
         key = (key,)
     if any(isinstance(k, (keras.KerasTensor, list, np.ndarray)) or hasattr(k, "shape") for k in key):
@@ -381,7 +388,7 @@ class GetItem(_h.LayerHandler):
 
     def apply_op(self, call, args, kwargs, new_count):
         kind, bounds = self._channel_entry(call)
-        x, key = args[0], args[1]
+        x, key = args[0], _index_key(args[1])
         if kind != "slice":
             return x[key]
         norm = _normalised_key(key, _rank(call))

@@ -48,11 +48,54 @@ def test_dense_storage_when_sparse_is_off_and_a_smaller_file_when_on():
     assert ms.to_litert(model).bytes < dense.bytes
 
 
-def test_quantised_conversion_is_reported_not_checked():
+def test_quantised_conversion_is_checked_to_the_quantization_tolerance():
+    from morphsparse import litert
+
     model = mlp_with_zeros()
     data = [np.random.default_rng(i).normal(size=(8, 32)).astype("float32") for i in range(3)]
     report = ms.to_litert(model, quantize="int8", representative_data=data)
     assert report.quantize == "int8" and np.isfinite(report.max_difference)
+    assert report.max_difference <= litert.RTOL["int8"] * report.output_scale
+    # int8 rounding is far above a float tolerance: with one, the check refuses the file
+    with pytest.raises(ms.LiteRTError, match=r"quantize='int8'.*rtol=1e-09"):
+        ms.to_litert(model, quantize="int8", representative_data=data, rtol=1e-9)
+
+
+def test_float16_with_sparse_1x4_blocks_matches_keras(tmp_path):
+    # the converter stores fc1's 1x4 blocks sparse in float16 and feeds them to DEQUANTIZE without the DENSIFY
+    # it needs: every output was NaN (and was reported as a match)
+    model = mlp_with_zeros()
+    path = tmp_path / "fp16.tflite"
+    report = ms.to_litert(model, path, sparse=True, quantize="float16")
+    rows = {row.layer: row for row in report.layers}
+    assert rows["fc1"].stored == "sparse" and rows["fc2"].stored == "sparse"
+    assert report.bytes < ms.to_litert(model, sparse=False, quantize="float16").bytes
+    assert report.max_difference <= 1e-2 * report.output_scale
+    from morphsparse.litert import interpreter, run
+    x = np.random.default_rng(3).normal(size=(3, 32)).astype("float32")
+    got = run(interpreter(path.read_bytes()), [x])[0]
+    want = keras.ops.convert_to_numpy(model(x))
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, atol=1e-2 * np.abs(want).max())
+
+
+def test_nan_outputs_are_an_error_never_a_match(monkeypatch):
+    from morphsparse import litert
+
+    real_run = litert.run
+
+    def nan_run(runner, arrays):   # a broken file: NaN where Keras computes numbers
+        return [np.full_like(out, np.nan) for out in real_run(runner, arrays)]
+
+    monkeypatch.setattr(litert, "run", nan_run)
+    for quantize in (None, "float16"):
+        with pytest.raises(ms.LiteRTError, match=rf"sparse=True, quantize={quantize!r}\) outputs NaN or inf"):
+            ms.to_litert(mlp_with_zeros(), quantize=quantize)
+    # the converter's own float16 file (before the DENSIFY repair) is caught the same way
+    monkeypatch.setattr(litert, "run", real_run)
+    monkeypatch.setattr(litert, "densify_before_dequantize", lambda flatbuffer: flatbuffer)
+    with pytest.raises(ms.LiteRTError, match="outputs NaN or inf"):
+        ms.to_litert(mlp_with_zeros(), quantize="float16")
 
 
 def test_bad_arguments_are_named():
@@ -63,6 +106,11 @@ def test_bad_arguments_are_named():
         ms.to_litert(model, quantize="int8")
     with pytest.raises(ValueError, match="rtol"):
         ms.to_litert(model, rtol=0)
+    for bad in (float("inf"), float("nan"), "1e-5"):
+        with pytest.raises(ValueError, match="rtol must be a finite number"):
+            ms.to_litert(model, rtol=bad)
+    with pytest.raises(TypeError, match="sparse must be True or False"):
+        ms.to_litert(model, sparse="no")
     with pytest.raises(TypeError, match="keras.Model"):
         ms.to_litert("model.keras")
 

@@ -24,6 +24,7 @@ The pieces are public so a regulariser can reuse them on differentiable tensors:
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 import sys
@@ -341,20 +342,74 @@ def rounded_masks(graph, masks, multiple, vectors=None):
     removable channel group keeps a multiple of ``multiple`` channels or all of them. Kernels run faster at
     such widths (oneDNN and XNNPACK block channels by 8 or 16). A group that dies whole stays dead, and internal
     axes (attention heads) are left as they are. A revived channel computes what it did in the full model."""
+    return _revived(graph, masks, vectors, lambda alive, size: -(-alive // multiple) * multiple)
+
+
+def _revived(graph, masks, vectors, wanted):
+    """``masks`` with the strongest dead channels of every removable group that keeps any revived until it keeps
+    ``wanted(alive, size)`` of them (at most all)."""
     internal = {int(g) for call in graph.calls for groups in call.out_groups[call.n_outputs:]
                 for g in np.ravel(groups)}
     vectors = vectors or {}
-    rounded = {}
+    revived = {}
     for gid, mask in masks.items():
         mask = np.asarray(mask, bool).copy()
         alive = int(mask.sum())
         if graph.groups[gid].removable and gid not in internal and 0 < alive < mask.size:
-            wanted = min(mask.size, -(-alive // multiple) * multiple)
+            target = min(mask.size, wanted(alive, mask.size))
             dead = np.flatnonzero(~mask)
             strength = np.asarray(vectors.get(gid, np.zeros(mask.size)), np.float64)[dead]
-            mask[dead[np.argsort(-strength, kind="stable")[:wanted - alive]]] = True
-        rounded[gid] = mask
-    return rounded
+            mask[dead[np.argsort(-strength, kind="stable")[:max(0, target - alive)]]] = True
+        revived[gid] = mask
+    return revived
+
+
+#: every group keeps at least this fraction of its channels after ``ms.export`` and ``ms.prune`` (a group that
+#: dies whole, a residual branch or a tower, still goes): a chain cut to a channel or two is an information
+#: bottleneck that retraining does not repair (benchmarks/structure_quality.py)
+DEFAULT_MIN_WIDTH = 0.2
+#: a group left under this fraction of its channels (or one channel of eight or more) is reported by a warning
+COLLAPSE_FRACTION = 0.1
+
+
+def check_min_width(min_width):
+    """``min_width`` as a float in [0, 1), or an error naming it."""
+    value = real_number("min_width", min_width)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"min_width must be a fraction in [0, 1) of each group's channels, got {min_width!r}")
+    return value
+
+
+def floor_width(size, min_width):
+    """The fewest channels a group of ``size`` keeps under ``min_width`` (at least one)."""
+    return max(1, math.ceil(min_width * size - 1e-9))
+
+
+def floored_masks(graph, masks, min_width, vectors=None):
+    """``masks`` with dead channels revived, strongest first (by ``vectors``), until every removable group that
+    keeps any channel keeps :func:`floor_width` of them; a group that dies whole stays dead, and internal axes
+    (attention heads) are left as they are. A revived channel computes what it did in the full model."""
+    return _revived(graph, masks, vectors, lambda alive, size: max(alive, floor_width(size, min_width)))
+
+
+def collapsed_groups(graph, masks):
+    """``["producers (before -> after)"]`` for every removable group left under :data:`COLLAPSE_FRACTION` of
+    its channels, or at one channel of eight or more (a group removed whole is not collapsed)."""
+    return [f"{', '.join(graph.groups[gid].producers)} ({graph.groups[gid].size} -> {int(np.sum(mask))})"
+            for gid, mask in masks.items()
+            if graph.groups[gid].removable and is_collapsed(graph.groups[gid].size, int(np.sum(mask)))]
+
+
+def is_collapsed(before, after):
+    """A group cut from ``before`` to ``after`` channels is collapsed (removed whole is not)."""
+    return 0 < after < before and (after < COLLAPSE_FRACTION * before or (after == 1 and before >= 8))
+
+
+def warn_collapsed(what, collapsed, min_width):
+    if collapsed:
+        warn_user(f"{what} left {len(collapsed)} layer(s) collapsed to under {COLLAPSE_FRACTION:.0%} of their "
+                  f"channels or to one: {', '.join(collapsed[:5])}{' ...' if len(collapsed) > 5 else ''}; raise "
+                  f"min_width= (now {min_width!r}) to keep a floor in every layer")
 
 
 def propagated_masks(graph, masks):
@@ -471,5 +526,6 @@ def alive_counts(masks):
 __all__ = ["SOURCES", "DEFAULT_THRESHOLD", "AliveError", "keep_one_groups", "RegularizationSource", "channel_norms",
            "find_sources", "group_vectors", "resolve_threshold", "alive_masks", "rounded_masks", "check_connected", "alive_counts",
            "is_channel_source", "flat_mask", "entry_mask", "live_entries", "effective_masks",
-           "propagated_masks", "user_masks", "check_threshold", "check_round_to", "check_l1_fraction", "real_number",
+           "propagated_masks", "user_masks", "check_threshold", "check_round_to", "check_min_width", "floored_masks",
+           "collapsed_groups", "is_collapsed", "warn_collapsed", "floor_width", "DEFAULT_MIN_WIDTH", "check_l1_fraction", "real_number",
            "warn_user", "GraphError"]

@@ -513,12 +513,15 @@ def _normalises_across_channels(call):
 
 def export_with_report(model, source="gamma", threshold=None, l1_fraction=0.0, alive=None,
                        exact=False, ignore=(), name=None, calibration_data=None, calibration_steps=None,
-                       round_to=None):
+                       round_to=None, min_width=_alive.DEFAULT_MIN_WIDTH):
     """:func:`export`, returning ``(slim model, ExportReport)``."""
     start = time.perf_counter()
     if not isinstance(model, keras.Model):
         raise TypeError(f"export() takes a keras.Model, got {type(model).__name__}")
     _alive._check_source(source)
+    from morphsparse.sparse.schedules import flag
+    exact = flag(exact, "exact")
+    min_width = _alive.check_min_width(min_width)
     threshold = _alive.resolve_threshold(source, threshold)
     graph = analyze(model, ignore=ignore)
     if alive is None:
@@ -528,6 +531,12 @@ def export_with_report(model, source="gamma", threshold=None, l1_fraction=0.0, a
     else:
         masks = _alive.user_masks(graph, alive)
     sources = _alive.find_sources(graph, source)
+    if alive is None and source != "zeros":
+        # a floor in every group the regulariser thinned (not in user masks, nor in neurons a sparse training
+        # ablated on purpose); revived channels compute what they did, so the outputs do not change
+        masks = _alive.floored_masks(graph, masks, min_width, _alive.group_vectors(graph, source, l1_fraction,
+                                                                                   sources))
+        _alive.warn_collapsed(f"export of '{model.name}'", _alive.collapsed_groups(graph, masks), min_width)
     if _alive.check_round_to(round_to) is not None:
         masks = _alive.rounded_masks(graph, masks, round_to, _alive.group_vectors(graph, source, l1_fraction,
                                                                                   sources))
@@ -555,7 +564,7 @@ def export_with_report(model, source="gamma", threshold=None, l1_fraction=0.0, a
 
 def export(model, source="gamma", threshold=None, l1_fraction=0.0, alive=None, exact=False,
            ignore=(), name=None, calibration_data=None, calibration_steps=None, return_report=False,
-           round_to=None):
+           round_to=None, min_width=_alive.DEFAULT_MIN_WIDTH):
     """A slim copy of ``model`` without its dead channels, with the surviving weights copied.
 
     ``source`` ("gamma" or "group_lasso"), ``threshold`` (default 0.01) and ``l1_fraction`` decide which
@@ -573,13 +582,17 @@ def export(model, source="gamma", threshold=None, l1_fraction=0.0, alive=None, e
     re-estimate the slim model's BatchNorm statistics on it (``calibration_steps`` batches at most).
     ``round_to=8``: keep, in every channel group, a multiple of 8 channels (or all of them), reviving the
     strongest dead channels (they compute what they did, so outputs are unchanged): CPU kernels block channels
-    by 8 or 16 and run an odd width at nearly the cost of the next multiple.
+    by 8 or 16 and run an odd width at nearly the cost of the next multiple. ``min_width`` (default 0.2): with
+    masks read from the weights (not ``alive=``, not ``source="zeros"``), every group that keeps any channel
+    keeps at least this fraction of them, the strongest dead ones revived (outputs unchanged): a layer the
+    regulariser thinned to a channel or two is a bottleneck that retraining does not repair; a group that dies
+    whole (a residual branch, a tower) is still removed. A layer left under 10% of its channels warns.
 
     Returns the slim ``keras.Model`` (it saves and loads without morphsparse). For the
     :class:`ExportReport` too, call :func:`export_with_report`. Warns when nothing was removed.
     """
     slim, report = export_with_report(model, source, threshold, l1_fraction, alive, exact, ignore, name,
-                                      calibration_data, calibration_steps, round_to)
+                                      calibration_data, calibration_steps, round_to, min_width)
     if return_report:
         _alive.warn_user("export(..., return_report=True) is deprecated: it returns a pair where export "
                          "returns a model; use ms.export_with_report(...)", DeprecationWarning)

@@ -55,10 +55,6 @@ TARGETS = ("flops", "size")
 IMPORTANCES = ("gamma", "l1", "taylor")
 #: fraction of the remaining candidate channels removed per round before marginal costs are recomputed
 DEFAULT_CHUNK = 0.05
-#: every group keeps at least this fraction of its channels (and at least one)
-DEFAULT_MIN_WIDTH = 0.2
-#: a group left with fewer channels than this fraction of its width (or one channel of eight or more) is reported
-COLLAPSE_WARNING = 0.1
 #: a result more than this fraction under the budget is reported by a warning (over-pruning)
 OVERSHOOT_WARNING = 0.05
 #: batch size used to split ``data=(x, y)`` arrays for the taylor importance
@@ -202,24 +198,8 @@ def _check_arguments(model, budget, target, importance, data, loss, steps, fit, 
 
 
 def check_shaping(cost_power, min_width):
-    """``(cost_power, min_width)`` as floats, or a ValueError naming the argument."""
-    cost_power = check_cost_power(cost_power)
-    min_width = _alive.real_number("min_width", min_width)
-    if not 0.0 <= min_width < 1.0:
-        raise ValueError(f"min_width must be a fraction in [0, 1) of each group's channels, got {min_width!r}")
-    return cost_power, min_width
-
-
-def _warn_collapsed(model, groups, min_width):
-    """Warn about every group left far narrower than it was: a chain cut to a channel or two is an information
-    bottleneck that fine-tuning does not repair (benchmarks/structure_quality.py)."""
-    collapsed = [f"{producers} ({before} -> {after})" for producers, (before, after) in groups.items()
-                 if 0 < after < COLLAPSE_WARNING * before or (after == 1 and before >= 8)]
-    if collapsed:
-        _alive.warn_user(f"prune of '{model.name}' left {len(collapsed)} layer(s) collapsed to under "
-                         f"{COLLAPSE_WARNING:.0%} of their channels or to one: {', '.join(collapsed[:5])}"
-                         f"{' ...' if len(collapsed) > 5 else ''}; raise min_width= (now {min_width!r}) to keep a "
-                         "floor in every layer")
+    """``(cost_power, min_width)`` as floats, or an error naming the argument."""
+    return check_cost_power(cost_power), _alive.check_min_width(min_width)
 
 
 def _importance_name(importance):
@@ -413,7 +393,8 @@ def _removable_flat(graph):
 class _Search:
     """Greedy global removal on one channel graph, priced with the regulariser's exact cost tables."""
 
-    def __init__(self, graph, target, scores, chunk, cost_power=DEFAULT_COST_POWER, min_width=DEFAULT_MIN_WIDTH):
+    def __init__(self, graph, target, scores, chunk, cost_power=DEFAULT_COST_POWER,
+                 min_width=_alive.DEFAULT_MIN_WIDTH):
         from morphsparse.morph.regularizers import KernelCalls
 
         self.graph, self.target, self.chunk, self.cost_power = graph, target, chunk, cost_power
@@ -425,7 +406,7 @@ class _Search:
         self.prunable = _removable_flat(graph) & np.isfinite(scores)
         self.scores = _normalised_within_groups(graph, scores, self.prunable)
         self.alive = np.ones(int(offsets[-1]), bool)
-        self.floor = np.array([max(1, math.ceil(min_width * g.size)) for g in graph.groups], np.int64)
+        self.floor = np.array([_alive.floor_width(g.size, min_width) for g in graph.groups], np.int64)
         self.last_chunk = []
 
     def cost(self, alive=None):
@@ -620,7 +601,7 @@ def _group_widths(graph, slim):
 
 def prune_with_report(model, budget=0.5, target="flops", importance="gamma", data=None, *, steps=1, fit=None,
                       compile=None, loss=None, batches=8, ignore=(), chunk=DEFAULT_CHUNK, name=None,
-                      cost_power=DEFAULT_COST_POWER, min_width=DEFAULT_MIN_WIDTH):
+                      cost_power=DEFAULT_COST_POWER, min_width=_alive.DEFAULT_MIN_WIDTH):
     """:func:`prune`, returning ``(slim model, PruneReport)``."""
     start = time.perf_counter()
     _check_arguments(model, budget, target, importance, data, loss, steps, fit, compile, batches, chunk)
@@ -662,7 +643,9 @@ def prune_with_report(model, budget=0.5, target="flops", importance="gamma", dat
         slim_ignore = tuple(n.replace("/", "__") for n in slim_ignore)
     report.flops_after, report.params_after = _price(current)
     report.groups = _group_widths(graph, current)
-    _warn_collapsed(model, report.groups, min_width)
+    _alive.warn_collapsed(f"prune of '{model.name}'", [
+        f"{producers} ({before} -> {after})" for producers, (before, after) in report.groups.items()
+        if _alive.is_collapsed(before, after)], min_width)
     if report.cost_after < (1 - OVERSHOOT_WARNING) * reach:
         _alive.warn_user(f"prune of '{model.name}' over-pruned: the slim model costs {report.cost_after:,d} "
                          f"{report.unit}, {1 - report.cost_after / reach:.1%} below budget={budget!r} "
@@ -674,7 +657,7 @@ def prune_with_report(model, budget=0.5, target="flops", importance="gamma", dat
 
 def prune(model, budget=0.5, target="flops", importance="gamma", data=None, *, steps=1, fit=None, compile=None,
           loss=None, batches=8, ignore=(), chunk=DEFAULT_CHUNK, name=None, cost_power=DEFAULT_COST_POWER,
-          min_width=DEFAULT_MIN_WIDTH):
+          min_width=_alive.DEFAULT_MIN_WIDTH):
     """Prune a trained model to a budget and return the slim ``keras.Model`` (weights copied, via export).
 
     Args:

@@ -15,7 +15,7 @@ from .kernels import (build_by_calling, is_kernel_like, kernel_variable, layer_t
 from .masks import Unstructured, kept_count
 from .sparsity_types import get_sparsity_type, serialize_sparsity_type
 from .optimizer import SparseOptimizer, find_sparse_optimizer
-from .schedules import PolynomialSchedule, fraction, get_schedule, whole_number
+from .schedules import PolynomialSchedule, flag, fraction, get_schedule, whole_number
 from .updaters import DropGrow, KernelView, MaskUpdater, get_updater, updater_class
 
 
@@ -180,6 +180,8 @@ def sparse_optimizer(model, optimizer, sparsity: float | None = None, method="ri
                          "model, or ms.strip(model) for a dense copy to start again from")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be a whole number, got {seed!r} ({type(seed).__name__})")
+    rescale_init = flag(rescale_init, "rescale_init")
+    flag(skip_optimizer_step, "skip_optimizer_step")
     outer, inner = _split_loss_scale(optimizer)
 
     if structure is not None:

@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from .masks import stable_hash
-from .schedules import UpdateSchedule
+from .schedules import UpdateSchedule, flag
 from .updaters import KernelView, MaskUpdater, UpdateContext
 
 _PACKAGE = "morphsparse"
@@ -129,7 +129,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         self._set("kernel_specs", [dict(spec) for spec in kernels])
         self.seed = int(seed)
         self.end_step = -1 if end_step is None or int(end_step) < 0 else int(end_step)
-        self.skip_optimizer_step = bool(skip_optimizer_step)
+        self.skip_optimizer_step = flag(skip_optimizer_step, "skip_optimizer_step")
         self._set("units", [])
         self._set("_unit_index", {})
         self._set("_model_ref", None)

@@ -36,6 +36,14 @@ def whole_number(value, name: str, minimum: int = 0, allow_none: bool = False):
     return int(value)
 
 
+def flag(value, name: str):
+    """``value`` as a bool, or a TypeError naming ``name``: only True/False (numpy's too) are accepted, since a
+    string such as "no" or "False" is truthy and would silently turn the option on."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
 def fraction(value, name: str, low: float = 0.0, high: float = 1.0, low_open: bool = False):
     """``value`` as a float in [low, high] ((low, high] with ``low_open``), or an error naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):

@@ -25,6 +25,7 @@ Structure selection only runs on mask updates and at initialisation; ordinary tr
 
 from __future__ import annotations
 
+import numbers
 import re
 
 import keras
@@ -35,15 +36,47 @@ from .masks import Unstructured, _sorted_ranks, kept_count, kept_count_tensor
 
 SPARSITY_TYPES: dict[str, type] = {"unstructured": Unstructured}
 _PACKAGE = "morphsparse.sparsity_types"
+_N_BY_M = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+_BLOCK = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$")
+
+
+#: names of the types morphsparse defines; ``register_sparsity_type`` refuses them (see there)
+BUILT_IN_NAMES = ("unstructured", "block", "n:m", "fan_in")
 
 
 def register_sparsity_type(name: str):
-    """Class decorator: make ``sparsity_type=name`` available and the class loadable from ``.keras`` files."""
+    """Class decorator: make ``sparsity_type=name`` available and the class loadable from ``.keras`` files.
+
+    ``name`` is matched without case or surrounding spaces. It may not be a built-in name (``"unstructured"``,
+    ``"fan_in"``, ``"block"``, ``"n:m"``) nor a block or N:M pattern (``"1x4"``, ``"2:4"``): those would be
+    replaced for the whole process, every model that uses them included, so that is an error; pick another
+    name (your class may subclass the built-in). Registering a name again (a re-run notebook cell) replaces
+    the earlier class.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise TypeError(f"register_sparsity_type: name must be a non-empty string, got {name!r}")
+    key = name.strip().lower()
+    if key in BUILT_IN_NAMES or _N_BY_M.match(key) or _BLOCK.match(key):
+        raise ValueError(f"register_sparsity_type: name {name!r} is a built-in sparsity type; registering it "
+                         "would replace the built-in for every model in this process. Give your type another "
+                         "name (it may subclass ms.Block, ms.NByM, ms.FanIn or ms.Unstructured)")
+    return _register(key)
+
+
+def _register(key):
     def decorator(cls):
-        cls.name = name
-        SPARSITY_TYPES[name] = cls
+        cls.name = key
+        SPARSITY_TYPES[key] = cls
         return keras.saving.register_keras_serializable(package=_PACKAGE, name=cls.__name__)(cls)
     return decorator
+
+
+def _instance_name(instance, built_in, default):
+    """The name of a Block or NByM instance: ``default`` (its pattern, ``"1x4"``) for the built-in class, but
+    the registered name of a subclass registered under its own name (else it would be saved as the built-in
+    pattern and load as the built-in class, or not at all)."""
+    registered = type(instance).name
+    return default if registered == built_in else registered
 
 
 def _matrix(shape):
@@ -62,7 +95,7 @@ def _where_text(where):
     return f" (kernel {where!r})" if where else ""
 
 
-@register_sparsity_type("block")
+@_register("block")
 class Block(Unstructured):
     """Blocks of ``outputs x inputs`` weights kept or removed whole: ``"1x4"`` is one output neuron times 4
     consecutive inputs (4 consecutive rows of one column of a Dense kernel: LiteRT's 1x4 sparse fully-connected
@@ -71,7 +104,7 @@ class Block(Unstructured):
 
     def __init__(self, outputs: int = 1, inputs: int = 4):
         self.outputs, self.inputs = _positive(outputs, "outputs"), _positive(inputs, "inputs")
-        self.name = f"{self.outputs}x{self.inputs}"
+        self.name = _instance_name(self, "block", f"{self.outputs}x{self.inputs}")
         self.block_size = self.outputs * self.inputs
 
     def check(self, shape, where=None):
@@ -173,7 +206,7 @@ class Grouped(Unstructured):
         return keras.ops.convert_to_numpy(self.keep_highest(scores, self.kept_count(shape, sparsity)))
 
 
-@register_sparsity_type("n:m")
+@_register("n:m")
 class NByM(Grouped):
     """``"N:M"``: in every group of M consecutive rows (inputs) of each output column exactly N weights are kept
     (``"2:4"``: the pattern sparse tensor cores accelerate). The type fixes every kernel's sparsity at 1 - N/M,
@@ -185,7 +218,7 @@ class NByM(Grouped):
         if self.n >= self.m:
             raise ValueError(f"sparsity_type='{n}:{m}' keeps {n} of every {m} weights, so nothing is pruned: N "
                              "must be smaller than M (e.g. '2:4')")
-        self.name = f"{self.n}:{self.m}"
+        self.name = _instance_name(self, "n:m", f"{self.n}:{self.m}")
 
     @property
     def fixed_sparsity(self) -> float:
@@ -229,7 +262,7 @@ class NByM(Grouped):
         return {"n": self.n, "m": self.m}
 
 
-@register_sparsity_type("fan_in")
+@_register("fan_in")
 class FanIn(Grouped):
     """Constant fan-in (SRigL, Lasby et al., ICLR 2024): every output neuron keeps the same number of inputs
     ``k = kept_count(fan_in, layer sparsity)``, which a dense kernel with k inputs per neuron can run.
@@ -244,13 +277,23 @@ class FanIn(Grouped):
             constant up to one weight once a neuron has been ablated. Ablation is re-decided at every update
             (an ablated neuron grows back when its gradients become salient); ``ms.export(model,
             source="zeros")`` then removes the ablated neurons physically.
-        min_salient_fraction: SRigL's gamma_sal (0.3 in the paper).
+        min_salient_fraction: SRigL's gamma_sal (default 0.3, as in the paper); only with ``ablation=True``
+            (without it, it would have no effect, so it is an error).
     """
 
-    def __init__(self, ablation: bool = False, min_salient_fraction: float = 0.3):
+    #: SRigL's gamma_sal, the default ``min_salient_fraction``
+    DEFAULT_MIN_SALIENT_FRACTION = 0.3
+
+    def __init__(self, ablation: bool = False, min_salient_fraction: float | None = None):
         if not isinstance(ablation, (bool, np.bool_)):
             raise TypeError(f"ablation must be True or False, got {ablation!r}")
-        if isinstance(min_salient_fraction, bool) or not isinstance(min_salient_fraction, (int, float)) \
+        if min_salient_fraction is not None and not ablation:
+            raise ValueError(f"min_salient_fraction={min_salient_fraction!r} has no effect without ablation=True "
+                             "(it is the threshold below which a neuron is ablated): pass ablation=True, or leave "
+                             "min_salient_fraction out")
+        if min_salient_fraction is None:
+            min_salient_fraction = self.DEFAULT_MIN_SALIENT_FRACTION
+        if isinstance(min_salient_fraction, bool) or not isinstance(min_salient_fraction, numbers.Real) \
                 or not 0.0 <= float(min_salient_fraction) <= 1.0:
             raise ValueError(f"min_salient_fraction must be a number in [0, 1], got {min_salient_fraction!r}")
         self.ablation = bool(ablation)
@@ -296,17 +339,22 @@ class FanIn(Grouped):
         return tf.where(ablated, 0, base + tf.cast(rank < extra, tf.int32))
 
     def get_config(self):
-        return {"ablation": self.ablation, "min_salient_fraction": self.min_salient_fraction}
+        if not self.ablation:
+            return {"ablation": False}
+        return {"ablation": True, "min_salient_fraction": self.min_salient_fraction}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if not config.get("ablation", False):
+            config.pop("min_salient_fraction", None)   # earlier versions saved it without ablation too
+        return cls(**config)
 
 
 def _positive(value, what):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 1:
         raise ValueError(f"sparsity_type: {what} must be a positive whole number, got {value!r}")
     return int(value)
-
-
-_N_BY_M = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
-_BLOCK = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$")
 
 
 def known_sparsity_types() -> list:

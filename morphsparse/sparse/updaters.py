@@ -22,6 +22,7 @@ grown weights start at zero with fresh slots and a re-grown position keeps its o
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import keras
@@ -241,6 +242,9 @@ class SNFS(DropGrow):
 
     def __init__(self, decay=0.9, **kwargs):
         super().__init__(**kwargs)
+        if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not 0.0 <= float(decay) < 1.0:
+            raise ValueError(f"decay must be a number in [0, 1), the weight the gradient average keeps at each step "
+                             f"(1 would never update it, above 1 it diverges); got {decay!r}")
         self.decay = float(decay)
 
     def kernel_state(self, shape):

@@ -1,6 +1,7 @@
 """Slim export (ms.export): channel removal, constant folding, branch and tower removal, saving."""
 
 import sys
+import warnings
 from pathlib import Path
 
 import keras
@@ -419,3 +420,82 @@ def test_round_to_must_be_a_positive_whole_number(bad):
     model = keras.Model(inp, keras.layers.Dense(3)(keras.layers.Dense(8)(inp)))
     with pytest.raises(ValueError, match="round_to"):
         ms.export(model, source="zeros", round_to=bad)
+
+
+def position_slice_net():
+    """Dense -> BatchNorm over (positions, channels), then x[:, 0, :] (the first position) into a head."""
+    inp = keras.Input((8, 16))
+    h = L.BatchNormalization(name="bn")(L.Dense(16, name="d1")(inp))
+    return keras.Model(inp, L.Dense(3, name="head")(h[:, 0, :]))
+
+
+def test_a_model_reloaded_from_disk_that_indexes_a_position_exports_with_the_same_outputs(tmp_path):
+    # a reloaded GetItem holds its key x[:, 0, :] as a list, which indexing an array refuses
+    model = randomize(position_slice_net())
+    kill(model.get_layer("bn"), [2, 5, 11])
+    path = tmp_path / "m.keras"
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    x = np.random.default_rng(1).normal(size=(4, 8, 16)).astype("float32")
+    want = keras.ops.convert_to_numpy(model(x, training=False))
+    for source in (model, reloaded):
+        slim = ms.export(source)
+        assert [layer.units for layer in slim.layers if isinstance(layer, L.Dense)] == [13, 3]
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(slim(x, training=False)), want, rtol=1e-5,
+                                   atol=1e-5)
+
+
+def chain_with_dead_channels(alive_in_b, alive_in_c=8):
+    """conv a (16) -> conv b (16) -> conv c (8) -> head, with all but ``alive_in_b`` gammas of b at zero."""
+    inp = keras.Input((6, 6, 1))
+    x = inp
+    for name, width in (("a", 16), ("b", 16), ("c", 8)):
+        x = keras.layers.Conv2D(width, 3, padding="same", name=name)(x)
+        x = keras.layers.ReLU()(keras.layers.BatchNormalization(name=f"{name}_bn")(x))
+    model = keras.Model(inp, keras.layers.Dense(3, name="head")(keras.layers.GlobalAveragePooling2D()(x)))
+    rng = np.random.default_rng(0)
+    for name, alive in (("b", alive_in_b), ("c", alive_in_c)):
+        bn = model.get_layer(f"{name}_bn")
+        gamma = rng.uniform(0.5, 1.0, bn.gamma.shape).astype("float32")
+        gamma[alive:] = 0.0
+        if alive < len(gamma):
+            gamma[alive:alive + 3] = [5e-3, 4e-3, 3e-3]   # the three strongest dead channels, the rest zero
+        bn.gamma.assign(gamma)
+    return model
+
+
+def test_export_keeps_a_floor_in_every_thinned_layer_with_unchanged_outputs():
+    model = chain_with_dead_channels(alive_in_b=1)
+    x = np.random.default_rng(1).normal(size=(4, 6, 6, 1)).astype("float32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)   # the default floor leaves nothing collapsed to warn about
+        slim = ms.export(model)
+    assert slim.get_layer("b").kernel.shape[-1] == 4            # ceil(0.2 * 16): the three strongest dead revived
+    np.testing.assert_allclose(slim.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
+    b_bn = slim.get_layer("b_bn").gamma.numpy()
+    assert sorted(b_bn)[:3] == pytest.approx([3e-3, 4e-3, 5e-3])
+
+
+def test_export_without_a_floor_collapses_and_warns_naming_the_layer_and_min_width():
+    model = chain_with_dead_channels(alive_in_b=1)
+    with pytest.warns(UserWarning, match=r"b \(16 -> 1\).*min_width="):
+        slim = ms.export(model, min_width=0.0)
+    assert slim.get_layer("b").kernel.shape[-1] == 1
+
+
+def test_export_floor_leaves_user_masks_and_wide_layers_alone():
+    model = chain_with_dead_channels(alive_in_b=6)
+    assert ms.export(model).get_layer("b").kernel.shape[-1] == 6          # above the floor: as the regulariser left it
+    graph = ms.analyze(model)
+    mask = np.zeros(16, bool)
+    mask[0] = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        chosen = ms.export(model, alive={graph.group_of("b").id: mask})
+    assert chosen.get_layer("b").kernel.shape[-1] == 1                     # alive= is taken as given
+
+
+@pytest.mark.parametrize("value,error", [(1.0, ValueError), (-0.1, ValueError), ("0.2", TypeError)])
+def test_export_min_width_errors_name_it(value, error):
+    with pytest.raises(error, match="min_width"):
+        ms.export(chain_with_dead_channels(alive_in_b=1), min_width=value)

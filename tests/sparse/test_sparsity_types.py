@@ -191,6 +191,65 @@ def test_sparsity_types_serialise_by_name_or_config():
     assert get_sparsity_type(config).get_config() == FanIn(ablation=True).get_config()
 
 
+@ms.register_sparsity_type("test_pairs")
+class Pairs(ms.Block):
+    """A registered subclass of a built-in type: blocks of 1 output x 2 inputs under its own name."""
+
+    def __init__(self):       # no parameters (and Block's get_config): it must be saved by its name
+        super().__init__(1, 2)
+
+
+def test_a_registered_subclass_of_block_keeps_its_name_and_saves_and_loads(tmp_path):
+    keras.utils.set_random_seed(0)
+    structure = get_sparsity_type("test_pairs")
+    assert structure.name == "test_pairs" and serialize_sparsity_type(structure) == "test_pairs"
+    with pytest.raises(ValueError, match=r"sparsity_type='test_pairs' tiles kernels with blocks of 1 output"):
+        structure.check((3, 4), "k")
+    assert get_sparsity_type("1x2").name == "1x2"          # the built-in keeps its pattern name
+    x, y = data(32)
+    model = mlp()
+    optimizer = ms.sparse_optimizer(model, keras.optimizers.Adam(0.01), sparsity=0.5, method="rigl",
+                                    sparsity_type="test_pairs", update_every=2, total_steps=8)
+    model.compile(optimizer, "mse")
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    model.save(tmp_path / "run.keras")
+    restored = find_sparse_optimizer(keras.saving.load_model(tmp_path / "run.keras"))
+    assert type(restored.method.sparsity_type) is Pairs
+    masks, again = optimizer.masks(), restored.masks()
+    for key in masks:
+        pairs = again[key].reshape(-1, 2, again[key].shape[-1]).sum(axis=1)
+        assert set(np.unique(pairs).tolist()) <= {0.0, 2.0} and 0 < again[key].mean() < 1
+        np.testing.assert_array_equal(masks[key], again[key])
+
+
+@pytest.mark.parametrize("name", ["unstructured", "Fan_In", "block", "n:m", "1x4", "2:4"])
+def test_registering_a_built_in_name_is_refused(name):
+    from morphsparse.sparse import SPARSITY_TYPES
+
+    before = dict(SPARSITY_TYPES)
+    with pytest.raises(ValueError, match=rf"register_sparsity_type: name '{name}' is a built-in sparsity type"):
+        @ms.register_sparsity_type(name)
+        class Mine(ms.Unstructured):
+            pass
+    assert SPARSITY_TYPES == before
+    assert type(get_sparsity_type("unstructured")) is ms.Unstructured
+
+
+def test_min_salient_fraction_needs_ablation_and_takes_numpy_numbers(tmp_path):
+    with pytest.raises(ValueError, match=r"min_salient_fraction=0.9 has no effect without ablation=True"):
+        FanIn(min_salient_fraction=0.9)
+    structure = FanIn(ablation=True, min_salient_fraction=np.float32(0.5))
+    assert structure.min_salient_fraction == 0.5
+    assert FanIn().min_salient_fraction == 0.3 and FanIn().get_config() == {"ablation": False}
+    # a config written before (min_salient_fraction saved without ablation) still loads
+    old = {"module": None, "class_name": "FanIn", "config": {"ablation": False, "min_salient_fraction": 0.3},
+           "registered_name": "morphsparse.sparsity_types>FanIn"}
+    assert get_sparsity_type(old).get_config() == {"ablation": False}
+    for bad in (np.float64(1.5), "0.5", True):
+        with pytest.raises(ValueError, match="min_salient_fraction must be a number in"):
+            FanIn(ablation=True, min_salient_fraction=bad)
+
+
 # --- bad input ------------------------------------------------------------------------------------------
 
 def test_bad_sparsity_types_name_the_argument():
