@@ -144,6 +144,14 @@ def check_budget(budget, value_error=ValueError, type_error=TypeError):
     return value
 
 
+def absolute_budget_hint(budget, unit):
+    """A reminder for an absolute budget that reads like a percentage (1 < budget <= 100), else ''."""
+    if 1 < budget <= 100:
+        return (f" (budget={budget!r} > 1 is read as an absolute count of {unit}; for {budget:g}% of the model's "
+                f"cost write budget={budget / 100:g})")
+    return ""
+
+
 def resolve_budget(budget, target, model_or_graph, reference=None, value_error=ValueError, type_error=TypeError):
     """The absolute budget in ``target`` units ("flops" or "size"): ``budget`` itself when > 1, else that
     fraction of the cost of ``reference`` (a model or channel graph; default ``model_or_graph``)."""

@@ -43,3 +43,12 @@ def test_export_of_a_saved_model_that_indexes_a_position(tmp_path, capsys):
     assert slim.get_layer("head").kernel.shape == (14, 3)
     x = np.random.default_rng(0).normal(size=(2, 8, 16)).astype("float32")
     np.testing.assert_allclose(slim.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("flag,value", [("--input-size", "0"), ("--input-size", "-8"), ("--classes", "0")])
+def test_sizes_must_be_positive(flag, value, capsys):
+    # --input-size 0 was taken as "not given" and built the application at its default size
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["report", "MobileNetV2", flag, value])
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: must be a whole number >= 1, got '{value}'" in capsys.readouterr().err

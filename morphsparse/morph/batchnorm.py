@@ -42,13 +42,36 @@ def batch_norm_layers(model):
     return found
 
 
-def _batches(data, steps):
-    """Input batches from ``data``: a tf.data.Dataset or any iterable of batches (x or (x, y[, w]) tuples),
-    or one array (a numpy array or a list/dict of them for several inputs), split into batches of 32."""
-    if isinstance(data, np.ndarray) or keras.ops.is_tensor(data):
-        size = 32
-        total = int(data.shape[0])
-        batches = (data[start:start + size] for start in range(0, total, size))
+#: an array of inputs (or an (x, y) tuple of arrays) is cut into batches of this many examples
+ARRAY_BATCH_SIZE = 32
+
+
+def _is_array(value):
+    return hasattr(value, "shape") and hasattr(value, "__getitem__") and len(value.shape) > 0
+
+
+def _is_arrays(value):
+    """An array, or a list/dict of arrays (one per network input), as opposed to an iterable of batches."""
+    if isinstance(value, (list, dict)):
+        entries = list(value.values()) if isinstance(value, dict) else value
+        return bool(entries) and all(_is_array(entry) for entry in entries)
+    return _is_array(value)
+
+
+def _input_batches(data, steps, n_inputs=1):
+    """Input batches from ``data`` (what :func:`recalibrate_batchnorm` and ``export(calibration_data=)`` take):
+    a tf.data.Dataset or any iterable of batches, each ``x`` or an ``(x, y)`` / ``(x, y, sample_weight)``
+    tuple; one array of inputs (a numpy array or tensor; for a model of ``n_inputs`` > 1 inputs a list or dict
+    of them); or an ``(x, y)`` / ``(x, y, sample_weight)`` tuple of such arrays, as ``Model.fit`` and
+    ``ms.prune(data=)`` take them. Arrays are cut into batches of :data:`ARRAY_BATCH_SIZE`; y and the sample
+    weights are never read (only x feeds the network)."""
+    if isinstance(data, tuple) and len(data) in (2, 3) and _is_arrays(data[0]):
+        data = data[0]                         # (x, y[, sample_weight]) arrays: the inputs only
+    several = isinstance(data, dict) or (isinstance(data, list) and n_inputs > 1 and len(data) == n_inputs)
+    if keras.ops.is_tensor(data) or isinstance(data, np.ndarray) or (several and _is_arrays(data)):
+        total = int(keras.tree.flatten(data)[0].shape[0])
+        batches = (keras.tree.map_structure(lambda a: a[start:start + ARRAY_BATCH_SIZE], data)
+                   for start in range(0, total, ARRAY_BATCH_SIZE))
     else:
         batches = iter(data)
     for batch in itertools.islice(batches, steps):
@@ -57,13 +80,45 @@ def _batches(data, steps):
         yield batch
 
 
+def _input_shapes(model):
+    """The shapes the model's inputs expect (one shape, or a list for several inputs); None when unbuilt."""
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return None
+    if not inputs:
+        return None
+    shapes = [tuple(tensor.shape) for tensor in inputs]
+    return shapes[0] if len(shapes) == 1 else shapes
+
+
+def _check_first_batch(model, batch):
+    """Run ``model`` once on ``batch`` in inference mode (no statistic moves; an unbuilt model gets built), so
+    that data the model cannot take is refused before anything is reset."""
+    expected = _input_shapes(model)
+    try:
+        model(batch, training=False)
+    except Exception as err:  # noqa: BLE001 - Keras's shape/dtype errors vary; ours names the argument
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        wanted = (f"it expects inputs of shape {expected}" if expected is not None else
+                  f"model '{model.name}' is not built, so build it first (model.build(input_shape), or call it "
+                  "on a batch of the right shape)")
+        raise ValueError(f"recalibrate_batchnorm: the model cannot run on the first batch of data (inputs of "
+                         f"shape {keras.tree.map_structure(lambda a: tuple(np.shape(a)), batch)}): {wanted}; pass data= as batches of inputs x, (x, y) "
+                         f"batches or an (x, y) tuple of arrays. The moving statistics were left as they were. "
+                         f"({type(err).__name__}: {first[:300]})") from err
+
+
 def recalibrate_batchnorm(model, data, steps=None):
     """Reset the moving mean and variance of every BatchNormalization in ``model`` and re-estimate them as
     the cumulative average of the batch statistics over ``data`` (see the module docstring).
 
-    ``data``: a ``tf.data.Dataset`` or iterable of batches (``x`` or ``(x, y)``), or an array of inputs
-    (batched by 32). ``steps``: the number of batches to use (default: all). Returns the number of batches
-    used. Dropout and other training-only layers are active during the passes, as in training.
+    ``data``: a ``tf.data.Dataset`` or iterable of batches (``x`` or ``(x, y)``), an array of inputs, or an
+    ``(x, y)`` / ``(x, y, sample_weight)`` tuple of arrays (arrays are batched by 32; only x is used).
+    ``steps``: the number of batches to use (default: all). Returns the number of batches used. Dropout and
+    other training-only layers are active during the passes, as in training. The first batch is tried in
+    inference mode before anything is reset: data the model cannot take raises a ValueError and leaves the
+    statistics as they were (as does any later failure). An unbuilt model is built by that first batch.
     """
     if not isinstance(model, keras.Model):
         raise TypeError(f"recalibrate_batchnorm() takes a keras.Model, got {type(model).__name__}")
@@ -75,23 +130,40 @@ def recalibrate_batchnorm(model, data, steps=None):
     if not layers:
         warn_user(f"recalibrate_batchnorm: model '{model.name}' has no BatchNormalization layer; nothing to do")
         return 0
+    expected = _input_shapes(model)
+    batches = _input_batches(data, steps, len(expected) if isinstance(expected, list) else 1)
+    first = next(batches, None)
+    if first is None:
+        raise ValueError("recalibrate_batchnorm: data gave no batch; the moving statistics were left as they "
+                         "were. Pass at least one batch.")
+    _check_first_batch(model, first)
+    unbuilt = [layer.name for layer in layers
+               if getattr(layer, "moving_mean", None) is None or getattr(layer, "moving_variance", None) is None]
+    if unbuilt:
+        raise ValueError(f"recalibrate_batchnorm: BatchNormalization layer(s) {unbuilt} of model '{model.name}' are "
+                         "not built (the first batch did not reach them); build the model first "
+                         "(model.build(input_shape), or call it on a batch)")
     momenta = [layer.momentum for layer in layers]
+    saved = [(keras.ops.convert_to_numpy(layer.moving_mean), keras.ops.convert_to_numpy(layer.moving_variance))
+             for layer in layers]
     for layer in layers:
         layer.moving_mean.assign(np.zeros(layer.moving_mean.shape, layer.moving_mean.dtype))
         layer.moving_variance.assign(np.ones(layer.moving_variance.shape, layer.moving_variance.dtype))
     used = 0
     try:
-        for t, batch in enumerate(_batches(data, steps)):
+        for t, batch in enumerate(itertools.chain([first], batches)):
             for layer in layers:
                 layer.momentum = t / (t + 1.0)
             model(batch, training=True)
             used = t + 1
+    except BaseException:        # a later batch the model cannot take: put the statistics back
+        for layer, (mean, variance) in zip(layers, saved):
+            layer.moving_mean.assign(mean)
+            layer.moving_variance.assign(variance)
+        raise
     finally:
         for layer, momentum in zip(layers, momenta):
             layer.momentum = momentum
-    if used == 0:
-        raise ValueError("recalibrate_batchnorm: data gave no batch; the moving statistics were reset and "
-                         "are now meaningless (mean 0, variance 1). Pass at least one batch.")
     return used
 
 

@@ -50,7 +50,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from morphsparse.costs import check_budget
+from morphsparse.costs import absolute_budget_hint, check_budget
 
 #: Model attribute holding the controller state (a plain attribute, not tracked: saving walks it by name).
 STATE_ATTRIBUTE = "_morph_budget_state"
@@ -161,9 +161,10 @@ class BudgetController:
             ratio = absolute / initial
         floor = self._floor_ratio()
         if ratio <= floor:
-            raise ValueError(f"budget={budget!r} is {ratio:.1%} of the seed's {regularizer.unit}, but the "
-                             f"channels that cannot be removed (pinned inputs/outputs, unregularised groups) "
-                             f"already cost {floor:.1%}: raise the budget")
+            raise ValueError(f"budget={budget!r} is {ratio:.2%} of the seed's {regularizer.unit}, but the "
+                             f"smallest network the regulariser can leave (pinned inputs/outputs, unregularised "
+                             f"groups, one channel in every regularised group) already costs {floor:.2%}: raise "
+                             f"the budget{absolute_budget_hint(float(budget), regularizer.unit)}")
         self.budget = float(budget)
         self.ratio = float(ratio)
         self.steps = check_steps(steps)
@@ -176,9 +177,16 @@ class BudgetController:
 
     # --- costs ------------------------------------------------------------------------------------------
     def _floor_ratio(self):
+        """Cost ratio of the smallest network: what cannot shrink, plus one channel of every regularised group
+        (a budget below it can only be reached by killing whole layers of a chain, which export refuses)."""
         reg = self.reg
-        fixed = (~reg.regularized).astype(float)
-        return float(reg.target.cost(*reg.kernel_calls.sums(fixed))) / reg.initial_cost
+        fixed = ~reg.regularized
+        offsets = reg.graph.offsets
+        for group in reg.graph.groups:
+            lo, hi = offsets[group.id], offsets[group.id + 1]
+            if hi > lo and reg.regularized[lo:hi].any() and not fixed[lo:hi].any():
+                fixed[lo + int(np.argmax(reg.regularized[lo:hi]))] = True
+        return float(reg.target.cost(*reg.kernel_calls.sums(fixed.astype(float)))) / reg.initial_cost
 
     def cost_ratio(self, alive):
         """Target cost of a flat 0/1 alive vector (tensor) as a fraction of the seed's (float64 tensor)."""

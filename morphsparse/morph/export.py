@@ -578,8 +578,10 @@ def export(model, source="gamma", threshold=None, l1_fraction=0.0, alive=None, e
     in while differing at the border (the only cases where the slim model differs, at image borders), and the
     live channels that feed a layer kept this way; it then checks the slim model's outputs against the
     original's on random inputs (relative 1e-5) and warns if they differ. ``ignore``: layers whose outputs
-    must not shrink. ``calibration_data`` (batches of inputs, see :func:`morphsparse.recalibrate_batchnorm`):
-    re-estimate the slim model's BatchNorm statistics on it (``calibration_steps`` batches at most).
+    must not shrink. ``calibration_data`` (an array of inputs, an ``(x, y)`` or ``(x, y, sample_weight)`` tuple
+    of arrays, or a dataset or iterable of such batches: only x is read; see
+    :func:`morphsparse.recalibrate_batchnorm`): re-estimate the slim model's BatchNorm statistics on it
+    (``calibration_steps`` batches at most).
     ``round_to=8``: keep, in every channel group, a multiple of 8 channels (or all of them), reviving the
     strongest dead channels (they compute what they did, so outputs are unchanged): CPU kernels block channels
     by 8 or 16 and run an odd width at nearly the cost of the next multiple. ``min_width`` (default 0.2): with

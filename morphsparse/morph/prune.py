@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from morphsparse.costs import (DEFAULT_COST_POWER, check_budget, check_cost_power, count_flops, count_params,
-                               resolve_budget)
+from morphsparse.costs import (DEFAULT_COST_POWER, absolute_budget_hint, check_budget, check_cost_power,
+                               count_flops, count_params, resolve_budget)
 from morphsparse.graph import analyze
 from morphsparse.morph import alive as _alive
 from morphsparse.morph.export import export_with_report
@@ -537,7 +537,7 @@ def _prune_once(model, budget, target, importance, data, loss, batches, ignore, 
         return PruneError(f"budget={budget_arg!r} ({budget:,.0f} {unit}) cannot be reached: the smallest network "
                           f"prune can make of '{model.name}' costs {smallest:,d} {unit} (every prunable group at "
                           f"its floor, min_width={min_width!r} of its channels and at least one{why}); lower "
-                          "min_width= or raise the budget")
+                          f"min_width= or raise the budget{absolute_budget_hint(budget_arg, unit)}")
 
     smallest = search.exact_cost(search.smallest())
     if smallest > budget:

@@ -82,3 +82,87 @@ def test_export_recalibrates_the_slim_model_on_calibration_data():
     batch = keras.ops.convert_to_numpy(slim.get_layer("c1")(x[:32])).reshape(-1, 2)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(slim.get_layer("bn1").moving_mean), batch.mean(0),
                                rtol=1e-4, atol=1e-5)
+
+
+def statistics(model):
+    from morphsparse.morph.batchnorm import batch_norm_layers
+
+    return {layer.name: (keras.ops.convert_to_numpy(layer.moving_mean).copy(),
+                         keras.ops.convert_to_numpy(layer.moving_variance).copy())
+            for layer in batch_norm_layers(model)}
+
+
+def assert_same_statistics(a, b):
+    assert a.keys() == b.keys()
+    for name in a:
+        for x, y in zip(a[name], b[name]):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_data_the_model_cannot_take_leaves_the_statistics_as_they_were():
+    model = two_bn_net(0.99)
+    for name in ("bn1", "bn2"):
+        layer = model.get_layer(name)
+        layer.moving_mean.assign(np.full(layer.moving_mean.shape, 3.0, "float32"))
+        layer.moving_variance.assign(np.full(layer.moving_variance.shape, 5.0, "float32"))
+    before = statistics(model)
+    wrong = np.zeros((8, 5, 5, 2), "float32")
+    with pytest.raises(ValueError, match=r"first batch of data .*\(8, 5, 5, 2\).*expects inputs of shape "
+                                         r"\(None, 4, 4, 2\)"):
+        ms.recalibrate_batchnorm(model, wrong)
+    assert_same_statistics(statistics(model), before)
+    # a later batch that fails puts the statistics back too
+    good = np.random.default_rng(0).normal(size=(8, 4, 4, 2)).astype("float32")
+    with pytest.raises(Exception):
+        ms.recalibrate_batchnorm(model, [good, wrong])
+    assert_same_statistics(statistics(model), before)
+    assert model.get_layer("bn1").momentum == 0.99
+
+
+def test_an_unbuilt_model_is_built_from_the_data_or_refused_clearly():
+    model = keras.Sequential([L.Dense(3), L.BatchNormalization(name="bn")])
+    x = np.random.default_rng(0).normal(loc=2.0, size=(40, 5)).astype("float32")
+    assert ms.recalibrate_batchnorm(model, x) == 2
+    assert model.built and np.abs(keras.ops.convert_to_numpy(model.get_layer("bn").moving_mean)).max() > 0
+    unbuilt = keras.Sequential([L.Conv2D(3, 1), L.BatchNormalization()])
+    with pytest.raises(ValueError, match=r"is not built, so build it first"):
+        ms.recalibrate_batchnorm(unbuilt, np.zeros((4, 5), "float32"))
+
+
+def test_x_y_tuples_and_datasets_of_them_calibrate_on_x_only():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(64, 4, 4, 2)).astype("float32")
+    y, w = rng.integers(0, 3, size=64), np.ones(64, "float32")
+    model = two_bn_net(0.99)
+    initial = model.get_weights()
+    ms.recalibrate_batchnorm(model, x)
+    want = statistics(model)
+    for data in ((x, y), (x, y, w), tf.data.Dataset.from_tensor_slices((x, y)).batch(32),
+                 tf.data.Dataset.from_tensor_slices((x, y, w)).batch(32)):
+        model.set_weights(initial)
+        assert ms.recalibrate_batchnorm(model, data) == 2
+        got = statistics(model)
+        for name in want:
+            for a, b in zip(want[name], got[name]):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # export(calibration_data=) takes the same forms
+    model.set_weights(initial)
+    model.get_layer("bn1").gamma.assign(np.array([1.0, 0.0, 1.0], "float32"))
+    from_x = ms.export(model, calibration_data=x)
+    from_xy = ms.export(model, calibration_data=(x, y))
+    assert from_xy.get_layer("c1").filters == 2
+    assert_same_statistics(statistics(from_xy), statistics(from_x))
+
+
+def test_several_inputs_as_a_list_of_arrays_with_labels():
+    a, b = keras.Input((3,)), keras.Input((3,))
+    out = L.BatchNormalization(name="bn")(L.Concatenate()([a, b]))
+    model = keras.Model([a, b], L.Dense(1)(out))
+    rng = np.random.default_rng(0)
+    xa, xb = rng.normal(loc=1.0, size=(40, 3)).astype("float32"), rng.normal(loc=-1.0, size=(40, 3)).astype("float32")
+    assert ms.recalibrate_batchnorm(model, ([xa, xb], np.zeros(40))) == 2
+    mean = keras.ops.convert_to_numpy(model.get_layer("bn").moving_mean)
+    expected = (np.concatenate([xa, xb], axis=1)[:32].mean(0) + np.concatenate([xa, xb], axis=1)[32:].mean(0)) / 2
+    np.testing.assert_allclose(mean, expected, rtol=1e-4, atol=1e-5)

@@ -499,3 +499,10 @@ def test_export_floor_leaves_user_masks_and_wide_layers_alone():
 def test_export_min_width_errors_name_it(value, error):
     with pytest.raises(error, match="min_width"):
         ms.export(chain_with_dead_channels(alive_in_b=1), min_width=value)
+
+
+@pytest.mark.parametrize("bad", ["no", "False", 1, None])
+def test_exact_must_be_a_boolean(bad):
+    # a truthy string would silently turn exact on
+    with pytest.raises(TypeError, match=r"exact must be True or False"):
+        ms.export(position_slice_net(), exact=bad)

@@ -372,3 +372,8 @@ def test_cost_power_shifts_the_cut_from_expensive_to_cheap_layers():
 def test_a_floor_that_makes_the_budget_unreachable_names_min_width():
     with pytest.raises(ms.PruneError, match="min_width"):
         ms.prune(vgg_chain(), budget=0.05, min_width=0.5)
+
+
+def test_a_percentage_given_as_an_absolute_budget_says_which_fraction_to_write():
+    with pytest.raises(ms.PruneError, match=r"budget=0\.6\)"):
+        ms.prune(vgg_chain(), budget=60, target="size")

@@ -59,10 +59,26 @@ def _make(**options):
     ({"include": ["nothing_here"]}, ValueError, r"include names 'nothing_here'"),
     ({"include": {"a": ["weights"]}}, ValueError, r"layer 'a' \(Dense\) has no weight 'weights'"),
     ({"method": "snfs", "decay": 0.5, "bogus": 1}, TypeError, r"method='snfs' does not take the option"),
+    # truthy strings are not True; an SNFS decay outside [0, 1) would never update or diverge
+    ({"skip_optimizer_step": "no"}, TypeError, r"skip_optimizer_step must be True or False, got str 'no'"),
+    ({"rescale_init": "False"}, TypeError, r"rescale_init must be True or False, got str 'False'"),
+    ({"rescale_init": 1}, TypeError, r"rescale_init must be True or False"),
+    ({"method": "snfs", "decay": 1.5}, ValueError, r"decay must be a number in \[0, 1\).*got 1.5"),
+    ({"method": "snfs", "decay": 1.0}, ValueError, r"decay must be a number in \[0, 1\)"),
+    ({"method": "snfs", "decay": "0.9"}, ValueError, r"decay must be a number in \[0, 1\)"),
 ])
 def test_bad_arguments_name_themselves(options, error, match):
     with pytest.raises(error, match=match):
         _make(**options)
+
+
+def test_a_sparse_optimizer_takes_numpy_booleans_and_numbers():
+    optimizer = _make(method="snfs", decay=np.float32(0.5), skip_optimizer_step=np.bool_(True),
+                      rescale_init=np.bool_(False))
+    assert optimizer.skip_optimizer_step is True and optimizer.method.decay == 0.5
+    with pytest.raises(TypeError, match="skip_optimizer_step must be True or False"):
+        mss.SparseOptimizer(keras.optimizers.SGD(), method=optimizer.method, schedule=optimizer.schedule,
+                            skip_optimizer_step="no")
 
 
 def test_model_and_optimizer_arguments():
