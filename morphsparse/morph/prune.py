@@ -502,13 +502,14 @@ class _Search:
 
 # --- export and compile helpers ----------------------------------------------------------------------------
 
-def _export_with_report(model, masks, source, ignore, name):
+def _export_with_report(model, masks, source, ignore, name, calibration_data=None):
     """``(slim, ExportReport)`` of ``export(model, alive=masks)``; the one place that calls the exporter."""
     removes = any(not np.all(m) for m in masks.values())
     with warnings.catch_warnings():
         if not removes:   # a budget at the model's own cost: a plain copy is what was asked for
             warnings.filterwarnings("ignore", message=r"export of .* removed nothing")
-        return export_with_report(model, source=source, alive=masks, ignore=ignore, name=name)
+        return export_with_report(model, source=source, alive=masks, ignore=ignore, name=name,
+                                  calibration_data=calibration_data)
 
 
 def _price(model_or_graph):
@@ -518,7 +519,7 @@ def _price(model_or_graph):
 # --- one step ----------------------------------------------------------------------------------------------
 
 def _prune_once(model, budget, target, importance, data, loss, batches, ignore, chunk, name, budget_arg,
-                cost_power, min_width):
+                cost_power, min_width, calibration_data=None):
     """Prune ``model`` to ``budget`` (absolute, target units): returns (slim, PruneStep)."""
     start = time.perf_counter()
     graph = analyze(model, ignore=ignore)
@@ -554,7 +555,7 @@ def _prune_once(model, budget, target, importance, data, loss, batches, ignore, 
             continue
         masks = search.masks()
         _alive.check_connected(graph, masks)
-        slim, report = _export_with_report(model, masks, removal, ignore, name)
+        slim, report = _export_with_report(model, masks, removal, ignore, name, calibration_data)
         cost = count_flops(slim) if target == "flops" else count_params(slim)
         if cost <= budget:
             break
@@ -601,7 +602,7 @@ def _group_widths(graph, slim):
 
 def prune_with_report(model, budget=0.5, target="flops", importance="gamma", data=None, *, steps=1, fit=None,
                       compile=None, loss=None, batches=8, ignore=(), chunk=DEFAULT_CHUNK, name=None,
-                      cost_power=DEFAULT_COST_POWER, min_width=_alive.DEFAULT_MIN_WIDTH):
+                      cost_power=DEFAULT_COST_POWER, min_width=_alive.DEFAULT_MIN_WIDTH, calibration_data=None):
     """:func:`prune`, returning ``(slim model, PruneReport)``."""
     start = time.perf_counter()
     _check_arguments(model, budget, target, importance, data, loss, steps, fit, compile, batches, chunk)
@@ -623,7 +624,8 @@ def prune_with_report(model, budget=0.5, target="flops", importance="gamma", dat
         if index == steps:
             step_budget = reach
         slim, step, never = _prune_once(current, step_budget, target, importance, data, loss, batches,
-                                        slim_ignore, chunk, name, budget, cost_power, min_width)
+                                        slim_ignore, chunk, name, budget, cost_power, min_width,
+                                        calibration_data)
         step.index = index
         if index == 1:
             report.never_pruned = never
@@ -657,7 +659,7 @@ def prune_with_report(model, budget=0.5, target="flops", importance="gamma", dat
 
 def prune(model, budget=0.5, target="flops", importance="gamma", data=None, *, steps=1, fit=None, compile=None,
           loss=None, batches=8, ignore=(), chunk=DEFAULT_CHUNK, name=None, cost_power=DEFAULT_COST_POWER,
-          min_width=_alive.DEFAULT_MIN_WIDTH):
+          min_width=_alive.DEFAULT_MIN_WIDTH, calibration_data=None):
     """Prune a trained model to a budget and return the slim ``keras.Model`` (weights copied, via export).
 
     Args:
@@ -686,12 +688,15 @@ def prune(model, budget=0.5, target="flops", importance="gamma", data=None, *, s
             benchmarks/structure_quality.py found best (docs/structure_learning.md).
         min_width: every group keeps at least this fraction of its channels (and at least one); a result with
             a layer under 10% of its channels warns, naming it.
+        calibration_data: inputs (or ``(x, y)`` batches) to re-estimate the slim model's BatchNorm statistics
+            on (:func:`morphsparse.recalibrate_batchnorm`), after every step: removing channels changes the
+            statistics the next layers see, and stale ones can put a good model at chance until fine-tuned.
 
     See :func:`prune_with_report` for the :class:`PruneReport` too, and docs/export_and_expand.md.
     """
     slim, _ = prune_with_report(model, budget, target, importance, data, steps=steps, fit=fit, compile=compile,
                                 loss=loss, batches=batches, ignore=ignore, chunk=chunk, name=name,
-                                cost_power=cost_power, min_width=min_width)
+                                cost_power=cost_power, min_width=min_width, calibration_data=calibration_data)
     return slim
 
 

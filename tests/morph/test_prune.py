@@ -377,3 +377,17 @@ def test_a_floor_that_makes_the_budget_unreachable_names_min_width():
 def test_a_percentage_given_as_an_absolute_budget_says_which_fraction_to_write():
     with pytest.raises(ms.PruneError, match=r"budget=0\.6\)"):
         ms.prune(vgg_chain(), budget=60, target="size")
+
+
+def test_calibration_data_re_estimates_the_slim_models_batchnorm_statistics():
+    model = vgg_chain()
+    x = np.random.default_rng(2).normal(1.0, 2.0, size=(64, 12, 12, 1)).astype("float32")
+    stale = ms.prune(model, budget=0.5)
+    fresh = ms.prune(model, budget=0.5, calibration_data=x)
+    reference = keras.models.clone_model(stale)
+    reference.set_weights(stale.get_weights())
+    ms.recalibrate_batchnorm(reference, x)
+    for name in ("bn0", "bn3"):
+        np.testing.assert_allclose(fresh.get_layer(name).moving_mean.numpy(),
+                                   reference.get_layer(name).moving_mean.numpy(), rtol=1e-4, atol=1e-6)
+        assert not np.allclose(fresh.get_layer(name).moving_mean.numpy(), stale.get_layer(name).moving_mean.numpy())
