@@ -363,6 +363,29 @@ def fit_hook(original_fit, controller):
     return fit
 
 
+#: the controller lands a budget in about this many / learning_rate steps with Adam (docs/structure_learning.md)
+STEPS_PER_INVERSE_RATE = 4.0
+
+
+def too_few_steps(controller, optimizer):
+    """A warning text when the planned structure-learning steps are fewer than half of what the controller
+    needs at the optimizer's current learning rate (about 4 / learning_rate steps with Adam), else None: said at
+    the start of fit, so that a run that cannot land is not trained to the end first."""
+    rate = getattr(optimizer, "learning_rate", None)
+    try:
+        rate = float(keras.ops.convert_to_numpy(rate))
+    except (TypeError, ValueError):
+        return None
+    planned, taken = controller.total_steps, controller.step
+    needed = STEPS_PER_INVERSE_RATE / rate if rate > 0 else float("inf")
+    if planned - taken >= 0.5 * needed or planned <= 0:
+        return None
+    return (f"MorphRegularizer(budget=...) plans {planned} structure-learning steps at learning rate {rate:.3g}, "
+            f"but the controller needs about {STEPS_PER_INVERSE_RATE:g} / learning_rate = {needed:,.0f} steps with "
+            "Adam to land the budget (a channel dies only once its regularisation value has moved from ~1 to the "
+            "threshold): train more epochs, use smaller batches or a higher learning rate, or pass steps=")
+
+
 class BudgetCallback(keras.callbacks.Callback):
     """Added to fit() by an attached budget regulariser: sets the planned steps at the start, judges the
     landing at the end (the fit hook issues the warning)."""
@@ -377,6 +400,9 @@ class BudgetCallback(keras.callbacks.Callback):
         epochs, steps = self.params.get("epochs"), self.params.get("steps")
         this_fit = None if steps is None else max(int(epochs) - self.initial_epoch, 0) * int(steps)
         self.controller.begin_fit(this_fit)
+        message = too_few_steps(self.controller, getattr(self.model, "optimizer", None))
+        if message:
+            warnings.warn(message, BudgetWarning, stacklevel=2)
 
     def on_train_end(self, logs=None):
         self.controller._in_fit = False

@@ -515,7 +515,8 @@ class MorphRegularizer:
             absolute count > 1 in the target's unit. The strength is then controlled during training
             (:mod:`morphsparse.morph.budget`); not with ``strength`` / ``strength_multiplier``.
         steps: with ``budget``: the number of structure-learning steps (fit supplies it when omitted; a
-            custom loop must give it).
+            custom loop must give it). Plan about 4 / learning_rate steps with Adam (400 at 1e-2): fewer cannot
+            land the budget, and fit warns at its start when the plan is under half of that.
         l1_fraction: group-lasso mix of L1 (mean |w|) into the L2 norm (sqrt(mean w^2)); 0 by default.
         device: latency target only: a name in :data:`DEVICE_PROFILES` or a :class:`DeviceProfile`; None
             (the default) means "v100". Passing one with another target warns, as it would have no effect.

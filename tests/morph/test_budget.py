@@ -89,8 +89,8 @@ def test_history_logs_strength_and_cost_ratio_every_epoch(digits):
 def test_unreachable_budget_warns_with_the_cost_reached_and_what_to_change(digits):
     """Two epochs at Adam 1e-3: no channel can reach the threshold, and fit says so at the end."""
     _, reg, _, caught = fit_with_budget(digits, keras.optimizers.Adam(1e-3), epochs=2)
-    assert len(caught) == 1
-    message = str(caught[0].message)
+    assert len(caught) == 2 and "plans" in str(caught[0].message)     # said at the start, then at the end
+    message = str(caught[1].message)
     assert "budget not reached" in message and "100.0%" in message and "budget 50.0%" in message
     assert "more steps" in message and "higher learning rate" in message
     assert reg.controller.report(warn=False) == pytest.approx(1.0)
@@ -101,7 +101,7 @@ def test_no_warning_before_the_planned_steps_are_done(digits):
     model = mlp()
     reg = MorphRegularizer(model, budget=0.5, steps=10 * steps_per_epoch(x))
     reg.attach(model)
-    model.compile(keras.optimizers.Adam(1e-3), LOSS)
+    model.compile(keras.optimizers.Adam(1e-2), LOSS)
     with warnings.catch_warnings():
         warnings.simplefilter("error", BudgetWarning)
         model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)      # 1 of 10 planned epochs: no verdict yet
@@ -359,3 +359,34 @@ def test_a_budget_below_one_channel_per_group_is_refused_at_the_start(budget):
         ms.MorphRegularizer(ms.small_resnet(), budget=budget)
     if budget == 50:
         assert "budget=0.5" in str(info.value)
+
+
+def test_too_few_planned_steps_warn_at_the_start_of_fit():
+    """The rule (about 4 / learning_rate Adam steps) is checked when fit starts, not only after training."""
+    model = ms.small_resnet(input_shape=(8, 8, 1), width_multiplier=0.25)
+    reg = ms.MorphRegularizer(model, budget=0.5)
+    reg.attach(model)
+    model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = np.zeros((64, 8, 8, 1), "float32"), np.zeros(64, "int32")
+    seen = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append(len(record))
+
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[Spy()])
+    early = [str(w.message) for w in record[:seen[0]]]
+    assert any("plans 2 structure-learning steps" in m and "400 steps" in m for m in early), early
+
+
+def test_enough_planned_steps_do_not_warn_at_the_start():
+    model = ms.small_resnet(input_shape=(8, 8, 1), width_multiplier=0.25)
+    reg = ms.MorphRegularizer(model, budget=0.5, steps=1000)
+    reg.attach(model)
+    model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        model.fit(np.zeros((64, 8, 8, 1), "float32"), np.zeros(64, "int32"), batch_size=32, epochs=1, verbose=0)
+    assert not [w for w in record if "plans" in str(w.message)]
