@@ -204,6 +204,10 @@ class Study:
 
     def prune(self, name, target, budget, seed, teacher=False, **options):
         trained = self.dense(name, seed)
+        if teacher and ms.morph.batch_norm_layers(trained):
+            # the teacher runs in inference mode: its moving statistics must be current (MobileNetV2's BatchNorm
+            # momentum of 0.999 leaves them far from the data after a few hundred steps)
+            ms.recalibrate_batchnorm(trained, self.data(name)[0][:CALIBRATION])
         slim, report = ms.prune_with_report(trained, budget=budget, target=target, importance=ZOO[name][4],
                                             **options)
         self.fit(name, slim, self.epochs - self.epochs // 2, seed, rate=FINE_TUNE_RATE,

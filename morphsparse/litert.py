@@ -341,5 +341,5 @@ def to_litert(model, path=None, sparse=True, quantize=None, representative_data=
     return report
 
 
-__all__ = ["to_litert", "convert", "interpreter", "run", "LiteRTReport", "LayerStorage", "LiteRTError",
-           "QUANTIZATIONS"]
+__all__ = ["to_litert", "convert", "densify_before_dequantize", "interpreter", "run", "LiteRTReport", "LayerStorage",
+           "LiteRTError", "RTOL", "QUANTIZATIONS"]

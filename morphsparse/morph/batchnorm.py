@@ -103,9 +103,10 @@ def _check_first_batch(model, batch):
         wanted = (f"it expects inputs of shape {expected}" if expected is not None else
                   f"model '{model.name}' is not built, so build it first (model.build(input_shape), or call it "
                   "on a batch of the right shape)")
+        shapes = keras.tree.map_structure(lambda a: tuple(np.shape(a)), batch)
         raise ValueError(f"recalibrate_batchnorm: the model cannot run on the first batch of data (inputs of "
-                         f"shape {keras.tree.map_structure(lambda a: tuple(np.shape(a)), batch)}): {wanted}; pass data= as batches of inputs x, (x, y) "
-                         f"batches or an (x, y) tuple of arrays. The moving statistics were left as they were. "
+                         f"shape {shapes}): {wanted}; pass data= as batches of inputs x, (x, y) batches or an "
+                         f"(x, y) tuple of arrays. The moving statistics were left as they were. "
                          f"({type(err).__name__}: {first[:300]})") from err
 
 

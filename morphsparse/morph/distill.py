@@ -12,7 +12,8 @@ gradient of the soft term scales as 1/T**2, so the T**2 factor keeps its size in
 ``weight`` means the same thing at any T.
 
 The teacher runs with ``training=False`` (BatchNorm uses its moving statistics, dropout is off) under
-``stop_gradient``; the Distiller lists only the student's weights as trainable, so the teacher is frozen without
+``stop_gradient``, so its moving statistics must be current: after a short training (or with MobileNetV2's
+BatchNorm momentum of 0.999) re-estimate them first with ``ms.recalibrate_batchnorm(teacher, x[:2048])``; the Distiller lists only the student's weights as trainable, so the teacher is frozen without
 changing the user's teacher object (its ``trainable`` flag is left as it is). ``call`` is the student, so
 ``predict`` and the compiled metrics of ``evaluate`` score the student (the reported loss is the distillation
 loss). The student is trained in place: after ``fit``, ``distiller.student`` is the object passed in. Save that

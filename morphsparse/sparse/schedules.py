@@ -40,7 +40,8 @@ def flag(value, name: str):
     """``value`` as a bool, or a TypeError naming ``name``: only True/False (numpy's too) are accepted, since a
     string such as "no" or "False" is truthy and would silently turn the option on."""
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}; pass a bool (a "
+                        "string such as 'no' or 'False' would count as True)")
     return bool(value)
 
 
