@@ -50,6 +50,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import morphsparse as ms  # noqa: E402
+from morphsparse.morph.batchnorm import batch_norm_layers  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = RESULTS / "structure_quality_runs.jsonl"
@@ -174,7 +175,7 @@ class Study:
 
     def accuracy(self, name, model):
         x, x_test = self.data(name)
-        if ms.morph.batch_norm_layers(model):
+        if batch_norm_layers(model):
             ms.recalibrate_batchnorm(model, x[:CALIBRATION])
         logits = model.predict(x_test, batch_size=1000, verbose=0)
         return float(np.mean(np.argmax(logits, -1) == self.y_test))
@@ -204,7 +205,7 @@ class Study:
 
     def prune(self, name, target, budget, seed, teacher=False, **options):
         trained = self.dense(name, seed)
-        if teacher and ms.morph.batch_norm_layers(trained):
+        if teacher and batch_norm_layers(trained):
             # the teacher runs in inference mode: its moving statistics must be current (MobileNetV2's BatchNorm
             # momentum of 0.999 leaves them far from the data after a few hundred steps)
             ms.recalibrate_batchnorm(trained, self.data(name)[0][:CALIBRATION])
@@ -322,19 +323,24 @@ def widths(model):
 
 def summarise():
     rows = [json.loads(line) for line in RUNS.read_text().splitlines()]
-    cells = {}
+    cells, costs = {}, {}
     for row in rows:
         if row["arm"] == "dense":
             continue
-        cells.setdefault((row["model"], row["target"], row["budget"]), {}).setdefault(row["arm"], {})[
-            row["seed"]] = row["accuracy"]
+        key = (row["model"], row["target"], row["budget"])
+        cells.setdefault(key, {}).setdefault(row["arm"], {})[row["seed"]] = row["accuracy"]
+        ratio = row["flops_ratio"] if row["target"] == "flops" else row["params_ratio"]
+        costs.setdefault(key, {}).setdefault(row["arm"], []).append(ratio)
     table = []
-    for (model, target, budget), arms in sorted(cells.items()):
+    for (model, target, budget), arms in sorted(cells.items(), key=lambda kv: (list(ZOO).index(kv[0][0]),
+                                                                               kv[0][1], kv[0][2])):
         uniform = arms.get("uniform", {})
-        for arm, by_seed in sorted(arms.items()):
+        for arm, by_seed in sorted(arms.items(), key=lambda kv: arm_order(kv[0])):
             accs = np.array(list(by_seed.values()))
+            cost = float(np.mean(costs[(model, target, budget)][arm]))
             entry = dict(model=model, target=target, budget=budget, arm=arm, seeds=sorted(by_seed),
-                         mean=float(accs.mean()), std=float(accs.std(ddof=1)) if len(accs) > 1 else None)
+                         mean=float(accs.mean()), std=float(accs.std(ddof=1)) if len(accs) > 1 else None,
+                         cost_ratio=cost, over_budget=bool(cost > budget + 0.02))
             paired = [by_seed[s] - uniform[s] for s in by_seed if s in uniform]
             if arm != "uniform" and paired:
                 d = np.array(paired)
@@ -344,6 +350,46 @@ def summarise():
             table.append(entry)
     SUMMARY.write_text(json.dumps(dict(protocol=protocol(rows), table=table), indent=1))
     print(markdown(table))
+    plot(table, SUMMARY.with_suffix(".png"))
+
+
+def plot(table, path, arms=ARMS[1:]):
+    """One panel per budget: each model's accuracy minus uniform for the main arms, mean and sd over seeds."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install morphsparse[plots]): no plot")
+        return
+    budgets = [(t, b) for t, b in BUDGETS]
+    fig, axes = plt.subplots(1, len(budgets), figsize=(5 * len(budgets), 4), sharey=True)
+    width = 0.8 / len(arms)
+    for ax, (target, budget) in zip(axes, budgets):
+        for i, arm in enumerate(arms):
+            xs, ys, errs = [], [], []
+            for j, model in enumerate(ZOO):
+                e = next((e for e in table if (e["model"], e["target"], e["budget"], e["arm"]) ==
+                          (model, target, budget, arm) and "minus_uniform" in e), None)
+                if e is not None:
+                    xs.append(j + (i - len(arms) / 2 + 0.5) * width)
+                    ys.append(100 * e["minus_uniform"])
+                    errs.append(100 * (e["minus_uniform_std"] or 0.0))
+            ax.bar(xs, ys, width, yerr=errs, label=arm, capsize=2, color=f"C{i}")
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(ZOO)), list(ZOO), rotation=30)
+        ax.set_title(f"{budget:.0%} {'FLOPs' if target == 'flops' else 'params'}")
+    axes[0].set_ylabel("accuracy minus uniform (points)")
+    axes[-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}")
+
+
+def arm_order(arm):
+    order = list(ARMS) + list(VARIANTS)
+    return order.index(arm) if arm in order else len(order)
 
 
 def protocol(rows):
@@ -354,8 +400,8 @@ def protocol(rows):
 
 
 def markdown(table):
-    lines = ["| model | budget | arm | accuracy (mean ± sd) | minus uniform (mean ± sd, wins) |",
-             "|---|---|---|---|---|"]
+    lines = ["| model | budget | arm | cost / seed's | accuracy % (mean ± sd) | minus uniform, points (mean ± sd, wins) |",
+             "|---|---|---|---|---|---|"]
     for e in table:
         budget = f"{e['budget']:.0%} {'FLOPs' if e['target'] == 'flops' else 'params'}"
         sd = f" ± {100 * e['std']:.2f}" if e["std"] is not None else ""
@@ -363,7 +409,8 @@ def markdown(table):
         if "minus_uniform" in e:
             dsd = f" ± {100 * e['minus_uniform_std']:.2f}" if e["minus_uniform_std"] is not None else ""
             diff = f"{100 * e['minus_uniform']:+.2f}{dsd} ({e['wins']}/{e['paired_seeds']})"
-        lines.append(f"| {e['model']} | {budget} | {e['arm']} | {100 * e['mean']:.2f}{sd} | {diff} |")
+        cost = f"{e['cost_ratio']:.3f}" + (" (over)" if e["over_budget"] else "")
+        lines.append(f"| {e['model']} | {budget} | {e['arm']} | {cost} | {100 * e['mean']:.2f}{sd} | {diff} |")
     return "\n".join(lines)
 
 

@@ -87,6 +87,7 @@ def load_fashion_mnist(path=None):
         files = {key: _find_idx(directory, stem) for key, stem in _FASHION_FILES.items()}
         if all(files.values()):
             arrays = {key: read_idx(f) for key, f in files.items()}
+            _check_pairs(arrays, files)
             return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
         if path is not None:
             missing = [stem for key, stem in _FASHION_FILES.items() if files[key] is None]
@@ -97,6 +98,20 @@ def load_fashion_mnist(path=None):
         "with `apt-get install dataset-fashion-mnist` (as root), or pass load_fashion_mnist(path=...) a folder "
         "holding train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
         "t10k-labels-idx1-ubyte.gz. morphsparse never downloads data at run time.")
+
+
+def _check_pairs(arrays, files):
+    """Images are (n, h, w), labels (n,), and each set has as many labels as images: a folder mixing files of
+    different sets or versions is refused, naming the files."""
+    for images, labels in (("x_train", "y_train"), ("x_test", "y_test")):
+        x, y = arrays[images], arrays[labels]
+        if x.ndim != 3 or y.ndim != 1:
+            raise ValueError(f"{files[images]} and {files[labels]} should hold images (n, height, width) and labels "
+                             f"(n,), but hold arrays of shapes {x.shape} and {y.shape}: are the files swapped?")
+        if len(x) != len(y):
+            raise ValueError(f"{files[images]} holds {len(x)} images but {files[labels]} {len(y)} labels: the files "
+                             "come from different sets or versions; put the four files of one Fashion-MNIST "
+                             "release in the folder")
 
 
 def fashion_mnist_subset(train_images=None, test_images=None, seed=0, path=None):

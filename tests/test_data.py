@@ -54,6 +54,22 @@ def test_environment_variable_is_searched(tmp_path, monkeypatch):
     assert data.load_fashion_mnist()[1][0].shape == (3, 28, 28)
 
 
+def test_mismatched_idx_files_are_refused_naming_them(tmp_path):
+    """Labels of the test set next to the training images (6 images, 3 labels), or labels where images belong:
+    a ValueError naming both files, not arrays that silently do not pair up."""
+    rng = np.random.default_rng(0)
+    arrays = fake_fashion(tmp_path)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", arrays["t10k-labels-idx1-ubyte"])
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte.gz holds 6 images but .*"
+                                         r"train-labels-idx1-ubyte.gz 3 labels"):
+        data.load_fashion_mnist(tmp_path)
+    fake_fashion(tmp_path)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", rng.integers(0, 10, (3,)))      # labels in the images' place
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.gz and .*t10k-labels-idx1-ubyte.gz should hold "
+                                         r"images .*shapes \(3,\) and \(3,\)"):
+        data.load_fashion_mnist(tmp_path)
+
+
 def test_bad_idx_is_rejected(tmp_path):
     (tmp_path / "bad").write_bytes(b"\x01\x02\x03\x04")
     with pytest.raises(ValueError, match="magic"):

@@ -32,16 +32,19 @@ Adam or SGD with momentum) and were then checked on real networks (docs/structur
 **State** (u, the integral, the step count, the planned steps, R and v per channel) lives in a small Keras
 layer that the regulariser sets as a plain attribute of the model, ``model._morph_budget_state``. Keras's
 saving walks a model's attributes, so ``model.save``/``save_weights`` (and ModelCheckpoint) write the state
-into the file next to the weights; a fresh model from ``keras.saving.load_model`` has no such attribute, so
-plain Keras loads the file and ignores the extra entries. To resume, re-attach with ``resume_from=path`` (or
-call ``model.load_weights(path)`` after attaching: Keras then restores the state itself).
+into the file next to the weights, with the model's identity (:func:`model_identity`); a fresh model from
+``keras.saving.load_model`` has no such attribute, so plain Keras loads the file and ignores the extra entries.
+To resume, re-attach with ``resume_from=path``, which refuses a file saved from another network (or call
+``model.load_weights(path)`` after attaching: Keras then restores the state itself, as BackupAndRestore does).
 """
 
 from __future__ import annotations
 
 import inspect
 import io
+import json
 import math
+import os
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -54,6 +57,8 @@ from morphsparse.costs import absolute_budget_hint, check_budget
 
 #: Model attribute holding the controller state (a plain attribute, not tracked: saving walks it by name).
 STATE_ATTRIBUTE = "_morph_budget_state"
+#: Key of the saved state's identity entry (:func:`model_identity`, JSON bytes) next to the variables.
+IDENTITY_KEY = "identity"
 #: A final cost more than this (as a fraction of the seed's cost) from the budget is reported at the end.
 LANDING_TOLERANCE = 0.03
 
@@ -91,8 +96,10 @@ class BudgetState(keras.layers.Layer):
 
     NAMES = ("log_multiplier", "integral", "step", "total_steps", "previous_r", "velocity")
 
-    def __init__(self, n_channels, log_multiplier, previous_r, name="morph_budget_state"):
+    def __init__(self, n_channels, log_multiplier, previous_r, name="morph_budget_state", identity=None):
         super().__init__(name=name, trainable=False)
+        #: what the state was learned on (:func:`model_identity`), saved next to the variables
+        self.identity = identity
         self.log_multiplier = _variable(self, "log_multiplier", value=log_multiplier)
         self.integral = _variable(self, "integral", value=log_multiplier)
         self.step = _variable(self, "step", dtype="int64", value=0)
@@ -107,6 +114,46 @@ class BudgetState(keras.layers.Layer):
 
     def numpy_state(self):
         return {name: keras.ops.convert_to_numpy(v) for name, v in zip(self.NAMES, self.ordered())}
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        if self.identity is not None:       # JSON bytes: the stores hold arrays only
+            store[IDENTITY_KEY] = np.frombuffer(json.dumps(self.identity).encode(), np.uint8)
+
+    def load_own_variables(self, store):
+        # Files written before the identity entry existed hold the variables only.
+        variables = self.ordered()
+        count = len([key for key in store.keys() if key != IDENTITY_KEY])
+        if count != len(variables):
+            raise ValueError(f"the budget controller state in this file has {count} variables, this controller "
+                             f"{len(variables)}: it was not saved by this version of morphsparse")
+        for i, variable in enumerate(variables):
+            variable.assign(store[str(i)])
+
+
+def model_identity(regularizer):
+    """What identifies the network a controller state belongs to, saved with the state: the channel groups
+    (size and regularised channels of each) and the seed's FLOPs and parameters, which :meth:`BudgetController.
+    restore` compares; the model's name, target and source, which its message reports (a rebuilt instance of the
+    same network may get another automatic name, so names are not compared)."""
+    reg = regularizer
+    offsets = np.asarray(reg.graph.offsets)
+    groups = [[int(hi - lo), int(reg.regularized[lo:hi].sum())] for lo, hi in zip(offsets[:-1], offsets[1:])]
+    a_in, a_out = reg.kernel_calls.sums(np.ones(reg.kernel_calls.n_channels))
+    return {"model": reg.model.name, "target": reg.target_name, "source": reg.source, "groups": groups,
+            "flops": float(reg.kernel_calls.flops.value(a_in, a_out)),
+            "params": float(reg.kernel_calls.params.value(a_in, a_out))}
+
+
+def identity_mismatch(saved, current):
+    """A sentence saying how the saved identity differs from the current one (None when it fits)."""
+    if saved.get("groups") != current["groups"]:
+        return (f"its channel groups ({len(saved.get('groups') or [])} groups) are not this model's "
+                f"({len(current['groups'])} groups)")
+    for key, unit in (("flops", "FLOPs"), ("params", "parameters")):
+        if not math.isclose(float(saved.get(key, float("nan"))), current[key], rel_tol=1e-9):
+            return f"its seed has {saved.get(key):,.0f} {unit}, this model {current[key]:,.0f}"
+    return None
 
 
 def parse_budget(budget, target):
@@ -171,7 +218,8 @@ class BudgetController:
         s = self.settings
         r0 = keras.ops.convert_to_numpy(regularizer.vector())
         with regularizer.model.distribute_strategy.scope():
-            self.state = BudgetState(regularizer.kernel_calls.n_channels, math.log(s.initial_multiplier), r0)
+            self.state = BudgetState(regularizer.kernel_calls.n_channels, math.log(s.initial_multiplier), r0,
+                                     identity=model_identity(regularizer))
         if self.steps is not None:
             self.state.total_steps.assign(self.steps)
 
@@ -304,13 +352,27 @@ class BudgetController:
 
     # --- saving -----------------------------------------------------------------------------------------------
     def restore(self, path):
-        """Load the controller state saved with a model (a .keras file or a .weights.h5 file)."""
-        values = read_state(path)
+        """Load the controller state saved with a model (a .keras file or a .weights.h5 file). Refuses a file
+        saved from another network (:func:`model_identity`); a file without the identity (written before it
+        was saved) is accepted with a warning."""
+        values, identity = read_saved_state(path)
+        path = os.fspath(path)
         variables = self.state.ordered()
+        current = self.state.identity
+        if identity is not None and current is not None:
+            mismatch = identity_mismatch(identity, current)
+            if mismatch:
+                raise ValueError(f"resume_from={path!r} was saved from model '{identity.get('model')}', not from "
+                                 f"this one ('{current['model']}'): {mismatch}. Resume from a file saved from "
+                                 "this network, or leave resume_from out to start the controller afresh")
         if len(values) != len(variables) or any(tuple(np.shape(a)) != tuple(v.shape)
                                                 for a, v in zip(values, variables)):
-            raise ValueError(f"resume_from={str(path)!r}: the saved controller state does not fit this "
+            raise ValueError(f"resume_from={path!r}: the saved controller state does not fit this "
                              "regulariser (a different model or target?)")
+        if identity is None:
+            warnings.warn(f"resume_from={path!r} does not say which model it was saved from (written by an "
+                          "earlier morphsparse), so it cannot be checked to be this one's; resuming. Save again "
+                          "to include it.", UserWarning, stacklevel=3)
         for value, variable in zip(values, variables):
             variable.assign(value)
 
@@ -321,9 +383,27 @@ class BudgetWarning(UserWarning):
 
 def read_state(path):
     """The controller variables saved in ``path`` (.keras archive or .weights.h5), in BudgetState order."""
+    return read_saved_state(path)[0]
+
+
+def _checked_path(path):
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"resume_from must be the path (str or os.PathLike) of a file saved by model.save, "
+                        f"save_weights or ModelCheckpoint, got {type(path).__name__} {path!r}")
+    path = os.fsdecode(path)
+    if not os.path.isfile(path):
+        what = "is a folder" if os.path.isdir(path) else "does not exist"
+        raise FileNotFoundError(f"resume_from={path!r} {what}: give the .keras or .weights.h5 file saved by "
+                                "model.save, save_weights or ModelCheckpoint")
+    return path
+
+
+def read_saved_state(path):
+    """(the controller variables saved in ``path``, in BudgetState order; the saved :func:`model_identity` or
+    None for files written before it was saved)."""
     import h5py
 
-    path = str(path)
+    path = _checked_path(path)
 
     def from_h5(handle):
         with h5py.File(handle, "r") as f:
@@ -331,15 +411,23 @@ def read_state(path):
                 raise ValueError(f"resume_from={path!r} holds no budget controller state: it was saved from a "
                                  "model without a MorphRegularizer(budget=...) attached")
             group = f[STATE_ATTRIBUTE]["vars"]
-            return [np.asarray(group[str(i)]) for i in range(len(group))]
+            values = [np.asarray(group[key]) for key in sorted((k for k in group if k.isdigit()), key=int)]
+            identity = None
+            if IDENTITY_KEY in group:
+                identity = json.loads(np.asarray(group[IDENTITY_KEY]).tobytes().decode())
+            return values, identity
 
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if n.endswith(".weights.h5")]
-            if not names:
-                raise ValueError(f"resume_from={path!r}: no weights file in this archive")
-            return from_h5(io.BytesIO(archive.read(names[0])))
-    return from_h5(path)
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith(".weights.h5")]
+                if not names:
+                    raise ValueError(f"resume_from={path!r}: no weights file in this archive")
+                return from_h5(io.BytesIO(archive.read(names[0])))
+        return from_h5(path)
+    except (OSError, KeyError, EOFError, UnicodeDecodeError, json.JSONDecodeError, zipfile.BadZipFile) as err:
+        raise ValueError(f"resume_from={path!r} cannot be read as a Keras file (.keras archive or .weights.h5; "
+                         f"damaged or another format?): {err}") from None
 
 
 def fit_hook(original_fit, controller):
@@ -387,18 +475,31 @@ def too_few_steps(controller, optimizer):
 
 
 class BudgetCallback(keras.callbacks.Callback):
-    """Added to fit() by an attached budget regulariser: sets the planned steps at the start, judges the
-    landing at the end (the fit hook issues the warning)."""
+    """Added to fit() by an attached budget regulariser: sets the planned steps when the first epoch begins,
+    judges the landing at the end (the fit hook issues the warning).
+
+    The plan is made at the first epoch fit actually runs, not from fit's ``initial_epoch``: after every
+    callback's ``on_train_begin``, so that a ``BackupAndRestore`` that restored the model has also restored the
+    controller's step count (it is saved with the weights) and moved the start to the restored epoch. The
+    planned total is then the steps taken plus the remaining epochs' steps. (``initial_epoch`` is kept for
+    compatibility; the epoch fit starts from is used.)"""
 
     def __init__(self, controller, initial_epoch=0):
         super().__init__()
         self.controller = controller
         self.initial_epoch = int(initial_epoch or 0)
         self.message = None
+        self._planned = False
 
     def on_train_begin(self, logs=None):
+        self._planned = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._planned:
+            return
+        self._planned = True
         epochs, steps = self.params.get("epochs"), self.params.get("steps")
-        this_fit = None if steps is None else max(int(epochs) - self.initial_epoch, 0) * int(steps)
+        this_fit = None if steps is None else max(int(epochs) - int(epoch), 0) * int(steps)
         self.controller.begin_fit(this_fit)
         message = too_few_steps(self.controller, getattr(self.model, "optimizer", None))
         if message:
@@ -411,4 +512,5 @@ class BudgetCallback(keras.callbacks.Callback):
 
 
 __all__ = ["BudgetController", "BudgetState", "BudgetCallback", "BudgetWarning", "ControllerSettings",
-           "LANDING_TOLERANCE", "STATE_ATTRIBUTE", "parse_budget", "read_state"]
+           "LANDING_TOLERANCE", "STATE_ATTRIBUTE", "IDENTITY_KEY", "parse_budget", "read_state", "read_saved_state",
+           "model_identity"]

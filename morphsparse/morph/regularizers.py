@@ -692,7 +692,8 @@ class MorphRegularizer:
     def _loss_and_costs(self, training=False, budget_logs=False):
         """(regularisation loss, alive FLOPs, alive parameters), computed in-graph for fit's logs. With a
         budget and ``training``, also advances the controller (after the loss has read the strength);
-        ``budget_logs`` appends (strength after the step, alive cost ratio)."""
+        ``budget_logs`` appends (strength after the step, strength multiplier = strength x initial cost,
+        alive cost ratio)."""
         r = self.vector()
         a, a_in, a_out, r_in, r_out = self._state(r)
         loss = self._strength_tensor() * self.target.term(a_in, a_out, r_in, r_out, xp=keras.ops)
@@ -710,7 +711,9 @@ class MorphRegularizer:
             return loss, flops, params
         with tf.control_dependencies([ratio]):
             strength = self.controller.strength()
-        return loss, flops, params, strength, ratio
+        # the multiplier the docs reason with (strength x initial cost), logged next to the absolute strength
+        multiplier = strength * np.float32(self.initial_cost)
+        return loss, flops, params, strength, multiplier, ratio
 
 
     # --- numpy reports ---------------------------------------------------------------------------------------
@@ -761,11 +764,13 @@ class MorphRegularizer:
         model that loads with no morphsparse import and no custom scope; re-attach after loading to continue
         structure learning. ``detach(model)`` removes the hook.
 
-        With a budget, ``fit`` also logs ``strength`` and ``alive_<flops|params|...>_ratio`` and warns at the
-        end when the cost missed the budget. ``steps``: the number of structure-learning steps (default: the
-        steps of each fit call, added to those already taken). ``resume_from``: a file saved from a model with
-        a budget regulariser attached (``model.save`` / ModelCheckpoint): the controller continues from the
-        state saved in it.
+        With a budget, ``fit`` also logs ``strength``, ``strength_multiplier`` (strength x initial cost) and
+        ``alive_<flops|params|...>_ratio`` and warns at the end when the cost missed the budget. ``steps``: the
+        number of structure-learning steps (default: the steps of each fit call, added to those already taken).
+        ``resume_from``: a file saved from a model with a budget regulariser attached (``model.save`` /
+        ModelCheckpoint): the controller continues from the state saved in it (a file saved from another
+        network is refused). Attaching to a model that has another regulariser attached replaces it, with a
+        warning.
         """
         if (steps is not None or resume_from is not None) and self.controller is None:
             raise ValueError("attach(steps=..., resume_from=...) apply to a budget: construct "
@@ -776,13 +781,18 @@ class MorphRegularizer:
             if not same:
                 raise ValueError("attach() takes the model this regulariser was built for (or one sharing its "
                                  "weights)")
-        if getattr(model, "_morph_regularizer", None) is not None:
-            model._morph_regularizer.detach(model)
         if self.controller is not None:
             if steps is not None:
                 self.controller.set_steps(steps)
             if resume_from is not None:
                 self.controller.restore(resume_from)
+        previous = getattr(model, "_morph_regularizer", None)
+        if previous is not None:
+            if previous is not self:
+                _alive.warn_user(f"model '{model.name}' already had a MorphRegularizer attached; attach() replaces "
+                                 "it: only this regulariser's term is added from now on (one regulariser per "
+                                 "model; call MorphRegularizer.detach(model) first to silence this)")
+            previous.detach(model)
         with model.distribute_strategy.scope():
             trackers = _Trackers(self._ratio_name() if self.controller is not None else None)
         original_compute_loss = model.compute_loss
@@ -792,8 +802,13 @@ class MorphRegularizer:
 
         def compute_loss(self_model, x=None, y=None, y_pred=None, sample_weight=None, training=True):
             task = original_compute_loss(x, y, y_pred, sample_weight, training=training)
-            values = regularizer._loss_and_costs(training=training, budget_logs=True)
-            trackers.update(*values)
+            # Nothing here reads the batch, so without this the controller step and the trackers would also
+            # run in the step Keras makes past the end of a dataset of unknown length, where get_next fails
+            # and no data is trained: they wait for the batch.
+            batch = [t for t in tf.nest.flatten((task, x), expand_composites=True) if tf.is_tensor(t)]
+            with tf.control_dependencies(batch):
+                values = regularizer._loss_and_costs(training=training, budget_logs=True)
+                trackers.update(*values)
             return task + _scale_for_replicas(tf.cast(values[0], task.dtype))
 
         def get_metrics_result(self_model):
@@ -863,7 +878,8 @@ class _Trackers:
         self.params = _LatestValue("alive_params")
         self.budget = None
         if ratio_name is not None:
-            self.budget = (_LatestValue("strength", dtype="float32"), _LatestValue(ratio_name))
+            self.budget = (_LatestValue("strength", dtype="float32"),
+                           _LatestValue("strength_multiplier", dtype="float32"), _LatestValue(ratio_name))
 
     def update(self, loss, flops, params, *budget):
         self.loss.update_state(loss)

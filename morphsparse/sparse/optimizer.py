@@ -31,8 +31,9 @@ from .schedules import UpdateSchedule, flag
 from .updaters import KernelView, MaskUpdater, UpdateContext
 
 _PACKAGE = "morphsparse"
-REQUIRES = ("import morphsparse before keras.saving.load_model(), or load with compile=False "
-            "(this optimizer comes from the morphsparse package)")
+#: The first entry of the saved config, so that Keras's "Could not locate class 'SparseOptimizer'" error (raised
+#: when morphsparse was not imported) shows it at the start of the config it prints: short, the fix first.
+REQUIRES = "import morphsparse first (or load_model(path, compile=False))"
 
 
 def tf_variable(variable):
@@ -329,6 +330,14 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         return 1.0 - int(keras.ops.convert_to_numpy(self.live)) / self.masked_total if self.masked_total else 0.0
 
     # ------------------------------------------------------------------ the training step
+    def apply_gradients(self, grads_and_vars):
+        pairs = list(grads_and_vars)
+        if not pairs:
+            raise ValueError("apply_gradients(grads_and_vars) got no (gradient, variable) pairs: pass "
+                             "zip(gradients, model.trainable_variables), made anew for every call (a zip that "
+                             "was already iterated is empty)")
+        return super().apply_gradients(pairs)
+
     def apply(self, grads, trainable_variables=None):
         if not self.built:
             if trainable_variables is None:

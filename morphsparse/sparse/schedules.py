@@ -233,7 +233,9 @@ class PruningScheduleAdapter(UpdateSchedule):
         if target_sparsity is None:
             target_sparsity = getattr(schedule, "final_sparsity", getattr(schedule, "target_sparsity", None))
         if target_sparsity is None:
-            raise ValueError("Cannot tell the final sparsity of the pruning schedule; pass target_sparsity=")
+            raise ValueError(f"PruningScheduleAdapter({schedule!r}) cannot tell the final sparsity of this pruning "
+                             "schedule (it has no final_sparsity attribute): pass target_sparsity=, the sparsity "
+                             "it ends at")
         self.target_sparsity = float(target_sparsity)
 
     def _call(self, step):
@@ -288,6 +290,11 @@ def get_schedule(value, default: UpdateSchedule) -> UpdateSchedule:
     if isinstance(value, UpdateSchedule):
         return value
     if is_pruning_schedule(value):
+        if getattr(value, "final_sparsity", getattr(value, "target_sparsity", None)) is None:
+            raise ValueError(f"schedule={value!r}: cannot tell the final sparsity of this callable (it has no "
+                             "final_sparsity attribute). Give it one (the sparsity it ends at; the layers are "
+                             "scaled by schedule(step)[1] / final_sparsity), or pass schedule=morphsparse.sparse."
+                             "PruningScheduleAdapter(your_schedule, target_sparsity=...)")
         return PruningScheduleAdapter(value)
     raise TypeError(f"schedule must be an UpdateSchedule or a callable step -> (should_prune, sparsity), "
                     f"got {type(value).__name__}")

@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 import morphsparse as ms
+import morphsparse.morph.budget as budget_module
 from morphsparse.models import small_mlp
 from morphsparse.morph.budget import LANDING_TOLERANCE, STATE_ATTRIBUTE, BudgetWarning, read_state
 from morphsparse.morph.regularizers import MorphRegularizer
@@ -78,9 +79,13 @@ def test_absolute_budget_and_size_target(digits):
 def test_history_logs_strength_and_cost_ratio_every_epoch(digits):
     _, reg, history, _ = fit_with_budget(digits, keras.optimizers.Adam(3e-2), epochs=3)
     logs = history.history
-    for key in ("strength", "alive_flops_ratio", "alive_flops", "alive_params", "regularization_loss"):
+    for key in ("strength", "strength_multiplier", "alive_flops_ratio", "alive_flops", "alive_params",
+                "regularization_loss"):
         assert len(logs[key]) == 3, key
     assert logs["strength"][-1] == pytest.approx(reg.strength, rel=1e-5)
+    # the multiplier the docs reason with: strength x initial cost (1 at the start, whatever the network's size)
+    for strength, multiplier in zip(logs["strength"], logs["strength_multiplier"]):
+        assert multiplier == pytest.approx(strength * reg.initial_cost, rel=1e-5)
     assert all(0.0 < r <= 1.0 for r in logs["alive_flops_ratio"])
     # the logged ratio is alive FLOPs over the seed's
     assert logs["alive_flops_ratio"][-1] == pytest.approx(logs["alive_flops"][-1] / reg.initial_cost, rel=1e-6)
@@ -150,6 +155,159 @@ def test_checkpoint_mid_run_loads_reattaches_and_resumes_the_controller(tmp_path
     assert resumed.controller.total_steps == 6 * spe + 1
     assert resumed.controller.step == 6 * spe + 1
     assert len(history.history["strength"]) == 3
+
+
+@pytest.mark.filterwarnings("ignore::morphsparse.morph.budget.BudgetWarning")      # 16 steps cannot land
+def test_fit_resumed_by_backup_and_restore_keeps_the_plan(tmp_path, digits):
+    """Killed in epoch 3 of 4, then fit again with the same BackupAndRestore: Keras restores the weights and the
+    controller state saved after epoch 2 and starts at epoch 2, so the plan is the 2 epochs taken plus the 2
+    left, 4 epochs as before (not 2 + 4 taken from fit's initial_epoch=0)."""
+    x, y = digits[0][:256], digits[1][:256]
+    spe = steps_per_epoch(x)
+    model = mlp()
+    reg = MorphRegularizer(model, budget=0.5)
+    reg.attach(model)
+    model.compile(keras.optimizers.Adam(3e-2), LOSS)
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch == 2 and batch == 1:
+                raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        model.fit(x, y, batch_size=BATCH, epochs=4, verbose=0, callbacks=[backup, Kill()])
+    assert reg.controller.step == 2 * spe + 2 and reg.controller.total_steps == 4 * spe
+    history = model.fit(x, y, batch_size=BATCH, epochs=4, verbose=0, callbacks=[backup])
+    assert len(history.history["loss"]) == 2                # resumed at epoch 2
+    assert reg.controller.total_steps == 4 * spe
+    assert reg.controller.step == 4 * spe
+
+
+def test_a_step_past_the_end_of_a_dataset_of_unknown_length_is_not_counted(digits):
+    """Keras runs one more step at the end of every epoch over a dataset of unknown length, where get_next
+    fails and no data is trained (no on_train_batch_end): the controller counts only the steps with data."""
+    x, y = digits[0][:256], digits[1][:256]
+
+    def batches():
+        for i in range(0, len(x), BATCH):
+            yield x[i:i + BATCH], y[i:i + BATCH]
+
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=(
+        tf.TensorSpec((None, 8, 8, 1), tf.float32), tf.TensorSpec((None,), tf.int64)))
+    assert dataset.cardinality() == tf.data.UNKNOWN_CARDINALITY
+    model = mlp()
+    reg = MorphRegularizer(model, budget=0.5, steps=100)
+    reg.attach(model)
+    model.compile(keras.optimizers.Adam(1e-2), LOSS)
+    trained = []
+
+    class Count(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            trained.append(batch)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")         # "ran out of data", and 100 planned steps cannot land
+        model.fit(dataset, epochs=3, verbose=0, callbacks=[Count()])
+    assert len(trained) == 3 * 4
+    assert reg.controller.step == 3 * 4
+
+
+def test_resume_from_refuses_a_checkpoint_saved_from_another_model(tmp_path):
+    """The same widths on 16x16 images: the same channel counts, so the controller state has the same shapes,
+    but another network (4x the first layer's FLOPs): refused, naming resume_from. The same network (a fresh
+    instance) resumes, and a file written before the model's identity was saved resumes with a warning."""
+    import h5py
+
+    model = mlp()
+    saved = MorphRegularizer(model, budget=0.5)
+    saved.attach(model)
+    saved.controller.state.step.assign(7)
+    path = tmp_path / "mlp.weights.h5"
+    model.save_weights(path)
+
+    other = small_mlp(input_shape=(16, 16, 1), widths=(64, 64))
+    reg = MorphRegularizer(other, budget=0.5)
+    assert [v.shape for v in reg.controller.state.ordered()] == [v.shape for v in saved.controller.state.ordered()]
+    with pytest.raises(ValueError, match=r"resume_from='.*mlp.weights.h5' was saved from model 'small_mlp', not "
+                                         r"from this one .*FLOPs"):
+        reg.attach(other, resume_from=path)
+    assert reg.controller.step == 0 and "fit" not in other.__dict__          # nothing restored, nothing attached
+
+    same = mlp()
+    resumed = MorphRegularizer(same, budget=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        resumed.attach(same, resume_from=path)
+    assert resumed.controller.step == 7
+
+    old = tmp_path / "old.weights.h5"                  # as written by the previous release: no identity entry
+    old.write_bytes(path.read_bytes())
+    with h5py.File(old, "a") as f:
+        del f[STATE_ATTRIBUTE]["vars"][budget_module.IDENTITY_KEY]
+    fresh = mlp()
+    reg_old = MorphRegularizer(fresh, budget=0.5)
+    with pytest.warns(UserWarning, match=r"resume_from=.*old.weights.h5.* does not say which model"):
+        reg_old.attach(fresh, resume_from=old)
+    assert reg_old.controller.step == 7
+    reg_old.controller.state.step.assign(0)
+    fresh.load_weights(old)                            # and Keras's own loading still reads it
+    assert reg_old.controller.step == 7
+
+
+def test_resume_from_a_missing_damaged_or_non_path_argument_says_so(tmp_path):
+    model = mlp()
+    reg = MorphRegularizer(model, budget=0.5)
+    with pytest.raises(FileNotFoundError, match=r"resume_from='.*nowhere.keras' does not exist"):
+        reg.attach(model, resume_from=tmp_path / "nowhere.keras")
+    (tmp_path / "junk.keras").write_bytes(b"not a keras file\n" * 20)
+    with pytest.raises(ValueError, match=r"resume_from='.*junk.keras' cannot be read as a Keras file"):
+        reg.attach(model, resume_from=tmp_path / "junk.keras")
+    model.save(tmp_path / "whole.keras")
+    (tmp_path / "cut.keras").write_bytes((tmp_path / "whole.keras").read_bytes()[:3000])     # a truncated copy
+    with pytest.raises(ValueError, match=r"resume_from='.*cut.keras' cannot be read as a Keras file"):
+        reg.attach(model, resume_from=tmp_path / "cut.keras")
+    for value in (3, model, ["a.keras"]):
+        with pytest.raises(TypeError, match=r"resume_from must be the path \(str or os.PathLike\)"):
+            reg.attach(model, resume_from=value)
+    assert "fit" not in model.__dict__
+
+
+@pytest.mark.filterwarnings("ignore::morphsparse.morph.budget.BudgetWarning")
+def test_tensorboard_shows_the_controller(tmp_path, digits):
+    """The docs say TensorBoard shows the controller: its strength (and multiplier) are written as scalars."""
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install 'morphsparse[plots]')")
+    x, y = digits[0][:256], digits[1][:256]
+    model = mlp()
+    reg = MorphRegularizer(model, budget=0.5)
+    reg.attach(model)
+    model.compile(keras.optimizers.Adam(3e-2), LOSS)
+    logs = tmp_path / "logs"
+    history = model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0,
+                        callbacks=[keras.callbacks.TensorBoard(log_dir=str(logs), write_graph=False)])
+    scalars = {}
+    for event_file in (logs / "train").glob("events.out.tfevents.*"):
+        for record in tf.data.TFRecordDataset(str(event_file)):
+            for value in tf.compat.v1.Event.FromString(record.numpy()).summary.value:
+                if value.tag.startswith("epoch_"):
+                    scalars.setdefault(value.tag, []).append(float(tf.make_ndarray(value.tensor)))
+    assert scalars["epoch_strength"] == pytest.approx(history.history["strength"], rel=1e-6)
+    assert scalars["epoch_strength_multiplier"] == pytest.approx(history.history["strength_multiplier"], rel=1e-6)
+    assert "epoch_alive_flops_ratio" in scalars
+
+
+def test_the_plots_extra_installs_tensorboard():
+    """pip install 'morphsparse[plots]' brings what the docs use to watch the controller."""
+    import configparser
+    from pathlib import Path
+
+    config = configparser.ConfigParser()
+    config.read(Path(__file__).resolve().parents[2] / "setup.cfg")
+    plots = [line.strip() for line in config["options.extras_require"]["plots"].splitlines() if line.strip()]
+    assert any(line.startswith("tensorboard") for line in plots), plots
 
 
 @pytest.mark.filterwarnings("ignore::morphsparse.morph.budget.BudgetWarning")      # one epoch cannot land

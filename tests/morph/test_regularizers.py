@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 import zipfile
 
 import keras
@@ -267,6 +268,22 @@ def test_attached_model_saves_and_loads_as_a_plain_keras_model(tmp_path, digits)
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-2:] == ["Functional", str(model.count_params())]
+
+
+def test_attaching_a_second_regularizer_warns_naming_the_model():
+    """attach() on a model that has another regulariser attached replaces it: said, not silent. Re-attaching
+    the same regulariser (to resume, to change steps=) stays quiet."""
+    model = hand_net()
+    first = MorphRegularizer(model)
+    first.attach(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        first.attach(model)
+    second = MorphRegularizer(model, target="size")
+    with pytest.warns(UserWarning, match=r"model 'hand_net' already had a MorphRegularizer attached; attach\(\) "
+                                         r"replaces it"):
+        second.attach(model)
+    assert model._morph_regularizer is second
 
 
 def test_custom_training_loop_uses_reg_loss(digits):

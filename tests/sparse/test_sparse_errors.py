@@ -66,6 +66,10 @@ def _make(**options):
     ({"method": "snfs", "decay": 1.5}, ValueError, r"decay must be a number in \[0, 1\).*got 1.5"),
     ({"method": "snfs", "decay": 1.0}, ValueError, r"decay must be a number in \[0, 1\)"),
     ({"method": "snfs", "decay": "0.9"}, ValueError, r"decay must be a number in \[0, 1\)"),
+    # a callable schedule with no final sparsity: the message names schedule= (what was passed) and how to say it,
+    # not target_sparsity=, which sparse_optimizer does not take
+    ({"schedule": lambda step: (True, 0.8), "total_steps": 100}, ValueError,
+     r"schedule=<function .*final_sparsity attribute.*PruningScheduleAdapter\(your_schedule, target_sparsity="),
 ])
 def test_bad_arguments_name_themselves(options, error, match):
     with pytest.raises(error, match=match):
@@ -99,6 +103,21 @@ def test_model_and_optimizer_arguments():
         mss.sparse_optimizer(nothing, "sgd", 0.5)
     with pytest.raises(ValueError, match="SparseOptimizer does not take clipnorm="):
         mss.SparseOptimizer(keras.optimizers.SGD(), clipnorm=1.0)
+
+
+def test_apply_gradients_with_no_pairs_says_what_to_pass():
+    """An empty list (or a zip already iterated by an earlier call) is an error that says what to pass, not
+    Python's 'not enough values to unpack'."""
+    model = _mlp()
+    optimizer = mss.sparse_optimizer(model, "sgd", 0.8, "rigl", total_steps=100)
+    with pytest.raises(ValueError, match=r"apply_gradients\(grads_and_vars\) got no \(gradient, variable\) pairs: "
+                                         r"pass zip\(gradients, model.trainable_variables\)"):
+        optimizer.apply_gradients([])
+    pairs = zip([tf.zeros_like(v) for v in model.trainable_variables], model.trainable_variables)
+    optimizer.apply_gradients(pairs)                    # fine once ...
+    with pytest.raises(ValueError, match="already iterated"):
+        optimizer.apply_gradients(pairs)                # ... the spent zip is refused
+    assert int(optimizer.iterations.numpy()) == 1
 
 
 def test_extreme_sparsity_warns_that_counts_round_up():
