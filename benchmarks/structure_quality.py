@@ -209,8 +209,11 @@ class Study:
             # the teacher runs in inference mode: its moving statistics must be current (MobileNetV2's BatchNorm
             # momentum of 0.999 leaves them far from the data after a few hundred steps)
             ms.recalibrate_batchnorm(trained, self.data(name)[0][:CALIBRATION])
-        slim, report = ms.prune_with_report(trained, budget=budget, target=target, importance=ZOO[name][4],
-                                            **options)
+        try:
+            slim, report = ms.prune_with_report(trained, budget=budget, target=target, importance=ZOO[name][4],
+                                                **options)
+        except ms.PruneError as err:      # recorded as a failure of the method on this model (no accuracy)
+            return None, {"error": str(err)}
         self.fit(name, slim, self.epochs - self.epochs // 2, seed, rate=FINE_TUNE_RATE,
                  teacher=trained if teacher else None)
         return slim, {"min_group_fraction": min(after / before for before, after in report.groups.values())}
@@ -269,7 +272,11 @@ class Study:
 
     def prune_widths(self, name, target, budget, seed, **options):
         """Diagnostic: the widths prune chose, trained ``E`` epochs from scratch."""
-        slim = ms.prune(self.dense(name, seed), budget=budget, target=target, importance=ZOO[name][4], **options)
+        try:
+            slim = ms.prune(self.dense(name, seed), budget=budget, target=target, importance=ZOO[name][4],
+                            **options)
+        except ms.PruneError as err:
+            return None, {"error": str(err)}
         keras.utils.set_random_seed(seed + 1)
         fresh = keras.models.clone_model(slim)
         self.fit(name, fresh, self.epochs, seed)
@@ -304,6 +311,14 @@ class Study:
         base, options = VARIANTS.get(arm, (arm, {}))
         start = time.time()
         model, extra = getattr(self, base)(name, target, budget, seed, **options)
+        if model is None:
+            row = dict(key=key, model=name, arm=arm, target=target, budget=budget, seed=seed, epochs=self.epochs,
+                       train_images=len(self.y), accuracy=None, **extra)
+            self.done[key] = row
+            with RUNS.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"{key:42s} failed: {extra['error'][:200]}", flush=True)
+            return row
         return self.record(name, arm, target, budget, seed, model, time.time() - start, extra)
 
 
@@ -324,8 +339,10 @@ def widths(model):
 def summarise():
     rows = [json.loads(line) for line in RUNS.read_text().splitlines()]
     cells, costs = {}, {}
+    failures = [dict(model=r["model"], arm=r["arm"], target=r["target"], budget=r["budget"], seed=r["seed"],
+                     error=r["error"]) for r in rows if r.get("accuracy") is None]
     for row in rows:
-        if row["arm"] == "dense":
+        if row["arm"] == "dense" or row.get("accuracy") is None:
             continue
         key = (row["model"], row["target"], row["budget"])
         cells.setdefault(key, {}).setdefault(row["arm"], {})[row["seed"]] = row["accuracy"]
@@ -348,8 +365,10 @@ def summarise():
                              minus_uniform_std=float(d.std(ddof=1)) if len(d) > 1 else None,
                              wins=int((d > 0).sum()), paired_seeds=len(d))
             table.append(entry)
-    SUMMARY.write_text(json.dumps(dict(protocol=protocol(rows), table=table), indent=1))
+    SUMMARY.write_text(json.dumps(dict(protocol=protocol(rows), table=table, failures=failures), indent=1))
     print(markdown(table))
+    for f in failures:
+        print(f"failed: {f['model']} {f['arm']} {f['target']} {f['budget']} seed {f['seed']}: {f['error'][:160]}")
     plot(table, SUMMARY.with_suffix(".png"))
 
 
@@ -393,7 +412,7 @@ def arm_order(arm):
 
 
 def protocol(rows):
-    sample = next((r for r in rows if r["arm"] != "dense"), {})
+    sample = next((r for r in rows if r["arm"] != "dense" and r.get("accuracy") is not None), {})
     return dict(epochs=sample.get("epochs"), train_images=sample.get("train_images"), test_images=10000,
                 batch=BATCH, learning_rate=LEARNING_RATE, fine_tune_rate=FINE_TUNE_RATE, shrink_rate=SHRINK_RATE,
                 calibration_images=CALIBRATION, machine=platform.machine(), keras=keras.__version__)

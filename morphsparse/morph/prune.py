@@ -460,7 +460,8 @@ class _Search:
             marginal = self.marginal()
             candidates = np.flatnonzero(self.alive & self.prunable & (marginal > 0))
             if not len(candidates):
-                return False
+                # the tables can price a call above what count_* counts (attention's fixed terms): trust the exact count
+                return self.exact_cost() <= budget
             score = self.scores[candidates] / self.price(marginal, candidates)
             order = candidates[np.lexsort((-marginal[candidates], score))]
             limit = max(1, int(math.ceil(self.chunk * len(candidates))))
@@ -476,7 +477,7 @@ class _Search:
                 if len(taken) >= limit or saved >= gap:
                     break
             if not taken:
-                return False
+                return self.exact_cost() <= budget
             self.alive[taken] = False
             self.last_chunk = taken
         return True
@@ -535,11 +536,15 @@ def _prune_once(model, budget, target, importance, data, loss, batches, ignore, 
             why = (f"; {never} of {int(removable.sum())} removable channels have no importance source for "
                    f"importance={_importance_name(importance)!r} and are never pruned (e.g. a conv with no "
                    "BatchNorm after it for 'gamma'/'taylor': try importance='l1')")
+        if fixed_by_export:
+            why += (f"; export keeps {fixed_by_export} channel(s) it cannot remove exactly, e.g. a residual stream "
+                    "that a LayerNormalization normalises whole")
         return PruneError(f"budget={budget_arg!r} ({budget:,.0f} {unit}) cannot be reached: the smallest network "
                           f"prune can make of '{model.name}' costs {smallest:,d} {unit} (every prunable group at "
                           f"its floor, min_width={min_width!r} of its channels and at least one{why}); lower "
                           f"min_width= or raise the budget{absolute_budget_hint(budget_arg, unit)}")
 
+    fixed_by_export = 0
     smallest = search.exact_cost(search.smallest())
     if smallest > budget:
         raise unreachable(smallest)
@@ -561,12 +566,25 @@ def _prune_once(model, budget, target, importance, data, loss, batches, ignore, 
             break
         # export kept channels it could not remove exactly: keep them too, and aim lower by what the slim
         # model costs beyond its masks (a bias added to hold a folded constant, say)
+        kept = {}
         for gid, channel, _reason in report.kept:
-            index = graph.offsets[gid] + channel
+            kept.setdefault(gid, set()).add(int(channel))
+        for gid, channels in kept.items():
+            removed = set(np.flatnonzero(~masks[gid]).tolist())
+            # export kept every channel removed from this group: it cannot shrink at all (a stream that a
+            # LayerNormalization normalises whole), so fix all of it rather than one guess at a time
+            index = graph.offsets[gid] + np.asarray(
+                sorted(range(graph.groups[gid].size) if channels >= removed else channels), np.int64)
+            fixed_by_export += int(search.prunable[index].sum())
             search.alive[index] = True
             search.prunable[index] = False
         extra = cost - search.exact_cost()
-        target_cost = budget - extra if extra > 0 else min(target_cost, search.cost()) - (cost - budget)
+        if extra > 0:
+            target_cost = budget - extra
+        elif not report.kept:
+            target_cost = min(target_cost, search.cost()) - (cost - budget)
+        # else: the same target; the kept channels are now fixed and others go instead (a residual stream
+        # that a LayerNorm normalises whole, say)
         slim = None
     if slim is None:
         raise PruneError(f"could not export '{model.name}' under budget={budget_arg!r} ({budget:,.0f} {unit}) in "

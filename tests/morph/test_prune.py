@@ -391,3 +391,16 @@ def test_calibration_data_re_estimates_the_slim_models_batchnorm_statistics():
         np.testing.assert_allclose(fresh.get_layer(name).moving_mean.numpy(),
                                    reference.get_layer(name).moving_mean.numpy(), rtol=1e-4, atol=1e-6)
         assert not np.allclose(fresh.get_layer(name).moving_mean.numpy(), stale.get_layer(name).moving_mean.numpy())
+
+
+def test_a_residual_stream_export_keeps_whole_is_fixed_and_the_heads_and_ffn_pay_instead():
+    """A ViT's residual stream looks removable in the graph, but a LayerNormalization normalises it whole, so
+    export keeps it: prune then fixes those channels and reaches the budget on the heads and FFN neurons."""
+    from morphsparse.models import small_vit
+
+    model = small_vit(input_shape=(8, 8, 1), patch=4, dim=16, depth=2, heads=4, key_dim=4, ffn=32)
+    full = ms.count_flops(model)
+    slim = ms.prune(model, budget=0.6, importance="l1")
+    assert ms.count_flops(slim) <= 0.6 * full
+    assert slim.get_layer("patchify").kernel.shape[-1] == 16     # the stream is whole
+    assert slim.get_layer("b0_ffn1").kernel.shape[-1] < 32
