@@ -531,15 +531,15 @@ def export_with_report(model, source="gamma", threshold=None, l1_fraction=0.0, a
     else:
         masks = _alive.user_masks(graph, alive)
     sources = _alive.find_sources(graph, source)
-    if alive is None and source != "zeros":
+    flooring, rounding = alive is None and source != "zeros", _alive.check_round_to(round_to) is not None
+    vectors = _alive.group_vectors(graph, source, l1_fraction, sources) if flooring or rounding else None
+    if flooring:
         # a floor in every group the regulariser thinned (not in user masks, nor in neurons a sparse training
         # ablated on purpose); revived channels compute what they did, so the outputs do not change
-        masks = _alive.floored_masks(graph, masks, min_width, _alive.group_vectors(graph, source, l1_fraction,
-                                                                                   sources))
+        masks = _alive.floored_masks(graph, masks, min_width, vectors)
         _alive.warn_collapsed(f"export of '{model.name}'", _alive.collapsed_groups(graph, masks), min_width)
-    if _alive.check_round_to(round_to) is not None:
-        masks = _alive.rounded_masks(graph, masks, round_to, _alive.group_vectors(graph, source, l1_fraction,
-                                                                                  sources))
+    if rounding:
+        masks = _alive.rounded_masks(graph, masks, round_to, vectors)
     report = ExportReport(model.name, source, threshold, exact, masks, {})
     exporter = _Exporter(model, graph, masks, sources, exact, name or model.name, report)
     exporter.settle()

@@ -48,6 +48,7 @@ from morphsparse.costs import (DEFAULT_COST_POWER, absolute_budget_hint, check_b
                                count_flops, count_params, resolve_budget)
 from morphsparse.graph import analyze
 from morphsparse.morph import alive as _alive
+from morphsparse.morph.batchnorm import recalibrate_batchnorm
 from morphsparse.morph.export import export_with_report
 from morphsparse.morph.recipe import compiler_like
 
@@ -195,11 +196,6 @@ def _check_arguments(model, budget, target, importance, data, loss, steps, fit, 
     if loss is not None and not callable(loss) and not isinstance(loss, str):
         raise TypeError(f"loss must be a Keras loss (a name, a function or a keras.losses.Loss), got "
                         f"{type(loss).__name__}")
-
-
-def check_shaping(cost_power, min_width):
-    """``(cost_power, min_width)`` as floats, or an error naming the argument."""
-    return check_cost_power(cost_power), _alive.check_min_width(min_width)
 
 
 def _importance_name(importance):
@@ -446,12 +442,9 @@ class _Search:
         return alive
 
     def price(self, marginal, channels):
-        """What removing each of ``channels`` is charged: its marginal cost to the power ``cost_power``
-        (scaled by the mean, so only the ratios between channels matter)."""
-        if self.cost_power == 0:
-            return np.ones(len(channels))
-        m = marginal[channels]
-        return (m / m.mean()) ** self.cost_power
+        """What removing each of ``channels`` is charged: its marginal cost to the power ``cost_power`` (only
+        the ratios between channels matter: the ranking divides importance by it)."""
+        return marginal[channels] ** self.cost_power
 
     def run(self, budget):
         """Remove channels until the table cost is <= ``budget``; returns False when stuck above it."""
@@ -503,14 +496,13 @@ class _Search:
 
 # --- export and compile helpers ----------------------------------------------------------------------------
 
-def _export_with_report(model, masks, source, ignore, name, calibration_data=None):
+def _export_with_report(model, masks, source, ignore, name):
     """``(slim, ExportReport)`` of ``export(model, alive=masks)``; the one place that calls the exporter."""
     removes = any(not np.all(m) for m in masks.values())
     with warnings.catch_warnings():
         if not removes:   # a budget at the model's own cost: a plain copy is what was asked for
             warnings.filterwarnings("ignore", message=r"export of .* removed nothing")
-        return export_with_report(model, source=source, alive=masks, ignore=ignore, name=name,
-                                  calibration_data=calibration_data)
+        return export_with_report(model, source=source, alive=masks, ignore=ignore, name=name)
 
 
 def _price(model_or_graph):
@@ -560,7 +552,7 @@ def _prune_once(model, budget, target, importance, data, loss, batches, ignore, 
             continue
         masks = search.masks()
         _alive.check_connected(graph, masks)
-        slim, report = _export_with_report(model, masks, removal, ignore, name, calibration_data)
+        slim, report = _export_with_report(model, masks, removal, ignore, name)
         cost = count_flops(slim) if target == "flops" else count_params(slim)
         if cost <= budget:
             break
@@ -590,6 +582,8 @@ def _prune_once(model, budget, target, importance, data, loss, batches, ignore, 
         raise PruneError(f"could not export '{model.name}' under budget={budget_arg!r} ({budget:,.0f} {unit}) in "
                          f"{_EXPORT_ATTEMPTS} attempts: export keeps channels the masks remove; please report "
                          "this model")
+    if calibration_data is not None:   # once, on the export that held the budget
+        recalibrate_batchnorm(slim, calibration_data)
     flops, params = _price(slim)
     before = int(removable.sum())
     after = int((removable & search.alive).sum())
@@ -624,7 +618,7 @@ def prune_with_report(model, budget=0.5, target="flops", importance="gamma", dat
     """:func:`prune`, returning ``(slim model, PruneReport)``."""
     start = time.perf_counter()
     _check_arguments(model, budget, target, importance, data, loss, steps, fit, compile, batches, chunk)
-    cost_power, min_width = check_shaping(cost_power, min_width)
+    cost_power, min_width = check_cost_power(cost_power), _alive.check_min_width(min_width)
     graph = analyze(model, ignore=ignore)
     flops_before, params_before = _price(graph)
     own = flops_before if target == "flops" else params_before
