@@ -257,7 +257,7 @@ def zero_dead_weights(graph, masks):
     does for keras.applications): the weights feeding them, their biases, and the beta and moving mean of a
     BatchNorm that follows. Export treats a dead channel as one whose source weights are zero, so the original
     then computes what the slim model computes."""
-    from morphsparse.attention import MultiHeadAttention
+    from morphsparse.handlers.attention import MultiHeadAttention
     from morphsparse.morph import alive as alive_mod
     for src in ms.find_sources(graph, "group_lasso"):
         mask = masks.get(src.group)

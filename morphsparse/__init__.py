@@ -1,7 +1,7 @@
 """morphsparse: sparse training and resource-targeted structure learning for Keras 3.
 
-Public names are loaded on first use so that ``import morphsparse`` costs no more than importing the
-submodule a user actually touches (TensorFlow and Keras are imported by those submodules, not here).
+Public names are loaded on first use; ``import morphsparse`` imports Keras and TensorFlow and the modules of the
+classes it saves into ``.keras`` files (see the end of this file), nothing else.
 """
 
 from importlib import import_module
@@ -62,49 +62,7 @@ def __dir__():
     return sorted(set(globals()) | set(_EXPORTS))
 
 
-def _register_saved_classes():
-    """Make ``keras.saving.load_model`` find the classes morphsparse writes into ``.keras`` files (the
-    ``SparseOptimizer``, its methods and schedules) right after ``import morphsparse``.
-
-    Registering them means importing ``morphsparse.sparse``, hence Keras and TensorFlow. To keep
-    ``import morphsparse`` cheap, that happens now only if Keras is already imported, else as soon as it is.
-    """
-    import sys
-
-    if "keras" in sys.modules:
-        import_module("morphsparse.sparse")
-        return
-    import importlib.abc
-    import importlib.util
-
-    class _AfterKeras(importlib.abc.MetaPathFinder):
-        searching = False
-
-        def find_spec(self, name, path=None, target=None):
-            # TensorFlow also calls importlib.util.find_spec("keras") without importing it: patch every spec,
-            # and leave sys.meta_path only once Keras has really been executed.
-            if name != "keras" or self.searching:
-                return None
-            self.searching = True
-            try:
-                spec = importlib.util.find_spec("keras")
-            finally:
-                self.searching = False
-            if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-                return spec
-            execute = spec.loader.exec_module
-            finder = self
-
-            def exec_module(module):
-                if finder in sys.meta_path:
-                    sys.meta_path.remove(finder)
-                execute(module)
-                import_module("morphsparse.sparse")
-
-            spec.loader.exec_module = exec_module
-            return spec
-
-    sys.meta_path.insert(0, _AfterKeras())
-
-
-_register_saved_classes()
+# The classes morphsparse writes into .keras files (its optimizers, their methods and schedules) are registered
+# with Keras when their modules are imported: import them now, so that keras.saving.load_model finds them after
+# a plain `import morphsparse`. (This imports Keras and TensorFlow; the other submodules still load on first use.)
+import_module("morphsparse.sparse")

@@ -92,16 +92,8 @@ def cost_report(model_or_graph, alive=None) -> CostReport:
     count of alive channels (counts may exceed the group's current size, to price a widened network).
     """
     graph = _graph(model_or_graph)
-    weights = graph.channel_weights(alive)
     report = CostReport(graph.model.name)
-    counted = set()
-    for call in graph.calls:
-        alive_in, alive_out = graph.alive_counts(call, weights)
-        macs = int(call.handler.macs(call, alive_in, alive_out))
-        params = 0
-        if id(call.layer) not in counted:   # a shared layer's weights count once
-            counted.add(id(call.layer))
-            params = int(call.handler.params(call, alive_in, alive_out))
+    for call, macs, params, alive_in, alive_out in graph.call_costs(alive):
         report.layers.append(LayerCost(call.path, type(call.layer).__name__, macs, params, alive_in, alive_out))
     return report
 

@@ -26,6 +26,9 @@ import keras
 import numpy as np
 
 from morphsparse import handlers as _handlers
+from morphsparse import keras_internals as _keras
+from morphsparse.handlers.ops import UNKNOWN_OP, SealedComposite
+from morphsparse.trace import TraceError, symbolic_kwargs, trace_call
 
 
 class GraphError(ValueError):
@@ -211,68 +214,14 @@ class _Builder:
         return GraphError(f"layer '{call.path}' ({type(call.layer).__name__}) {message}")
 
 
-# --- Keras functional internals: the one place morphsparse reads them -----------------------------------
-
 def functional_of(model):
     """The functional graph behind a Functional or Sequential model, or None for a subclassed one."""
-    if isinstance(model, keras.Sequential):
-        functional = getattr(model, "_functional", None)
-        if functional is None:
-            raise GraphError(
-                f"Sequential model '{model.name}' is not built with a known input shape; start it with "
-                "keras.Input(shape=...) or call model.build(input_shape) before analysing it.")
-        return functional
-    if hasattr(model, "_nodes_by_depth") and hasattr(model, "inputs"):
-        try:
-            model.inputs
-        except AttributeError:
-            return None
-        return model
-    return None
-
-
-def nodes_in_order(functional):
-    """The operation nodes of a functional model (input placeholders left out) in topological order."""
-    for depth in sorted(functional._nodes_by_depth, reverse=True):
-        for node in functional._nodes_by_depth[depth]:
-            if node.operation is not None and not node.is_input:
-                yield node
-
-
-def all_nodes(functional):
-    """Every node of a functional model, input placeholders included, in no particular order."""
-    return [n for depth in functional._nodes_by_depth.values() for n in depth]
-
-
-def forget_nodes(functional):
-    """Take the nodes of ``functional`` off the layers that recorded them (the functional model keeps its own
-    references): after a trace, the user's layers look as they did before the analysis."""
-    nodes = all_nodes(functional)
-    ids = {id(n) for n in nodes}
-    for n in nodes:
-        op = n.operation
-        if op is None:
-            continue
-        op._inbound_nodes = [x for x in op._inbound_nodes if id(x) not in ids]
-        op._outbound_nodes = [x for x in op._outbound_nodes if id(x) not in ids]
-        for t in n.input_tensors:
-            parent = _operation_of(t)
-            if parent is not None:
-                parent._outbound_nodes = [x for x in parent._outbound_nodes if id(x) not in ids]
-
-
-def _operation_of(tensor):
-    """The operation (layer) that made a symbolic tensor."""
-    return tensor._keras_history.operation
-
-
-def input_structure(functional):
-    """How the model's inputs are nested (a dict of token ids and padding mask stays a dict)."""
-    return functional._inputs_struct
-
-
-def output_structure(functional):
-    return functional._outputs_struct
+    functional = _keras.functional_graph(model)
+    if functional is None and isinstance(model, keras.Sequential):
+        raise GraphError(
+            f"Sequential model '{model.name}' is not built with a known input shape; start it with "
+            "keras.Input(shape=...) or call model.build(input_shape) before analysing it.")
+    return functional
 
 
 def _is_nested_model(op):
@@ -303,7 +252,7 @@ class ChannelGraph:
     questions the structural tools (export, expand, alive masks) ask of them.
     """
 
-    def __init__(self, model, calls, builder, output_maps, ignore, seconds_so_far, traces=None,
+    def __init__(self, model, calls, builder, output_maps, seconds_so_far, traces=None,
                  output_keys=()):
         start = time.perf_counter()
         self.model = model
@@ -387,7 +336,6 @@ class ChannelGraph:
         for path, m in output_maps:
             for gid in np.unique(self._class_group[m]).tolist():
                 groups[gid].pinned_by.append(f"{path}: network output")
-        self.ignore = tuple(ignore)
         self.analysis_seconds = seconds_so_far + time.perf_counter() - start
 
     def _record_tensors(self, output_keys):
@@ -445,7 +393,7 @@ class ChannelGraph:
                 return
             call = readers[0]
             yield call
-            if type(call.handler) is not _handlers.PassThrough:
+            if not call.handler.transparent:
                 return
 
     def call_arguments(self, call, values):
@@ -462,11 +410,11 @@ class ChannelGraph:
 
     def pack_inputs(self, values):
         """``values`` (one per network input) nested the way the model takes its inputs."""
-        return keras.tree.pack_sequence_as(input_structure(functional_of(self.model)), list(values))
+        return keras.tree.pack_sequence_as(_keras.input_structure(functional_of(self.model)), list(values))
 
     def pack_outputs(self, values):
         """``values`` (one per network output) nested the way the model returns its outputs."""
-        return keras.tree.pack_sequence_as(output_structure(functional_of(self.model)), list(values))
+        return keras.tree.pack_sequence_as(_keras.output_structure(functional_of(self.model)), list(values))
 
     # --- look-ups ---------------------------------------------------------------------------------------
     def calls_of(self, name):
@@ -550,6 +498,22 @@ class ChannelGraph:
         return ([count(g, c) for g, c in zip(call.in_groups, call.in_channels)],
                 [count(g, c) for g, c in zip(call.out_groups, call.out_channels_idx)])
 
+    def call_costs(self, alive=None):
+        """``[(call, macs, params, alive_in, alive_out)]`` for every call, at the widths ``alive`` gives (see
+        :meth:`channel_weights`): the one cost model every tool reads (``morphsparse.costs`` reports it). A
+        layer called several times has its parameters counted at its first call only."""
+        weights = self.channel_weights(alive)
+        rows, counted = [], set()
+        for call in self.calls:
+            alive_in, alive_out = self.alive_counts(call, weights)
+            macs = int(call.handler.macs(call, alive_in, alive_out))
+            params = 0
+            if id(call.layer) not in counted:
+                counted.add(id(call.layer))
+                params = int(call.handler.params(call, alive_in, alive_out))
+            rows.append((call, macs, params, alive_in, alive_out))
+        return rows
+
     # --- printing -----------------------------------------------------------------------------------------
     def summary(self):
         removable = len(self.removable_groups)
@@ -618,7 +582,7 @@ def analyze(model, ignore=()) -> ChannelGraph:
         for t, shape in zip(fmodel.inputs, input_shapes):
             if shape != _shape(t):
                 shapes[id(t)] = shape
-        for node in nodes_in_order(fmodel):
+        for node in _keras.nodes_in_order(fmodel):
             op = node.operation
             inputs = node.input_tensors
             if any(id(t) not in tensor_maps for t in inputs):
@@ -639,11 +603,10 @@ def analyze(model, ignore=()) -> ChannelGraph:
             elif handler is None and _traceable(op):
                 trace = _trace_or_error(op, node, prefix, None, in_shapes)
             elif handler is None and isinstance(op, keras.Operation):
-                from morphsparse.ops_handlers import UNKNOWN_OP
                 handler = UNKNOWN_OP   # a keras.ops call with no rule: its channels are kept
             if trace is not None and trace.sealed:
-                from morphsparse.ops_handlers import SealedComposite
-                handler, trace = SealedComposite(trace), None    # kept whole, as one pinned call
+                # kept whole, as one pinned call; its inner graph must be readable too (raises if not)
+                handler, trace = SealedComposite(trace, _total_macs(analyze(trace.model))), None
             if trace is not None:
                 traces[id(node)] = (node, trace)
                 out_maps, out_keys = walk(trace.model, f"{prefix}{op.name}/", trace.input_maps(in_maps),
@@ -696,7 +659,7 @@ def analyze(model, ignore=()) -> ChannelGraph:
 
     input_maps, input_keys = [], []
     for position, tensor in enumerate(functional.inputs):
-        layer = _operation_of(tensor)
+        layer = _keras.operation_of(tensor)
         call = LayerCall(layer=layer, path=layer.name, node=None, handler=_handlers.get_handler(layer),
                          input_shapes=[], output_shapes=[_shape(tensor)], in_maps=[], index=len(calls),
                          output_keys=[("input", position)])
@@ -706,7 +669,7 @@ def analyze(model, ignore=()) -> ChannelGraph:
         input_keys.append(("input", position))
     output_maps, output_keys = walk(functional, "", input_maps, [_shape(t) for t in functional.inputs],
                                     input_keys)
-    output_names = [_operation_of(t).name for t in functional.outputs]
+    output_names = [_keras.operation_of(t).name for t in functional.outputs]
 
     known = {c.path for c in calls} | {c.layer.name for c in calls}
     for name in ignore:
@@ -718,7 +681,7 @@ def analyze(model, ignore=()) -> ChannelGraph:
                 for m in call.out_maps:
                     builder.pin(m, f"{call.path}: ignore=")
 
-    return ChannelGraph(model, calls, builder, list(zip(output_names, output_maps)), ignore,
+    return ChannelGraph(model, calls, builder, list(zip(output_names, output_maps)),
                         time.perf_counter() - start, traces, output_keys)
 
 
@@ -739,7 +702,6 @@ def _refined_shapes(op, node, handler, in_shapes, out_shapes):
     """Output shapes of a call whose symbolic outputs lost a dimension its inputs have (an EinsumDense built
     with ``output_shape=(None, heads, size)`` forgets the sequence length): the operation's output spec on
     inputs of the known shapes, or the handler's own inference. Dimensions still unknown stay None."""
-    from morphsparse.trace import symbolic_kwargs
     fresh = {id(t): keras.KerasTensor(shape, dtype=t.dtype) for t, shape in zip(node.input_tensors, in_shapes)}
     refined = out_shapes
     try:
@@ -748,7 +710,7 @@ def _refined_shapes(op, node, handler, in_shapes, out_shapes):
         refined = [_merge_shape(tuple(t.shape), old) for t, old in zip(keras.tree.flatten(spec), out_shapes)]
     except Exception:   # an operation that cannot say: keep what Keras recorded
         pass
-    if any(None in s[1:] for s in refined) and hasattr(handler, "infer_output_shapes"):
+    if any(None in s[1:] for s in refined):
         inferred = handler.infer_output_shapes(op, in_shapes)
         if inferred is not None:
             refined = [_merge_shape(tuple(new), old) for new, old in zip(inferred, refined)]
@@ -761,15 +723,24 @@ def _merge_shape(new, old):
     return tuple(o if o is not None else n for n, o in zip(new, old))
 
 
+def _infer_output_shapes(layer, in_shapes):
+    handler = _handlers.get_handler(layer)
+    return None if handler is None else handler.infer_output_shapes(layer, in_shapes)
+
+
+def _total_macs(graph):
+    """Multiply-accumulates of a whole graph at full width (what ``morphsparse.costs.count_macs`` counts)."""
+    return sum(macs for _, macs, _, _, _ in graph.call_costs())
+
+
 def _traceable(op):
     """Layers (not bare keras.ops operations) with no handler are read through their call."""
     return isinstance(op, keras.layers.Layer) and not isinstance(op, keras.layers.InputLayer)
 
 
 def _trace_or_error(op, node, prefix, functional=None, input_shapes=None):
-    from morphsparse.trace import TraceError, trace_call
     try:
-        return trace_call(op, node, functional, input_shapes)
+        return trace_call(op, node, functional, input_shapes, _infer_output_shapes)
     except TraceError as err:
         kind = "model" if functional is not None else "layer"
         raise GraphError(

@@ -27,6 +27,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from morphsparse import keras_internals as _keras
+
 QUANTIZATIONS = (None, "float16", "dynamic", "int8")
 #: to_litert(rtol=None): how far (a fraction of the output scale) LiteRT's outputs may be from Keras's, per
 #: quantization: float32 agrees to rounding; float16 weights move outputs by ~1e-4 of their scale, int8 weights
@@ -250,10 +252,7 @@ def _xnnpack_may_run_sparse():
 def _storage_by_layer(model, runner):
     """Per kernel layer: (stored, runtime kernel), matching LiteRT tensor names to Keras layer names."""
     tensors = runner.get_tensor_details()
-    try:
-        ops = runner._get_ops_details()   # the interpreter's op list; absent in some builds
-    except AttributeError:
-        ops = []
+    ops = _keras.interpreter_ops(runner)
     readers = {}
     for op in ops:
         for position, index in enumerate(np.asarray(op["inputs"]).tolist()):

@@ -147,7 +147,7 @@ class AddPositionEmbedding(keras.layers.Layer):
     Keras has no such layer, and an ``Embedding`` called on a constant ``arange`` inside a functional model
     is run once at construction (its output becomes a frozen constant, its table is not a weight of the
     model), so the table lives here. Its channels are its input's; the channel graph handles it with the
-    keras_hub ``PositionEmbedding`` handler (``morphsparse/attention.py``), slicing the table's columns with the
+    keras_hub ``PositionEmbedding`` handler (``morphsparse/handlers/attention.py``), slicing the table's columns with the
     residual stream.
     """
 

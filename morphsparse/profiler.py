@@ -59,7 +59,7 @@ def profiler_flops(model, batch_size=1):
 
 
 def _einsum_flops(op):
-    from morphsparse.ops_handlers import einsum_macs
+    from morphsparse.handlers.ops import einsum_macs
     equation = op.get_attr("equation")
     equation = equation.decode() if isinstance(equation, bytes) else equation
     shapes = [tuple(t.shape.as_list()) for t in op.inputs]

@@ -23,6 +23,8 @@ import inspect
 
 import keras
 
+from morphsparse.keras_internals import forget_nodes, nodes_in_order
+
 
 class TraceError(ValueError):
     """The layer's call cannot be read as a graph of Keras layers and keras.ops (the message says why)."""
@@ -62,7 +64,7 @@ def _untraced_weights(op, model):
     return [w for w in op.weights if id(w) not in held]
 
 
-def trace_call(op, node, functional=None, input_shapes=None):
+def trace_call(op, node, functional=None, input_shapes=None, infer_output_shapes=None):
     """A :class:`Trace` of ``op``'s call at ``node`` (a layer, or the functional graph ``functional`` of a
     nested model). Raises :class:`TraceError` when the call cannot be traced.
 
@@ -70,13 +72,15 @@ def trace_call(op, node, functional=None, input_shapes=None):
     (keras_hub's causal mask: ``ops.broadcast_to(mask, (ops.shape(x)[0], ...))``) cannot run on an unknown
     one; such a call is traced again with a batch of one, whose constants broadcast over any batch.
     ``input_shapes``: the shapes of the call's input tensors where they are known better than Keras recorded
-    them (see ``graph._refined_shapes``)."""
+    them (see ``graph._refined_shapes``). ``infer_output_shapes(layer, input_shapes)``: output shapes where a
+    sub-layer's output spec forgets a dimension (the handlers' inference), or None."""
     shapes = input_shapes or [tuple(t.shape) for t in node.input_tensors]
+    infer = infer_output_shapes or (lambda layer, in_shapes: None)
     try:
-        return _trace(op, node, functional, shapes, batch=None)
+        return _trace(op, node, functional, shapes, None, infer)
     except TraceError as first:
         try:
-            trace = _trace(op, node, functional, shapes, batch=1)
+            trace = _trace(op, node, functional, shapes, 1, infer)
         except TraceError as second:
             if str(second) == str(first):
                 raise first from None
@@ -84,7 +88,7 @@ def trace_call(op, node, functional=None, input_shapes=None):
     # A graph traced at batch 1 is rebuilt for any batch only if no operation took the batch size into its
     # configuration (a reshape to (batch, ...)): compare with a trace at batch 2.
     try:
-        other = _trace(op, node, functional, shapes, batch=2)
+        other = _trace(op, node, functional, shapes, 2, infer)
         differs = _batch_dependent(trace.model, other.model)
     except TraceError as err:
         differs = f"it does not trace at batch 2 ({err})"
@@ -94,8 +98,6 @@ def trace_call(op, node, functional=None, input_shapes=None):
 
 
 def _signature(model):
-    from morphsparse.graph import nodes_in_order
-
     rows = []
     for n in nodes_in_order(model):
         op = n.operation
@@ -118,7 +120,7 @@ def _batch_dependent(model_1, model_2):
     return None
 
 
-def _trace(op, node, functional, shapes, batch):
+def _trace(op, node, functional, shapes, batch, infer):
     fresh, positions = {}, []
     for position, tensor in enumerate(node.input_tensors):
         if id(tensor) in fresh:
@@ -131,7 +133,7 @@ def _trace(op, node, functional, shapes, batch):
     args, kwargs = node.arguments.fill_in(fresh)
     target = functional if functional is not None else op
     try:
-        with _lenient_output_specs(op):
+        with _lenient_output_specs(op, infer):
             outputs = target.call(*args, **kwargs)
     except Exception as err:  # any failure means: not traceable as symbolic Keras code
         raise TraceError(f"calling it on symbolic inputs failed ({type(err).__name__}: {err})") from None
@@ -150,8 +152,6 @@ def _trace(op, node, functional, shapes, batch):
         model = keras.Model(inputs, [flat[i] for i in kept], name=f"{op.name}_traced")
     except Exception as err:
         raise TraceError(f"its traced graph is not a functional graph ({type(err).__name__}: {err})") from None
-    from morphsparse.graph import forget_nodes
-
     forget_nodes(model)
     missing = _untraced_weights(op, model)
     if missing:
@@ -193,11 +193,10 @@ def _sub_layers(root):
 
 
 @contextlib.contextmanager
-def _lenient_output_specs(root):
+def _lenient_output_specs(root, infer_output_shapes):
     """While tracing, let sub-layers take call arguments their ``compute_output_spec`` does not declare when
     they are None (keras_hub's CachedMultiHeadAttention is called with ``cache=None``, which the
     MultiHeadAttention output spec refuses): an instance attribute drops them, and is removed afterwards."""
-    from morphsparse.handlers import get_handler
     patched = []
     for layer in _sub_layers(root):
         spec = layer.compute_output_spec
@@ -206,16 +205,14 @@ def _lenient_output_specs(root):
         except (TypeError, ValueError):
             continue
         names = None if any(p.kind is p.VAR_KEYWORD for p in parameters.values()) else frozenset(parameters)
-        infer = getattr(get_handler(layer), "infer_output_shapes", None)
-
-        def lenient(*args, _spec=spec, _names=names, _infer=infer, _layer=layer, **kwargs):
+        def lenient(*args, _spec=spec, _names=names, _layer=layer, **kwargs):
             if _names is not None:
                 kwargs = {k: v for k, v in kwargs.items() if k in _names or v is not None}
             out = _spec(*args, **kwargs)
-            if _infer is not None and isinstance(out, keras.KerasTensor) and None in out.shape[1:] and args:
+            if isinstance(out, keras.KerasTensor) and None in out.shape[1:] and args:
                 # Keras forgets a dimension it could know (EinsumDense's partial output_shape): code that
                 # reads ops.shape() of the result would bake that None into its operations
-                inferred = _infer(_layer, [tuple(args[0].shape)])
+                inferred = infer_output_shapes(_layer, [tuple(args[0].shape)])
                 if inferred:
                     shape = tuple(o if o is not None else n for o, n in zip(out.shape, inferred[0]))
                     out = keras.KerasTensor(shape, dtype=out.dtype)

@@ -127,7 +127,7 @@ def test_unknown_layer_error_names_layer_class_and_fix():
         graph = ms.analyze(model)
         assert graph.calls_of("mystery")
     finally:
-        handlers._REGISTRY.pop(Mystery)
+        handlers.base._REGISTRY.pop(Mystery)
 
 
 def test_wrongly_registered_pass_through_is_caught():
@@ -141,7 +141,7 @@ def test_wrongly_registered_pass_through_is_caught():
         with pytest.raises(ms.GraphError, match="channel-keeping"):
             ms.analyze(keras.Model(inp, Doubler(name="doubler")(L.Dense(5)(inp))))
     finally:
-        handlers._REGISTRY.pop(Doubler)
+        handlers.base._REGISTRY.pop(Doubler)
 
 
 def test_subclassed_and_unbuilt_models_get_clear_errors():
@@ -231,17 +231,6 @@ def test_nested_models_and_traces_share_one_tensor_key_space():
     graph = ms.analyze(keras.Model(inp, out))
     first, inner_dense, last = (graph.calls_of(n)[0] for n in ("first", "inner_dense", "last"))
     assert inner_dense.input_keys == first.output_keys and last.input_keys == inner_dense.output_keys
-
-
-def test_tensor_index_is_a_deprecated_view_of_the_graph():
-    from morphsparse.morph.replay import TensorIndex
-
-    graph = ms.analyze(residual_concat_net())
-    with pytest.warns(DeprecationWarning, match="graph.inputs_of"):
-        index = TensorIndex(graph)
-    stem = graph.calls_of("stem")[0]
-    assert index.outputs_of[stem.index] == stem.output_keys and index.producer_of[stem.output_keys[0]] == stem.index
-    assert index.model_outputs == graph.model_outputs
 
 
 def test_shared_layer_emits_one_group():

@@ -172,8 +172,7 @@ _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.
 
 def is_channel_source(call):
     """True for calls whose weights decide which of their output channels live (kernel layers)."""
-    return isinstance(call.handler, _handlers.Producer) and call.first_call and hasattr(
-        call.handler, "kernel_matrix")
+    return call.handler.kernel_layer and call.first_call
 
 
 def following_batch_norm(graph, call, with_scale=True):
@@ -201,7 +200,7 @@ def find_sources(model_or_graph, source="gamma"):
     for call in graph.calls:
         if not is_channel_source(call) or not call.out_groups:
             continue
-        axes = call.handler.regularized_axes(call) if hasattr(call.handler, "regularized_axes") else [0]
+        axes = call.handler.regularized_axes(call)
         for axis in axes:
             groups, channels = call.out_groups[axis], call.out_channels_idx[axis]
             if len(set(groups.tolist())) != 1:
@@ -285,7 +284,7 @@ def keep_one_groups(graph):
     its channel with the largest R, so the cost they report is what export can deliver."""
     ids = []
     for call in graph.calls:
-        if getattr(call.handler, "keeps_one_internal", False):
+        if call.handler.keeps_one_internal:
             for j in range(call.n_outputs, len(call.out_groups)):
                 ids += [gid for gid in np.unique(call.out_groups[j]).tolist()
                         if graph.groups[gid].removable and gid not in ids]

@@ -402,7 +402,7 @@ class _Exporter:
         for (k, i), values in self.probe.values.items():
             call = self.graph.calls[k]
             if k in self.before_forcing or k in self.dead_ends or (
-                    k in self.removed and not isinstance(call.handler, _handlers.Producer)):
+                    k in self.removed and not call.handler.kernel_layer):
                 continue
             if k in self.removed and not any(_alive.entry_mask(self.graph, flat, g, c).any()
                                              for g, c in zip(call.out_groups, call.out_channels_idx)):
@@ -411,7 +411,7 @@ class _Exporter:
             # Removed values matter only where they are folded (kernel layers), merged in as a constant (an
             # input with no live entry) or normalised with live channels; elsewhere they just flow on
             # (0 * gate is constant even though the gate is not).
-            folds = isinstance(call.handler, _handlers.Producer) and not call.handler.reads_channels_separately(
+            folds = call.handler.kernel_layer and not call.handler.reads_channels_separately(
                 call)
             merged_constant = values.removed.all() and k not in self.removed
             if not (folds or normalises or merged_constant):
@@ -497,8 +497,7 @@ def _weight_position(layer, variable):
 
 
 def _normalises_across_channels(call):
-    from morphsparse.ops_handlers import normalises_across_channels
-    if normalises_across_channels(call) or getattr(call.handler, "normalises_across_channels", False):
+    if call.handler.normalises_across_channels(call):
         return True   # keras.ops softmax / rms_norm over the channel axis; RMSNorm layers
     layer = call.layer
     if isinstance(layer, (keras.layers.LayerNormalization, keras.layers.GroupNormalization,

@@ -211,8 +211,9 @@ def _cost_terms(graph, call):
     ``cost_terms`` (a layer with several channel axes, such as attention), else one term in the alive counts of
     its first input and output with every other axis full."""
     handler = call.handler
-    if hasattr(handler, "cost_terms"):
-        return handler.cost_terms(call)
+    terms = handler.cost_terms(call)
+    if terms is not None:
+        return terms
     in_full = [call.input_channels(i) for i in range(len(call.input_shapes))]
     out_full = [call.output_channels(i) for i in range(len(call.output_shapes))]
 
@@ -288,7 +289,7 @@ class KernelCalls:
                 in_pos.append(_axis_positions(call, in_ref))
                 out_pos.append(_axis_positions(call, out_ref))
                 first.append(call.first_call)
-                depthwise.append(isinstance(handler, _handlers.DepthwiseConv))
+                depthwise.append(handler.reads_channels_separately(call))
         self.calls = calls
         self.terms = terms
         n = len(calls)
@@ -581,7 +582,7 @@ class MorphRegularizer:
         """A producer whose handler cannot say which weights feed each output channel (a custom handler with
         no ``kernel_matrix``) cannot be regularised; refuse rather than silently leave it out."""
         for call in self.graph.calls:
-            if call.handler.produces_channels and not hasattr(call.handler, "kernel_matrix"):
+            if call.handler.produces_channels and not call.handler.kernel_layer:
                 groups = np.unique(np.concatenate(call.out_groups)) if call.out_groups else []
                 if any(self.graph.groups[int(g)].removable for g in groups):
                     raise UnsupportedLayerError(

@@ -392,7 +392,7 @@ def test_a_layer_without_a_usable_get_config_is_rebuilt_from_its_attributes():
         x = np.random.default_rng(0).normal(size=(4, 6)).astype("float32")
         np.testing.assert_allclose(slim.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
     finally:
-        handlers._REGISTRY.pop(_TaggedGain)
+        handlers.base._REGISTRY.pop(_TaggedGain)
 
 
 @pytest.mark.parametrize("dead, kept", [(5, 16), (10, 8), (15, 8)])

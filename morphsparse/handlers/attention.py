@@ -24,7 +24,9 @@ import inspect
 import keras
 import numpy as np
 
-from morphsparse import handlers as _h
+from morphsparse.handlers import layers as _h
+from morphsparse.handlers.base import layer_config, register_handler
+from morphsparse.handlers.ops import _pin_all, einsum_macs
 from morphsparse.trace import symbolic_kwargs
 
 _HUB = "keras_hub.src"
@@ -131,7 +133,7 @@ class MultiHeadAttention(_h.Producer):
 
     # --- group lasso (morphsparse.morph.alive) ----------------------------------------------------------
     def kernel_matrix(self, call, xp=np):
-        return _h._as_matrix(call.layer.output_dense.kernel, xp)
+        return _h.as_matrix(call.layer.output_dense.kernel, xp)
 
     def axis_matrix(self, call, axis, xp=np):
         """The weights of each channel of output axis ``axis`` as (fan-in, channels) columns: for the heads,
@@ -142,7 +144,7 @@ class MultiHeadAttention(_h.Producer):
         parts = []
         for kernel, head_axis in ((layer.query_dense.kernel, 1), (layer.key_dense.kernel, 1),
                                   (layer.value_dense.kernel, 1), (layer.output_dense.kernel, 0)):
-            parts.append(_h._as_matrix(kernel, xp, out_axis=head_axis))
+            parts.append(_h.as_matrix(kernel, xp, out_axis=head_axis))
         if xp is np:
             return np.concatenate(parts, axis=0)
         return xp.concatenate(parts, axis=0)
@@ -171,7 +173,7 @@ class MultiHeadAttention(_h.Producer):
         return outs
 
     def rebuild_config(self, call, keep_in, keep_out):
-        config = _h.layer_config(call.layer)
+        config = layer_config(call.layer)
         qi = self._roles(call)[0]
         heads = self._heads_mask(call, keep_out)
         config["num_heads"] = int(heads.sum())
@@ -249,13 +251,13 @@ class PositionEmbedding(_h.Producer):
         return int(call.layer.position_embeddings.shape[0]) * alive_out[0]
 
     def kernel_matrix(self, call, xp=np):
-        return _h._as_matrix(call.layer.position_embeddings, xp)
+        return _h.as_matrix(call.layer.position_embeddings, xp)
 
     def live_outputs(self, call, in_live, out_alive):
         return [in_live[0]] if in_live[0].any() else None
 
     def rebuild_config(self, call, keep_in, keep_out):
-        return _h.layer_config(call.layer)
+        return layer_config(call.layer)
 
     def slice_weights(self, call, keep_in, keep_out, weights):
         return [w[:, keep_out[0]] for w in weights]
@@ -304,7 +306,7 @@ class ViTPatchingAndEmbedding(_h.Producer):
         return total
 
     def kernel_matrix(self, call, xp=np):
-        return _h._as_matrix(self._conv(call).kernel, xp)
+        return _h.as_matrix(self._conv(call).kernel, xp)
 
     def rebuild_config(self, call, keep_in, keep_out):
         config = super().rebuild_config(call, keep_in, keep_out)
@@ -346,8 +348,7 @@ class EinsumDense(_h.Producer):
 
     def propagate(self, call, graph):
         if self._letters(call) is None:
-            from morphsparse.ops_handlers import _pin_all
-            return _pin_all(call, graph, f"EinsumDense equation {call.layer.equation!r} does not map input "
+                return _pin_all(call, graph, f"EinsumDense equation {call.layer.equation!r} does not map input "
                                          "channels to new output channels")
         return super().propagate(call, graph)
 
@@ -362,7 +363,6 @@ class EinsumDense(_h.Producer):
         return [tuple(sizes.get(letter) for letter in out_spec)]
 
     def _full_macs(self, call):
-        from morphsparse.ops_handlers import einsum_macs
         x_shape = tuple(1 if d is None else d for d in call.input_shapes[0])
         return einsum_macs(call.layer.equation, [x_shape, tuple(call.layer.kernel.shape)])
 
@@ -396,11 +396,11 @@ class EinsumDense(_h.Producer):
 
     def kernel_matrix(self, call, xp=np):
         if self._letters(call) is None:
-            return _h._as_matrix(call.layer.kernel, xp)
-        return _h._as_matrix(call.layer.kernel, xp, out_axis=self._kernel_axes(call)[1])
+            return _h.as_matrix(call.layer.kernel, xp)
+        return _h.as_matrix(call.layer.kernel, xp, out_axis=self._kernel_axes(call)[1])
 
     def rebuild_config(self, call, keep_in, keep_out):
-        config = _h.layer_config(call.layer)
+        config = layer_config(call.layer)
         shape = config.get("output_shape")
         if self._letters(call) is not None and shape is not None:
             shape = list(shape) if isinstance(shape, (list, tuple)) else [shape]
@@ -425,7 +425,7 @@ class EinsumDense(_h.Producer):
     def bias_shift(self, call, removed, constants, weights):
         if self._letters(call) is None:
             return None
-        kernel = _h._weight(call.layer, weights, call.layer.kernel).astype(np.float64)
+        kernel = _h.weight_of(call.layer, weights, call.layer.kernel).astype(np.float64)
         axis_in, axis_out = self._kernel_axes(call)
         if kernel.ndim != 2 or not self._bias_has_output(call):
             raise ValueError("removed input channels carry a constant that cannot be folded into this "
@@ -439,14 +439,14 @@ class ChannelNormalization(_h.PassThrough):
     channel-keeping, weights sliced with the channels; it normalises across channels, so export keeps dead
     channels it reads (as for LayerNormalization)."""
 
-    normalises_across_channels = True
+    def normalises_across_channels(self, call):
+        return True
 
 
 class Rotary(_h.Opaque):
     """A rotary position embedding: it rotates pairs of channels of each head, so its channels are kept."""
 
     def propagate(self, call, graph):
-        from morphsparse.ops_handlers import _pin_all
         return _pin_all(call, graph, "rotary position embedding (rotates pairs of channels)")
 
     def macs(self, call, alive_in, alive_out):
@@ -498,27 +498,26 @@ HUB_CHANNEL_NORMS = (
 )
 
 
-def _register_defaults():
-    _h.register_handler(keras.layers.MultiHeadAttention, MultiHeadAttention())
-    _h.register_handler(keras.layers.ReversibleEmbedding, ReversibleEmbedding())
-    _h.register_handler(f"{_HUB}.layers.modeling.position_embedding.PositionEmbedding", PositionEmbedding())
+def register_defaults():
+    """Register the attention and transformer-layer handlers (called once by ``morphsparse.handlers``)."""
+    register_handler(keras.layers.MultiHeadAttention, MultiHeadAttention())
+    register_handler(keras.layers.ReversibleEmbedding, ReversibleEmbedding())
+    register_handler(f"{_HUB}.layers.modeling.position_embedding.PositionEmbedding", PositionEmbedding())
     # the small ViT's position embedding (morphsparse.models) adds the same kind of table to its input; by name,
     # so the models module is not imported here
-    _h.register_handler("morphsparse.models.AddPositionEmbedding", PositionEmbedding())
-    _h.register_handler(f"{_HUB}.models.vit.vit_layers.ViTPatchingAndEmbedding", ViTPatchingAndEmbedding())
-    _h.register_handler(f"{_HUB}.models.deit.deit_layers.DeiTEmbeddings", ViTPatchingAndEmbedding())
-    _h.register_handler(keras.layers.EinsumDense, EinsumDense())
+    register_handler("morphsparse.models.AddPositionEmbedding", PositionEmbedding())
+    register_handler(f"{_HUB}.models.vit.vit_layers.ViTPatchingAndEmbedding", ViTPatchingAndEmbedding())
+    register_handler(f"{_HUB}.models.deit.deit_layers.DeiTEmbeddings", ViTPatchingAndEmbedding())
+    register_handler(keras.layers.EinsumDense, EinsumDense())
     norm = ChannelNormalization()
     if hasattr(keras.layers, "RMSNormalization"):
-        _h.register_handler(keras.layers.RMSNormalization, norm)
+        register_handler(keras.layers.RMSNormalization, norm)
     for name in HUB_CHANNEL_NORMS:
-        _h.register_handler(f"{_HUB}.{name}", norm)
+        register_handler(f"{_HUB}.{name}", norm)
     for name in HUB_ROTARY:
-        _h.register_handler(f"{_HUB}.{name}", Rotary())
-    _h.register_handler(f"{_HUB}.models.deberta_v3.relative_embedding.RelativeEmbedding", ShapeReader())
+        register_handler(f"{_HUB}.{name}", Rotary())
+    register_handler(f"{_HUB}.models.deberta_v3.relative_embedding.RelativeEmbedding", ShapeReader())
 
-
-_register_defaults()
 
 __all__ = ["MultiHeadAttention", "PositionEmbedding", "ReversibleEmbedding", "ViTPatchingAndEmbedding", "EinsumDense",
-           "ChannelNormalization", "Rotary", "ShapeReader", "HUB_CHANNEL_NORMS", "HUB_ROTARY"]
+           "ChannelNormalization", "Rotary", "ShapeReader", "HUB_CHANNEL_NORMS", "HUB_ROTARY", "register_defaults"]

@@ -31,10 +31,9 @@ import string
 import keras
 import numpy as np
 
-from morphsparse import handlers as _h
-
-_NP, _NN, _CORE, _MATH, _IMAGE = ("keras.src.ops.numpy", "keras.src.ops.nn", "keras.src.ops.core",
-                                   "keras.src.ops.math", "keras.src.ops.image")
+from morphsparse.handlers import layers as _h
+from morphsparse.handlers.base import RebuildHandler, register_handler
+from morphsparse.keras_internals import op_class
 
 
 def _rank(call, i=0):
@@ -104,7 +103,7 @@ class _Conditional(_h.LayerHandler):
     def live_outputs(self, call, in_live, out_alive):
         if self.keeps(call) is None and all(call.output_channels(i) == len(in_live[0])
                                             for i in range(len(call.output_shapes))):
-            return _h.RebuildHandler.live_outputs(self, call, in_live, out_alive)
+            return RebuildHandler.live_outputs(self, call, in_live, out_alive)
         return PinnedOp.live_outputs(self, call, in_live, out_alive)
 
 
@@ -114,16 +113,11 @@ class Unary(_Conditional):
 
 class CrossChannel(_Conditional):
     """softmax / log_softmax / normalize / rms_norm / layer_norm: channel-keeping; when their axis is the
-    channel axis they normalise across channels (see :func:`normalises_across_channels`)."""
+    channel axis they normalise across channels."""
 
-
-def normalises_across_channels(call):
-    """True for a keras.ops call that normalises over the channel axis (removing a channel changes the
-    others)."""
-    if not isinstance(call.handler, CrossChannel):
-        return False
-    axis = getattr(call.layer, "axis", -1)
-    return _rank(call) - 1 in _axes(axis, _rank(call))
+    def normalises_across_channels(self, call):
+        axis = getattr(call.layer, "axis", -1)
+        return _rank(call) - 1 in _axes(axis, _rank(call))
 
 
 class Broadcasting(_h.Merge):
@@ -496,20 +490,19 @@ class Contraction(PinnedOp):
 
 class SealedComposite(PinnedOp):
     """A composite layer that was traced but cannot be rebuilt piece by piece (``Trace.sealed``): it is kept
-    as one layer with its channels pinned; its cost is that of its traced graph."""
+    as one layer with its channels pinned; its cost is that of its traced graph (``macs``, which the graph
+    counts when it reads the trace)."""
 
-    def __init__(self, trace):
+    def __init__(self, trace, macs):
         super().__init__(trace.sealed)
         self.trace = trace
-        self._macs = None
+        self._macs = int(macs)
 
     def propagate(self, call, graph):
-        from morphsparse.costs import count_macs
-        self._macs = count_macs(self.trace.model)    # its inner graph must be readable too (raises if not)
         return _pin_all(call, graph, f"{type(call.layer).__name__} {self.trace.sealed}")
 
     def macs(self, call, alive_in, alive_out):
-        return self._macs or 0
+        return self._macs
 
     def params(self, call, alive_in, alive_out):
         return int(sum(np.prod(w.shape) for w in call.layer.weights))
@@ -518,12 +511,13 @@ class SealedComposite(PinnedOp):
         return weights
 
 
-def _register(names, handler, module=_NP):
+def _register(names, handler, module="numpy"):
     for name in names.split():
-        _h.register_handler(f"{module}.{name}", handler)
+        register_handler(op_class(module, name), handler)
 
 
-def _register_defaults():
+def register_defaults():
+    """Register the handlers of the keras.ops operations (called once by ``morphsparse.handlers``)."""
     unary = Unary()
     _register("Absolute Abs Fabs Angle Arccos Arccosh Arcsin Arcsinh Arctan Arctanh BitwiseInvert BitwiseNot Cbrt "
               "Ceil Clip Conjugate Conj Copy Cos Cosh Deg2rad Rad2deg Exp Exp2 Expm1 Floor Imag Isfinite Isinf "
@@ -532,11 +526,11 @@ def _register_defaults():
               "View I0", unary)
     _register("Relu Relu6 Sigmoid SparseSigmoid Softplus Softsign SoftShrink SparsePlus Silu Squareplus LogSigmoid "
               "LeakyRelu HardSigmoid HardSilu Elu Selu Gelu Celu TanhShrink HardTanh HardShrink Threshold",
-              unary, _NN)
-    _register("Cast SaturateCast StopGradient ConvertToTensor", unary, _CORE)
-    _register("Rsqrt Erf Erfc Erfinv", unary, _MATH)
+              unary, "nn")
+    _register("Cast SaturateCast StopGradient ConvertToTensor", unary, "core")
+    _register("Rsqrt Erf Erfc Erfinv", unary, "math")
     cross = CrossChannel()
-    _register("Softmax LogSoftmax Sparsemax Normalize RMSNorm LayerNorm", cross, _NN)
+    _register("Softmax LogSoftmax Sparsemax Normalize RMSNorm LayerNorm", cross, "nn")
 
     broadcasting = Broadcasting()
     _register("Add Subtract Multiply Divide DivideNoNan TrueDivide FloorDivide Power Maximum Minimum Fmax Fmin "
@@ -548,8 +542,8 @@ def _register_defaults():
     _register("All Any Amax Amin Argmax Argmin Average CountNonzero Max Min Mean Median Nanargmax Nanargmin Nanmax "
               "Nanmean Nanmedian Nanmin Nanprod Nanstd Nansum Nanvar Percentile Prod Ptp Quantile Nanpercentile "
               "Nanquantile Std Sum Var", reduction)
-    _register("Logsumexp", reduction, _MATH)
-    _register("Moments", Moments(), _NN)
+    _register("Logsumexp", reduction, "math")
+    _register("Moments", Moments(), "nn")
 
     _register("Reshape", Reshape())
     transpose = Transpose()
@@ -561,22 +555,20 @@ def _register_defaults():
     _register("BroadcastTo", BroadcastTo())
     axis_op = AxisOp()
     _register("Roll Flip Sort Argsort Cumsum Cumprod Nancumsum Nancumprod Take TakeAlongAxis Repeat Diff", axis_op)
-    _register("Unstack", axis_op, _CORE)
+    _register("Unstack", axis_op, "core")
     _register("GetItem", GetItem())
     split = Split()
     _register("Split ArraySplit", split)
-    _h.register_handler(f"{_NP}.Concatenate", _h.Concatenate())
+    register_handler(op_class("numpy", "Concatenate"), _h.Concatenate())
     _register("Stack", Stack())
     contraction = Contraction()
     _register("Matmul Einsum Dot Tensordot Inner Vdot", contraction)
-    _register("DotProductAttention", contraction, _NN)
+    _register("DotProductAttention", contraction, "nn")
     pool = _h.PassThrough()
-    _register("MaxPool AveragePool AdaptiveMaxPool AdaptiveAveragePool", pool, _NN)
-    _register("Resize", pool, _IMAGE)
+    _register("MaxPool AveragePool AdaptiveMaxPool AdaptiveAveragePool", pool, "nn")
+    _register("Resize", pool, "image")
 
-
-_register_defaults()
 
 __all__ = ["PinnedOp", "UNKNOWN_OP", "Unary", "CrossChannel", "Broadcasting", "Reduction", "Reshape", "Transpose",
            "ExpandDims", "Squeeze", "Pad", "Tile", "BroadcastTo", "AxisOp", "GetItem", "Split", "Stack",
-           "Contraction", "SealedComposite", "einsum_macs", "normalises_across_channels"]
+           "Contraction", "SealedComposite", "einsum_macs", "register_defaults"]

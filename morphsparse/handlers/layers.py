@@ -1,156 +1,14 @@
-"""Per-layer-class handlers: how a layer moves channels through the network, what it costs, and how it is
-rebuilt narrower or wider. Nothing else needs to know the layer's type.
-
-A handler has two parts, two protocols that tools use separately:
-
-* :class:`ChannelHandler`, the structural and cost part, all that ``analyze``, the cost counters and the
-  regulariser read: ``propagate`` (given the channel maps of the layer's input tensors, one class id per
-  channel of the channel axis, return those of its outputs: a producer (Conv, Dense, ...) creates new
-  channels, a pass-through layer returns its input map, a merge (Add, ...) ties its inputs together),
-  ``macs`` and ``params`` (of one call, given how many channels of each input and output are alive).
-* :class:`RebuildHandler`, the export and expand part: ``live_outputs`` (which output entries survive),
-  ``rebuild_config`` (the layer's config at new widths; expand uses it alone), ``slice_weights``,
-  ``apply_op`` (a keras.ops call applied again) and ``rebuild(call, step)``, which builds the call in a slim
-  model through the :class:`~morphsparse.morph.export.RebuildStep` interface only. A handler that is only a
-  ``ChannelHandler`` is rebuilt by the defaults (:data:`DEFAULT_REBUILD`: a channel-keeping layer whose
-  per-channel weights sit on the last axis).
-
-:class:`LayerHandler` is both, and what the stock handlers derive from. Handlers are looked up along the
-layer's class hierarchy, so a subclass of ``keras.layers.Dense`` is handled as a Dense. Users register
-handlers for their own layers with :func:`register_handler`.
-"""
+"""Handlers of Keras's own layers: channel-keeping layers, merges, reshapes, and the kernel layers (Dense, the
+convolutions, Embedding) that produce channels."""
 
 from __future__ import annotations
-
-import inspect
-import warnings
 
 import keras
 import numpy as np
 
-
-def layer_config(layer) -> dict:
-    """``layer.get_config()``; for a layer whose class cannot give one (keras_hub 0.32's Gemma
-    ``RMSNormalization`` was made with a dtype policy object and defines no ``get_config``), the constructor
-    arguments read back from the attributes of the same names, with a warning naming the layer."""
-    try:
-        return layer.get_config()
-    except Exception as err:  # noqa: BLE001 - Keras raises NotImplementedError or a TypeError by class
-        reason = err
-    config = {"name": layer.name, "trainable": layer.trainable, "dtype": layer.dtype_policy}
-    parameters = inspect.signature(type(layer).__init__).parameters.values()
-    missing = []
-    for p in parameters:
-        if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in config:
-            continue
-        if hasattr(layer, p.name):
-            config[p.name] = getattr(layer, p.name)
-        elif p.default is p.empty:
-            missing.append(p.name)
-    if missing:
-        raise ValueError(f"layer '{layer.name}' ({type(layer).__name__}) has no usable get_config ({reason}) and "
-                         f"its constructor arguments {missing} are not attributes; register a handler for it")
-    warnings.warn(f"layer '{layer.name}' ({type(layer).__name__}) has no usable get_config(); it is rebuilt from "
-                  f"its constructor arguments read off its attributes: "
-                  f"{sorted(k for k in config if k not in ('name', 'trainable', 'dtype'))}", UserWarning,
-                  stacklevel=3)
-    return config
-
-CHANNELS_LAST_ONLY = ("morphsparse reads channels_last models only; rebuild the model with "
-                      "data_format='channels_last' (Keras's default).")
-
-
-class ChannelHandler:
-    """The structural and cost part of a handler. Subclasses override what differs; ``propagate`` must be
-    overridden, the cost defaults describe a layer whose per-channel weights sit on the last axis."""
-
-    #: True when the layer's outputs start new channel groups (it has a kernel over channels).
-    produces_channels = False
-
-    def propagate(self, call, graph):
-        """Return one channel map (numpy int array of class ids) per output tensor of ``call``."""
-        raise NotImplementedError
-
-    def macs(self, call, alive_in, alive_out):
-        """Multiply-accumulates of one call; ``alive_in``/``alive_out`` are alive channel counts per tensor."""
-        return 0
-
-    def params(self, call, alive_in, alive_out):
-        """Parameters of the layer. Default: every weight whose last axis is the output channel axis scales
-        with the alive output channels; other weights count in full."""
-        total = 0
-        full = call.output_channels(0)
-        for weight in getattr(call.layer, "weights", ()):  # keras.ops operations have none
-            shape = tuple(weight.shape)
-            size = int(np.prod(shape)) if shape else 1
-            if shape and full and shape[-1] == full and alive_out:
-                total += size // full * alive_out[0]
-            else:
-                total += size
-        return total
-
-    def describe(self, layer):
-        return type(self).__name__
-
-
-class RebuildHandler:
-    """The export and expand part of a handler (``morphsparse.morph.export`` and ``expand``).
-
-    ``keep_in`` / ``keep_out``: per input / output tensor, a boolean mask of the channel-axis entries that
-    survive (for expand: all-True masks of the new widths). The defaults describe a channel-keeping layer
-    whose per-channel weights sit on the last axis."""
-
-    def live_outputs(self, call, in_live, out_alive):
-        """Surviving entries of each output given those of the inputs (``out_alive``: the alive masks of
-        the output groups); None when the call disappears because nothing it reads survives."""
-        if in_live and not any(m.any() for m in in_live):
-            return None
-        return [in_live[0] for _ in call.output_shapes]
-
-    def rebuild_config(self, call, keep_in, keep_out):
-        """The layer's config in the slim model."""
-        return layer_config(call.layer)
-
-    def slice_weights(self, call, keep_in, keep_out, weights):
-        """The surviving slices of ``weights`` (numpy, in ``layer.weights`` order)."""
-        full = len(keep_out[0])
-        return [w[..., keep_out[0]] if w.ndim and w.shape[-1] == full else w for w in weights]
-
-    def apply_op(self, call, args, kwargs, new_count):
-        """Apply a keras.ops operation again in a rebuilt model (export or expand). ``new_count(i, lo, hi)``:
-        how many entries the rebuilt input i has in place of the original entries ``lo:hi`` of its channel
-        axis, for operations whose arguments name channel positions (a reshape's last dimension, a slice)."""
-        return call.layer(*args, **kwargs)
-
-    def rebuild(self, call, step):
-        """Build this call in the slim model; return its new output tensor(s). ``step`` is a
-        :class:`morphsparse.morph.export.RebuildStep`, all a handler may use of the export: new input
-        tensors, masks, probe values, new layers, weights and constant folds."""
-        if not isinstance(call.layer, keras.layers.Layer):
-            # a keras.ops operation: apply it again (merges with a constant input go through Merge.rebuild)
-            args, kwargs = step.arguments()
-            return self.apply_op(call, args, kwargs, step.new_count)
-        layer = step.new_layer(self.rebuild_config(call, step.keep_in, step.keep_out))
-        args, kwargs = step.arguments()
-        outputs = layer(*args, **kwargs)
-        step.set_weights(layer, self.slice_weights(call, step.keep_in, step.keep_out, step.old_weights()))
-        return outputs
-
-
-class LayerHandler(ChannelHandler, RebuildHandler):
-    """A whole handler: structure and cost (:class:`ChannelHandler`) and export and expand
-    (:class:`RebuildHandler`). The defaults describe a layer with no weights that keeps its channels (so
-    ``propagate`` must be overridden by anything that does not)."""
-
-
-#: the export part of a handler that has only the structural part
-DEFAULT_REBUILD = RebuildHandler()
-
-
-def rebuild_part(handler):
-    """The export and expand part of ``handler``: itself, or :data:`DEFAULT_REBUILD` for a handler that is
-    only a :class:`ChannelHandler`."""
-    return handler if isinstance(handler, RebuildHandler) else DEFAULT_REBUILD
+from morphsparse import keras_internals as _keras
+from morphsparse.handlers.base import (CHANNELS_LAST_ONLY, ChannelHandler, LayerHandler, layer_config,
+                                       register_handler)
 
 
 # --- channel-keeping layers ---------------------------------------------------------------------------
@@ -158,6 +16,8 @@ def rebuild_part(handler):
 class PassThrough(LayerHandler):
     """Keeps the channel axis as it is: normalisation, activation, dropout, pooling, padding, cropping,
     resizing, and the like. Spatial axes may change; channel c of the input is channel c of the output."""
+
+    transparent = True
 
     def propagate(self, call, graph):
         in_map = call.in_maps[0]
@@ -173,6 +33,8 @@ class PassThrough(LayerHandler):
 class ChannelSizedPassThrough(PassThrough):
     """Channel-keeping layer whose config states its channel count under ``config_key``."""
 
+    transparent = False  # it changes the channels' scale or ties them
+
     def __init__(self, config_key):
         self.config_key = config_key
 
@@ -184,6 +46,8 @@ class ChannelSizedPassThrough(PassThrough):
 
 class ChannelAxisNormalization(PassThrough):
     """BatchNorm/LayerNorm and the like: channel-keeping only when they act on the channel (last) axis."""
+
+    transparent = False  # it changes the channels' scale or ties them
 
     def propagate(self, call, graph):
         axis = getattr(call.layer, "axis", -1)
@@ -198,6 +62,8 @@ class ChannelAxisNormalization(PassThrough):
 class Merge(PassThrough):
     """Element-wise merge of several tensors (Add, Multiply, Maximum, ...): channel c of every input and of
     the output is one channel, so they are tied. Inputs with one channel broadcast and tie nothing."""
+
+    transparent = False  # it changes the channels' scale or ties them
 
     def propagate(self, call, graph):
         width = call.output_channels(0)
@@ -262,6 +128,8 @@ class Rescaling(PassThrough):
     """``keras.layers.Rescaling`` (x * scale + offset). Its scale and offset may be per-channel vectors
     (export stores the constant of a removed residual branch in one): they follow the channel axis, sliced
     to the surviving channels by export and resized by expand (nearest entry), with the layer's group."""
+
+    transparent = False  # it changes the channels' scale or ties them
 
     def rebuild_config(self, call, keep_in, keep_out):
         config = layer_config(call.layer)
@@ -387,7 +255,7 @@ def _spatial_positions(shape):
     return int(np.prod(shape[1:-1])) if len(shape) > 2 else 1
 
 
-def _as_matrix(kernel, xp, out_axis=-1):
+def as_matrix(kernel, xp, out_axis=-1):
     """``kernel`` as (fan-in, output entries); numpy values when ``xp`` is numpy, else the variable itself
     goes through ``xp`` (keras.ops), so a regulariser can differentiate it."""
     if xp is np:
@@ -412,7 +280,7 @@ def _cut(layer, weights, **cuts):
     return out
 
 
-def _weight(layer, weights, variable):
+def weight_of(layer, weights, variable):
     """The array in ``weights`` (``layer.weights`` order) that holds ``variable``."""
     return next(weights[i] for i, w in enumerate(layer.weights) if w is variable)
 
@@ -429,6 +297,7 @@ def _no_spatial_border(layer):
 
 class Producer(LayerHandler):
     produces_channels = True
+    kernel_layer = True
     #: the config key holding the layer's number of output channels (None: it follows its input)
     width_key = None
 
@@ -444,16 +313,6 @@ class Producer(LayerHandler):
             config[self.width_key] = int(keep_out[0].sum())
         return config
 
-    def fold_exact(self, call):
-        """True when a constant input channel adds the same amount to every output position (so folding it
-        into the bias is exact)."""
-        return True
-
-    def bias_shift(self, call, removed, constants, weights):
-        """What the removed input entries (``removed`` mask; their values in ``constants``) add to each
-        output entry (full width), from the original ``weights``; None when they add nothing."""
-        return None
-
     def rebuild(self, call, step):
         old = step.old_weights()
         config = self.rebuild_config(call, step.keep_in, step.keep_out)
@@ -467,16 +326,11 @@ class Producer(LayerHandler):
         step.set_weights(layer, weights)
         return outputs
 
-    def reads_channels_separately(self, call):
-        """True when each output reads one input channel only (depthwise): a removed input channel takes its
-        outputs with it, so there is no constant to fold into the bias."""
-        return False
-
     # --- structure learning (morphsparse.morph) ---------------------------------------------------------
     def kernel_matrix(self, call, xp=np):
         """The weights feeding each output entry, as a (fan-in, output entries) matrix (group lasso reads
         its columns). ``xp``: numpy for values, keras.ops for a differentiable tensor."""
-        return _as_matrix(call.layer.kernel, xp)
+        return as_matrix(call.layer.kernel, xp)
 
     def _check_format(self, call, graph):
         if getattr(call.layer, "data_format", "channels_last") == "channels_first":
@@ -496,7 +350,7 @@ class Dense(Producer):
                     bias=lambda w: w[keep_out[0]])
 
     def bias_shift(self, call, removed, constants, weights):
-        kernel = _weight(call.layer, weights, call.layer.kernel)
+        kernel = weight_of(call.layer, weights, call.layer.kernel)
         return constants[removed].astype(np.float64) @ kernel[removed].astype(np.float64)
 
     def macs(self, call, alive_in, alive_out):
@@ -584,7 +438,7 @@ class Conv(Producer):
 
     def bias_shift(self, call, removed, constants, weights):
         groups = getattr(call.layer, "groups", 1) or 1
-        summed = _spatial_sum(_weight(call.layer, weights, call.layer.kernel))    # (in / groups, out)
+        summed = _spatial_sum(weight_of(call.layer, weights, call.layer.kernel))    # (in / groups, out)
         per_group_in = np.where(removed, constants, 0.0).reshape(groups, -1)
         width = summed.shape[1] // groups
         return np.concatenate([per_group_in[g] @ summed[:, g * width:(g + 1) * width] for g in range(groups)])
@@ -600,7 +454,7 @@ class ConvTranspose(Conv):
 
     def kernel_matrix(self, call, xp=np):
         # Keras stores transposed kernels as (*kernel_size, filters, in_channels).
-        return _as_matrix(call.layer.kernel, xp, out_axis=-2)
+        return as_matrix(call.layer.kernel, xp, out_axis=-2)
 
     def slice_weights(self, call, keep_in, keep_out, weights):
         return _cut(call.layer, weights, kernel=lambda w: w[..., keep_out[0], :][..., keep_in[0]],
@@ -611,7 +465,7 @@ class ConvTranspose(Conv):
         return all(k == 1 for k in call.layer.kernel_size) and all(s == 1 for s in call.layer.strides)
 
     def bias_shift(self, call, removed, constants, weights):
-        summed = _spatial_sum(_weight(call.layer, weights, call.layer.kernel))    # (out, in)
+        summed = _spatial_sum(weight_of(call.layer, weights, call.layer.kernel))    # (out, in)
         return summed[:, removed] @ constants[removed].astype(np.float64)
 
 
@@ -676,7 +530,7 @@ class SeparableConv(Producer):
         return k * alive_in[0] * m + alive_in[0] * m * alive_out[0] + bias
 
     def kernel_matrix(self, call, xp=np):
-        return _as_matrix(call.layer.pointwise_kernel, xp)
+        return as_matrix(call.layer.pointwise_kernel, xp)
 
     def slice_weights(self, call, keep_in, keep_out, weights):
         rows = np.repeat(keep_in[0], call.layer.depth_multiplier)
@@ -687,8 +541,8 @@ class SeparableConv(Producer):
         return _no_spatial_border(call.layer)
 
     def bias_shift(self, call, removed, constants, weights):
-        pointwise = _weight(call.layer, weights, call.layer.pointwise_kernel)
-        depthwise = _weight(call.layer, weights, call.layer.depthwise_kernel)
+        pointwise = weight_of(call.layer, weights, call.layer.pointwise_kernel)
+        depthwise = weight_of(call.layer, weights, call.layer.depthwise_kernel)
         per_copy = _spatial_sum(depthwise) * np.where(removed, constants, 0.0)[:, None]    # (in, m)
         return per_copy.reshape(-1) @ pointwise.reshape(per_copy.size, -1).astype(np.float64)
 
@@ -705,7 +559,7 @@ class Embedding(Producer):
         return call.layer.input_dim * alive_out[0]
 
     def kernel_matrix(self, call, xp=np):
-        return _as_matrix(call.layer.embeddings, xp)
+        return as_matrix(call.layer.embeddings, xp)
 
     def live_outputs(self, call, in_live, out_alive):
         return [out_alive[0]] if out_alive[0].any() else None
@@ -721,52 +575,8 @@ class Input(LayerHandler):
         return [graph.new_channels(call, call.output_channels(0), pinned=True)]
 
 
-class Nested(LayerHandler):
-    """A functional or Sequential model used as a layer: the graph walks into it (see graph.py)."""
-
-
-# --- registry -----------------------------------------------------------------------------------------
-
-_REGISTRY: dict[type, ChannelHandler] = {}
-_NAME_REGISTRY: dict[str, ChannelHandler] = {}
-
-
-def register_handler(layer_class, handler: ChannelHandler | type[ChannelHandler]):
-    """Register ``handler`` for ``layer_class`` and its subclasses (a more specific registration wins).
-
-    ``layer_class`` may be a class or a dotted/qualified class name string (for classes defined in modules
-    you do not want to import eagerly). ``handler`` is a :class:`LayerHandler`, or a :class:`ChannelHandler`
-    (structure and cost only; export and expand then treat the layer as channel-keeping). Example, for a custom channel-keeping layer::
-
-        morphsparse.register_handler(MyScale, morphsparse.handlers.PassThrough())
-    """
-    if isinstance(handler, type):
-        handler = handler()
-    if not isinstance(handler, ChannelHandler):
-        raise TypeError(f"handler must be a morphsparse.LayerHandler or ChannelHandler (instance or class), "
-                        f"got {handler!r}")
-    if isinstance(layer_class, str):
-        _NAME_REGISTRY[layer_class] = handler
-    elif isinstance(layer_class, type):
-        _REGISTRY[layer_class] = handler
-    else:
-        raise TypeError(f"layer_class must be a class or a class-name string, got {layer_class!r}")
-    return handler
-
-
-def get_handler(layer) -> ChannelHandler | None:
-    """The handler for ``layer`` (an instance or class), searched along its class hierarchy; None if none."""
-    cls = layer if isinstance(layer, type) else type(layer)
-    for klass in cls.__mro__:
-        if klass in _REGISTRY:
-            return _REGISTRY[klass]
-        for key in (f"{klass.__module__}.{klass.__qualname__}", klass.__qualname__):
-            if key in _NAME_REGISTRY:
-                return _NAME_REGISTRY[key]
-    return None
-
-
-def _register_defaults():
+def register_defaults():
+    """Register the handlers of Keras's layers (called once by ``morphsparse.handlers``)."""
     L = keras.layers
     pass_through = PassThrough()
     for cls in (L.BatchNormalization, L.LayerNormalization, L.GroupNormalization):
@@ -783,8 +593,8 @@ def _register_defaults():
     ):
         register_handler(cls, pass_through)
     # keras.applications' own channel-keeping layers (ConvNeXt, EfficientNet); named to avoid imports.
-    register_handler("keras.src.applications.convnext.LayerScale", ChannelSizedPassThrough("projection_dim"))
-    register_handler("keras.src.applications.convnext.StochasticDepth", pass_through)
+    register_handler(_keras.PRIVATE_CLASSES["LayerScale"], ChannelSizedPassThrough("projection_dim"))
+    register_handler(_keras.PRIVATE_CLASSES["StochasticDepth"], pass_through)
     # Preprocessing/augmentation layers keep channels.
     for name in dir(L):
         if name.startswith("Random"):
@@ -794,7 +604,7 @@ def _register_defaults():
     for cls in (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum):
         register_handler(cls, merge)
     # InceptionResNetV2's x[0] + x[1] * scale layer.
-    register_handler("keras.src.applications.inception_resnet_v2.CustomScaleLayer", merge)
+    register_handler(_keras.PRIVATE_CLASSES["CustomScaleLayer"], merge)
     register_handler(L.Concatenate, Concatenate())
     register_handler(L.Rescaling, Rescaling())
     register_handler(L.Flatten, Flatten())
@@ -806,23 +616,16 @@ def _register_defaults():
     # The public convolution classes (their subclasses are found along the class hierarchy), and Keras's base
     # classes by name only, for layers deriving from those directly: nothing is imported from keras.src.
     for handler, public, base in (
-            (Conv(), (L.Conv1D, L.Conv2D, L.Conv3D), "base_conv.BaseConv"),
+            (Conv(), (L.Conv1D, L.Conv2D, L.Conv3D), "BaseConv"),
             (ConvTranspose(), (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose),
-             "base_conv_transpose.BaseConvTranspose"),
-            (DepthwiseConv(), (L.DepthwiseConv1D, L.DepthwiseConv2D), "base_depthwise_conv.BaseDepthwiseConv"),
-            (SeparableConv(), (L.SeparableConv1D, L.SeparableConv2D), "base_separable_conv.BaseSeparableConv")):
+             "BaseConvTranspose"),
+            (DepthwiseConv(), (L.DepthwiseConv1D, L.DepthwiseConv2D), "BaseDepthwiseConv"),
+            (SeparableConv(), (L.SeparableConv1D, L.SeparableConv2D), "BaseSeparableConv")):
         for cls in public:
             register_handler(cls, handler)
-        register_handler(f"keras.src.layers.convolutional.{base}", handler)
-
-    # keras.ops calls (x + 3.0, ops.multiply(a, b), ops.pad, x[:, 0], ...) and attention layers: registered
-    # by ops_handlers and attention, imported at the end of this module.
+        register_handler(_keras.PRIVATE_CLASSES[base], handler)
 
 
-_register_defaults()
-from morphsparse import ops_handlers as _ops_handlers  # noqa: E402,F401  (registers the keras.ops rules)
-from morphsparse import attention as _attention  # noqa: E402,F401  (MultiHeadAttention, keras_hub layers)
-
-__all__ = ["ChannelHandler", "RebuildHandler", "LayerHandler", "DEFAULT_REBUILD", "rebuild_part", "PassThrough", "ChannelSizedPassThrough", "ChannelAxisNormalization", "Merge", "Rescaling", "Concatenate", "Flatten", "Reshape", "Opaque", "Producer",
-           "Dense", "Conv", "ConvTranspose", "DepthwiseConv", "SeparableConv", "Embedding", "Input",
-           "register_handler", "get_handler"]
+__all__ = ["PassThrough", "ChannelSizedPassThrough", "ChannelAxisNormalization", "Merge", "Rescaling",
+           "Concatenate", "Flatten", "Reshape", "Opaque", "Producer", "Dense", "Conv", "ConvTranspose",
+           "DepthwiseConv", "SeparableConv", "Embedding", "Input", "register_defaults"]
