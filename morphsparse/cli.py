@@ -16,6 +16,8 @@ import functools
 import os
 import sys
 
+from morphsparse.costs import BUDGET_TARGETS
+
 
 def positive_int(text):
     """argparse type of a count or size (``--input-size``, ``--classes``): a whole number >= 1. A 0 would be
@@ -157,7 +159,7 @@ def build_parser():
     budget = expand.add_mutually_exclusive_group()
     budget.add_argument("--budget-flops", type=float, default=None, help="FLOP budget (implies --target flops)")
     budget.add_argument("--budget-params", type=float, default=None, help="parameter budget (implies --target size)")
-    expand.add_argument("--target", choices=("flops", "size"), default=None,
+    expand.add_argument("--target", choices=tuple(BUDGET_TARGETS), default=None,
                         help="what the budget counts (default: what the --budget-* flag says, else flops)")
     expand.add_argument("--round-to", type=int, default=None, help="round every width to a multiple (e.g. 8)")
     expand.add_argument("--ignore", nargs="*", help="layers whose output width must not change")

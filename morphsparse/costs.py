@@ -14,10 +14,14 @@ is known without building it.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 
+import keras
 import numpy as np
 
+from morphsparse.checks import check_budget
 from morphsparse.graph import ChannelGraph, analyze
 
 
@@ -117,46 +121,30 @@ def count_params(model_or_graph, alive=None) -> int:
 # Every structural tool (MorphRegularizer, prune, expand/resize) takes its budget the same way: a fraction
 # (0 < b <= 1) of a model's cost, or an absolute count (> 1) in the target's unit.
 
+#: the targets a structural tool prices by counting the network (MorphRegularizer adds those it prices
+#: itself: ``morphsparse.morph.regularizers.TARGETS``)
 BUDGET_TARGETS = {"flops": count_flops, "size": count_params}
 
 
-def check_budget(budget, value_error=ValueError, type_error=TypeError):
-    """``budget`` as a float > 0: ``type_error`` for anything but a real number (``True`` is not a budget of
-    one), ``value_error`` for zero, negative or non-finite values; both name ``budget``."""
-    import math
-    import numbers
-
-    if isinstance(budget, bool) or not isinstance(budget, numbers.Real):
-        raise type_error(f"budget must be a number (a fraction in (0, 1] of a cost, or an absolute FLOP or "
-                         f"parameter count > 1), got {budget!r} of type {type(budget).__name__}")
-    value = float(budget)
-    if not math.isfinite(value) or value <= 0:
-        raise value_error(f"budget must be a positive finite number (a fraction in (0, 1] of a cost, or an "
-                          f"absolute count > 1), got {budget!r}")
-    return value
-
-
-def absolute_budget_hint(budget, unit):
-    """A reminder for an absolute budget that reads like a percentage (1 < budget <= 100), else ''."""
-    if 1 < budget <= 100:
-        return (f" (budget={budget!r} > 1 is read as an absolute count of {unit}; for {budget:g}% of the model's "
-                f"cost write budget={budget / 100:g})")
-    return ""
+def check_target(target, allowed=tuple(BUDGET_TARGETS), error=ValueError):
+    """``target`` when it is one of ``allowed``, else ``error`` naming it and the choices."""
+    if not isinstance(target, str) or target not in allowed:
+        raise error(f"unknown target {target!r}; use one of {tuple(allowed)}")
+    return target
 
 
 def resolve_budget(budget, target, model_or_graph, reference=None, value_error=ValueError, type_error=TypeError):
     """The absolute budget in ``target`` units ("flops" or "size"): ``budget`` itself when > 1, else that
     fraction of the cost of ``reference`` (a model or channel graph; default ``model_or_graph``)."""
     value = check_budget(budget, value_error, type_error)
-    if target not in BUDGET_TARGETS:
-        raise value_error(f"unknown target {target!r}; use one of {tuple(BUDGET_TARGETS)}")
+    check_target(target, error=value_error)
     if value > 1:
         if reference is not None:
             raise value_error(f"reference= prices a fractional budget (0 < budget <= 1); budget={budget!r} is "
                               f"already an absolute number of {'FLOPs' if target == 'flops' else 'parameters'}")
         return value
     base = model_or_graph if reference is None else reference
-    if not isinstance(base, ChannelGraph) and not hasattr(base, "layers"):
+    if not isinstance(base, (ChannelGraph, keras.Model)):
         raise type_error(f"reference must be a keras.Model (the model whose cost the fraction is of), got "
                          f"{type(base).__name__}")
     return value * BUDGET_TARGETS[target](base)
@@ -167,14 +155,3 @@ def resolve_budget(budget, target, model_or_graph, reference=None, value_error=V
 #: high-resolution layers are thinned first), 0 is importance alone (Torch-Pruning's global ranking); the
 #: budget is met either way. The default is what benchmarks/structure_quality.py found best on its zoo.
 DEFAULT_COST_POWER = 0.5
-
-
-def check_cost_power(cost_power):
-    """``cost_power`` as a float in [0, 2], or an error naming it."""
-    if isinstance(cost_power, bool) or not isinstance(cost_power, (int, float, np.integer, np.floating)):
-        raise TypeError(f"cost_power must be a number, got {type(cost_power).__name__} {cost_power!r}")
-    if not 0.0 <= float(cost_power) <= 2.0:
-        raise ValueError(f"cost_power must be in [0, 2] (1: importance per unit of marginal cost, 0: importance "
-                         f"alone), got {cost_power!r}")
-    return float(cost_power)
-

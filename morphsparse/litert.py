@@ -28,6 +28,7 @@ import keras
 import numpy as np
 
 from morphsparse import keras_internals as _keras
+from morphsparse.checks import flag
 
 QUANTIZATIONS = (None, "float16", "dynamic", "int8")
 #: to_litert(rtol=None): how far (a fraction of the output scale) LiteRT's outputs may be from Keras's, per
@@ -124,7 +125,6 @@ class LiteRTReport:
 
 
 def _check_arguments(model, sparse, quantize, representative_data, rtol, threads):
-    from morphsparse.sparse.schedules import flag
 
     if not isinstance(model, keras.Model):
         raise TypeError(f"to_litert() takes a keras.Model, got {type(model).__name__}")

@@ -25,19 +25,11 @@ import keras
 import numpy as np
 
 from morphsparse.handlers import layers as _h
-from morphsparse.handlers.base import layer_config, register_handler
+from morphsparse.handlers.base import layer_config, positions, register_handler
 from morphsparse.handlers.ops import _pin_all, einsum_macs
 from morphsparse.trace import symbolic_kwargs
 
 _HUB = "keras_hub.src"
-
-
-def _positions(shape, what):
-    dims = shape[1:-1]
-    if any(d is None for d in dims):
-        raise ValueError(f"{what} has an unknown length {tuple(shape)}; build the model on inputs of fixed "
-                         "length (keras.Input(shape=(length, ...))) to count its costs")
-    return int(np.prod(dims)) if dims else 1
 
 
 class MultiHeadAttention(_h.Producer):
@@ -67,7 +59,7 @@ class MultiHeadAttention(_h.Producer):
         """(T, S, scores): query positions, key positions, and query-key pairs over the attention axes."""
         qi, ki, _ = self._roles(call)
         q_shape, k_shape = call.input_shapes[qi], call.input_shapes[ki]
-        t, s = _positions(q_shape, "the query"), _positions(k_shape, "the key")
+        t, s = positions(q_shape, "the query"), positions(k_shape, "the key")
         rank = len(q_shape)
         axes = call.layer.attention_axes
         axes = list(range(1, rank - 1)) if axes is None else [a % rank for a in axes]

@@ -56,6 +56,17 @@ def layer_config(layer) -> dict:
                   stacklevel=3)
     return config
 
+def positions(shape, what="its input"):
+    """How many positions a channels-last tensor of ``shape`` has besides its batch and channel axes (pixels,
+    time steps, tokens): how many times a kernel is applied to it per example. The one place every cost is
+    multiplied by it; an unknown length is an error naming ``what``."""
+    dims = tuple(shape)[1:-1]
+    if any(d is None for d in dims):
+        raise ValueError(f"{what} has an unknown length {tuple(shape)}; build the model on inputs of fixed "
+                         "length (keras.Input(shape=(length, ...))) to count its costs")
+    return int(np.prod(dims)) if dims else 1
+
+
 CHANNELS_LAST_ONLY = ("morphsparse reads channels_last models only; rebuild the model with "
                       "data_format='channels_last' (Keras's default).")
 
@@ -246,4 +257,5 @@ def get_handler(layer) -> ChannelHandler | None:
 
 
 __all__ = ["ChannelHandler", "RebuildHandler", "LayerHandler", "DEFAULT_REBUILD", "rebuild_part", "layer_config",
+           "positions",
            "CHANNELS_LAST_ONLY", "register_handler", "get_handler"]

@@ -8,7 +8,7 @@ import numpy as np
 
 from morphsparse import keras_internals as _keras
 from morphsparse.handlers.base import (CHANNELS_LAST_ONLY, ChannelHandler, LayerHandler, layer_config,
-                                       register_handler)
+                                       positions, register_handler)
 
 
 # --- channel-keeping layers ---------------------------------------------------------------------------
@@ -250,11 +250,6 @@ class Opaque(LayerHandler):
 
 # --- channel producers --------------------------------------------------------------------------------
 
-def _spatial_positions(shape):
-    """Number of positions a channels-last tensor has besides batch and channels."""
-    return int(np.prod(shape[1:-1])) if len(shape) > 2 else 1
-
-
 def as_matrix(kernel, xp, out_axis=-1):
     """``kernel`` as (fan-in, output entries); numpy values when ``xp`` is numpy, else the variable itself
     goes through ``xp`` (keras.ops), so a regulariser can differentiate it."""
@@ -354,7 +349,7 @@ class Dense(Producer):
         return constants[removed].astype(np.float64) @ kernel[removed].astype(np.float64)
 
     def macs(self, call, alive_in, alive_out):
-        return _spatial_positions(call.output_shapes[0]) * alive_in[0] * alive_out[0]
+        return positions(call.output_shapes[0]) * alive_in[0] * alive_out[0]
 
     def params(self, call, alive_in, alive_out):
         bias = alive_out[0] if call.layer.use_bias else 0
@@ -395,7 +390,7 @@ class Conv(Producer):
     def macs(self, call, alive_in, alive_out):
         groups = getattr(call.layer, "groups", 1) or 1
         per_group_in = 1 if self._depthwise(call) else alive_in[0] // groups
-        return _spatial_positions(call.output_shapes[0]) * self._kernel_positions(call) * per_group_in * alive_out[0]
+        return positions(call.output_shapes[0]) * self._kernel_positions(call) * per_group_in * alive_out[0]
 
     def params(self, call, alive_in, alive_out):
         groups = getattr(call.layer, "groups", 1) or 1
@@ -449,7 +444,7 @@ class ConvTranspose(Conv):
     size (this matches TensorFlow's profiler for 'same' padding)."""
 
     def macs(self, call, alive_in, alive_out):
-        return (_spatial_positions(call.input_shapes[0]) * self._kernel_positions(call)
+        return (positions(call.input_shapes[0]) * self._kernel_positions(call)
                 * alive_in[0] * alive_out[0])
 
     def kernel_matrix(self, call, xp=np):
@@ -502,7 +497,7 @@ class DepthwiseConv(Producer):
         return _cut(call.layer, weights, kernel=lambda w: w[..., keep_in[0], :], bias=lambda w: w[keep_out[0]])
 
     def macs(self, call, alive_in, alive_out):
-        return _spatial_positions(call.output_shapes[0]) * int(np.prod(call.layer.kernel_size)) * alive_out[0]
+        return positions(call.output_shapes[0]) * int(np.prod(call.layer.kernel_size)) * alive_out[0]
 
     def params(self, call, alive_in, alive_out):
         bias = alive_out[0] if call.layer.use_bias else 0
@@ -519,7 +514,7 @@ class SeparableConv(Producer):
             return 0   # no output channel left: the whole layer (depthwise half included) is removed
         m = call.layer.depth_multiplier
         k = int(np.prod(call.layer.kernel_size))
-        return _spatial_positions(call.output_shapes[0]) * alive_in[0] * m * (k + alive_out[0])
+        return positions(call.output_shapes[0]) * alive_in[0] * m * (k + alive_out[0])
 
     def params(self, call, alive_in, alive_out):
         if not alive_out[0]:

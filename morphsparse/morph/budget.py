@@ -53,7 +53,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from morphsparse.costs import absolute_budget_hint, check_budget
+from morphsparse.checks import absolute_budget_hint, check_budget
 
 #: Model attribute holding the controller state (a plain attribute, not tracked: saving walks it by name).
 STATE_ATTRIBUTE = "_morph_budget_state"

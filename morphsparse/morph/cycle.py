@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 import keras
 
 from morphsparse.costs import count_flops, count_params
+from morphsparse.costs import BUDGET_TARGETS
 from morphsparse.morph import alive as _alive
 from morphsparse.morph.expand import check_budget, check_round_to
 from morphsparse.morph.recipe import compiler_like
 from morphsparse.morph.regularizers import DEFAULT_STRENGTH_MULTIPLIER, MorphRegularizer, check_arguments
 
 #: targets that ``ms.expand`` can budget; other regulariser targets expand on FLOPs unless told otherwise.
-EXPANDABLE = ("flops", "size")
+EXPANDABLE = tuple(BUDGET_TARGETS)
 
 
 @dataclass

@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 from morphsparse import costs as _costs
+from morphsparse import checks as _checks
 from morphsparse import handlers as _handlers
 from morphsparse.costs import cost_report, count_flops, count_params
 from morphsparse.graph import GraphError, analyze
@@ -29,7 +30,7 @@ from morphsparse.morph.alive import warn_user
 from morphsparse.trace import symbolic_kwargs
 from morphsparse.morph.rebuild import rebuild
 
-TARGETS = ("flops", "size")
+TARGETS = tuple(_costs.BUDGET_TARGETS)
 
 
 class ExpandError(ValueError):
@@ -64,7 +65,7 @@ def group_granularity(graph):
 
 def check_budget(budget):
     """``budget`` as a positive finite float, or an ExpandError naming it."""
-    return _costs.check_budget(budget, ExpandError, ExpandError)
+    return _checks.check_budget(budget, ExpandError, ExpandError)
 
 
 def check_round_to(round_to):
@@ -73,9 +74,7 @@ def check_round_to(round_to):
 
 
 def check_target(target):
-    if not isinstance(target, str) or target not in TARGETS:
-        raise ExpandError(f"unknown target {target!r}; use one of {TARGETS}")
-    return target
+    return _costs.check_target(target, error=ExpandError)
 
 
 class WidthSearch:

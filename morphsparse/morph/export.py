@@ -31,8 +31,9 @@ import keras
 import numpy as np
 
 from morphsparse import handlers as _handlers
+from morphsparse.checks import flag
 from morphsparse.costs import count_flops, count_params
-from morphsparse.graph import GraphError, analyze
+from morphsparse.graph import GraphError, analyze, functional_of
 from morphsparse.morph import alive as _alive
 from morphsparse.morph import rebuild as _rebuild
 
@@ -98,7 +99,6 @@ class Probe:
 
 
 def _model_inputs(model):
-    from morphsparse.graph import functional_of
     return functional_of(model).inputs
 
 
@@ -518,7 +518,6 @@ def export_with_report(model, source="gamma", threshold=None, l1_fraction=0.0, a
     if not isinstance(model, keras.Model):
         raise TypeError(f"export() takes a keras.Model, got {type(model).__name__}")
     _alive._check_source(source)
-    from morphsparse.sparse.schedules import flag
     exact = flag(exact, "exact")
     min_width = _alive.check_min_width(min_width)
     threshold = _alive.resolve_threshold(source, threshold)

@@ -44,15 +44,17 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from morphsparse.costs import (DEFAULT_COST_POWER, absolute_budget_hint, check_budget, check_cost_power,
-                               count_flops, count_params, resolve_budget)
+from morphsparse.checks import absolute_budget_hint, check_budget, check_cost_power
+from morphsparse.cost_tables import KernelCalls
+from morphsparse.costs import (BUDGET_TARGETS, DEFAULT_COST_POWER, check_target, count_flops, count_params,
+                               resolve_budget)
 from morphsparse.graph import analyze
 from morphsparse.morph import alive as _alive
 from morphsparse.morph.batchnorm import recalibrate_batchnorm
 from morphsparse.morph.export import export_with_report
 from morphsparse.morph.recipe import compiler_like
 
-TARGETS = ("flops", "size")
+TARGETS = tuple(BUDGET_TARGETS)
 IMPORTANCES = ("gamma", "l1", "taylor")
 #: fraction of the remaining candidate channels removed per round before marginal costs are recomputed
 DEFAULT_CHUNK = 0.05
@@ -160,8 +162,7 @@ def _check_arguments(model, budget, target, importance, data, loss, steps, fit, 
     if not isinstance(model, keras.Model):
         raise TypeError(f"prune() takes a keras.Model, got {type(model).__name__}")
     check_budget(budget)
-    if not isinstance(target, str) or target not in TARGETS:
-        raise ValueError(f"unknown target {target!r}; use one of {TARGETS}")
+    check_target(target)
     if not callable(importance) and (not isinstance(importance, str) or importance not in IMPORTANCES):
         raise ValueError(f"unknown importance {importance!r}; use one of {IMPORTANCES} or a callable "
                          "importance(graph) -> {group id: per-channel scores}")
@@ -391,8 +392,6 @@ class _Search:
 
     def __init__(self, graph, target, scores, chunk, cost_power=DEFAULT_COST_POWER,
                  min_width=_alive.DEFAULT_MIN_WIDTH):
-        from morphsparse.morph.regularizers import KernelCalls
-
         self.graph, self.target, self.chunk, self.cost_power = graph, target, chunk, cost_power
         self.calls = KernelCalls(graph)
         self.table = self.calls.flops if target == "flops" else self.calls.params
@@ -418,16 +417,8 @@ class _Search:
         return {g.id: alive[offsets[g.id]:offsets[g.id + 1]].copy() for g in self.graph.groups}
 
     def marginal(self, alive=None):
-        """What the cost loses per channel if that channel alone is removed (the term's gradient)."""
-        t, k = self.table, self.calls
-        a = (self.alive if alive is None else alive).astype(np.float64)
-        a_in, a_out = k.sums(a)
-        d_in = t.ci + t.cio * a_out + t.cg * np.minimum(a_out, 1.0)
-        d_out = t.co + t.cdw + t.cio * a_in
-        grad = np.zeros(len(a))
-        for (pairs, counts), d in ((k.in_matrix, d_in), (k.out_matrix, d_out)):
-            np.add.at(grad, pairs[:, 1], counts * d[pairs[:, 0]])
-        return grad
+        """What the cost loses per channel if that channel alone is removed (``KernelCalls.marginal``)."""
+        return self.calls.marginal(self.table, self.alive if alive is None else alive)
 
     def smallest(self):
         """Alive vector of the smallest network: unprunable channels, plus the most important channels of

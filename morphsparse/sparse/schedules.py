@@ -16,6 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from morphsparse.checks import flag, fraction
+
 _PACKAGE = "morphsparse"
 
 
@@ -34,26 +36,6 @@ def whole_number(value, name: str, minimum: int = 0, allow_none: bool = False):
     if int(value) < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return int(value)
-
-
-def flag(value, name: str):
-    """``value`` as a bool, or a TypeError naming ``name``: only True/False (numpy's too) are accepted, since a
-    string such as "no" or "False" is truthy and would silently turn the option on."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}; pass a bool (a "
-                        "string such as 'no' or 'False' would count as True)")
-    return bool(value)
-
-
-def fraction(value, name: str, low: float = 0.0, high: float = 1.0, low_open: bool = False):
-    """``value`` as a float in [low, high] ((low, high] with ``low_open``), or an error naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
-    value = float(value)
-    if not math.isfinite(value) or value > high or value < low or (low_open and value == low):
-        bracket = "(" if low_open else "["
-        raise ValueError(f"{name} must be in {bracket}{low:g}, {high:g}], got {value!r}")
-    return value
 
 
 # ---------------------------------------------------------------------------------------------- drop fraction
