@@ -349,6 +349,15 @@ class ChannelGraph:
             for key in call.input_keys:
                 self._readers.setdefault(key, []).append(call)
         self.model_outputs = list(output_keys)
+        # calls no network output depends on (a nested backbone's pooled output that the head never reads):
+        # the model runs them, a rebuilt (exported, expanded) network has no reason to
+        used, pending = set(), [k for k in self.model_outputs if k in self._producer]
+        while pending:
+            call = self._producer[pending.pop()]
+            if call.index not in used:
+                used.add(call.index)
+                pending.extend(k for k in call.input_keys if k in self._producer)
+        self.unused_calls = [c for c in self.calls if c.index not in used and c.node is not None]
 
     # --- tensors ------------------------------------------------------------------------------------------
     def _call(self, call):
@@ -498,13 +507,17 @@ class ChannelGraph:
         return ([count(g, c) for g, c in zip(call.in_groups, call.in_channels)],
                 [count(g, c) for g, c in zip(call.out_groups, call.out_channels_idx)])
 
-    def call_costs(self, alive=None):
+    def call_costs(self, alive=None, used_only=False):
         """``[(call, macs, params, alive_in, alive_out)]`` for every call, at the widths ``alive`` gives (see
         :meth:`channel_weights`): the one cost model every tool reads (``morphsparse.costs`` reports it). A
-        layer called several times has its parameters counted at its first call only."""
+        layer called several times has its parameters counted at its first call only. ``used_only``: leave out
+        the :attr:`unused_calls` (what a rebuilt network costs)."""
         weights = self.channel_weights(alive)
         rows, counted = [], set()
+        unused = {c.index for c in self.unused_calls} if used_only else set()
         for call in self.calls:
+            if call.index in unused:
+                continue
             alive_in, alive_out = self.alive_counts(call, weights)
             macs = int(call.handler.macs(call, alive_in, alive_out))
             params = 0

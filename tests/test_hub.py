@@ -91,3 +91,43 @@ def test_bert_heads_and_ffn_export_to_standard_layers_and_reload(tmp_path):
     inputs = keras.tree.pack_sequence_as(slim.input, arrays)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(inputs)), keras.ops.convert_to_numpy(slim(inputs)),
                                rtol=1e-5, atol=1e-6)
+
+
+def _fixed_length_classifier(backbone, length=8):
+    import keras_hub
+    classifier = keras_hub.models.BertTextClassifier(backbone=backbone, num_classes=3, preprocessor=None)
+    inputs = {name: keras.Input((length,), dtype="int32", name=name)
+              for name in ("token_ids", "segment_ids", "padding_mask")}
+    return classifier, keras.Model(inputs, classifier(inputs))
+
+
+@pytest.mark.parametrize("head", ["pooled_output", "first_token"])
+def test_bert_classifier_resizes_to_its_budget(head):
+    backbone, _, _ = build("BertBackbone")
+    inputs = {name: keras.Input((8,), dtype="int32", name=name)
+              for name in ("token_ids", "segment_ids", "padding_mask")}
+    out = backbone(inputs)
+    # reading the first token of the sequence output leaves the backbone's pooler computed but unused
+    features = out["pooled_output"] if head == "pooled_output" else out["sequence_output"][:, 0, :]
+    model = keras.Model(inputs, keras.layers.Dense(3)(features))
+    graph = ms.analyze(model)
+    used = ms.count_flops(model) - sum(2 * c.handler.macs(c, *graph.alive_counts(c, graph.channel_weights()))
+                                       for c in graph.unused_calls)
+    if head == "first_token":
+        assert [c.path for c in graph.unused_calls][-1].endswith("pooled_dense")
+        with pytest.warns(UserWarning, match="no output depends on.*pooled_dense"):
+            same = ms.resize(model, 1.0)
+    else:
+        assert not graph.unused_calls
+        same = ms.resize(model, 1.0)
+    assert ms.count_flops(same) == used
+    half = ms.resize(model, 0.5)
+    assert 0.4 * used <= ms.count_flops(half) <= 0.5 * used
+
+
+def test_backbone_of_unknown_length_is_refused_with_the_fix():
+    backbone, _, _ = build("BertBackbone")
+    classifier, _ = _fixed_length_classifier(backbone)
+    for model in (backbone, classifier):
+        with pytest.raises(ms.GraphError, match=r"unknown.*keras.Input\(\(length,\)"):
+            ms.analyze(model)

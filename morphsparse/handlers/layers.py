@@ -567,6 +567,15 @@ class Input(LayerHandler):
     """Network inputs: their channels exist but are never removable."""
 
     def propagate(self, call, graph):
+        shape = call.output_shapes[0]
+        if len(shape) >= 2 and shape[-1] is None:
+            # a backbone as keras_hub builds it takes token ids of any length: (batch, None)
+            raise graph.error(call, (
+                f"is a network input of shape {tuple(shape)} whose last axis is unknown, so its channels (or, for "
+                "token ids, its positions) cannot be counted. Call the model on inputs of a fixed size and "
+                "analyse that: inputs = {name: keras.Input((length,), dtype='int32') for name in "
+                "model.input}; keras.Model(inputs, model(inputs)) (or keras.Input(shape=...) with every "
+                "dimension but the batch given)"))
         return [graph.new_channels(call, call.output_channels(0), pinned=True)]
 
 

@@ -4,7 +4,8 @@
 group (every layer of a group gets the same count, a multiple of ``round_to`` if given, never below one
 step), keeps non-removable groups (network inputs, outputs, ``ignore=`` layers) as they are, and finds the
 largest w whose exact analytic cost fits the budget by bisection. The cost of each candidate is priced on the
-channel graph (``cost_report(graph, alive=counts)``), so no model is built until the end; the result is a
+channel graph (``graph.call_costs(counts)``, without the calls no output depends on, which a rebuilt network
+leaves out), so no model is built until the end; the result is a
 freshly initialised model for retraining (MorphNet reference, section 2.5).
 
 Rounding is a step function of w, so "largest w" means: the returned widths cost at most the budget, and the
@@ -23,7 +24,7 @@ import numpy as np
 from morphsparse import costs as _costs
 from morphsparse import checks as _checks
 from morphsparse import handlers as _handlers
-from morphsparse.costs import cost_report, count_flops, count_params
+from morphsparse.costs import count_flops, count_params
 from morphsparse.graph import GraphError, analyze
 from morphsparse.morph import alive as _alive
 from morphsparse.morph.alive import warn_user
@@ -38,8 +39,9 @@ class ExpandError(ValueError):
 
 
 def _price(graph, counts, target):
-    report = cost_report(graph, alive=counts)
-    return report.flops if target == "flops" else report.params
+    """The cost of the rebuilt network at ``counts``: calls no output depends on are not rebuilt."""
+    rows = graph.call_costs(counts, used_only=True)
+    return 2 * sum(r[1] for r in rows) if target == "flops" else sum(r[2] for r in rows)
 
 
 def rounded_width(size, multiplier, round_to=None):
@@ -218,7 +220,14 @@ def expand_with_report(model, budget, target="flops", reference=None, round_to=N
     check_target(target)
     check_round_to(round_to)
     graph = analyze(model, ignore=ignore)
-    absolute = _costs.resolve_budget(budget, target, graph, reference, ExpandError, ExpandError)
+    if graph.unused_calls:
+        names = ", ".join(c.path for c in graph.unused_calls[:3]) + (", ..." if len(graph.unused_calls) > 3 else "")
+        warn_user(f"model '{model.name}' computes layers no output depends on ({names}): the expanded model "
+                  "leaves them out, and a fractional budget is of the cost without them")
+    if reference is None and _checks.check_budget(budget, ExpandError, ExpandError) <= 1:
+        absolute = float(budget) * _price(graph, None, target)
+    else:
+        absolute = _costs.resolve_budget(budget, target, graph, reference, ExpandError, ExpandError)
     search = WidthSearch(graph, target, round_to)
     multiplier, cost = search.largest_multiplier(absolute)
     counts = search.counts(multiplier)
