@@ -17,6 +17,8 @@ kernel was stored and which kernel the runtime got.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import numbers
 import platform
@@ -162,7 +164,9 @@ def convert(model, sparse=True, quantize=None, representative_data=None):
                 yield [np.asarray(b, dtype="float32") for b in (batch if isinstance(batch, list) else [batch])]
         converter.representative_dataset = batches
     try:
-        flatbuffer = converter.convert()
+        # the converter saves a temporary SavedModel and prints its endpoints (about 20 lines): not for users
+        with contextlib.redirect_stdout(io.StringIO()):
+            flatbuffer = converter.convert()
     except Exception as err:   # the converter's errors are long MLIR dumps: keep the first line with ours
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LiteRTError(f"LiteRT conversion of '{model.name}' failed: {first}") from err
@@ -249,6 +253,13 @@ def _xnnpack_may_run_sparse():
     return " avx" not in flags
 
 
+def _xnnpack_sparse_layer(layer):
+    """True for the layers XNNPACK's sparse inference can run with a sparse kernel: 1x1 convolutions of stride
+    1 (a Dense, a 3x3 or a depthwise convolution always runs dense there)."""
+    return (isinstance(layer, keras.layers.Conv2D) and tuple(layer.kernel_size) == (1, 1)
+            and tuple(layer.strides) == (1, 1) and int(getattr(layer, "groups", 1) or 1) == 1)
+
+
 def _storage_by_layer(model, runner):
     """Per kernel layer: (stored, runtime kernel), matching LiteRT tensor names to Keras layer names."""
     tensors = runner.get_tensor_details()
@@ -266,10 +277,14 @@ def _storage_by_layer(model, runner):
         if sparse:
             consumers = {name for name, _ in readers.get(sparse[0]["index"], [])}
             if "DELEGATE" in consumers:
-                kernel_used = ("XNNPACK delegate (sparse inference when the subgraph qualifies; time it)"
-                               if _xnnpack_may_run_sparse() else
-                               "XNNPACK delegate: dense speed on this x86 CPU with AVX (XNNPACK runs sparse "
-                               "inference on ARM and pre-AVX x86 only)")
+                if not _xnnpack_sparse_layer(layer):
+                    kernel_used = "XNNPACK delegate: dense speed (XNNPACK runs only 1x1 convolutions sparse)"
+                elif _xnnpack_may_run_sparse():
+                    kernel_used = ("XNNPACK delegate: a sparse 1x1 kernel when the subgraph around it qualifies "
+                                   "for XNNPACK's sparse (NCHW) path; time it")
+                else:
+                    kernel_used = ("XNNPACK delegate: dense speed on this x86 CPU with AVX (XNNPACK runs sparse "
+                                   "1x1 convolutions on ARM and pre-AVX x86 only)")
             elif consumers == {"DENSIFY"}:
                 kernel_used = ("densified at load: dense speed (LiteRT's sparse FC kernel takes float32 1x4 or "
                                "int8 1x16 blocks)")

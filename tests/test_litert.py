@@ -133,3 +133,25 @@ def test_the_report_knows_xnnpack_keeps_sparse_inference_off_x86_with_avx(monkey
     monkeypatch.setattr(litert.platform, "machine", lambda: "aarch64")
     cpuinfo.write_text("processor : 0\nflags : fpu sse sse2 avx avx2\n")
     assert litert._xnnpack_may_run_sparse()
+
+
+def test_the_report_says_only_1x1_convolutions_can_run_sparse_in_xnnpack(monkeypatch, capsys):
+    from morphsparse import litert
+
+    monkeypatch.setattr(litert, "_xnnpack_may_run_sparse", lambda: True)     # as on an ARM phone
+    rng = np.random.default_rng(0)
+    i = keras.Input((8, 8, 16))
+    x = keras.layers.Conv2D(32, 3, padding="same", name="c3")(i)
+    x = keras.layers.Conv2D(32, 1, name="c1")(x)
+    model = keras.Model(i, keras.layers.Dense(8, name="fc")(keras.layers.GlobalAveragePooling2D()(x)))
+    for layer in model.layers:
+        if layer.weights:
+            kernel = keras.ops.convert_to_numpy(layer.kernel)
+            layer.kernel.assign(kernel * (rng.random(kernel.shape) > 0.9))
+    capsys.readouterr()
+    rows = {row.layer: row for row in ms.to_litert(model).layers}
+    assert capsys.readouterr().out == ""          # none of the converter's "Saved artifact" listing
+    delegated = [name for name, row in rows.items() if "XNNPACK" in row.kernel]
+    assert "c3" in delegated and "c1" in delegated
+    assert "dense speed" in rows["c3"].kernel and "sparse 1x1 kernel" in rows["c1"].kernel
+    assert all("sparse 1x1" not in row.kernel for name, row in rows.items() if name != "c1")
