@@ -155,3 +155,20 @@ def test_the_report_says_only_1x1_convolutions_can_run_sparse_in_xnnpack(monkeyp
     assert "c3" in delegated and "c1" in delegated
     assert "dense speed" in rows["c3"].kernel and "sparse 1x1 kernel" in rows["c1"].kernel
     assert all("sparse 1x1" not in row.kernel for name, row in rows.items() if name != "c1")
+
+
+def test_a_built_subclassed_model_converts_and_is_checked():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.hidden = keras.layers.Dense(8, activation="relu")
+            self.out = keras.layers.Dense(3)
+
+        def call(self, x):
+            return self.out(self.hidden(x))
+
+    model = Net()
+    model(np.zeros((1, 5), "float32"))
+    report = ms.to_litert(model)
+    assert report.max_difference <= 1e-4 * report.output_scale
+    assert len(report.layers) == 2
