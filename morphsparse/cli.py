@@ -5,6 +5,9 @@
     morphsparse export MODEL.keras -o slim.keras --structure s.json [--source gamma --threshold 0.01]
     morphsparse expand SLIM.keras --like ORIGINAL.keras -o wide.keras [--round-to 8]   # or --budget-flops N
                                                                    # or --budget-params N (implies --target size)
+    morphsparse prune TRAINED.keras -o slim.keras --budget 0.5 [--target size --importance l1]
+    morphsparse sparsity SPARSE.keras                # per-kernel sparsity and FLOPs dense vs sparse
+    morphsparse to-litert MODEL.keras -o model.tflite [--dense] [--quantize float16]
 
 Each subcommand is a function ``cmd_NAME(args)`` registered in :func:`build_parser`.
 """
@@ -31,16 +34,17 @@ def positive_int(text):
     return value
 
 
-def load_model_arg(spec, input_size=None, classes=None):
-    """A model from a ``.keras``/``.h5`` path or a keras.applications constructor name (built with weights=None)."""
+def load_model_arg(spec, input_size=None, classes=None, compile=False):
+    """A model from a ``.keras``/``.h5`` path or a keras.applications constructor name (built with weights=None).
+    ``compile``: also restore a saved file's optimizer (``sparsity`` reads a SparseOptimizer's masks)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
     if os.path.exists(spec):
-        # compile=False: the architecture and weights are what the commands read; a training checkpoint's
-        # optimizer (e.g. morphsparse's SparseOptimizer) is not needed for that.
+        # compile=False by default: the architecture and weights are what most commands read; a training
+        # checkpoint's optimizer (e.g. morphsparse's SparseOptimizer) is not needed for that.
         try:
-            return keras.saving.load_model(spec, compile=False)
+            return keras.saving.load_model(spec, compile=compile)
         except Exception as err:  # noqa: BLE001 - any failure to read the file is reported in one line
             message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             if len(message) > 300:
@@ -68,6 +72,74 @@ def cmd_report(args):
     print()
     print(report.table(only_costly=not args.all_layers))
     print(f"\n{report.flops:,d} FLOPs ({report.macs:,d} MACs) per example, {report.params:,d} parameters")
+    zeros, size = _kernel_zeros(model)
+    if size and zeros / size >= SPARSE_NOTE:
+        print(f"{zeros / size:.1%} of the kernel weights are exact zeros: the counts above are dense; "
+              f"`morphsparse sparsity {args.model}` gives the sparse ones")
+    return 0
+
+
+#: ``report`` points to ``sparsity`` when at least this fraction of the kernel weights are exact zeros
+SPARSE_NOTE = 0.2
+
+
+def _kernel_zeros(model):
+    """(exact zeros, size) over the model's trainable weights of rank >= 2 (its kernels)."""
+    import numpy as np
+
+    zeros = size = 0
+    for weight in model.trainable_weights:
+        if len(weight.shape) >= 2:
+            values = np.asarray(weight)
+            zeros, size = zeros + int(values.size - np.count_nonzero(values)), size + int(values.size)
+    return zeros, size
+
+
+def cmd_sparsity(args):
+    import numpy as np
+
+    import morphsparse as ms
+    from morphsparse.sparse.optimizer import find_sparse_optimizer
+
+    model = load_model_arg(args.model, compile=True)
+    if find_sparse_optimizer(model, required=False) is not None:
+        print(ms.sparsity_report(model))
+        return 0
+    # a stripped model (ms.strip) or one trained elsewhere: no masks, only the zeros in its kernels
+    print(f"{args.model} has no SparseOptimizer (masks); zeros of its kernels:")
+    for weight in model.trainable_weights:
+        if len(weight.shape) >= 2:
+            values = np.asarray(weight)
+            print(f"  {weight.path:48s} {'x'.join(map(str, weight.shape)):>14s} "
+                  f"{1 - values.astype(bool).mean():8.2%} zeros")
+    zeros, size = _kernel_zeros(model)
+    print(f"total: {zeros:,d} of {size:,d} kernel weights are zeros ({zeros / max(size, 1):.2%})")
+    return 0
+
+
+def cmd_prune(args):
+    import morphsparse as ms
+
+    model = load_model_arg(args.model, args.input_size, args.classes)
+    floor = {} if args.min_width is None else {"min_width": args.min_width}
+    slim, report = ms.prune_with_report(model, budget=args.budget, target=args.target, importance=args.importance,
+                                        ignore=args.ignore or (), **floor)
+    print(report.table())
+    print()
+    print(report.summary())
+    slim.save(args.output)
+    print(f"pruned model written to {args.output} (fine-tune it: its BatchNorm statistics are the seed's)")
+    return 0
+
+
+def cmd_to_litert(args):
+    import morphsparse as ms
+
+    model = load_model_arg(args.model, args.input_size, args.classes)
+    report = ms.to_litert(model, args.output, sparse=not args.dense, quantize=args.quantize)
+    print(report.table())
+    print()
+    print(report.summary())
     return 0
 
 
@@ -164,6 +236,38 @@ def build_parser():
     expand.add_argument("--round-to", type=int, default=None, help="round every width to a multiple (e.g. 8)")
     expand.add_argument("--ignore", nargs="*", help="layers whose output width must not change")
     expand.set_defaults(func=cmd_expand, check=functools.partial(_check_expand_args, error=expand.error))
+
+    sparsity = sub.add_parser("sparsity", help="per-kernel sparsity and FLOPs (dense vs sparse) of a sparse model")
+    sparsity.add_argument("model", help="a .keras file saved from a model trained with ms.sparse_optimizer "
+                                        "(or any model: its kernels' zeros)")
+    sparsity.set_defaults(func=cmd_sparsity)
+
+    prune = sub.add_parser("prune", help="prune a trained model's channels to a budget (no data needed)")
+    prune.add_argument("model", help="a trained .keras file, or a keras.applications name")
+    prune.add_argument("-o", "--output", required=True, help="where to save the pruned .keras model")
+    prune.add_argument("--budget", type=float, required=True,
+                       help="a fraction of the model's cost in (0, 1], or an absolute count > 1")
+    prune.add_argument("--target", choices=tuple(BUDGET_TARGETS), default="flops", help="what the budget counts")
+    prune.add_argument("--importance", choices=("gamma", "l1"), default="gamma",
+                       help="channel importance: BatchNorm |gamma| or the kernel's L1 norm (taylor needs data: "
+                            "use ms.prune from Python)")
+    prune.add_argument("--min-width", type=float, default=None,
+                       help="every group keeps at least this fraction of its channels (default 0.2)")
+    prune.add_argument("--ignore", nargs="*", help="layers whose output channels must not shrink")
+    prune.add_argument("--input-size", type=positive_int, default=None, help="square input size for an application")
+    prune.add_argument("--classes", type=positive_int, default=None, help="classes for an application's top")
+    prune.set_defaults(func=cmd_prune)
+
+    litert = sub.add_parser("to-litert", help="convert to a LiteRT .tflite file (sparse kernels stored sparse) "
+                                              "and check it against Keras")
+    litert.add_argument("model", help="a .keras file, or a keras.applications name")
+    litert.add_argument("-o", "--output", required=True, help="where to write the .tflite file")
+    litert.add_argument("--dense", action="store_true", help="store every kernel dense")
+    litert.add_argument("--quantize", choices=("float16", "dynamic"), default=None,
+                        help="weight quantisation (int8 needs representative data: use ms.to_litert from Python)")
+    litert.add_argument("--input-size", type=positive_int, default=None, help="square input size for an application")
+    litert.add_argument("--classes", type=positive_int, default=None, help="classes for an application's top")
+    litert.set_defaults(func=cmd_to_litert)
     return parser
 
 
@@ -199,9 +303,10 @@ def main(argv=None):
     try:
         return args.func(args)
     except Exception as err:  # the command line prints the message, not a traceback, for expected errors
-        from morphsparse.graph import GraphError
+        from morphsparse.litert import LiteRTError
 
-        if isinstance(err, (GraphError, ValueError, FileNotFoundError)):
+        # every morphsparse error is a ValueError (GraphError, PruneError, ...) or LiteRTError
+        if isinstance(err, (ValueError, FileNotFoundError, LiteRTError)):
             print(f"morphsparse {args.command}: {err}", file=sys.stderr)
             return 2
         raise

@@ -52,3 +52,61 @@ def test_sizes_must_be_positive(flag, value, capsys):
         cli.main(["report", "MobileNetV2", flag, value])
     assert exit_info.value.code == 2
     assert f"argument {flag}: must be a whole number >= 1, got '{value}'" in capsys.readouterr().err
+
+
+def _conv_net():
+    i = keras.Input((8, 8, 3))
+    x = keras.layers.BatchNormalization(name="bn1")(keras.layers.Conv2D(16, 3, name="c1")(i))
+    x = keras.layers.BatchNormalization(name="bn2")(keras.layers.Conv2D(16, 3, name="c2")(keras.layers.ReLU()(x)))
+    return keras.Model(i, keras.layers.Dense(3, name="head")(keras.layers.GlobalAveragePooling2D()(x)))
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    import numpy as np
+
+    import morphsparse as ms
+
+    folder = tmp_path_factory.mktemp("cli")
+    dense = _conv_net()
+    dense.save(folder / "dense.keras")
+    sparse = _conv_net()
+    sparse.compile(optimizer=ms.sparse_optimizer(sparse, keras.optimizers.SGD(0.01), sparsity=0.9, method="static"),
+                   loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    sparse.fit(rng.random((16, 8, 8, 3)), rng.integers(0, 3, 16), epochs=1, verbose=0)
+    sparse.save(folder / "sparse.keras")
+    return folder
+
+
+def test_report_of_a_sparse_checkpoint_says_its_counts_are_dense(saved_models, capsys):
+    assert cli.main(["report", str(saved_models / "sparse.keras")]) == 0
+    assert "of the kernel weights are exact zeros" in capsys.readouterr().out
+    assert cli.main(["report", str(saved_models / "dense.keras")]) == 0
+    assert "exact zeros" not in capsys.readouterr().out
+
+
+def test_sparsity_command_reads_the_masks_or_the_zeros(saved_models, capsys):
+    assert cli.main(["sparsity", str(saved_models / "sparse.keras")]) == 0
+    out = capsys.readouterr().out
+    assert "FLOPs sparse" in out and "c2/kernel" in out
+    assert cli.main(["sparsity", str(saved_models / "dense.keras")]) == 0
+    out = capsys.readouterr().out
+    assert "no SparseOptimizer" in out and "total: 0 of" in out
+
+
+def test_prune_command_meets_the_budget(saved_models, capsys):
+    import morphsparse as ms
+
+    out = saved_models / "pruned.keras"
+    assert cli.main(["prune", str(saved_models / "dense.keras"), "-o", str(out), "--budget", "0.5"]) == 0
+    seed = keras.saving.load_model(saved_models / "dense.keras")
+    assert ms.count_flops(keras.saving.load_model(out)) <= 0.5 * ms.count_flops(seed)
+    assert cli.main(["prune", str(saved_models / "dense.keras"), "-o", str(out), "--budget", "0"]) == 2
+    assert "budget must be a positive" in capsys.readouterr().err
+
+
+def test_to_litert_command_writes_a_checked_file(saved_models, capsys):
+    out = saved_models / "model.tflite"
+    assert cli.main(["to-litert", str(saved_models / "sparse.keras"), "-o", str(out)]) == 0
+    assert out.stat().st_size > 0 and "outputs match Keras" in capsys.readouterr().out
