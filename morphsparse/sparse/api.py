@@ -502,11 +502,14 @@ class SparsityReport:
     """Per masked kernel: shape, sparsity, non-zeros and MACs/FLOPs (FLOPs = 2 x MACs) dense vs sparse.
 
     ``sparsity`` is over the masked kernels; ``overall_sparsity`` over every trainable weight of rank >= 2,
-    including those of layers that are not masked (listed in ``unmasked``).
+    including those of layers that are not masked (listed in ``unmasked``). ``dense_flops`` and
+    ``sparse_flops`` are the whole model's (``ms.count_flops``, less what the masks remove): layers kept dense
+    and attention scores count in both.
     """
 
     kernels: list = field(default_factory=list)
     unmasked: list = field(default_factory=list)     # [(weight path, size, non-zeros)]
+    model_macs: int | None = None                    # the cost model's; None when the model cannot be analysed
 
     @property
     def size(self):
@@ -532,11 +535,13 @@ class SparsityReport:
 
     @property
     def dense_flops(self):
-        return sum(k.dense_flops for k in self.kernels)
+        if self.model_macs is None:
+            return sum(k.dense_flops for k in self.kernels)
+        return 2 * self.model_macs
 
     @property
     def sparse_flops(self):
-        return sum(k.sparse_flops for k in self.kernels)
+        return self.dense_flops - sum(k.dense_flops - k.sparse_flops for k in self.kernels)
 
     def to_dict(self):
         return {"sparsity": self.sparsity, "overall_sparsity": self.overall_sparsity, "nonzeros": self.nonzeros,
@@ -553,7 +558,9 @@ class SparsityReport:
             rows.append((k.key, "x".join(map(str, k.shape)), f"{k.sparsity:.4f}", f"{k.nonzeros}",
                          f"{k.dense_flops:,}", f"{k.sparse_flops:,}"))
         rows.append(("total (masked kernels)", "", f"{self.sparsity:.4f}", f"{self.nonzeros}",
-                     f"{self.dense_flops:,}", f"{self.sparse_flops:,}"))
+                     f"{sum(k.dense_flops for k in self.kernels):,}", f"{sum(k.sparse_flops for k in self.kernels):,}"))
+        if self.model_macs is not None:
+            rows.append(("model (every layer)", "", "", "", f"{self.dense_flops:,}", f"{self.sparse_flops:,}"))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
                  for r in rows]
@@ -570,12 +577,87 @@ class SparsityReport:
         printer.text(str(self))
 
 
+def _cost_model_macs(network, units):
+    """``({kernel key: dense MACs per example}, the model's MACs)`` from morphsparse.costs' model.
+
+    Every MAC of a call multiplies by one weight of the kernels that carry it, and each weight of those kernels
+    is used equally often (a conv's output positions; a SeparableConv's depthwise and pointwise kernels alike),
+    so a call's MACs split over them by size. A layer the graph prices whole with its sublayers'
+    kernels (MultiHeadAttention) splits its MACs by its handler's ``cost_terms``; what no kernel carries there
+    (attention scores) stays in the model's total only. Raises GraphError when the model cannot be analysed.
+    """
+    from morphsparse.costs import cost_report
+    from morphsparse.graph import GraphError, analyze
+
+    graph = analyze(network)
+    rows = cost_report(graph).layers        # one row per call, in the graph's order
+    keys = {id(unit.kernel): unit.key for unit in units}
+    macs = dict.fromkeys(keys.values(), 0)
+    full = graph.channel_weights()
+    for call, row in zip(graph.calls, rows):
+        for variable, share in _kernel_shares(call, row.macs, graph.alive_counts(call, full), GraphError):
+            if id(variable) in keys:
+                macs[keys[id(variable)]] += share
+    return macs, sum(row.macs for row in rows)
+
+
+def _mac_kernels(layer):
+    """The weights of ``layer`` itself that its MACs multiply by (an Embedding's table is looked up)."""
+    if isinstance(layer, keras.layers.Embedding):
+        return []
+    return [kernel_variable(layer, name) for name in maskable_kernels(layer, True)]
+
+
+def _kernel_shares(call, macs, counts, error):
+    """``[(variable, MACs)]``: how the cost model's ``macs`` of ``call`` split over the kernels they use."""
+    kernels = _mac_kernels(call.layer)
+    if kernels:
+        sizes = [int(np.prod(v.shape)) for v in kernels]
+        return [(v, macs * size // sum(sizes)) for v, size in zip(kernels, sizes)]
+    inner = [_mac_kernels(layer) for layer in getattr(call.layer, "_flatten_layers", lambda **_: [])(
+        include_self=False)]
+    kernels = [k[0] for k in inner if len(k) == 1]
+    if not macs or not kernels:
+        return []
+    terms = getattr(call.handler, "cost_terms", None)
+    if terms is None:       # a composite priced whole (a ViT patch conv): its MACs are its kernels'
+        sizes = [int(np.prod(v.shape)) for v in kernels]
+        return [(v, macs * size // sum(sizes)) for v, size in zip(kernels, sizes)]
+    alive_in, alive_out = counts
+    number = {("in", i): c for i, c in enumerate(alive_in)} | {("out", j): c for j, c in enumerate(alive_out)}
+    shares = []
+    for in_ref, out_ref, term_macs, term_params in terms(call):
+        a, b = number.get(in_ref, 1), number.get(out_ref, 1)
+        size = term_params(a, b) - term_params(0, b)      # the kernel of a bilinear term, without its bias
+        if size:
+            shares.append((size, term_macs(a, b)))
+    if [size for size, _ in shares] != [int(np.prod(v.shape)) for v in kernels]:
+        raise error(f"layer {call.path!r} ({type(call.layer).__name__}): its cost terms do not match its "
+                    "sublayers' kernels one to one, so its MACs cannot be split over them")
+    return [(v, m) for v, (_, m) in zip(kernels, shares)]
+
+
 def sparsity_report(model, print_fn=None) -> SparsityReport:
-    """Per-kernel sparsity and FLOPs of a sparse model (printed with ``print_fn`` when given)."""
+    """Per-kernel sparsity and FLOPs of a sparse model (printed with ``print_fn`` when given).
+
+    Dense FLOPs come from morphsparse's cost model (``ms.cost_report``), so the report's model totals match
+    ``ms.count_flops``; a model the channel graph cannot read (a subclassed model) is estimated per kernel from
+    its output positions, with a warning.
+    """
+    from morphsparse.graph import GraphError
+
     sparse = find_sparse_optimizer(model)
     network = model if isinstance(model, keras.Model) else sparse.bound_model()
     tree = layer_tree(network) if network is not None else {}
     report = SparsityReport()
+    try:
+        if network is None:
+            raise GraphError("sparsity_report was given the optimizer; pass the model to count its FLOPs")
+        dense_macs, report.model_macs = _cost_model_macs(network, sparse.units)
+    except GraphError as error:
+        warnings.warn(f"FLOPs of {getattr(network, 'name', 'the model')!r} are estimates from each kernel's "
+                      f"output positions, and cover masked kernels only: {error}", UserWarning, stacklevel=2)
+        dense_macs = {}
     masked_ids = set()
     for unit in sparse.units:
         mask = keras.ops.convert_to_numpy(unit.mask)
@@ -583,11 +665,14 @@ def sparsity_report(model, print_fn=None) -> SparsityReport:
         masked_ids.add(id(unit.kernel))
         size = int(mask.size)
         nonzeros = int(np.count_nonzero(mask))
-        layer = tree.get(unit.layer)
-        positions = output_positions(layer, unit.weight) if layer is not None else 1
+        if unit.key in dense_macs:
+            macs = dense_macs[unit.key]
+        else:
+            layer = tree.get(unit.layer)
+            macs = size * (output_positions(layer, unit.weight) if layer is not None else 1)
         stray = int(np.count_nonzero(kernel[mask == 0]))
         report.kernels.append(KernelReport(unit.key, tuple(mask.shape), 1.0 - nonzeros / size, nonzeros, size,
-                                           size * positions, nonzeros * positions, stray))
+                                           macs, macs * nonzeros // size, stray))
     if network is not None:
         for variable in network.trainable_weights:
             if id(variable) not in masked_ids and is_kernel_like(variable):
