@@ -12,8 +12,8 @@ import numpy as np
 from .distributions import get_distribution, layer_sparsities
 from .kernels import (build_by_calling, is_kernel_like, kernel_variable, layer_tree, maskable_kernels, matches,
                       output_positions, own_weights)
-from .masks import Unstructured, kept_count
-from .sparsity_types import get_sparsity_type, serialize_sparsity_type
+from .masks import kept_count
+from .sparsity_types import Unstructured, get_sparsity_type, serialize_sparsity_type
 from .optimizer import SparseOptimizer, find_sparse_optimizer
 from .schedules import PolynomialSchedule, flag, fraction, get_schedule, whole_number
 from .updaters import DropGrow, KernelView, MaskUpdater, get_updater, updater_class
