@@ -29,26 +29,35 @@ def _check_sparsity(value, what="sparsity"):
 
 
 def copy_model(model):
-    """An uncompiled copy of ``model`` with its own weights (same values); None when Keras cannot rebuild it.
+    """An uncompiled copy of ``model`` with its own weights (same values, same weight order).
 
-    Built from the model's config (not ``keras.models.clone_model``, which also compiles the copy with the
-    model's optimizer): the copy holds no optimizer, so a stripped copy loads without morphsparse.
+    Rebuilt from the model's config; a functional model whose subclass ``__init__`` takes other arguments is
+    copied layer by layer as a plain functional model. The copy holds no optimizer (``keras.models.clone_model``
+    would compile it with the model's), so a stripped copy loads without morphsparse. Raises a ValueError naming
+    the model when neither way rebuilds it: callers must never fall back to the model itself.
     """
-    try:
-        clone = type(model).from_config(model.get_config())
-    except Exception:  # noqa: BLE001 - a subclassed model without a usable get_config
-        return None
-    build_config = model.get_build_config() if model.built else None
-    if not clone.built and build_config:
-        clone.build_from_config(build_config)
-    try:
-        build_by_calling(clone)
-    except Exception:  # noqa: BLE001 - cannot rebuild: the caller falls back
-        return None
-    if len(clone.weights) != len(model.weights):
-        return None
-    clone.set_weights(model.get_weights())
-    return clone
+    def from_config():
+        return type(model).from_config(model.get_config())
+
+    def layer_by_layer():       # cloned through an uncompiled functional view of the same layers
+        return keras.models.clone_model(keras.Model(model.input, model.output, name=model.name))
+
+    problems = []
+    for rebuild in (from_config, layer_by_layer) if getattr(model, "inputs", None) else (from_config,):
+        try:
+            clone = rebuild()
+            if not clone.built and model.built and model.get_build_config():
+                clone.build_from_config(model.get_build_config())
+            build_by_calling(clone)
+            if len(clone.weights) != len(model.weights):
+                raise ValueError(f"the copy has {len(clone.weights)} weights, the model {len(model.weights)}")
+            clone.set_weights(model.get_weights())
+            return clone
+        except Exception as error:  # noqa: BLE001 - every way's reason goes into the error below
+            problems.append(f"{rebuild.__name__}: {type(error).__name__}: {' '.join(str(error).split())[:200]}")
+    raise ValueError(f"cannot copy model {model.name!r} ({type(model).__name__}) [{'; '.join(problems)}]. Give "
+                     f"{type(model).__name__} a get_config() returning its __init__ arguments (Keras rebuilds it "
+                     "with from_config), or build the network with keras.Sequential or the functional API")
 
 
 def _select(patterns, candidates, what):
@@ -454,26 +463,22 @@ def apply_masks(model):
 
 def strip(model):
     """A plain Keras copy of a sparse model: no optimizer, pruned weights exactly zero (GaP: its grown
-    partition pruned back to target). Loads without morphsparse."""
+    partition pruned back to target). Loads without morphsparse. Raises a ValueError naming the model when Keras
+    cannot copy it (see ``copy_model``); the model itself is never returned."""
     sparse = find_sparse_optimizer(model)
     network = model if isinstance(model, keras.Model) else sparse.bound_model()
     if network is None:
         raise ValueError("strip needs the model: pass the model rather than its optimizer")
     sparse.apply_masks()
     plain = copy_model(network)
-    target = network if plain is None else plain
     position = {id(w): i for i, w in enumerate(network.weights)}
     for unit in sparse.units:
         mask = keras.ops.convert_to_tensor(unit.mask)
         view = KernelView(unit.key, unit.key_hash, unit.sparsity, keras.ops.convert_to_tensor(unit.kernel),
                           mask, None, dict(unit.state))
-        exported = sparse.method.export_mask(view)
-        # copy_model keeps the weight order of the original.
-        kernel = target.weights[position[id(unit.kernel)]] if plain is not None else unit.kernel
-        kernel.assign(kernel * keras.ops.cast(exported, kernel.dtype))
-        if plain is None and exported is not view.mask:
-            unit.mask.assign(exported)
-    return target
+        kernel = plain.weights[position[id(unit.kernel)]]       # copy_model keeps the weight order
+        kernel.assign(kernel * keras.ops.cast(sparse.method.export_mask(view), kernel.dtype))
+    return plain
 
 
 # ---------------------------------------------------------------------------------------------- report

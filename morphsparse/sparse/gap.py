@@ -311,9 +311,6 @@ def grow_copy(combined, partition: list, *, optimizer="adam", sparsify_options: 
     """
     source = find_sparse_optimizer(combined)
     copy = copy_model(combined)
-    if copy is None:
-        raise ValueError("parallel GaP needs a model Keras can copy (Sequential, functional, or subclassed with "
-                         "get_config)")
     sparse = sparse_optimizer(copy, fresh_optimizer(optimizer), method="static", **sparsify_options)
     copy.set_weights(combined.get_weights())     # sparse_optimizer drew its own masks; take combined's
     grown = set(partition)
@@ -393,9 +390,6 @@ def parallel_gap(model, x=None, y=None, *, sparsity: float | None = 0.9, distrib
             raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
     options = dict(sparsify_options, sparsity=sparsity, distribution=distribution, seed=seed)
     combined = copy_model(model)
-    if combined is None:
-        raise ValueError("parallel_gap needs a model Keras can copy (Sequential, functional, or subclassed with "
-                         "get_config); the model you pass is left unchanged")
     fine_tune = sparse_optimizer(combined, fresh_optimizer(fine_tune_optimizer or optimizer), method="static",
                                  **options)
     groups = resolve_partitions(list(dict.fromkeys(unit.layer for unit in fine_tune.units)), partitions)
