@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -317,10 +318,37 @@ def _resolve_method(method, options, drop_fraction, drop_fraction_schedule):
             if value is not None:
                 raise ValueError(f"{name}={value!r} has no effect with method={method!r}: only drop/grow methods "
                                  "(rigl, set, snfs) replace a fraction of weights")
-    try:
-        return get_updater(method, **options)
-    except TypeError as err:
-        raise TypeError(f"method={method!r} does not take the option(s) {sorted(options)}: {err}") from None
+    takes = _method_options(cls)
+    unknown = sorted(set(options) - takes)
+    if unknown:
+        raise TypeError(f"sparse_optimizer() got unexpected keyword argument(s) {unknown}: neither its own "
+                        f"arguments nor options of method={getattr(cls, 'name', cls.__name__)!r}, which takes "
+                        f"{sorted(takes)}")
+    return get_updater(method, **options)
+
+
+def _method_options(cls) -> set:
+    """The keyword arguments an updater class's constructor takes, following ``**kwargs`` up its bases."""
+    takes = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = list(inspect.signature(vars(klass)["__init__"]).parameters.values())[1:]
+        takes |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return takes
+
+
+def check_passed_options(caller, options):
+    """TypeError naming every keyword in ``options`` (which ``caller`` passes on to ``sparse_optimizer`` with
+    method="static") that sparse_optimizer would not take."""
+    takes = (set(inspect.signature(sparse_optimizer).parameters) | _method_options(updater_class("static"))) \
+        - {"model", "optimizer", "method", "method_options"}
+    unknown = sorted(set(options) - takes)
+    if unknown:
+        raise TypeError(f"{caller}() got unexpected keyword argument(s) {unknown}; besides its own arguments it "
+                        f"passes these on to sparse_optimizer: {sorted(takes)}")
 
 
 def _plan(model, sparsity, distribution, power, layer_sparsity, keep_dense, include, first_layer_dense,

@@ -31,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .api import copy_model, sparse_optimizer
+from .api import check_passed_options, copy_model, sparse_optimizer
 from .footprint import live_parameters
 from .kernels import layer_tree
 from .lottery import fresh_optimizer, prune_by_magnitude
@@ -388,6 +388,7 @@ def parallel_gap(model, x=None, y=None, *, sparsity: float | None = 0.9, distrib
                                ("fine_tune_epochs", fine_tune_epochs, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
             raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
+    check_passed_options("parallel_gap", sparsify_options)
     options = dict(sparsify_options, sparsity=sparsity, distribution=distribution, seed=seed)
     combined = copy_model(model)
     fine_tune = sparse_optimizer(combined, fresh_optimizer(fine_tune_optimizer or optimizer), method="static",

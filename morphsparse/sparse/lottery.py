@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from .api import copy_model, sparse_optimizer
+from .api import check_passed_options, copy_model, sparse_optimizer
 from .footprint import live_parameters
 from .optimizer import find_sparse_optimizer
 
@@ -125,6 +125,7 @@ def lottery_ticket(model, x=None, y=None, *, sparsity: float | None = 0.9, distr
     retrain_epochs = int(epochs if retrain_epochs is None else retrain_epochs)
     if retrain_epochs < 0:
         raise ValueError(f"retrain_epochs must be >= 0, got {retrain_epochs}")
+    check_passed_options("lottery_ticket", sparsify_options)
     snapshot = WeightSnapshot(rewind_step)
     # Validate the sparsity, distribution and layer options (on a throw-away copy) before dense training.
     probe = copy_model(model)
