@@ -37,14 +37,11 @@ def copy_model(model):
     would compile it with the model's), so a stripped copy loads without morphsparse. Raises a ValueError naming
     the model when neither way rebuilds it: callers must never fall back to the model itself.
     """
-    def from_config():
-        return type(model).from_config(model.get_config())
-
-    def layer_by_layer():       # cloned through an uncompiled functional view of the same layers
-        return keras.models.clone_model(keras.Model(model.input, model.output, name=model.name))
-
+    ways = {"from_config": lambda: type(model).from_config(model.get_config())}
+    if getattr(model, "inputs", None):      # clone an uncompiled functional view of the same layers
+        ways["clone_model"] = lambda: keras.models.clone_model(keras.Model(model.input, model.output, name=model.name))
     problems = []
-    for rebuild in (from_config, layer_by_layer) if getattr(model, "inputs", None) else (from_config,):
+    for way, rebuild in ways.items():
         try:
             clone = rebuild()
             if not clone.built and model.built and model.get_build_config():
@@ -55,7 +52,7 @@ def copy_model(model):
             clone.set_weights(model.get_weights())
             return clone
         except Exception as error:  # noqa: BLE001 - every way's reason goes into the error below
-            problems.append(f"{rebuild.__name__}: {type(error).__name__}: {' '.join(str(error).split())[:200]}")
+            problems.append(f"{way}: {type(error).__name__}: {' '.join(str(error).split())[:200]}")
     raise ValueError(f"cannot copy model {model.name!r} ({type(model).__name__}) [{'; '.join(problems)}]. Give "
                      f"{type(model).__name__} a get_config() returning its __init__ arguments (Keras rebuilds it "
                      "with from_config), or build the network with keras.Sequential or the functional API")
@@ -159,9 +156,8 @@ def sparse_optimizer(model, optimizer, sparsity: float | None = None, method="ri
         rescale_init: divide each masked kernel by sqrt(its density) once (sparse-aware initialisation).
         method_options: extra constructor arguments of the method (e.g. ``decay`` for SNFS).
     """
-    structure = _resolve_sparsity_type(sparsity_type, method, method_options)
-    effective = structure or (method.sparsity_type if isinstance(method, MaskUpdater)
-                              else get_sparsity_type(method_options.get("sparsity_type", "unstructured")))
+    structure = _resolve_sparsity_type(sparsity_type, method)
+    effective = structure or (method.sparsity_type if isinstance(method, MaskUpdater) else Unstructured())
     fixed = getattr(effective, "fixed_sparsity", None)
     if fixed is not None:
         structure_name = effective.name
@@ -251,13 +247,10 @@ def sparse_optimizer(model, optimizer, sparsity: float | None = None, method="ri
                                                dynamic_growth_steps=outer.dynamic_growth_steps, name=outer.name)
 
 
-def _resolve_sparsity_type(sparsity_type, method, method_options):
+def _resolve_sparsity_type(sparsity_type, method):
     """The sparsity type object given as ``sparsity_type=`` (None: the method's own, unstructured by default)."""
     if sparsity_type is None:
         return None
-    if "sparsity_type" in method_options:
-        raise ValueError("give sparsity_type= once (it was given both as sparsity_type= and among the method "
-                         "options)")
     structure = get_sparsity_type(sparsity_type)
     if isinstance(method, MaskUpdater):
         if serialize_sparsity_type(method.sparsity_type) != serialize_sparsity_type(structure):
@@ -615,58 +608,53 @@ def _cost_model_macs(network, units):
 
     Every MAC of a call multiplies by one weight of the kernels that carry it, and each weight of those kernels
     is used equally often (a conv's output positions; a SeparableConv's depthwise and pointwise kernels alike),
-    so a call's MACs split over them by size. A layer the graph prices whole with its sublayers'
-    kernels (MultiHeadAttention) splits its MACs by its handler's ``cost_terms``; what no kernel carries there
+    so a call's MACs split over them by size. A layer priced whole with its sublayers' kernels
+    (MultiHeadAttention) splits its MACs by its handler's ``cost_terms``; what no kernel carries there
     (attention scores) stays in the model's total only. Raises GraphError when the model cannot be analysed.
     """
     from morphsparse.costs import cost_report
-    from morphsparse.graph import GraphError, analyze
+    from morphsparse.graph import analyze
 
     graph = analyze(network)
     rows = cost_report(graph).layers        # one row per call, in the graph's order
     keys = {id(unit.kernel): unit.key for unit in units}
     macs = dict.fromkeys(keys.values(), 0)
-    full = graph.channel_weights()
     for call, row in zip(graph.calls, rows):
-        for variable, share in _kernel_shares(call, row.macs, graph.alive_counts(call, full), GraphError):
+        for variable, share in _kernel_shares(graph, call, row.macs):
             if id(variable) in keys:
                 macs[keys[id(variable)]] += share
     return macs, sum(row.macs for row in rows)
 
 
-def _mac_kernels(layer):
-    """The weights of ``layer`` itself that its MACs multiply by (an Embedding's table is looked up)."""
-    if isinstance(layer, keras.layers.Embedding):
-        return []
-    return [kernel_variable(layer, name) for name in maskable_kernels(layer, True)]
+def _mac_kernels(layer, nested=False):
+    """The kernels ``layer`` (``nested``: its sublayers) multiplies by; an Embedding's table is looked up."""
+    layers = layer._flatten_layers(include_self=False) if nested else [layer]
+    return [kernel_variable(sub, name) for sub in layers if not isinstance(sub, keras.layers.Embedding)
+            for name in maskable_kernels(sub, True)]
 
 
-def _kernel_shares(call, macs, counts, error):
+def _kernel_shares(graph, call, macs):
     """``[(variable, MACs)]``: how the cost model's ``macs`` of ``call`` split over the kernels they use."""
-    kernels = _mac_kernels(call.layer)
-    if kernels:
-        sizes = [int(np.prod(v.shape)) for v in kernels]
-        return [(v, macs * size // sum(sizes)) for v, size in zip(kernels, sizes)]
-    inner = [_mac_kernels(layer) for layer in getattr(call.layer, "_flatten_layers", lambda **_: [])(
-        include_self=False)]
-    kernels = [k[0] for k in inner if len(k) == 1]
+    from morphsparse.graph import GraphError
+
+    kernels, terms = _mac_kernels(call.layer), None
+    if not kernels and isinstance(call.layer, keras.layers.Layer):
+        kernels, terms = _mac_kernels(call.layer, nested=True), getattr(call.handler, "cost_terms", None)
     if not macs or not kernels:
         return []
-    terms = getattr(call.handler, "cost_terms", None)
-    if terms is None:       # a composite priced whole (a ViT patch conv): its MACs are its kernels'
-        sizes = [int(np.prod(v.shape)) for v in kernels]
+    sizes = [int(np.prod(v.shape)) for v in kernels]
+    if terms is None:
         return [(v, macs * size // sum(sizes)) for v, size in zip(kernels, sizes)]
-    alive_in, alive_out = counts
-    number = {("in", i): c for i, c in enumerate(alive_in)} | {("out", j): c for j, c in enumerate(alive_out)}
+    alive_in, alive_out = graph.alive_counts(call, graph.channel_weights())
+    count = {("in", i): c for i, c in enumerate(alive_in)} | {("out", j): c for j, c in enumerate(alive_out)}
     shares = []
     for in_ref, out_ref, term_macs, term_params in terms(call):
-        a, b = number.get(in_ref, 1), number.get(out_ref, 1)
-        size = term_params(a, b) - term_params(0, b)      # the kernel of a bilinear term, without its bias
-        if size:
-            shares.append((size, term_macs(a, b)))
-    if [size for size, _ in shares] != [int(np.prod(v.shape)) for v in kernels]:
-        raise error(f"layer {call.path!r} ({type(call.layer).__name__}): its cost terms do not match its "
-                    "sublayers' kernels one to one, so its MACs cannot be split over them")
+        a, b = count.get(in_ref, 1), count.get(out_ref, 1)
+        if term_params(a, b) != term_params(0, b):       # a kernel's term: its bias does not grow with a
+            shares.append((term_params(a, b) - term_params(0, b), term_macs(a, b)))
+    if [size for size, _ in shares] != sizes:
+        raise GraphError(f"layer {call.path!r} ({type(call.layer).__name__}): its cost terms do not match its "
+                         "sublayers' kernels one to one, so its MACs cannot be split over them")
     return [(v, m) for v, (_, m) in zip(kernels, shares)]
 
 
@@ -698,11 +686,7 @@ def sparsity_report(model, print_fn=None) -> SparsityReport:
         masked_ids.add(id(unit.kernel))
         size = int(mask.size)
         nonzeros = int(np.count_nonzero(mask))
-        if unit.key in dense_macs:
-            macs = dense_macs[unit.key]
-        else:
-            layer = tree.get(unit.layer)
-            macs = size * (output_positions(layer, unit.weight) if layer is not None else 1)
+        macs = dense_macs[unit.key] if dense_macs else size * output_positions(tree.get(unit.layer), unit.weight)
         stray = int(np.count_nonzero(kernel[mask == 0]))
         report.kernels.append(KernelReport(unit.key, tuple(mask.shape), 1.0 - nonzeros / size, nonzeros, size,
                                            macs, macs * nonzeros // size, stray))
