@@ -613,10 +613,19 @@ def _cost_model_macs(network, units):
     (attention scores) stays in the model's total only. Raises GraphError when the model cannot be analysed.
     """
     from morphsparse.costs import cost_report
-    from morphsparse.graph import analyze
+    from morphsparse.graph import GraphError, analyze
 
-    graph = analyze(network)
-    rows = cost_report(graph).layers        # one row per call, in the graph's order
+    try:
+        graph = analyze(network)
+        rows = cost_report(graph).layers        # one row per call, in the graph's order
+    except (TypeError, ValueError) as error:
+        unknown = [tuple(t.shape) for t in keras.tree.flatten(getattr(network, "inputs", None) or [])
+                   if None in tuple(t.shape)[1:]]
+        if isinstance(error, GraphError) or not unknown:
+            raise
+        raise GraphError(f"an input of shape {unknown[0]} has a dimension of unknown size (a sequence of any "
+                         "length), so the cost per example is not defined; build the model on keras.Input of "
+                         "fixed shape") from None
     keys = {id(unit.kernel): unit.key for unit in units}
     macs = dict.fromkeys(keys.values(), 0)
     for call, row in zip(graph.calls, rows):
@@ -662,8 +671,8 @@ def sparsity_report(model, print_fn=None) -> SparsityReport:
     """Per-kernel sparsity and FLOPs of a sparse model (printed with ``print_fn`` when given).
 
     Dense FLOPs come from morphsparse's cost model (``ms.cost_report``), so the report's model totals match
-    ``ms.count_flops``; a model the channel graph cannot read (a subclassed model) is estimated per kernel from
-    its output positions, with a warning.
+    ``ms.count_flops``; a model the cost model cannot price (subclassed, or on inputs of unknown length) is
+    estimated per kernel from its output positions, with a warning.
     """
     from morphsparse.graph import GraphError
 

@@ -120,3 +120,12 @@ def test_subclassed_model_falls_back_with_a_warning():
         report = ms.sparsity_report(model)
     assert report.model_macs is None
     assert report.kernels[0].dense_flops == 2 * 27 * 4 * 16          # 4x4 output positions
+
+
+def test_a_sequence_of_any_length_falls_back_with_a_warning():
+    i = keras.Input((None, 16))                 # FLOPs per example depend on the length
+    model = keras.Model(i, keras.layers.Dense(4)(keras.layers.Conv1D(8, 3)(i)))
+    ms.sparse_optimizer(model, "sgd", 0.5, "static", "uniform")
+    with pytest.warns(UserWarning, match=r"input of shape \(None, None, 16\) has a dimension of unknown size"):
+        report = ms.sparsity_report(model)
+    assert report.model_macs is None and len(report.kernels) == 2 and report.sparse_flops < report.dense_flops
