@@ -104,7 +104,7 @@ def test_keras_ops_on_symbolic_tensors_are_followed():
     assert len(graph.group_of("conv").consumers) == 1
 
 
-def test_unknown_layer_error_names_layer_class_and_fix():
+def test_unknown_layer_error_names_layer_class_and_fix(handler_registry):
     # A layer that uses a weight of its own in its call cannot be read through (see test_composite_layers_are
     # _read_through for one that can): the error names it and says how to describe it.
     class Mystery(L.Layer):
@@ -130,7 +130,7 @@ def test_unknown_layer_error_names_layer_class_and_fix():
         handlers.base._REGISTRY.pop(Mystery)
 
 
-def test_wrongly_registered_pass_through_is_caught():
+def test_wrongly_registered_pass_through_is_caught(handler_registry):
     class Doubler(L.Layer):
         def call(self, x):
             return keras.ops.concatenate([x, x], axis=-1)

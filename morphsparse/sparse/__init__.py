@@ -15,7 +15,7 @@ from .api import (KernelReport, SparsityReport, apply_masks, copy_model, sparse_
 from .distributions import (Distribution, ErdosRenyi, ErdosRenyiKernel, Uniform, get_distribution,
                             layer_sparsities, register_distribution)
 from .kernels import MASKED_KERNELS, maskable_kernels
-from .masks import Unstructured, kept_count, stable_hash
+from .masks import kept_count, stable_hash
 from .metrics import SparseTrainingMetrics
 from .optimizer import SparseOptimizer, find_sparse_optimizer
 from .schedules import (ConstantDropFraction, CosineDropFraction, DropFraction, InversePowerDropFraction,
@@ -29,8 +29,8 @@ from .gap import (GaP, GapPhase, GapSchedule, ParallelGap, gap_phase, parallel_g
                   resolve_partitions)
 from .lottery import LotteryTicket, WeightSnapshot, lottery_ticket, prune_by_magnitude
 from .snip import SNIP, connection_sensitivity
-from .sparsity_types import (SPARSITY_TYPES, Block, FanIn, NByM, get_sparsity_type, register_sparsity_type,
-                             serialize_sparsity_type)
+from .sparsity_types import (SPARSITY_TYPES, Block, FanIn, NByM, Unstructured, get_sparsity_type,
+                             register_sparsity_type, serialize_sparsity_type)
 
 __all__ = [
     "sparse_optimizer", "SparseOptimizer", "apply_masks", "strip", "sparsity_report", "SparsityReport",

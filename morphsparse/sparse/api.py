@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -12,8 +13,8 @@ import numpy as np
 from .distributions import get_distribution, layer_sparsities
 from .kernels import (build_by_calling, is_kernel_like, kernel_variable, layer_tree, maskable_kernels, matches,
                       output_positions, own_weights)
-from .masks import Unstructured, kept_count
-from .sparsity_types import get_sparsity_type, serialize_sparsity_type
+from .masks import kept_count
+from .sparsity_types import Unstructured, get_sparsity_type, serialize_sparsity_type
 from .optimizer import SparseOptimizer, find_sparse_optimizer
 from .schedules import PolynomialSchedule, flag, fraction, get_schedule, whole_number
 from .updaters import DropGrow, KernelView, MaskUpdater, get_updater, updater_class
@@ -29,26 +30,32 @@ def _check_sparsity(value, what="sparsity"):
 
 
 def copy_model(model):
-    """An uncompiled copy of ``model`` with its own weights (same values); None when Keras cannot rebuild it.
+    """An uncompiled copy of ``model`` with its own weights (same values, same weight order).
 
-    Built from the model's config (not ``keras.models.clone_model``, which also compiles the copy with the
-    model's optimizer): the copy holds no optimizer, so a stripped copy loads without morphsparse.
+    Rebuilt from the model's config; a functional model whose subclass ``__init__`` takes other arguments is
+    copied layer by layer as a plain functional model. The copy holds no optimizer (``keras.models.clone_model``
+    would compile it with the model's), so a stripped copy loads without morphsparse. Raises a ValueError naming
+    the model when neither way rebuilds it: callers must never fall back to the model itself.
     """
-    try:
-        clone = type(model).from_config(model.get_config())
-    except Exception:  # noqa: BLE001 - a subclassed model without a usable get_config
-        return None
-    build_config = model.get_build_config() if model.built else None
-    if not clone.built and build_config:
-        clone.build_from_config(build_config)
-    try:
-        build_by_calling(clone)
-    except Exception:  # noqa: BLE001 - cannot rebuild: the caller falls back
-        return None
-    if len(clone.weights) != len(model.weights):
-        return None
-    clone.set_weights(model.get_weights())
-    return clone
+    ways = {"from_config": lambda: type(model).from_config(model.get_config())}
+    if getattr(model, "inputs", None):      # clone an uncompiled functional view of the same layers
+        ways["clone_model"] = lambda: keras.models.clone_model(keras.Model(model.input, model.output, name=model.name))
+    problems = []
+    for way, rebuild in ways.items():
+        try:
+            clone = rebuild()
+            if not clone.built and model.built and model.get_build_config():
+                clone.build_from_config(model.get_build_config())
+            build_by_calling(clone)
+            if len(clone.weights) != len(model.weights):
+                raise ValueError(f"the copy has {len(clone.weights)} weights, the model {len(model.weights)}")
+            clone.set_weights(model.get_weights())
+            return clone
+        except Exception as error:  # noqa: BLE001 - every way's reason goes into the error below
+            problems.append(f"{way}: {type(error).__name__}: {' '.join(str(error).split())[:200]}")
+    raise ValueError(f"cannot copy model {model.name!r} ({type(model).__name__}) [{'; '.join(problems)}]. Give "
+                     f"{type(model).__name__} a get_config() returning its __init__ arguments (Keras rebuilds it "
+                     "with from_config), or build the network with keras.Sequential or the functional API")
 
 
 def _select(patterns, candidates, what):
@@ -149,9 +156,8 @@ def sparse_optimizer(model, optimizer, sparsity: float | None = None, method="ri
         rescale_init: divide each masked kernel by sqrt(its density) once (sparse-aware initialisation).
         method_options: extra constructor arguments of the method (e.g. ``decay`` for SNFS).
     """
-    structure = _resolve_sparsity_type(sparsity_type, method, method_options)
-    effective = structure or (method.sparsity_type if isinstance(method, MaskUpdater)
-                              else get_sparsity_type(method_options.get("sparsity_type", "unstructured")))
+    structure = _resolve_sparsity_type(sparsity_type, method)
+    effective = structure or (method.sparsity_type if isinstance(method, MaskUpdater) else Unstructured())
     fixed = getattr(effective, "fixed_sparsity", None)
     if fixed is not None:
         structure_name = effective.name
@@ -241,13 +247,10 @@ def sparse_optimizer(model, optimizer, sparsity: float | None = None, method="ri
                                                dynamic_growth_steps=outer.dynamic_growth_steps, name=outer.name)
 
 
-def _resolve_sparsity_type(sparsity_type, method, method_options):
+def _resolve_sparsity_type(sparsity_type, method):
     """The sparsity type object given as ``sparsity_type=`` (None: the method's own, unstructured by default)."""
     if sparsity_type is None:
         return None
-    if "sparsity_type" in method_options:
-        raise ValueError("give sparsity_type= once (it was given both as sparsity_type= and among the method "
-                         "options)")
     structure = get_sparsity_type(sparsity_type)
     if isinstance(method, MaskUpdater):
         if serialize_sparsity_type(method.sparsity_type) != serialize_sparsity_type(structure):
@@ -308,10 +311,37 @@ def _resolve_method(method, options, drop_fraction, drop_fraction_schedule):
             if value is not None:
                 raise ValueError(f"{name}={value!r} has no effect with method={method!r}: only drop/grow methods "
                                  "(rigl, set, snfs) replace a fraction of weights")
-    try:
-        return get_updater(method, **options)
-    except TypeError as err:
-        raise TypeError(f"method={method!r} does not take the option(s) {sorted(options)}: {err}") from None
+    takes = _method_options(cls)
+    unknown = sorted(set(options) - takes)
+    if unknown:
+        raise TypeError(f"sparse_optimizer() got unexpected keyword argument(s) {unknown}: neither its own "
+                        f"arguments nor options of method={getattr(cls, 'name', cls.__name__)!r}, which takes "
+                        f"{sorted(takes)}")
+    return get_updater(method, **options)
+
+
+def _method_options(cls) -> set:
+    """The keyword arguments an updater class's constructor takes, following ``**kwargs`` up its bases."""
+    takes = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = list(inspect.signature(vars(klass)["__init__"]).parameters.values())[1:]
+        takes |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return takes
+
+
+def check_passed_options(caller, options):
+    """TypeError naming every keyword in ``options`` (which ``caller`` passes on to ``sparse_optimizer`` with
+    method="static") that sparse_optimizer would not take."""
+    takes = (set(inspect.signature(sparse_optimizer).parameters) | _method_options(updater_class("static"))) \
+        - {"model", "optimizer", "method", "method_options"}
+    unknown = sorted(set(options) - takes)
+    if unknown:
+        raise TypeError(f"{caller}() got unexpected keyword argument(s) {unknown}; besides its own arguments it "
+                        f"passes these on to sparse_optimizer: {sorted(takes)}")
 
 
 def _plan(model, sparsity, distribution, power, layer_sparsity, keep_dense, include, first_layer_dense,
@@ -454,26 +484,22 @@ def apply_masks(model):
 
 def strip(model):
     """A plain Keras copy of a sparse model: no optimizer, pruned weights exactly zero (GaP: its grown
-    partition pruned back to target). Loads without morphsparse."""
+    partition pruned back to target). Loads without morphsparse. Raises a ValueError naming the model when Keras
+    cannot copy it (see ``copy_model``); the model itself is never returned."""
     sparse = find_sparse_optimizer(model)
     network = model if isinstance(model, keras.Model) else sparse.bound_model()
     if network is None:
         raise ValueError("strip needs the model: pass the model rather than its optimizer")
     sparse.apply_masks()
     plain = copy_model(network)
-    target = network if plain is None else plain
     position = {id(w): i for i, w in enumerate(network.weights)}
     for unit in sparse.units:
         mask = keras.ops.convert_to_tensor(unit.mask)
         view = KernelView(unit.key, unit.key_hash, unit.sparsity, keras.ops.convert_to_tensor(unit.kernel),
                           mask, None, dict(unit.state))
-        exported = sparse.method.export_mask(view)
-        # copy_model keeps the weight order of the original.
-        kernel = target.weights[position[id(unit.kernel)]] if plain is not None else unit.kernel
-        kernel.assign(kernel * keras.ops.cast(exported, kernel.dtype))
-        if plain is None and exported is not view.mask:
-            unit.mask.assign(exported)
-    return target
+        kernel = plain.weights[position[id(unit.kernel)]]       # copy_model keeps the weight order
+        kernel.assign(kernel * keras.ops.cast(sparse.method.export_mask(view), kernel.dtype))
+    return plain
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -502,11 +528,14 @@ class SparsityReport:
     """Per masked kernel: shape, sparsity, non-zeros and MACs/FLOPs (FLOPs = 2 x MACs) dense vs sparse.
 
     ``sparsity`` is over the masked kernels; ``overall_sparsity`` over every trainable weight of rank >= 2,
-    including those of layers that are not masked (listed in ``unmasked``).
+    including those of layers that are not masked (listed in ``unmasked``). ``dense_flops`` and
+    ``sparse_flops`` are the whole model's (``ms.count_flops``, less what the masks remove): layers kept dense
+    and attention scores count in both.
     """
 
     kernels: list = field(default_factory=list)
     unmasked: list = field(default_factory=list)     # [(weight path, size, non-zeros)]
+    model_macs: int | None = None                    # the cost model's; None when the model cannot be analysed
 
     @property
     def size(self):
@@ -532,11 +561,13 @@ class SparsityReport:
 
     @property
     def dense_flops(self):
-        return sum(k.dense_flops for k in self.kernels)
+        if self.model_macs is None:
+            return sum(k.dense_flops for k in self.kernels)
+        return 2 * self.model_macs
 
     @property
     def sparse_flops(self):
-        return sum(k.sparse_flops for k in self.kernels)
+        return self.dense_flops - sum(k.dense_flops - k.sparse_flops for k in self.kernels)
 
     def to_dict(self):
         return {"sparsity": self.sparsity, "overall_sparsity": self.overall_sparsity, "nonzeros": self.nonzeros,
@@ -553,7 +584,9 @@ class SparsityReport:
             rows.append((k.key, "x".join(map(str, k.shape)), f"{k.sparsity:.4f}", f"{k.nonzeros}",
                          f"{k.dense_flops:,}", f"{k.sparse_flops:,}"))
         rows.append(("total (masked kernels)", "", f"{self.sparsity:.4f}", f"{self.nonzeros}",
-                     f"{self.dense_flops:,}", f"{self.sparse_flops:,}"))
+                     f"{sum(k.dense_flops for k in self.kernels):,}", f"{sum(k.sparse_flops for k in self.kernels):,}"))
+        if self.model_macs is not None:
+            rows.append(("model (every layer)", "", "", "", f"{self.dense_flops:,}", f"{self.sparse_flops:,}"))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
                  for r in rows]
@@ -570,12 +603,91 @@ class SparsityReport:
         printer.text(str(self))
 
 
+def _cost_model_macs(network, units):
+    """``({kernel key: dense MACs per example}, the model's MACs)`` from morphsparse.costs' model.
+
+    Every MAC of a call multiplies by one weight of the kernels that carry it, and each weight of those kernels
+    is used equally often (a conv's output positions; a SeparableConv's depthwise and pointwise kernels alike),
+    so a call's MACs split over them by size. A layer priced whole with its sublayers' kernels
+    (MultiHeadAttention) splits its MACs by its handler's ``cost_terms``; what no kernel carries there
+    (attention scores) stays in the model's total only. Raises GraphError when the model cannot be analysed.
+    """
+    from morphsparse.costs import cost_report
+    from morphsparse.graph import GraphError, analyze
+
+    try:
+        graph = analyze(network)
+        rows = cost_report(graph).layers        # one row per call, in the graph's order
+    except (TypeError, ValueError) as error:
+        unknown = [tuple(t.shape) for t in keras.tree.flatten(getattr(network, "inputs", None) or [])
+                   if None in tuple(t.shape)[1:]]
+        if isinstance(error, GraphError) or not unknown:
+            raise
+        raise GraphError(f"an input of shape {unknown[0]} has a dimension of unknown size (a sequence of any "
+                         "length), so the cost per example is not defined; build the model on keras.Input of "
+                         "fixed shape") from None
+    keys = {id(unit.kernel): unit.key for unit in units}
+    macs = dict.fromkeys(keys.values(), 0)
+    for call, row in zip(graph.calls, rows):
+        for variable, share in _kernel_shares(graph, call, row.macs):
+            if id(variable) in keys:
+                macs[keys[id(variable)]] += share
+    return macs, sum(row.macs for row in rows)
+
+
+def _mac_kernels(layer, nested=False):
+    """The kernels ``layer`` (``nested``: its sublayers) multiplies by; an Embedding's table is looked up."""
+    layers = layer._flatten_layers(include_self=False) if nested else [layer]
+    return [kernel_variable(sub, name) for sub in layers if not isinstance(sub, keras.layers.Embedding)
+            for name in maskable_kernels(sub, True)]
+
+
+def _kernel_shares(graph, call, macs):
+    """``[(variable, MACs)]``: how the cost model's ``macs`` of ``call`` split over the kernels they use."""
+    from morphsparse.graph import GraphError
+
+    kernels, terms = _mac_kernels(call.layer), None
+    if not kernels and isinstance(call.layer, keras.layers.Layer):
+        kernels, terms = _mac_kernels(call.layer, nested=True), getattr(call.handler, "cost_terms", None)
+    if not macs or not kernels:
+        return []
+    sizes = [int(np.prod(v.shape)) for v in kernels]
+    if terms is None:
+        return [(v, macs * size // sum(sizes)) for v, size in zip(kernels, sizes)]
+    alive_in, alive_out = graph.alive_counts(call, graph.channel_weights())
+    count = {("in", i): c for i, c in enumerate(alive_in)} | {("out", j): c for j, c in enumerate(alive_out)}
+    shares = []
+    for in_ref, out_ref, term_macs, term_params in terms(call):
+        a, b = count.get(in_ref, 1), count.get(out_ref, 1)
+        if term_params(a, b) != term_params(0, b):       # a kernel's term: its bias does not grow with a
+            shares.append((term_params(a, b) - term_params(0, b), term_macs(a, b)))
+    if [size for size, _ in shares] != sizes:
+        raise GraphError(f"layer {call.path!r} ({type(call.layer).__name__}): its cost terms do not match its "
+                         "sublayers' kernels one to one, so its MACs cannot be split over them")
+    return [(v, m) for v, (_, m) in zip(kernels, shares)]
+
+
 def sparsity_report(model, print_fn=None) -> SparsityReport:
-    """Per-kernel sparsity and FLOPs of a sparse model (printed with ``print_fn`` when given)."""
+    """Per-kernel sparsity and FLOPs of a sparse model (printed with ``print_fn`` when given).
+
+    Dense FLOPs come from morphsparse's cost model (``ms.cost_report``), so the report's model totals match
+    ``ms.count_flops``; a model the cost model cannot price (subclassed, or on inputs of unknown length) is
+    estimated per kernel from its output positions, with a warning.
+    """
+    from morphsparse.graph import GraphError
+
     sparse = find_sparse_optimizer(model)
     network = model if isinstance(model, keras.Model) else sparse.bound_model()
     tree = layer_tree(network) if network is not None else {}
     report = SparsityReport()
+    try:
+        if network is None:
+            raise GraphError("sparsity_report was given the optimizer; pass the model to count its FLOPs")
+        dense_macs, report.model_macs = _cost_model_macs(network, sparse.units)
+    except GraphError as error:
+        warnings.warn(f"FLOPs of {getattr(network, 'name', 'the model')!r} are estimates from each kernel's "
+                      f"output positions, and cover masked kernels only: {error}", UserWarning, stacklevel=2)
+        dense_macs = {}
     masked_ids = set()
     for unit in sparse.units:
         mask = keras.ops.convert_to_numpy(unit.mask)
@@ -583,11 +695,10 @@ def sparsity_report(model, print_fn=None) -> SparsityReport:
         masked_ids.add(id(unit.kernel))
         size = int(mask.size)
         nonzeros = int(np.count_nonzero(mask))
-        layer = tree.get(unit.layer)
-        positions = output_positions(layer, unit.weight) if layer is not None else 1
+        macs = dense_macs[unit.key] if dense_macs else size * output_positions(tree.get(unit.layer), unit.weight)
         stray = int(np.count_nonzero(kernel[mask == 0]))
         report.kernels.append(KernelReport(unit.key, tuple(mask.shape), 1.0 - nonzeros / size, nonzeros, size,
-                                           size * positions, nonzeros * positions, stray))
+                                           macs, macs * nonzeros // size, stray))
     if network is not None:
         for variable in network.trainable_weights:
             if id(variable) not in masked_ids and is_kernel_like(variable):

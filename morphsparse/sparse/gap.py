@@ -31,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .api import copy_model, sparse_optimizer
+from .api import check_passed_options, copy_model, sparse_optimizer
 from .footprint import live_parameters
 from .kernels import layer_tree
 from .lottery import fresh_optimizer, prune_by_magnitude
@@ -311,9 +311,6 @@ def grow_copy(combined, partition: list, *, optimizer="adam", sparsify_options: 
     """
     source = find_sparse_optimizer(combined)
     copy = copy_model(combined)
-    if copy is None:
-        raise ValueError("parallel GaP needs a model Keras can copy (Sequential, functional, or subclassed with "
-                         "get_config)")
     sparse = sparse_optimizer(copy, fresh_optimizer(optimizer), method="static", **sparsify_options)
     copy.set_weights(combined.get_weights())     # sparse_optimizer drew its own masks; take combined's
     grown = set(partition)
@@ -391,11 +388,9 @@ def parallel_gap(model, x=None, y=None, *, sparsity: float | None = 0.9, distrib
                                ("fine_tune_epochs", fine_tune_epochs, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
             raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
+    check_passed_options("parallel_gap", sparsify_options)
     options = dict(sparsify_options, sparsity=sparsity, distribution=distribution, seed=seed)
     combined = copy_model(model)
-    if combined is None:
-        raise ValueError("parallel_gap needs a model Keras can copy (Sequential, functional, or subclassed with "
-                         "get_config); the model you pass is left unchanged")
     fine_tune = sparse_optimizer(combined, fresh_optimizer(fine_tune_optimizer or optimizer), method="static",
                                  **options)
     groups = resolve_partitions(list(dict.fromkeys(unit.layer for unit in fine_tune.units)), partitions)

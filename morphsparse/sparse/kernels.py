@@ -122,11 +122,10 @@ def matches(pattern: str, path: str, layer) -> bool:
 
 
 def output_positions(layer, kernel_name) -> int:
-    """How many times a kernel is applied per example: output pixels of a conv, 1 for a Dense on a vector."""
+    """How many times a kernel is applied per example: output pixels of a conv, 1 for a Dense on a vector (an
+    estimate, for models the cost model cannot read: see sparsity_report)."""
     if isinstance(layer, keras.layers.Embedding):
         return 0  # a lookup, not a multiply
-    if isinstance(layer, keras.layers.EinsumDense):
-        return 1
     transposed = isinstance(layer, (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
                                     keras.layers.Conv3DTranspose))
     try:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from .api import copy_model, sparse_optimizer
+from .api import check_passed_options, copy_model, sparse_optimizer
 from .footprint import live_parameters
 from .optimizer import find_sparse_optimizer
 
@@ -125,12 +125,10 @@ def lottery_ticket(model, x=None, y=None, *, sparsity: float | None = 0.9, distr
     retrain_epochs = int(epochs if retrain_epochs is None else retrain_epochs)
     if retrain_epochs < 0:
         raise ValueError(f"retrain_epochs must be >= 0, got {retrain_epochs}")
+    check_passed_options("lottery_ticket", sparsify_options)
     snapshot = WeightSnapshot(rewind_step)
     # Validate the sparsity, distribution and layer options (on a throw-away copy) before dense training.
     probe = copy_model(model)
-    if probe is None:
-        raise ValueError("lottery_ticket needs a model Keras can copy (Sequential, functional, or subclassed with "
-                         "get_config), since the dense weights must be kept for rewinding")
     sparse_optimizer(probe, "sgd", sparsity, method="static", distribution=distribution, seed=seed,
                      **sparsify_options)
     del probe
@@ -173,9 +171,6 @@ def _train_dense(model, x, y, snapshot, epochs, optimizer, loss, metrics, batch_
                  verbose, fit_options):
     """Step (1): train a dense copy while ``snapshot`` keeps the early weights; returns (model, history, s)."""
     dense = copy_model(model)
-    if dense is None:
-        raise ValueError("lottery_ticket needs a model Keras can copy (Sequential, functional, or subclassed with "
-                         "get_config), since the dense weights must be kept for rewinding")
     dense.compile(optimizer=fresh_optimizer(optimizer), loss=loss, metrics=metrics)
     started = time.perf_counter()
     history = dense.fit(x, y, batch_size=batch_size, epochs=int(epochs), validation_data=validation_data,

@@ -12,7 +12,7 @@ group size, consecutive rows are consecutive input channels at one spatial tap).
 axis for Dense, Conv, DepthwiseConv, EinsumDense and SeparableConv pointwise kernels (for Conv*Transpose it is
 the input channels, for Embedding the embedding dimension: the structure then runs along those axes).
 
-A type implements five things (see :class:`morphsparse.sparse.masks.Unstructured`, the base):
+A type implements five things (see :class:`Unstructured`, the base):
 
 * ``check(shape, where)``: refuse a kernel the structure cannot tile (an error naming the layer);
 * ``kept_count(shape, sparsity)`` (and ``kept_count_tensor``): the exact number of ones, in whole blocks/groups;
@@ -32,7 +32,98 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .masks import Unstructured, _sorted_ranks, kept_count, kept_count_tensor
+from .masks import _sorted_ranks, in_xla_context, kept_count, kept_count_tensor, random_mask, top_k_indices
+
+
+@keras.saving.register_keras_serializable(package="morphsparse.sparsity_types", name="Unstructured")
+class Unstructured:
+    """Sparsity type "unstructured": any single weight may be kept or removed; the base of every sparsity type.
+
+    Updaters express what they want as scores and counts; the sparsity type turns that into mask positions.
+    Structured types (blocks, N:M, constant fan-in, below) override ``check``, ``kept_count``,
+    ``random_mask``, ``update`` and ``keep_highest``; ``drop_lowest``/``grow_highest`` are the element-wise
+    selections this type's ``update`` is made of.
+    """
+
+    name = "unstructured"
+
+    def check(self, shape, where=None):
+        """Raise a ValueError naming ``where`` when a kernel of ``shape`` cannot hold this structure."""
+        return None
+
+    def kept_count(self, shape, sparsity) -> int:
+        """Exact number of ones a mask of ``shape`` keeps at ``sparsity`` (whole blocks/groups for structures)."""
+        return kept_count(int(np.prod(shape)), sparsity)
+
+    def kept_count_tensor(self, shape, sparsity):
+        """``kept_count`` for a sparsity known only inside the graph (a schedule's output), as int32."""
+        return kept_count_tensor(int(np.prod(shape)), sparsity)
+
+    def random_mask(self, shape, sparsity, key_hash, seed=0) -> np.ndarray:
+        """The initial mask: random positions within the structure, seeded by the kernel's key and ``seed``."""
+        return random_mask(shape, sparsity, key_hash, seed)
+
+    def update(self, mask, drop_scores, grow_scores, n_target, n_grow):
+        """One mask update: drop the lowest ``drop_scores`` so that, after growing ``n_grow`` positions by the
+        highest ``grow_scores`` (None: no growing), ``n_target`` positions are live."""
+        n_active = tf.cast(tf.reduce_sum(mask), tf.int32)
+        n_drop = tf.maximum(n_active - tf.cast(n_target, tf.int32) + tf.cast(n_grow, tf.int32), 0)
+        mask = self.drop_lowest(mask, drop_scores, n_drop)
+        if grow_scores is not None:
+            mask = self.grow_highest(mask, grow_scores, n_grow)
+        return mask
+
+    def drop_lowest(self, mask, scores, count):
+        """Clear the ``count`` active positions of ``mask`` whose ``scores`` are lowest (ties: lower index)."""
+        flat_mask = tf.reshape(mask, [-1])
+        if in_xla_context():
+            keys = tf.where(flat_mask > 0, tf.cast(tf.reshape(scores, [-1]), tf.float32), np.inf)
+            count = tf.minimum(tf.cast(count, tf.int32), tf.cast(tf.reduce_sum(flat_mask), tf.int32))
+            dropped = (_sorted_ranks(keys) < count) & (flat_mask > 0)
+            return tf.reshape(tf.where(dropped, tf.zeros_like(flat_mask), flat_mask), tf.shape(mask))
+        active = tf.where(flat_mask > 0)[:, 0]
+        # Only the active entries compete, which makes the top-k far smaller than the kernel at high sparsity.
+        active_scores = tf.gather(tf.reshape(scores, [-1]), active)
+        count = tf.minimum(tf.cast(count, tf.int32), tf.size(active))
+        lowest = top_k_indices(-active_scores, count)
+        cleared = tf.gather(active, lowest)
+        flat_mask = tf.tensor_scatter_nd_update(flat_mask, cleared[:, None], tf.zeros_like(cleared, mask.dtype))
+        return tf.reshape(flat_mask, tf.shape(mask))
+
+    def grow_highest(self, mask, scores, count):
+        """Set the ``count`` inactive positions of ``mask`` whose ``scores`` are highest (ties: lower index)."""
+        flat_mask = tf.reshape(mask, [-1])
+        flat_scores = tf.cast(tf.reshape(scores, [-1]), tf.float32)
+        candidates = tf.where(flat_mask > 0, tf.fill(tf.shape(flat_scores), -np.inf), flat_scores)
+        if in_xla_context():
+            count = tf.cast(count, tf.int32)
+            grown = (_sorted_ranks(-candidates) < count) & (flat_mask <= 0)
+            return tf.reshape(tf.where(grown, tf.ones_like(flat_mask), flat_mask), tf.shape(mask))
+        highest = top_k_indices(candidates, count)
+        flat_mask = tf.tensor_scatter_nd_update(flat_mask, highest[:, None], tf.ones_like(highest, mask.dtype))
+        return tf.reshape(flat_mask, tf.shape(mask))
+
+    def keep_highest(self, scores, count, dtype=tf.float32):
+        """A fresh mask holding ones at the ``count`` highest ``scores`` (one-shot methods such as SNIP)."""
+        flat_scores = tf.reshape(scores, [-1])
+        if in_xla_context():
+            kept = _sorted_ranks(-tf.cast(flat_scores, tf.float32)) < tf.cast(count, tf.int32)
+            return tf.reshape(tf.cast(kept, dtype), tf.shape(scores))
+        _, highest = tf.math.top_k(flat_scores, k=tf.cast(count, tf.int32))
+        flat_mask = tf.scatter_nd(highest[:, None], tf.ones_like(highest, dtype), tf.shape(flat_scores))
+        return tf.reshape(flat_mask, tf.shape(scores))
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        config = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"<sparsity_type {self.name!r}{' ' + config if config else ''}>"
+
 
 SPARSITY_TYPES: dict[str, type] = {"unstructured": Unstructured}
 _PACKAGE = "morphsparse.sparsity_types"

@@ -6,30 +6,9 @@ import pytest
 
 import morphsparse as ms
 from morphsparse.morph import alive
+from morph_helpers import block_net
 
 L = keras.layers
-
-
-def block_net(bias=True):
-    """stem -> residual block (a, b tied to stem by the Add) -> concat of two towers -> logits."""
-    inp = keras.Input((8, 8, 3), name="image")
-    x = L.Conv2D(16, 3, padding="same", use_bias=bias, name="stem")(inp)
-    x = L.BatchNormalization(name="stem_bn")(x)
-    x = L.ReLU(name="stem_relu")(x)
-    y = L.Conv2D(8, 1, use_bias=bias, name="a")(x)
-    y = L.BatchNormalization(name="a_bn")(y)
-    y = L.ReLU(name="a_relu")(y)
-    y = L.Conv2D(16, 3, padding="same", use_bias=bias, name="b")(y)
-    y = L.BatchNormalization(name="b_bn")(y)
-    x = L.Add(name="add")([x, y])
-    t1 = L.Conv2D(4, 1, name="t1")(x)
-    t1 = L.BatchNormalization(name="t1_bn")(t1)
-    t2 = L.Conv2D(6, 1, activation="relu", name="t2")(x)
-    t2 = L.BatchNormalization(name="t2_bn")(t2)
-    x = L.Concatenate(name="cat")([t1, t2])
-    x = L.GlobalAveragePooling2D(name="gap")(x)
-    out = L.Dense(5, name="logits")(x)
-    return keras.Model(inp, out, name="block_net")
 
 
 def set_gamma(model, name, values):

@@ -12,7 +12,7 @@ import morphsparse as ms
 from morphsparse import cli
 from morphsparse.morph.cycle import cycle
 from morphsparse.morph.regularizers import MorphRegularizer
-from test_alive import block_net
+from morph_helpers import block_net
 
 L = keras.layers
 

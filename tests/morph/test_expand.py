@@ -6,8 +6,7 @@ import pytest
 
 import morphsparse as ms
 from morphsparse.morph.expand import WidthSearch
-from test_alive import block_net
-from test_export import assert_same_outputs, inputs_for, kill, randomize
+from morph_helpers import assert_same_outputs, block_net, inputs_for, kill, randomize
 
 L = keras.layers
 
@@ -86,7 +85,7 @@ def test_search_is_monotone_and_bisection_finds_the_boundary():
     assert cost <= costs[12] < search.next_step(w)
 
 
-def test_bad_input():
+def test_bad_input(handler_registry):
     _, slim = slim_block_net()
     with pytest.raises(ms.ExpandError, match="smallest possible network"):
         ms.expand(slim, budget=10)

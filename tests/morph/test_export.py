@@ -9,48 +9,10 @@ import numpy as np
 import pytest
 
 import morphsparse as ms
-from test_alive import block_net
+from morph_helpers import assert_same_outputs, block_net, inputs_for, kill, randomize
 
 L = keras.layers
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def randomize(model, seed=0):
-    """Random BatchNorm statistics and biases, so dead channels carry non-trivial constants."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            randomize(layer, seed + 1)
-        elif isinstance(layer, L.BatchNormalization):
-            n = layer.moving_mean.shape[0]
-            layer.gamma.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
-            layer.beta.assign(rng.normal(0, 0.5, n).astype("float32"))
-            layer.moving_mean.assign(rng.normal(0, 0.5, n).astype("float32"))
-            layer.moving_variance.assign(rng.uniform(0.5, 2, n).astype("float32"))
-        elif getattr(layer, "use_bias", False) and getattr(layer, "bias", None) is not None:
-            layer.bias.assign(rng.normal(0, 0.3, tuple(layer.bias.shape)).astype("float32"))
-    return model
-
-
-def kill(layer, channels, beta=True):
-    """Zero gamma (and beta) of some channels of a BatchNormalization, as a gamma regulariser would."""
-    for variable in (layer.gamma, layer.beta if beta else None):
-        if variable is not None:
-            value = keras.ops.convert_to_numpy(variable)
-            value[channels] = 0.0
-            variable.assign(value)
-
-
-def inputs_for(model, n=4, seed=1):
-    return np.random.default_rng(seed).normal(size=(n,) + tuple(model.inputs[0].shape[1:])).astype("float32")
-
-
-def assert_same_outputs(model, slim, rtol=1e-4):
-    x = inputs_for(model)
-    want = keras.ops.convert_to_numpy(model(x, training=False))
-    got = keras.ops.convert_to_numpy(slim(x, training=False))
-    assert want.shape == got.shape
-    assert np.abs(want - got).max() <= rtol * max(np.abs(want).max(), 1.0)
 
 
 def test_dead_branch_and_tower_disappear_and_outputs_match():
@@ -296,7 +258,7 @@ def test_keras_applications_export_equivalently(name):
     assert row["regulariser_exact"] and row["expand_within_budget"] and row["expand_multiplier"] > 1, row
 
 
-def test_a_registered_handler_extends_export_and_expand_to_a_custom_layer():
+def test_a_registered_handler_extends_export_and_expand_to_a_custom_layer(handler_registry):
     from morphsparse import handlers
 
     class ChannelScale(L.Layer):
@@ -327,7 +289,7 @@ def test_a_registered_handler_extends_export_and_expand_to_a_custom_layer():
     assert ms.expand(slim, budget=3 * ms.count_flops(slim)).get_layer("scale").channels > 3
 
 
-def test_a_structure_only_handler_is_exported_and_expanded_as_channel_keeping():
+def test_a_structure_only_handler_is_exported_and_expanded_as_channel_keeping(handler_registry):
     from morphsparse import handlers
 
     class Halve(L.Layer):
@@ -372,7 +334,7 @@ class _TaggedGain(keras.layers.Layer):
         return x * self.gain
 
 
-def test_a_layer_without_a_usable_get_config_is_rebuilt_from_its_attributes():
+def test_a_layer_without_a_usable_get_config_is_rebuilt_from_its_attributes(handler_registry):
     from morphsparse import handlers
 
     inp = keras.Input((6,))

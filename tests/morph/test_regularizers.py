@@ -396,7 +396,7 @@ class SquareCostHandler(ms.handlers.Conv):
         return alive_in[0] * alive_out[0] ** 2
 
 
-def test_unsupported_layers_are_refused_with_a_clear_error():
+def test_unsupported_layers_are_refused_with_a_clear_error(handler_registry):
     inp = keras.Input((4, 4, 3))
     model = keras.Model(inp, L.Dense(2)(L.Flatten()(Doubler()(inp))))
     with pytest.raises(ms.GraphError, match="no channel handler"):
@@ -448,7 +448,7 @@ def test_separable_convs_are_priced_exactly_and_their_gradient_is_the_marginal_c
                 full - count(model, alive={group.id: mask}), rel=1e-6), (group.producers, channel)
 
 
-def test_ignore_makes_an_unpriceable_layer_a_constant_cost():
+def test_ignore_makes_an_unpriceable_layer_a_constant_cost(handler_registry):
     class OddConv(L.Conv2D):
         pass
 

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 import morphsparse as ms
-from test_alive import block_net
-from test_export import inputs_for, kill, randomize
+from morph_helpers import block_net, inputs_for, kill, randomize
 
 
 def test_structure_round_trip(tmp_path):

@@ -308,3 +308,6 @@ def test_parallel_gap_end_to_end():
         ms.parallel_gap(_mlp(), x, y, loss="mse", rounds=0)
     with pytest.raises(ValueError, match="loss="):
         ms.parallel_gap(_mlp(), x, y)
+    for option in ("bogus", "method"):      # nothing it does not pass on is taken, nor the method it sets itself
+        with pytest.raises(TypeError, match=rf"parallel_gap\(\) got unexpected keyword argument\(s\) \['{option}'\]"):
+            ms.parallel_gap(_mlp(), x, y, loss="mse", **{option: "rigl"})

@@ -94,6 +94,9 @@ def test_lottery_errors():
         lottery_ticket(_model(), x, y, sparsity=1.5, loss=LOSS)
     with pytest.raises(ValueError, match="epochs"):
         lottery_ticket(_model(), x, y, sparsity=0.5, loss=LOSS, epochs=0)
+    for option in ("bogus", "method"):      # nothing it does not pass on is taken, nor the method it sets itself
+        with pytest.raises(TypeError, match=rf"lottery_ticket\(\) got unexpected keyword argument\(s\) \['{option}'\]"):
+            lottery_ticket(_model(), x, y, sparsity=0.5, loss=LOSS, **{option: "rigl"})
 
 
 def test_reuse_gives_a_second_ticket_from_the_same_dense_run():

@@ -219,6 +219,39 @@ def test_strip_returns_a_plain_copy_with_exact_zeros(tmp_path):
         assert not np.any(_np(plain.get_layer(name).kernel)[masks[f"{name}/kernel"] == 0])
 
 
+
+def test_strip_copies_a_functional_subclass_that_from_config_cannot_rebuild():
+    class Wrapped(keras.Model):        # Keras' from_config would call Wrapped(inputs=..., outputs=...)
+        def __init__(self, width):
+            inputs = keras.Input((6,))
+            super().__init__(inputs, keras.layers.Dense(width, name="fc")(inputs), name="wrapped")
+
+    model = Wrapped(4)
+    optimizer = mss.sparse_optimizer(model, keras.optimizers.SGD(0.1), 0.5, "static")
+    model.compile(optimizer=optimizer, loss="mse")
+    plain = mss.strip(model)
+    assert plain is not model and not plain.compiled
+    assert mss.find_sparse_optimizer(plain, required=False) is None
+    kernel = plain.get_layer("fc").kernel
+    assert kernel is not model.get_layer("fc").kernel
+    np.testing.assert_array_equal(_np(kernel), _np(model.get_layer("fc").kernel) * optimizer.masks()["fc/kernel"])
+
+
+def test_strip_names_a_model_it_cannot_copy_instead_of_returning_it():
+    class Net(keras.Model):            # a layer argument: Keras cannot write it into a config
+        def __init__(self, head):
+            super().__init__(name="net")
+            self.head = head
+
+        def call(self, x):
+            return self.head(x)
+
+    model = Net(keras.layers.Dense(3))
+    model(np.zeros((1, 5), "float32"))
+    model.compile(optimizer=mss.sparse_optimizer(model, "sgd", 0.5, "static"), loss="mse")
+    with pytest.raises(ValueError, match=r"cannot copy model 'net' \(Net\).*get_config"):
+        mss.strip(model)
+
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 def test_sparsity_report_counts_and_flops(data_format):
     keras.utils.set_random_seed(0)

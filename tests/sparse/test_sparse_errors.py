@@ -58,7 +58,9 @@ def _make(**options):
     ({"distribution": lambda shapes, s: {k: 2.0 for k in shapes}}, ValueError, r"distribution\(\)\['a/kernel'\]"),
     ({"include": ["nothing_here"]}, ValueError, r"include names 'nothing_here'"),
     ({"include": {"a": ["weights"]}}, ValueError, r"layer 'a' \(Dense\) has no weight 'weights'"),
-    ({"method": "snfs", "decay": 0.5, "bogus": 1}, TypeError, r"method='snfs' does not take the option"),
+    ({"method": "snfs", "decay": 0.5, "bogus": 1}, TypeError,
+     r"sparse_optimizer\(\) got unexpected keyword argument\(s\) \['bogus'\].*method='snfs', which takes \['decay'"),
+    ({"method": "static", "decay": 0.5}, TypeError, r"argument\(s\) \['decay'\].*method='static', which takes"),
     # truthy strings are not True; an SNFS decay outside [0, 1) would never update or diverge
     ({"skip_optimizer_step": "no"}, TypeError, r"skip_optimizer_step must be True or False, got str 'no'"),
     ({"rescale_init": "False"}, TypeError, r"rescale_init must be True or False, got str 'False'"),

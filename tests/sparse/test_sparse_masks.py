@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from morphsparse.sparse.masks import Unstructured, kept_count, random_mask, stable_hash
+from morphsparse.sparse.masks import kept_count, random_mask, stable_hash
+from morphsparse.sparse.sparsity_types import Unstructured
 
 
 @pytest.mark.parametrize("size,sparsity,expected", [(1000, 0.9, 100), (100, 0.29, 71), (10, 0.0, 10),
@@ -61,3 +62,18 @@ def test_prefiltered_top_k_picks_the_same_set_as_top_k(count):
     values = tf.where(tf.range(100000) % 7 == 0, -np.inf, values)                   # like grow's active positions
     expected = tf.math.top_k(values, k=count).indices.numpy()
     np.testing.assert_array_equal(np.sort(top_k_indices(values, count).numpy()), np.sort(expected))
+
+
+def test_masks_is_the_bottom_module():
+    """masks.py holds the arithmetic the sparsity types are built on, so it imports no other morphsparse module
+    (sparsity_types imports it; a cycle would make import order matter)."""
+    import ast
+    import morphsparse.sparse.masks as masks
+
+    tree = ast.parse(open(masks.__file__).read())
+    relative = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level]
+    absolute = [alias.name for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+                for alias in node.names if alias.name.startswith("morphsparse")]
+    absolute += [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and not node.level
+                 and (node.module or "").startswith("morphsparse")]
+    assert relative == [] and absolute == []

@@ -236,7 +236,7 @@ def test_magnitude_prunes_dense_to_target_on_polynomial_schedule():
         np.testing.assert_array_equal(mask.ravel(), expected)
 
 
-def test_registry_is_extensible_and_rejects_unknown_names():
+def test_registry_is_extensible_and_rejects_unknown_names(updater_registry):
     @mss.register_updater("gradient_times_weight")
     class GradientTimesWeight(mss.DropGrow):
         uses_gradient = True

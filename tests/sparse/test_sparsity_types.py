@@ -191,15 +191,18 @@ def test_sparsity_types_serialise_by_name_or_config():
     assert get_sparsity_type(config).get_config() == FanIn(ablation=True).get_config()
 
 
-@ms.register_sparsity_type("test_pairs")
-class Pairs(ms.Block):
+@pytest.fixture
+def pairs_type(sparsity_type_registry):
     """A registered subclass of a built-in type: blocks of 1 output x 2 inputs under its own name."""
+    @ms.register_sparsity_type("test_pairs")
+    class Pairs(ms.Block):
+        def __init__(self):       # no parameters (and Block's get_config): it must be saved by its name
+            super().__init__(1, 2)
 
-    def __init__(self):       # no parameters (and Block's get_config): it must be saved by its name
-        super().__init__(1, 2)
+    return Pairs
 
 
-def test_a_registered_subclass_of_block_keeps_its_name_and_saves_and_loads(tmp_path):
+def test_a_registered_subclass_of_block_keeps_its_name_and_saves_and_loads(tmp_path, pairs_type):
     keras.utils.set_random_seed(0)
     structure = get_sparsity_type("test_pairs")
     assert structure.name == "test_pairs" and serialize_sparsity_type(structure) == "test_pairs"
@@ -214,7 +217,7 @@ def test_a_registered_subclass_of_block_keeps_its_name_and_saves_and_loads(tmp_p
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)
     model.save(tmp_path / "run.keras")
     restored = find_sparse_optimizer(keras.saving.load_model(tmp_path / "run.keras"))
-    assert type(restored.method.sparsity_type) is Pairs
+    assert type(restored.method.sparsity_type) is pairs_type
     masks, again = optimizer.masks(), restored.masks()
     for key in masks:
         pairs = again[key].reshape(-1, 2, again[key].shape[-1]).sum(axis=1)
@@ -223,7 +226,7 @@ def test_a_registered_subclass_of_block_keeps_its_name_and_saves_and_loads(tmp_p
 
 
 @pytest.mark.parametrize("name", ["unstructured", "Fan_In", "block", "n:m", "1x4", "2:4"])
-def test_registering_a_built_in_name_is_refused(name):
+def test_registering_a_built_in_name_is_refused(sparsity_type_registry, name):
     from morphsparse.sparse import SPARSITY_TYPES
 
     before = dict(SPARSITY_TYPES)
