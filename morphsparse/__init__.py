@@ -38,6 +38,7 @@ _EXPORTS = {
     "masks_from_structure": "morph",
     "MorphRegularizer": "morph.regularizers", "DeviceProfile": "morph.regularizers",
     "DEVICE_PROFILES": "morph.regularizers", "UnsupportedLayerError": "morph.regularizers",
+    "MorphOptimizer": "morph.optimizer", "morph_optimizer": "morph.optimizer",
     # LiteRT export
     "to_litert": "litert", "LiteRTReport": "litert", "LiteRTError": "litert",
     "cycle": "morph.cycle", "CycleResult": "morph.cycle", "small_resnet": "models",
@@ -64,7 +65,7 @@ def __dir__():
 
 def _register_saved_classes():
     """Make ``keras.saving.load_model`` find the classes morphsparse writes into ``.keras`` files (the
-    ``SparseOptimizer``, its methods and schedules) right after ``import morphsparse``.
+    ``SparseOptimizer``, its methods and schedules, the ``MorphOptimizer``) right after ``import morphsparse``.
 
     Registering them means importing ``morphsparse.sparse``, hence Keras and TensorFlow. To keep
     ``import morphsparse`` cheap, that happens now only if Keras is already imported, else as soon as it is.
@@ -73,6 +74,7 @@ def _register_saved_classes():
 
     if "keras" in sys.modules:
         import_module("morphsparse.sparse")
+        import_module("morphsparse.morph.optimizer")
         return
     import importlib.abc
     import importlib.util
@@ -100,6 +102,7 @@ def _register_saved_classes():
                     sys.meta_path.remove(finder)
                 execute(module)
                 import_module("morphsparse.sparse")
+                import_module("morphsparse.morph.optimizer")
 
             spec.loader.exec_module = exec_module
             return spec

@@ -215,13 +215,30 @@ class BudgetController:
         self.budget = float(budget)
         self.ratio = float(ratio)
         self.steps = check_steps(steps)
-        s = self.settings
-        r0 = keras.ops.convert_to_numpy(regularizer.vector())
-        with regularizer.model.distribute_strategy.scope():
-            self.state = BudgetState(regularizer.kernel_calls.n_channels, math.log(s.initial_multiplier), r0,
-                                     identity=model_identity(regularizer))
-        if self.steps is not None:
-            self.state.total_steps.assign(self.steps)
+        self._state = None
+
+    @property
+    def state(self):
+        """The controller's variables: those of the ``MorphOptimizer`` that trains with this controller (set by
+        it), else a :class:`BudgetState` made on first use and set on the model, where ``model.save`` writes it
+        (the deprecated ``attach`` path and custom loops calling :meth:`update`)."""
+        if self._state is None:
+            reg = self.reg
+            r0 = keras.ops.convert_to_numpy(reg.vector())
+            with reg.model.distribute_strategy.scope():
+                self._state = BudgetState(reg.kernel_calls.n_channels, math.log(self.settings.initial_multiplier),
+                                          r0, identity=model_identity(reg))
+            if self.steps is not None:
+                self._state.total_steps.assign(self.steps)
+            object.__setattr__(reg.model, STATE_ATTRIBUTE, self._state)
+        return self._state
+
+    @state.setter
+    def state(self, state):
+        """Use ``state`` (an object with the six variables of :attr:`BudgetState.NAMES`), e.g. an optimizer's."""
+        if self._state is not None and self.reg.model.__dict__.get(STATE_ATTRIBUTE) is self._state:
+            del self.reg.model.__dict__[STATE_ATTRIBUTE]      # the model no longer carries a state of its own
+        self._state = state
 
     # --- costs ------------------------------------------------------------------------------------------
     def _floor_ratio(self):
@@ -259,9 +276,11 @@ class BudgetController:
         step = st.step + 1
         t = tf.cast(step, tf.float32)
         total = tf.cast(tf.maximum(st.total_steps, 1), tf.float32)
-        # where each channel is heading: an EMA of its velocity, extrapolated over the horizon
+        # where each channel is heading: an EMA of its velocity, extrapolated over the horizon (a state made
+        # before the model was known holds no R yet: the first step measures no velocity)
+        previous = tf.where(st.step > 0, st.previous_r, r)
         window = tf.clip_by_value(s.velocity_window * total, s.min_window, s.max_window)
-        velocity = st.velocity + (r - st.previous_r - st.velocity) / window
+        velocity = st.velocity + (r - previous - st.velocity) / window
         horizon = tf.maximum(s.horizon * total, window)
         # the channels alive at the extrapolated R (r only falls there, so this is alive minus those heading
         # dead); through _alive_vector, so an attention layer still keeps one head in the projection
@@ -307,7 +326,8 @@ class BudgetController:
 
     def set_steps(self, steps):
         self.steps = check_steps(steps)
-        self.state.total_steps.assign(self.steps)
+        if self._state is not None:
+            self._state.total_steps.assign(self.steps)
 
     def begin_fit(self, steps_this_fit):
         """Called by fit: the planned total is the explicit ``steps=`` if given, else the steps already taken
@@ -455,16 +475,19 @@ def fit_hook(original_fit, controller):
 STEPS_PER_INVERSE_RATE = 4.0
 
 
-def too_few_steps(controller, optimizer):
+def too_few_steps(controller, optimizer, planned=None, taken=None):
     """A warning text when the planned structure-learning steps are fewer than half of what the controller
     needs at the optimizer's current learning rate (about 4 / learning_rate steps with Adam), else None: said at
-    the start of fit, so that a run that cannot land is not trained to the end first."""
+    the start of fit, so that a run that cannot land is not trained to the end first. ``planned``/``taken``:
+    the step counts when known without reading the controller's variables (an optimizer built while tracing)."""
     rate = getattr(optimizer, "learning_rate", None)
     try:
-        rate = float(keras.ops.convert_to_numpy(rate))
+        with tf.init_scope():
+            rate = float(keras.ops.convert_to_numpy(rate))
     except (TypeError, ValueError):
         return None
-    planned, taken = controller.total_steps, controller.step
+    planned = controller.total_steps if planned is None else planned
+    taken = controller.step if taken is None else taken
     needed = STEPS_PER_INVERSE_RATE / rate if rate > 0 else float("inf")
     if planned - taken >= 0.5 * needed or planned <= 0:
         return None

@@ -24,6 +24,7 @@ source are not regularised: R = 0 in the term, and they always count as alive.
 
 from __future__ import annotations
 
+import dataclasses
 import types
 import warnings
 from dataclasses import dataclass
@@ -79,6 +80,8 @@ DEVICE_PROFILES = {
 def device_profile(device) -> DeviceProfile:
     if isinstance(device, DeviceProfile):
         return device
+    if isinstance(device, dict):        # as MorphOptimizer's config saves a DeviceProfile
+        return DeviceProfile(**device)
     if isinstance(device, str) and device.lower() in DEVICE_PROFILES:
         return DEVICE_PROFILES[device.lower()]
     raise ValueError(f"unknown device {device!r}: use one of {sorted(DEVICE_PROFILES)} or a "
@@ -482,7 +485,7 @@ def check_arguments(target="flops", source="gamma", threshold=_alive.DEFAULT_THR
     strength_multiplier = _alive.real_number("strength_multiplier", strength_multiplier)
     if not (np.isfinite(strength_multiplier) and strength_multiplier > 0):
         raise ValueError(f"strength_multiplier must be a finite number > 0, got {strength_multiplier!r}")
-    if device is not None and not isinstance(device, (str, DeviceProfile)):
+    if device is not None and not isinstance(device, (str, DeviceProfile, dict)):
         raise TypeError(f"device must be a name in {sorted(DEVICE_PROFILES)} or a DeviceProfile, got "
                         f"{type(device).__name__} {device!r}")
     if target != "latency":
@@ -534,10 +537,16 @@ class MorphRegularizer:
                  cost_power=1.0):
         _budget.check_arguments(budget, strength, strength_multiplier, steps)
         self.cost_power = check_cost_power(cost_power)
+        # what MorphOptimizer saves in its config, to rebuild this regulariser on another instance of the model
+        self.arguments = {"target": target, "source": source, "threshold": threshold, "strength": strength,
+                          "strength_multiplier": strength_multiplier, "l1_fraction": l1_fraction,
+                          "device": dataclasses.asdict(device) if isinstance(device, DeviceProfile) else device,
+                          "ignore": list(ignore), "budget": budget, "steps": steps, "cost_power": cost_power}
         threshold, strength, strength_multiplier, l1_fraction, device = check_arguments(
             target, source, threshold, strength,
             DEFAULT_STRENGTH_MULTIPLIER if strength_multiplier is None else strength_multiplier, l1_fraction, device)
         self.model = model
+        self.arguments.update(threshold=threshold, l1_fraction=l1_fraction, cost_power=self.cost_power)
         self.target_name, self.source, self.threshold, self.l1_fraction = target, source, threshold, l1_fraction
         self.graph = analyze(model, ignore=ignore)
         self._check_layers_supported()
@@ -553,14 +562,12 @@ class MorphRegularizer:
         self._price_weights = self._cost_power_weights()
         self.controller = None
         if budget is not None:
+            # its state is made on first use, or taken from the MorphOptimizer that trains with it
             self.controller = _budget.BudgetController(self, budget, steps)
-            strength = self.controller.current_strength
         elif strength is None:
             strength = strength_multiplier / self.initial_cost
-        self._strength = float(strength)
+        self._strength = None if strength is None else float(strength)
         self._trackers = None
-        if self.controller is not None:
-            object.__setattr__(model, _budget.STATE_ATTRIBUTE, self.controller.state)
 
     @property
     def strength(self):
@@ -756,8 +763,25 @@ class MorphRegularizer:
                 f"strength={self.strength:.3g}>")
 
     # --- fit integration -------------------------------------------------------------------------------------
+    def optimizer(self, optimizer, steps=None):
+        """A :class:`~morphsparse.morph.optimizer.MorphOptimizer` that trains this regulariser's model with
+        ``optimizer`` (an instance, a config or a name such as ``"adam"``; a ``SparseOptimizer`` too) and adds
+        the term's gradient at every step: ``model.compile(optimizer=reg.optimizer(keras.optimizers.Adam(1e-2)),
+        ...)``. ``steps``: with a budget, the number of structure-learning steps, when not given here already."""
+        from morphsparse.morph.optimizer import MorphOptimizer
+
+        if steps is not None:
+            if self.controller is None:
+                raise ValueError("optimizer(steps=...) is the number of structure-learning steps of a budget: "
+                                 "construct MorphRegularizer(budget=...)")
+            self.controller.set_steps(steps)
+            self.arguments["steps"] = self.controller.steps
+        return MorphOptimizer(optimizer, regularizer=self)
+
     def attach(self, model=None, steps=None, resume_from=None):
-        """Add the term to ``model``'s loss in ``fit``/``train_on_batch``/``evaluate`` and log
+        """Deprecated: compile with ``optimizer=reg.optimizer(...)`` instead (see :meth:`optimizer`).
+
+        Add the term to ``model``'s loss in ``fit``/``train_on_batch``/``evaluate`` and log
         ``regularization_loss``, ``alive_flops`` and ``alive_params``; returns the same model.
 
         The model keeps its class (the hook lives on the instance), so ``model.save`` writes a plain Keras
@@ -772,6 +796,10 @@ class MorphRegularizer:
         network is refused). Attaching to a model that has another regulariser attached replaces it, with a
         warning.
         """
+        warnings.warn("MorphRegularizer.attach(model) is deprecated and will be removed in the next release: "
+                      "compile with model.compile(optimizer=reg.optimizer(keras.optimizers.Adam(...)), ...) (or "
+                      "ms.morph_optimizer(model, optimizer, ...)), which saves and resumes with the model",
+                      DeprecationWarning, stacklevel=2)
         if (steps is not None or resume_from is not None) and self.controller is None:
             raise ValueError("attach(steps=..., resume_from=...) apply to a budget: construct "
                              "MorphRegularizer(budget=...)")
