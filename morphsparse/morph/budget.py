@@ -224,12 +224,13 @@ class BudgetController:
         (the deprecated ``attach`` path and custom loops calling :meth:`update`)."""
         if self._state is None:
             reg = self.reg
-            r0 = keras.ops.convert_to_numpy(reg.vector())
-            with reg.model.distribute_strategy.scope():
+            # eagerly, also when first used inside a custom loop's tf.function
+            with tf.init_scope(), reg.model.distribute_strategy.scope():
+                r0 = keras.ops.convert_to_numpy(reg.vector())
                 self._state = BudgetState(reg.kernel_calls.n_channels, math.log(self.settings.initial_multiplier),
                                           r0, identity=model_identity(reg))
-            if self.steps is not None:
-                self._state.total_steps.assign(self.steps)
+                if self.steps is not None:
+                    self._state.total_steps.assign(self.steps)
             object.__setattr__(reg.model, STATE_ATTRIBUTE, self._state)
         return self._state
 
@@ -276,11 +277,9 @@ class BudgetController:
         step = st.step + 1
         t = tf.cast(step, tf.float32)
         total = tf.cast(tf.maximum(st.total_steps, 1), tf.float32)
-        # where each channel is heading: an EMA of its velocity, extrapolated over the horizon (a state made
-        # before the model was known holds no R yet: the first step measures no velocity)
-        previous = tf.where(st.step > 0, st.previous_r, r)
+        # where each channel is heading: an EMA of its velocity, extrapolated over the horizon
         window = tf.clip_by_value(s.velocity_window * total, s.min_window, s.max_window)
-        velocity = st.velocity + (r - previous - st.velocity) / window
+        velocity = st.velocity + (r - st.previous_r - st.velocity) / window
         horizon = tf.maximum(s.horizon * total, window)
         # the channels alive at the extrapolated R (r only falls there, so this is alive minus those heading
         # dead); through _alive_vector, so an attention layer still keeps one head in the projection

@@ -86,6 +86,12 @@ class MorphOptimizer(WrappingOptimizer):
         super().__init__(inner_optimizer, name=name, **kwargs)
         from morphsparse.morph.regularizers import MorphRegularizer
 
+        if isinstance(self.inner_optimizer, keras.optimizers.LossScaleOptimizer):
+            # its apply unscales the gradients: the term's gradient must be added after that, inside it
+            raise ValueError("MorphOptimizer cannot wrap a LossScaleOptimizer: wrap its inner optimizer (under a "
+                             "mixed_float16 policy, compile() puts the MorphOptimizer in a LossScaleOptimizer "
+                             "itself)")
+
         self._set("regularizer", None)
         if isinstance(regularizer, MorphRegularizer):
             arguments = dict(regularizer.arguments)
@@ -138,8 +144,7 @@ class MorphOptimizer(WrappingOptimizer):
     def _connect(self, regularizer):
         self._set("regularizer", regularizer)
         if self._state is not None and regularizer.controller is not None:
-            regularizer.controller.state = self._state
-            self._check_plan()
+            regularizer.controller.state = self._state        # a loaded state: its plan was checked when made
         model = regularizer.model
         existing = getattr(model, METRIC_ATTRIBUTE, None)
         if not isinstance(existing, MorphTrainingMetrics):
@@ -150,11 +155,10 @@ class MorphOptimizer(WrappingOptimizer):
         walks properties and must not reach the model from its optimizer)."""
         return None if self.regularizer is None else self.regularizer.model
 
-    def _check_plan(self, fresh=False):
-        # fit builds the optimizer while tracing its first step, where variables cannot be read: a fresh state
-        # holds the planned steps and none taken
-        planned, taken = (int(self.arguments["steps"]), 0) if fresh else (None, None)
-        message = _budget.too_few_steps(self.regularizer.controller, self, planned, taken)
+    def _check_plan(self):
+        # a fresh state holds the planned steps and none taken (fit builds the optimizer while tracing its first
+        # step, where the variables cannot be read)
+        message = _budget.too_few_steps(self.regularizer.controller, self, int(self.arguments["steps"]), 0)
         if message:
             warnings.warn(message, _budget.BudgetWarning, stacklevel=4)
 
@@ -170,13 +174,17 @@ class MorphOptimizer(WrappingOptimizer):
             shapes = {"previous_r": (self.n_channels,), "velocity": (self.n_channels,)}
             initial = {"log_multiplier": start, "integral": start,
                        "total_steps": keras.initializers.Constant(int(self.arguments["steps"]))}
+            if self.regularizer is not None:      # R now (a loaded optimizer gets the saved one)
+                with tf.init_scope():             # fit builds the optimizer while tracing its first step
+                    r0 = keras.ops.convert_to_numpy(self.regularizer.vector())
+                initial["previous_r"] = lambda shape, dtype=None: keras.ops.cast(r0, dtype)
             variables = [self.add_variable(shapes.get(name, ()), initializer=initial.get(name, "zeros"),
                                            dtype="int64" if "step" in name else "float32", name=name)
                          for name in _budget.BudgetState.NAMES]
             self._set("_state", ControllerState(variables))
             if self.regularizer is not None:
                 self.regularizer.controller.state = self._state
-                self._check_plan(fresh=True)
+                self._check_plan()
 
     def state(self):
         """The budget controller's variables as numpy arrays (``{name: value}``), or None without a budget."""
