@@ -201,7 +201,7 @@ def attach_metric(model, attribute, metric):
     except ValueError:
         # A built subclassed model locks its state; adding a metric changes no weight, so unlock around it.
         tracker = getattr(model, "_tracker", None)
-        if tracker is None or not hasattr(tracker, "unlock"):
+        if tracker is None:
             warnings.warn(f"could not attach the {metric.name} metric to model {model.name!r}: fit's logs will not "
                           "show its values", UserWarning, stacklevel=3)
             return metric

@@ -29,7 +29,9 @@ behaviour is the same in units of the run length. The constants came from a rand
 the dynamics (channels pushed down by the strength and up by a task gradient that grows as they shrink, under
 Adam or SGD with momentum) and were then checked on real networks (docs/structure_learning.md).
 
-**State** (u, the integral, the step count, the planned steps, R and v per channel) lives in a small Keras
+**State** (u, the integral, the step count, the planned steps, R and v per channel): with a ``MorphOptimizer``
+(:mod:`morphsparse.morph.optimizer`), variables of that optimizer, saved and restored with it by Keras. Without
+one (the deprecated ``attach`` path, custom loops calling :meth:`BudgetController.update`), a small Keras
 layer that the regulariser sets as a plain attribute of the model, ``model._morph_budget_state``. Keras's
 saving walks a model's attributes, so ``model.save``/``save_weights`` (and ModelCheckpoint) write the state
 into the file next to the weights, with the model's identity (:func:`model_identity`); a fresh model from
@@ -215,31 +217,23 @@ class BudgetController:
         self.budget = float(budget)
         self.ratio = float(ratio)
         self.steps = check_steps(steps)
-        self._state = None
+        r0 = keras.ops.convert_to_numpy(regularizer.vector())
+        with regularizer.model.distribute_strategy.scope():
+            self.state = BudgetState(regularizer.kernel_calls.n_channels, math.log(self.settings.initial_multiplier),
+                                     r0, identity=model_identity(regularizer))
+        if self.steps is not None:
+            self.state.total_steps.assign(self.steps)
+        # on the model, where model.save writes it (the deprecated attach path, custom loops calling update())
+        object.__setattr__(regularizer.model, STATE_ATTRIBUTE, self.state)
 
-    @property
-    def state(self):
-        """The controller's variables: those of the ``MorphOptimizer`` that trains with this controller (set by
-        it), else a :class:`BudgetState` made on first use and set on the model, where ``model.save`` writes it
-        (the deprecated ``attach`` path and custom loops calling :meth:`update`)."""
-        if self._state is None:
-            reg = self.reg
-            # eagerly, also when first used inside a custom loop's tf.function
-            with tf.init_scope(), reg.model.distribute_strategy.scope():
-                r0 = keras.ops.convert_to_numpy(reg.vector())
-                self._state = BudgetState(reg.kernel_calls.n_channels, math.log(self.settings.initial_multiplier),
-                                          r0, identity=model_identity(reg))
-                if self.steps is not None:
-                    self._state.total_steps.assign(self.steps)
-            object.__setattr__(reg.model, STATE_ATTRIBUTE, self._state)
-        return self._state
-
-    @state.setter
-    def state(self, state):
-        """Use ``state`` (an object with the six variables of :attr:`BudgetState.NAMES`), e.g. an optimizer's."""
-        if self._state is not None and self.reg.model.__dict__.get(STATE_ATTRIBUTE) is self._state:
-            del self.reg.model.__dict__[STATE_ATTRIBUTE]      # the model no longer carries a state of its own
-        self._state = state
+    def use_state(self, state=None):
+        """Take the state off the model: a ``MorphOptimizer`` trains with this controller and keeps the state in
+        its own variables, ``state`` (an object with the six variables of :attr:`BudgetState.NAMES`; None until
+        the optimizer has made them)."""
+        if self.reg.model.__dict__.get(STATE_ATTRIBUTE) is self.state:
+            del self.reg.model.__dict__[STATE_ATTRIBUTE]
+        if state is not None:
+            self.state = state
 
     # --- costs ------------------------------------------------------------------------------------------
     def _floor_ratio(self):
@@ -325,8 +319,7 @@ class BudgetController:
 
     def set_steps(self, steps):
         self.steps = check_steps(steps)
-        if self._state is not None:
-            self._state.total_steps.assign(self.steps)
+        self.state.total_steps.assign(self.steps)
 
     def begin_fit(self, steps_this_fit):
         """Called by fit: the planned total is the explicit ``steps=`` if given, else the steps already taken

@@ -143,8 +143,9 @@ class MorphOptimizer(WrappingOptimizer):
 
     def _connect(self, regularizer):
         self._set("regularizer", regularizer)
-        if self._state is not None and regularizer.controller is not None:
-            regularizer.controller.state = self._state        # a loaded state: its plan was checked when made
+        if regularizer.controller is not None:
+            # a loaded state's plan was checked when it was made
+            regularizer.controller.use_state(self._state)
         model = regularizer.model
         existing = getattr(model, METRIC_ATTRIBUTE, None)
         if not isinstance(existing, MorphTrainingMetrics):
@@ -183,7 +184,7 @@ class MorphOptimizer(WrappingOptimizer):
                          for name in _budget.BudgetState.NAMES]
             self._set("_state", ControllerState(variables))
             if self.regularizer is not None:
-                self.regularizer.controller.state = self._state
+                self.regularizer.controller.use_state(self._state)
                 self._check_plan()
 
     def state(self):

@@ -517,8 +517,8 @@ class MorphRegularizer:
         budget: instead of a strength, the cost to reach: a fraction of the seed's cost in (0, 1], or an
             absolute count > 1 in the target's unit. The strength is then controlled during training
             (:mod:`morphsparse.morph.budget`); not with ``strength`` / ``strength_multiplier``.
-        steps: with ``budget``: the number of structure-learning steps (fit supplies it when omitted; a
-            custom loop must give it). Plan about 4 / learning_rate steps with Adam (400 at 1e-2): fewer cannot
+        steps: with ``budget``: the number of structure-learning steps (required by ``reg.optimizer``; with
+            the deprecated ``attach``, fit supplies it when omitted; a custom loop must give it). Plan about 4 / learning_rate steps with Adam (400 at 1e-2): fewer cannot
             land the budget, and fit warns at its start when the plan is under half of that.
         l1_fraction: group-lasso mix of L1 (mean |w|) into the L2 norm (sqrt(mean w^2)); 0 by default.
         device: latency target only: a name in :data:`DEVICE_PROFILES` or a :class:`DeviceProfile`; None
@@ -528,8 +528,9 @@ class MorphRegularizer:
             is MorphNet's exact marginal cost, 0 charges every channel alike; with a budget, the controller
             lands the real cost either way (docs/structure_learning.md, "When a learned structure helps").
 
-    Use ``reg.attach(model)`` for ``fit``, or add ``reg.loss()`` to your loss in a custom loop (with a
-    budget, also call ``reg.update()`` once per step).
+    For ``fit``, compile with ``reg.optimizer(inner_optimizer)`` (a :class:`MorphOptimizer`; with a budget,
+    ``steps`` is required). In a custom loop, apply gradients with that optimizer too, or add ``reg.loss()`` to
+    your loss (with a budget, also call ``reg.update()`` once per step).
     """
 
     def __init__(self, model, target="flops", source="gamma", threshold=_alive.DEFAULT_THRESHOLD, strength=None,
@@ -562,7 +563,6 @@ class MorphRegularizer:
         self._price_weights = self._cost_power_weights()
         self.controller = None
         if budget is not None:
-            # its state is made on first use, or taken from the MorphOptimizer that trains with it
             self.controller = _budget.BudgetController(self, budget, steps)
         elif strength is None:
             strength = strength_multiplier / self.initial_cost
