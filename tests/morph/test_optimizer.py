@@ -15,6 +15,7 @@ import morphsparse as ms
 from morphsparse.morph.budget import BudgetWarning
 from morphsparse.morph.optimizer import MorphOptimizer
 from morphsparse.morph.regularizers import MorphRegularizer
+from morphsparse.sparse import find_sparse_optimizer
 
 L = keras.layers
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -148,9 +149,9 @@ def test_backup_and_restore_continues_the_step_count(tmp_path):
     assert int(resumed.iterations) == 4 * SPE
 
 
-def test_rigl_masks_and_a_flop_budget_in_one_run():
+def test_rigl_masks_and_a_flop_budget_in_one_run(tmp_path):
     """MorphOptimizer around a SparseOptimizer: the masked kernels keep their planned sparsity with exact zeros,
-    and channels die under the budget. The other order is refused."""
+    channels die under the budget, and a saved file restores both. The other order is refused."""
     keras.utils.set_random_seed(0)
     x, y = data(128)
     model = convnet(widths=(8, 16, 16))
@@ -171,6 +172,15 @@ def test_rigl_masks_and_a_flop_budget_in_one_run():
         assert abs(float(np.mean(mask == 0)) - unit.sparsity) < 0.01
     assert min(history.history["alive_flops_ratio"]) < 0.9
     assert optimizer.state()["step"] == steps
+
+    model.save(tmp_path / "both.keras")                 # both wrappers' variables come back
+    loaded = keras.saving.load_model(tmp_path / "both.keras")
+    loaded.optimizer.bind(loaded)
+    for name, value in optimizer.state().items():
+        np.testing.assert_array_equal(loaded.optimizer.state()[name], value, err_msg=name)
+    restored = find_sparse_optimizer(loaded)
+    for key, mask in sparse.masks().items():
+        np.testing.assert_array_equal(restored.masks()[key], mask, err_msg=key)
 
     other = convnet()
     with pytest.raises(ValueError, match="cannot be wrapped"):
