@@ -98,6 +98,15 @@ def test_fit_logs_counts_steps_and_warns_about_the_plan_and_the_landing():
     assert len(messages) == 1 and "budget not reached" in messages[0] and "after 8 of 8" in messages[0]
 
 
+def test_trains_under_xla():
+    x, y = data()
+    model = convnet()
+    optimizer = ms.morph_optimizer(model, keras.optimizers.Adam(1e-2), budget=0.5, steps=2 * SPE)
+    model.compile(optimizer, LOSS, jit_compile=True)
+    history = fit_quietly(model, x, y, epochs=2)
+    assert optimizer.state()["step"] == 2 * SPE and len(history.history["strength"]) == 2
+
+
 def test_save_load_bind_restores_the_state_bit_identically(tmp_path):
     x, y = data()
     model = convnet()
