@@ -212,7 +212,12 @@ def test_arguments_are_checked():
             with pytest.raises(ValueError, match=f"does not take {name}={value}: set it on the inner"):
                 wrapper(**argument)
     # Keras's own defaults, as its config round trips pass them, are accepted
-    MorphOptimizer(inner, reg, ema_momentum=0.99, use_ema=False, clipnorm=None)
+    optimizer = MorphOptimizer(inner, reg, ema_momentum=0.99, use_ema=False, clipnorm=None)
+    pairs = zip([], [])
+    with pytest.raises(ValueError, match=r"no \(gradient, variable\) pairs"):
+        optimizer.apply_gradients(pairs)
+    with pytest.raises(ValueError, match="cannot wrap a LossScaleOptimizer"):
+        MorphOptimizer(keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD()), reg)
 
 
 def test_attach_is_deprecated():
