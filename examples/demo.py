@@ -28,9 +28,11 @@ import morphsparse as ms  # noqa: E402
 from morphsparse.models import conv_widths, small_resnet  # noqa: E402
 
 
-def compile_for_training(model, learning_rate):
-    model.compile(keras.optimizers.Adam(learning_rate),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+def compile_for_training(model, learning_rate, regularizer=None):
+    optimizer = keras.optimizers.Adam(learning_rate)
+    if regularizer is not None:             # structure learning: the optimizer adds the regulariser's gradient
+        optimizer = regularizer.optimizer(optimizer)
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     return model
 
 
@@ -85,12 +87,12 @@ def main(argv=None):
 
     print(f"\n== 2. structure learning to a FLOP budget of {args.budget:.0%}: {args.epochs} epochs on "
           f"{len(x_train)} images")
-    reg = ms.MorphRegularizer(seed, target="flops", budget=args.budget)
-    trainable = compile_for_training(reg.attach(seed), 1e-2)
     # batches of 64: the controller needs about 4 / learning_rate steps to land (docs/structure_learning.md)
+    steps = args.epochs * int(np.ceil(len(x_train) / 64))
+    reg = ms.MorphRegularizer(seed, target="flops", budget=args.budget, steps=steps)
+    trainable = compile_for_training(seed, 1e-2, reg)
     trainable.fit(x_train, y_train, batch_size=64, epochs=args.epochs, verbose=2)
     print(reg.summary())
-    reg.detach(trainable)
     landed = reg.alive_flops() / seed_flops
 
     print("\n== 3. export: dead channels removed, surviving weights copied, BatchNorm statistics re-estimated")

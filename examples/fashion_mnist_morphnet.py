@@ -58,9 +58,11 @@ class Experiment:
         self.x_test, self.y_test = ms.prepare_images(xt[:settings["test_images"]]), yt[:settings["test_images"]]
         self.runs = []
 
-    def compile(self, model, learning_rate):
-        model.compile(keras.optimizers.Adam(learning_rate),
-                      keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    def compile(self, model, learning_rate, regularizer=None):
+        optimizer = keras.optimizers.Adam(learning_rate)
+        if regularizer is not None:         # structure learning: the optimizer adds the regulariser's gradient
+            optimizer = regularizer.optimizer(optimizer)
+        model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
 
     def compile_for_retraining(self, model):
         """Adam with a cosine decay to zero over the retraining: the final accuracy then depends much less on
@@ -123,10 +125,9 @@ def learn_structure(exp, seed_model, target):
     keras.utils.set_random_seed(exp.s["seed"])
     reg = ms.MorphRegularizer(seed_model, target=target, threshold=exp.s["threshold"],
                               strength_multiplier=exp.s["strength_multiplier"])
-    exp.compile(reg.attach(seed_model), exp.s["shrink_learning_rate"])
+    exp.compile(seed_model, exp.s["shrink_learning_rate"], reg)
     seed_model.fit(**exp.shrink_fit())
     summary = reg.summary()
-    reg.detach(seed_model)
     return ms.export(seed_model, source="gamma", threshold=exp.s["threshold"]), summary
 
 

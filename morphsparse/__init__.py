@@ -38,6 +38,7 @@ _EXPORTS = {
     "masks_from_structure": "morph",
     "MorphRegularizer": "morph.regularizers", "DeviceProfile": "morph.regularizers",
     "DEVICE_PROFILES": "morph.regularizers", "UnsupportedLayerError": "morph.regularizers",
+    "MorphOptimizer": "morph.optimizer", "morph_optimizer": "morph.optimizer",
     # LiteRT export
     "to_litert": "litert", "LiteRTReport": "litert", "LiteRTError": "litert",
     "cycle": "morph.cycle", "CycleResult": "morph.cycle", "small_resnet": "models",
@@ -66,3 +67,4 @@ def __dir__():
 # with Keras when their modules are imported: import them now, so that keras.saving.load_model finds them after
 # a plain `import morphsparse`. (This imports Keras and TensorFlow; the other submodules still load on first use.)
 import_module("morphsparse.sparse")
+import_module("morphsparse.morph.optimizer")

@@ -30,6 +30,8 @@ _EXPORTS = {
     "PruneError": "prune", "channel_importance": "prune",
     # knowledge distillation
     "distill": "distill", "Distiller": "distill",
+    # structure learning as an optimizer wrapper
+    "MorphOptimizer": "optimizer", "morph_optimizer": "optimizer", "MorphTrainingMetrics": "optimizer",
 }
 #: modules searched for names not listed above (the regulariser and the cycle define their own).
 _OTHER_MODULES = ("regularizers", "cycle")

@@ -29,7 +29,9 @@ behaviour is the same in units of the run length. The constants came from a rand
 the dynamics (channels pushed down by the strength and up by a task gradient that grows as they shrink, under
 Adam or SGD with momentum) and were then checked on real networks (docs/structure_learning.md).
 
-**State** (u, the integral, the step count, the planned steps, R and v per channel) lives in a small Keras
+**State** (u, the integral, the step count, the planned steps, R and v per channel): with a ``MorphOptimizer``
+(:mod:`morphsparse.morph.optimizer`), variables of that optimizer, saved and restored with it by Keras. Without
+one (the deprecated ``attach`` path, custom loops calling :meth:`BudgetController.update`), a small Keras
 layer that the regulariser sets as a plain attribute of the model, ``model._morph_budget_state``. Keras's
 saving walks a model's attributes, so ``model.save``/``save_weights`` (and ModelCheckpoint) write the state
 into the file next to the weights, with the model's identity (:func:`model_identity`); a fresh model from
@@ -215,13 +217,23 @@ class BudgetController:
         self.budget = float(budget)
         self.ratio = float(ratio)
         self.steps = check_steps(steps)
-        s = self.settings
         r0 = keras.ops.convert_to_numpy(regularizer.vector())
         with regularizer.model.distribute_strategy.scope():
-            self.state = BudgetState(regularizer.kernel_calls.n_channels, math.log(s.initial_multiplier), r0,
-                                     identity=model_identity(regularizer))
+            self.state = BudgetState(regularizer.kernel_calls.n_channels, math.log(self.settings.initial_multiplier),
+                                     r0, identity=model_identity(regularizer))
         if self.steps is not None:
             self.state.total_steps.assign(self.steps)
+        # on the model, where model.save writes it (the deprecated attach path, custom loops calling update())
+        object.__setattr__(regularizer.model, STATE_ATTRIBUTE, self.state)
+
+    def use_state(self, state=None):
+        """Take the state off the model: a ``MorphOptimizer`` trains with this controller and keeps the state in
+        its own variables, ``state`` (an object with the six variables of :attr:`BudgetState.NAMES`; None until
+        the optimizer has made them)."""
+        if self.reg.model.__dict__.get(STATE_ATTRIBUTE) is self.state:
+            del self.reg.model.__dict__[STATE_ATTRIBUTE]
+        if state is not None:
+            self.state = state
 
     # --- costs ------------------------------------------------------------------------------------------
     def _floor_ratio(self):
@@ -455,16 +467,19 @@ def fit_hook(original_fit, controller):
 STEPS_PER_INVERSE_RATE = 4.0
 
 
-def too_few_steps(controller, optimizer):
+def too_few_steps(controller, optimizer, planned=None, taken=None):
     """A warning text when the planned structure-learning steps are fewer than half of what the controller
     needs at the optimizer's current learning rate (about 4 / learning_rate steps with Adam), else None: said at
-    the start of fit, so that a run that cannot land is not trained to the end first."""
+    the start of fit, so that a run that cannot land is not trained to the end first. ``planned``/``taken``:
+    the step counts when known without reading the controller's variables (an optimizer built while tracing)."""
     rate = getattr(optimizer, "learning_rate", None)
     try:
-        rate = float(keras.ops.convert_to_numpy(rate))
+        with tf.init_scope():
+            rate = float(keras.ops.convert_to_numpy(rate))
     except (TypeError, ValueError):
         return None
-    planned, taken = controller.total_steps, controller.step
+    planned = controller.total_steps if planned is None else planned
+    taken = controller.step if taken is None else taken
     needed = STEPS_PER_INVERSE_RATE / rate if rate > 0 else float("inf")
     if planned - taken >= 0.5 * needed or planned <= 0:
         return None

@@ -130,10 +130,10 @@ def cycle(model, fit, cycles=1, *, retrain=None, compile=None, retrain_compile=N
         # structure learning would otherwise overwrite the previous cycle's result).
         trainable = _copy_model(current)
         regularizer = MorphRegularizer(trainable, **reg_options)
-        regularizer.attach(trainable)
         compile_model(trainable)
+        # the user's compile, with its optimizer wrapped so that its steps add the regulariser's gradient
+        trainable.optimizer = regularizer.optimizer(trainable.optimizer)
         shrink_history = trainable.fit(**fit).history
-        regularizer.detach(trainable)
         slim = _export(trainable, source, threshold, l1_fraction, exact, _calibration_data(fit))
         wide = _expand(slim, budget, expand_target, round_to)
         compile_retrain(wide)

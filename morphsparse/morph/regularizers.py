@@ -24,6 +24,7 @@ source are not regularised: R = 0 in the term, and they always count as alive.
 
 from __future__ import annotations
 
+import dataclasses
 import types
 import warnings
 from dataclasses import dataclass
@@ -81,6 +82,8 @@ DEVICE_PROFILES = {
 def device_profile(device) -> DeviceProfile:
     if isinstance(device, DeviceProfile):
         return device
+    if isinstance(device, dict):        # as MorphOptimizer's config saves a DeviceProfile
+        return DeviceProfile(**device)
     if isinstance(device, str) and device.lower() in DEVICE_PROFILES:
         return DEVICE_PROFILES[device.lower()]
     raise ValueError(f"unknown device {device!r}: use one of {sorted(DEVICE_PROFILES)} or a "
@@ -225,7 +228,7 @@ def check_arguments(target="flops", source="gamma", threshold=_alive.DEFAULT_THR
     strength_multiplier = _alive.real_number("strength_multiplier", strength_multiplier)
     if not (np.isfinite(strength_multiplier) and strength_multiplier > 0):
         raise ValueError(f"strength_multiplier must be a finite number > 0, got {strength_multiplier!r}")
-    if device is not None and not isinstance(device, (str, DeviceProfile)):
+    if device is not None and not isinstance(device, (str, DeviceProfile, dict)):
         raise TypeError(f"device must be a name in {sorted(DEVICE_PROFILES)} or a DeviceProfile, got "
                         f"{type(device).__name__} {device!r}")
     if target != "latency":
@@ -257,8 +260,8 @@ class MorphRegularizer:
         budget: instead of a strength, the cost to reach: a fraction of the seed's cost in (0, 1], or an
             absolute count > 1 in the target's unit. The strength is then controlled during training
             (:mod:`morphsparse.morph.budget`); not with ``strength`` / ``strength_multiplier``.
-        steps: with ``budget``: the number of structure-learning steps (fit supplies it when omitted; a
-            custom loop must give it). Plan about 4 / learning_rate steps with Adam (400 at 1e-2): fewer cannot
+        steps: with ``budget``: the number of structure-learning steps (required by ``reg.optimizer``; with
+            the deprecated ``attach``, fit supplies it when omitted; a custom loop must give it). Plan about 4 / learning_rate steps with Adam (400 at 1e-2): fewer cannot
             land the budget, and fit warns at its start when the plan is under half of that.
         l1_fraction: group-lasso mix of L1 (mean |w|) into the L2 norm (sqrt(mean w^2)); 0 by default.
         device: latency target only: a name in :data:`DEVICE_PROFILES` or a :class:`DeviceProfile`; None
@@ -268,8 +271,9 @@ class MorphRegularizer:
             is MorphNet's exact marginal cost, 0 charges every channel alike; with a budget, the controller
             lands the real cost either way (docs/structure_learning.md, "When a learned structure helps").
 
-    Use ``reg.attach(model)`` for ``fit``, or add ``reg.loss()`` to your loss in a custom loop (with a
-    budget, also call ``reg.update()`` once per step).
+    For ``fit``, compile with ``reg.optimizer(inner_optimizer)`` (a :class:`MorphOptimizer`; with a budget,
+    ``steps`` is required). In a custom loop, apply gradients with that optimizer too, or add ``reg.loss()`` to
+    your loss (with a budget, also call ``reg.update()`` once per step).
     """
 
     def __init__(self, model, target="flops", source="gamma", threshold=_alive.DEFAULT_THRESHOLD, strength=None,
@@ -277,10 +281,16 @@ class MorphRegularizer:
                  cost_power=1.0):
         _budget.check_arguments(budget, strength, strength_multiplier, steps)
         self.cost_power = check_cost_power(cost_power)
+        # what MorphOptimizer saves in its config, to rebuild this regulariser on another instance of the model
+        self.arguments = {"target": target, "source": source, "threshold": threshold, "strength": strength,
+                          "strength_multiplier": strength_multiplier, "l1_fraction": l1_fraction,
+                          "device": dataclasses.asdict(device) if isinstance(device, DeviceProfile) else device,
+                          "ignore": list(ignore), "budget": budget, "steps": steps, "cost_power": cost_power}
         threshold, strength, strength_multiplier, l1_fraction, device = check_arguments(
             target, source, threshold, strength,
             DEFAULT_STRENGTH_MULTIPLIER if strength_multiplier is None else strength_multiplier, l1_fraction, device)
         self.model = model
+        self.arguments.update(threshold=threshold, l1_fraction=l1_fraction, cost_power=self.cost_power)
         self.target_name, self.source, self.threshold, self.l1_fraction = target, source, threshold, l1_fraction
         self.graph = analyze(model, ignore=ignore)
         self._check_layers_supported()
@@ -297,13 +307,10 @@ class MorphRegularizer:
         self.controller = None
         if budget is not None:
             self.controller = _budget.BudgetController(self, budget, steps)
-            strength = self.controller.current_strength
         elif strength is None:
             strength = strength_multiplier / self.initial_cost
-        self._strength = float(strength)
+        self._strength = None if strength is None else float(strength)
         self._trackers = None
-        if self.controller is not None:
-            object.__setattr__(model, _budget.STATE_ATTRIBUTE, self.controller.state)
 
     @property
     def strength(self):
@@ -497,8 +504,25 @@ class MorphRegularizer:
                 f"strength={self.strength:.3g}>")
 
     # --- fit integration -------------------------------------------------------------------------------------
+    def optimizer(self, optimizer, steps=None):
+        """A :class:`~morphsparse.morph.optimizer.MorphOptimizer` that trains this regulariser's model with
+        ``optimizer`` (an instance, a config or a name such as ``"adam"``; a ``SparseOptimizer`` too) and adds
+        the term's gradient at every step: ``model.compile(optimizer=reg.optimizer(keras.optimizers.Adam(1e-2)),
+        ...)``. ``steps``: with a budget, the number of structure-learning steps, when not given here already."""
+        from morphsparse.morph.optimizer import MorphOptimizer
+
+        if steps is not None:
+            if self.controller is None:
+                raise ValueError("optimizer(steps=...) is the number of structure-learning steps of a budget: "
+                                 "construct MorphRegularizer(budget=...)")
+            self.controller.set_steps(steps)
+            self.arguments["steps"] = self.controller.steps
+        return MorphOptimizer(optimizer, regularizer=self)
+
     def attach(self, model=None, steps=None, resume_from=None):
-        """Add the term to ``model``'s loss in ``fit``/``train_on_batch``/``evaluate`` and log
+        """Deprecated: compile with ``optimizer=reg.optimizer(...)`` instead (see :meth:`optimizer`).
+
+        Add the term to ``model``'s loss in ``fit``/``train_on_batch``/``evaluate`` and log
         ``regularization_loss``, ``alive_flops`` and ``alive_params``; returns the same model.
 
         The model keeps its class (the hook lives on the instance), so ``model.save`` writes a plain Keras
@@ -513,6 +537,10 @@ class MorphRegularizer:
         network is refused). Attaching to a model that has another regulariser attached replaces it, with a
         warning.
         """
+        warnings.warn("MorphRegularizer.attach(model) is deprecated and will be removed in the next release: "
+                      "compile with model.compile(optimizer=reg.optimizer(keras.optimizers.Adam(...)), ...) (or "
+                      "ms.morph_optimizer(model, optimizer, ...)), which saves and resumes with the model",
+                      DeprecationWarning, stacklevel=2)
         if (steps is not None or resume_from is not None) and self.controller is None:
             raise ValueError("attach(steps=..., resume_from=...) apply to a budget: construct "
                              "MorphRegularizer(budget=...)")

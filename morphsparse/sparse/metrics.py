@@ -20,13 +20,12 @@ first step.
 
 from __future__ import annotations
 
-import warnings
 import weakref
 
 import keras
 import tensorflow as tf
 
-from .optimizer import SparseOptimizer, _root_graph, find_sparse_optimizer
+from ..wrapping import attach_metric, find_wrapped, is_training_step
 
 ATTRIBUTE = "_morphsparse_metrics"
 
@@ -64,8 +63,8 @@ class SparseTrainingMetrics(keras.metrics.Metric):
         model = self._model_ref()
         if model is None:
             return self.optimizer()
-        found = find_sparse_optimizer(getattr(model, "optimizer", None), required=False)
-        return found if found is not None else None
+        # the optimizer the model is compiled with now (a recompile may have replaced the one given here)
+        return find_wrapped(model, type(self.optimizer()))
 
     def result(self):
         model = self._model_ref()
@@ -79,16 +78,10 @@ class SparseTrainingMetrics(keras.metrics.Metric):
                     "model.compile(optimizer=ms.sparse_optimizer(model, keras.optimizers.SGD(...), ...), ...), "
                     "or train the dense copy ms.strip(model).")
             return {}
-        if tf.executing_eagerly():
-            training = optimizer._eager_training
-            object.__setattr__(optimizer, "_eager_training", False)
-            if not training:
+        if not is_training_step(optimizer):
+            if tf.executing_eagerly():
                 self._check_epoch(optimizer)
-                return {}
-        else:
-            marks = getattr(_root_graph(tf.compat.v1.get_default_graph()), "_morphsparse_training", ())
-            if id(optimizer) not in marks:
-                return {}
+            return {}
         # Few ops: Keras runs these and converts their values to Python on every step (one read of each counter).
         live = optimizer.live.value
         sparsity = 1.0 - tf.cast(live, tf.float32) * (1.0 / max(optimizer.masked_total, 1))
@@ -111,26 +104,10 @@ class SparseTrainingMetrics(keras.metrics.Metric):
         return {"name": self.name}
 
 
-def attach_metrics(model, optimizer: SparseOptimizer):
-    """Attach (or re-point) the sparse-training metric of ``model`` to ``optimizer``."""
+def attach_metrics(model, optimizer):
+    """Attach (or re-point) the sparse-training metric of ``model`` to ``optimizer`` (a ``SparseOptimizer``)."""
     existing = getattr(model, ATTRIBUTE, None)
     if isinstance(existing, SparseTrainingMetrics):
         object.__setattr__(existing, "optimizer", _Holder(optimizer))
         return existing
-    metric = SparseTrainingMetrics(model, optimizer)
-    try:
-        setattr(model, ATTRIBUTE, metric)        # tracked by Keras into model.metrics
-    except ValueError:
-        # A built subclassed model locks its state; adding a metric changes no weight, so unlock around it.
-        tracker = getattr(model, "_tracker", None)
-        if tracker is None or not hasattr(tracker, "unlock"):
-            warnings.warn(f"could not attach the sparse-training metrics to model {model.name!r}: fit's logs "
-                          "will not show sparsity, mask_changes and alive_params", UserWarning, stacklevel=3)
-            return metric
-        locked = tracker.locked
-        tracker.unlock()
-        try:
-            setattr(model, ATTRIBUTE, metric)
-        finally:
-            tracker.locked = locked
-    return metric
+    return attach_metric(model, ATTRIBUTE, SparseTrainingMetrics(model, optimizer))

@@ -26,7 +26,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ..wrapping import WrappingOptimizer, find_wrapped, mark_training, tf_variable
 from .masks import stable_hash
+from .metrics import attach_metrics
 from .schedules import UpdateSchedule, flag
 from .updaters import KernelView, MaskUpdater, UpdateContext
 
@@ -36,25 +38,11 @@ _PACKAGE = "morphsparse"
 REQUIRES = "import morphsparse first (or load_model(path, compile=False))"
 
 
-def tf_variable(variable):
-    """The backend tf.Variable (a MirroredVariable under a strategy) behind a Keras variable."""
-    return variable.value if isinstance(variable, keras.Variable) else variable
-
-
 def _mask_gradient(gradient, mask):
     if isinstance(gradient, tf.IndexedSlices):  # Embedding: only the looked-up rows have gradients
         rows = tf.gather(tf.cast(mask, gradient.values.dtype), gradient.indices)
         return tf.IndexedSlices(gradient.values * rows, gradient.indices, gradient.dense_shape)
     return gradient * tf.cast(mask, gradient.dtype)
-
-
-def _root_graph(graph):
-    """The outermost ``tf.function`` graph that ``graph`` is nested in (cond branches, inner functions)."""
-    while True:
-        outer = getattr(graph, "outer_graph", None)
-        if outer is None or not hasattr(outer, "outer_graph"):
-            return graph
-        graph = outer
 
 
 class Unit:
@@ -84,7 +72,7 @@ class Unit:
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class SparseOptimizer(keras.optimizers.Optimizer):
+class SparseOptimizer(WrappingOptimizer):
     """Trains masked kernels with an inner optimizer; build it with ``morphsparse.sparse_optimizer``.
 
     Args:
@@ -102,21 +90,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
     def __init__(self, inner_optimizer, kernels=(), method=None, schedule=None, seed: int = 0,
                  end_step: int | None = None, skip_optimizer_step: bool = False, name=None, requires=None,
                  **kwargs):
-        for key in ("learning_rate", "weight_decay", "clipnorm", "clipvalue", "global_clipnorm", "use_ema",
-                    "ema_momentum", "ema_overwrite_frequency", "loss_scale_factor", "gradient_accumulation_steps"):
-            if kwargs.get(key) not in (None, False, 0.99, 0.0) and key in kwargs:
-                raise ValueError(f"SparseOptimizer does not take {key}=; set it on the inner optimizer "
-                                 f"(e.g. keras.optimizers.Adam(..., {key}=...))")
-            kwargs.pop(key, None)
-        if kwargs:
-            raise ValueError(f"SparseOptimizer got unknown arguments {sorted(kwargs)}")
-        if isinstance(inner_optimizer, dict):
-            inner_optimizer = keras.optimizers.deserialize(inner_optimizer)
-        if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
-            raise TypeError(f"inner_optimizer must be a keras.optimizers.Optimizer, got "
-                            f"{type(inner_optimizer).__name__}")
-        super().__init__(learning_rate=0.0, name=name)
-        self.inner_optimizer = inner_optimizer
+        super().__init__(inner_optimizer, name=name, **kwargs)
+        inner_optimizer = self.inner_optimizer
         if isinstance(method, dict):
             method = keras.saving.deserialize_keras_object(method)
         if isinstance(schedule, dict):
@@ -144,18 +119,12 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         self._set("_mask_gradients", bool(getattr(inner_optimizer, "clipnorm", None)
                                           or getattr(inner_optimizer, "global_clipnorm", None)))
 
-    def _set(self, name, value):
-        """Plain attribute (no Keras or TensorFlow tracking of lists/dicts of non-variables)."""
-        object.__setattr__(self, name, value)
-
     # ------------------------------------------------------------------ Keras optimizer plumbing
     def build(self, var_list):
         if self.built:
             return
         var_list = list(var_list)
         super().build(var_list)
-        if not self.inner_optimizer.built:
-            self.inner_optimizer.build(var_list)
         if self._model_ref is None:
             model = _calling_model(self)
             if model is not None:
@@ -253,7 +222,6 @@ class SparseOptimizer(keras.optimizers.Optimizer):
 
     def bind_model(self, model):
         """Remember ``model`` (weakly) and attach the sparse-training metrics to it (``sparsity`` etc. in logs)."""
-        from .metrics import attach_metrics
         self._set("_model_ref", weakref.ref(model))
         attach_metrics(model, self)
 
@@ -262,41 +230,17 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         properties and must not reach the model from its optimizer)."""
         return None if self._model_ref is None else self._model_ref()
 
-    @property
-    def variables(self):
-        return self._variables[:] + self.inner_optimizer.variables
-
-    @property
-    def learning_rate(self):
-        return self.inner_optimizer.learning_rate
-
-    @learning_rate.setter
-    def learning_rate(self, learning_rate):
-        self.inner_optimizer.learning_rate = learning_rate
-
-    def scale_loss(self, loss):
-        return self.inner_optimizer.scale_loss(loss)
-
     def finalize_variable_values(self, var_list):
-        # Keras calls this at the end of every fit(); the inner optimizer may write its EMA into the weights.
-        self.inner_optimizer.finalize_variable_values(var_list)
+        super().finalize_variable_values(var_list)      # the inner optimizer may write its EMA into the weights
         self.apply_masks()
         self._set("_fit_ended", True)
 
     def get_config(self):
-        return {"requires": REQUIRES, "name": self.name,
-                "inner_optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
+        return {"requires": REQUIRES, **self.inner_config(),
                 "kernels": [dict(spec) for spec in self.kernel_specs],
                 "method": keras.saving.serialize_keras_object(self.method),
                 "schedule": keras.saving.serialize_keras_object(self.schedule),
                 "seed": self.seed, "end_step": self.end_step, "skip_optimizer_step": self.skip_optimizer_step}
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        config["inner_optimizer"] = keras.optimizers.deserialize(config["inner_optimizer"],
-                                                                 custom_objects=custom_objects)
-        return cls(**config)
 
     # ------------------------------------------------------------------ masks
     def masks(self) -> dict:
@@ -330,24 +274,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         return 1.0 - int(keras.ops.convert_to_numpy(self.live)) / self.masked_total if self.masked_total else 0.0
 
     # ------------------------------------------------------------------ the training step
-    def apply_gradients(self, grads_and_vars):
-        pairs = list(grads_and_vars)
-        if not pairs:
-            raise ValueError("apply_gradients(grads_and_vars) got no (gradient, variable) pairs: pass "
-                             "zip(gradients, model.trainable_variables), made anew for every call (a zip that "
-                             "was already iterated is empty)")
-        return super().apply_gradients(pairs)
-
     def apply(self, grads, trainable_variables=None):
-        if not self.built:
-            if trainable_variables is None:
-                raise ValueError("call optimizer.build(model.trainable_variables) before apply(grads) without "
-                                 "variables")
-            self.build(trainable_variables)
-        variables = list(self._trainable_variables if trainable_variables is None else trainable_variables)
-        grads = list(grads)
-        if len(grads) != len(variables):
-            raise ValueError(f"got {len(grads)} gradients for {len(variables)} variables")
+        grads, variables = self._prepare_apply(grads, trainable_variables)
         self._mark_training()
         unit_grads = [None] * len(self.units)
         masked = []
@@ -364,19 +292,11 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             self._update_then_maybe_apply(masked, variables, unit_grads)
         else:
             self.inner_optimizer.apply(masked, variables)
-            self._in_cross_replica(self._after_step, unit_grads)
+            self.in_cross_replica(self._after_step, unit_grads)
 
     def _mark_training(self):
         """Tell the metrics that this graph (or eager step) is a training step (see metrics.py)."""
-        if tf.executing_eagerly():
-            self._set("_eager_training", True)
-        else:
-            graph = _root_graph(tf.compat.v1.get_default_graph())
-            marks = getattr(graph, "_morphsparse_training", None)
-            if marks is None:
-                marks = set()
-                setattr(graph, "_morphsparse_training", marks)
-            marks.add(id(self))
+        mark_training(self)
         if self.end_step < 0 and self.method.changes_topology and self.schedule.end_step is None:
             self._warn_once("no_end", (
                 "no end of mask updates is known (neither total_steps= nor end_step= was given to "
@@ -396,7 +316,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
                 "across replicas; use the default skip_optimizer_step=False under a distribution strategy.")
         step = tf.identity(tf_variable(self._iterations))
         is_update = self.schedule.is_update_step(step, self.end_step)
-        self._in_cross_replica(self._after_step, unit_grads)
+        self.in_cross_replica(self._after_step, unit_grads)
 
         def apply():
             self.inner_optimizer.apply(masked, variables)
@@ -411,13 +331,6 @@ class SparseOptimizer(keras.optimizers.Optimizer):
                 continue
             kernel = tf_variable(unit.kernel)
             kernel.assign(kernel * tf.cast(tf_variable(unit.mask), kernel.dtype))
-
-    @staticmethod
-    def _in_cross_replica(fn, *args):
-        context = tf.distribute.get_replica_context()
-        if context is None:  # already in cross-replica context
-            return fn(tf.distribute.get_strategy(), *args)
-        return context.merge_call(fn, args=args)
 
     def _after_step(self, strategy, unit_grads):
         """Cross-replica part of a step: re-mask, observe, the conditional update, the step counter."""
@@ -537,15 +450,12 @@ def _calling_model(optimizer):
 
 def find_sparse_optimizer(obj, required: bool = True):
     """The ``SparseOptimizer`` of a model (compiled with it, or made sparse by ``sparse_optimizer``) or itself."""
-    current = obj
-    while current is not None and not isinstance(current, SparseOptimizer):
-        current = getattr(current, "inner_optimizer", None)
-    if current is not None:
-        return current
+    if isinstance(obj, keras.optimizers.Optimizer):
+        current = find_wrapped(obj, SparseOptimizer)
+        if current is not None:
+            return current
     if isinstance(obj, keras.Model):
-        current = getattr(obj, "optimizer", None)
-        while current is not None and not isinstance(current, SparseOptimizer):
-            current = getattr(current, "inner_optimizer", None)
+        current = find_wrapped(obj, SparseOptimizer)
         if current is not None:
             if current.bound_model() is None:
                 current.bind_model(obj)
