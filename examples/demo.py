@@ -31,7 +31,7 @@ from morphsparse.models import conv_widths, small_resnet  # noqa: E402
 def compile_for_training(model, learning_rate, regularizer=None):
     optimizer = keras.optimizers.Adam(learning_rate)
     if regularizer is not None:             # structure learning: the optimizer adds the regulariser's gradient
-        optimizer = regularizer.optimizer(optimizer)
+        optimizer = ms.MorphOptimizer(optimizer, regularizer)
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     return model
 

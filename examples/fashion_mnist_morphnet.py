@@ -61,7 +61,7 @@ class Experiment:
     def compile(self, model, learning_rate, regularizer=None):
         optimizer = keras.optimizers.Adam(learning_rate)
         if regularizer is not None:         # structure learning: the optimizer adds the regulariser's gradient
-            optimizer = regularizer.optimizer(optimizer)
+            optimizer = ms.MorphOptimizer(optimizer, regularizer)
         model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
 
     def compile_for_retraining(self, model):

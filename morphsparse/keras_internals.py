@@ -117,6 +117,11 @@ def weight_attribute(layer, name):
     return variable if isinstance(variable, keras.Variable) else None
 
 
+def built_variables(optimizer):
+    """The variables an optimizer was built for (what ``apply(grads)`` without variables updates)."""
+    return optimizer._trainable_variables
+
+
 def slot_prefix(variable):
     """The prefix of the names Keras gives an optimizer's per-variable slots (``<variable path>_<slot>``)."""
     return variable.path.replace("/", "_") + "_"
@@ -147,4 +152,4 @@ def interpreter_ops(interpreter):
 
 __all__ = ["OPS_MODULES", "PRIVATE_CLASSES", "op_class", "functional_graph", "nodes_in_order", "all_nodes",
            "operation_of", "forget_nodes", "input_structure", "output_structure", "sub_layers",
-           "build_input_shape", "weight_attribute", "slot_prefix", "unlocked", "interpreter_ops"]
+           "build_input_shape", "weight_attribute", "built_variables", "slot_prefix", "unlocked", "interpreter_ops"]

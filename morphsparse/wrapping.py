@@ -6,17 +6,22 @@ variables next to the inner optimizer's, so that ``model.save``, ``save_weights`
 ``ModelCheckpoint`` and ``BackupAndRestore`` save and restore them with no help. Wrappers compose: the inner
 optimizer may itself be a wrapper.
 
-This module also holds what the wrappers' log metrics share (they live in ``model.metrics``, see
-:func:`attach_metric`): marking a traced graph as a training step, and finding a wrapper on a model.
+A wrapper that needs its model (to read its channel graph, or to log in ``fit``) is told it with ``bind(model)``;
+Keras builds an optimizer without saying for which model, so one loaded with ``keras.saving.load_model`` is
+bound once after loading. This module also holds what the wrappers' log metrics share (they live in
+``model.metrics``, see :func:`attach_metric`; they report in training steps only, :func:`is_training_step`)
+and finding a wrapper on a model.
 """
 
 from __future__ import annotations
 
 import inspect
-import warnings
+import weakref
 
 import keras
 import tensorflow as tf
+
+from morphsparse import keras_internals as _keras
 
 
 def _optimizer_defaults():
@@ -79,6 +84,8 @@ class WrappingOptimizer(keras.optimizers.Optimizer):
             inner = inner.inner_optimizer
         super().__init__(learning_rate=0.0, name=name)
         self.inner_optimizer = inner_optimizer
+        self._set("_training_graphs", weakref.WeakSet())     # see note_training_step
+        self._set("_eager_training", False)
 
     def _set(self, name, value):
         """A plain attribute (no Keras or TensorFlow tracking of lists/dicts of non-variables)."""
@@ -91,7 +98,7 @@ class WrappingOptimizer(keras.optimizers.Optimizer):
 
     @property
     def variables(self):
-        return self._variables[:] + self.inner_optimizer.variables
+        return super().variables + self.inner_optimizer.variables
 
     @property
     def learning_rate(self):
@@ -123,7 +130,7 @@ class WrappingOptimizer(keras.optimizers.Optimizer):
                 raise ValueError("call optimizer.build(model.trainable_variables) before apply(grads) without "
                                  "variables")
             self.build(trainable_variables)
-        variables = list(self._trainable_variables if trainable_variables is None else trainable_variables)
+        variables = list(_keras.built_variables(self) if trainable_variables is None else trainable_variables)
         grads = list(grads)
         if len(grads) != len(variables):
             raise ValueError(f"got {len(grads)} gradients for {len(variables)} variables")
@@ -160,37 +167,36 @@ def find_wrapped(obj, cls):
 
 
 # --- metrics that report a wrapper's counters in fit's logs ------------------------------------------------------
+# A metric in model.metrics is read in training and test steps alike, and Keras returns a bare float from
+# evaluate() only when the loss is the one result: the wrappers' metrics report inside training steps only. Which
+# steps those are is known when a step is traced: the wrapper notes the (outermost) graph its apply is traced
+# in, and the metric, traced later in the same step, looks for it there.
 
 def _root_graph(graph):
-    """The outermost ``tf.function`` graph that ``graph`` is nested in (cond branches, inner functions)."""
+    """The outermost ``tf.function`` graph that ``graph`` is nested in (cond branches, inner functions); the
+    process-wide graph that holds every function is not one of them."""
     while True:
         outer = getattr(graph, "outer_graph", None)
-        if outer is None or not hasattr(outer, "outer_graph"):
+        if outer is None or not hasattr(outer, "outer_graph"):     # a function graph has one; the global not
             return graph
         graph = outer
 
 
-def mark_training(optimizer):
-    """Record that the step being traced (or run eagerly) is a training step of ``optimizer``, so that its log
-    metric reports in ``fit`` and stays silent in ``evaluate`` (see :func:`is_training_step`)."""
+def note_training_step(optimizer):
+    """Record, inside ``optimizer.apply``, that the step being traced (or run eagerly) trains with it."""
     if tf.executing_eagerly():
-        object.__setattr__(optimizer, "_eager_training", True)
-        return
-    graph = _root_graph(tf.compat.v1.get_default_graph())
-    marks = getattr(graph, "_morphsparse_training", None)
-    if marks is None:
-        marks = set()
-        setattr(graph, "_morphsparse_training", marks)
-    marks.add(id(optimizer))
+        optimizer._set("_eager_training", True)
+    else:
+        optimizer._training_graphs.add(_root_graph(tf.compat.v1.get_default_graph()))
 
 
 def is_training_step(optimizer):
-    """True inside a step that applied ``optimizer`` (a traced training step; eagerly: once per step)."""
+    """True inside a step that applies ``optimizer`` (a traced training step; eagerly: once per step)."""
     if tf.executing_eagerly():
-        training = getattr(optimizer, "_eager_training", False)
-        object.__setattr__(optimizer, "_eager_training", False)
+        training = optimizer._eager_training
+        optimizer._set("_eager_training", False)
         return training
-    return id(optimizer) in getattr(_root_graph(tf.compat.v1.get_default_graph()), "_morphsparse_training", ())
+    return _root_graph(tf.compat.v1.get_default_graph()) in optimizer._training_graphs
 
 
 def attach_metric(model, attribute, metric):
@@ -200,15 +206,6 @@ def attach_metric(model, attribute, metric):
         setattr(model, attribute, metric)
     except ValueError:
         # A built subclassed model locks its state; adding a metric changes no weight, so unlock around it.
-        tracker = getattr(model, "_tracker", None)
-        if tracker is None:
-            warnings.warn(f"could not attach the {metric.name} metric to model {model.name!r}: fit's logs will not "
-                          "show its values", UserWarning, stacklevel=3)
-            return metric
-        locked = tracker.locked
-        tracker.unlock()
-        try:
+        with _keras.unlocked(model):
             setattr(model, attribute, metric)
-        finally:
-            tracker.locked = locked
     return metric

@@ -130,6 +130,13 @@ def test_slot_prefix_matches_the_names_of_an_optimizers_slots():
         [v.name for v in slots], internals.slot_prefix(variable))
 
 
+def test_built_variables_are_those_the_optimizer_was_built_for():
+    variables = [keras.Variable(np.zeros((2,), "float32")), keras.Variable(np.ones((3,), "float32"))]
+    optimizer = keras.optimizers.SGD(0.1)
+    optimizer.build(variables)
+    assert [id(v) for v in internals.built_variables(optimizer)] == [id(v) for v in variables]
+
+
 def test_unlocked_lets_state_be_added_to_a_built_subclassed_model():
     class Sub(keras.Model):
         def __init__(self):

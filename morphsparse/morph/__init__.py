@@ -38,6 +38,13 @@ _OTHER_MODULES = ("regularizers", "cycle")
 
 
 def __getattr__(name):
+    # `from morphsparse.morph import budget` asks the package for the attribute first: a submodule is imported,
+    # not looked for in the modules below (whose imports could run back into the one being imported)
+    try:
+        return import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as err:
+        if err.name != f"{__name__}.{name}":
+            raise
     module = _EXPORTS.get(name)
     if module is not None:
         value = getattr(import_module(f"{__name__}.{module}"), name)

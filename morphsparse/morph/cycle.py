@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import keras
 
-from morphsparse.costs import count_flops, count_params
-from morphsparse.costs import BUDGET_TARGETS
+from morphsparse.costs import BUDGET_TARGETS, count_flops, count_params
 from morphsparse.morph import alive as _alive
 from morphsparse.morph.expand import check_budget, check_round_to
+from morphsparse.morph.optimizer import MorphOptimizer
 from morphsparse.morph.recipe import compiler_like
 from morphsparse.morph.regularizers import DEFAULT_STRENGTH_MULTIPLIER, MorphRegularizer, check_arguments
 
@@ -132,7 +132,7 @@ def cycle(model, fit, cycles=1, *, retrain=None, compile=None, retrain_compile=N
         regularizer = MorphRegularizer(trainable, **reg_options)
         compile_model(trainable)
         # the user's compile, with its optimizer wrapped so that its steps add the regulariser's gradient
-        trainable.optimizer = regularizer.optimizer(trainable.optimizer)
+        trainable.optimizer = MorphOptimizer(trainable.optimizer, regularizer)
         shrink_history = trainable.fit(**fit).history
         slim = _export(trainable, source, threshold, l1_fraction, exact, _calibration_data(fit))
         wide = _expand(slim, budget, expand_target, round_to)

@@ -1,7 +1,7 @@
 """``MorphOptimizer``: structure learning (MorphNet) as an optimizer wrapper, like ``SparseOptimizer``.
 
     reg = ms.MorphRegularizer(model, target="flops", budget=0.5, steps=epochs * steps_per_epoch)
-    model.compile(optimizer=reg.optimizer(keras.optimizers.Adam(1e-2)), loss=...)
+    model.compile(optimizer=ms.MorphOptimizer(keras.optimizers.Adam(1e-2), reg), loss=...)
     model.fit(...)                 # logs gain regularization_loss, alive_flops, alive_params (+ budget columns)
 
 (or ``ms.morph_optimizer(model, keras.optimizers.Adam(1e-2), budget=0.5, steps=...)``). The model stays the
@@ -42,7 +42,8 @@ import keras
 import tensorflow as tf
 
 from morphsparse.morph import budget as _budget
-from morphsparse.wrapping import WrappingOptimizer, attach_metric, find_wrapped, is_training_step, mark_training
+from morphsparse.morph.regularizers import MorphRegularizer
+from morphsparse.wrapping import WrappingOptimizer, attach_metric, find_wrapped, is_training_step, note_training_step
 
 #: First entry of the saved config, so that Keras's "Could not locate class" error shows the fix first.
 REQUIRES = "import morphsparse first (or load_model(path, compile=False))"
@@ -68,7 +69,7 @@ class ControllerState:
 @keras.saving.register_keras_serializable(package="morphsparse")
 class MorphOptimizer(WrappingOptimizer):
     """Trains with ``inner_optimizer`` and a :class:`MorphRegularizer`'s term (see the module doc); make one
-    with ``reg.optimizer(inner)`` or ``ms.morph_optimizer(model, inner, ...)``.
+    with ``MorphOptimizer(inner, reg)`` or ``ms.morph_optimizer(model, inner, ...)``.
 
     Args:
         inner_optimizer: the optimizer doing the update: an instance (a ``SparseOptimizer`` too), a config or
@@ -84,8 +85,6 @@ class MorphOptimizer(WrappingOptimizer):
     def __init__(self, inner_optimizer, regularizer=None, n_channels=None, identity=None, name=None,
                  requires=None, **kwargs):
         super().__init__(inner_optimizer, name=name, **kwargs)
-        from morphsparse.morph.regularizers import MorphRegularizer
-
         if isinstance(self.inner_optimizer, keras.optimizers.LossScaleOptimizer):
             # its apply unscales the gradients: the term's gradient must be added after that, inside it
             raise ValueError("MorphOptimizer cannot wrap a LossScaleOptimizer: wrap its inner optimizer (under a "
@@ -101,15 +100,15 @@ class MorphOptimizer(WrappingOptimizer):
             arguments = dict(regularizer)
         else:
             raise TypeError(f"regularizer must be a MorphRegularizer (or its saved arguments, a dict), got "
-                            f"{type(regularizer).__name__}; make one with reg.optimizer(inner) or "
+                            f"{type(regularizer).__name__}; make one with MorphOptimizer(inner, reg) or "
                             "ms.morph_optimizer(model, inner, ...)")
         if arguments.get("budget") is not None and arguments.get("steps") is None:
             raise ValueError("a MorphOptimizer with a budget needs the number of structure-learning steps, as a "
                              "learning-rate schedule needs its decay steps: pass steps=epochs * steps_per_epoch "
-                             "to MorphRegularizer(...), reg.optimizer(..., steps=...) or ms.morph_optimizer()")
+                             "to MorphRegularizer(...) or ms.morph_optimizer()")
         if n_channels is None or identity is None:
             raise ValueError("MorphOptimizer(regularizer=<dict>) also needs n_channels= and identity= (as saved "
-                             "in its config); make a new one with reg.optimizer(inner)")
+                             "in its config); make a new one with MorphOptimizer(inner, reg)")
         self._set("arguments", arguments)
         self.n_channels = int(n_channels)
         self._set("identity", dict(identity))
@@ -126,8 +125,6 @@ class MorphOptimizer(WrappingOptimizer):
     def bind(self, model):
         """Give a loaded optimizer its model: analyse ``model`` with the saved arguments (refusing a network other
         than the one the optimizer was saved from) and attach the log metric. Returns the optimizer."""
-        from morphsparse.morph.regularizers import MorphRegularizer
-
         if self.regularizer is not None and self.regularizer.model is model:
             return self
         arguments = dict(self.arguments)
@@ -137,7 +134,7 @@ class MorphOptimizer(WrappingOptimizer):
             raise ValueError(f"this MorphOptimizer was made for model '{self.identity.get('model')}', and model "
                              f"'{model.name}' is another network: {mismatch or 'its channel count differs'}. Bind "
                              "it to the network it was saved from, or make a new optimizer with "
-                             "ms.MorphRegularizer(model, ...).optimizer(inner)")
+                             "ms.MorphOptimizer(inner, ms.MorphRegularizer(model, ...))")
         self._connect(regularizer)
         return self
 
@@ -196,7 +193,7 @@ class MorphOptimizer(WrappingOptimizer):
         if self.regularizer is None:
             raise ValueError("this MorphOptimizer is not bound to a model (it was loaded from a file, or made "
                              "from a config): call model.optimizer.bind(model) before training")
-        mark_training(self)
+        note_training_step(self)
         extra = self._term_gradients(variables)
         combined = []
         for gradient, added, variable in zip(grads, extra, variables):
@@ -226,7 +223,7 @@ class MorphOptimizer(WrappingOptimizer):
         logs = tf.convert_to_tensor(self.logs.value)
         totals = tf.stack([logs[_LOSS_SUM] + tf.cast(loss, tf.float64), logs[_LOSS_COUNT] + 1.0])
         self.logs.assign(tf.concat([totals, tf.stack([tf.cast(v, tf.float64) for v in rest])], axis=0))
-        self._iterations.assign_add(1)
+        self.iterations.assign_add(1)
 
     def finalize_variable_values(self, var_list):
         super().finalize_variable_values(var_list)
@@ -289,11 +286,9 @@ class MorphTrainingMetrics(keras.metrics.Metric):
 
 
 def morph_optimizer(model, optimizer, **regularizer_arguments):
-    """``MorphRegularizer(model, **regularizer_arguments).optimizer(optimizer)``: compile ``model`` with the
+    """``MorphOptimizer(optimizer, MorphRegularizer(model, **regularizer_arguments))``: compile ``model`` with the
     result to learn its structure in ``fit`` (with ``budget=``, give ``steps=`` too)."""
-    from morphsparse.morph.regularizers import MorphRegularizer
-
-    return MorphRegularizer(model, **regularizer_arguments).optimizer(optimizer)
+    return MorphOptimizer(optimizer, MorphRegularizer(model, **regularizer_arguments))
 
 
 __all__ = ["MorphOptimizer", "MorphTrainingMetrics", "morph_optimizer"]

@@ -260,7 +260,7 @@ class MorphRegularizer:
         budget: instead of a strength, the cost to reach: a fraction of the seed's cost in (0, 1], or an
             absolute count > 1 in the target's unit. The strength is then controlled during training
             (:mod:`morphsparse.morph.budget`); not with ``strength`` / ``strength_multiplier``.
-        steps: with ``budget``: the number of structure-learning steps (required by ``reg.optimizer``; with
+        steps: with ``budget``: the number of structure-learning steps (required by ``MorphOptimizer``; with
             the deprecated ``attach``, fit supplies it when omitted; a custom loop must give it). Plan about 4 / learning_rate steps with Adam (400 at 1e-2): fewer cannot
             land the budget, and fit warns at its start when the plan is under half of that.
         l1_fraction: group-lasso mix of L1 (mean |w|) into the L2 norm (sqrt(mean w^2)); 0 by default.
@@ -271,7 +271,7 @@ class MorphRegularizer:
             is MorphNet's exact marginal cost, 0 charges every channel alike; with a budget, the controller
             lands the real cost either way (docs/structure_learning.md, "When a learned structure helps").
 
-    For ``fit``, compile with ``reg.optimizer(inner_optimizer)`` (a :class:`MorphOptimizer`; with a budget,
+    For ``fit``, compile with ``MorphOptimizer(inner_optimizer, reg)`` (with a budget,
     ``steps`` is required). In a custom loop, apply gradients with that optimizer too, or add ``reg.loss()`` to
     your loss (with a budget, also call ``reg.update()`` once per step).
     """
@@ -504,23 +504,8 @@ class MorphRegularizer:
                 f"strength={self.strength:.3g}>")
 
     # --- fit integration -------------------------------------------------------------------------------------
-    def optimizer(self, optimizer, steps=None):
-        """A :class:`~morphsparse.morph.optimizer.MorphOptimizer` that trains this regulariser's model with
-        ``optimizer`` (an instance, a config or a name such as ``"adam"``; a ``SparseOptimizer`` too) and adds
-        the term's gradient at every step: ``model.compile(optimizer=reg.optimizer(keras.optimizers.Adam(1e-2)),
-        ...)``. ``steps``: with a budget, the number of structure-learning steps, when not given here already."""
-        from morphsparse.morph.optimizer import MorphOptimizer
-
-        if steps is not None:
-            if self.controller is None:
-                raise ValueError("optimizer(steps=...) is the number of structure-learning steps of a budget: "
-                                 "construct MorphRegularizer(budget=...)")
-            self.controller.set_steps(steps)
-            self.arguments["steps"] = self.controller.steps
-        return MorphOptimizer(optimizer, regularizer=self)
-
     def attach(self, model=None, steps=None, resume_from=None):
-        """Deprecated: compile with ``optimizer=reg.optimizer(...)`` instead (see :meth:`optimizer`).
+        """Deprecated: compile with ``optimizer=ms.MorphOptimizer(inner, reg)`` instead.
 
         Add the term to ``model``'s loss in ``fit``/``train_on_batch``/``evaluate`` and log
         ``regularization_loss``, ``alive_flops`` and ``alive_params``; returns the same model.
@@ -538,8 +523,8 @@ class MorphRegularizer:
         warning.
         """
         warnings.warn("MorphRegularizer.attach(model) is deprecated and will be removed in the next release: "
-                      "compile with model.compile(optimizer=reg.optimizer(keras.optimizers.Adam(...)), ...) (or "
-                      "ms.morph_optimizer(model, optimizer, ...)), which saves and resumes with the model",
+                      "compile with model.compile(optimizer=ms.MorphOptimizer(keras.optimizers.Adam(...), reg), "
+                      "...) (or ms.morph_optimizer(model, optimizer, ...)), which saves and resumes with the model",
                       DeprecationWarning, stacklevel=2)
         if (steps is not None or resume_from is not None) and self.controller is None:
             raise ValueError("attach(steps=..., resume_from=...) apply to a budget: construct "

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
+from morphsparse import keras_internals as _keras
+
 from .distributions import get_distribution, layer_sparsities
 from .kernels import (build_by_calling, is_kernel_like, kernel_variable, layer_tree, maskable_kernels, matches,
                       output_positions, own_weights)
@@ -231,7 +233,7 @@ def sparse_optimizer(model, optimizer, sparsity: float | None = None, method="ri
     with model.distribute_strategy.scope():
         sparse = SparseOptimizer(inner, kernels=plan, method=updater, schedule=sparse_schedule, seed=seed,
                                  end_step=end_step, skip_optimizer_step=skip_optimizer_step)
-        sparse.bind_model(model)
+        sparse.bind(model)
         sparse.build(model.trainable_variables)
         masks = {}
         for unit in sparse.units:
@@ -637,7 +639,7 @@ def _cost_model_macs(network, units):
 
 def _mac_kernels(layer, nested=False):
     """The kernels ``layer`` (``nested``: its sublayers) multiplies by; an Embedding's table is looked up."""
-    layers = layer._flatten_layers(include_self=False) if nested else [layer]
+    layers = _keras.sub_layers(layer) if nested else [layer]
     return [kernel_variable(sub, name) for sub in layers if not isinstance(sub, keras.layers.Embedding)
             for name in maskable_kernels(sub, True)]
 

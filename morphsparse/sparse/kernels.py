@@ -12,6 +12,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from morphsparse import keras_internals as _keras
+
 # Which weights are masked, per layer family (algorithms.md 1.1). isinstance makes subclasses of these layers
 # supported too. Biases, norms and other 1-D weights are never masked.
 MASKED_KERNELS = (
@@ -44,7 +46,7 @@ def maskable_kernels(layer, mask_separable_depthwise: bool = False) -> tuple:
 
 def kernel_variable(layer, name):
     """The variable behind ``layer.<name>``; Dense/Conv/Embedding keep it in ``_<name>`` behind a property."""
-    variable = getattr(layer, "_" + name, None)
+    variable = _keras.weight_attribute(layer, name)
     if not isinstance(variable, keras.Variable):
         variable = getattr(layer, name, None)
     if not isinstance(variable, keras.Variable):
@@ -56,7 +58,7 @@ def kernel_variable(layer, name):
 
 def own_weights(layer) -> list:
     """The weights ``layer`` creates itself (not those of layers nested inside it)."""
-    nested = {id(w) for child in layer._flatten_layers(include_self=False) for w in child.weights}
+    nested = {id(w) for child in _keras.sub_layers(layer) for w in child.weights}
     return [w for w in layer.weights if id(w) not in nested]
 
 
@@ -75,7 +77,7 @@ def layer_tree(model) -> dict:
     found, seen = {}, set()
 
     def visit(layer, prefix):
-        for child in layer._flatten_layers(include_self=False, recursive=False):
+        for child in _keras.sub_layers(layer, recursive=False):
             if isinstance(child, keras.layers.InputLayer) or id(child) in seen:
                 continue
             path = f"{prefix}{child.name}"
@@ -95,7 +97,7 @@ def build_by_calling(model):
     one call on zeros builds them all. A layer the call never reaches stays unbuilt: it holds no weights, so
     there is nothing of it to mask.
     """
-    unbuilt = [layer.name for layer in model._flatten_layers(include_self=False) if not layer.built]
+    unbuilt = [layer.name for layer in _keras.sub_layers(model) if not layer.built]
     if not unbuilt:
         return
     config = model.get_build_config() if model.built else None
@@ -132,8 +134,7 @@ def output_positions(layer, kernel_name) -> int:
         # A transposed conv multiplies once per input position.
         shape = tuple(layer.input.shape) if transposed else tuple(layer.output.shape)
     except (AttributeError, ValueError):
-        build_shapes = getattr(layer, "_build_shapes_dict", None) or {}
-        input_shape = next(iter(build_shapes.values()), None)
+        input_shape = _keras.build_input_shape(layer)
         if input_shape is None:
             return 1
         shape = tuple(input_shape) if transposed else tuple(layer.compute_output_shape(input_shape))

@@ -12,10 +12,10 @@ Its result is a dict (Keras spreads dict results into the logs):
 - ``mask_changes``: weights regrown since the start of the epoch (``reset_state`` runs at each epoch start);
 - ``alive_params``: live trainable values (unmasked kernel positions plus every unmasked trainable weight).
 
-It reports only inside training steps (the ``SparseOptimizer`` marks the traced training graph), so
-``evaluate()`` returns what it returned before, with no ``val_sparsity`` columns. It also guards against a
-sparsified model being compiled with a plain optimizer (training would silently be dense): that raises at the
-first step.
+It reports inside training steps only (:func:`morphsparse.wrapping.is_training_step`), so ``evaluate()``
+returns what it returned before (a bare loss for a model with no other metric), with no ``val_sparsity``
+columns. It also guards against a sparsified model being compiled
+with a plain optimizer (training would silently be dense): that raises at the first step.
 """
 
 from __future__ import annotations

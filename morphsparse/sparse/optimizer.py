@@ -18,7 +18,6 @@ The forward pass is untouched: layers run their own dense kernels, whose pruned 
 
 from __future__ import annotations
 
-import sys
 import warnings
 import weakref
 
@@ -26,7 +25,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ..wrapping import WrappingOptimizer, find_wrapped, mark_training, tf_variable
+from morphsparse import keras_internals as _keras
+from ..wrapping import WrappingOptimizer, find_wrapped, note_training_step, tf_variable
 from .masks import stable_hash
 from .metrics import attach_metrics
 from .schedules import UpdateSchedule, flag
@@ -109,7 +109,6 @@ class SparseOptimizer(WrappingOptimizer):
         self._set("units", [])
         self._set("_unit_index", {})
         self._set("_model_ref", None)
-        self._set("_eager_training", False)
         self._set("_fit_ended", True)
         self._set("_epoch_start_step", None)
         self._set("_warned", set())
@@ -126,9 +125,12 @@ class SparseOptimizer(WrappingOptimizer):
         var_list = list(var_list)
         super().build(var_list)
         if self._model_ref is None:
-            model = _calling_model(self)
-            if model is not None:
-                self.bind_model(model)
+            # a model loaded from a file: its compile_from_config builds this optimizer without saying for which
+            # model; the kernels are found by their positions among the variables
+            self._warn_once("unbound", (
+                "this SparseOptimizer is built without its model (loaded with keras.saving.load_model?): masks "
+                "are kept and updated as saved, but fit's logs show sparsity, mask_changes and alive_params only "
+                "once it knows the model: call model.optimizer.bind(model) after loading"))
         kernels = self._resolve_kernels(var_list)
         self.total_trainable = int(sum(int(np.prod(v.shape)) for v in var_list))
         self.masked_total = int(sum(int(np.prod(kernel.shape)) for kernel in kernels))
@@ -185,7 +187,7 @@ class SparseOptimizer(WrappingOptimizer):
 
     def _find_slots(self, var_list):
         """Per-weight slots of the inner optimizer, by Keras's naming (``<variable path>_<slot name>``)."""
-        prefixes = sorted(((v.path.replace("/", "_") + "_", v) for v in var_list), key=lambda p: -len(p[0]))
+        prefixes = sorted(((_keras.slot_prefix(v), v) for v in var_list), key=lambda p: -len(p[0]))
         owner, unowned = {}, []
         for slot in self.inner_optimizer.variables:
             name = slot.name.split("/")[-1]
@@ -220,10 +222,12 @@ class SparseOptimizer(WrappingOptimizer):
                 fresh = float(values.flat[0]) if values.size and np.all(values == values.flat[0]) else 0.0
                 unit.slots.append((slot, fresh))
 
-    def bind_model(self, model):
-        """Remember ``model`` (weakly) and attach the sparse-training metrics to it (``sparsity`` etc. in logs)."""
+    def bind(self, model):
+        """Remember ``model`` (weakly) and attach the sparse-training metrics to it (``sparsity`` etc. in logs);
+        needed once after ``keras.saving.load_model``. Returns the optimizer."""
         self._set("_model_ref", weakref.ref(model))
         attach_metrics(model, self)
+        return self
 
     def bound_model(self):
         """The model this optimizer trains, when known (a method, not a property: Keras's saver walks
@@ -276,7 +280,8 @@ class SparseOptimizer(WrappingOptimizer):
     # ------------------------------------------------------------------ the training step
     def apply(self, grads, trainable_variables=None):
         grads, variables = self._prepare_apply(grads, trainable_variables)
-        self._mark_training()
+        note_training_step(self)
+        self._warn_if_endless()
         unit_grads = [None] * len(self.units)
         masked = []
         for gradient, variable in zip(grads, variables):
@@ -294,9 +299,7 @@ class SparseOptimizer(WrappingOptimizer):
             self.inner_optimizer.apply(masked, variables)
             self.in_cross_replica(self._after_step, unit_grads)
 
-    def _mark_training(self):
-        """Tell the metrics that this graph (or eager step) is a training step (see metrics.py)."""
-        mark_training(self)
+    def _warn_if_endless(self):
         if self.end_step < 0 and self.method.changes_topology and self.schedule.end_step is None:
             self._warn_once("no_end", (
                 "no end of mask updates is known (neither total_steps= nor end_step= was given to "
@@ -314,7 +317,7 @@ class SparseOptimizer(WrappingOptimizer):
             raise NotImplementedError(
                 "skip_optimizer_step=True needs a conditional optimizer step, which tf.distribute cannot run "
                 "across replicas; use the default skip_optimizer_step=False under a distribution strategy.")
-        step = tf.identity(tf_variable(self._iterations))
+        step = tf.identity(tf_variable(self.iterations))
         is_update = self.schedule.is_update_step(step, self.end_step)
         self.in_cross_replica(self._after_step, unit_grads)
 
@@ -339,7 +342,7 @@ class SparseOptimizer(WrappingOptimizer):
         units = [unit for unit in self.units if not unit.always_dense]
         observes = type(method).observe is not MaskUpdater.observe
         if observes or method.changes_topology:
-            step = tf.identity(tf_variable(self._iterations))
+            step = tf.identity(tf_variable(self.iterations))
             context = UpdateContext(step=step, end_step=tf.constant(self.end_step, tf.int64),
                                     schedule=self.schedule, seed=self.seed)
 
@@ -381,7 +384,7 @@ class SparseOptimizer(WrappingOptimizer):
             # (Measured: wrapping update_all in a non-inlined tf.function made RigL's ordinary steps slower, as
             # the dense gradients then flow into a function call; the plain cond is kept.)
             tf.cond(is_update, update_all, lambda: tf.constant(False))
-        extended.update(tf_variable(self._iterations), lambda v: v.assign_add(1), group=False)
+        extended.update(tf_variable(self.iterations), lambda v: v.assign_add(1), group=False)
 
     def _update_unit(self, extended, context, unit, gradient):
         method = self.method
@@ -431,23 +434,6 @@ class SparseOptimizer(WrappingOptimizer):
                 "whole training to sparse_optimizer() when you train in several fit() calls."))
 
 
-def _calling_model(optimizer):
-    """The model whose compile_from_config()/fit() is building ``optimizer`` (loading), if any (best effort)."""
-    frame = sys._getframe(1)
-    for _ in range(12):
-        if frame is None:
-            return None
-        candidate = frame.f_locals.get("self")
-        if isinstance(candidate, keras.Model):
-            current = getattr(candidate, "optimizer", None)
-            while current is not None:
-                if current is optimizer:
-                    return candidate
-                current = getattr(current, "inner_optimizer", None)
-        frame = frame.f_back
-    return None
-
-
 def find_sparse_optimizer(obj, required: bool = True):
     """The ``SparseOptimizer`` of a model (compiled with it, or made sparse by ``sparse_optimizer``) or itself."""
     if isinstance(obj, keras.optimizers.Optimizer):
@@ -458,7 +444,7 @@ def find_sparse_optimizer(obj, required: bool = True):
         current = find_wrapped(obj, SparseOptimizer)
         if current is not None:
             if current.bound_model() is None:
-                current.bind_model(obj)
+                current.bind(obj)
             return current
         metrics = getattr(obj, "_morphsparse_metrics", None)
         if metrics is not None and metrics.optimizer() is not None:

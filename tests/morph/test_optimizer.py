@@ -200,10 +200,10 @@ def test_arguments_are_checked():
     model = convnet()
     with pytest.raises(ValueError, match="steps"):
         ms.morph_optimizer(model, "adam", budget=0.5)
-    reg = MorphRegularizer(model, budget=0.5)
-    assert reg.optimizer("adam", steps=10).state() is None                 # not built yet
-    with pytest.raises(ValueError, match="budget"):
-        MorphRegularizer(model).optimizer("adam", steps=10)
+    with pytest.raises(ValueError, match="steps"):
+        MorphOptimizer("adam", MorphRegularizer(model, budget=0.5))
+    reg = MorphRegularizer(model, budget=0.5, steps=10)
+    assert MorphOptimizer("adam", reg).state() is None                 # not built yet
     inner = keras.optimizers.SGD(0.1)
     for wrapper in (lambda **kw: MorphOptimizer(inner, reg, **kw),
                     lambda **kw: ms.SparseOptimizer(inner, **kw)):
@@ -222,7 +222,7 @@ def test_arguments_are_checked():
 
 def test_attach_is_deprecated():
     model = convnet()
-    with pytest.warns(DeprecationWarning, match=r"reg.optimizer\("):
+    with pytest.warns(DeprecationWarning, match=r"ms.MorphOptimizer\("):
         MorphRegularizer(model, strength=1e-3).attach(model)
 
 

@@ -65,6 +65,7 @@ assert int(sparse.iterations) == 3, int(sparse.iterations)
 for key in masks.files:
     assert (sparse.masks()[key.replace("|", "/")] == masks[key]).all(), key
 data = np.load(folder + "/data.npz")
+model.optimizer.bind(model)        # Keras builds a loaded optimizer without its model: the logs need it
 history = model.fit(data["x"], data["y"], batch_size=4, epochs=1, verbose=0)
 assert "sparsity" in history.history, history.history
 for unit in sparse.units:
