@@ -92,6 +92,7 @@ class WrappingOptimizer(keras.optimizers.Optimizer):
         object.__setattr__(self, name, value)
 
     def build(self, var_list):
+        _check_distributed(var_list)
         super().build(var_list)
         if not self.inner_optimizer.built:
             self.inner_optimizer.build(var_list)
@@ -153,6 +154,21 @@ class WrappingOptimizer(keras.optimizers.Optimizer):
         config["inner_optimizer"] = keras.optimizers.deserialize(config["inner_optimizer"],
                                                                  custom_objects=custom_objects)
         return cls(**config)
+
+
+def _check_distributed(var_list):
+    """Under a mirrored strategy every variable the optimizer updates must be mirrored: one made outside
+    ``strategy.scope()`` fails deep inside Keras's update with a bare AssertionError."""
+    strategy = tf.distribute.get_strategy()
+    if not isinstance(strategy, (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)):
+        return
+    outside = [v.path for v in var_list if not isinstance(tf_variable(v), tf.distribute.DistributedValues)]
+    if outside:
+        raise ValueError(
+            f"{len(outside)} of the model's variables ({', '.join(outside[:3])}{', ...' if len(outside) > 3 else ''}) "
+            f"were created outside the {type(strategy).__name__}'s scope, in which this optimizer is built: build "
+            "the model, call ms.sparse_optimizer / ms.morph_optimizer and compile, all inside `with "
+            "strategy.scope():` (then call fit anywhere)")
 
 
 def find_wrapped(obj, cls):

@@ -11,6 +11,8 @@ import keras
 import numpy as np
 
 from morphsparse import keras_internals as _keras
+from morphsparse.costs import cost_report
+from morphsparse.graph import GraphError, analyze
 
 from .distributions import get_distribution, layer_sparsities
 from .kernels import (build_by_calling, is_kernel_like, kernel_variable, layer_tree, maskable_kernels, matches,
@@ -614,9 +616,6 @@ def _cost_model_macs(network, units):
     (MultiHeadAttention) splits its MACs by its handler's ``cost_terms``; what no kernel carries there
     (attention scores) stays in the model's total only. Raises GraphError when the model cannot be analysed.
     """
-    from morphsparse.costs import cost_report
-    from morphsparse.graph import GraphError, analyze
-
     try:
         graph = analyze(network)
         rows = cost_report(graph).layers        # one row per call, in the graph's order
@@ -646,11 +645,9 @@ def _mac_kernels(layer, nested=False):
 
 def _kernel_shares(graph, call, macs):
     """``[(variable, MACs)]``: how the cost model's ``macs`` of ``call`` split over the kernels they use."""
-    from morphsparse.graph import GraphError
-
     kernels, terms = _mac_kernels(call.layer), None
     if not kernels and isinstance(call.layer, keras.layers.Layer):
-        kernels, terms = _mac_kernels(call.layer, nested=True), getattr(call.handler, "cost_terms", None)
+        kernels, terms = _mac_kernels(call.layer, nested=True), call.handler.cost_terms(call)
     if not macs or not kernels:
         return []
     sizes = [int(np.prod(v.shape)) for v in kernels]
@@ -659,7 +656,7 @@ def _kernel_shares(graph, call, macs):
     alive_in, alive_out = graph.alive_counts(call, graph.channel_weights())
     count = {("in", i): c for i, c in enumerate(alive_in)} | {("out", j): c for j, c in enumerate(alive_out)}
     shares = []
-    for in_ref, out_ref, term_macs, term_params in terms(call):
+    for in_ref, out_ref, term_macs, term_params in terms:
         a, b = count.get(in_ref, 1), count.get(out_ref, 1)
         if term_params(a, b) != term_params(0, b):       # a kernel's term: its bias does not grow with a
             shares.append((term_params(a, b) - term_params(0, b), term_macs(a, b)))
@@ -676,8 +673,6 @@ def sparsity_report(model, print_fn=None) -> SparsityReport:
     ``ms.count_flops``; a model the cost model cannot price (subclassed, or on inputs of unknown length) is
     estimated per kernel from its output positions, with a warning.
     """
-    from morphsparse.graph import GraphError
-
     sparse = find_sparse_optimizer(model)
     network = model if isinstance(model, keras.Model) else sparse.bound_model()
     tree = layer_tree(network) if network is not None else {}

@@ -94,3 +94,44 @@ def test_multi_worker_masks_identical_on_both_workers(single_run, tmp_path):
         np.testing.assert_array_equal(first[key], second[key])
         np.testing.assert_array_equal(first[key], single_masks[key])
     assert int(first_data["changes"]) > 0
+
+
+OUTSIDE_THE_SCOPE = """
+import os, sys
+import tensorflow as tf
+tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
+                                           [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras, numpy as np
+import morphsparse as ms
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+x, y = np.random.rand(32, 6).astype("float32"), np.random.randint(0, 3, 32)
+def net():
+    i = keras.Input((6,))
+    return keras.Model(i, keras.layers.Dense(3)(keras.layers.Dense(8)(i)))
+def sparse(model):
+    return ms.sparse_optimizer(model, keras.optimizers.SGD(0.1), sparsity=0.5, method="rigl", total_steps=8)
+try:
+    model = net()                                  # the model outside, the optimizer and compile inside
+    with strategy.scope():
+        model.compile(optimizer=sparse(model), loss="sparse_categorical_crossentropy")
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+except ValueError as err:
+    print("A:", err)
+try:
+    model = net()                                  # everything outside, fit inside
+    model.compile(optimizer=sparse(model), loss="sparse_categorical_crossentropy")
+    with strategy.scope():
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+except ValueError as err:
+    print("B:", err)
+"""
+
+
+def test_a_model_built_outside_the_strategy_scope_is_refused_with_the_fix():
+    # plain Keras fails in both cases with a bare AssertionError from inside its distributed update
+    done = subprocess.run([sys.executable, "-c", OUTSIDE_THE_SCOPE], cwd=ROOT, capture_output=True, text=True,
+                          timeout=240, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    lines = [line for line in done.stdout.splitlines() if line[:2] in ("A:", "B:")]
+    assert [line[:2] for line in lines] == ["A:", "B:"], done.stdout[-2000:] + done.stderr[-2000:]
+    for line in lines:
+        assert "created outside the MirroredStrategy's scope" in line and "strategy.scope()" in line
