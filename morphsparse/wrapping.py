@@ -132,6 +132,7 @@ class WrappingOptimizer(keras.optimizers.Optimizer):
                                  "variables")
             self.build(trainable_variables)
         variables = list(_keras.built_variables(self) if trainable_variables is None else trainable_variables)
+        _check_distributed(variables)      # once per trace: the optimizer may have been built outside the scope
         grads = list(grads)
         if len(grads) != len(variables):
             raise ValueError(f"got {len(grads)} gradients for {len(variables)} variables")
