@@ -66,10 +66,10 @@ def run(arch, optimizer, source, budget, seed, data):
     x, y = data
     keras.utils.set_random_seed(seed)
     model = ARCHITECTURES[arch](source == "gamma")
-    reg = ms.MorphRegularizer(model, target="flops", source=source, budget=budget)
-    reg.attach(model)
     make_optimizer, epochs = OPTIMIZERS[optimizer]
-    model.compile(make_optimizer(), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    reg = ms.MorphRegularizer(model, target="flops", source=source, budget=budget,
+                              steps=epochs * int(np.ceil(len(x) / BATCH)))
+    model.compile(ms.MorphOptimizer(make_optimizer(), reg), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     start = time.time()
     with warnings.catch_warnings(record=True) as caught:

@@ -10,7 +10,7 @@ the sequence output) and is put through:
   profiler does not see, so they are left out of both sides, as in the keras.applications table;
 * **params**: the analytic count equals ``model.count_params()``;
 * **regularised**: ``MorphRegularizer(target="flops", source="group_lasso")`` prices exactly the analytic
-  FLOPs and ``fit`` runs a few steps with it attached;
+  FLOPs and ``fit`` runs a few steps with its MorphOptimizer;
 * **exported**: about a third of the channels of every removable group (heads, FFN neurons, conv filters...)
   are marked dead and their weights zeroed; the slim model exported with ``exact=True`` must be smaller and
   give the same logits (relative 1e-5) as the original;
@@ -359,10 +359,9 @@ def check_backbone(name, use_profiler=True, fit_steps=2):
     try:
         reg = ms.MorphRegularizer(model, target="flops", source="group_lasso")
         exact = reg.initial_cost == report.flops
-        model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        reg.attach(model)
+        model.compile(ms.MorphOptimizer(keras.optimizers.Adam(1e-3), reg),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         history = model.fit(x, y, batch_size=2, epochs=1, steps_per_epoch=fit_steps, verbose=0)
-        reg.detach(model)
         row["regularised"] = bool(exact and np.isfinite(history.history["loss"][-1]))
         if not exact:
             row["regularised_error"] = f"regulariser prices {reg.initial_cost:,.0f} FLOPs, analysis {report.flops:,d}"

@@ -165,11 +165,14 @@ class Study:
                       metrics=["accuracy"])
         return model
 
-    def fit(self, name, model, epochs, seed, rate=LEARNING_RATE, schedule=True, teacher=None, batch=BATCH):
+    def fit(self, name, model, epochs, seed, rate=LEARNING_RATE, schedule=True, teacher=None, batch=BATCH,
+            regularizer=None):
         keras.utils.set_random_seed(seed + 1)     # one batch order per seed, for every arm
         x = self.data(name)[0]
         trained = model if teacher is None else ms.distill(model, teacher, temperature=4.0, weight=0.5)
         self.compile(trained, rate, epochs, schedule, batch)
+        if regularizer is not None:               # structure learning: the optimizer adds the term's gradient
+            trained.optimizer = ms.MorphOptimizer(trained.optimizer, regularizer)
         trained.fit(x, self.y, batch_size=batch, epochs=epochs, verbose=0)
         return model
 
@@ -229,10 +232,9 @@ class Study:
             _, side, source, threshold, _ = ZOO[name]
             model = self.fresh(name, seed)
             reg = ms.MorphRegularizer(model, target=target, budget=budget, source=source, threshold=threshold,
-                                      **options)
-            reg.attach(model)
-            self.fit(name, model, epochs, seed, rate=SHRINK_RATE, schedule=False, batch=SHRINK_BATCH)
-            reg.detach(model)
+                                      steps=epochs * int(np.ceil(len(self.y) / SHRINK_BATCH)), **options)
+            self.fit(name, model, epochs, seed, rate=SHRINK_RATE, schedule=False, batch=SHRINK_BATCH,
+                     regularizer=reg)
             ratio = reg.cost() / reg.initial_cost
             x = self.data(name)[0]
             slim = ms.export(model, source=source, threshold=threshold, calibration_data=x[:CALIBRATION])
@@ -254,9 +256,7 @@ class Study:
         plan = (self.epochs // 2) * int(np.ceil(len(self.y) / SHRINK_BATCH))
         reg = ms.MorphRegularizer(model, target=target, budget=budget, source=source, threshold=threshold,
                                   steps=plan, **options)
-        reg.attach(model)
-        self.fit(name, model, self.epochs, seed, rate=SHRINK_RATE, batch=SHRINK_BATCH)
-        reg.detach(model)
+        self.fit(name, model, self.epochs, seed, rate=SHRINK_RATE, batch=SHRINK_BATCH, regularizer=reg)
         ratio = reg.cost() / reg.initial_cost
         slim = ms.export(model, source=source, threshold=threshold, calibration_data=self.data(name)[0][:CALIBRATION])
         return slim, {"alive_ratio": ratio}

@@ -139,14 +139,13 @@ class Study:
         if key not in self.cache or not path.exists():
             keras.utils.set_random_seed(seed)
             model = small_resnet()
-            reg = ms.MorphRegularizer(model, target=target, budget=budget, threshold=self.s["threshold"])
-            model.compile(keras.optimizers.Adam(self.s["shrink_learning_rate"]),
+            steps = self.s["shrink_epochs"] * int(np.ceil(len(self.x) / self.s["batch_size"]))
+            reg = ms.MorphRegularizer(model, target=target, budget=budget, threshold=self.s["threshold"], steps=steps)
+            model.compile(ms.MorphOptimizer(keras.optimizers.Adam(self.s["shrink_learning_rate"]), reg),
                           keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-            reg.attach(model)
             history = model.fit(self.x, self.y, batch_size=self.s["batch_size"], epochs=self.s["shrink_epochs"],
                                 verbose=0).history
             ratio = float(reg.cost() / reg.initial_cost)
-            reg.detach(model)
             slim = ms.export(model, threshold=self.s["threshold"])
             slim.save(path)
             self.cache[key] = dict(alive_ratio=ratio, strength=[float(s) for s in history.get("strength", [])],

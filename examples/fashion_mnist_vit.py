@@ -66,9 +66,11 @@ SETTINGS = {
 }
 
 
-def compile_model(model, learning_rate):
-    model.compile(keras.optimizers.Adam(learning_rate), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
+def compile_model(model, learning_rate, regularizer=None):
+    optimizer = keras.optimizers.Adam(learning_rate)
+    if regularizer is not None:                    # structure learning: the optimizer adds the term's gradient
+        optimizer = ms.MorphOptimizer(optimizer, regularizer)
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     return model
 
 
@@ -101,13 +103,12 @@ def learned(settings, data, seed, steps_per_epoch):
     model = small_vit(**settings["architecture"])
     seed_flops = ms.count_flops(model)
     reg = ms.MorphRegularizer(model, target="flops", source="group_lasso", threshold=settings["threshold"],
-                              budget=settings["budget"], ignore=PINNED)
-    compile_model(model, settings["shrink_learning_rate"])     # constant: the controller needs it (docs)
-    reg.attach(model)
+                              budget=settings["budget"], ignore=PINNED,
+                              steps=settings["shrink_epochs"] * steps_per_epoch)
+    compile_model(model, settings["shrink_learning_rate"], reg)     # constant: the controller needs it (docs)
     history = model.fit(x, y, batch_size=settings["batch_size"], epochs=settings["shrink_epochs"], verbose=2).history
     alive_ratio = float(reg.cost() / reg.initial_cost)
     print(reg.summary(), flush=True)
-    reg.detach(model)
     regularised_accuracy = test_accuracy(model, x_test, y_test)
     slim, report = ms.export_with_report(model, source="group_lasso", threshold=settings["threshold"])
     print(report.summary())

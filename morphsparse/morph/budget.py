@@ -29,26 +29,17 @@ behaviour is the same in units of the run length. The constants came from a rand
 the dynamics (channels pushed down by the strength and up by a task gradient that grows as they shrink, under
 Adam or SGD with momentum) and were then checked on real networks (docs/structure_learning.md).
 
-**State** (u, the integral, the step count, the planned steps, R and v per channel): with a ``MorphOptimizer``
-(:mod:`morphsparse.morph.optimizer`), variables of that optimizer, saved and restored with it by Keras. Without
-one (the deprecated ``attach`` path, custom loops calling :meth:`BudgetController.update`), a small Keras
-layer that the regulariser sets as a plain attribute of the model, ``model._morph_budget_state``. Keras's
-saving walks a model's attributes, so ``model.save``/``save_weights`` (and ModelCheckpoint) write the state
-into the file next to the weights, with the model's identity (:func:`model_identity`); a fresh model from
-``keras.saving.load_model`` has no such attribute, so plain Keras loads the file and ignores the extra entries.
-To resume, re-attach with ``resume_from=path``, which refuses a file saved from another network (or call
-``model.load_weights(path)`` after attaching: Keras then restores the state itself, as BackupAndRestore does).
+**State** (u, the integral, the step count, the planned steps, R and v per channel): variables of the
+``MorphOptimizer`` (:mod:`morphsparse.morph.optimizer`) that trains with the controller, which Keras saves and
+restores with it (``model.save``, ``save_weights``/``load_weights``, ModelCheckpoint, BackupAndRestore). Until an
+optimizer takes it over (a custom loop calling :meth:`BudgetController.update`), plain variables of the
+controller (:class:`ControllerState`), not saved with the model.
 """
 
 from __future__ import annotations
 
-import inspect
-import io
-import json
 import math
-import os
 import warnings
-import zipfile
 from dataclasses import dataclass
 
 import keras
@@ -57,10 +48,8 @@ import tensorflow as tf
 
 from morphsparse.checks import absolute_budget_hint, check_budget
 
-#: Model attribute holding the controller state (a plain attribute, not tracked: saving walks it by name).
-STATE_ATTRIBUTE = "_morph_budget_state"
-#: Key of the saved state's identity entry (:func:`model_identity`, JSON bytes) next to the variables.
-IDENTITY_KEY = "identity"
+#: The controller's variables, in the order the optimizer makes (and Keras saves) them.
+STATE_NAMES = ("log_multiplier", "integral", "step", "total_steps", "previous_r", "velocity")
 #: A final cost more than this (as a fraction of the seed's cost) from the budget is reported at the end.
 LANDING_TOLERANCE = 0.03
 
@@ -87,50 +76,26 @@ class ControllerSettings:
     max_multiplier: float = 1e4
 
 
-def _variable(layer, name, shape=(), dtype="float32", value=0.0):
-    return layer.add_weight(shape=shape, initializer=keras.initializers.Constant(value), dtype=dtype,
-                            trainable=False, aggregation="only_first_replica", name=name)
+class ControllerState:
+    """The controller's variables (:data:`STATE_NAMES`): a MorphOptimizer's (:meth:`of`), or fresh ones
+    (:meth:`fresh`) for a controller no optimizer trains with."""
 
+    def __init__(self, variables):
+        for name, variable in zip(STATE_NAMES, variables):
+            setattr(self, name, variable)
 
-class BudgetState(keras.layers.Layer):
-    """The controller's variables. A Keras layer so that Keras's own saving writes them (see module doc);
-    never called, never part of the model's layers or weights."""
-
-    NAMES = ("log_multiplier", "integral", "step", "total_steps", "previous_r", "velocity")
-
-    def __init__(self, n_channels, log_multiplier, previous_r, name="morph_budget_state", identity=None):
-        super().__init__(name=name, trainable=False)
-        #: what the state was learned on (:func:`model_identity`), saved next to the variables
-        self.identity = identity
-        self.log_multiplier = _variable(self, "log_multiplier", value=log_multiplier)
-        self.integral = _variable(self, "integral", value=log_multiplier)
-        self.step = _variable(self, "step", dtype="int64", value=0)
-        self.total_steps = _variable(self, "total_steps", dtype="int64", value=0)
-        self.previous_r = _variable(self, "previous_r", shape=(n_channels,), value=0.0)
-        self.previous_r.assign(np.asarray(previous_r, dtype="float32"))
-        self.velocity = _variable(self, "velocity", shape=(n_channels,), value=0.0)
-        self.built = True
+    @classmethod
+    def fresh(cls, n_channels, log_multiplier, previous_r, total_steps=0):
+        values = (log_multiplier, log_multiplier, 0, total_steps, np.asarray(previous_r, "float32"),
+                  np.zeros(n_channels, "float32"))
+        return cls([keras.Variable(value, dtype="int64" if "step" in name else "float32", trainable=False,
+                                   name=name) for name, value in zip(STATE_NAMES, values)])
 
     def ordered(self):
-        return [getattr(self, name) for name in self.NAMES]
+        return [getattr(self, name) for name in STATE_NAMES]
 
     def numpy_state(self):
-        return {name: keras.ops.convert_to_numpy(v) for name, v in zip(self.NAMES, self.ordered())}
-
-    def save_own_variables(self, store):
-        super().save_own_variables(store)
-        if self.identity is not None:       # JSON bytes: the stores hold arrays only
-            store[IDENTITY_KEY] = np.frombuffer(json.dumps(self.identity).encode(), np.uint8)
-
-    def load_own_variables(self, store):
-        # Files written before the identity entry existed hold the variables only.
-        variables = self.ordered()
-        count = len([key for key in store.keys() if key != IDENTITY_KEY])
-        if count != len(variables):
-            raise ValueError(f"the budget controller state in this file has {count} variables, this controller "
-                             f"{len(variables)}: it was not saved by this version of morphsparse")
-        for i, variable in enumerate(variables):
-            variable.assign(store[str(i)])
+        return {name: keras.ops.convert_to_numpy(v) for name, v in zip(STATE_NAMES, self.ordered())}
 
 
 def model_identity(regularizer):
@@ -218,22 +183,12 @@ class BudgetController:
         self.ratio = float(ratio)
         self.steps = check_steps(steps)
         r0 = keras.ops.convert_to_numpy(regularizer.vector())
-        with regularizer.model.distribute_strategy.scope():
-            self.state = BudgetState(regularizer.kernel_calls.n_channels, math.log(self.settings.initial_multiplier),
-                                     r0, identity=model_identity(regularizer))
-        if self.steps is not None:
-            self.state.total_steps.assign(self.steps)
-        # on the model, where model.save writes it (the deprecated attach path, custom loops calling update())
-        object.__setattr__(regularizer.model, STATE_ATTRIBUTE, self.state)
+        self.state = ControllerState.fresh(regularizer.kernel_calls.n_channels,
+                                           math.log(self.settings.initial_multiplier), r0, self.steps or 0)
 
-    def use_state(self, state=None):
-        """Take the state off the model: a ``MorphOptimizer`` trains with this controller and keeps the state in
-        its own variables, ``state`` (an object with the six variables of :attr:`BudgetState.NAMES`; None until
-        the optimizer has made them)."""
-        if self.reg.model.__dict__.get(STATE_ATTRIBUTE) is self.state:
-            del self.reg.model.__dict__[STATE_ATTRIBUTE]
-        if state is not None:
-            self.state = state
+    def use_state(self, state):
+        """Train with ``state`` (a :class:`ControllerState` of a MorphOptimizer's variables) from now on."""
+        self.state = state
 
     # --- costs ------------------------------------------------------------------------------------------
     def _floor_ratio(self):
@@ -261,9 +216,9 @@ class BudgetController:
     def update(self, r=None, alive=None):
         """One controller step (tf ops; call once per training step). Returns the alive cost ratio at ``r``
         (the model's current R when omitted) as a float64 tensor."""
-        if self.steps is None and not self._fit_sets_steps():
+        if self.steps is None:
             raise ValueError("MorphRegularizer(budget=...) needs the number of structure-learning steps: pass "
-                             "steps= to MorphRegularizer or attach(), or train with fit() (which supplies it)")
+                             "steps= to MorphRegularizer")
         reg, st, s = self.reg, self.state, self.settings
         r = reg.vector() if r is None else r
         r = tf.stop_gradient(tf.cast(r, tf.float32))
@@ -301,9 +256,6 @@ class BudgetController:
         progress = tf.clip_by_value(step / (self.settings.approach * total), 0.0, 1.0)
         return 1.0 - (1.0 - np.float32(self.ratio)) * 0.5 * (1.0 - tf.cos(np.pi * progress))
 
-    def _fit_sets_steps(self):
-        return getattr(self, "_in_fit", False)
-
     # --- Python-side ----------------------------------------------------------------------------------------
     @property
     def current_strength(self):
@@ -320,17 +272,6 @@ class BudgetController:
     def set_steps(self, steps):
         self.steps = check_steps(steps)
         self.state.total_steps.assign(self.steps)
-
-    def begin_fit(self, steps_this_fit):
-        """Called by fit: the planned total is the explicit ``steps=`` if given, else the steps already taken
-        plus this fit's."""
-        if self.steps is None:
-            if steps_this_fit is None:
-                raise ValueError("MorphRegularizer(budget=...): fit() cannot tell how many steps it will run "
-                                 "(a dataset of unknown length and no steps_per_epoch); pass steps= (the "
-                                 "number of structure-learning steps) to MorphRegularizer or attach()")
-            self.state.total_steps.assign(self.step + int(steps_this_fit))
-        self._in_fit = True
 
     def verdict(self, stopped_early=False):
         """(cost ratio, message or None): the message says how far the alive cost is from the budget and what
@@ -362,105 +303,8 @@ class BudgetController:
             warnings.warn(message, BudgetWarning, stacklevel=2)
         return ratio
 
-    # --- saving -----------------------------------------------------------------------------------------------
-    def restore(self, path):
-        """Load the controller state saved with a model (a .keras file or a .weights.h5 file). Refuses a file
-        saved from another network (:func:`model_identity`); a file without the identity (written before it
-        was saved) is accepted with a warning."""
-        values, identity = read_saved_state(path)
-        path = os.fspath(path)
-        variables = self.state.ordered()
-        current = self.state.identity
-        if identity is not None and current is not None:
-            mismatch = identity_mismatch(identity, current)
-            if mismatch:
-                raise ValueError(f"resume_from={path!r} was saved from model '{identity.get('model')}', not from "
-                                 f"this one ('{current['model']}'): {mismatch}. Resume from a file saved from "
-                                 "this network, or leave resume_from out to start the controller afresh")
-        if len(values) != len(variables) or any(tuple(np.shape(a)) != tuple(v.shape)
-                                                for a, v in zip(values, variables)):
-            raise ValueError(f"resume_from={path!r}: the saved controller state does not fit this "
-                             "regulariser (a different model or target?)")
-        if identity is None:
-            warnings.warn(f"resume_from={path!r} does not say which model it was saved from (written by an "
-                          "earlier morphsparse), so it cannot be checked to be this one's; resuming. Save again "
-                          "to include it.", UserWarning, stacklevel=3)
-        for value, variable in zip(values, variables):
-            variable.assign(value)
-
-
 class BudgetWarning(UserWarning):
     """The alive cost at the end of structure learning is not within tolerance of the budget."""
-
-
-def read_state(path):
-    """The controller variables saved in ``path`` (.keras archive or .weights.h5), in BudgetState order."""
-    return read_saved_state(path)[0]
-
-
-def _checked_path(path):
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"resume_from must be the path (str or os.PathLike) of a file saved by model.save, "
-                        f"save_weights or ModelCheckpoint, got {type(path).__name__} {path!r}")
-    path = os.fsdecode(path)
-    if not os.path.isfile(path):
-        what = "is a folder" if os.path.isdir(path) else "does not exist"
-        raise FileNotFoundError(f"resume_from={path!r} {what}: give the .keras or .weights.h5 file saved by "
-                                "model.save, save_weights or ModelCheckpoint")
-    return path
-
-
-def read_saved_state(path):
-    """(the controller variables saved in ``path``, in BudgetState order; the saved :func:`model_identity` or
-    None for files written before it was saved)."""
-    import h5py
-
-    path = _checked_path(path)
-
-    def from_h5(handle):
-        with h5py.File(handle, "r") as f:
-            if STATE_ATTRIBUTE not in f:
-                raise ValueError(f"resume_from={path!r} holds no budget controller state: it was saved from a "
-                                 "model without a MorphRegularizer(budget=...) attached")
-            group = f[STATE_ATTRIBUTE]["vars"]
-            values = [np.asarray(group[key]) for key in sorted((k for k in group if k.isdigit()), key=int)]
-            identity = None
-            if IDENTITY_KEY in group:
-                identity = json.loads(np.asarray(group[IDENTITY_KEY]).tobytes().decode())
-            return values, identity
-
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                names = [n for n in archive.namelist() if n.endswith(".weights.h5")]
-                if not names:
-                    raise ValueError(f"resume_from={path!r}: no weights file in this archive")
-                return from_h5(io.BytesIO(archive.read(names[0])))
-        return from_h5(path)
-    except (OSError, KeyError, EOFError, UnicodeDecodeError, json.JSONDecodeError, zipfile.BadZipFile) as err:
-        raise ValueError(f"resume_from={path!r} cannot be read as a Keras file (.keras archive or .weights.h5; "
-                         f"damaged or another format?): {err}") from None
-
-
-def fit_hook(original_fit, controller):
-    """A ``fit`` for the model instance that adds a :class:`BudgetCallback` to the callbacks and warns, at
-    the caller's ``fit`` line, when the budget was missed."""
-    signature = inspect.signature(original_fit)
-
-    def fit(self_model, *args, **kwargs):
-        bound = signature.bind(*args, **kwargs)
-        callbacks = bound.arguments.get("callbacks")
-        callback = BudgetCallback(controller, bound.arguments.get("initial_epoch", 0))
-        if isinstance(callbacks, keras.callbacks.CallbackList):
-            callbacks.append(callback)
-        else:
-            bound.arguments["callbacks"] = list(callbacks or []) + [callback]
-        history = original_fit(*bound.args, **bound.kwargs)
-        if callback.message:
-            warnings.warn(callback.message, BudgetWarning, stacklevel=2)
-        return history
-
-    return fit
 
 
 #: the controller lands a budget in about this many / learning_rate steps with Adam (docs/structure_learning.md)
@@ -489,43 +333,5 @@ def too_few_steps(controller, optimizer, planned=None, taken=None):
             "threshold): train more epochs, use smaller batches or a higher learning rate, or pass steps=")
 
 
-class BudgetCallback(keras.callbacks.Callback):
-    """Added to fit() by an attached budget regulariser: sets the planned steps when the first epoch begins,
-    judges the landing at the end (the fit hook issues the warning).
-
-    The plan is made at the first epoch fit actually runs, not from fit's ``initial_epoch``: after every
-    callback's ``on_train_begin``, so that a ``BackupAndRestore`` that restored the model has also restored the
-    controller's step count (it is saved with the weights) and moved the start to the restored epoch. The
-    planned total is then the steps taken plus the remaining epochs' steps. (``initial_epoch`` is kept for
-    compatibility; the epoch fit starts from is used.)"""
-
-    def __init__(self, controller, initial_epoch=0):
-        super().__init__()
-        self.controller = controller
-        self.initial_epoch = int(initial_epoch or 0)
-        self.message = None
-        self._planned = False
-
-    def on_train_begin(self, logs=None):
-        self._planned = False
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if self._planned:
-            return
-        self._planned = True
-        epochs, steps = self.params.get("epochs"), self.params.get("steps")
-        this_fit = None if steps is None else max(int(epochs) - int(epoch), 0) * int(steps)
-        self.controller.begin_fit(this_fit)
-        message = too_few_steps(self.controller, getattr(self.model, "optimizer", None))
-        if message:
-            warnings.warn(message, BudgetWarning, stacklevel=2)
-
-    def on_train_end(self, logs=None):
-        self.controller._in_fit = False
-        stopped = bool(getattr(self.model, "stop_training", False))
-        _, self.message = self.controller.verdict(stopped_early=stopped)
-
-
-__all__ = ["BudgetController", "BudgetState", "BudgetCallback", "BudgetWarning", "ControllerSettings",
-           "LANDING_TOLERANCE", "STATE_ATTRIBUTE", "IDENTITY_KEY", "parse_budget", "read_state", "read_saved_state",
-           "model_identity"]
+__all__ = ["BudgetController", "ControllerState", "BudgetWarning", "ControllerSettings", "LANDING_TOLERANCE",
+           "STATE_NAMES", "parse_budget", "model_identity", "identity_mismatch", "too_few_steps"]

@@ -25,7 +25,6 @@ source are not regularised: R = 0 in the term, and they always count as alive.
 from __future__ import annotations
 
 import dataclasses
-import types
 import warnings
 from dataclasses import dataclass
 
@@ -240,13 +239,6 @@ def check_arguments(target="flops", source="gamma", threshold=_alive.DEFAULT_THR
         DEFAULT_DEVICE if device is None else device)
 
 
-def _scale_for_replicas(value):
-    """Divide by the number of replicas inside a tf.distribute replica context, as Keras does for every loss,
-    so that summing the per-replica gradients applies the term once."""
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    return value / replicas if replicas > 1 else value
-
-
 class MorphRegularizer:
     """MorphNet's resource-weighted group-sparsity regulariser for a Keras 3 functional or Sequential model.
 
@@ -260,9 +252,9 @@ class MorphRegularizer:
         budget: instead of a strength, the cost to reach: a fraction of the seed's cost in (0, 1], or an
             absolute count > 1 in the target's unit. The strength is then controlled during training
             (:mod:`morphsparse.morph.budget`); not with ``strength`` / ``strength_multiplier``.
-        steps: with ``budget``: the number of structure-learning steps (required by ``MorphOptimizer``; with
-            the deprecated ``attach``, fit supplies it when omitted; a custom loop must give it). Plan about 4 / learning_rate steps with Adam (400 at 1e-2): fewer cannot
-            land the budget, and fit warns at its start when the plan is under half of that.
+        steps: with ``budget``: the number of structure-learning steps (required, as a learning-rate schedule
+            needs its decay steps). Plan about 4 / learning_rate steps with Adam (400 at 1e-2): fewer cannot
+            land the budget, and the MorphOptimizer warns when it is built if the plan is under half of that.
         l1_fraction: group-lasso mix of L1 (mean |w|) into the L2 norm (sqrt(mean w^2)); 0 by default.
         device: latency target only: a name in :data:`DEVICE_PROFILES` or a :class:`DeviceProfile`; None
             (the default) means "v100". Passing one with another target warns, as it would have no effect.
@@ -310,7 +302,6 @@ class MorphRegularizer:
         elif strength is None:
             strength = strength_multiplier / self.initial_cost
         self._strength = None if strength is None else float(strength)
-        self._trackers = None
 
     @property
     def strength(self):
@@ -503,155 +494,53 @@ class MorphRegularizer:
         return (f"<MorphRegularizer target={self.target_name!r} source={self.source!r} threshold={self.threshold:g} "
                 f"strength={self.strength:.3g}>")
 
-    # --- fit integration -------------------------------------------------------------------------------------
+    # --- fit integration (deprecated) ----------------------------------------------------------------------------
     def attach(self, model=None, steps=None, resume_from=None):
-        """Deprecated: compile with ``optimizer=ms.MorphOptimizer(inner, reg)`` instead.
+        """Deprecated, removed in the next release: compile with ``optimizer=ms.MorphOptimizer(inner, reg)``.
 
-        Add the term to ``model``'s loss in ``fit``/``train_on_batch``/``evaluate`` and log
-        ``regularization_loss``, ``alive_flops`` and ``alive_params``; returns the same model.
-
-        The model keeps its class (the hook lives on the instance), so ``model.save`` writes a plain Keras
-        model that loads with no morphsparse import and no custom scope; re-attach after loading to continue
-        structure learning. ``detach(model)`` removes the hook.
-
-        With a budget, ``fit`` also logs ``strength``, ``strength_multiplier`` (strength x initial cost) and
-        ``alive_<flops|params|...>_ratio`` and warns at the end when the cost missed the budget. ``steps``: the
-        number of structure-learning steps (default: the steps of each fit call, added to those already taken).
-        ``resume_from``: a file saved from a model with a budget regulariser attached (``model.save`` /
-        ModelCheckpoint): the controller continues from the state saved in it (a file saved from another
-        network is refused). Attaching to a model that has another regulariser attached replaces it, with a
-        warning.
-        """
+        Wraps ``model``'s compiled optimizer in a :class:`~morphsparse.morph.optimizer.MorphOptimizer` (so the
+        model must be compiled first) and returns the model. ``steps``: with a budget, the number of
+        structure-learning steps, if not given to the regulariser. ``resume_from`` is no longer supported: a
+        model compiled with a MorphOptimizer saves the controller's state with it."""
         warnings.warn("MorphRegularizer.attach(model) is deprecated and will be removed in the next release: "
                       "compile with model.compile(optimizer=ms.MorphOptimizer(keras.optimizers.Adam(...), reg), "
                       "...) (or ms.morph_optimizer(model, optimizer, ...)), which saves and resumes with the model",
                       DeprecationWarning, stacklevel=2)
-        if (steps is not None or resume_from is not None) and self.controller is None:
-            raise ValueError("attach(steps=..., resume_from=...) apply to a budget: construct "
-                             "MorphRegularizer(budget=...)")
         model = self.model if model is None else model
-        if model is not self.model:
-            same = [id(w) for w in model.weights] == [id(w) for w in self.model.weights]
-            if not same:
-                raise ValueError("attach() takes the model this regulariser was built for (or one sharing its "
-                                 "weights)")
-        if self.controller is not None:
-            if steps is not None:
-                self.controller.set_steps(steps)
-            if resume_from is not None:
-                self.controller.restore(resume_from)
-        previous = getattr(model, "_morph_regularizer", None)
-        if previous is not None:
-            if previous is not self:
-                _alive.warn_user(f"model '{model.name}' already had a MorphRegularizer attached; attach() replaces "
-                                 "it: only this regulariser's term is added from now on (one regulariser per "
-                                 "model; call MorphRegularizer.detach(model) first to silence this)")
-            previous.detach(model)
-        with model.distribute_strategy.scope():
-            trackers = _Trackers(self._ratio_name() if self.controller is not None else None)
-        original_compute_loss = model.compute_loss
-        original_metrics_result = model.get_metrics_result
-        original_reset = model.reset_metrics
-        regularizer = self
-
-        def compute_loss(self_model, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-            task = original_compute_loss(x, y, y_pred, sample_weight, training=training)
-            # Nothing here reads the batch, so without this the controller step and the trackers would also
-            # run in the step Keras makes past the end of a dataset of unknown length, where get_next fails
-            # and no data is trained: they wait for the batch.
-            batch = [t for t in tf.nest.flatten((task, x), expand_composites=True) if tf.is_tensor(t)]
-            with tf.control_dependencies(batch):
-                values = regularizer._loss_and_costs(training=training, budget_logs=True)
-                trackers.update(*values)
-            return task + _scale_for_replicas(tf.cast(values[0], task.dtype))
-
-        def get_metrics_result(self_model):
-            results = original_metrics_result()
-            results.update(trackers.results())
-            return results
-
-        def reset_metrics(self_model):
-            original_reset()
-            trackers.reset()
-
-        # Plain attributes on the instance: nothing is tracked by Keras, so saving is unaffected.
-        object.__setattr__(model, "compute_loss", types.MethodType(compute_loss, model))
-        object.__setattr__(model, "get_metrics_result", types.MethodType(get_metrics_result, model))
-        object.__setattr__(model, "reset_metrics", types.MethodType(reset_metrics, model))
-        object.__setattr__(model, "_morph_regularizer", self)
-        object.__setattr__(model, "_compute_loss_has_training_arg", True)
-        if self.controller is not None:
-            object.__setattr__(model, "fit", types.MethodType(_budget.fit_hook(model.fit, self.controller), model))
-            object.__setattr__(model, _budget.STATE_ATTRIBUTE, self.controller.state)
-        self._trackers = trackers
-        _reset_compiled_functions(model)
+        if [id(w) for w in model.weights] != [id(w) for w in self.model.weights]:
+            raise ValueError("attach() takes the model this regulariser was built for (or one sharing its weights)")
+        if resume_from is not None:
+            raise ValueError("attach(resume_from=...) is no longer supported: compile with ms.MorphOptimizer(inner, "
+                             "reg), whose state model.save writes; load the file with keras.saving.load_model and "
+                             "call model.optimizer.bind(model) to go on")
+        if steps is not None:
+            if self.controller is None:
+                raise ValueError("attach(steps=...) is the number of structure-learning steps of a budget: construct "
+                                 "MorphRegularizer(budget=...)")
+            self.controller.set_steps(steps)
+            self.arguments["steps"] = self.controller.steps
+        inner = getattr(model, "optimizer", None)
+        if inner is None:
+            raise ValueError(f"attach() wraps the compiled optimizer of model '{model.name}', which is not compiled: "
+                             "compile it first, or compile with optimizer=ms.MorphOptimizer(inner, reg)")
+        # the optimizer's module imports this one: the class is taken from Keras's registry, where
+        # `import morphsparse` put it
+        morph_optimizer = keras.saving.get_registered_object("morphsparse>MorphOptimizer")
+        model.optimizer = morph_optimizer(inner, self)
+        model.make_train_function(force=True)
         return model
 
     @staticmethod
     def detach(model):
-        """Remove the hook installed by :meth:`attach`; returns the model."""
-        for name in ("compute_loss", "get_metrics_result", "reset_metrics", "_morph_regularizer", "fit",
-                     _budget.STATE_ATTRIBUTE):
-            model.__dict__.pop(name, None)
-        _reset_compiled_functions(model)
+        """Deprecated with :meth:`attach`: compile the model with its inner optimizer instead. Unwraps a
+        MorphOptimizer that :meth:`attach` put around the compiled optimizer; returns the model."""
+        warnings.warn("MorphRegularizer.detach(model) is deprecated with attach() and will be removed in the next "
+                      "release: compile the model with the optimizer you want", DeprecationWarning, stacklevel=2)
+        morph_optimizer = keras.saving.get_registered_object("morphsparse>MorphOptimizer")
+        if isinstance(getattr(model, "optimizer", None), morph_optimizer):
+            model.optimizer = model.optimizer.inner_optimizer
+            model.make_train_function(force=True)
         return model
-
-
-def _reset_compiled_functions(model):
-    """fit/evaluate trace their step once; drop the traces so the (un)hooked compute_loss is picked up."""
-    for name in ("train_function", "test_function", "predict_function"):
-        if getattr(model, name, None) is not None:
-            object.__setattr__(model, name, None)
-
-
-class _LatestValue(keras.metrics.Metric):
-    """A metric that reports the last value it was given (alive FLOPs and params at the end of the epoch)."""
-
-    def __init__(self, name, dtype="float64"):
-        super().__init__(name=name, dtype=dtype)
-        self.value = self.add_variable(shape=(), initializer="zeros", dtype=dtype, aggregation="mean",
-                                       name="value")
-
-    def update_state(self, value):
-        self.value.assign(keras.ops.cast(value, self.dtype))
-
-    def result(self):
-        return self.value
-
-    def reset_state(self):
-        pass  # keep the last value across epochs; it is overwritten at the next step
-
-
-class _Trackers:
-    """Metrics the attached model logs, held outside the model so that saving it is unaffected. With a
-    budget (``ratio_name``), also the strength and the alive cost ratio."""
-
-    def __init__(self, ratio_name=None):
-        self.loss = keras.metrics.Mean(name="regularization_loss")
-        self.flops = _LatestValue("alive_flops")
-        self.params = _LatestValue("alive_params")
-        self.budget = None
-        if ratio_name is not None:
-            self.budget = (_LatestValue("strength", dtype="float32"),
-                           _LatestValue("strength_multiplier", dtype="float32"), _LatestValue(ratio_name))
-
-    def update(self, loss, flops, params, *budget):
-        self.loss.update_state(loss)
-        self.flops.update_state(flops)
-        self.params.update_state(params)
-        if self.budget is not None and budget:
-            for tracker, value in zip(self.budget, budget):
-                tracker.update_state(value)
-
-    def results(self):
-        results = {"regularization_loss": self.loss.result(), "alive_flops": self.flops.result(),
-                   "alive_params": self.params.result()}
-        if self.budget is not None:
-            results.update({tracker.name: tracker.result() for tracker in self.budget})
-        return results
-
-    def reset(self):
-        self.loss.reset_state()
 
 
 __all__ = ["MorphRegularizer", "DeviceProfile", "DEVICE_PROFILES", "TARGETS", "DEFAULT_STRENGTH_MULTIPLIER",

@@ -15,9 +15,9 @@ import pytest
 import tensorflow as tf
 
 import morphsparse as ms
-import morphsparse.morph.budget as budget_module
 from morphsparse.models import small_mlp
-from morphsparse.morph.budget import LANDING_TOLERANCE, STATE_ATTRIBUTE, BudgetWarning, read_state
+from morphsparse.morph.budget import LANDING_TOLERANCE, BudgetWarning
+from morphsparse.morph.optimizer import MorphOptimizer
 from morphsparse.morph.regularizers import MorphRegularizer
 
 L = keras.layers
@@ -36,9 +36,8 @@ def steps_per_epoch(x):
 def fit_with_budget(digits, optimizer, source="gamma", epochs=6, budget=0.5, target="flops", **fit_kw):
     x, y, _, _ = digits
     model = mlp(batch_norm=source == "gamma")
-    reg = MorphRegularizer(model, target=target, source=source, budget=budget)
-    reg.attach(model)
-    model.compile(optimizer, LOSS)
+    reg = MorphRegularizer(model, target=target, source=source, budget=budget, steps=epochs * steps_per_epoch(x))
+    model.compile(MorphOptimizer(optimizer, reg), LOSS)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         history = model.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0, **fit_kw)
@@ -105,8 +104,7 @@ def test_no_warning_before_the_planned_steps_are_done(digits):
     x, y, _, _ = digits
     model = mlp()
     reg = MorphRegularizer(model, budget=0.5, steps=10 * steps_per_epoch(x))
-    reg.attach(model)
-    model.compile(keras.optimizers.Adam(1e-2), LOSS)
+    model.compile(MorphOptimizer(keras.optimizers.Adam(1e-2), reg), LOSS)
     with warnings.catch_warnings():
         warnings.simplefilter("error", BudgetWarning)
         model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)      # 1 of 10 planned epochs: no verdict yet
@@ -120,72 +118,26 @@ def controller_values(reg):
 
 
 @pytest.mark.filterwarnings("ignore::morphsparse.morph.budget.BudgetWarning")
-def test_checkpoint_mid_run_loads_reattaches_and_resumes_the_controller(tmp_path, digits):
+def test_checkpoint_mid_run_loads_binds_and_resumes_the_controller(tmp_path, digits):
     x, y, _, _ = digits
     spe = steps_per_epoch(x)
     model = mlp()
     reg = MorphRegularizer(model, budget=0.5, steps=6 * spe)          # a 6-epoch plan, stopped after 3
-    reg.attach(model)
-    model.compile(keras.optimizers.Adam(3e-2), LOSS)
+    model.compile(MorphOptimizer(keras.optimizers.Adam(3e-2), reg), LOSS)
     path = str(tmp_path / "epoch{epoch}.keras")
     model.fit(x, y, batch_size=BATCH, epochs=3, verbose=0, callbacks=[keras.callbacks.ModelCheckpoint(path)])
     saved = controller_values(reg)                      # the state after epoch 3, as the last checkpoint saw it
     assert saved["step"] == 3 * spe and saved["total_steps"] == 6 * spe
-    np.testing.assert_array_equal(read_state(path.format(epoch=3))[0], saved["log_multiplier"])
 
-    loaded = keras.saving.load_model(path.format(epoch=3))            # plain Keras: the state is ignored
-    assert not hasattr(loaded, STATE_ATTRIBUTE)
-    resumed = MorphRegularizer(loaded, budget=0.5)
-    assert resumed.controller.step == 0
-    resumed.attach(loaded, resume_from=path.format(epoch=3))
+    loaded = keras.saving.load_model(path.format(epoch=3))      # the MorphOptimizer and its variables come back
+    resumed = loaded.optimizer.bind(loaded).regularizer
     for name, value in controller_values(resumed).items():
         np.testing.assert_array_equal(value, saved[name], err_msg=name)
     assert resumed.strength == reg.strength
-
-    # the state is all the controller has: from the same weights, one more step gives the same new state
-    reg.controller.update()
-    resumed.controller.steps = 6 * spe
-    resumed.controller.update()
-    resumed.controller.steps = None
-    for name, value in controller_values(resumed).items():
-        np.testing.assert_allclose(value, controller_values(reg)[name], rtol=1e-6, err_msg=name)
-
     # fit(initial_epoch=3, epochs=6) continues the same 6-epoch plan
     history = loaded.fit(x, y, batch_size=BATCH, epochs=6, initial_epoch=3, verbose=0)
-    assert resumed.controller.total_steps == 6 * spe + 1
-    assert resumed.controller.step == 6 * spe + 1
+    assert resumed.controller.total_steps == resumed.controller.step == 6 * spe
     assert len(history.history["strength"]) == 3
-
-
-@pytest.mark.filterwarnings("ignore::morphsparse.morph.budget.BudgetWarning")      # 16 steps cannot land
-def test_fit_resumed_by_backup_and_restore_keeps_the_plan(tmp_path, digits):
-    """Killed in epoch 3 of 4, then fit again with the same BackupAndRestore: Keras restores the weights and the
-    controller state saved after epoch 2 and starts at epoch 2, so the plan is the 2 epochs taken plus the 2
-    left, 4 epochs as before (not 2 + 4 taken from fit's initial_epoch=0)."""
-    x, y = digits[0][:256], digits[1][:256]
-    spe = steps_per_epoch(x)
-    model = mlp()
-    reg = MorphRegularizer(model, budget=0.5)
-    reg.attach(model)
-    model.compile(keras.optimizers.Adam(3e-2), LOSS)
-    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
-
-    class Kill(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch
-
-        def on_train_batch_end(self, batch, logs=None):
-            if self.epoch == 2 and batch == 1:
-                raise RuntimeError("killed")
-
-    with pytest.raises(RuntimeError, match="killed"):
-        model.fit(x, y, batch_size=BATCH, epochs=4, verbose=0, callbacks=[backup, Kill()])
-    assert reg.controller.step == 2 * spe + 2 and reg.controller.total_steps == 4 * spe
-    history = model.fit(x, y, batch_size=BATCH, epochs=4, verbose=0, callbacks=[backup])
-    assert len(history.history["loss"]) == 2                # resumed at epoch 2
-    assert reg.controller.total_steps == 4 * spe
-    assert reg.controller.step == 4 * spe
-
 
 def test_a_step_past_the_end_of_a_dataset_of_unknown_length_is_not_counted(digits):
     """Keras runs one more step at the end of every epoch over a dataset of unknown length, where get_next
@@ -201,8 +153,7 @@ def test_a_step_past_the_end_of_a_dataset_of_unknown_length_is_not_counted(digit
     assert dataset.cardinality() == tf.data.UNKNOWN_CARDINALITY
     model = mlp()
     reg = MorphRegularizer(model, budget=0.5, steps=100)
-    reg.attach(model)
-    model.compile(keras.optimizers.Adam(1e-2), LOSS)
+    model.compile(MorphOptimizer(keras.optimizers.Adam(1e-2), reg), LOSS)
     trained = []
 
     class Count(keras.callbacks.Callback):
@@ -216,65 +167,22 @@ def test_a_step_past_the_end_of_a_dataset_of_unknown_length_is_not_counted(digit
     assert reg.controller.step == 3 * 4
 
 
-def test_resume_from_refuses_a_checkpoint_saved_from_another_model(tmp_path):
-    """The same widths on 16x16 images: the same channel counts, so the controller state has the same shapes,
-    but another network (4x the first layer's FLOPs): refused, naming resume_from. The same network (a fresh
-    instance) resumes, and a file written before the model's identity was saved resumes with a warning."""
-    import h5py
-
+def test_deprecated_attach_wraps_the_compiled_optimizer_and_refuses_resume_from(tmp_path, digits):
+    x, y = digits[0][:256], digits[1][:256]
     model = mlp()
-    saved = MorphRegularizer(model, budget=0.5)
-    saved.attach(model)
-    saved.controller.state.step.assign(7)
-    path = tmp_path / "mlp.weights.h5"
-    model.save_weights(path)
-
-    other = small_mlp(input_shape=(16, 16, 1), widths=(64, 64))
-    reg = MorphRegularizer(other, budget=0.5)
-    assert [v.shape for v in reg.controller.state.ordered()] == [v.shape for v in saved.controller.state.ordered()]
-    with pytest.raises(ValueError, match=r"resume_from='.*mlp.weights.h5' was saved from model 'small_mlp', not "
-                                         r"from this one .*FLOPs"):
-        reg.attach(other, resume_from=path)
-    assert reg.controller.step == 0 and "fit" not in other.__dict__          # nothing restored, nothing attached
-
-    same = mlp()
-    resumed = MorphRegularizer(same, budget=0.5)
+    reg = MorphRegularizer(model, budget=0.5, steps=8)
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="not compiled: compile it first"):
+        reg.attach(model)
+    model.compile(keras.optimizers.Adam(3e-2), LOSS)
+    with pytest.warns(DeprecationWarning):
+        assert reg.attach(model) is model
+    assert isinstance(model.optimizer, MorphOptimizer) and model.optimizer.regularizer is reg
     with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)
-        resumed.attach(same, resume_from=path)
-    assert resumed.controller.step == 7
-
-    old = tmp_path / "old.weights.h5"                  # as written by the previous release: no identity entry
-    old.write_bytes(path.read_bytes())
-    with h5py.File(old, "a") as f:
-        del f[STATE_ATTRIBUTE]["vars"][budget_module.IDENTITY_KEY]
-    fresh = mlp()
-    reg_old = MorphRegularizer(fresh, budget=0.5)
-    with pytest.warns(UserWarning, match=r"resume_from=.*old.weights.h5.* does not say which model"):
-        reg_old.attach(fresh, resume_from=old)
-    assert reg_old.controller.step == 7
-    reg_old.controller.state.step.assign(0)
-    fresh.load_weights(old)                            # and Keras's own loading still reads it
-    assert reg_old.controller.step == 7
-
-
-def test_resume_from_a_missing_damaged_or_non_path_argument_says_so(tmp_path):
-    model = mlp()
-    reg = MorphRegularizer(model, budget=0.5)
-    with pytest.raises(FileNotFoundError, match=r"resume_from='.*nowhere.keras' does not exist"):
-        reg.attach(model, resume_from=tmp_path / "nowhere.keras")
-    (tmp_path / "junk.keras").write_bytes(b"not a keras file\n" * 20)
-    with pytest.raises(ValueError, match=r"resume_from='.*junk.keras' cannot be read as a Keras file"):
-        reg.attach(model, resume_from=tmp_path / "junk.keras")
-    model.save(tmp_path / "whole.keras")
-    (tmp_path / "cut.keras").write_bytes((tmp_path / "whole.keras").read_bytes()[:3000])     # a truncated copy
-    with pytest.raises(ValueError, match=r"resume_from='.*cut.keras' cannot be read as a Keras file"):
-        reg.attach(model, resume_from=tmp_path / "cut.keras")
-    for value in (3, model, ["a.keras"]):
-        with pytest.raises(TypeError, match=r"resume_from must be the path \(str or os.PathLike\)"):
-            reg.attach(model, resume_from=value)
-    assert "fit" not in model.__dict__
-
+        warnings.simplefilter("ignore", BudgetWarning)           # 8 steps cannot land
+        history = model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0)
+    assert "strength" in history.history and reg.controller.step == 8
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="resume_from=.*no longer supported"):
+        reg.attach(model, resume_from=tmp_path / "any.keras")
 
 @pytest.mark.filterwarnings("ignore::morphsparse.morph.budget.BudgetWarning")
 def test_tensorboard_shows_the_controller(tmp_path, digits):
@@ -282,9 +190,8 @@ def test_tensorboard_shows_the_controller(tmp_path, digits):
     pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install 'morphsparse[plots]')")
     x, y = digits[0][:256], digits[1][:256]
     model = mlp()
-    reg = MorphRegularizer(model, budget=0.5)
-    reg.attach(model)
-    model.compile(keras.optimizers.Adam(3e-2), LOSS)
+    reg = MorphRegularizer(model, budget=0.5, steps=8)
+    model.compile(MorphOptimizer(keras.optimizers.Adam(3e-2), reg), LOSS)
     logs = tmp_path / "logs"
     history = model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0,
                         callbacks=[keras.callbacks.TensorBoard(log_dir=str(logs), write_graph=False)])
@@ -310,44 +217,22 @@ def test_the_plots_extra_installs_tensorboard():
     assert any(line.startswith("tensorboard") for line in plots), plots
 
 
-@pytest.mark.filterwarnings("ignore::morphsparse.morph.budget.BudgetWarning")      # one epoch cannot land
-def test_load_weights_after_attach_restores_the_state_through_keras(tmp_path, digits):
-    x, y, _, _ = digits
-    model = mlp()
-    reg = MorphRegularizer(model, budget=0.5)
-    reg.attach(model)
-    model.compile(keras.optimizers.Adam(3e-2), LOSS)
-    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
-    model.save_weights(tmp_path / "w.weights.h5")
-    saved = controller_values(reg)
-    other = mlp()
-    other.set_weights(model.get_weights())
-    reg2 = MorphRegularizer(other, budget=0.5)
-    reg2.attach(other)
-    assert reg2.controller.step == 0
-    other.load_weights(tmp_path / "w.weights.h5")       # Keras walks the model's state attribute itself
-    for name, value in controller_values(reg2).items():
-        np.testing.assert_array_equal(value, saved[name], err_msg=name)
-
-
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::morphsparse.morph.budget.BudgetWarning")     # 4 steps cannot land
-def test_model_saved_with_a_budget_attached_loads_without_morphsparse(tmp_path, digits):
+def test_model_saved_with_a_budget_loads_without_morphsparse_when_not_compiled(tmp_path, digits):
     x, y, _, _ = digits
     model = mlp()
-    MorphRegularizer(model, budget=0.5).attach(model)
-    model.compile(keras.optimizers.Adam(3e-2), LOSS)
+    model.compile(ms.morph_optimizer(model, keras.optimizers.Adam(3e-2), budget=0.5, steps=4), LOSS)
     model.fit(x[:256], y[:256], batch_size=BATCH, epochs=1, verbose=0)
     path = tmp_path / "m.keras"
     model.save(path)
     with zipfile.ZipFile(path) as archive:
         config = json.loads(archive.read("config.json"))
-    assert config["class_name"] == "Functional" and "morphsparse" not in json.dumps(config)
+    assert config["class_name"] == "Functional" and "morphsparse" not in json.dumps(config["config"])
     code = textwrap.dedent(f"""
-        import sys, warnings
-        warnings.simplefilter("error")
+        import sys
         import keras
-        m = keras.saving.load_model({str(path)!r})
+        m = keras.saving.load_model({str(path)!r}, compile=False)
         assert not any(name.startswith("morphsparse") for name in sys.modules)
         print(type(m).__name__, m.count_params())
     """)
@@ -356,16 +241,14 @@ def test_model_saved_with_a_budget_attached_loads_without_morphsparse(tmp_path, 
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-2:] == ["Functional", str(model.count_params())]
 
-
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::morphsparse.morph.budget.BudgetWarning")
 def test_controller_compiles_with_xla(digits):
     """fit() compiles with XLA on GPU machines (jit_compile='auto'): the controller's ops must compile too."""
     x, y, _, _ = digits
     model = mlp()
-    reg = MorphRegularizer(model, budget=0.5)
-    reg.attach(model)
-    model.compile(keras.optimizers.Adam(3e-2), LOSS, jit_compile=True)
+    reg = MorphRegularizer(model, budget=0.5, steps=8)
+    model.compile(MorphOptimizer(keras.optimizers.Adam(3e-2), reg), LOSS, jit_compile=True)
     logs = model.fit(x[:256], y[:256], batch_size=BATCH, epochs=2, verbose=0).history
     assert np.isfinite(logs["loss"][-1]) and logs["strength"][-1] > 0
     assert reg.controller.step == 8
@@ -433,14 +316,10 @@ def test_budget_type_and_attach_arguments_are_checked(tmp_path):
     with pytest.raises(TypeError, match="budget must be a number"):
         MorphRegularizer(mlp(), budget=True)
     model = mlp()
-    with pytest.raises(ValueError, match=r"attach\(steps=..., resume_from=...\) apply to a budget"):
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match=r"attach\(steps=...\) is the number"):
         MorphRegularizer(model).attach(model, steps=10)
-    plain = mlp()
-    plain.save(tmp_path / "plain.keras")
     reg = MorphRegularizer(model, budget=0.5)
-    with pytest.raises(ValueError, match="resume_from=.*holds no budget controller state"):
-        reg.attach(model, resume_from=tmp_path / "plain.keras")
-    with pytest.raises(ValueError, match="steps must be a positive integer"):
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="steps must be a positive integer"):
         reg.attach(model, steps=-1)
     with pytest.raises(AttributeError, match="budget controller"):
         reg.strength = 1.0
@@ -454,9 +333,7 @@ def test_without_budget_nothing_changes(digits):
     reg = MorphRegularizer(model, strength_multiplier=2.0)
     assert reg.controller is None and reg.strength == pytest.approx(2.0 / reg.initial_cost)
     assert len(reg._loss_and_costs(training=True, budget_logs=True)) == 3
-    reg.attach(model)
-    assert "fit" not in model.__dict__ and not hasattr(model, STATE_ATTRIBUTE)
-    model.compile(keras.optimizers.Adam(3e-2), LOSS)
+    model.compile(MorphOptimizer(keras.optimizers.Adam(3e-2), reg), LOSS)
     history = model.fit(x[:256], y[:256], batch_size=BATCH, epochs=1, verbose=0)
     assert set(history.history) == {"loss", "regularization_loss", "alive_flops", "alive_params"}
     assert reg.strength == pytest.approx(2.0 / reg.initial_cost)
@@ -483,9 +360,9 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     with strategy.scope():
         keras.utils.set_random_seed(0)
         model = small_mlp(widths=(64, 64))
-        reg = ms.MorphRegularizer(model, budget=0.5)
-        reg.attach(model)
-        model.compile(keras.optimizers.Adam(3e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        reg = ms.MorphRegularizer(model, budget=0.5, steps=8 * int(np.ceil(len(x) / 64)))      # 8 epochs
+        model.compile(ms.MorphOptimizer(keras.optimizers.Adam(3e-2), reg),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     warnings.simplefilter("ignore")
     history = model.fit(x, y, batch_size=64, epochs=8, verbose=0)
     state = reg.controller.state
@@ -522,9 +399,9 @@ def test_a_budget_below_one_channel_per_group_is_refused_at_the_start(budget):
 def test_too_few_planned_steps_warn_at_the_start_of_fit():
     """The rule (about 4 / learning_rate Adam steps) is checked when fit starts, not only after training."""
     model = ms.small_resnet(input_shape=(8, 8, 1), width_multiplier=0.25)
-    reg = ms.MorphRegularizer(model, budget=0.5)
-    reg.attach(model)
-    model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    reg = ms.MorphRegularizer(model, budget=0.5, steps=2)
+    model.compile(ms.MorphOptimizer(keras.optimizers.Adam(1e-2), reg),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     x, y = np.zeros((64, 8, 8, 1), "float32"), np.zeros(64, "int32")
     seen = []
 
@@ -535,15 +412,15 @@ def test_too_few_planned_steps_warn_at_the_start_of_fit():
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[Spy()])
-    early = [str(w.message) for w in record[:seen[0]]]
+    early = [str(w.message) for w in record[:seen[1]]]      # the optimizer is built in the first step
     assert any("plans 2 structure-learning steps" in m and "400 steps" in m for m in early), early
 
 
 def test_enough_planned_steps_do_not_warn_at_the_start():
     model = ms.small_resnet(input_shape=(8, 8, 1), width_multiplier=0.25)
     reg = ms.MorphRegularizer(model, budget=0.5, steps=1000)
-    reg.attach(model)
-    model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(ms.MorphOptimizer(keras.optimizers.Adam(1e-2), reg),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         model.fit(np.zeros((64, 8, 8, 1), "float32"), np.zeros(64, "int32"), batch_size=32, epochs=1, verbose=0)
