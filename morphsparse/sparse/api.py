@@ -355,6 +355,12 @@ def _plan(model, sparsity, distribution, power, layer_sparsity, keep_dense, incl
     extra = _include_spec(include, tree)
     candidates = {path: layer for path, layer in tree.items()
                   if (maskable_kernels(layer) and not isinstance(layer, keras.Model)) or path in extra}
+    # a layer a subclassed model holds but its call never uses is never built: it has no weights to mask
+    unbuilt = [path for path, layer in candidates.items() if not layer.weights]
+    if unbuilt:
+        warnings.warn(f"not masked: layer(s) {unbuilt} hold no weights (the model's call never uses them), so "
+                      "there is nothing of them to mask", UserWarning, stacklevel=3)
+        candidates = {path: layer for path, layer in candidates.items() if path not in unbuilt}
     frozen = [path for path, layer in candidates.items() if not layer.trainable
               or not any(kernel_variable(layer, n).trainable for n in _names(layer, path, extra, False))]
     if not candidates:

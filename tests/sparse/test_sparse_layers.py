@@ -203,3 +203,21 @@ def test_a_functional_model_with_a_layer_it_never_calls_is_built_from_its_inputs
     model.idle = _IdleLayer(name="idle")            # tracked, never built (keras_hub's AlibiBias in Bloom)
     optimizer = mss.sparse_optimizer(model, "adam", 0.5, "static")
     assert len(optimizer.units) == 2
+
+
+def test_a_layer_the_call_never_uses_is_left_out_with_a_warning():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.hidden = keras.layers.Dense(8, activation="relu")
+            self.head = keras.layers.Dense(3)
+            self.spare = keras.layers.Dense(5)          # held, never called: never built, no weights
+
+        def call(self, x):
+            return self.head(self.hidden(x))
+
+    model = Net()
+    model(np.zeros((1, 5), "float32"))
+    with pytest.warns(UserWarning, match=r"not masked: layer\(s\) \['dense_2'\] hold no weights"):
+        optimizer = mss.sparse_optimizer(model, keras.optimizers.SGD(0.1), sparsity=0.5, method="static")
+    assert sorted(unit.layer for unit in optimizer.units) == ["dense", "dense_1"]
