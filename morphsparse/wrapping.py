@@ -39,6 +39,11 @@ def _optimizer_defaults():
 OPTIMIZER_ARGUMENTS = _optimizer_defaults()
 
 
+#: The first entry of a wrapper's saved config, so that Keras's "Could not locate class" error (raised when
+#: morphsparse was not imported) shows it at the start of the config it prints: short, the fix first.
+REQUIRES = "import morphsparse first (or load_model(path, compile=False))"
+
+
 def tf_variable(variable):
     """The backend tf.Variable (a MirroredVariable under a strategy) behind a Keras variable."""
     return variable.value if isinstance(variable, keras.Variable) else variable
@@ -147,7 +152,10 @@ class WrappingOptimizer(keras.optimizers.Optimizer):
         return context.merge_call(fn, args=args)
 
     def inner_config(self):
-        return {"name": self.name, "inner_optimizer": keras.saving.serialize_keras_object(self.inner_optimizer)}
+        """The config entries every wrapper saves: the hint first (see :data:`REQUIRES`), its name, the inner
+        optimizer."""
+        return {"requires": REQUIRES, "name": self.name,
+                "inner_optimizer": keras.saving.serialize_keras_object(self.inner_optimizer)}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):

@@ -47,8 +47,6 @@ from morphsparse.morph import budget as _budget
 from morphsparse.morph.regularizers import MorphRegularizer
 from morphsparse.wrapping import WrappingOptimizer, attach_metric, find_wrapped, is_training_step, note_training_step
 
-#: First entry of the saved config, so that Keras's "Could not locate class" error shows the fix first.
-REQUIRES = "import morphsparse first (or load_model(path, compile=False))"
 METRIC_ATTRIBUTE = "_morph_training_metrics"
 #: the logs variable: [loss sum, loss count, alive FLOPs, alive params, strength, multiplier, cost ratio]
 _LOSS_SUM, _LOSS_COUNT = 0, 1
@@ -233,7 +231,7 @@ class MorphOptimizer(WrappingOptimizer):
                 arguments[key] = float(arguments[key])
         if arguments.get("steps") is not None:
             arguments["steps"] = int(arguments["steps"])
-        return {"requires": REQUIRES, **self.inner_config(), "regularizer": arguments,
+        return {**self.inner_config(), "regularizer": arguments,
                 "n_channels": self.n_channels, "identity": dict(self.identity)}
 
 

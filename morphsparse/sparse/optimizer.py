@@ -26,16 +26,13 @@ import numpy as np
 import tensorflow as tf
 
 from morphsparse import keras_internals as _keras
-from ..wrapping import WrappingOptimizer, find_wrapped, note_training_step, tf_variable
+from ..wrapping import REQUIRES, WrappingOptimizer, find_wrapped, note_training_step, tf_variable  # noqa: F401
 from .masks import stable_hash
 from .metrics import attach_metrics
 from .schedules import UpdateSchedule, flag
 from .updaters import KernelView, MaskUpdater, UpdateContext
 
 _PACKAGE = "morphsparse"
-#: The first entry of the saved config, so that Keras's "Could not locate class 'SparseOptimizer'" error (raised
-#: when morphsparse was not imported) shows it at the start of the config it prints: short, the fix first.
-REQUIRES = "import morphsparse first (or load_model(path, compile=False))"
 
 
 def _mask_gradient(gradient, mask):
@@ -240,7 +237,7 @@ class SparseOptimizer(WrappingOptimizer):
         self._set("_fit_ended", True)
 
     def get_config(self):
-        return {"requires": REQUIRES, **self.inner_config(),
+        return {**self.inner_config(),
                 "kernels": [dict(spec) for spec in self.kernel_specs],
                 "method": keras.saving.serialize_keras_object(self.method),
                 "schedule": keras.saving.serialize_keras_object(self.schedule),
