@@ -47,6 +47,7 @@ import numpy as np
 import tensorflow as tf
 
 from morphsparse.checks import absolute_budget_hint, check_budget
+from morphsparse.morph.alive import flat_mask
 
 #: The controller's variables, in the order the optimizer makes (and Keras saves) them.
 STATE_NAMES = ("log_multiplier", "integral", "step", "total_steps", "previous_r", "velocity")
@@ -285,6 +286,14 @@ class BudgetController:
                  f"structure-learning steps (budget {self.ratio:.1%}, strength {self.current_strength:.3g})")
         if ratio > self.ratio + LANDING_TOLERANCE:
             stop = " Training stopped before the planned steps." if step < total else ""
+            coarse = self.cheapest_alive_ratio()
+            if coarse is not None and ratio - coarse < self.ratio - LANDING_TOLERANCE:
+                # a transformer's attention head can be 7% of its FLOPs: one more death lands far below
+                return ratio, (
+                    f"MorphRegularizer budget not reached: {where}.{stop} The cheapest channel still alive costs "
+                    f"{coarse:.1%} of the seed's {self.reg.unit}, so one more death would land at "
+                    f"{ratio - coarse:.1%} or below: this network cannot be cut finer near the budget. Ask for "
+                    f"{ratio:.0%} or {ratio - coarse:.0%}, or keep this result.")
             return ratio, (
                 f"MorphRegularizer budget not reached: {where}.{stop} Channels die only as fast as the optimizer "
                 "moves their regularisation values to the threshold (about 1.5 / learning_rate steps with "
@@ -294,6 +303,18 @@ class BudgetController:
             return ratio, (f"MorphRegularizer overshot the budget: {where}. Train for more steps (the "
                            "controller brakes better when channels die more slowly) or use a lower learning rate.")
         return ratio, None
+
+    def cheapest_alive_ratio(self):
+        """The smallest cost, as a fraction of the seed's, that removing one alive regularised channel saves at
+        the current widths (its marginal cost); None for a target without a cost table (latency, activations)."""
+        table = self.reg.target.table
+        if not table:
+            return None
+        calls = self.reg.kernel_calls
+        alive = flat_mask(self.reg.graph, self.reg.alive_masks()).astype(float)
+        marginal = calls.marginal(getattr(calls, table), alive)
+        candidates = marginal[alive.astype(bool) & self.reg.regularized & (marginal > 0)]
+        return float(candidates.min()) / self.reg.initial_cost if candidates.size else None
 
     def report(self, stopped_early=False, warn=True):
         """End-of-run check for custom loops: returns the alive cost ratio and, with ``warn``, issues a

@@ -96,6 +96,8 @@ class Target:
 
     name = "?"
     unit = ""
+    #: the kernel calls' cost table this target is ("flops" or "params"), or None when it has none
+    table = None
 
     def __init__(self, kernel_calls):
         self.k = kernel_calls
@@ -110,7 +112,6 @@ class Target:
 class _CostTableTarget(Target):
     """A target whose cost and term come straight from one of the kernel calls' cost tables."""
 
-    table = ""   # attribute of the kernel calls holding the cost table: "flops" or "params"
 
     def cost(self, a_in, a_out, xp=np):
         return getattr(self.k, self.table).value(a_in, a_out, xp)

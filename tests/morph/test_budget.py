@@ -425,3 +425,22 @@ def test_enough_planned_steps_do_not_warn_at_the_start():
         warnings.simplefilter("always")
         model.fit(np.zeros((64, 8, 8, 1), "float32"), np.zeros(64, "int32"), batch_size=32, epochs=1, verbose=0)
     assert not [w for w in record if "plans" in str(w.message)]
+
+
+def test_a_budget_between_two_reachable_costs_is_said_to_be_so():
+    """Each hidden channel is 25% of this network's FLOPs: from 75%, one more death lands at 50%, so a 60% budget
+    cannot be landed on, and the verdict says so (not "train longer": more steps would not help)."""
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, L.Dense(2, name="out")(L.Dense(4, name="hidden")(inputs)))
+    reg = MorphRegularizer(model, source="group_lasso", budget=0.6, steps=1)
+    kernel = keras.ops.convert_to_numpy(model.get_layer("hidden").kernel).copy()
+    kernel[:, 0] = 0.0                                   # one hidden channel dead: 75% of the FLOPs alive
+    model.get_layer("hidden").kernel.assign(kernel)
+    reg.controller.state.step.assign(1)                  # the plan is done: the verdict is due
+    assert reg.controller.cheapest_alive_ratio() == pytest.approx(0.25)
+    ratio, message = reg.controller.verdict()
+    assert ratio == pytest.approx(0.75)
+    assert "cheapest channel still alive costs 25.0%" in message and "Ask for 75% or 50%" in message
+    kernel[:, 1] = 0.0                                   # 50%: an overshoot, told as before
+    model.get_layer("hidden").kernel.assign(kernel)
+    assert "overshot" in reg.controller.verdict()[1]
