@@ -14,12 +14,9 @@ is known without building it.
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass, field
 
 import keras
-import numpy as np
 
 from morphsparse.checks import check_budget
 from morphsparse.graph import ChannelGraph, analyze

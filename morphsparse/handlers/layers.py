@@ -7,8 +7,7 @@ import keras
 import numpy as np
 
 from morphsparse import keras_internals as _keras
-from morphsparse.handlers.base import (CHANNELS_LAST_ONLY, ChannelHandler, LayerHandler, layer_config,
-                                       positions, register_handler)
+from morphsparse.handlers.base import CHANNELS_LAST_ONLY, LayerHandler, layer_config, positions, register_handler
 
 
 # --- channel-keeping layers ---------------------------------------------------------------------------

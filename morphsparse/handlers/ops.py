@@ -26,8 +26,6 @@ channel axis into heads, say), pins its inputs and outputs with a reason naming 
 
 from __future__ import annotations
 
-import string
-
 import keras
 import numpy as np
 

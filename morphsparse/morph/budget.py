@@ -78,8 +78,8 @@ class ControllerSettings:
 
 
 class ControllerState:
-    """The controller's variables (:data:`STATE_NAMES`): a MorphOptimizer's (:meth:`of`), or fresh ones
-    (:meth:`fresh`) for a controller no optimizer trains with."""
+    """The controller's variables (:data:`STATE_NAMES`): a MorphOptimizer's, or fresh ones (:meth:`fresh`) for a
+    controller no optimizer trains with (a custom loop calling :meth:`BudgetController.update`)."""
 
     def __init__(self, variables):
         for name, variable in zip(STATE_NAMES, variables):
@@ -90,7 +90,8 @@ class ControllerState:
         values = (log_multiplier, log_multiplier, 0, total_steps, np.asarray(previous_r, "float32"),
                   np.zeros(n_channels, "float32"))
         return cls([keras.Variable(value, dtype="int64" if "step" in name else "float32", trainable=False,
-                                   name=name) for name, value in zip(STATE_NAMES, values)])
+                                   aggregation="only_first_replica", name=name)
+                    for name, value in zip(STATE_NAMES, values)])
 
     def ordered(self):
         return [getattr(self, name) for name in STATE_NAMES]
@@ -184,8 +185,9 @@ class BudgetController:
         self.ratio = float(ratio)
         self.steps = check_steps(steps)
         r0 = keras.ops.convert_to_numpy(regularizer.vector())
-        self.state = ControllerState.fresh(regularizer.kernel_calls.n_channels,
-                                           math.log(self.settings.initial_multiplier), r0, self.steps or 0)
+        with regularizer.model.distribute_strategy.scope():
+            self.state = ControllerState.fresh(regularizer.kernel_calls.n_channels,
+                                               math.log(self.settings.initial_multiplier), r0, self.steps or 0)
 
     def use_state(self, state):
         """Train with ``state`` (a :class:`ControllerState` of a MorphOptimizer's variables) from now on."""

@@ -32,7 +32,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from morphsparse import handlers as _handlers
 from morphsparse.checks import check_cost_power
 from morphsparse.cost_tables import COEFFICIENTS, Bilinear, KernelCalls, UnsupportedLayerError
 from morphsparse.costs import BUDGET_TARGETS, count_flops, count_params

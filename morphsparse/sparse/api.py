@@ -11,6 +11,7 @@ import keras
 import numpy as np
 
 from morphsparse import keras_internals as _keras
+from morphsparse.checks import flag, fraction
 from morphsparse.costs import cost_report
 from morphsparse.graph import GraphError, analyze
 
@@ -20,7 +21,7 @@ from .kernels import (build_by_calling, is_kernel_like, kernel_variable, layer_t
 from .masks import kept_count
 from .sparsity_types import Unstructured, get_sparsity_type, serialize_sparsity_type
 from .optimizer import SparseOptimizer, find_sparse_optimizer
-from .schedules import PolynomialSchedule, flag, fraction, get_schedule, whole_number
+from .schedules import PolynomialSchedule, get_schedule, whole_number
 from .updaters import DropGrow, KernelView, MaskUpdater, get_updater, updater_class
 
 

@@ -26,10 +26,12 @@ import numpy as np
 import tensorflow as tf
 
 from morphsparse import keras_internals as _keras
-from ..wrapping import REQUIRES, WrappingOptimizer, find_wrapped, note_training_step, tf_variable  # noqa: F401
+from morphsparse.checks import flag
+from morphsparse.wrapping import REQUIRES, WrappingOptimizer, find_wrapped, note_training_step, tf_variable  # noqa: F401
+
 from .masks import stable_hash
 from .metrics import attach_metrics
-from .schedules import UpdateSchedule, flag
+from .schedules import UpdateSchedule
 from .updaters import KernelView, MaskUpdater, UpdateContext
 
 _PACKAGE = "morphsparse"

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from morphsparse.checks import flag, fraction
+from morphsparse.checks import fraction
 
 _PACKAGE = "morphsparse"
 
