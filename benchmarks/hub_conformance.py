@@ -398,7 +398,7 @@ def check_backbone(name, use_profiler=True, fit_steps=2):
     try:
         _, plain, _ = build(name)
         optimizer = ms.sparse_optimizer(plain, keras.optimizers.Adam(1e-3), sparsity=0.8, method="rigl",
-                                        update_every=1, total_steps=fit_steps)
+                                        schedule=ms.UpdateSchedule(update_every=1), total_steps=fit_steps)
         plain.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         plain.fit(x, y, batch_size=2, epochs=1, steps_per_epoch=fit_steps, verbose=0)
         sparsity = ms.sparsity_report(plain).sparsity

@@ -140,7 +140,8 @@ def train_with_ablation(sparsity, data, epochs, seed=0, batch=128):
     steps = -(-len(x_train) // batch) * epochs
     optimizer = ms.sparse_optimizer(model, keras.optimizers.Adam(2e-3), sparsity, "rigl", "erk",
                                     sparsity_type=ms.FanIn(ablation=True, min_salient_fraction=ABLATION_FRACTION),
-                                    keep_dense=["head"], total_steps=steps, update_every=50, seed=seed)
+                                        layers=ms.LayerSelection(keep_dense=["head"]),
+                                            schedule=ms.UpdateSchedule(update_every=50), total_steps=steps, seed=seed)
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x_train, y_train, batch_size=batch, epochs=epochs, verbose=0)
     dense = ms.strip(model)

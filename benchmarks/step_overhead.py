@@ -86,16 +86,16 @@ def keras3_variants(models, steps, rounds, methods):
             optimizer = keras.optimizers.SGD(0.01)
             if method != "dense":
                 # end_step beyond the run, so that every 100-step window holds one update step.
-                options = {} if method == "static" else {"update_every": 100}
-                optimizer = ms.sparse_optimizer(model, optimizer, SPARSITY, method, "erk", end_step=total, **options)
+                schedule = None if method == "static" else ms.UpdateSchedule(update_every=100, end_step=total)
+                optimizer = ms.sparse_optimizer(model, optimizer, SPARSITY, method, "erk", schedule=schedule)
             model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
             variants[(name, method)] = (model, None)
         # The same RigL run without its three log values, to show what they cost: Keras converts every log
         # value of every step to a Python float (any metric, accuracy included, costs as much).
         keras.utils.set_random_seed(0)
         model = keras.Sequential([keras.Input((28, 28, 1))] + _build(keras.layers, name), name=name)
-        optimizer = ms.sparse_optimizer(model, keras.optimizers.SGD(0.01), SPARSITY, "rigl", "erk", end_step=total,
-                                        update_every=100)
+        optimizer = ms.sparse_optimizer(model, keras.optimizers.SGD(0.01), SPARSITY, "rigl", "erk",
+                                        schedule=ms.UpdateSchedule(update_every=100, end_step=total))
         model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         getattr(model, sparse_metrics.ATTRIBUTE).result = lambda: {}     # benchmark only: no log values
         variants[(name, "rigl_without_logs")] = (model, None)

@@ -118,11 +118,12 @@ def run_parallel_gap(sparsity, data, epochs, seed, rounds):
     phase_epochs = max(1, (epochs - fine_tune) // rounds)
     keras.utils.set_random_seed(seed)
     result = mss.parallel_gap(
-        rigl_study.build_mlp(), x_train, y_train, sparsity=sparsity, distribution="erk", partitions=3,
-        rounds=rounds, phase_epochs=phase_epochs, fine_tune_epochs=fine_tune,
-        optimizer=lambda: sgd(steps_for(phase_epochs, len(x_train))),
-        fine_tune_optimizer=lambda: sgd(steps_for(fine_tune, len(x_train))),
-        loss=LOSS, metrics=["accuracy"], batch_size=BATCH, seed=seed, rescale_init=True)
+        rigl_study.build_mlp(), fit=dict(x=x_train, y=y_train, epochs=phase_epochs, batch_size=BATCH, verbose=0),
+        fine_tune=dict(epochs=fine_tune),
+        compile=dict(optimizer=lambda: sgd(steps_for(phase_epochs, len(x_train))), loss=LOSS, metrics=["accuracy"]),
+        fine_tune_compile=dict(optimizer=lambda: sgd(steps_for(fine_tune, len(x_train))), loss=LOSS,
+                               metrics=["accuracy"]),
+        sparsity=sparsity, distribution="erk", partitions=3, rounds=rounds, seed=seed, rescale_init=True)
     check_masks(result.model)
     copies = len(result.partitions)
     one_worker = result.phase_seconds / copies + result.fine_tune_seconds
@@ -153,9 +154,9 @@ def run_lottery(sparsity, data, epochs, seed, previous):
     (x_train, y_train), _ = data
     keras.utils.set_random_seed(seed)
     result = mss.lottery_ticket(
-        rigl_study.build_mlp(), x_train, y_train, sparsity=sparsity, distribution="erk", rewind_step=0,
-        epochs=epochs, optimizer=lambda: sgd(steps_for(epochs, len(x_train))), loss=LOSS, metrics=["accuracy"],
-        batch_size=BATCH, seed=seed, reuse=previous)
+        rigl_study.build_mlp(), fit=dict(x=x_train, y=y_train, epochs=epochs, batch_size=BATCH, verbose=0),
+        compile=dict(optimizer=lambda: sgd(steps_for(epochs, len(x_train))), loss=LOSS, metrics=["accuracy"]),
+        sparsity=sparsity, distribution="erk", rewind_step=0, seed=seed, reuse=previous)
     check_masks(result.model)
     dense_seconds = previous.dense_seconds if previous is not None else result.dense_seconds
     row = record("lottery", sparsity, evaluate(result.model, data), result.peak_parameters,

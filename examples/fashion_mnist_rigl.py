@@ -106,9 +106,9 @@ def train_one(builder, method, sparsity, data, epochs, batch, seed, width=1.0):
     sparse = None
     if method not in ("dense", "small_dense"):
         # The schedule knows the whole training (total_steps): updates every 100 steps up to 75% of it.
-        every = {"update_every": 100} if method not in ("static",) else {}
+        schedule = mss.UpdateSchedule(update_every=100) if method != "static" else None
         sparse = optimizer = mss.sparse_optimizer(model, optimizer, sparsity, method, "erk", total_steps=steps,
-                                                  seed=seed, rescale_init=True, **every)
+                                                  schedule=schedule, seed=seed, rescale_init=True)
         if builder is build_mlp:
             connections["before"] = first_layer_connections(sparse)
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])

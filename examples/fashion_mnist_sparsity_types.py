@@ -87,7 +87,8 @@ def train(options, data, epochs, batch, seed):
         # The 10-way head stays dense in every variant: ablation must not mask whole logits, and 10 outputs
         # are no multiple of 4 for 4x1 blocks.
         optimizer = ms.sparse_optimizer(model, optimizer, sparsity, "rigl", distribution, total_steps=steps,
-                                        update_every=100, seed=seed, rescale_init=True, keep_dense=["fc3"],
+                                        layers=ms.LayerSelection(keep_dense=["fc3"]),
+                                            schedule=ms.UpdateSchedule(update_every=100), seed=seed, rescale_init=True,
                                         **options)
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     started = time.perf_counter()

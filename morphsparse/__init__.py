@@ -23,6 +23,7 @@ _EXPORTS = {
     "sparse_optimizer": "sparse", "SparseOptimizer": "sparse", "apply_masks": "sparse", "strip": "sparse",
     "sparsity_report": "sparse", "SparsityReport": "sparse", "register_updater": "sparse", "MaskUpdater": "sparse", "DropGrow": "sparse",
     "UpdateSchedule": "sparse", "PolynomialSchedule": "sparse", "layer_sparsities": "sparse",
+    "LayerSelection": "sparse", "ErdosRenyiKernel": "sparse", "ErdosRenyi": "sparse", "Uniform": "sparse",
     "lottery_ticket": "sparse", "LotteryTicket": "sparse", "parallel_gap": "sparse", "ParallelGap": "sparse",
     "GaP": "sparse", "SNIP": "sparse", "gap_phase": "sparse", "planned_peak_parameters": "sparse",
     "live_parameters": "sparse", "PeakParameterMonitor": "sparse",

@@ -286,6 +286,12 @@ class BudgetController:
             return ratio, None
         where = (f"alive {self.reg.unit} are {ratio:.1%} of the seed's after {step} of {total} planned "
                  f"structure-learning steps (budget {self.ratio:.1%}, strength {self.current_strength:.3g})")
+        # prune ranks channels by the same values the regulariser drove down, so the dead ones go first and it
+        # stops at the budget: the step that closes a gap the training left
+        close = (f" To land on the budget now, prune the trained model instead of exporting it: ms.prune(model, "
+                 f"budget={self.ratio:.2f}, target={self.reg.target_name!r}, importance="
+                 f"{'gamma' if self.reg.source == 'gamma' else 'l1'!r}) removes the least important channels, dead "
+                 "ones first, until the cost fits.") if self.reg.target_name in ("flops", "size") else ""
         if ratio > self.ratio + LANDING_TOLERANCE:
             stop = " Training stopped before the planned steps." if step < total else ""
             coarse = self.cheapest_alive_ratio()
@@ -295,12 +301,12 @@ class BudgetController:
                     f"MorphRegularizer budget not reached: {where}.{stop} The cheapest channel still alive costs "
                     f"{coarse:.1%} of the seed's {self.reg.unit}, so one more death would land at "
                     f"{ratio - coarse:.1%} or below: this network cannot be cut finer near the budget. Ask for "
-                    f"{ratio:.0%} or {ratio - coarse:.0%}, or keep this result.")
+                    f"{ratio:.0%} or {ratio - coarse:.0%}, or keep this result.{close}")
             return ratio, (
                 f"MorphRegularizer budget not reached: {where}.{stop} Channels die only as fast as the optimizer "
                 "moves their regularisation values to the threshold (about 1.5 / learning_rate steps with "
                 "Adam, more with SGD), and the controller needs a few times that: train for more steps (more "
-                "epochs, or steps=) or use a higher learning rate.")
+                f"epochs, or steps=).{close}")
         if ratio < self.ratio - LANDING_TOLERANCE:
             return ratio, (f"MorphRegularizer overshot the budget: {where}. Train for more steps (the "
                            "controller brakes better when channels die more slowly) or use a lower learning rate.")

@@ -20,7 +20,7 @@ from morphsparse.costs import BUDGET_TARGETS, count_flops, count_params
 from morphsparse.morph import alive as _alive
 from morphsparse.morph.expand import check_budget, check_round_to
 from morphsparse.morph.optimizer import MorphOptimizer
-from morphsparse.morph.recipe import compiler_like
+from morphsparse.recipe import compile_wrapped, compiler_like, fit_arguments
 from morphsparse.morph.regularizers import DEFAULT_STRENGTH_MULTIPLIER, MorphRegularizer, check_arguments
 
 #: targets that ``ms.expand`` can budget; other regulariser targets expand on FLOPs unless told otherwise.
@@ -89,8 +89,9 @@ def cycle(model, fit, cycles=1, *, retrain=None, compile=None, retrain_compile=N
         cycles: how many cycles to run.
         retrain: ``fit`` arguments for retraining the widened network; merged over ``fit`` (so
             ``retrain=dict(epochs=10)`` only changes the epochs). Default: the same as ``fit``.
-        compile: ``callable(model)`` that compiles a model; by default every new model is compiled with the
-            seed's compile configuration (``model.get_compile_config()``), so compile the seed first.
+        compile: ``callable(model)`` that compiles a model, or a dict of ``Model.compile`` arguments; by
+            default every new model is compiled with the seed's compile configuration
+            (``model.get_compile_config()``), so compile the seed first.
         retrain_compile: ``callable(model)`` compiling the widened network for retraining (default: ``compile``),
             e.g. a lower learning rate than structure learning uses.
         target, source, threshold, strength, strength_multiplier, l1_fraction, device: passed to
@@ -102,8 +103,7 @@ def cycle(model, fit, cycles=1, *, retrain=None, compile=None, retrain_compile=N
         evaluate: optional ``callable(model) -> dict`` run after each retraining (e.g. test accuracy).
         exact: passed to ``export`` (keep dead channels whose fold would be inexact at image borders).
     """
-    if not isinstance(fit, dict):
-        raise TypeError("fit= must be a dict of Model.fit keyword arguments, e.g. dict(x=x, y=y, epochs=5)")
+    fit = fit_arguments(fit)
     if not (isinstance(cycles, int) and not isinstance(cycles, bool) and cycles >= 1):
         raise ValueError(f"cycles must be an integer >= 1, got {cycles!r}")
     _check_pass_through(target, source, threshold, strength, strength_multiplier, l1_fraction, device, retrain,
@@ -114,7 +114,7 @@ def cycle(model, fit, cycles=1, *, retrain=None, compile=None, retrain_compile=N
     compile_model = compiler_like(model, compile, "cycle()")
     compile_retrain = compile_model if retrain_compile is None else compiler_like(model, retrain_compile,
                                                                                     "cycle()")
-    retrain_fit = {**fit, **(retrain or {})}
+    retrain_fit = {**fit, **fit_arguments(retrain, "retrain", required=False)}
     budget = _budget_of(model, expand_target) if budget is None else budget
     # the device matters (and was checked, with a warning if it has no effect) for the latency target only
     reg_options = dict(target=target, source=source, threshold=threshold, strength=strength,
@@ -130,9 +130,8 @@ def cycle(model, fit, cycles=1, *, retrain=None, compile=None, retrain_compile=N
         # structure learning would otherwise overwrite the previous cycle's result).
         trainable = _copy_model(current)
         regularizer = MorphRegularizer(trainable, **reg_options)
-        compile_model(trainable)
         # the user's compile, with its optimizer wrapped so that its steps add the regulariser's gradient
-        trainable.optimizer = MorphOptimizer(trainable.optimizer, regularizer)
+        compile_wrapped(trainable, compile_model, lambda network, inner: MorphOptimizer(inner, regularizer))
         shrink_history = trainable.fit(**fit).history
         slim = _export(trainable, source, threshold, l1_fraction, exact, _calibration_data(fit))
         wide = _expand(slim, budget, expand_target, round_to)
@@ -159,9 +158,7 @@ def _check_pass_through(target, source, threshold, strength, strength_multiplier
     check_arguments(target, source, threshold, strength,
                     DEFAULT_STRENGTH_MULTIPLIER if strength_multiplier is None else strength_multiplier,
                     l1_fraction, device)
-    if retrain is not None and not isinstance(retrain, dict):
-        raise TypeError(f"retrain= must be a dict of Model.fit keyword arguments (merged over fit=) or None, got "
-                        f"{type(retrain).__name__}")
+    fit_arguments(retrain, "retrain", required=False)
     if evaluate is not None and not callable(evaluate):
         raise TypeError(f"evaluate= must be a callable taking a model and returning a dict, got "
                         f"{type(evaluate).__name__}")

@@ -52,7 +52,7 @@ from morphsparse.graph import analyze
 from morphsparse.morph import alive as _alive
 from morphsparse.morph.batchnorm import recalibrate_batchnorm
 from morphsparse.morph.export import export_with_report
-from morphsparse.morph.recipe import compiler_like
+from morphsparse.recipe import compiler_like, fit_arguments
 
 TARGETS = tuple(BUDGET_TARGETS)
 IMPORTANCES = ("gamma", "l1", "taylor")
@@ -180,15 +180,12 @@ def _check_arguments(model, budget, target, importance, data, loss, steps, fit, 
                              f"importance={_importance_name(importance)!r}")
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if fit is not None and not isinstance(fit, dict):
-        raise TypeError(f"fit must be a dict of Model.fit keyword arguments (e.g. dict(x=x, y=y, epochs=1)) or "
-                        f"None, got {type(fit).__name__}")
+    fit_arguments(fit, required=False)
     if steps > 1 and fit is None:
         raise ValueError(f"steps={steps} prunes iteratively and fine-tunes between steps: pass fit=dict(...) "
                          "(Model.fit keyword arguments), or use steps=1")
-    if compile is not None and not callable(compile):
-        raise TypeError(f"compile must be a callable taking a model (and compiling it), got "
-                        f"{type(compile).__name__}")
+    if compile is not None:
+        compiler_like(model, compile, "prune()")       # checks what compile= is
     if isinstance(batches, bool) or not isinstance(batches, (int, np.integer)) or batches < 1:
         raise ValueError(f"batches must be an integer >= 1, got {batches!r}")
     chunk_value = _alive.real_number("chunk", chunk)
@@ -678,7 +675,8 @@ def prune(model, budget=0.5, target="flops", importance="gamma", data=None, *, s
         steps: prune to ``steps`` budgets geometric from the model's cost to ``budget``, fine-tuning with
             ``fit`` after each (``steps > 1`` needs ``fit``).
         fit: ``Model.fit`` keyword arguments for fine-tuning after every step (also with ``steps=1``).
-        compile: ``callable(model)`` compiling every slim model; by default the seed's compile configuration
+        compile: ``callable(model)`` compiling every slim model, or a dict of ``Model.compile`` arguments; by
+            default the seed's compile configuration
             (the slim model is returned compiled when the seed was compiled).
         loss: the loss for taylor (default: the compiled model's).
         ignore: layers whose output channels must never shrink.

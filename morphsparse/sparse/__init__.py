@@ -16,6 +16,7 @@ from .distributions import (Distribution, ErdosRenyi, ErdosRenyiKernel, Uniform,
                             layer_sparsities, register_distribution)
 from .kernels import MASKED_KERNELS, maskable_kernels
 from .masks import kept_count, stable_hash
+from .selection import LayerSelection
 from .metrics import SparseTrainingMetrics
 from .optimizer import SparseOptimizer, find_sparse_optimizer
 from .schedules import (ConstantDropFraction, CosineDropFraction, DropFraction, InversePowerDropFraction,
@@ -33,7 +34,7 @@ from .sparsity_types import (SPARSITY_TYPES, Block, FanIn, NByM, Unstructured, g
                              register_sparsity_type, serialize_sparsity_type)
 
 __all__ = [
-    "sparse_optimizer", "SparseOptimizer", "apply_masks", "strip", "sparsity_report", "SparsityReport",
+    "sparse_optimizer", "LayerSelection", "SparseOptimizer", "apply_masks", "strip", "sparsity_report", "SparsityReport",
     "KernelReport", "SparseTrainingMetrics", "find_sparse_optimizer", "copy_model", "MASKED_KERNELS",
     "maskable_kernels",
     "Distribution", "Uniform", "ErdosRenyi", "ErdosRenyiKernel", "layer_sparsities", "get_distribution",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -11,27 +10,18 @@ import keras
 import numpy as np
 
 from morphsparse import keras_internals as _keras
-from morphsparse.checks import flag, fraction
+from morphsparse.checks import flag
 from morphsparse.costs import cost_report
 from morphsparse.graph import GraphError, analyze
 
-from .distributions import get_distribution, layer_sparsities
-from .kernels import (build_by_calling, is_kernel_like, kernel_variable, layer_tree, maskable_kernels, matches,
-                      output_positions, own_weights)
+from .distributions import ErdosRenyiKernel, get_distribution, layer_sparsities
+from .kernels import build_by_calling, is_kernel_like, kernel_variable, layer_tree, maskable_kernels, output_positions
 from .masks import kept_count
+from .selection import LayerSelection, check_sparsity
 from .sparsity_types import Unstructured, get_sparsity_type, serialize_sparsity_type
 from .optimizer import SparseOptimizer, find_sparse_optimizer
-from .schedules import PolynomialSchedule, get_schedule, whole_number
+from .schedules import PolynomialSchedule, PruningScheduleAdapter, UpdateSchedule, get_schedule, whole_number
 from .updaters import DropGrow, KernelView, MaskUpdater, get_updater, updater_class
-
-
-def _check_sparsity(value, what="sparsity"):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{what} must be a number in [0, 1), got {value!r}")
-    value = float(value)
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{what} must be in [0, 1) (the fraction of weights removed), got {value}")
-    return value
 
 
 def copy_model(model):
@@ -63,52 +53,10 @@ def copy_model(model):
                      "with from_config), or build the network with keras.Sequential or the functional API")
 
 
-def _select(patterns, candidates, what):
-    """``{path: layer}`` of candidates matched by any pattern; every pattern must match something."""
-    if isinstance(patterns, str):
-        raise TypeError(f"{what} must be a list of layer names or globs, got the string {patterns!r}; write "
-                        f"{what}=[{patterns!r}]")
-    selected = {}
-    for pattern in patterns:
-        hits = {path: layer for path, layer in candidates.items() if matches(pattern, path, layer)}
-        if not hits:
-            raise ValueError(f"{what} names {pattern!r}, which matches no sparsifiable layer; sparsifiable "
-                             f"layers are: {sorted(candidates)}")
-        selected.update(hits)
-    return selected
-
-
-def _include_spec(include, tree):
-    """``{path: (weight names)}`` of the extra (custom) layers ``include`` names."""
-    if isinstance(include, str):
-        raise TypeError(f"include must be a list of layer names or a dict {{name: [weight names]}}, got the "
-                        f"string {include!r}; write include=[{include!r}]")
-    items = include.items() if isinstance(include, dict) else [(name, ("kernel",)) for name in include]
-    found = {}
-    for pattern, names in items:
-        names = (names,) if isinstance(names, str) else tuple(names)
-        hits = {path: layer for path, layer in tree.items()
-                if matches(pattern, path, layer) and not isinstance(layer, keras.Model)}
-        if not hits:
-            raise ValueError(f"include names {pattern!r}, which matches no layer of the model; layers are: "
-                             f"{sorted(tree)}")
-        for path, layer in hits.items():
-            for name in names:
-                variable = kernel_variable(layer, name)       # raises, naming the layer's weights
-                if len(variable.shape) < 2:
-                    raise ValueError(f"include: {path}/{name} has shape {tuple(variable.shape)}; only weights "
-                                     "of rank >= 2 can be masked")
-            found[path] = names
-    return found
-
-
 def sparse_optimizer(model, optimizer, sparsity: float | None = None, method="rigl", distribution=None, *,
-                     sparsity_type=None, power: float | None = None, layer_sparsity: dict | None = None, keep_dense=(), include=(),
-                     first_layer_dense: bool = False, mask_separable_depthwise: bool = False,
-                     update_every: int | None = None, begin_step: int = 0, end_step: int | None = None,
-                     total_steps: int | None = None, end_fraction: float = 0.75, drop_fraction: float | None = None,
-                     drop_fraction_schedule=None, schedule=None, skip_optimizer_step: bool = False, seed: int = 0,
-                     rescale_init: bool = False, **method_options):
+                     total_steps: int | None = None, schedule=None, sparsity_type=None,
+                     layers: LayerSelection | None = None, seed: int = 0, rescale_init: bool = False,
+                     **method_options):
     """Make ``model`` train sparse: prune its kernels now and return the optimizer that keeps them sparse.
 
         optimizer = ms.sparse_optimizer(model, keras.optimizers.SGD(0.05, momentum=0.9), sparsity=0.9,
@@ -119,6 +67,9 @@ def sparse_optimizer(model, optimizer, sparsity: float | None = None, method="ri
     ``model`` stays the same object (Sequential, functional, nested or subclassed), with no wrapper layer: its
     masked kernels hold exact zeros at pruned positions from now on. The returned ``SparseOptimizer`` wraps
     ``optimizer`` and holds the masks; ``fit``'s logs get ``sparsity``, ``mask_changes`` and ``alive_params``.
+    Four values say the rest, each with its defaults: *what* (``method`` and its options), *how much where*
+    (``sparsity``, ``distribution``, ``layers``), *which patterns* (``sparsity_type``) and *when*
+    (``schedule``, ``total_steps``).
 
     Args:
         model: a built Keras model. Kernels of Dense, Conv1D/2D/3D, Conv*Transpose, SeparableConv (pointwise),
@@ -130,8 +81,16 @@ def sparse_optimizer(model, optimizer, sparsity: float | None = None, method="ri
             ``"N:M"`` sparsity type, which allows no other value).
         method: ``"rigl"``, ``"set"``, ``"snfs"``, ``"static"``, ``"magnitude"``, ``"dense"``, ``"gap"``,
             ``"snip"``, a name added with ``register_updater``, or a ``MaskUpdater`` instance.
-        distribution: ``"erk"`` (the default, with ``power``), ``"er"``, ``"uniform"``, or a callable
-            ``({key: shape}, sparsity) -> {key: sparsity}``.
+        distribution: ``"erk"`` (the default), ``"er"``, ``"uniform"``, a ``Distribution`` such as
+            ``ms.ErdosRenyiKernel(power=0.5)``, or a callable ``({key: shape}, sparsity) -> {key: sparsity}``.
+        total_steps: the length of the whole training in steps (over all ``fit`` calls); masks stop changing
+            after the schedule's ``end_fraction`` (75%) of it. Without it (and without the schedule's
+            ``end_step``) masks keep changing for the whole of training (a warning says so).
+        schedule: when masks change: ``ms.UpdateSchedule(update_every=100, begin_step=0, end_step=None,
+            end_fraction=0.75, skip_optimizer_step=False)`` (the method's own kind of schedule runs at that
+            cadence: gradual pruning for ``method="magnitude"``), ``ms.PolynomialSchedule(...)`` to set the
+            gradual pruning's shape, or a tensorflow-model-optimization ``PolynomialDecay`` / ``ConstantSparsity``
+            object. None: the method's default with those values.
         sparsity_type: which patterns of zeros a mask may hold, for every method (docs/sparse_training.md,
             "Sparsity types"): ``"unstructured"`` (default); blocks ``"1x4"``, ``"1x16"``, ``"4x1"`` (outputs x
             inputs, kept or removed whole); ``"N:M"`` such as ``"2:4"`` (N of every M consecutive inputs of each
@@ -139,103 +98,79 @@ def sparse_optimizer(model, optimizer, sparsity: float | None = None, method="ri
             neuron keeps the same number of inputs, SRigL); ``ms.FanIn(ablation=True, min_salient_fraction=0.3)``
             for SRigL's neuron ablation; a name added with ``register_sparsity_type`` or a type object. Per-layer
             counts follow the distribution, rounded to whole blocks/groups.
-        layer_sparsity: ``{layer name or glob: sparsity}`` overrides, outside the distribution's budget.
-        keep_dense: layer names or globs left dense (not masked, outside the budget).
-        include: names or globs of other (custom) layers whose ``kernel`` is masked too, or
-            ``{name: [weight names]}``.
-        first_layer_dense: leave the first masked layer dense (the official RigL code does for uniform).
-        mask_separable_depthwise: also mask the depthwise kernels of SeparableConv layers.
-        update_every, begin_step, end_step: masks change every ``update_every`` (default 100) steps from
-            ``begin_step`` while ``step < end_step``.
-        total_steps: the length of the whole training in steps (over all ``fit`` calls); ``end_step`` defaults
-            to ``end_fraction`` (75%) of it. With neither, masks keep changing for the whole of training (a
-            warning says so).
-        drop_fraction, drop_fraction_schedule: initial fraction replaced per update (default 0.3) and its decay
-            (``"cosine"`` default, ``"constant"``, ``"inverse_power"`` or a ``DropFraction``); drop/grow
-            methods only.
-        schedule: an ``UpdateSchedule`` (``PolynomialSchedule`` for magnitude pruning) or a
-            tensorflow-model-optimization ``PolynomialDecay``/``ConstantSparsity`` object.
-        skip_optimizer_step: on update steps skip the optimizer step (official RigL order) instead of applying
-            it before the update (default; also the only choice under tf.distribute).
+        layers: a :class:`LayerSelection`: layers kept dense, custom layers included, per-layer sparsity
+            overrides, the first layer dense, separable depthwise kernels masked. None: the built-in kernels.
         seed: base seed; each kernel's randomness also depends on a stable hash of its path.
         rescale_init: divide each masked kernel by sqrt(its density) once (sparse-aware initialisation).
-        method_options: extra constructor arguments of the method (e.g. ``decay`` for SNFS).
+        method_options: constructor arguments of the method, e.g. ``drop_fraction=0.3`` and
+            ``drop_fraction_schedule="cosine"`` for drop/grow methods (rigl, set, snfs), ``decay`` for SNFS.
+            Any other keyword is a TypeError naming it.
     """
+    method_options, legacy = _split_legacy(method_options)
+    cadence = {}
+    if legacy:
+        distribution, layers, cadence = _apply_legacy(legacy, distribution, layers, schedule)
+    layers = _check_layers(layers)
     structure = _resolve_sparsity_type(sparsity_type, method)
     effective = structure or (method.sparsity_type if isinstance(method, MaskUpdater) else Unstructured())
     fixed = getattr(effective, "fixed_sparsity", None)
     if fixed is not None:
         structure_name = effective.name
-        if sparsity is not None and abs(_check_sparsity(sparsity) - fixed) > 1e-9:
+        if sparsity is not None and abs(check_sparsity(sparsity) - fixed) > 1e-9:
             raise ValueError(f"sparsity_type={structure_name!r} keeps exactly {effective.n} of every {effective.m} "
                              f"weights, i.e. sparsity={fixed:g}; got sparsity={sparsity!r}. Pass sparsity={fixed:g} "
                              "(or leave sparsity out)")
-        if layer_sparsity:
+        if layers.layer_sparsity:
             raise ValueError(f"layer_sparsity= cannot apply with sparsity_type={structure_name!r}, which fixes every "
                              f"masked kernel at sparsity {fixed:g}; keep layers dense with keep_dense= instead")
-        if distribution is not None or power is not None:
-            warnings.warn(f"distribution={distribution!r} (power={power!r}) is ignored: sparsity_type="
-                          f"{structure_name!r} fixes every masked kernel at sparsity {fixed:g}", UserWarning,
-                          stacklevel=2)
-            distribution, power = None, None
+        if distribution is not None:
+            warnings.warn(f"distribution={distribution!r} is ignored: sparsity_type={structure_name!r} fixes every "
+                          f"masked kernel at sparsity {fixed:g}", UserWarning, stacklevel=2)
+            distribution = None
         sparsity = fixed
     sparsity = 0.9 if sparsity is None else sparsity
-    distribution = "erk" if distribution is None else distribution
+    distribution = get_distribution("erk" if distribution is None else distribution)
     if not isinstance(model, keras.Model):
         raise TypeError(f"sparse_optimizer expects a keras.Model as model=, got {type(model).__name__}")
     if not model.built:
         raise ValueError(f"model {model.name!r} is not built; call it on a batch or build(input_shape) first")
-    sparsity = _check_sparsity(sparsity)
+    sparsity = check_sparsity(sparsity)
     if find_sparse_optimizer(model, required=False) is not None:
         raise ValueError(f"model {model.name!r} is already sparse (it has a SparseOptimizer); sparsify a fresh "
                          "model, or ms.strip(model) for a dense copy to start again from")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be a whole number, got {seed!r} ({type(seed).__name__})")
     rescale_init = flag(rescale_init, "rescale_init")
-    flag(skip_optimizer_step, "skip_optimizer_step")
     outer, inner = _split_loss_scale(optimizer)
 
     if structure is not None:
         method_options = dict(method_options, sparsity_type=structure)
-    updater = _resolve_method(method, method_options, drop_fraction, drop_fraction_schedule)
+    updater = _resolve_method(method, method_options)
     _check_method_and_type(updater)
-    if power is not None:
-        if not (isinstance(distribution, str) and distribution.lower() == "erk"):
-            raise ValueError(f"power={power!r} applies only to distribution='erk', not distribution="
-                             f"{distribution!r}")
-        power = fraction(power, "power", 0.0, math.inf)
-    end_fraction = fraction(end_fraction, "end_fraction", 0.0, 1.0, low_open=True)
     total_steps = whole_number(total_steps, "total_steps", 1, allow_none=True)
-    end_step = whole_number(end_step, "end_step", 1, allow_none=True)
-    begin_step = whole_number(begin_step, "begin_step", 0)
-    if update_every is not None:
-        whole_number(update_every, "update_every", 1)
-        if schedule is not None:
-            raise ValueError("give update_every= or schedule=, not both (the schedule says when masks change)")
-        if not updater.changes_topology or updater.name == "gap":
-            raise ValueError(f"update_every={update_every!r} has no effect with method={updater.name!r}: "
-                             + ("its mask never changes" if not updater.changes_topology else
-                                "GaP's phases are set by steps_per_phase, rounds and partitions"))
-    if end_step is not None and total_steps is not None:
-        raise ValueError(f"give end_step= or total_steps=, not both (end_step defaults to end_fraction * "
-                         f"total_steps); got end_step={end_step}, total_steps={total_steps}")
-    if end_step is None and total_steps is not None:
-        end_step = max(int(end_fraction * total_steps), 1)
-    if end_step is not None and end_step <= begin_step:
-        raise ValueError(f"begin_step={begin_step} must come before end_step={end_step}: no mask update would "
-                         "ever happen")
-    sparse_schedule = get_schedule(schedule, updater.default_schedule(update_every or 100, begin_step, None))
+    if type(schedule) is UpdateSchedule:
+        # a plain UpdateSchedule says when masks change; the method's own kind of schedule (gradual for
+        # magnitude pruning, GaP's phases) runs at that cadence
+        defaults = UpdateSchedule().get_config()
+        cadence = {name: value for name, value in schedule.get_config().items() if value != defaults[name]}
+    if cadence:
+        schedule = updater.default_schedule(**cadence)
+    sparse_schedule = get_schedule(schedule, updater.default_schedule())
+    if schedule is not None and not updater.changes_topology and not isinstance(sparse_schedule,
+                                                                                PruningScheduleAdapter):
+        raise ValueError(f"schedule= has no effect with method={updater.name!r}: its mask never changes (leave "
+                         "schedule= out)")
+    end_step = _end_step(sparse_schedule, total_steps, given=schedule is not None)
     if (isinstance(sparse_schedule, PolynomialSchedule) or getattr(sparse_schedule, "needs_end", False)) \
             and sparse_schedule.end_step is None and end_step is None:
         raise ValueError(f"method={updater.name!r} needs to know when its schedule ends: pass total_steps= (the "
-                         "whole training, in steps) or end_step=")
+                         "whole training, in steps) or a schedule with end_step=")
 
     build_by_calling(model)
-    plan = _plan(model, sparsity, distribution, power, layer_sparsity, keep_dense, include, first_layer_dense,
-                 mask_separable_depthwise, updater)
+    plan = _plan(model, sparsity, distribution, layers, updater)
     with model.distribute_strategy.scope():
         sparse = SparseOptimizer(inner, kernels=plan, method=updater, schedule=sparse_schedule, seed=seed,
-                                 end_step=end_step, skip_optimizer_step=skip_optimizer_step)
+                                 end_step=end_step, skip_optimizer_step=sparse_schedule.skip_optimizer_step)
         sparse.bind(model)
         sparse.build(model.trainable_variables)
         masks = {}
@@ -250,6 +185,77 @@ def sparse_optimizer(model, optimizer, sparsity: float | None = None, method="ri
         return sparse
     return keras.optimizers.LossScaleOptimizer(sparse, initial_scale=outer.initial_scale,
                                                dynamic_growth_steps=outer.dynamic_growth_steps, name=outer.name)
+
+
+def _check_layers(layers):
+    if layers is None:
+        return LayerSelection()
+    if not isinstance(layers, LayerSelection):
+        raise TypeError(f"layers must be an ms.LayerSelection(keep_dense=..., include=..., layer_sparsity=..., "
+                        f"first_layer_dense=..., mask_separable_depthwise=...), got {type(layers).__name__}")
+    return layers
+
+
+def _end_step(schedule, total_steps, given):
+    """The SparseOptimizer's end step: the schedule's own, or its ``end_fraction`` of ``total_steps``.
+    ``given``: the user gave the schedule (a method's default, such as GaP's phases, may end by itself)."""
+    if given and schedule.end_step is not None and total_steps is not None:
+        raise ValueError(f"the schedule ends at end_step={schedule.end_step} and total_steps={total_steps} would "
+                         "set the end again (its end_fraction of total_steps); give one of them")
+    end_step = None if total_steps is None else max(int(schedule.end_fraction * total_steps), 1)
+    if schedule.end_step is None and end_step is not None and end_step <= schedule.begin_step:
+        raise ValueError(f"the schedule begins at begin_step={schedule.begin_step} but its end_fraction="
+                         f"{schedule.end_fraction} of total_steps={total_steps} ends it at step {end_step}: no "
+                         "mask update would ever happen")
+    return None if schedule.end_step is not None and given else end_step
+
+
+# The keywords sparse_optimizer took before its arguments were grouped into values: each still works for one
+# release, with a DeprecationWarning naming the value it belongs to.
+_LEGACY = {"power": "distribution", "keep_dense": "layers", "include": "layers", "layer_sparsity": "layers",
+           "first_layer_dense": "layers", "mask_separable_depthwise": "layers", "update_every": "schedule",
+           "begin_step": "schedule", "end_step": "schedule", "end_fraction": "schedule",
+           "skip_optimizer_step": "schedule"}
+
+
+def _split_legacy(options):
+    options = dict(options)
+    legacy = {name: options.pop(name) for name in list(options) if name in _LEGACY}
+    return options, legacy
+
+
+def _apply_legacy(legacy, distribution, layers, schedule):
+    """Fold the old keywords into the values they now belong to, warning once with what to write instead.
+    Returns ``(distribution, layers, cadence)``: the schedule's arguments, for the method's default schedule."""
+    groups = {}
+    for name, value in legacy.items():
+        groups.setdefault(_LEGACY[name], {})[name] = value
+    given = {"distribution": distribution, "layers": layers, "schedule": schedule}
+    clashes = [f"{key}= and {', '.join(f'{k}=' for k in names)}" for key, names in groups.items()
+               if given[key] is not None and not (key == "distribution" and isinstance(distribution, str))]
+    if clashes:
+        raise ValueError(f"sparse_optimizer() got both {'; '.join(clashes)}: the old keywords are parts of the "
+                         "new value, so give them inside it")
+    advice = []
+    if "distribution" in groups:
+        if distribution is not None and str(distribution).lower() != "erk":
+            raise ValueError(f"power={legacy['power']!r} applies only to distribution='erk', not distribution="
+                             f"{distribution!r}")
+        distribution = ErdosRenyiKernel(legacy["power"])
+        advice.append(f"distribution=ms.ErdosRenyiKernel(power={legacy['power']!r})")
+    if "layers" in groups:
+        layers = LayerSelection(**groups["layers"])
+        advice.append(f"layers=ms.LayerSelection({_arguments(groups['layers'])})")
+    cadence = groups.get("schedule", {})
+    if cadence:
+        advice.append(f"schedule=ms.UpdateSchedule({_arguments(cadence)})")
+    warnings.warn(f"sparse_optimizer({_arguments(legacy)}): these keywords are deprecated and will be removed in "
+                  f"the next release; write {', '.join(advice)}", DeprecationWarning, stacklevel=3)
+    return distribution, layers, cadence
+
+
+def _arguments(values):
+    return ", ".join(f"{name}={value!r}" for name, value in values.items())
 
 
 def _resolve_sparsity_type(sparsity_type, method):
@@ -295,30 +301,20 @@ def _split_loss_scale(optimizer):
     return None, optimizer
 
 
-def _resolve_method(method, options, drop_fraction, drop_fraction_schedule):
-    cls = updater_class(method)
+def _resolve_method(method, options):
     if isinstance(method, MaskUpdater):
-        given = {name: value for name, value in (("drop_fraction", drop_fraction),
-                                                 ("drop_fraction_schedule", drop_fraction_schedule))
-                 if value is not None}
-        given.update(options)
-        if given:
-            raise ValueError(f"{', '.join(f'{k}={v!r}' for k, v in given.items())} cannot be applied to the "
-                             f"method instance {type(method).__name__}; pass them to its constructor")
+        if options:
+            raise ValueError(f"{_arguments(options)} cannot be applied to the method instance "
+                             f"{type(method).__name__}; pass them to its constructor")
         return method
-    options = dict(options)
-    if issubclass(cls, DropGrow):
-        options["drop_fraction"] = 0.3 if drop_fraction is None else drop_fraction
-        options["drop_fraction_schedule"] = ("cosine" if drop_fraction_schedule is None
-                                             else drop_fraction_schedule)
-    else:
-        for name, value in (("drop_fraction", drop_fraction), ("drop_fraction_schedule", drop_fraction_schedule)):
-            if value is not None:
-                raise ValueError(f"{name}={value!r} has no effect with method={method!r}: only drop/grow methods "
-                                 "(rigl, set, snfs) replace a fraction of weights")
+    cls = updater_class(method)
     takes = _method_options(cls)
     unknown = sorted(set(options) - takes)
     if unknown:
+        drop_grow = {"drop_fraction", "drop_fraction_schedule"} & set(unknown)
+        if drop_grow and not issubclass(cls, DropGrow):
+            raise ValueError(f"{_arguments({n: options[n] for n in sorted(drop_grow)})} has no effect with method="
+                             f"{method!r}: only drop/grow methods (rigl, set, snfs) replace a fraction of weights")
         raise TypeError(f"sparse_optimizer() got unexpected keyword argument(s) {unknown}: neither its own "
                         f"arguments nor options of method={getattr(cls, 'name', cls.__name__)!r}, which takes "
                         f"{sorted(takes)}")
@@ -341,99 +337,32 @@ def _method_options(cls) -> set:
 def check_passed_options(caller, options):
     """TypeError naming every keyword in ``options`` (which ``caller`` passes on to ``sparse_optimizer`` with
     method="static") that sparse_optimizer would not take."""
-    takes = (set(inspect.signature(sparse_optimizer).parameters) | _method_options(updater_class("static"))) \
-        - {"model", "optimizer", "method", "method_options"}
+    takes = (set(inspect.signature(sparse_optimizer).parameters) | _method_options(updater_class("static"))
+             | set(_LEGACY)) - {"model", "optimizer", "method", "method_options"}
     unknown = sorted(set(options) - takes)
     if unknown:
         raise TypeError(f"{caller}() got unexpected keyword argument(s) {unknown}; besides its own arguments it "
                         f"passes these on to sparse_optimizer: {sorted(takes)}")
 
 
-def _plan(model, sparsity, distribution, power, layer_sparsity, keep_dense, include, first_layer_dense,
-          mask_separable_depthwise, updater):
-    """One spec per masked kernel: ``{"key", "layer", "weight", "variable", "sparsity"}``."""
-    tree = layer_tree(model)
-    extra = _include_spec(include, tree)
-    candidates = {path: layer for path, layer in tree.items()
-                  if (maskable_kernels(layer) and not isinstance(layer, keras.Model)) or path in extra}
-    # a layer a subclassed model holds but its call never uses is never built: it has no weights to mask
-    unbuilt = [path for path, layer in candidates.items() if not layer.weights]
-    if unbuilt:
-        warnings.warn(f"not masked: layer(s) {unbuilt} hold no weights (the model's call never uses them), so "
-                      "there is nothing of them to mask", UserWarning, stacklevel=3)
-        candidates = {path: layer for path, layer in candidates.items() if path not in unbuilt}
-    frozen = [path for path, layer in candidates.items() if not layer.trainable
-              or not any(kernel_variable(layer, n).trainable for n in _names(layer, path, extra, False))]
-    if not candidates:
-        raise ValueError(f"model {model.name!r} has nothing to sparsify: no Dense, Conv, SeparableConv, "
-                         "DepthwiseConv, Embedding or EinsumDense layer (or subclass) was found in it; name custom "
-                         "layers with include=")
-    dense_paths = set(_select(keep_dense, candidates, "keep_dense"))
-    if first_layer_dense:
-        dense_paths.add(next(iter(candidates)))
-    overrides = {}
-    for pattern, value in (layer_sparsity or {}).items():
-        value = _check_sparsity(value, f"layer_sparsity[{pattern!r}]")
-        for path in _select([pattern], candidates, "layer_sparsity"):
-            if path in dense_paths:
-                raise ValueError(f"layer {path!r} is named by both keep_dense and layer_sparsity[{pattern!r}]; "
-                                 "give one of them")
-            overrides[path] = value
-    skipped_frozen = [p for p in frozen if p not in dense_paths]
-    if skipped_frozen:
-        warnings.warn(f"not masked: layer(s) {skipped_frozen} are frozen (trainable=False), so the optimizer "
-                      "never sees them; unfreeze them before sparse_optimizer(), or list them in keep_dense= to "
-                      "silence this", UserWarning, stacklevel=3)
-    masked = {path: layer for path, layer in candidates.items() if path not in dense_paths and path not in frozen}
-    if not masked:
-        raise ValueError("every sparsifiable layer was kept dense (keep_dense=, first_layer_dense=) or is frozen; "
-                         "nothing is left to sparsify")
-    _warn_unmasked(model, tree, candidates)
-    _warn_ablating_outputs(model, masked, updater.sparsity_type)
-
-    shapes, kernel_overrides, specs = {}, {}, []
-    for path, layer in masked.items():
-        for name in _names(layer, path, extra, mask_separable_depthwise):
-            key = f"{path}/{name}"
-            variable = kernel_variable(layer, name)
-            shapes[key] = tuple(int(d) for d in variable.shape)
-            updater.sparsity_type.check(shapes[key], key)
-            if path in overrides:
-                kernel_overrides[key] = overrides[path]
-            specs.append({"key": key, "layer": path, "weight": name, "variable": variable.path})
+def _plan(model, sparsity, distribution, layers, updater):
+    """One spec per masked kernel: ``{"key", "layer", "weight", "variable", "shape", "sparsity"}``."""
+    specs, overrides = layers.kernels(model, updater.sparsity_type)
+    shapes = {spec["key"]: spec["shape"] for spec in specs}
     fixed = getattr(updater.sparsity_type, "fixed_sparsity", None)
     if updater.forced_sparsity is not None or fixed is not None:
         value = updater.forced_sparsity if updater.forced_sparsity is not None else fixed
         sparsities = {key: float(value) for key in shapes}
     else:
-        sparsities = _solve(shapes, sparsity, distribution, power, kernel_overrides)
+        sparsities = _solve(shapes, sparsity, distribution, overrides)
     for spec in specs:
         spec["sparsity"] = sparsities[spec["key"]]
-    _warn_rounding(shapes, sparsities, sparsity, kernel_overrides, updater.sparsity_type)
+    _warn_rounding(shapes, sparsities, sparsity, overrides, updater.sparsity_type)
     return specs
 
 
-def _warn_ablating_outputs(model, masked, sparsity_type):
-    """Neuron ablation on a layer whose outputs are the model's would mask whole outputs (a class that can
-    never be predicted): say so, naming the layer."""
-    if not getattr(sparsity_type, "ablation", False):
-        return
-    names = set(getattr(model, "output_names", None) or [])
-    if isinstance(model, keras.Sequential) and model.layers:
-        names.add(model.layers[-1].name)
-    hits = [path for path, layer in masked.items() if layer.name in names]
-    if hits:
-        warnings.warn(f"layer(s) {hits} produce the model's outputs and neuron ablation may mask whole outputs "
-                      f"of them (a logit that never changes); pass keep_dense={hits} to keep them out of the "
-                      "sparse budget", UserWarning, stacklevel=4)
-
-
-def _names(layer, path, extra, mask_separable_depthwise):
-    return extra.get(path) or maskable_kernels(layer, mask_separable_depthwise)
-
-
-def _solve(shapes, sparsity, distribution, power, overrides):
-    solver = get_distribution(distribution, power)
+def _solve(shapes, sparsity, distribution, overrides):
+    solver = get_distribution(distribution)
     budgeted = {key: shape for key, shape in shapes.items() if key not in overrides}
     if callable(solver) and not hasattr(solver, "solve") and budgeted:
         result = solver(dict(budgeted), sparsity)
@@ -442,8 +371,8 @@ def _solve(shapes, sparsity, distribution, power, overrides):
             raise ValueError(f"distribution={distribution!r} must return {{key: sparsity}} for exactly the keys "
                              f"{sorted(budgeted)}; it returned {got}")
         for key, value in result.items():
-            _check_sparsity(value, f"distribution()[{key!r}]")
-    return layer_sparsities(shapes, sparsity, solver, power, overrides)
+            check_sparsity(value, f"distribution()[{key!r}]")
+    return layer_sparsities(shapes, sparsity, solver, None, overrides)
 
 
 def _warn_rounding(shapes, sparsities, sparsity, overrides, sparsity_type=None):
@@ -469,20 +398,6 @@ def _warn_rounding(shapes, sparsities, sparsity, overrides, sparsity_type=None):
         warnings.warn(f"sparsity={sparsity} asks to keep {wanted:.1f} of {total:,} weights, but sparsity_type="
                       f"{sparsity_type.name!r} keeps whole blocks/groups (at least one per kernel or neuron): the "
                       f"masks keep {kept} (sparsity {1 - kept / total:.6f})", UserWarning, stacklevel=4)
-
-
-def _warn_unmasked(model, tree, candidates):
-    skipped = []
-    for path, layer in tree.items():
-        if path in candidates or isinstance(layer, keras.Model):
-            continue
-        kernels = [w for w in own_weights(layer) if is_kernel_like(w)]
-        if kernels:
-            skipped.append(f"{path} ({type(layer).__name__}: {', '.join(w.name for w in kernels)}, "
-                           f"{sum(int(np.prod(w.shape)) for w in kernels):,} weights)")
-    if skipped:
-        warnings.warn("not masked (no built-in rule for these layers; pass include=[name] to mask a custom "
-                      f"layer's kernel): {'; '.join(skipped)}", UserWarning, stacklevel=4)
 
 
 # ---------------------------------------------------------------------------------------------- masks, strip

@@ -13,6 +13,8 @@ import math
 
 import numpy as np
 
+from morphsparse.checks import fraction
+
 from .masks import kept_count, pruned_count
 
 
@@ -47,7 +49,7 @@ class ErdosRenyiKernel(Distribution):
     name = "erk"
 
     def __init__(self, power: float = 1.0):
-        self.power = float(power)
+        self.power = fraction(power, "power", 0.0, math.inf)
 
     def raw_density(self, shape) -> float:
         return (sum(shape) / float(np.prod(shape))) ** self.power

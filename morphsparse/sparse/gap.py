@@ -31,10 +31,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from morphsparse.recipe import compile_wrapped, compiler_like, fit_arguments, legacy_training
+
 from .api import check_passed_options, copy_model, sparse_optimizer
 from .footprint import live_parameters
 from .kernels import layer_tree
-from .lottery import fresh_optimizer, prune_by_magnitude
+from .lottery import prune_by_magnitude
 from .optimizer import find_sparse_optimizer
 from .schedules import UpdateSchedule, whole_number
 from .updaters import MaskUpdater, register_updater
@@ -196,7 +198,11 @@ class GaP(MaskUpdater):
         self.partition_paths = []      # resolved by attach(): [[layer path, ...], ...]
         self.partition_of = {}         # kernel key -> partition index
 
-    def default_schedule(self, update_every, begin_step, end_step) -> GapSchedule:
+    def default_schedule(self, begin_step=0, **cadence) -> GapSchedule:
+        if cadence:
+            given = ", ".join(f"{name}={value!r}" for name, value in cadence.items())
+            raise ValueError(f"{given} has no effect with method='gap': GaP's phases are set by steps_per_phase, "
+                             "rounds and partitions (and begin_step)")
         return GapSchedule(partition_count(self.partitions), self.rounds, self.steps_per_phase, begin_step)
 
     def attach(self, sparse):
@@ -302,16 +308,18 @@ def weight_owners(model, partition_paths) -> list:
     return owners
 
 
-def grow_copy(combined, partition: list, *, optimizer="adam", sparsify_options: dict):
-    """A copy of the sparse model ``combined`` (static masks, a fresh ``optimizer``) with the layers in
-    ``partition`` dense. Returns ``(model, its SparseOptimizer)``.
+def grow_copy(combined, partition: list, *, compile_model, sparsify_options: dict):
+    """A copy of the sparse model ``combined`` (static masks), compiled by ``compile_model`` with its optimizer
+    wrapped, with the layers in ``partition`` dense. Returns ``(model, its SparseOptimizer)``.
 
     Its revived positions hold zeros (``combined`` keeps pruned weights at zero) and its optimizer is fresh, so
     revived weights start from zero with fresh slots, as in cyclic GaP.
     """
     source = find_sparse_optimizer(combined)
     copy = copy_model(combined)
-    sparse = sparse_optimizer(copy, fresh_optimizer(optimizer), method="static", **sparsify_options)
+    compile_wrapped(copy, compile_model, lambda network, inner: sparse_optimizer(network, inner, method="static",
+                                                                                 **sparsify_options))
+    sparse = find_sparse_optimizer(copy)
     copy.set_weights(combined.get_weights())     # sparse_optimizer drew its own masks; take combined's
     grown = set(partition)
     sparse.set_masks({unit.key: (np.ones(tuple(unit.mask.shape), np.float32) if unit.layer in grown
@@ -358,54 +366,69 @@ class ParallelGap:
         return self.phase_seconds + self.fine_tune_seconds
 
 
-def parallel_gap(model, x=None, y=None, *, sparsity: float | None = 0.9, distribution=None, partitions=4,
-                 rounds: int = 1, phase_epochs: int = 1, fine_tune_epochs: int = 1, optimizer="adam", loss=None,
-                 metrics=None, batch_size: int | None = 32, validation_data=None, verbose=0, seed: int = 0,
-                 fit_options: dict | None = None, fine_tune_optimizer=None, **sparsify_options) -> ParallelGap:
-    """Parallel GaP on one machine: per round, ``k`` copies each grow one partition for ``phase_epochs``.
+def parallel_gap(model, fit=None, y=None, *, compile=None, fine_tune=None, fine_tune_compile=None,
+                 sparsity: float | None = 0.9, distribution=None, partitions=4, rounds: int = 1, seed: int = 0,
+                 **sparsify_options) -> ParallelGap:
+    """Parallel GaP on one machine: per round, ``k`` copies each grow one partition for a phase.
 
     Starting from a random sparse model at ``sparsity`` (per-layer targets from ``distribution``), each round
     trains ``k`` copies of the current model, copy ``i`` with partition ``i`` dense (revived weights from zero,
     fresh optimizer). The combined model takes partition ``i``'s layers from copy ``i`` and the average of the
     copies for weights outside every partition; then every kernel is magnitude-pruned to its target and the
     result is what all copies start the next round from. After ``rounds`` rounds the combined model is
-    fine-tuned with its mask fixed for ``fine_tune_epochs``. Each copy sees the whole training set per phase,
-    so one worker trains ``rounds * phase_epochs + fine_tune_epochs`` epochs; here the ``k`` copies run one
-    after another, so the time is about ``k`` times one worker's.
+    fine-tuned with its mask fixed. Each copy sees the whole training set per phase, so one worker trains
+    ``rounds * phase epochs + fine-tuning epochs`` epochs; here the ``k`` copies run one after another, so the
+    time is about ``k`` times one worker's.
 
     Args:
         model: a built Keras model (left unchanged).
-        x, y, batch_size, validation_data, verbose, fit_options: passed to each ``fit``.
+        fit: ``Model.fit`` keyword arguments of each phase, e.g. ``dict(x=x, y=y, epochs=3, batch_size=128)``
+            (``epochs``: per phase; the convention of ``ms.prune`` and ``ms.cycle``).
+        compile: ``dict(optimizer=..., loss=..., metrics=[...])`` or a callable compiling a model; by default
+            the seed model's compile configuration. Each copy's phase gets a fresh optimizer.
+        fine_tune: ``fit`` arguments of the fine-tuning, merged over ``fit`` (``dict(epochs=0)``: none).
+        fine_tune_compile: how to compile the fine-tuned model (default: ``compile``).
         partitions: number of contiguous partitions, or lists of layer names (as for ``method="gap"``).
-        optimizer, loss, metrics: as ``compile``; each copy's phase gets a fresh optimizer (``optimizer`` may
-            be a no-argument factory, e.g. to build a learning-rate schedule per phase).
-        fine_tune_optimizer: the optimizer of the fine-tuning (default: a fresh ``optimizer``).
-        sparsify_options: passed to ``sparse_optimizer`` (``keep_dense``, ``layer_sparsity``, ``power``, ...).
+        sparsify_options: passed to ``sparse_optimizer`` (``layers=``, ...).
+
+    The form of earlier releases, ``parallel_gap(model, x, y, phase_epochs=..., fine_tune_epochs=...,
+    optimizer=..., loss=..., ...)``, still works for one release with a DeprecationWarning.
     """
-    if loss is None:
-        raise ValueError("parallel_gap needs loss= to train the copies")
-    for name, value, least in (("rounds", rounds, 1), ("phase_epochs", phase_epochs, 1),
-                               ("fine_tune_epochs", fine_tune_epochs, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
-            raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
+    legacy = legacy_training("parallel_gap", None if isinstance(fit, dict) else fit, y, sparsify_options,
+                             {"phase_epochs": "fit", "fine_tune_epochs": "fine_tune"})
+    if legacy is not None:
+        fit, old_compile, phases = legacy
+        compile = old_compile or compile
+        fine_tune = phases.get("fine_tune", fine_tune)
+        if "fine_tune_optimizer" in sparsify_options and isinstance(compile, dict):
+            fine_tune_compile = dict(compile, optimizer=sparsify_options.pop("fine_tune_optimizer"))
+    fit = fit_arguments(fit)
+    fine_tune = {**fit, **fit_arguments(fine_tune, "fine_tune", required=False)}
+    if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 1:
+        raise ValueError(f"rounds must be a whole number >= 1, got {rounds!r}")
+    for name, arguments, least in (("fit", fit, 1), ("fine_tune", fine_tune, 0)):
+        epochs = arguments.get("epochs", 1)
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < least:
+            raise ValueError(f"{name}['epochs'] must be a whole number >= {least}, got {epochs!r}")
+    compile_model = compiler_like(model, compile, "parallel_gap()")
+    compile_fine_tune = (compile_model if fine_tune_compile is None
+                         else compiler_like(model, fine_tune_compile, "parallel_gap()"))
     check_passed_options("parallel_gap", sparsify_options)
     options = dict(sparsify_options, sparsity=sparsity, distribution=distribution, seed=seed)
     combined = copy_model(model)
-    fine_tune = sparse_optimizer(combined, fresh_optimizer(fine_tune_optimizer or optimizer), method="static",
-                                 **options)
-    groups = resolve_partitions(list(dict.fromkeys(unit.layer for unit in fine_tune.units)), partitions)
+    compile_wrapped(combined, compile_fine_tune,
+                    lambda network, inner: sparse_optimizer(network, inner, method="static", **options))
+    groups = resolve_partitions(list(dict.fromkeys(unit.layer for unit in find_sparse_optimizer(combined).units)),
+                                partitions)
     owners = weight_owners(combined, groups)
-    fit_options = dict(fit_options or {})
     result = ParallelGap(model=combined, partitions=groups, rounds=int(rounds),
                          peak_parameters=live_parameters(combined).live)
     started = time.perf_counter()
     for round_index in range(int(rounds)):
         contributions = []
         for copy_index, group in enumerate(groups):
-            worker, worker_optimizer = grow_copy(combined, group, optimizer=optimizer, sparsify_options=options)
-            worker.compile(optimizer=worker_optimizer, loss=loss, metrics=metrics)
-            history = worker.fit(x, y, batch_size=batch_size, epochs=int(phase_epochs),
-                                 validation_data=validation_data, verbose=verbose, **fit_options)
+            worker, _ = grow_copy(combined, group, compile_model=compile_model, sparsify_options=options)
+            history = worker.fit(**fit)
             result.phase_histories.append({"round": round_index, "copy": copy_index, "history": history.history})
             result.peak_parameters = max(result.peak_parameters, live_parameters(worker).live)
             contributions.append(copy_contribution(worker.get_weights(), owners, copy_index, len(groups)))
@@ -414,11 +437,8 @@ def parallel_gap(model, x=None, y=None, *, sparsity: float | None = 0.9, distrib
         combined.set_weights(combine_contributions(contributions, like))
         prune_by_magnitude(combined)        # identical on every worker: no broadcast needed after the all-reduce
     result.phase_seconds = time.perf_counter() - started
-    combined.compile(optimizer=fine_tune, loss=loss, metrics=metrics)
-    if fine_tune_epochs:
+    if fine_tune.get("epochs", 1):
         started = time.perf_counter()
-        result.fine_tune_history = combined.fit(x, y, batch_size=batch_size, epochs=int(fine_tune_epochs),
-                                                validation_data=validation_data, verbose=verbose,
-                                                **fit_options).history
+        result.fine_tune_history = combined.fit(**fine_tune).history
         result.fine_tune_seconds = time.perf_counter() - started
     return result

@@ -9,10 +9,10 @@ from __future__ import annotations
 import fnmatch
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from morphsparse import keras_internals as _keras
+from morphsparse.handlers.base import positions
 
 # Which weights are masked, per layer family (algorithms.md 1.1). isinstance makes subclasses of these layers
 # supported too. Biases, norms and other 1-D weights are never masked.
@@ -138,8 +138,7 @@ def output_positions(layer, kernel_name) -> int:
         if input_shape is None:
             return 1
         shape = tuple(input_shape) if transposed else tuple(layer.compute_output_shape(input_shape))
-    if getattr(layer, "data_format", "channels_last") == "channels_first":
-        inner = shape[2:]      # (batch, channels, spatial...)
-    else:
-        inner = shape[1:-1]    # spatial positions (a Dense on a sequence: time steps)
-    return int(np.prod([d for d in inner if d is not None])) if inner else 1
+    if getattr(layer, "data_format", "channels_last") == "channels_first" and len(shape) > 2:
+        shape = (shape[0], *shape[2:], shape[1])       # (batch, channels, spatial...) seen channels-last
+    # an unknown length counts once: this is an estimate, where the cost model refuses to guess
+    return positions(tuple(1 if d is None else d for d in shape))

@@ -1,15 +1,16 @@
 """Lottery-ticket rewinding (Frankle & Carbin 2019; rewinding to step k: Frankle et al. 2020) in one call.
 
-    result = ms.lottery_ticket(model, x_train, y_train, sparsity=0.9, rewind_step=0, epochs=10,
-                               optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    result = ms.lottery_ticket(model, fit=dict(x=x_train, y=y_train, epochs=10, batch_size=128),
+                               compile=dict(optimizer="adam", loss="sparse_categorical_crossentropy",
+                                            metrics=["accuracy"]), sparsity=0.9, rewind_step=0)
     result.model            # a copy of the model, sparse (method "static"), holding the retrained ticket
     ms.strip(result.model)  # plain Keras model, pruned weights exactly zero
 
-Steps: (1) train a dense copy of ``model`` for ``epochs``, keeping a copy of every weight as it was after
+Steps: (1) train a dense copy of ``model`` with ``fit``, keeping a copy of every weight as it was after
 ``rewind_step`` optimizer steps (0: the initialisation); (2) prune by magnitude, each kernel keeping its
 ``kept_count(N_l, S_l)`` largest ``|W|`` with ``S_l`` from the distribution (ERK by default, as for RigL);
 (3) rewind every weight (survivors of the masked kernels, biases, normalisation parameters) to the stored early
-values; (4) retrain with the mask fixed for ``retrain_epochs`` with a fresh optimizer. Only one round of
+values; (4) retrain with the mask fixed (``retrain`` merged over ``fit``) with a fresh optimizer. Only one round of
 pruning is done (one-shot); iterate the call for iterative magnitude pruning.
 """
 
@@ -21,22 +22,11 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
+from morphsparse.recipe import compile_wrapped, compiler_like, fit_arguments, legacy_training
+
 from .api import check_passed_options, copy_model, sparse_optimizer
 from .footprint import live_parameters
 from .optimizer import find_sparse_optimizer
-
-
-def fresh_optimizer(optimizer):
-    """A new, unbuilt optimizer from ``optimizer``: a name, a config dict, an instance (copied through its
-    config) or a callable taking no arguments that returns a new optimizer (for schedules built per phase)."""
-    if isinstance(optimizer, keras.optimizers.Optimizer):
-        return optimizer.__class__.from_config(optimizer.get_config())
-    if callable(optimizer) and not isinstance(optimizer, type):
-        made = optimizer()
-        if not isinstance(made, keras.optimizers.Optimizer):
-            raise TypeError(f"the optimizer factory returned {type(made).__name__}, not a keras optimizer")
-        return made
-    return keras.optimizers.get(optimizer)
 
 
 class WeightSnapshot(keras.callbacks.Callback):
@@ -94,37 +84,45 @@ class LotteryTicket:
         return self.dense_seconds + self.sparse_seconds
 
 
-def lottery_ticket(model, x=None, y=None, *, sparsity: float | None = 0.9, distribution=None, rewind_step: int = 0,
-                   epochs: int = 1, retrain_epochs: int | None = None, optimizer="adam", loss=None, metrics=None,
-                   batch_size: int | None = 32, validation_data=None, callbacks=(), verbose=0, seed: int = 0,
-                   fit_options: dict | None = None, reuse: LotteryTicket | None = None,
+def lottery_ticket(model, fit=None, y=None, *, compile=None, retrain=None, sparsity: float | None = 0.9,
+                   distribution=None, rewind_step: int = 0, seed: int = 0, reuse: LotteryTicket | None = None,
                    **sparsify_options) -> LotteryTicket:
     """Find and retrain a lottery ticket of ``model`` at ``sparsity``: train, prune, rewind, retrain.
 
     Args:
         model: a built Keras model (left unchanged: a copy is trained).
-        x, y: training data as for ``keras.Model.fit`` (arrays, a tf.data.Dataset, ...).
-        sparsity, distribution: the target and its per-layer split (as ``sparse_optimizer``; extra
-            ``sparse_optimizer`` keywords such as ``keep_dense`` or ``layer_sparsity`` pass through).
+        fit: ``Model.fit`` keyword arguments of the dense training, e.g. ``dict(x=x, y=y, epochs=10,
+            batch_size=128, validation_data=(xv, yv))`` (the convention of ``ms.prune`` and ``ms.cycle``).
+        compile: ``dict(optimizer=..., loss=..., metrics=[...])`` or a callable compiling a model; by default
+            the seed model's compile configuration. Each phase gets a fresh optimizer.
+        retrain: ``fit`` arguments of retraining the ticket, merged over ``fit`` (``dict(epochs=0)``: no
+            retraining).
+        sparsity, distribution: the target and its per-layer split (as ``sparse_optimizer``; its other keywords
+            such as ``layers=ms.LayerSelection(...)`` pass through).
         rewind_step: rewind the survivors to their values after this many optimizer steps of the dense run
             (0: to initialisation, the original lottery ticket; a few hundred steps: "late rewinding").
-        epochs: epochs of dense training; ``retrain_epochs`` (default ``epochs``) of retraining the ticket.
-        optimizer: a name, config, instance or no-argument factory; each phase gets a fresh one, so both
-            start without optimizer state.
-        loss, metrics, batch_size, validation_data, callbacks, verbose, fit_options: as ``compile``/``fit``.
         reuse: the result of an earlier call on the same model and data: its dense run and early weights are
             used instead of training dense again (tickets at several sparsities from one dense run); the
             returned ``dense_seconds`` is then 0.
+
+    The form of earlier releases, ``lottery_ticket(model, x, y, epochs=..., retrain_epochs=..., optimizer=...,
+    loss=..., ...)``, still works for one release with a DeprecationWarning.
     """
     if not isinstance(model, keras.Model) or not model.built:
         raise TypeError("lottery_ticket expects a built keras.Model")
-    if loss is None:
-        raise ValueError("lottery_ticket needs loss= to train the dense network")
-    if isinstance(epochs, bool) or int(epochs) < 1:
-        raise ValueError(f"epochs must be a positive number, got {epochs!r}")
-    retrain_epochs = int(epochs if retrain_epochs is None else retrain_epochs)
-    if retrain_epochs < 0:
-        raise ValueError(f"retrain_epochs must be >= 0, got {retrain_epochs}")
+    legacy = legacy_training("lottery_ticket", None if isinstance(fit, dict) else fit, y, sparsify_options,
+                             {"epochs": "fit", "retrain_epochs": "retrain"})
+    if legacy is not None:
+        fit, old_compile, phases = legacy
+        compile = old_compile or compile
+        retrain = phases.get("retrain", retrain)
+    fit = fit_arguments(fit)
+    retrain = {**fit, **fit_arguments(retrain, "retrain", required=False)}
+    for name, arguments in (("fit", fit), ("retrain", retrain)):
+        epochs = arguments.get("epochs", 1)
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < (name == "fit"):
+            raise ValueError(f"{name}['epochs'] must be a whole number >= {int(name == 'fit')}, got {epochs!r}")
+    compile_model = compiler_like(model, compile, "lottery_ticket()")
     check_passed_options("lottery_ticket", sparsify_options)
     snapshot = WeightSnapshot(rewind_step)
     # Validate the sparsity, distribution and layer options (on a throw-away copy) before dense training.
@@ -132,20 +130,18 @@ def lottery_ticket(model, x=None, y=None, *, sparsity: float | None = 0.9, distr
     sparse_optimizer(probe, "sgd", sparsity, method="static", distribution=distribution, seed=seed,
                      **sparsify_options)
     del probe
-    fit_options = dict(fit_options or {})
     if reuse is not None:
         if reuse.rewind_step != int(rewind_step):
             raise ValueError(f"reuse= holds weights rewound to step {reuse.rewind_step}, not {rewind_step}")
         dense, dense_history, dense_seconds = reuse.dense_model, reuse.dense_history, 0.0
         snapshot.weights = reuse.rewound_weights
     else:
-        dense, dense_history, dense_seconds = _train_dense(model, x, y, snapshot, epochs, optimizer, loss,
-                                                           metrics, batch_size, validation_data, callbacks,
-                                                           verbose, fit_options)
+        dense, dense_history, dense_seconds = _train_dense(model, fit, compile_model, snapshot)
 
     ticket = copy_model(dense)
-    sparse = sparse_optimizer(ticket, fresh_optimizer(optimizer), sparsity, method="static",
-                              distribution=distribution, seed=seed, **sparsify_options)
+    sparse = compile_wrapped(ticket, compile_model, lambda network, inner: sparse_optimizer(
+        network, inner, sparsity, method="static", distribution=distribution, seed=seed, **sparsify_options))
+    sparse = find_sparse_optimizer(ticket)          # under a LossScaleOptimizer: the wrapped one
     # sparse_optimizer applied a random static mask; score the trained dense values instead (same weight order).
     ticket.set_weights(dense.get_weights())
     prune_by_magnitude(ticket)
@@ -153,13 +149,10 @@ def lottery_ticket(model, x=None, y=None, *, sparsity: float | None = 0.9, distr
     ticket.set_weights(snapshot.weights)   # same architecture, so the weight order is the dense model's
     sparse.apply_masks()
 
-    ticket.compile(optimizer=sparse, loss=loss, metrics=metrics)
     sparse_history, sparse_seconds = {}, 0.0
-    if retrain_epochs:
+    if retrain.get("epochs", 1):
         started = time.perf_counter()
-        sparse_history = ticket.fit(x, y, batch_size=batch_size, epochs=retrain_epochs,
-                                    validation_data=validation_data, callbacks=list(callbacks), verbose=verbose,
-                                    **fit_options).history
+        sparse_history = ticket.fit(**retrain).history
         sparse_seconds = time.perf_counter() - started
     return LotteryTicket(model=ticket, dense_model=dense, rewind_step=int(rewind_step),
                          rewound_weights=snapshot.weights, masks=masks, dense_history=dense_history,
@@ -167,14 +160,12 @@ def lottery_ticket(model, x=None, y=None, *, sparsity: float | None = 0.9, distr
                          dense_seconds=dense_seconds, sparse_seconds=sparse_seconds)
 
 
-def _train_dense(model, x, y, snapshot, epochs, optimizer, loss, metrics, batch_size, validation_data, callbacks,
-                 verbose, fit_options):
+def _train_dense(model, fit, compile_model, snapshot):
     """Step (1): train a dense copy while ``snapshot`` keeps the early weights; returns (model, history, s)."""
     dense = copy_model(model)
-    dense.compile(optimizer=fresh_optimizer(optimizer), loss=loss, metrics=metrics)
+    compile_model(dense)
     started = time.perf_counter()
-    history = dense.fit(x, y, batch_size=batch_size, epochs=int(epochs), validation_data=validation_data,
-                        callbacks=[snapshot, *callbacks], verbose=verbose, **fit_options)
+    history = dense.fit(**dict(fit, callbacks=[snapshot, *fit.get("callbacks", ())]))
     seconds = time.perf_counter() - started
     if snapshot.weights is None:
         done = int(keras.ops.convert_to_numpy(dense.optimizer.iterations))

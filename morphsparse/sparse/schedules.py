@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from morphsparse.checks import fraction
+from morphsparse.checks import flag, fraction
 
 _PACKAGE = "morphsparse"
 
@@ -113,13 +113,23 @@ def get_drop_fraction(value, initial: float = 0.3) -> DropFraction:
 class UpdateSchedule:
     """Which steps update the masks, and (for gradual methods) each layer's sparsity at a step.
 
-    ``end_step=None`` means "the optimizer's end step" (from ``total_steps``; -1 when none is known).
+    Args:
+        update_every, begin_step, end_step: masks change every ``update_every`` steps (default 100) from
+            ``begin_step`` while ``step < end_step``. ``end_step=None``: ``end_fraction`` of the ``total_steps``
+            given to ``sparse_optimizer`` (no end when it has none; a warning says so).
+        end_fraction: the fraction of ``total_steps`` after which masks stop changing (default 0.75, as in
+            the RigL paper); unused when ``end_step`` is given.
+        skip_optimizer_step: on update steps, update the masks and skip the optimizer step (the official RigL
+            order) instead of applying it first (the default, and the only choice under tf.distribute).
     """
 
-    def __init__(self, update_every: int = 100, begin_step: int = 0, end_step: int | None = None):
+    def __init__(self, update_every: int = 100, begin_step: int = 0, end_step: int | None = None,
+                 end_fraction: float = 0.75, skip_optimizer_step: bool = False):
         self.update_every = whole_number(update_every, "update_every", 1)
         self.begin_step = whole_number(begin_step, "begin_step", 0)
         self.end_step = whole_number(end_step, "end_step", 0, allow_none=True)
+        self.end_fraction = fraction(end_fraction, "end_fraction", 0.0, 1.0, low_open=True)
+        self.skip_optimizer_step = flag(skip_optimizer_step, "skip_optimizer_step")
         if self.end_step is not None and self.end_step <= self.begin_step:
             raise ValueError(f"end_step={self.end_step} must be greater than begin_step={self.begin_step}: no mask "
                              "update would ever happen")
@@ -156,7 +166,8 @@ class UpdateSchedule:
         return tf.constant(target_sparsity, tf.float64)
 
     def get_config(self):
-        return {"update_every": self.update_every, "begin_step": self.begin_step, "end_step": self.end_step}
+        return {"update_every": self.update_every, "begin_step": self.begin_step, "end_step": self.end_step,
+                "end_fraction": self.end_fraction, "skip_optimizer_step": self.skip_optimizer_step}
 
     @classmethod
     def from_config(cls, config):
@@ -173,8 +184,9 @@ class PolynomialSchedule(UpdateSchedule):
     """
 
     def __init__(self, initial_sparsity: float = 0.0, update_every: int = 100, begin_step: int = 0,
-                 end_step: int | None = None, exponent: float = 3.0):
-        super().__init__(update_every, begin_step, end_step)
+                 end_step: int | None = None, exponent: float = 3.0, end_fraction: float = 0.75,
+                 skip_optimizer_step: bool = False):
+        super().__init__(update_every, begin_step, end_step, end_fraction, skip_optimizer_step)
         self.initial_sparsity = fraction(initial_sparsity, "initial_sparsity")
         self.exponent = fraction(exponent, "exponent", 0.0, math.inf)
 

@@ -107,8 +107,9 @@ class MaskUpdater:
         self.sparsity_type = get_sparsity_type(sparsity_type)
 
     # ------------------------------------------------------------------ pieces a subclass overrides
-    def default_schedule(self, update_every, begin_step, end_step) -> UpdateSchedule:
-        return UpdateSchedule(update_every, begin_step, end_step)
+    def default_schedule(self, **cadence) -> UpdateSchedule:
+        """The schedule used when ``sparse_optimizer`` is given none (``cadence``: its arguments)."""
+        return UpdateSchedule(**cadence)
 
     def kernel_state(self, shape) -> dict:
         """Extra per-kernel variables the method keeps, ``{name: initializer}`` (saved with the model)."""
@@ -268,5 +269,5 @@ class Magnitude(MaskUpdater):
 
     dense_start = True
 
-    def default_schedule(self, update_every, begin_step, end_step):
-        return PolynomialSchedule(0.0, update_every, begin_step, end_step)
+    def default_schedule(self, **cadence):
+        return PolynomialSchedule(**cadence)

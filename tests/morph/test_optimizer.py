@@ -166,7 +166,7 @@ def test_rigl_masks_and_a_flop_budget_in_one_run(tmp_path):
     model = convnet(widths=(16, 16, 16))
     steps = 6 * (128 // BATCH)
     sparse = ms.sparse_optimizer(model, keras.optimizers.Adam(0.05), sparsity=0.5, method="rigl",
-                                 total_steps=steps, update_every=4)
+                                 total_steps=steps, schedule=ms.UpdateSchedule(update_every=4))
     optimizer = ms.morph_optimizer(model, sparse, budget=0.5, steps=steps, threshold=0.02)
     assert optimizer.inner_optimizer is sparse
     model.compile(optimizer, LOSS)

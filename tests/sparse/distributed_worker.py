@@ -44,7 +44,8 @@ with strategy.scope():
                               keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(4)])
     optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
     if METHOD != "plain":
-        optimizer = mss.sparse_optimizer(model, optimizer, 0.7, METHOD, "erk", update_every=3, end_step=STEPS,
+        optimizer = mss.sparse_optimizer(model, optimizer, 0.7, METHOD, "erk",
+                                         schedule=mss.UpdateSchedule(update_every=3, end_step=STEPS),
                                          seed=1)
 
 if MODE == "multiworker":

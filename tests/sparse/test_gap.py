@@ -241,9 +241,9 @@ def test_bad_arguments_get_clear_errors():
     with pytest.raises(ValueError, match="matches no masked layer"):
         _gap(partitions=[["dense", "dense_1"], ["nope"]])
     with pytest.raises(TypeError, match="GapSchedule"):
-        sparse_optimizer(_mlp(), "adam", 0.75, method="gap", schedule=ms.sparse.UpdateSchedule(10))
+        sparse_optimizer(_mlp(), "adam", 0.75, method="gap", schedule=ms.PolynomialSchedule(end_step=10))
     with pytest.raises(ValueError, match=r"update_every=10 has no effect with method='gap'"):
-        _gap(update_every=10)
+        _gap(schedule=ms.UpdateSchedule(update_every=10))
     with pytest.raises(ValueError, match=r"method='gap' needs to know when its schedule ends"):
         _gap(steps_per_phase=None)
     assert isinstance(_gap().optimizer.schedule, GapSchedule)
@@ -273,7 +273,8 @@ def test_parallel_combination_takes_partition_i_from_copy_i():
         == [0, 0, 0, 1]
     assert owners[names.index("norm/gamma")] is None and owners[names.index("norm/moving_mean")] is None
 
-    copy, copy_optimizer = grow_copy(combined, groups[1], sparsify_options=options)
+    copy, copy_optimizer = grow_copy(combined, groups[1], sparsify_options=options,
+                                     compile_model=lambda model: model.compile(optimizer="adam", loss="mse"))
     assert copy_optimizer.masks()["dense_2/kernel"].all()
     np.testing.assert_array_equal(copy_optimizer.masks()["dense/kernel"], combined_optimizer.masks()["dense/kernel"])
     revived = combined_optimizer.masks()["dense_2/kernel"] == 0
@@ -290,9 +291,10 @@ def test_parallel_combination_takes_partition_i_from_copy_i():
 @pytest.mark.slow
 def test_parallel_gap_end_to_end():
     x, y = _data()
-    result = ms.parallel_gap(_mlp(), x, y, sparsity=0.75, distribution="uniform", partitions=2, rounds=2,
-                             phase_epochs=1, fine_tune_epochs=1, optimizer="adam",
-                             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), batch_size=16)
+    result = ms.parallel_gap(_mlp(), dict(x=x, y=y, epochs=1, batch_size=16, verbose=0), sparsity=0.75,
+                             compile=dict(optimizer="adam",
+                                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)),
+                             distribution="uniform", partitions=2, rounds=2, fine_tune=dict(epochs=1))
     assert len(result.phase_histories) == 4 and [h["copy"] for h in result.phase_histories] == [0, 1, 0, 1]
     sparse = find_sparse_optimizer(result.model)
     for unit in sparse.units:
@@ -304,10 +306,18 @@ def test_parallel_gap_end_to_end():
     extra = max(sum(sizes[p] - kept_count(sizes[p], 0.75) for p in group) for group in result.partitions)
     assert result.peak_parameters == counts.live + extra
     assert len(result.fine_tune_history["loss"]) == 1 and result.training_seconds > 0
+    fit = dict(x=x, y=y, verbose=0)
     with pytest.raises(ValueError, match="rounds"):
-        ms.parallel_gap(_mlp(), x, y, loss="mse", rounds=0)
-    with pytest.raises(ValueError, match="loss="):
-        ms.parallel_gap(_mlp(), x, y)
+        ms.parallel_gap(_mlp(), fit, compile=dict(loss="mse"), rounds=0)
+    with pytest.raises(ValueError, match=r"parallel_gap\(\) needs to compile the models"):
+        ms.parallel_gap(_mlp(), fit)
+    with pytest.raises(ValueError, match=r"fine_tune\['epochs'\] must be a whole number >= 0"):
+        ms.parallel_gap(_mlp(), fit, compile=dict(loss="mse"), fine_tune=dict(epochs=-1))
     for option in ("bogus", "method"):      # nothing it does not pass on is taken, nor the method it sets itself
         with pytest.raises(TypeError, match=rf"parallel_gap\(\) got unexpected keyword argument\(s\) \['{option}'\]"):
-            ms.parallel_gap(_mlp(), x, y, loss="mse", **{option: "rigl"})
+            ms.parallel_gap(_mlp(), fit, compile=dict(loss="mse"), **{option: "rigl"})
+    with pytest.warns(DeprecationWarning, match=r"parallel_gap\(model, x, y, .*phase_epochs=.*write parallel_gap"
+                                                r"\(model, fit=dict\(x=\.\.\., y=\.\.\..*fine_tune=dict\(epochs"):
+        old = ms.parallel_gap(_mlp(), x, y, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                              partitions=2, phase_epochs=1, fine_tune_epochs=0, batch_size=32)
+    assert len(old.phase_histories) == 2 and not old.fine_tune_history

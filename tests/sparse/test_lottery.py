@@ -31,8 +31,9 @@ def test_rewind_to_initialisation_restores_exact_initial_values():
     model = _model()
     initial = [np.array(w) for w in model.get_weights()]
     x, y = _data()
-    result = lottery_ticket(model, x, y, sparsity=0.7, distribution="uniform", epochs=2, retrain_epochs=0,
-                            optimizer=keras.optimizers.SGD(0.1), loss=LOSS, batch_size=16)
+    result = lottery_ticket(model, dict(x=x, y=y, epochs=2, batch_size=16, verbose=0), retrain=dict(epochs=0),
+                            compile=dict(optimizer=keras.optimizers.SGD(0.1), loss=LOSS), sparsity=0.7,
+                            distribution="uniform")
     for before, after in zip(initial, model.get_weights()):       # the user's model is untouched
         np.testing.assert_array_equal(before, after)
     for before, snapshot in zip(initial, result.rewound_weights):
@@ -53,9 +54,10 @@ def test_rewind_to_initialisation_restores_exact_initial_values():
 def test_rewind_to_step_k_restores_the_values_after_k_steps():
     model = _model()
     x, y = _data()
-    result = lottery_ticket(model, x, y, sparsity=0.6, rewind_step=3, epochs=1, retrain_epochs=0,
-                            optimizer={"class_name": "SGD", "config": {"learning_rate": 0.05}}, loss=LOSS,
-                            batch_size=8, fit_options={"shuffle": False})
+    result = lottery_ticket(model, dict(x=x, y=y, epochs=1, batch_size=8, shuffle=False, verbose=0),
+                            retrain=dict(epochs=0), sparsity=0.6, rewind_step=3,
+                            compile=dict(optimizer={"class_name": "SGD", "config": {"learning_rate": 0.05}},
+                                         loss=LOSS))
     # Replay exactly three steps of the same dense run by hand.
     replay = keras.models.clone_model(model)
     replay.set_weights(model.get_weights())
@@ -71,8 +73,8 @@ def test_rewind_to_step_k_restores_the_values_after_k_steps():
 
 def test_retraining_keeps_the_mask_fixed_and_exact():
     x, y = _data()
-    result = lottery_ticket(_model(), x, y, sparsity=0.8, epochs=1, retrain_epochs=2, optimizer="adam",
-                            loss=LOSS, batch_size=32)
+    result = lottery_ticket(_model(), dict(x=x, y=y, epochs=1, batch_size=32, verbose=0), retrain=dict(epochs=2),
+                            compile=dict(optimizer="adam", loss=LOSS), sparsity=0.8)
     assert len(result.sparse_history["loss"]) == 2
     assert result.training_seconds > 0 and "sparsity" in result.sparse_history
     for unit in find_sparse_optimizer(result.model).units:
@@ -84,26 +86,46 @@ def test_retraining_keeps_the_mask_fixed_and_exact():
 
 def test_lottery_errors():
     x, y = _data()
+    fit, compile = dict(x=x, y=y, verbose=0), dict(loss=LOSS)
     with pytest.raises(ValueError, match="never reached"):
-        lottery_ticket(_model(), x, y, sparsity=0.5, rewind_step=1000, epochs=1, loss=LOSS)
+        lottery_ticket(_model(), fit, compile=compile, sparsity=0.5, rewind_step=1000)
     with pytest.raises(ValueError, match="rewind_step"):
         WeightSnapshot(-1)
-    with pytest.raises(ValueError, match="loss="):
-        lottery_ticket(_model(), x, y, sparsity=0.5)
+    with pytest.raises(ValueError, match=r"lottery_ticket\(\) needs to compile the models.*compile=dict"):
+        lottery_ticket(_model(), fit, sparsity=0.5)                 # an uncompiled seed and no compile=
+    with pytest.raises(ValueError, match=r"compile= needs loss="):
+        lottery_ticket(_model(), fit, compile=dict(optimizer="adam"), sparsity=0.5)
+    with pytest.raises(TypeError, match=r"fit= must be a dict of Model.fit keyword arguments"):
+        lottery_ticket(_model(), [x, y], compile=compile)
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
-        lottery_ticket(_model(), x, y, sparsity=1.5, loss=LOSS)
-    with pytest.raises(ValueError, match="epochs"):
-        lottery_ticket(_model(), x, y, sparsity=0.5, loss=LOSS, epochs=0)
+        lottery_ticket(_model(), fit, compile=compile, sparsity=1.5)
+    with pytest.raises(ValueError, match=r"fit\['epochs'\] must be a whole number >= 1"):
+        lottery_ticket(_model(), dict(fit, epochs=0), compile=compile, sparsity=0.5)
     for option in ("bogus", "method"):      # nothing it does not pass on is taken, nor the method it sets itself
         with pytest.raises(TypeError, match=rf"lottery_ticket\(\) got unexpected keyword argument\(s\) \['{option}'\]"):
-            lottery_ticket(_model(), x, y, sparsity=0.5, loss=LOSS, **{option: "rigl"})
+            lottery_ticket(_model(), fit, compile=compile, sparsity=0.5, **{option: "rigl"})
+
+
+def test_a_compiled_seed_is_trained_as_compiled_and_the_old_form_still_works():
+    x, y = _data()
+    seed = _model()
+    seed.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
+    by_seed = lottery_ticket(seed, dict(x=x, y=y, batch_size=16, shuffle=False, verbose=0), sparsity=0.5)
+    assert by_seed.dense_model.optimizer.get_config()["learning_rate"] == pytest.approx(0.1)
+    with pytest.warns(DeprecationWarning, match=r"lottery_ticket\(model, x, y, .*write lottery_ticket\(model, "
+                                                r"fit=dict\(x=\.\.\., y=\.\.\..*compile=dict\(optimizer"):
+        old = lottery_ticket(_model(), x, y, sparsity=0.5, epochs=1, optimizer=keras.optimizers.SGD(0.1),
+                             loss=LOSS, batch_size=16, fit_options={"shuffle": False})
+    for unit in find_sparse_optimizer(old.model).units:        # the same dense run, so the same ticket
+        np.testing.assert_array_equal(unit.mask.numpy(), by_seed.masks[unit.key])
 
 
 def test_reuse_gives_a_second_ticket_from_the_same_dense_run():
     x, y = _data()
-    first = lottery_ticket(_model(), x, y, sparsity=0.5, epochs=1, retrain_epochs=0, loss=LOSS, batch_size=16,
-                           optimizer=lambda: keras.optimizers.SGD(0.1))
-    second = lottery_ticket(_model(), x, y, sparsity=0.9, epochs=1, retrain_epochs=0, loss=LOSS, batch_size=16,
+    fit = dict(x=x, y=y, batch_size=16, verbose=0)
+    first = lottery_ticket(_model(), fit, retrain=dict(epochs=0), sparsity=0.5,
+                           compile=dict(optimizer=lambda: keras.optimizers.SGD(0.1), loss=LOSS))
+    second = lottery_ticket(_model(), fit, retrain=dict(epochs=0), compile=dict(loss=LOSS), sparsity=0.9,
                             reuse=first)
     assert second.dense_model is first.dense_model and second.dense_seconds == 0.0
     for unit in find_sparse_optimizer(second.model).units:
@@ -111,6 +133,6 @@ def test_reuse_gives_a_second_ticket_from_the_same_dense_run():
         inner = first.masks[unit.key]
         assert np.all(inner[unit.mask.numpy() == 1] == 1)     # the 90% ticket sits inside the 50% one
     with pytest.raises(ValueError, match="rewound to step 0"):
-        lottery_ticket(_model(), x, y, sparsity=0.9, rewind_step=2, loss=LOSS, reuse=first)
+        lottery_ticket(_model(), fit, compile=dict(loss=LOSS), sparsity=0.9, rewind_step=2, reuse=first)
     with pytest.raises(TypeError, match="factory"):
-        lottery_ticket(_model(), x, y, sparsity=0.9, loss=LOSS, optimizer=lambda: "sgd")
+        lottery_ticket(_model(), fit, compile=dict(loss=LOSS, optimizer=lambda: "sgd"), sparsity=0.9)

@@ -62,7 +62,7 @@ def test_model_stays_the_users_model_and_logs_need_no_callback():
     model = _functional()
     kind = type(model)
     x, y = _data()
-    same, optimizer = _sparse(model, update_every=2, total_steps=12)
+    same, optimizer = _sparse(model, schedule=ms.UpdateSchedule(update_every=2), total_steps=12)
     assert same is model and type(model) is kind and kind.__name__ == "Functional"
     assert model.inputs and model.outputs and model.get_layer("a") is model.layers[1]
     assert isinstance(optimizer, mss.SparseOptimizer) and optimizer.end_step == 9      # 75% of 12
@@ -103,7 +103,8 @@ def test_functional_api_analysis_and_export_work_on_the_sparse_model(tmp_path):
 
 def test_two_fits_continue_one_schedule_and_a_fit_past_the_end_warns_once():
     x, y = _data()
-    model, optimizer = _sparse(_mlp(), update_every=2, total_steps=24)          # end_step 18
+    model, optimizer = _sparse(_mlp(), schedule=ms.UpdateSchedule(update_every=2),
+                               total_steps=24)          # end_step 18
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)                          # steps 0-5
     first = int(_np(optimizer.mask_updates))
     with warnings.catch_warnings(record=True) as caught:
@@ -121,7 +122,7 @@ def test_two_fits_continue_one_schedule_and_a_fit_past_the_end_warns_once():
 
 def test_no_end_known_warns_once_and_keeps_updating():
     x, y = _data()
-    model, optimizer = _sparse(_mlp(), update_every=2)
+    model, optimizer = _sparse(_mlp(), schedule=ms.UpdateSchedule(update_every=2))
     with pytest.warns(UserWarning, match="no end of mask updates is known.*total_steps="):
         model.fit(x, y, batch_size=8, epochs=1, verbose=0)
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)
@@ -133,7 +134,7 @@ def test_save_load_round_trip_and_resume_equals_uninterrupted(method, tmp_path):
     x, y = _data(64)
 
     def fresh():
-        return _sparse(_mlp(), 0.75, method, update_every=3, end_step=14, seed=2)
+        return _sparse(_mlp(), 0.75, method, schedule=ms.UpdateSchedule(update_every=3, end_step=14), seed=2)
 
     uninterrupted, straight = fresh()
     uninterrupted.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)          # 16 steps
@@ -165,7 +166,7 @@ def test_save_load_round_trip_and_resume_equals_uninterrupted(method, tmp_path):
 def test_saved_file_holds_exact_zeros(tmp_path):
     import h5py
     x, y = _data()
-    model, optimizer = _sparse(_mlp(), 0.9, "rigl", update_every=1, end_step=6)
+    model, optimizer = _sparse(_mlp(), 0.9, "rigl", schedule=ms.UpdateSchedule(update_every=1, end_step=6))
     model.fit(x, y, batch_size=8, verbose=0)
     path = tmp_path / "m.keras"
     model.save(path)
@@ -185,12 +186,12 @@ def test_saved_file_holds_exact_zeros(tmp_path):
 
 def test_custom_loop_needs_no_extra_call_and_matches_fit():
     x, y = _data(32)
-    by_fit, fit_optimizer = _sparse(_mlp(), 0.7, "rigl", update_every=2, end_step=3)
+    by_fit, fit_optimizer = _sparse(_mlp(), 0.7, "rigl", schedule=ms.UpdateSchedule(update_every=2, end_step=3))
     by_fit.fit(x, y, batch_size=8, verbose=0, shuffle=False)
 
     model = _mlp()
     optimizer = mss.sparse_optimizer(model, keras.optimizers.SGD(0.05, momentum=0.9), 0.7, "rigl",
-                                     update_every=2, end_step=3)
+                                     schedule=mss.UpdateSchedule(update_every=2, end_step=3))
 
     @tf.function
     def train_step(batch_x, batch_y):
@@ -210,7 +211,7 @@ def test_custom_loop_needs_no_extra_call_and_matches_fit():
 
 def test_strip_returns_a_plain_copy_with_exact_zeros(tmp_path):
     x, y = _data()
-    model, optimizer = _sparse(_mlp(), 0.8, "set", update_every=2, end_step=5)
+    model, optimizer = _sparse(_mlp(), 0.8, "set", schedule=ms.UpdateSchedule(update_every=2, end_step=5))
     model.fit(x, y, batch_size=8, verbose=0)
     plain = mss.strip(model)
     assert plain is not model and getattr(plain, "optimizer", None) is None
@@ -279,7 +280,7 @@ def test_mixed_float16_keeps_masks_exact():
         x, y = _data()
         model = _mlp()
         optimizer = mss.sparse_optimizer(model, keras.optimizers.SGD(0.05, momentum=0.9), 0.8, "rigl",
-                                         update_every=2, end_step=8)
+                                         schedule=mss.UpdateSchedule(update_every=2, end_step=8))
         model.compile(optimizer, LOSS)           # Keras wraps it in a LossScaleOptimizer
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
         assert mss.find_sparse_optimizer(model) is optimizer
@@ -307,7 +308,8 @@ def test_pruned_weights_stay_zero_with_ema_and_gradient_accumulation(options, tm
     x, y = _data(64)
     model = _mlp()
     inner = keras.optimizers.Adam(0.05, **options)
-    optimizer = mss.sparse_optimizer(model, inner, 0.8, "rigl", update_every=2, end_step=14)
+    optimizer = mss.sparse_optimizer(model, inner, 0.8, "rigl",
+                                     schedule=mss.UpdateSchedule(update_every=2, end_step=14))
     model.compile(optimizer, LOSS)
     seen = []
 
@@ -341,11 +343,12 @@ def test_set_weights_is_masked_by_the_next_step_or_apply_masks():
 
 def test_overrides_keep_dense_and_first_layer_switch():
     model = _mlp()
-    optimizer = mss.sparse_optimizer(model, "sgd", 0.9, "static", "uniform", keep_dense=["c"],
-                                     layer_sparsity={"b": 0.5})
+    optimizer = mss.sparse_optimizer(model, "sgd", 0.9, "static", "uniform",
+                                     layers=mss.LayerSelection(keep_dense=["c"], layer_sparsity={"b": 0.5}))
     assert [u.key for u in optimizer.units] == ["a/kernel", "b/kernel"]
     assert optimizer.units[1].sparsity == 0.5 and optimizer.units[0].sparsity == 0.9
-    first = mss.sparse_optimizer(_mlp(), "sgd", 0.9, "static", "uniform", first_layer_dense=True)
+    first = mss.sparse_optimizer(_mlp(), "sgd", 0.9, "static", "uniform",
+                                 layers=mss.LayerSelection(first_layer_dense=True))
     assert [u.key for u in first.units] == ["b/kernel", "c/kernel"]
     # The model itself is made sparse (in place): its kernel now holds the mask's zeros.
     assert np.count_nonzero(_np(model.get_layer("a").kernel)) == kept_count(160, 0.9)
@@ -375,8 +378,9 @@ def test_xla_compiled_step_gives_the_same_masks():
     runs = []
     for jit in (False, True):
         model = _mlp()
-        optimizer = mss.sparse_optimizer(model, keras.optimizers.SGD(0.05), 0.7, "rigl", update_every=1,
-                                         end_step=4, drop_fraction_schedule="constant")
+        optimizer = mss.sparse_optimizer(model, keras.optimizers.SGD(0.05), 0.7, "rigl",
+                                         schedule=mss.UpdateSchedule(update_every=1, end_step=4),
+                                         drop_fraction_schedule="constant")
         model.compile(optimizer, LOSS, jit_compile=jit)
         model.fit(x, y, batch_size=8, verbose=0, shuffle=False)
         runs.append(optimizer.masks())
@@ -405,7 +409,8 @@ def test_a_kernel_planned_dense_stays_dense_and_refuses_a_sparse_mask():
     # ERK gives small layers sparsity 0; layer_sparsity=0 does the same on purpose. Training never masks or
     # updates such a kernel (no per-step cost), so set_masks must not accept zeros for it.
     x, y = _data()
-    model, optimizer = _sparse(_mlp(), 0.8, "rigl", layer_sparsity={"c": 0.0}, update_every=2, total_steps=12)
+    model, optimizer = _sparse(_mlp(), 0.8, "rigl", layers=ms.LayerSelection(layer_sparsity={"c": 0.0}),
+                               schedule=ms.UpdateSchedule(update_every=2), total_steps=12)
     dense_unit = next(unit for unit in optimizer.units if unit.layer == "c")
     assert dense_unit.always_dense and not any(u.always_dense for u in optimizer.units if u is not dense_unit)
     model.fit(x, y, batch_size=8, epochs=2, verbose=0)
@@ -422,7 +427,8 @@ def test_steps_per_execution_keeps_one_schedule_and_the_logs():
     # Several steps per call (what users of small models compile with to save Keras's per-step overhead).
     x, y = _data()
     model = _mlp()
-    optimizer = mss.sparse_optimizer(model, keras.optimizers.SGD(0.05, momentum=0.9), 0.8, "rigl", update_every=2,
+    optimizer = mss.sparse_optimizer(model, keras.optimizers.SGD(0.05, momentum=0.9), 0.8, "rigl",
+                                     schedule=mss.UpdateSchedule(update_every=2),
                                      total_steps=24)
     model.compile(optimizer, LOSS, steps_per_execution=4)
     history = model.fit(x, y, batch_size=8, epochs=4, verbose=0)               # 24 steps, 4 per call

@@ -28,41 +28,56 @@ def _make(**options):
     ({"sparsity": "high"}, TypeError, r"sparsity must be a number"),
     ({"method": "lottery"}, ValueError, "Unknown sparse training method 'lottery'"),
     ({"distribution": "normal"}, ValueError, "Unknown distribution"),
-    ({"power": float("nan")}, ValueError, r"power must be in \[0, inf\], got nan"),
-    ({"power": float("inf")}, ValueError, r"power must be in"),
-    ({"power": -1.0}, ValueError, r"power must be in \[0"),
+    (lambda: {"distribution": mss.ErdosRenyiKernel(power=float("nan"))}, ValueError,
+     r"power must be in \[0, inf\], got nan"),
+    (lambda: {"distribution": mss.ErdosRenyiKernel(power=float("inf"))}, ValueError, r"power must be in"),
+    (lambda: {"distribution": mss.ErdosRenyiKernel(power=-1.0)}, ValueError, r"power must be in \[0"),
     ({"power": 0.5, "distribution": "uniform"}, ValueError, r"power=0.5 applies only to distribution='erk'"),
-    ({"begin_step": 50, "end_step": 10}, ValueError, r"begin_step=50 must come before end_step=10"),
-    ({"end_step": -5}, ValueError, r"end_step must be >= 1, got -5"),
+    (lambda: {"schedule": mss.UpdateSchedule(begin_step=50, end_step=10)}, ValueError,
+     r"end_step=10 must be greater than begin_step=50"),
+    (lambda: {"schedule": mss.UpdateSchedule(end_step=-5)}, ValueError, r"end_step must be >= 0, got -5"),
     ({"total_steps": -100}, ValueError, r"total_steps must be >= 1, got -100"),
-    ({"total_steps": 100, "end_step": 50}, ValueError, r"give end_step= or total_steps=, not both"),
-    ({"update_every": 2.7}, ValueError, r"update_every must be a whole number of steps, got 2.7"),
-    ({"update_every": "ten"}, TypeError, r"update_every must be a whole number of steps, got 'ten'"),
-    ({"update_every": 0}, ValueError, r"update_every must be >= 1"),
+    (lambda: {"total_steps": 100, "schedule": mss.UpdateSchedule(end_step=50)}, ValueError,
+     r"the schedule ends at end_step=50 and total_steps=100 would set the end again.*give one of them"),
+    (lambda: {"total_steps": 4, "schedule": mss.UpdateSchedule(begin_step=3)}, ValueError,
+     r"begins at begin_step=3 but its end_fraction=0.75 of total_steps=4 ends it at step 3"),
+    (lambda: {"schedule": mss.UpdateSchedule(update_every=2.7)}, ValueError,
+     r"update_every must be a whole number of steps, got 2.7"),
+    (lambda: {"schedule": mss.UpdateSchedule(update_every="ten")}, TypeError,
+     r"update_every must be a whole number of steps, got 'ten'"),
+    (lambda: {"schedule": mss.UpdateSchedule(update_every=0)}, ValueError, r"update_every must be >= 1"),
     ({"seed": "abc"}, TypeError, r"seed must be a whole number, got 'abc'"),
-    ({"end_fraction": -0.5}, ValueError, r"end_fraction must be in \(0, 1\], got -0.5"),
-    ({"end_fraction": 1.5}, ValueError, r"end_fraction must be in \(0, 1\]"),
+    (lambda: {"schedule": mss.UpdateSchedule(end_fraction=-0.5)}, ValueError,
+     r"end_fraction must be in \(0, 1\], got -0.5"),
+    (lambda: {"schedule": mss.UpdateSchedule(end_fraction=1.5)}, ValueError, r"end_fraction must be in \(0, 1\]"),
     ({"drop_fraction": 1.5}, ValueError, r"drop_fraction must be in \[0, 1\]"),
     ({"method": SET(drop_fraction=0.2), "drop_fraction": 0.1}, ValueError,
      r"drop_fraction=0.1 cannot be applied to the method instance SET"),
     ({"method": "static", "drop_fraction": 0.1}, ValueError, r"drop_fraction=0.1 has no effect with method='static'"),
-    ({"method": "static", "update_every": 10}, ValueError, r"update_every=10 has no effect with method='static'"),
+    (lambda: {"method": "static", "schedule": mss.UpdateSchedule(update_every=10)}, ValueError,
+     r"schedule= has no effect with method='static'"),
     ({"method": "magnitude"}, ValueError, r"method='magnitude' needs to know when its schedule ends.*total_steps="),
-    ({"keep_dense": ["a"], "layer_sparsity": {"a": 0.5}}, ValueError,
+    (lambda: {"layers": mss.LayerSelection(keep_dense=["a"], layer_sparsity={"a": 0.5})}, ValueError,
      r"layer 'a' is named by both keep_dense and layer_sparsity\['a'\]"),
-    ({"keep_dense": "a"}, TypeError, r"keep_dense must be a list.*keep_dense=\['a'\]"),
-    ({"keep_dense": ["missing"]}, ValueError, "keep_dense names 'missing', which matches no sparsifiable layer"),
-    ({"layer_sparsity": {"nope*": 0.2}}, ValueError, r"layer_sparsity names 'nope\*'"),
-    ({"layer_sparsity": {"a": 1.0}}, ValueError, r"layer_sparsity\['a'\]"),
+    (lambda: {"layers": mss.LayerSelection(keep_dense="a")}, TypeError,
+     r"keep_dense must be a list.*keep_dense=\['a'\]"),
+    (lambda: {"layers": mss.LayerSelection(keep_dense=["missing"])}, ValueError,
+     "keep_dense names 'missing', which matches no sparsifiable layer"),
+    (lambda: {"layers": mss.LayerSelection(layer_sparsity={"nope*": 0.2})}, ValueError,
+     r"layer_sparsity names 'nope\*'"),
+    (lambda: {"layers": mss.LayerSelection(layer_sparsity={"a": 1.0})}, ValueError, r"layer_sparsity\['a'\]"),
+    ({"layers": {"keep_dense": ["a"]}}, TypeError, r"layers must be an ms.LayerSelection\(keep_dense=..."),
     ({"distribution": lambda shapes, s: {"wrong": s}}, ValueError, r"distribution=.* must return .*keys"),
     ({"distribution": lambda shapes, s: {k: 2.0 for k in shapes}}, ValueError, r"distribution\(\)\['a/kernel'\]"),
-    ({"include": ["nothing_here"]}, ValueError, r"include names 'nothing_here'"),
-    ({"include": {"a": ["weights"]}}, ValueError, r"layer 'a' \(Dense\) has no weight 'weights'"),
+    (lambda: {"layers": mss.LayerSelection(include=["nothing_here"])}, ValueError, r"include names 'nothing_here'"),
+    (lambda: {"layers": mss.LayerSelection(include={"a": ["weights"]})}, ValueError,
+     r"layer 'a' \(Dense\) has no weight 'weights'"),
     ({"method": "snfs", "decay": 0.5, "bogus": 1}, TypeError,
      r"sparse_optimizer\(\) got unexpected keyword argument\(s\) \['bogus'\].*method='snfs', which takes \['decay'"),
     ({"method": "static", "decay": 0.5}, TypeError, r"argument\(s\) \['decay'\].*method='static', which takes"),
     # truthy strings are not True; an SNFS decay outside [0, 1) would never update or diverge
-    ({"skip_optimizer_step": "no"}, TypeError, r"skip_optimizer_step must be True or False, got str 'no'"),
+    (lambda: {"schedule": mss.UpdateSchedule(skip_optimizer_step="no")}, TypeError,
+     r"skip_optimizer_step must be True or False, got str 'no'"),
     ({"rescale_init": "False"}, TypeError, r"rescale_init must be True or False, got str 'False'"),
     ({"rescale_init": 1}, TypeError, r"rescale_init must be True or False"),
     ({"method": "snfs", "decay": 1.5}, ValueError, r"decay must be a number in \[0, 1\).*got 1.5"),
@@ -74,13 +89,14 @@ def _make(**options):
      r"schedule=<function .*final_sparsity attribute.*PruningScheduleAdapter\(your_schedule, target_sparsity="),
 ])
 def test_bad_arguments_name_themselves(options, error, match):
+    # a row given as a function builds its values inside the check: a bad value object raises when it is made
     with pytest.raises(error, match=match):
-        _make(**options)
+        _make(**(options() if callable(options) else options))
 
 
 def test_a_sparse_optimizer_takes_numpy_booleans_and_numbers():
-    optimizer = _make(method="snfs", decay=np.float32(0.5), skip_optimizer_step=np.bool_(True),
-                      rescale_init=np.bool_(False))
+    optimizer = _make(method="snfs", decay=np.float32(0.5), schedule=mss.UpdateSchedule(
+        skip_optimizer_step=np.bool_(True)), rescale_init=np.bool_(False))
     assert optimizer.skip_optimizer_step is True and optimizer.method.decay == 0.5
     with pytest.raises(TypeError, match="skip_optimizer_step must be True or False"):
         mss.SparseOptimizer(keras.optimizers.SGD(), method=optimizer.method, schedule=optimizer.schedule,
@@ -160,7 +176,7 @@ def test_custom_layer_is_listed_as_not_masked_unless_included():
     assert report.sparsity > 0.85 and report.overall_sparsity < 0.1          # the report tells both
     assert "not masked" in str(report)
     model = _custom_model()
-    included = mss.sparse_optimizer(model, "sgd", 0.9, "static", "uniform", include=["big"])
+    included = mss.sparse_optimizer(model, "sgd", 0.9, "static", "uniform", layers=mss.LayerSelection(include=["big"]))
     assert [u.key for u in included.units] == ["big/kernel", "head/kernel"]
     assert mss.sparsity_report(model).overall_sparsity == pytest.approx(mss.sparsity_report(model).sparsity)
 
@@ -188,5 +204,5 @@ def test_snip_with_an_unbatched_dataset_says_batch_it():
 
 
 def test_erk_power_solves_fast_for_large_and_zero_powers():
-    optimizer = _make(power=0.0, method="static")
+    optimizer = _make(distribution=mss.ErdosRenyiKernel(power=0.0), method="static")
     assert all(math.isclose(u.sparsity, 0.8, abs_tol=0.01) for u in optimizer.units)

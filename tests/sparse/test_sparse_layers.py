@@ -45,7 +45,7 @@ def test_layer_types_are_masked_and_trained(case):
     outputs = keras.layers.Dense(2, name="head")(keras.layers.Flatten()(make_layer()(inputs)))
     model = keras.Model(inputs, outputs)
     sparse = mss.sparse_optimizer(model, keras.optimizers.SGD(0.1, momentum=0.9), 0.6, "rigl", "uniform",
-                                  update_every=1, end_step=3)
+                                  schedule=mss.UpdateSchedule(update_every=1, end_step=3))
     assert len(sparse.units) == 2, [u.key for u in sparse.units]
     model.compile(sparse, "mse")
     rng = np.random.default_rng(0)
@@ -64,8 +64,8 @@ def test_embedding_and_attention_projections():
     embedded = keras.layers.Embedding(20, 8, name="embed")(tokens)
     attended = keras.layers.MultiHeadAttention(2, 4, name="mha")(embedded, embedded)
     model = keras.Model(tokens, keras.layers.Dense(3, name="head")(keras.layers.Flatten()(attended)))
-    sparse = mss.sparse_optimizer(model, keras.optimizers.Adam(0.01), 0.5, "rigl", "erk", update_every=1,
-                                  end_step=3)
+    sparse = mss.sparse_optimizer(model, keras.optimizers.Adam(0.01), 0.5, "rigl", "erk",
+                                  schedule=mss.UpdateSchedule(update_every=1, end_step=3))
     keys = [u.key for u in sparse.units]
     assert "embed/embeddings" in keys and sum(k.startswith("mha/") for k in keys) == 4
     model.compile(sparse, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -136,7 +136,7 @@ def test_model_kinds_found_recursively_and_round_trip(case, tmp_path):
         model(np.zeros((1, 4), "float32"))     # a subclassed model builds its layers when called
     kind = type(model)
     sparse = mss.sparse_optimizer(model, keras.optimizers.SGD(0.1, momentum=0.9), 0.5, "rigl", "uniform",
-                                  update_every=1, end_step=4)
+                                  schedule=mss.UpdateSchedule(update_every=1, end_step=4))
     assert type(model) is kind                 # no new model class, no wrapper layers
     assert sorted(u.key for u in sparse.units) == sorted(EXPECTED_KEYS[case])
     model.compile(sparse, "mse")
@@ -183,7 +183,8 @@ def test_a_layer_reachable_along_two_paths_gets_one_mask_and_trains():
     x = keras.layers.GlobalAveragePooling1D()(block(ids))
     model = keras.Model(ids, keras.layers.Dense(3, name="head")(x))
     model.token_embedding = embedding               # the second path to the same layer
-    optimizer = mss.sparse_optimizer(model, keras.optimizers.Adam(1e-2), 0.5, "rigl", update_every=1,
+    optimizer = mss.sparse_optimizer(model, keras.optimizers.Adam(1e-2), 0.5, "rigl",
+                                     schedule=mss.UpdateSchedule(update_every=1),
                                      total_steps=4)
     keys = [unit.key for unit in optimizer.units]
     assert sum(key.endswith("token_embedding/embeddings") for key in keys) == 1, keys

@@ -31,7 +31,8 @@ def checkpoint(tmp_path_factory):
     inputs = keras.Input((10,))
     hidden = keras.layers.Dense(16, activation="relu", name="hidden")(inputs)
     model = keras.Model(inputs, keras.layers.Dense(3, name="head")(hidden), name="net")
-    optimizer = mss.sparse_optimizer(model, keras.optimizers.Adam(0.01), 0.8, "rigl", update_every=2,
+    optimizer = mss.sparse_optimizer(model, keras.optimizers.Adam(0.01), 0.8, "rigl",
+                                     schedule=mss.UpdateSchedule(update_every=2),
                                      total_steps=12)
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     rng = np.random.default_rng(0)

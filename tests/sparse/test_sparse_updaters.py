@@ -26,7 +26,8 @@ def test_rigl_drops_smallest_and_grows_largest_hand_computed_gradient():
     model = _linear_layer_model()
     # SGD with learning rate 0: weights stay put, only the update acts.
     sparse = mss.sparse_optimizer(model, keras.optimizers.SGD(learning_rate=0.0), 0.6, "rigl", "uniform",
-                                  update_every=1, end_step=10, drop_fraction=0.5, drop_fraction_schedule="constant")
+                                  schedule=mss.UpdateSchedule(update_every=1, end_step=10),
+                                  drop_fraction=0.5, drop_fraction_schedule="constant")
     unit = sparse.units[0]
     x = np.random.default_rng(1).normal(size=(8, 6)).astype("float32")
     t = np.random.default_rng(2).normal(size=(8, 5)).astype("float32")
@@ -73,8 +74,9 @@ def test_set_grows_at_random_reproducibly():
     def run(seed):
         keras.utils.set_random_seed(0)
         model = keras.Sequential([keras.Input((10,)), keras.layers.Dense(12, name="d")])  # same key each run
-        sparse = mss.sparse_optimizer(model, keras.optimizers.SGD(0.1), 0.8, "set", "uniform", update_every=1,
-                                      end_step=10, seed=seed, drop_fraction_schedule="constant")
+        sparse = mss.sparse_optimizer(model, keras.optimizers.SGD(0.1), 0.8, "set", "uniform",
+                                      schedule=mss.UpdateSchedule(update_every=1, end_step=10),
+                                          seed=seed, drop_fraction_schedule="constant")
         model.compile(sparse, "mse")
         before = _np(sparse.units[0].mask).copy()
         model.fit(np.ones((4, 10), "float32"), np.zeros((4, 12), "float32"), batch_size=4, verbose=0)
@@ -109,9 +111,9 @@ def test_exact_counts_and_zeros_at_every_step(method):
     model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
                               keras.layers.Flatten(), keras.layers.Dense(7, activation="relu"),
                               keras.layers.Dense(3)])
-    options = {"update_every": 2} if method != "static" else {}
+    schedule = mss.UpdateSchedule(update_every=2, end_step=12) if method != "static" else None
     sparse = mss.sparse_optimizer(model, keras.optimizers.SGD(0.05, momentum=0.9), 0.85, method, "erk",
-                                  end_step=12, **options)
+                                  schedule=schedule)
     model.compile(sparse, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     checker = _CountChecker()
     rng = np.random.default_rng(0)
@@ -138,8 +140,9 @@ def test_grown_weights_and_their_slots_start_at_zero(optimizer, expected_slots):
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(9), keras.layers.Dense(2)])
     # The first update comes at step 3, once every slot has state, and replaces half the active weights.
-    sparse = mss.sparse_optimizer(model, optimizer(), 0.7, "rigl", "uniform", update_every=3, begin_step=3,
-                                  end_step=100, drop_fraction=0.5, drop_fraction_schedule="constant")
+    sparse = mss.sparse_optimizer(model, optimizer(), 0.7, "rigl", "uniform",
+                                  schedule=mss.UpdateSchedule(update_every=3, begin_step=3, end_step=100),
+                                  drop_fraction=0.5, drop_fraction_schedule="constant")
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(4, 6)).astype("float32"), rng.normal(size=(4, 2)).astype("float32")
 
@@ -174,7 +177,9 @@ def test_any_optimizer_works_and_slots_restart_from_their_initial_value():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6)])
     x, y = np.random.default_rng(0).normal(size=(8, 4)).astype("float32"), np.ones((8, 6), "float32")
     sparse = mss.sparse_optimizer(model, keras.optimizers.Adagrad(0.1, initial_accumulator_value=0.25), 0.5,
-                                  "rigl", update_every=2, begin_step=2, end_step=6, drop_fraction=0.5,
+                                  "rigl",
+                                      schedule=mss.UpdateSchedule(update_every=2, begin_step=2, end_step=6),
+                                      drop_fraction=0.5,
                                   drop_fraction_schedule="constant")
     (slot, fresh), = sparse.units[0].slots
     assert fresh == 0.25
@@ -192,15 +197,16 @@ def test_factored_optimizer_slots_are_named_in_a_warning():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6)])
     with pytest.warns(UserWarning, match=r"Adafactor keeps a slot .* cannot be reset per position"):
-        mss.sparse_optimizer(model, keras.optimizers.Adafactor(0.1), 0.5, "rigl", end_step=4)
+        mss.sparse_optimizer(model, keras.optimizers.Adafactor(0.1), 0.5, "rigl",
+                             schedule=mss.UpdateSchedule(end_step=4))
 
 
 def test_skip_optimizer_step_option():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6)])
     inner = keras.optimizers.SGD(0.1)
-    sparse = mss.sparse_optimizer(model, inner, 0.5, "rigl", update_every=2, end_step=100,
-                                  skip_optimizer_step=True)
+    sparse = mss.sparse_optimizer(model, inner, 0.5, "rigl",
+                                  schedule=mss.UpdateSchedule(update_every=2, end_step=100, skip_optimizer_step=True))
     model.compile(sparse, "mse")
     model.fit(np.ones((8, 4), "float32"), np.ones((8, 6), "float32"), batch_size=2, verbose=0)
     assert int(_np(sparse.iterations)) == 4
@@ -211,8 +217,8 @@ def test_skip_optimizer_step_option():
 def test_magnitude_prunes_dense_to_target_on_polynomial_schedule():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(40), keras.layers.Dense(3)])
-    sparse = mss.sparse_optimizer(model, keras.optimizers.SGD(0.0), 0.9, "magnitude", "uniform", update_every=2,
-                                  end_step=10)
+    sparse = mss.sparse_optimizer(model, keras.optimizers.SGD(0.0), 0.9, "magnitude", "uniform",
+                                  schedule=mss.UpdateSchedule(update_every=2, end_step=10))
     assert int(_np(sparse.units[0].mask).sum()) == 200         # starts dense
     initial = {unit.key: _np(unit.kernel).copy() for unit in sparse.units}
     model.compile(sparse, "mse")
@@ -247,7 +253,8 @@ def test_registry_is_extensible_and_rejects_unknown_names(updater_registry):
     assert "gradient_times_weight" in mss.UPDATERS
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6)])
-    sparse = mss.sparse_optimizer(model, "sgd", 0.5, "gradient_times_weight", update_every=1, end_step=3)
+    sparse = mss.sparse_optimizer(model, "sgd", 0.5, "gradient_times_weight",
+                                  schedule=mss.UpdateSchedule(update_every=1, end_step=3))
     assert isinstance(sparse.method, GradientTimesWeight)
     model.compile(sparse, "mse")
     model.fit(np.ones((4, 4), "float32"), np.ones((4, 6), "float32"), batch_size=2, verbose=0)
@@ -259,8 +266,9 @@ def test_registry_is_extensible_and_rejects_unknown_names(updater_registry):
 def test_snfs_keeps_a_gradient_average():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6)])
-    sparse = mss.sparse_optimizer(model, keras.optimizers.SGD(0.0), 0.5, "snfs", update_every=10, begin_step=5,
-                                  end_step=30)      # no mask update in the two steps below
+    sparse = mss.sparse_optimizer(model, keras.optimizers.SGD(0.0), 0.5, "snfs",
+                                  # no mask update in the two steps below
+                                  schedule=mss.UpdateSchedule(update_every=10, begin_step=5, end_step=30))
     model.compile(sparse, "mse")
     x, y = np.ones((4, 4), "float32"), np.zeros((4, 6), "float32")
     model.fit(x, y, batch_size=2, verbose=0)        # two steps on the same batch, weights fixed (lr 0)

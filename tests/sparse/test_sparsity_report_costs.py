@@ -15,7 +15,7 @@ from conformance import build_application  # noqa: E402
 def _report(model):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")        # ERK rounding and unmasked-layer notices are not the subject here
-        ms.sparse_optimizer(model, "sgd", 0.5, "static", mask_separable_depthwise=True)
+        ms.sparse_optimizer(model, "sgd", 0.5, "static", layers=ms.LayerSelection(mask_separable_depthwise=True))
     with warnings.catch_warnings():
         warnings.filterwarnings("error", "FLOPs of")     # no fallback: every model here can be analysed
         return ms.sparsity_report(model)
