@@ -8,6 +8,7 @@ A second phase (retraining, fine-tuning) takes a dict merged over ``fit``.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 
 import keras
@@ -114,4 +115,23 @@ def legacy_training(caller, x, y, options, epochs):
     return fit, compile, phases
 
 
-__all__ = ["compiler_like", "fresh_optimizer", "fit_arguments", "compile_wrapped", "legacy_training"]
+def two_phases(caller, fit, y, compile, second, phase, old_epochs, options):
+    """``(fit, compile, second)`` of a call that trains in two phases (dense then retraining; grow phases then
+    fine-tuning): the old form folded in (``old_epochs``: its epoch keywords of the two phases), ``second``
+    (named ``phase``) merged over ``fit``, each phase's epochs checked (the first must train)."""
+    legacy = legacy_training(caller, None if isinstance(fit, dict) else fit, y, options,
+                             {old_epochs[0]: "fit", old_epochs[1]: phase})
+    if legacy is not None:
+        fit, old_compile, phases = legacy
+        compile = old_compile or compile
+        second = phases.get(phase, second)
+    fit = fit_arguments(fit)
+    second = {**fit, **fit_arguments(second, phase, required=False)}
+    for name, arguments, least in (("fit", fit, 1), (phase, second, 0)):
+        epochs = arguments.get("epochs", 1)
+        if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < least:
+            raise ValueError(f"{name}['epochs'] must be a whole number >= {least}, got {epochs!r}")
+    return fit, compile, second
+
+
+__all__ = ["compiler_like", "fresh_optimizer", "fit_arguments", "compile_wrapped", "legacy_training", "two_phases"]

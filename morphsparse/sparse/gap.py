@@ -31,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from morphsparse.recipe import compile_wrapped, compiler_like, fit_arguments, legacy_training
+from morphsparse.recipe import compile_wrapped, compiler_like, two_phases
 
 from .api import check_passed_options, copy_model, sparse_optimizer
 from .footprint import live_parameters
@@ -394,22 +394,16 @@ def parallel_gap(model, fit=None, y=None, *, compile=None, fine_tune=None, fine_
     The form of earlier releases, ``parallel_gap(model, x, y, phase_epochs=..., fine_tune_epochs=...,
     optimizer=..., loss=..., ...)``, still works for one release with a DeprecationWarning.
     """
-    legacy = legacy_training("parallel_gap", None if isinstance(fit, dict) else fit, y, sparsify_options,
-                             {"phase_epochs": "fit", "fine_tune_epochs": "fine_tune"})
-    if legacy is not None:
-        fit, old_compile, phases = legacy
-        compile = old_compile or compile
-        fine_tune = phases.get("fine_tune", fine_tune)
-        if "fine_tune_optimizer" in sparsify_options and isinstance(compile, dict):
-            fine_tune_compile = dict(compile, optimizer=sparsify_options.pop("fine_tune_optimizer"))
-    fit = fit_arguments(fit)
-    fine_tune = {**fit, **fit_arguments(fine_tune, "fine_tune", required=False)}
+    old_fine_tune_optimizer = sparsify_options.pop("fine_tune_optimizer", None)
+    fit, compile, fine_tune = two_phases("parallel_gap", fit, y, compile, fine_tune, "fine_tune",
+                                         ("phase_epochs", "fine_tune_epochs"), sparsify_options)
+    if old_fine_tune_optimizer is not None:          # the old form's own keyword
+        if not isinstance(compile, dict):
+            raise TypeError("fine_tune_optimizer= belongs to the old form of parallel_gap: write fine_tune_compile="
+                            "dict(optimizer=..., loss=...) or a callable compiling the fine-tuned model")
+        fine_tune_compile = dict(compile, optimizer=old_fine_tune_optimizer)
     if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 1:
         raise ValueError(f"rounds must be a whole number >= 1, got {rounds!r}")
-    for name, arguments, least in (("fit", fit, 1), ("fine_tune", fine_tune, 0)):
-        epochs = arguments.get("epochs", 1)
-        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < least:
-            raise ValueError(f"{name}['epochs'] must be a whole number >= {least}, got {epochs!r}")
     compile_model = compiler_like(model, compile, "parallel_gap()")
     compile_fine_tune = (compile_model if fine_tune_compile is None
                          else compiler_like(model, fine_tune_compile, "parallel_gap()"))

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from morphsparse.recipe import compile_wrapped, compiler_like, fit_arguments, legacy_training
+from morphsparse.recipe import compile_wrapped, compiler_like, two_phases
 
 from .api import check_passed_options, copy_model, sparse_optimizer
 from .footprint import live_parameters
@@ -110,18 +110,8 @@ def lottery_ticket(model, fit=None, y=None, *, compile=None, retrain=None, spars
     """
     if not isinstance(model, keras.Model) or not model.built:
         raise TypeError("lottery_ticket expects a built keras.Model")
-    legacy = legacy_training("lottery_ticket", None if isinstance(fit, dict) else fit, y, sparsify_options,
-                             {"epochs": "fit", "retrain_epochs": "retrain"})
-    if legacy is not None:
-        fit, old_compile, phases = legacy
-        compile = old_compile or compile
-        retrain = phases.get("retrain", retrain)
-    fit = fit_arguments(fit)
-    retrain = {**fit, **fit_arguments(retrain, "retrain", required=False)}
-    for name, arguments in (("fit", fit), ("retrain", retrain)):
-        epochs = arguments.get("epochs", 1)
-        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < (name == "fit"):
-            raise ValueError(f"{name}['epochs'] must be a whole number >= {int(name == 'fit')}, got {epochs!r}")
+    fit, compile, retrain = two_phases("lottery_ticket", fit, y, compile, retrain, "retrain",
+                                       ("epochs", "retrain_epochs"), sparsify_options)
     compile_model = compiler_like(model, compile, "lottery_ticket()")
     check_passed_options("lottery_ticket", sparsify_options)
     snapshot = WeightSnapshot(rewind_step)
