@@ -286,12 +286,11 @@ class BudgetController:
             return ratio, None
         where = (f"alive {self.reg.unit} are {ratio:.1%} of the seed's after {step} of {total} planned "
                  f"structure-learning steps (budget {self.ratio:.1%}, strength {self.current_strength:.3g})")
-        # prune ranks channels by the same values the regulariser drove down, so the dead ones go first and it
-        # stops at the budget: the step that closes a gap the training left
-        close = (f" To land on the budget now, prune the trained model instead of exporting it: ms.prune(model, "
-                 f"budget={self.ratio:.2f}, target={self.reg.target_name!r}, importance="
-                 f"{'gamma' if self.reg.source == 'gamma' else 'l1'!r}) removes the least important channels, dead "
-                 "ones first, until the cost fits.") if self.reg.target_name in ("flops", "size") else ""
+        # export(budget=) keeps the channels with the largest regularisation values that fit: the ones this
+        # run drove towards zero go first, and finer channels take the share of a head that does not fit
+        close = (f" To land on the budget now, export with it: ms.export(model, source={self.reg.source!r}, "
+                 f"budget={self.ratio:.2f}, target={self.reg.target_name!r}) keeps the channels with the largest "
+                 f"{self.reg.source} values that fit.") if self.reg.target_name in ("flops", "size") else ""
         if ratio > self.ratio + LANDING_TOLERANCE:
             stop = " Training stopped before the planned steps." if step < total else ""
             coarse = self.cheapest_alive_ratio()

@@ -32,7 +32,7 @@ import numpy as np
 
 from morphsparse import handlers as _handlers
 from morphsparse.checks import flag
-from morphsparse.costs import count_flops, count_params
+from morphsparse.costs import check_target, count_flops, count_params, resolve_budget
 from morphsparse.graph import GraphError, analyze, functional_of
 from morphsparse.morph import alive as _alive
 from morphsparse.morph import rebuild as _rebuild
@@ -524,7 +524,7 @@ def _normalises_across_channels(call):
 
 def export_with_report(model, source="gamma", threshold=None, l1_fraction=0.0, alive=None,
                        exact=False, ignore=(), name=None, calibration_data=None, calibration_steps=None,
-                       round_to=None, min_width=_alive.DEFAULT_MIN_WIDTH):
+                       round_to=None, min_width=_alive.DEFAULT_MIN_WIDTH, budget=None, target="flops"):
     """:func:`export`, returning ``(slim model, ExportReport)``."""
     start = time.perf_counter()
     if not isinstance(model, keras.Model):
@@ -532,16 +532,23 @@ def export_with_report(model, source="gamma", threshold=None, l1_fraction=0.0, a
     _alive._check_source(source)
     exact = flag(exact, "exact")
     min_width = _alive.check_min_width(min_width)
+    if budget is not None and (threshold is not None or alive is not None or source == "zeros"):
+        raise ValueError("export(budget=) chooses the threshold itself, from the regularisation values: give "
+                         "budget= or threshold= (or alive=, or source='zeros'), not both")
     threshold = _alive.resolve_threshold(source, threshold)
     graph = analyze(model, ignore=ignore)
-    if alive is None:
+    if budget is not None:
+        # the budget's masks hold the floor and the rounding already
+        threshold, masks = budget_masks(graph, source, l1_fraction, budget, target, min_width, round_to)
+    elif alive is None:
         # threshold masks only: starved channels are found by the live pass, and forcing one to its dead
         # value (beta) would be wrong -- it carries BN(conv(constant)), which the probe computes
         masks = _alive.alive_masks(graph, source, threshold, l1_fraction, propagate=False)
     else:
         masks = _alive.user_masks(graph, alive)
     sources = _alive.find_sources(graph, source)
-    flooring, rounding = alive is None and source != "zeros", _alive.check_round_to(round_to) is not None
+    flooring = alive is None and budget is None and source != "zeros"
+    rounding = budget is None and _alive.check_round_to(round_to) is not None
     vectors = _alive.group_vectors(graph, source, l1_fraction, sources) if flooring or rounding else None
     if flooring:
         # a floor in every group the regulariser thinned (not in user masks, nor in neurons a sparse training
@@ -550,6 +557,8 @@ def export_with_report(model, source="gamma", threshold=None, l1_fraction=0.0, a
         _alive.warn_collapsed(f"export of '{model.name}'", _alive.collapsed_groups(graph, masks), min_width)
     if rounding:
         masks = _alive.rounded_masks(graph, masks, round_to, vectors)
+    if budget is not None:
+        _alive.warn_collapsed(f"export of '{model.name}'", _alive.collapsed_groups(graph, masks), min_width)
     report = ExportReport(model.name, source, threshold, exact, masks, {})
     exporter = _Exporter(model, graph, masks, sources, exact, name or model.name, report)
     exporter.settle()
@@ -572,9 +581,72 @@ def export_with_report(model, source="gamma", threshold=None, l1_fraction=0.0, a
     return slim, report
 
 
+#: at most this many dead channels are tried, strongest first, to fill what the budget leaves after the threshold
+BUDGET_FILL_TRIALS = 2000
+
+
+def budget_masks(graph, source, l1_fraction, budget, target="flops", min_width=_alive.DEFAULT_MIN_WIDTH,
+                 round_to=None):
+    """``(threshold, masks)``: the alive masks of the largest network that fits ``budget`` (a fraction of the
+    model's ``target`` cost, or an absolute cost) keeping the channels with the largest regularisation values.
+
+    The smallest threshold whose masks fit is found first (the channels structure learning drove towards zero
+    go first); then the dead channels are revived, strongest first, while the budget still pays for them, so a
+    coarse unit that does not fit (an attention head can be 7% of a small transformer's FLOPs) leaves its share
+    to finer ones instead of to nothing. The masks include the ``min_width`` floor (and ``round_to``, which
+    leaves out the filling). Raises a ValueError when even the narrowest network the threshold can make costs
+    more than the budget."""
+    check_target(target)
+    absolute = resolve_budget(budget, target, graph)
+    count = count_flops if target == "flops" else count_params
+    vectors = _alive.group_vectors(graph, source, l1_fraction)
+    values = np.unique(np.concatenate([v[np.isfinite(v)] for v in vectors.values()] or [np.zeros(0)]))
+    candidates = np.concatenate([[0.0], values])
+
+    def shaped(threshold):
+        masks = _alive.alive_masks(graph, source, threshold, l1_fraction, check=False, propagate=False)
+        masks = _alive.floored_masks(graph, masks, min_width, vectors)
+        return masks if round_to is None else _alive.rounded_masks(graph, masks, round_to, vectors)
+
+    def cost(masks):            # what export keeps: channels no surviving layer computes die too
+        return count(graph, alive=_alive.propagated_masks(graph, masks))
+
+    def connected(threshold):
+        try:
+            _alive.alive_masks(graph, source, threshold, l1_fraction, propagate=False)
+        except _alive.AliveError:
+            return False
+        return True
+
+    low, high = 0, len(candidates) - 1          # past some threshold the network falls apart: find the last before
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if connected(candidates[middle]) else (low, middle - 1)
+    low, high = 0, low                          # the cost falls as the threshold rises: find the first that fits
+    if cost(shaped(candidates[high])) > absolute:
+        raise ValueError(f"budget={budget!r} ({absolute:,.0f} {target}) is below the narrowest network export can "
+                         f"make from these {source} values ({cost(shaped(candidates[high])):,d} {target}, with "
+                         f"min_width={min_width}); give a larger budget, or a smaller min_width=")
+    while low < high:
+        middle = (low + high) // 2
+        if cost(shaped(candidates[middle])) <= absolute:
+            high = middle
+        else:
+            low = middle + 1
+    masks = {gid: mask.copy() for gid, mask in shaped(candidates[low]).items()}
+    if round_to is None:
+        dead = [(value, gid, index) for gid, vector in vectors.items() if gid in masks
+                for index, value in enumerate(vector) if np.isfinite(value) and not masks[gid][index]]
+        for _, gid, index in sorted(dead, key=lambda entry: -entry[0])[:BUDGET_FILL_TRIALS]:
+            masks[gid][index] = True
+            if cost(masks) > absolute:
+                masks[gid][index] = False
+    return float(candidates[low]), masks
+
+
 def export(model, source="gamma", threshold=None, l1_fraction=0.0, alive=None, exact=False,
            ignore=(), name=None, calibration_data=None, calibration_steps=None, return_report=False,
-           round_to=None, min_width=_alive.DEFAULT_MIN_WIDTH):
+           round_to=None, min_width=_alive.DEFAULT_MIN_WIDTH, budget=None, target="flops"):
     """A slim copy of ``model`` without its dead channels, with the surviving weights copied.
 
     ``source`` ("gamma" or "group_lasso"), ``threshold`` (default 0.01) and ``l1_fraction`` decide which
@@ -599,12 +671,16 @@ def export(model, source="gamma", threshold=None, l1_fraction=0.0, alive=None, e
     keeps at least this fraction of them, the strongest dead ones revived (outputs unchanged): a layer the
     regulariser thinned to a channel or two is a bottleneck that retraining does not repair; a group that dies
     whole (a residual branch, a tower) is still removed. A layer left under 10% of its channels warns.
+    ``budget`` (instead of ``threshold``): a fraction of the model's ``target`` cost ("flops" or "size"), or an
+    absolute cost; the threshold is chosen so that the slim model keeps the channels with the largest
+    regularisation values that fit it (:func:`budget_masks`): the step that lands a structure-learning
+    run on its budget when training left it off (``report.threshold`` says which threshold that was).
 
     Returns the slim ``keras.Model`` (it saves and loads without morphsparse). For the
     :class:`ExportReport` too, call :func:`export_with_report`. Warns when nothing was removed.
     """
     slim, report = export_with_report(model, source, threshold, l1_fraction, alive, exact, ignore, name,
-                                      calibration_data, calibration_steps, round_to, min_width)
+                                      calibration_data, calibration_steps, round_to, min_width, budget, target)
     if return_report:
         _alive.warn_user("export(..., return_report=True) is deprecated: it returns a pair where export "
                          "returns a model; use ms.export_with_report(...)", DeprecationWarning)

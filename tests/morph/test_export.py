@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import morphsparse as ms
+from morphsparse.models import small_mlp
 from morph_helpers import assert_same_outputs, block_net, inputs_for, kill, randomize
 
 L = keras.layers
@@ -465,3 +466,57 @@ def test_exact_must_be_a_boolean(bad):
     # a truthy string would silently turn exact on
     with pytest.raises(TypeError, match=r"exact must be True or False"):
         ms.export(position_slice_net(), exact=bad)
+
+
+# --- export(budget=): the step that lands a run on its budget -------------------------------------------------
+def _mlp_with_gammas(seed=0):
+    """small_mlp with BatchNorm gammas spread over [0, 1): some channels near zero, as structure learning leaves."""
+    model = small_mlp(widths=(32, 32, 16))
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.gamma.assign(rng.uniform(0.0, 1.0, layer.gamma.shape).astype("float32"))
+    return model
+
+
+@pytest.mark.parametrize("budget,target", [(0.5, "flops"), (0.3, "flops"), (0.6, "size")])
+def test_export_with_a_budget_lands_at_or_just_under_it_keeping_the_strongest_channels(budget, target):
+    model = _mlp_with_gammas()
+    count = ms.count_flops if target == "flops" else ms.count_params
+    slim, report = ms.export_with_report(model, budget=budget, target=target)
+    ratio = count(slim) / count(model)
+    # one 32-wide layer's channel costs about 2% of this MLP: the fill lands within two of them
+    assert budget - 0.04 <= ratio <= budget, ratio
+    graph = ms.analyze(model)
+    vectors = ms.group_vectors(graph, "gamma")
+    for gid, mask in report.masks.items():
+        if gid in vectors and graph.groups[gid].removable:
+            # every channel above the chosen threshold is kept: the budget keeps the largest values first
+            assert mask[vectors[gid] > report.threshold].all()
+
+
+def test_export_budget_fills_what_a_coarse_unit_leaves_with_finer_channels():
+    """A head-like coarse group (a 64-wide layer with all gammas equal) next to fine ones: the threshold alone
+    would stop far under the budget; the fill gives the share to the fine channels."""
+    inputs = keras.Input((16,))
+    coarse = keras.layers.Dense(64, use_bias=False, name="coarse")(inputs)
+    coarse = keras.layers.BatchNormalization(name="coarse_bn")(coarse)
+    fine = keras.layers.Dense(64, use_bias=False, name="fine")(inputs)
+    fine = keras.layers.BatchNormalization(name="fine_bn")(fine)
+    x = keras.layers.Concatenate()([keras.layers.ReLU()(coarse), keras.layers.ReLU()(fine)])
+    model = keras.Model(inputs, keras.layers.Dense(4, name="head")(x))
+    model.get_layer("coarse_bn").gamma.assign(np.full(64, 0.5, "float32"))          # one value: one step
+    model.get_layer("fine_bn").gamma.assign(np.linspace(0.02, 0.9, 64).astype("float32"))
+    slim, report = ms.export_with_report(model, budget=0.6, min_width=0.0)
+    ratio = ms.count_flops(slim) / ms.count_flops(model)
+    assert 0.57 <= ratio <= 0.6, ratio
+
+
+def test_export_budget_errors_name_what_to_change():
+    model = _mlp_with_gammas()
+    with pytest.raises(ValueError, match=r"give budget= or threshold="):
+        ms.export(model, budget=0.5, threshold=0.1)
+    with pytest.raises(ValueError, match=r"below the narrowest network export can make.*min_width="):
+        ms.export(model, budget=0.01)
+    with pytest.raises(ValueError, match="target"):
+        ms.export(model, budget=0.5, target="latency_ms")
