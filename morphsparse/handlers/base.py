@@ -116,6 +116,11 @@ class ChannelHandler:
         keras.ops for a differentiable tensor."""
         return None
 
+    def axis_matrix(self, call, axis, xp=np):
+        """The weights of each channel of output axis ``axis`` (an internal axis: attention heads) as
+        (fan-in, channels) columns, for group lasso; axis 0 is :meth:`kernel_matrix`. None: it cannot say."""
+        return self.kernel_matrix(call, xp) if axis == 0 else None
+
     def regularized_axes(self, call):
         """The positions in ``call.out_groups`` whose channels its kernel decides (internal axes included)."""
         return [0]
@@ -157,8 +162,13 @@ class RebuildHandler:
             return None
         return [in_live[0] for _ in call.output_shapes]
 
+    def rebuild_class(self, call):
+        """The class the layer is rebuilt as (its own by default; a layer whose class cannot be made at other
+        widths names another, as keras_hub's grouped-query attention does)."""
+        return type(call.layer)
+
     def rebuild_config(self, call, keep_in, keep_out):
-        """The layer's config in the slim model."""
+        """The layer's config in the slim model (a config of :meth:`rebuild_class`)."""
         return layer_config(call.layer)
 
     def slice_weights(self, call, keep_in, keep_out, weights):
