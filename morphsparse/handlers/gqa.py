@@ -39,7 +39,7 @@ import keras
 import numpy as np
 
 from morphsparse.handlers import layers as _h
-from morphsparse.handlers.base import positions, register_handler
+from morphsparse.handlers.base import layer_config, positions, register_handler
 
 _HUB = "keras_hub.src"
 
@@ -54,6 +54,22 @@ _LLAMA = dict(query="_query_dense", key="_key_dense", value="_value_dense", outp
               rotary="rotary_embedding_layer", query_norm=None, key_norm=None, query_heads="num_query_heads",
               kv_heads="num_key_value_heads", scale="_inv_norm_factor", soft_cap=None, sliding_window=None,
               dropout="dropout")
+
+def _gemma_scale(layer):
+    # Gemma scales the queries by 1/sqrt(head_dim), or by 1/sqrt(hidden_dim // num_query_heads): computed in
+    # its call, not stored; the slim layer keeps the original's number
+    if layer.query_head_dim_normalize:
+        return 1.0 / np.sqrt(layer.head_dim)
+    return 1.0 / np.sqrt(layer.hidden_dim // layer.num_query_heads)
+
+
+_GEMMA = dict(query="query_dense", key="key_dense", value="value_dense", output="output_dense", rotary="rope_layer",
+              query_norm=None, key_norm=None, query_heads="num_query_heads", kv_heads="num_key_value_heads",
+              scale=_gemma_scale, soft_cap="logit_soft_cap", sliding_window="sliding_window_size",
+              sliding_window_on="use_sliding_window_attention", dropout="dropout",
+              # Gemma (1 and 2) re-lays the rotated halves of each head out interleaved after its rotary embedding
+              interleave=lambda layer: True)
+
 HUB_GQA = {
     "models.llama.llama_attention.LlamaAttention": _LLAMA,
     # Mistral's sliding window is applied on the vLLM serving path only; its dense path attends to every key
@@ -64,6 +80,12 @@ HUB_GQA = {
     "models.qwen3.qwen3_attention.Qwen3Attention": dict(
         _LLAMA, query_norm="_query_dense_layer_norm", key_norm="_key_dense_layer_norm",
         sliding_window="sliding_window_size"),
+    "models.gemma.gemma_attention.CachedGemmaAttention": _GEMMA,
+    "models.gemma3.gemma3_attention.CachedGemma3Attention": dict(
+        _GEMMA, interleave=None, query_norm=lambda layer: getattr(layer, "query_norm", None),
+        key_norm=lambda layer: getattr(layer, "key_norm", None),
+        # EmbeddingGemma's bidirectional sliding mask is not what GroupedQueryAttention computes
+        unsupported=("use_bidirectional_attention",)),
     "models.phi3.phi3_attention.Phi3Attention": dict(
         _LLAMA, query="query_dense", key="key_dense", value="value_dense", output="output_dense"),
 }
@@ -86,6 +108,7 @@ class Parts:
     soft_cap: float | None
     sliding_window: int | None
     dropout: float
+    interleave: bool = False
 
     @property
     def groups(self):
@@ -100,6 +123,8 @@ class Parts:
 def _read(layer, names):
     def attr(key):
         name = names.get(key)
+        if callable(name):       # a value the class computes rather than stores (Gemma's score scale)
+            return name(layer)
         return None if name is None else getattr(layer, name)
 
     window = attr("sliding_window")
@@ -109,7 +134,7 @@ def _read(layer, names):
                  rotary=attr("rotary"), query_norm=attr("query_norm"), key_norm=attr("key_norm"),
                  num_query_heads=int(attr("query_heads")), num_kv_heads=int(attr("kv_heads")),
                  scale=float(attr("scale")), soft_cap=attr("soft_cap"), sliding_window=window,
-                 dropout=float(attr("dropout") or 0.0))
+                 dropout=float(attr("dropout") or 0.0), interleave=bool(attr("interleave")))
 
 
 # --- kernel layouts --------------------------------------------------------------------------------------
@@ -135,7 +160,17 @@ def _out_order(dense):
 # --- the rebuilt layer ------------------------------------------------------------------------------------
 
 def _serialize(layer):
-    return None if layer is None else keras.saving.serialize_keras_object(layer)
+    """A sublayer's serialized config; for a class with no usable ``get_config`` (keras_hub 0.32's Gemma
+    RMSNormalization), its constructor arguments read off its attributes (``handlers.layer_config`` warns)."""
+    if layer is None:
+        return None
+    try:
+        return keras.saving.serialize_keras_object(layer)
+    except NotImplementedError:
+        config = dict(layer_config(layer))
+        config["dtype"] = keras.dtype_policies.serialize(layer.dtype_policy)
+        return {"module": type(layer).__module__, "class_name": type(layer).__name__, "config": config,
+                "registered_name": None}
 
 
 def _deserialize(config):
@@ -187,7 +222,8 @@ class GroupedQueryAttention(keras.layers.Layer):
 
     def __init__(self, num_query_heads, num_key_value_heads, head_dim, output_dim, scale, rotary=None,
                  query_norm=None, key_norm=None, use_bias=False, output_bias=False, logit_soft_cap=None,
-                 sliding_window=None, dropout=0.0, kernel_initializer="glorot_uniform", **kwargs):
+                 sliding_window=None, dropout=0.0, interleave_rotary=False, kernel_initializer="glorot_uniform",
+                 **kwargs):
         super().__init__(**kwargs)
         if num_key_value_heads < 1 or num_query_heads % num_key_value_heads:
             raise ValueError(f"GroupedQueryAttention '{self.name}': num_query_heads ({num_query_heads}) must be a "
@@ -199,6 +235,7 @@ class GroupedQueryAttention(keras.layers.Layer):
         self.logit_soft_cap = logit_soft_cap
         self.sliding_window = sliding_window
         self.dropout = float(dropout)
+        self.interleave_rotary = bool(interleave_rotary)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.rotary = _deserialize(rotary)
         self.query_norm = _deserialize(query_norm)
@@ -238,9 +275,17 @@ class GroupedQueryAttention(keras.layers.Layer):
             y = norm(y)
         if rotate and self.rotary is not None:
             y = self.rotary(y, start_index=start)
+            if self.interleave_rotary:    # Gemma's layout: entry i of each rotated half side by side
+                ops = keras.ops
+                y = ops.reshape(ops.stack(ops.split(y, 2, axis=-1), axis=-1), ops.shape(y))
         return y
 
-    def call(self, hidden_states, attention_mask=None, cache=None, cache_update_index=None, training=None):
+    def call(self, hidden_states, attention_mask=None, cache=None, cache_update_index=None, training=None,
+             **unused):
+        # the original class's other arguments (Gemma3's cache_update_mask) may be passed as None only
+        given = sorted(k for k, v in unused.items() if v is not None)
+        if given:
+            raise ValueError(f"GroupedQueryAttention '{self.name}' does not take {given}")
         ops = keras.ops
         start = 0 if cache_update_index is None else cache_update_index
         query = self._heads(self.query_dense, self.query_norm, hidden_states, start, True)
@@ -292,14 +337,15 @@ class GroupedQueryAttention(keras.layers.Layer):
                       rotary=_serialize(self.rotary), query_norm=_serialize(self.query_norm),
                       key_norm=_serialize(self.key_norm), use_bias=self.use_bias, output_bias=self.output_bias,
                       logit_soft_cap=self.logit_soft_cap, sliding_window=self.sliding_window,
-                      dropout=self.dropout, kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
+                      dropout=self.dropout, interleave_rotary=self.interleave_rotary,
+                      kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
         return config
 
 
 _OWN = dict(query="query_dense", key="key_dense", value="value_dense", output="output_dense", rotary="rotary",
             query_norm="query_norm", key_norm="key_norm", query_heads="num_query_heads",
             kv_heads="num_key_value_heads", scale="scale", soft_cap="logit_soft_cap",
-            sliding_window="sliding_window", dropout="dropout")
+            sliding_window="sliding_window", dropout="dropout", interleave="interleave_rotary")
 
 
 def _variables(p):
@@ -356,6 +402,10 @@ class GroupedQueryAttentionHandler(_h.Producer):
         if kwargs.get("cache") is not None or len(args) > 2:
             raise graph.error(call, "is called with a key/value cache; analyse the model without one (the "
                                     "backbone's forward pass, not a generation step)")
+        for name in self.names.get("unsupported", ()):
+            if getattr(call.layer, name, False):
+                raise graph.error(call, f"has {name}=True, which morphsparse's grouped-query attention does not "
+                                        "compute; keep the layer out of the analysed model or register a handler")
         p = self.parts(call)
         if p.num_query_heads % p.num_kv_heads:
             raise graph.error(call, f"has {p.num_query_heads} query heads for {p.num_kv_heads} key/value heads "
@@ -496,7 +546,7 @@ class GroupedQueryAttentionHandler(_h.Producer):
                     query_norm=_serialize(p.query_norm), key_norm=_serialize(p.key_norm),
                     use_bias=getattr(p.query, "bias", None) is not None,
                     output_bias=getattr(p.output, "bias", None) is not None, logit_soft_cap=p.soft_cap,
-                    sliding_window=p.sliding_window, dropout=p.dropout)
+                    sliding_window=p.sliding_window, dropout=p.dropout, interleave_rotary=p.interleave)
 
     def slice_weights(self, call, keep_in, keep_out, weights):
         """The kept slices in the order of :func:`_variables`: query, key and value kernels (and biases),
