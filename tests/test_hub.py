@@ -131,3 +131,147 @@ def test_backbone_of_unknown_length_is_refused_with_the_fix():
     for model in (backbone, classifier):
         with pytest.raises(ms.GraphError, match=r"unknown.*keras.Input\(\(length,\)"):
             ms.analyze(model)
+
+
+# --- grouped-query attention with rotary embeddings (the Llama family) -------------------------------------
+
+#: the issue's example: 4 query heads sharing 2 key/value heads of 8 entries
+LLAMA = dict(vocabulary_size=100, num_layers=2, num_query_heads=4, num_key_value_heads=2, hidden_dim=32,
+             intermediate_dim=64)
+#: one attention layer of each keras_hub grouped-query family, with the options that change its computation
+GQA_FAMILIES = {
+    "LlamaBackbone": dict(max_sequence_length=16),
+    "MistralBackbone": {},
+    "QwenBackbone": {},
+    "Qwen3Backbone": dict(head_dim=8),
+    "Phi3Backbone": dict(max_sequence_length=16, pretraining_sequence_length=16),
+    "GemmaBackbone": dict(head_dim=8),
+    "Gemma3Backbone": dict(head_dim=8, image_size=16, use_query_key_norm=True, query_head_dim_normalize=False),
+}
+
+
+def _llm(name, num_layers=2, length=8):
+    import keras_hub
+    backbone = getattr(keras_hub.models, name)(**dict(LLAMA, num_layers=num_layers), **GQA_FAMILIES[name])
+    inputs = {n: keras.Input((length,), dtype="int32", name=n) for n in ("token_ids", "padding_mask")}
+    # the last token: under a causal mask it is the one that attends to every position
+    return backbone, keras.Model(inputs, keras.layers.Dense(3, name="head")(backbone(inputs)[:, -1, :]))
+
+
+def _attention_calls(graph):
+    return [c for c in graph.calls if "heads" in c.internal_names]
+
+
+def _zero_heads(call, dead):
+    """Zero every weight of the dead key/value heads (and of their query heads), as group lasso leaves them."""
+    for variable, axis, per_channel in call.handler.head_weights(call):
+        value = keras.ops.convert_to_numpy(variable).copy()
+        index = [slice(None)] * value.ndim
+        index[axis] = np.repeat(dead, per_channel)
+        value[tuple(index)] = 0.0
+        variable.assign(value)
+
+
+def test_llama_key_value_heads_with_their_query_heads_are_removable_groups():
+    _, model = _llm("LlamaBackbone")
+    graph = ms.analyze(model)
+    calls = _attention_calls(graph)
+    assert [c.path for c in calls] == [f"llama_backbone/transformer_layer_{i}/self_attention" for i in (0, 1)]
+    for call in calls:
+        heads = graph.internal_group(call.path, "heads")
+        assert heads.size == 2 and heads.removable          # 2 key/value heads, each with its 2 query heads
+    # per example: T=8 tokens, width 32, 4 query and 2 key/value heads of 8: query and output projections,
+    # key and value projections, scores and weighted sum, the rotary angles of queries and keys
+    t, d, u, v, h = 8, 32, 4, 2, 8
+    expected = 2 * t * d * u * h + 2 * t * d * v * h + 2 * t * t * u * h + 2 * t * (h // 2)
+    report = ms.cost_report(graph).by_layer()
+    assert all(report[c.path].macs == expected for c in calls)
+    assert ms.count_params(graph) == model.count_params()
+    # the gated feed-forward: gate and up projections stay one group
+    ffn = graph.group_of("llama_backbone/transformer_layer_0/feedforward_gate_dense")
+    assert ffn.removable and {"llama_backbone/transformer_layer_0/feedforward_gate_dense",
+                              "llama_backbone/transformer_layer_0/feedforward_intermediate_dense"} <= set(ffn.producers)
+
+
+def test_llama_costs_equal_the_profiler_before_and_after_export():
+    from morphsparse.profiler import profiler_mac_flops
+    _, model = _llm("LlamaBackbone")
+    graph = ms.analyze(model)
+    assert ms.count_flops(model) == profiler_mac_flops(model)
+    call = _attention_calls(graph)[0]
+    _zero_heads(call, np.array([False, True]))
+    slim = ms.export(model, source="group_lasso", alive={graph.internal_group(call.path, "heads").id:
+                                                         np.array([True, False])})
+    assert ms.count_flops(slim) == profiler_mac_flops(slim) < ms.count_flops(model)
+
+
+@pytest.mark.parametrize("name", sorted(GQA_FAMILIES))
+def test_grouped_query_attention_exports_to_the_same_function(name):
+    """One attention layer with random weights (norm scales included) on a masked batch, every position read:
+    rebuilt with every head it is the same function; with a key/value head removed (its weights zeroed in the
+    original) it is the zeroed original's function, with half the heads."""
+    backbone, _ = _llm(name, num_layers=1)
+    layer = next(l for l in backbone._flatten_layers()
+                 if isinstance(ms.handlers.get_handler(l), ms.handlers.gqa.GroupedQueryAttentionHandler))
+    rng = np.random.default_rng(0)
+    for w in layer.weights:
+        w.assign((0.5 * rng.normal(size=w.shape)).astype("float32"))
+    x, mask = keras.Input((8, 32)), keras.Input((8, 8), dtype="bool")
+    model = keras.Model([x, mask], layer(x, attention_mask=mask))
+    causal = np.tril(np.ones((8, 8), bool))[None].repeat(2, 0)
+    causal[1, 3:, :2] = False                                   # padding-like holes in the second example
+    data = [rng.normal(size=(2, 8, 32)).astype("float32"), causal]
+    graph = ms.analyze(model)
+    call = _attention_calls(graph)[0]
+    heads = graph.internal_group(call.path, "heads")
+
+    def relative_difference(slim):
+        want, got = (keras.ops.convert_to_numpy(m(data)) for m in (model, slim))
+        return np.abs(want - got).max() / np.abs(want).max()
+
+    with pytest.warns(UserWarning):    # nothing removed
+        whole = ms.export(model, source="group_lasso", alive={heads.id: np.array([True, True])})
+    assert relative_difference(whole) <= 1e-5
+    _zero_heads(call, np.array([True, False]))
+    slim = ms.export(model, source="group_lasso", alive={heads.id: np.array([False, True])})
+    rebuilt = [l for l in slim.layers if isinstance(l, ms.handlers.gqa.GroupedQueryAttention)]
+    assert [(l.num_query_heads, l.num_key_value_heads, l.head_dim) for l in rebuilt] == [(2, 1, 8)]
+    assert relative_difference(slim) <= 1e-5
+    assert ms.count_params(slim) < ms.count_params(model)
+
+
+@pytest.mark.parametrize("name", ["LlamaBackbone", "GemmaBackbone"])
+def test_llm_backbone_exports_reloads_and_expands_to_its_budget(name, tmp_path):
+    from morphsparse.morph.export import check_equivalent, random_inputs
+    _, model = _llm(name)
+    graph = ms.analyze(model)
+    call = _attention_calls(graph)[1]
+    _zero_heads(call, np.array([True, False]))
+    reg = ms.MorphRegularizer(model, target="flops", source="group_lasso")
+    assert reg.initial_cost == ms.count_flops(model)
+    slim = ms.export(model, source="group_lasso", alive={graph.internal_group(call.path, "heads").id:
+                                                         np.array([False, True])}, exact=True)
+    difference, noise = check_equivalent(model, slim)
+    assert difference <= max(1e-5, 10 * noise)
+    path = tmp_path / "slim.keras"
+    slim.save(path)
+    loaded = keras.models.load_model(path)
+    inputs = keras.tree.pack_sequence_as(slim.input, random_inputs(slim))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(inputs)), keras.ops.convert_to_numpy(slim(inputs)),
+                               rtol=1e-5, atol=1e-6)
+    wide, report = ms.expand_with_report(slim, budget=1.0, reference=model)
+    assert report.cost_after <= ms.count_flops(model) < report.cost_next_step
+    assert max(l.num_key_value_heads for l in wide.layers if isinstance(l, ms.handlers.gqa.GroupedQueryAttention)) >= 2
+
+
+def test_attention_with_a_cache_is_refused_with_the_fix():
+    import keras_hub
+    from keras_hub.src.models.llama.llama_attention import LlamaAttention
+    layer = LlamaAttention(num_query_heads=4, num_key_value_heads=2, name="attention")
+    x = keras.Input((8, 32))
+    cache = keras.Input((2, 8, 2, 8))
+    index = keras.ops.convert_to_tensor(0)
+    out, _ = layer(x, cache=cache, cache_update_index=index)
+    with pytest.raises(ms.GraphError, match="attention.*cache.*without one"):
+        ms.analyze(keras.Model([x, cache], out))
+    assert keras_hub
