@@ -1,8 +1,8 @@
 """Conformance of structure learning on keras_hub backbones (small configs, random weights, no download).
 
 Every backbone class keras_hub exports is listed. Each vision and text backbone that builds offline from a
-small config gets a Dense head (vision: global average pooling or the first token; text: the first token of
-the sequence output) and is put through:
+small config gets a Dense head (vision: global average pooling or the first token; text: the last token of
+the sequence output, the one a causal decoder lets attend to every position) and is put through:
 
 * **analysed**: ``ms.analyze`` reads it (layers it has no handler for are read through their call);
 * **costs = profiler**: morphsparse's FLOPs equal TensorFlow's profiler for the ops that multiply by weights
@@ -43,7 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SEQUENCE_LENGTH = 8
 IMAGE = (32, 32, 3)
 T = dict(vocabulary_size=50, num_layers=2, hidden_dim=16, intermediate_dim=32)
-LLM = dict(vocabulary_size=50, num_layers=2, num_query_heads=2, num_key_value_heads=1, hidden_dim=16,
+# two key/value heads, so that grouped-query attention has a head group to remove (one kv head always stays)
+LLM = dict(vocabulary_size=50, num_layers=2, num_query_heads=4, num_key_value_heads=2, hidden_dim=16,
            intermediate_dim=32)
 
 #: backbone class -> small config (text backbones take token ids of SEQUENCE_LENGTH; vision ones IMAGE)
@@ -213,7 +214,10 @@ def build(name, sequence_length=SEQUENCE_LENGTH):
     if len(out.shape) == 4:
         x = keras.layers.GlobalAveragePooling2D(name="pool")(out)
     elif len(out.shape) == 3:
-        x = out[:, 0, :]
+        # text: the last token; under a causal mask (decoder-only LMs) it is the one that attends to every
+        # position, so the logits depend on every head's scores (the first token attends to itself only).
+        # vision: the first token (the class token)
+        x = out[:, -1, :] if kind == "text" else out[:, 0, :]
     else:
         x = out
     logits = keras.layers.Dense(3, name="head")(x)
@@ -258,6 +262,7 @@ def zero_dead_weights(graph, masks):
     BatchNorm that follows. Export treats a dead channel as one whose source weights are zero, so the original
     then computes what the slim model computes."""
     from morphsparse.handlers.attention import MultiHeadAttention
+    from morphsparse.handlers.gqa import GroupedQueryAttentionHandler
     from morphsparse.morph import alive as alive_mod
     for src in ms.find_sources(graph, "group_lasso"):
         mask = masks.get(src.group)
@@ -267,6 +272,10 @@ def zero_dead_weights(graph, masks):
         if not dead.any():
             continue
         layer, handler = src.producer.layer, src.producer.handler
+        if src.axis and isinstance(handler, GroupedQueryAttentionHandler):
+            for variable, axis, per_channel in handler.head_weights(src.producer):
+                _zero(variable, np.repeat(dead, per_channel), axis=axis)
+            continue
         if isinstance(handler, MultiHeadAttention) and src.axis:
             for dense in (layer.query_dense, layer.key_dense, layer.value_dense):
                 _zero(dense.kernel, dead, axis=1)
