@@ -262,7 +262,6 @@ def zero_dead_weights(graph, masks):
     BatchNorm that follows. Export treats a dead channel as one whose source weights are zero, so the original
     then computes what the slim model computes."""
     from morphsparse.handlers.attention import MultiHeadAttention
-    from morphsparse.handlers.gqa import GroupedQueryAttentionHandler
     from morphsparse.morph import alive as alive_mod
     for src in ms.find_sources(graph, "group_lasso"):
         mask = masks.get(src.group)
@@ -272,9 +271,10 @@ def zero_dead_weights(graph, masks):
         if not dead.any():
             continue
         layer, handler = src.producer.layer, src.producer.handler
-        if src.axis and isinstance(handler, GroupedQueryAttentionHandler):
-            for variable, axis, per_channel in handler.head_weights(src.producer):
-                _zero(variable, np.repeat(dead, per_channel), axis=axis)
+        weights = handler.axis_weights(src.producer, src.axis) if src.axis else None
+        if weights is not None:     # an internal axis whose handler names its weights (GQA heads, experts)
+            for variable, axis, entries in weights:
+                _zero(variable, entries(dead), axis=axis)
             continue
         if isinstance(handler, MultiHeadAttention) and src.axis:
             for dense in (layer.query_dense, layer.key_dense, layer.value_dense):

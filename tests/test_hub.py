@@ -164,10 +164,10 @@ def _attention_calls(graph):
 
 def _zero_heads(call, dead):
     """Zero every weight of the dead key/value heads (and of their query heads), as group lasso leaves them."""
-    for variable, axis, per_channel in call.handler.head_weights(call):
+    for variable, axis, entries in call.handler.axis_weights(call, call.internal_index("heads")):
         value = keras.ops.convert_to_numpy(variable).copy()
         index = [slice(None)] * value.ndim
-        index[axis] = np.repeat(dead, per_channel)
+        index[axis] = entries(dead)
         value[tuple(index)] = 0.0
         variable.assign(value)
 

@@ -124,6 +124,13 @@ class ChannelHandler:
         (fan-in, channels) columns, for group lasso; axis 0 is :meth:`kernel_matrix`. None: it cannot say."""
         return self.kernel_matrix(call, xp) if axis == 0 else None
 
+    def axis_weights(self, call, axis):
+        """For an internal axis: ``[(variable, axis, entries), ...]``, every weight whose slices along ``axis``
+        belong to the axis's channels, ``entries(mask)`` turning a per-channel mask into one over that weight
+        axis (a key/value head covers several query heads). Lets a caller zero or inspect a channel's weights
+        without knowing the layer; None: the handler does not say."""
+        return None
+
     def regularized_axes(self, call):
         """The positions in ``call.out_groups`` whose channels its kernel decides (internal axes included)."""
         return [0]

@@ -80,6 +80,15 @@ HUB_GQA = {
     "models.qwen3.qwen3_attention.Qwen3Attention": dict(
         _LLAMA, query_norm="_query_dense_layer_norm", key_norm="_key_dense_layer_norm",
         sliding_window="sliding_window_size"),
+    # Mixtral's sliding window is applied by its decoder's causal mask, which the attention is given
+    "models.mixtral.mixtral_attention.CachedMixtralAttention": dict(
+        _LLAMA, query="query_dense", key="key_dense", value="value_dense", output="output_dense"),
+    "models.qwen3_moe.qwen3_moe_attention.Qwen3MoeAttention": dict(
+        _LLAMA, query_norm="_query_dense_layer_norm", key_norm="_key_dense_layer_norm",
+        sliding_window="sliding_window_size"),
+    "models.qwen_moe.qwen_moe_attention.QwenMoeAttention": dict(
+        _LLAMA, query="query_dense", key="key_dense", value="value_dense", sliding_window="sliding_window_size",
+        sliding_window_on="use_sliding_window_attention"),
     "models.gemma.gemma_attention.CachedGemmaAttention": _GEMMA,
     "models.gemma3.gemma3_attention.CachedGemma3Attention": dict(
         _GEMMA, interleave=None, query_norm=lambda layer: getattr(layer, "query_norm", None),
@@ -506,17 +515,20 @@ class GroupedQueryAttentionHandler(_h.Producer):
     def regularized_axes(self, call):
         return [0, call.internal_index("heads")]
 
-    def head_weights(self, call):
-        """(variable, axis, query heads per channel) of every weight sliced by the heads axis: the benchmark and
-        tests zero a dead head's weights through it."""
+    def axis_weights(self, call, axis):
+        """(variable, axis, entries(mask)) of every weight the heads axis slices: a key/value head's mask entry
+        covers its ``G`` query heads in the query and output kernels."""
         p = self.parts(call)
+        groups = p.groups
         out = []
-        for dense, order, per in ((p.query, _in_order(p.query), p.groups), (p.key, _in_order(p.key), 1),
-                                  (p.value, _in_order(p.value), 1), (p.output, _out_order(p.output), p.groups)):
-            out.append((dense.kernel, order[1] if dense is not p.output else order[0], per))
+        for dense, order, per in ((p.query, _in_order(p.query), groups), (p.key, _in_order(p.key), 1),
+                                  (p.value, _in_order(p.value), 1), (p.output, _out_order(p.output), groups)):
+            def entries(mask, per=per):
+                return np.repeat(mask, per)
+            out.append((dense.kernel, order[1] if dense is not p.output else order[0], entries))
             bias = getattr(dense, "bias", None)
             if bias is not None and dense is not p.output:
-                out.append((bias, 0, per))
+                out.append((bias, 0, entries))
         return out
 
     # --- export and expand --------------------------------------------------------------------------------
