@@ -275,3 +275,52 @@ def test_attention_with_a_cache_is_refused_with_the_fix():
     with pytest.raises(ms.GraphError, match="attention.*cache.*without one"):
         ms.analyze(keras.Model([x, cache], out))
     assert keras_hub
+
+
+# --- mixture-of-experts blocks ---------------------------------------------------------------------------
+
+MOE_FAMILIES = {
+    "MixtralBackbone": dict(num_experts=3, top_k=2),
+    "Qwen3MoeBackbone": dict(moe_intermediate_dim=16, num_experts=3, top_k=2, head_dim=8),
+    "QwenMoeBackbone": dict(moe_intermediate_dim=16, shared_expert_intermediate_dim=16, num_experts=3, top_k=2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MOE_FAMILIES))
+def test_experts_width_is_a_removable_group_and_exports_exactly(name):
+    """The expert width (neuron i of every expert) is one group; with random weights (router included, so
+    tokens pick different experts) and a third of the neurons' weights zeroed in every expert, the slim
+    block computes the same on every token; the costs equal the profiler's."""
+    import keras_hub
+    from morphsparse.profiler import profiler_mac_flops
+    backbone = getattr(keras_hub.models, name)(**dict(LLAMA, num_layers=1), **MOE_FAMILIES[name])
+    block = next(l for l in backbone._flatten_layers()
+                 if isinstance(ms.handlers.get_handler(l), ms.handlers.moe.ExpertsBlock))
+    rng = np.random.default_rng(0)
+    for w in block.weights:
+        w.assign((0.5 * rng.normal(size=w.shape)).astype("float32"))
+    x = keras.Input((8, 32))
+    model = keras.Model(x, block(x)[0])
+    graph = ms.analyze(model)
+    assert ms.count_flops(model) == profiler_mac_flops(model)
+    assert ms.count_params(graph) == model.count_params()
+    call = next(c for c in graph.calls if "ffn" in c.internal_names)
+    alive = {}
+    for axis in call.internal_names:
+        group = graph.internal_group(call.path, axis)
+        assert group.removable
+        keep = np.arange(group.size) % 3 != 1
+        for variable, weight_axis, entries in call.handler.axis_weights(call, call.internal_index(axis)):
+            value = keras.ops.convert_to_numpy(variable).copy()
+            index = [slice(None)] * value.ndim
+            index[weight_axis] = entries(~keep)
+            value[tuple(index)] = 0.0
+            variable.assign(value)
+        alive[group.id] = keep
+    slim = ms.export(model, source="group_lasso", alive=alive)
+    data = rng.normal(size=(2, 8, 32)).astype("float32")
+    want, got = (keras.ops.convert_to_numpy(m(data)) for m in (model, slim))
+    assert np.abs(want - got).max() <= 1e-5 * np.abs(want).max()
+    assert ms.count_flops(slim) == profiler_mac_flops(slim) < ms.count_flops(model)
+    wide, report = ms.expand_with_report(slim, budget=1.0, reference=model)
+    assert report.cost_after <= ms.count_flops(model) < report.cost_next_step
