@@ -176,6 +176,35 @@ NOT_TRIED = {
     "WhisperBackbone": "audio (speech recognition)",
 }
 
+#: backbones tried that morphsparse cannot read yet, and why (shown before the error in the table's notes)
+KNOWN_LIMITS = {
+    "DINOV2Backbone": "its embedding layer uses a class token, mask token and interpolated position table it "
+                      "created itself; needs a handler",
+    "DINOV3Backbone": "its embedding layer uses a class token, register tokens and mask token it created "
+                      "itself; needs a handler",
+    "DebertaV3Backbone": "disentangled (relative-position) self-attention is not read through; needs a handler",
+    "ESMBackbone": "ESM's attention iterates over a tensor for its own rotary embedding; needs a handler",
+    "ESM2Backbone": "ESM's attention iterates over a tensor for its own rotary embedding; needs a handler",
+    "GPTNeoXBackbone": "its decoder cannot be traced (partial-rotary attention); needs a handler",
+    "Gemma4Backbone": "its decoder block uses weights it created itself (layer scalar, gating kernels); needs a "
+                      "handler",
+    "GptOssBackbone": "attention with per-head sinks, partial rotary and a one-sided sliding window, and experts "
+                      "with an interleaved gate-up kernel and biases: not covered by the grouped-query attention "
+                      "and mixture-of-experts handlers yet",
+    "MiTBackbone": "SegFormer's spatial-reduction attention transposes to an axis whose size Keras loses",
+    "RWKV7Backbone": "the RWKV time-mix layer (a recurrence) uses weights it created itself; needs a handler",
+    "RoformerV2Backbone": "its rotary positional embedding branches on a tensor's value; needs a handler",
+    "SmolLMBackbone": "SmolLM3's attention takes cos/sin from a rotary layer of its own through Dense "
+                      "projections reshaped into heads; not covered by the grouped-query attention handler yet",
+    "SwinTransformerBackbone": "window attention uses a relative-position bias table it created itself; needs a "
+                               "handler",
+    "T5Backbone": "T5's layer computes a relative attention bias it cannot be traced through; needs a handler",
+    "ViTDetBackbone": "windowed attention with decomposed relative position embeddings (weights used directly); "
+                      "needs a handler",
+    "XLNetBackbone": "two-stream relative attention (its mask layer and attention use weights directly); needs a "
+                     "handler",
+}
+
 STEPS = ("analysed", "params", "profiler", "regularised", "exported", "expanded", "sparse")
 
 
@@ -454,8 +483,9 @@ def write_markdown(rows, path):
                          f"{r['build_error'][:160]} |")
             continue
         if not r.get("analysed"):
+            reason = KNOWN_LIMITS.get(r["model"])
             lines.append(f"| {r['model']} | {r['kind']} | | | | | | | | **no** | | | | | | | | "
-                         f"{r.get('error', '')[:200]} |")
+                         + (f"{reason}. " if reason else "") + f"{r.get('error', '')[:200]} |")
             continue
         notes = "; ".join(f"{step}: {r[step + '_error'][:160]}" for step in
                           ("profiler", "regularised", "exported", "expanded", "sparse") if r.get(step + "_error"))
