@@ -147,6 +147,8 @@ GQA_FAMILIES = {
     "Phi3Backbone": dict(max_sequence_length=16, pretraining_sequence_length=16),
     "GemmaBackbone": dict(head_dim=8),
     "Gemma3Backbone": dict(head_dim=8, image_size=16, use_query_key_norm=True, query_head_dim_normalize=False),
+    # a window of 3 past keys in 8 tokens, and attention sinks
+    "GptOssBackbone": dict(num_experts=2, top_k=2, head_dim=8, sliding_window=3),
 }
 
 
@@ -283,6 +285,7 @@ MOE_FAMILIES = {
     "MixtralBackbone": dict(num_experts=3, top_k=2),
     "Qwen3MoeBackbone": dict(moe_intermediate_dim=16, num_experts=3, top_k=2, head_dim=8),
     "QwenMoeBackbone": dict(moe_intermediate_dim=16, shared_expert_intermediate_dim=16, num_experts=3, top_k=2),
+    "GptOssBackbone": dict(num_experts=3, top_k=2, head_dim=8),
 }
 
 

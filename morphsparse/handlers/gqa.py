@@ -1,6 +1,7 @@
 """Grouped-query attention with rotary embeddings (keras_hub's Llama family): heads as removable groups.
 
-keras_hub's Llama, Llama3, Mistral, Qwen, Qwen2, Qwen3 and Phi3 attention layers (and Gemma's and Gemma3's)
+keras_hub's Llama, Llama3, Mistral, Mixtral, Qwen, Qwen2, Qwen-MoE, Qwen3, Qwen3-MoE, Phi3, Gemma, Gemma3 and
+GPT-OSS attention layers
 project the hidden states to ``u`` query heads and ``v`` key/value heads of ``h`` entries each
 (``u = G * v``: ``G`` query heads share each key/value head), rotate the queries and keys by position (RoPE,
 which mixes entry ``i`` of a head with entry ``i + h/2``, with a frequency set by ``i``), repeat each key/value
@@ -89,6 +90,10 @@ HUB_GQA = {
     "models.qwen_moe.qwen_moe_attention.QwenMoeAttention": dict(
         _LLAMA, query="query_dense", key="key_dense", value="value_dense", sliding_window="sliding_window_size",
         sliding_window_on="use_sliding_window_attention"),
+    # GPT-OSS: per-head attention sinks, a rotary over the even part of the head, a window over past keys
+    "models.gpt_oss.gpt_oss_attention.GptOssAttention": dict(
+        _LLAMA, query="query_dense", key="key_dense", value="value_dense", output="output_dense",
+        sliding_window="sliding_window", rotary_dim="_rotary_dim", sinks="sinks", window="past"),
     "models.gemma.gemma_attention.CachedGemmaAttention": _GEMMA,
     "models.gemma3.gemma3_attention.CachedGemma3Attention": dict(
         _GEMMA, interleave=None, query_norm=lambda layer: getattr(layer, "query_norm", None),
@@ -118,6 +123,9 @@ class Parts:
     sliding_window: int | None
     dropout: float
     interleave: bool = False
+    rotary_dim: int | None = None
+    sinks: object = None
+    window: str = "band"
 
     @property
     def groups(self):
@@ -143,7 +151,9 @@ def _read(layer, names):
                  rotary=attr("rotary"), query_norm=attr("query_norm"), key_norm=attr("key_norm"),
                  num_query_heads=int(attr("query_heads")), num_kv_heads=int(attr("kv_heads")),
                  scale=float(attr("scale")), soft_cap=attr("soft_cap"), sliding_window=window,
-                 dropout=float(attr("dropout") or 0.0), interleave=bool(attr("interleave")))
+                 dropout=float(attr("dropout") or 0.0), interleave=bool(attr("interleave")),
+                 rotary_dim=attr("rotary_dim"), sinks=attr("sinks"),
+                 window=getattr(layer, "window", None) if names.get("window") == "own" else names.get("window", "band"))
 
 
 # --- kernel layouts --------------------------------------------------------------------------------------
@@ -231,8 +241,8 @@ class GroupedQueryAttention(keras.layers.Layer):
 
     def __init__(self, num_query_heads, num_key_value_heads, head_dim, output_dim, scale, rotary=None,
                  query_norm=None, key_norm=None, use_bias=False, output_bias=False, logit_soft_cap=None,
-                 sliding_window=None, dropout=0.0, interleave_rotary=False, kernel_initializer="glorot_uniform",
-                 **kwargs):
+                 sliding_window=None, dropout=0.0, interleave_rotary=False, rotary_dim=None, sinks=False,
+                 window="band", kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
         if num_key_value_heads < 1 or num_query_heads % num_key_value_heads:
             raise ValueError(f"GroupedQueryAttention '{self.name}': num_query_heads ({num_query_heads}) must be a "
@@ -245,6 +255,11 @@ class GroupedQueryAttention(keras.layers.Layer):
         self.sliding_window = sliding_window
         self.dropout = float(dropout)
         self.interleave_rotary = bool(interleave_rotary)
+        self.rotary_dim = None if rotary_dim is None else int(rotary_dim)
+        self.use_sinks = bool(sinks)
+        if window not in ("band", "past"):
+            raise ValueError(f"GroupedQueryAttention '{self.name}': window must be 'band' or 'past', got {window!r}")
+        self.window = window
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.rotary = _deserialize(rotary)
         self.query_norm = _deserialize(query_norm)
@@ -274,6 +289,8 @@ class GroupedQueryAttention(keras.layers.Layer):
         for norm in (self.query_norm, self.key_norm):
             if norm is not None and not norm.built:
                 norm.build((None, None, None, self.head_dim))
+        if self.use_sinks:      # GPT-OSS: one extra logit per query head that takes part in the softmax only
+            self.sinks = self.add_weight(shape=(u,), initializer="zeros", name="sinks")
         self.softmax = keras.layers.Softmax(axis=-1, dtype="float32", name="attention_softmax")
         self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
         self.built = True
@@ -282,7 +299,11 @@ class GroupedQueryAttention(keras.layers.Layer):
         y = dense(x)
         if norm is not None:
             y = norm(y)
-        if rotate and self.rotary is not None:
+        if rotate and self.rotary is not None and self.rotary_dim is not None and self.rotary_dim < self.head_dim:
+            # partial rotary (GPT-OSS with an odd head size): the first rotary_dim entries only
+            y = keras.ops.concatenate([self.rotary(y[..., :self.rotary_dim], start_index=start),
+                                       y[..., self.rotary_dim:]], axis=-1)
+        elif rotate and self.rotary is not None:
             y = self.rotary(y, start_index=start)
             if self.interleave_rotary:    # Gemma's layout: entry i of each rotated half side by side
                 ops = keras.ops
@@ -315,10 +336,14 @@ class GroupedQueryAttention(keras.layers.Layer):
         scores = ops.multiply(scores, ops.cast(self.scale, self.compute_dtype))
         if self.logit_soft_cap is not None:
             scores = ops.multiply(ops.tanh(ops.divide(scores, self.logit_soft_cap)), self.logit_soft_cap)
-        if self.sliding_window and attention_mask is not None:
-            attention_mask = ops.logical_and(ops.cast(attention_mask, "bool"),
-                                             self._window(ops.shape(attention_mask), start))
-        if attention_mask is not None:
+        if self.sliding_window and (attention_mask is not None or self.window == "past"):
+            shape = ops.shape(scores)
+            window = self._window((shape[0], shape[2], shape[3]), start)
+            attention_mask = window if attention_mask is None else ops.logical_and(
+                ops.cast(attention_mask, "bool"), window)
+        if self.use_sinks:
+            scores = self._with_sinks(scores, attention_mask)
+        elif attention_mask is not None:
             scores = self.softmax(scores, attention_mask[:, None, :, :])
         else:
             scores = self.softmax(scores)
@@ -329,12 +354,28 @@ class GroupedQueryAttention(keras.layers.Layer):
         return out if cache is None else (out, cache)
 
     def _window(self, shape, start):
-        """Query i (at position start + i) sees key j when |start + i - j| < sliding_window, as keras_hub's
-        ``_mask_sliding_window`` (a band of the square key-by-key matrix, sliced at the query rows)."""
+        """Which keys query i (at position start + i) sees. ``window="band"``: key j when |start + i - j| <
+        sliding_window, as keras_hub's ``_mask_sliding_window`` (a band of the square key-by-key matrix, sliced
+        at the query rows); ``"past"``: key j when j >= start + i - sliding_window (GPT-OSS)."""
         ops = keras.ops
         rows = ops.expand_dims(ops.arange(shape[1]) + start, 1)
         cols = ops.expand_dims(ops.arange(shape[2]), 0)
+        if self.window == "past":
+            return ops.expand_dims(cols >= rows - self.sliding_window, 0)
         return ops.expand_dims(ops.abs(rows - cols) < self.sliding_window, 0)
+
+    def _with_sinks(self, scores, mask):
+        """GPT-OSS's softmax: masked logits (-1e9) and one sink logit per query head, softmax over both, the
+        sink's share dropped."""
+        ops = keras.ops
+        if mask is not None:
+            scores = ops.where(ops.cast(mask, "bool")[:, None, :, :], scores, ops.cast(-1e9, scores.dtype))
+        shape = ops.shape(scores)
+        sinks = ops.broadcast_to(ops.reshape(ops.cast(self.sinks, scores.dtype), (1, -1, 1, 1)),
+                                 (shape[0], shape[1], shape[2], 1))
+        logits = ops.concatenate([scores, sinks], axis=-1)
+        logits = logits - ops.stop_gradient(ops.max(logits, axis=-1, keepdims=True))
+        return ops.softmax(logits, axis=-1)[..., :-1]
 
     def compute_output_shape(self, input_shape, *args, **kwargs):
         return tuple(input_shape[:-1]) + (self.output_dim,)
@@ -346,7 +387,8 @@ class GroupedQueryAttention(keras.layers.Layer):
                       rotary=_serialize(self.rotary), query_norm=_serialize(self.query_norm),
                       key_norm=_serialize(self.key_norm), use_bias=self.use_bias, output_bias=self.output_bias,
                       logit_soft_cap=self.logit_soft_cap, sliding_window=self.sliding_window,
-                      dropout=self.dropout, interleave_rotary=self.interleave_rotary,
+                      dropout=self.dropout, interleave_rotary=self.interleave_rotary, rotary_dim=self.rotary_dim,
+                      sinks=self.use_sinks, window=self.window,
                       kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
         return config
 
@@ -354,7 +396,8 @@ class GroupedQueryAttention(keras.layers.Layer):
 _OWN = dict(query="query_dense", key="key_dense", value="value_dense", output="output_dense", rotary="rotary",
             query_norm="query_norm", key_norm="key_norm", query_heads="num_query_heads",
             kv_heads="num_key_value_heads", scale="scale", soft_cap="logit_soft_cap",
-            sliding_window="sliding_window", dropout="dropout", interleave="interleave_rotary")
+            sliding_window="sliding_window", dropout="dropout", interleave="interleave_rotary",
+            rotary_dim="rotary_dim", sinks=lambda layer: getattr(layer, "sinks", None), window="own")
 
 
 def _variables(p):
@@ -368,6 +411,8 @@ def _variables(p):
     for norm in (p.query_norm, p.key_norm):
         if norm is not None:
             out += list(norm.weights)
+    if p.sinks is not None:
+        out.append(p.sinks)
     return out
 
 
@@ -442,7 +487,8 @@ class GroupedQueryAttentionHandler(_h.Producer):
         frequencies: T * h/2 multiply-accumulates per call, one call for the queries and one for the keys."""
         if p.rotary is None or not hasattr(p.rotary, "feature_axis"):
             return 0
-        return 2 * t * (p.head_dim // 2)
+        rotated = p.head_dim if p.rotary_dim is None else min(p.rotary_dim, p.head_dim)
+        return 2 * t * (rotated // 2)
 
     def cost_terms(self, call):
         """Bilinear terms in (hidden width, key/value heads) and (key/value heads, output width); the rotary
@@ -453,14 +499,17 @@ class GroupedQueryAttentionHandler(_h.Producer):
         g, h = p.groups, p.head_dim
         qkv_bias = 1 if getattr(p.query, "bias", None) is not None else 0
         out_bias = 1 if getattr(p.output, "bias", None) is not None else 0
+        # weights that do not follow the heads (query/key norms over head entries); sinks: one per query head
         fixed = sum(int(np.prod(w.shape)) for w in call.layer.weights
-                    if not any(w is v for d in (p.query, p.key, p.value, p.output) for v in d.weights))
+                    if not any(w is v for d in (p.query, p.key, p.value, p.output) for v in d.weights)
+                    and w is not p.sinks)
+        sinks = 0 if p.sinks is None else g
         rotary = self._rotary_macs(call, p, t)
         heads = ("out", call.internal_index("heads"))
         return [
             (("in", hidden), heads, lambda a, b: t * (g + 2) * h * a * b,
              lambda a, b: (g + 2) * h * a * b + qkv_bias * (g + 2) * h * b),
-            (None, heads, lambda a, b: 2 * t * t * g * h * b + rotary, lambda a, b: fixed),
+            (None, heads, lambda a, b: 2 * t * t * g * h * b + rotary, lambda a, b: fixed + sinks * b),
             (heads, ("out", 0), lambda a, b: t * g * h * a * b, lambda a, b: g * h * a * b + out_bias * b),
         ]
 
@@ -529,6 +578,8 @@ class GroupedQueryAttentionHandler(_h.Producer):
             bias = getattr(dense, "bias", None)
             if bias is not None and dense is not p.output:
                 out.append((bias, 0, entries))
+        if p.sinks is not None:
+            out.append((p.sinks, 0, lambda mask: np.repeat(mask, groups)))
         return out
 
     # --- export and expand --------------------------------------------------------------------------------
@@ -558,7 +609,8 @@ class GroupedQueryAttentionHandler(_h.Producer):
                     query_norm=_serialize(p.query_norm), key_norm=_serialize(p.key_norm),
                     use_bias=getattr(p.query, "bias", None) is not None,
                     output_bias=getattr(p.output, "bias", None) is not None, logit_soft_cap=p.soft_cap,
-                    sliding_window=p.sliding_window, dropout=p.dropout, interleave_rotary=p.interleave)
+                    sliding_window=p.sliding_window or None, dropout=p.dropout, interleave_rotary=p.interleave,
+                    rotary_dim=p.rotary_dim, sinks=p.sinks is not None, window=p.window)
 
     def slice_weights(self, call, keep_in, keep_out, weights):
         """The kept slices in the order of :func:`_variables`: query, key and value kernels (and biases),
@@ -586,6 +638,8 @@ class GroupedQueryAttentionHandler(_h.Producer):
         for norm in (p.query_norm, p.key_norm):
             if norm is not None:
                 out += [old(w) for w in norm.weights]
+        if p.sinks is not None:
+            out.append(old(p.sinks)[query_heads])
         return out
 
     def rebuild(self, call, step):

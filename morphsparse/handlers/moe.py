@@ -1,5 +1,5 @@
-"""Mixture-of-experts feed-forward blocks (keras_hub's Mixtral, Qwen-MoE and Qwen3-MoE): the width inside the
-experts is removable.
+"""Mixture-of-experts feed-forward blocks (keras_hub's Mixtral, Qwen-MoE, Qwen3-MoE and GPT-OSS): the width
+inside the experts is removable.
 
 keras_hub computes these blocks densely: a router (``Dense`` to one logit per expert) picks the top-k experts
 of each token, every expert's gated feed-forward (gate and up projections to ``I`` neurons, a down projection
@@ -38,15 +38,21 @@ _MOE = dict(router="_sparse_feedforward_gate_dense", experts="expert_bank", gate
             up=None, down="_expert_feedforward_output_dense", shared=None, shared_gate=None,
             # constructor argument -> attribute holding its value, where the names differ
             renames={"moe_intermediate_dim": "intermediate_dim"}, width_arg="moe_intermediate_dim",
-            shared_arg=None)
+            shared_arg=None, layout="halves", gate_bias=None, down_bias=None)
 #: keras_hub mixture-of-experts blocks (by class path under keras_hub.src) and where they keep their parts:
 #: the router Dense, the expert bank and its gate, up (None: fused with the gate, gate first then up on the
-#: last axis) and down weights, the shared expert (a gated MLP with Dense layers) and its sigmoid gate, the
+#: last axis, in halves or interleaved) and down weights and biases, the shared expert (a gated MLP with Dense layers) and its sigmoid gate, the
 #: constructor argument that sets the expert width (and the shared expert's).
 HUB_MOE = {
     "models.mixtral.mixtral_decoder.MixtralSparseMoeBlock": dict(
         _MOE, up="_expert_feedforward_intermediate_dense", renames={}, width_arg="intermediate_dim"),
     "models.qwen3_moe.qwen3_moe_decoder.Qwen3SparseMoeBlock": _MOE,
+    # GPT-OSS: the router Dense (with a bias) inside a router layer; gate and up interleaved (gate at 2i, up at
+    # 2i + 1) with biases; a down bias per expert
+    "models.gpt_oss.gpt_oss_decoder.GptOssSparseMoeBlock": dict(
+        _MOE, router="router.router_dense", experts="experts", gate="gate_up_proj", down="down_proj",
+        gate_bias="gate_up_proj_bias", down_bias="down_proj_bias", layout="interleaved", renames={},
+        width_arg="intermediate_dim"),
     "models.qwen_moe.qwen_moe_decoder.QwenSparseMoeBlock": dict(
         _MOE, shared="shared_expert_dense", shared_gate="shared_expert_gate_dense",
         renames={"moe_intermediate_dim": "intermediate_dim",
@@ -70,7 +76,11 @@ class ExpertsBlock(_h.Producer):
     # --- parts --------------------------------------------------------------------------------------------
     def _get(self, layer, key):
         name = self.names.get(key)
-        return None if name is None else getattr(layer, name)
+        if name is None:
+            return None
+        for part in name.split("."):       # "router.router_dense": a layer inside a layer
+            layer = getattr(layer, part)
+        return layer
 
     def _bank(self, layer):
         """(gate, up or None, down) expert weights: (E, width, I) [fused: (E, width, 2I)], (E, I, width)."""
@@ -78,6 +88,18 @@ class ExpertsBlock(_h.Producer):
         up = self.names.get("up")
         return (getattr(bank, self.names["gate"]), None if up is None else getattr(bank, up),
                 getattr(bank, self.names["down"]))
+
+    def _biases(self, layer):
+        """(gate(-up) bias (E, I or 2I) or None, down bias (E, width) or None)."""
+        bank = self._get(layer, "experts")
+        return tuple(None if self.names.get(k) is None else getattr(bank, self.names[k])
+                     for k in ("gate_bias", "down_bias"))
+
+    def _fused(self, mask):
+        """A neuron mask over the fused gate-up axis: halves (gate i, up I + i) or interleaved (2i, 2i + 1)."""
+        if self.names.get("layout") == "interleaved":
+            return np.repeat(mask, 2)
+        return np.concatenate([mask, mask])
 
     def _shared(self, layer):
         shared = self._get(layer, "shared")
@@ -122,10 +144,14 @@ class ExpertsBlock(_h.Producer):
         experts, _ = self._sizes(layer)
         ffn = ("out", call.internal_index("ffn"))
         units = experts + (1 if self._shared(layer) is not None else 0)     # router logits, shared gate
+        router_bias = experts if getattr(self._get(layer, "router"), "bias", None) is not None else 0
+        gate_bias, down_bias = (0 if b is None else 1 for b in self._biases(layer))
         terms = [
-            (("in", 0), None, lambda a, b: t * units * a, lambda a, b: units * a),
-            (("in", 0), ffn, lambda a, b: 2 * experts * t * a * b, lambda a, b: 2 * experts * a * b),
-            (ffn, ("out", 0), lambda a, b: experts * t * a * b, lambda a, b: experts * a * b),
+            (("in", 0), None, lambda a, b: t * units * a, lambda a, b: units * a + router_bias),
+            (("in", 0), ffn, lambda a, b: 2 * experts * t * a * b,
+             lambda a, b: 2 * experts * a * b + gate_bias * 2 * experts * b),
+            (ffn, ("out", 0), lambda a, b: experts * t * a * b,
+             lambda a, b: experts * a * b + down_bias * experts * b),
         ]
         if self._shared(layer) is not None:
             shared = ("out", call.internal_index("shared_ffn"))
@@ -164,7 +190,12 @@ class ExpertsBlock(_h.Producer):
             gate, up, down = self._bank(layer)
             width = int(down.shape[1])
             g = self._value(gate, xp)
-            pieces = ([g[..., :width], g[..., width:]] if up is None else [g, self._value(up, xp)])
+            if up is not None:
+                pieces = [g, self._value(up, xp)]
+            elif self.names.get("layout") == "interleaved":
+                pieces = [g[..., 0::2], g[..., 1::2]]
+            else:
+                pieces = [g[..., :width], g[..., width:]]
             pieces.append(xp.transpose(self._value(down, xp), (0, 2, 1)))
             return [xp.reshape(p, (-1, width)) for p in pieces]
         gate, up, down = self._shared(layer)
@@ -194,9 +225,11 @@ class ExpertsBlock(_h.Producer):
         layer = call.layer
         if call.internal_names[axis - call.n_outputs] == "ffn":
             gate, up, down = self._bank(layer)
+            gate_bias, _ = self._biases(layer)
+            bias = [] if gate_bias is None else [(gate_bias, 1, self._fused if up is None else (lambda m: m))]
             if up is None:
-                return [(gate, 2, lambda m: np.concatenate([m, m])), (down, 1, lambda m: m)]
-            return [(gate, 2, lambda m: m), (up, 2, lambda m: m), (down, 1, lambda m: m)]
+                return [(gate, 2, self._fused), (down, 1, lambda m: m)] + bias
+            return [(gate, 2, lambda m: m), (up, 2, lambda m: m), (down, 1, lambda m: m)] + bias
         gate, up, down = self._shared(layer)
         return [(gate.kernel, 1, lambda m: m), (up.kernel, 1, lambda m: m), (down.kernel, 0, lambda m: m)]
 
@@ -240,7 +273,8 @@ class ExpertsBlock(_h.Producer):
         """Its weights by role, in a fixed order: router kernel, expert gate (, up), down, shared gate, up,
         down, shared gate-Dense kernel."""
         router = self._get(layer, "router")
-        out = [router.kernel] + [w for w in self._bank(layer) if w is not None]
+        out = [router.kernel] + ([router.bias] if getattr(router, "bias", None) is not None else [])
+        out += [w for w in self._bank(layer) + self._biases(layer) if w is not None]
         shared = self._shared(layer)
         if shared is not None:
             out += [d.kernel for d in shared] + [self._get(layer, "shared_gate").kernel]
@@ -257,12 +291,20 @@ class ExpertsBlock(_h.Producer):
         rows, cols = keep_in[0], keep_out[0]
         ffn = self._mask(call, keep_out, "ffn")
         gate, up, down = self._bank(layer)
-        out = [old(self._get(layer, "router").kernel)[rows]]
+        router = self._get(layer, "router")
+        out = [old(router.kernel)[rows]]
+        if getattr(router, "bias", None) is not None:
+            out.append(old(router.bias))
         if up is None:
-            out.append(old(gate)[:, rows][..., np.concatenate([ffn, ffn])])
+            out.append(old(gate)[:, rows][..., self._fused(ffn)])
         else:
             out += [old(gate)[:, rows][..., ffn], old(up)[:, rows][..., ffn]]
         out.append(old(down)[:, ffn][..., cols])
+        gate_bias, down_bias = self._biases(layer)
+        if gate_bias is not None:
+            out.append(old(gate_bias)[:, self._fused(ffn) if up is None else ffn])
+        if down_bias is not None:
+            out.append(old(down_bias)[:, cols])
         shared = self._shared(layer)
         if shared is not None:
             keep = self._mask(call, keep_out, "shared_ffn")
