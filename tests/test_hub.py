@@ -150,11 +150,19 @@ GQA_FAMILIES = {
     # a window of 3 past keys in 8 tokens, and attention sinks
     "GptOssBackbone": dict(num_experts=2, top_k=2, head_dim=8, sliding_window=3),
 }
+#: ALiBi attention (one key/value head per query head): Bloom's slopes and Falcon's alibi argument
+ALIBI_FAMILIES = {
+    "BloomBackbone": dict(vocabulary_size=100, num_layers=1, num_heads=4, hidden_dim=32, intermediate_dim=64),
+    "FalconBackbone": dict(vocabulary_size=100, num_layers=1, num_attention_heads=4, hidden_dim=32,
+                           intermediate_dim=64),
+}
 
 
 def _llm(name, num_layers=2, length=8):
     import keras_hub
-    backbone = getattr(keras_hub.models, name)(**dict(LLAMA, num_layers=num_layers), **GQA_FAMILIES[name])
+    config = (dict(ALIBI_FAMILIES[name], num_layers=num_layers) if name in ALIBI_FAMILIES
+              else dict(LLAMA, num_layers=num_layers, **GQA_FAMILIES[name]))
+    backbone = getattr(keras_hub.models, name)(**config)
     inputs = {n: keras.Input((length,), dtype="int32", name=n) for n in ("token_ids", "padding_mask")}
     # the last token: under a causal mask it is the one that attends to every position
     return backbone, keras.Model(inputs, keras.layers.Dense(3, name="head")(backbone(inputs)[:, -1, :]))
@@ -242,17 +250,46 @@ def test_grouped_query_attention_exports_to_the_same_function(name):
     assert ms.count_params(slim) < ms.count_params(model)
 
 
-@pytest.mark.parametrize("name", ["LlamaBackbone", "GemmaBackbone"])
+@pytest.mark.parametrize("name", sorted(ALIBI_FAMILIES))
+def test_alibi_attention_heads_export_to_the_same_function(name):
+    """Bloom and Falcon: ALiBi (a slope per head) instead of rotary. With random attention weights, the model
+    rebuilt with every head is the same function, and with a head removed (zeroed in the original) too: the
+    kept heads keep their own slopes."""
+    from morphsparse.morph.export import check_equivalent
+    from morphsparse.profiler import profiler_mac_flops
+    _, model = _llm(name, num_layers=1)
+    graph = ms.analyze(model)
+    assert ms.count_flops(model) == profiler_mac_flops(model)
+    assert ms.count_params(graph) == model.count_params()
+    call = _attention_calls(graph)[0]
+    rng = np.random.default_rng(0)
+    for w in call.layer.weights:
+        w.assign((0.5 * rng.normal(size=w.shape)).astype("float32"))
+    heads = graph.internal_group(call.path, "heads")
+    assert heads.size == 4 and heads.removable
+    with pytest.warns(UserWarning):    # nothing removed
+        whole = ms.export(model, source="group_lasso", alive={heads.id: np.ones(4, bool)})
+    difference, noise = check_equivalent(model, whole)
+    assert difference <= max(1e-5, 10 * noise)
+    _zero_heads(call, np.array([True, False, False, True]))
+    slim = ms.export(model, source="group_lasso", alive={heads.id: np.array([False, True, True, False])})
+    difference, noise = check_equivalent(model, slim)
+    assert difference <= max(1e-5, 10 * noise)
+    assert ms.count_flops(slim) == profiler_mac_flops(slim) < ms.count_flops(model)
+
+
+@pytest.mark.parametrize("name", ["LlamaBackbone", "GemmaBackbone", "FalconBackbone"])
 def test_llm_backbone_exports_reloads_and_expands_to_its_budget(name, tmp_path):
     from morphsparse.morph.export import check_equivalent, random_inputs
     _, model = _llm(name)
     graph = ms.analyze(model)
     call = _attention_calls(graph)[1]
-    _zero_heads(call, np.array([True, False]))
+    heads = graph.internal_group(call.path, "heads")
+    dead = np.arange(heads.size) == 0
+    _zero_heads(call, dead)
     reg = ms.MorphRegularizer(model, target="flops", source="group_lasso")
     assert reg.initial_cost == ms.count_flops(model)
-    slim = ms.export(model, source="group_lasso", alive={graph.internal_group(call.path, "heads").id:
-                                                         np.array([False, True])}, exact=True)
+    slim = ms.export(model, source="group_lasso", alive={heads.id: ~dead}, exact=True)
     difference, noise = check_equivalent(model, slim)
     assert difference <= max(1e-5, 10 * noise)
     path = tmp_path / "slim.keras"
@@ -327,3 +364,10 @@ def test_experts_width_is_a_removable_group_and_exports_exactly(name):
     assert ms.count_flops(slim) == profiler_mac_flops(slim) < ms.count_flops(model)
     wide, report = ms.expand_with_report(slim, budget=1.0, reference=model)
     assert report.cost_after <= ms.count_flops(model) < report.cost_next_step
+
+
+def test_alibi_slopes_of_a_new_head_count_are_keras_hubs():
+    from keras_hub.layers import AlibiBias
+    from morphsparse.handlers.gqa import alibi_slopes
+    for heads in range(1, 13):
+        np.testing.assert_allclose(alibi_slopes(heads), AlibiBias()._get_slopes(heads), rtol=1e-6)

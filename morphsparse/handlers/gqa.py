@@ -1,7 +1,7 @@
 """Grouped-query attention with rotary embeddings (keras_hub's Llama family): heads as removable groups.
 
 keras_hub's Llama, Llama3, Mistral, Mixtral, Qwen, Qwen2, Qwen-MoE, Qwen3, Qwen3-MoE, Phi3, Gemma, Gemma3 and
-GPT-OSS attention layers
+GPT-OSS attention layers (and Bloom's and Falcon's, with ALiBi slopes instead of rotary, G = 1)
 project the hidden states to ``u`` query heads and ``v`` key/value heads of ``h`` entries each
 (``u = G * v``: ``G`` query heads share each key/value head), rotate the queries and keys by position (RoPE,
 which mixes entry ``i`` of a head with entry ``i + h/2``, with a frequency set by ``i``), repeat each key/value
@@ -95,6 +95,16 @@ HUB_GQA = {
         _LLAMA, query="query_dense", key="key_dense", value="value_dense", output="output_dense",
         sliding_window="sliding_window", rotary_dim="_rotary_dim", sinks="sinks", window="past"),
     "models.gemma.gemma_attention.CachedGemmaAttention": _GEMMA,
+    # ALiBi instead of rotary, one key/value head per query head. Bloom adds slopes its AlibiBias layer computes
+    # from the head count after scaling; Falcon adds an `alibi` input its decoder computes, before scaling.
+    # Both project the heads back with a Dense on the flattened heads.
+    "models.bloom.bloom_attention.BloomAttention": dict(
+        _LLAMA, rotary=None, query_heads="num_heads", kv_heads="num_heads", scale="inv_norm_factor",
+        alibi_slopes=lambda layer: layer._alibi_layer._get_slopes(layer.num_heads)),
+    "models.falcon.falcon_attention.FalconAttention": dict(
+        _LLAMA, query="query_dense", key="key_dense", value="value_dense", output="output_dense", rotary=None,
+        query_heads="num_heads", kv_heads="num_heads", scale="inv_norm_factor", dropout="attention_dropout_rate",
+        alibi_input=lambda layer: True),
     "models.gemma3.gemma3_attention.CachedGemma3Attention": dict(
         _GEMMA, interleave=None, query_norm=lambda layer: getattr(layer, "query_norm", None),
         key_norm=lambda layer: getattr(layer, "key_norm", None),
@@ -126,6 +136,9 @@ class Parts:
     rotary_dim: int | None = None
     sinks: object = None
     window: str = "band"
+    alibi_slopes: list | None = None      # per query head, added after scaling (Bloom)
+    alibi_input: bool = False             # an `alibi` call argument, added before scaling (Falcon)
+    alibi_heads: list | None = None       # which heads of that argument (a rebuilt layer's own)
 
     @property
     def groups(self):
@@ -152,7 +165,8 @@ def _read(layer, names):
                  num_query_heads=int(attr("query_heads")), num_kv_heads=int(attr("kv_heads")),
                  scale=float(attr("scale")), soft_cap=attr("soft_cap"), sliding_window=window,
                  dropout=float(attr("dropout") or 0.0), interleave=bool(attr("interleave")),
-                 rotary_dim=attr("rotary_dim"), sinks=attr("sinks"),
+                 rotary_dim=attr("rotary_dim"), sinks=attr("sinks"), alibi_slopes=attr("alibi_slopes"),
+                 alibi_input=bool(attr("alibi_input")), alibi_heads=attr("alibi_heads"),
                  window=getattr(layer, "window", None) if names.get("window") == "own" else names.get("window", "band"))
 
 
@@ -174,6 +188,27 @@ def _out_order(dense):
     """Axis permutation of the output projection's kernel to (heads, head entries, width)."""
     x, kernel, out = _specs(dense.equation)
     return [kernel.index(c) for c in (x[-2], x[-1], out[-1])]
+
+
+def _out_canonical(p, kernel, xp=np):
+    """The output projection's kernel as (heads, head entries, width): an EinsumDense's transposed, a Dense's
+    on the flattened heads (Bloom, Falcon) reshaped."""
+    if getattr(p.output, "equation", None) is not None:
+        return xp.transpose(kernel, _out_order(p.output))
+    return xp.reshape(kernel, (p.num_query_heads, p.head_dim, kernel.shape[-1]))
+
+
+def alibi_slopes(num_heads, alibi_bias_max=8):
+    """The ALiBi slopes of ``num_heads`` heads (Press et al., 2021; keras_hub's AlibiBias): a geometric
+    sequence from 2^(-8/n), with the odd-indexed slopes of twice as many heads filling a count that is not a
+    power of two. For an expanded layer's new heads."""
+    def power_of_2(n):
+        start = 2 ** (-(2 ** -(np.log2(n) - np.log2(alibi_bias_max))))
+        return [float(start * start ** i) for i in range(n)]
+    if float(np.log2(num_heads)).is_integer():
+        return power_of_2(num_heads)
+    closest = 2 ** int(np.floor(np.log2(num_heads)))
+    return power_of_2(closest) + alibi_slopes(2 * closest, alibi_bias_max)[0::2][:num_heads - closest]
 
 
 # --- the rebuilt layer ------------------------------------------------------------------------------------
@@ -242,7 +277,8 @@ class GroupedQueryAttention(keras.layers.Layer):
     def __init__(self, num_query_heads, num_key_value_heads, head_dim, output_dim, scale, rotary=None,
                  query_norm=None, key_norm=None, use_bias=False, output_bias=False, logit_soft_cap=None,
                  sliding_window=None, dropout=0.0, interleave_rotary=False, rotary_dim=None, sinks=False,
-                 window="band", kernel_initializer="glorot_uniform", **kwargs):
+                 window="band", alibi_slopes=None, alibi_heads=None, kernel_initializer="glorot_uniform",
+                 **kwargs):
         super().__init__(**kwargs)
         if num_key_value_heads < 1 or num_query_heads % num_key_value_heads:
             raise ValueError(f"GroupedQueryAttention '{self.name}': num_query_heads ({num_query_heads}) must be a "
@@ -260,6 +296,12 @@ class GroupedQueryAttention(keras.layers.Layer):
         if window not in ("band", "past"):
             raise ValueError(f"GroupedQueryAttention '{self.name}': window must be 'band' or 'past', got {window!r}")
         self.window = window
+        self.alibi_slopes = None if alibi_slopes is None else [float(a) for a in alibi_slopes]
+        self.alibi_heads = None if alibi_heads is None else [int(i) for i in alibi_heads]
+        for name, values in (("alibi_slopes", self.alibi_slopes), ("alibi_heads", self.alibi_heads)):
+            if values is not None and len(values) != self.num_query_heads:
+                raise ValueError(f"GroupedQueryAttention '{self.name}': {name} has {len(values)} entries for "
+                                 f"{self.num_query_heads} query heads")
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.rotary = _deserialize(rotary)
         self.query_norm = _deserialize(query_norm)
@@ -310,9 +352,13 @@ class GroupedQueryAttention(keras.layers.Layer):
                 y = ops.reshape(ops.stack(ops.split(y, 2, axis=-1), axis=-1), ops.shape(y))
         return y
 
-    def call(self, hidden_states, attention_mask=None, cache=None, cache_update_index=None, training=None,
-             **unused):
-        # the original class's other arguments (Gemma3's cache_update_mask) may be passed as None only
+    def call(self, hidden_states=None, attention_mask=None, cache=None, cache_update_index=None, training=None,
+             alibi=None, **unused):
+        # the hidden states under the name the original class gives them (Falcon: inputs, Gemma: x); its other
+        # arguments (Gemma3's cache_update_mask) may be passed as None only
+        for alias in ("inputs", "x"):
+            if hidden_states is None and alias in unused:
+                hidden_states = unused.pop(alias)
         given = sorted(k for k, v in unused.items() if v is not None)
         if given:
             raise ValueError(f"GroupedQueryAttention '{self.name}' does not take {given}")
@@ -333,7 +379,15 @@ class GroupedQueryAttention(keras.layers.Layer):
         key = ops.repeat(key, repeats=groups, axis=2)
         value = ops.repeat(value, repeats=groups, axis=2)
         scores = ops.einsum("bquh,bkuh->buqk", query, key)
+        if self.alibi_heads is not None:      # Falcon: its decoder's ALiBi tensor, before the scale
+            if alibi is None:
+                raise ValueError(f"GroupedQueryAttention '{self.name}' takes an `alibi` argument")
+            scores = ops.add(scores, ops.take(ops.cast(alibi, scores.dtype), self.alibi_heads, axis=1))
         scores = ops.multiply(scores, ops.cast(self.scale, self.compute_dtype))
+        if self.alibi_slopes is not None:     # Bloom: slope * (key position - last key position)
+            positions = ops.cast(ops.arange(1 - ops.shape(scores)[-1], 1), scores.dtype)
+            slopes = ops.convert_to_tensor(np.asarray(self.alibi_slopes, "float32"), scores.dtype)
+            scores = ops.add(scores, slopes[None, :, None, None] * positions[None, None, None, :])
         if self.logit_soft_cap is not None:
             scores = ops.multiply(ops.tanh(ops.divide(scores, self.logit_soft_cap)), self.logit_soft_cap)
         if self.sliding_window and (attention_mask is not None or self.window == "past"):
@@ -388,7 +442,8 @@ class GroupedQueryAttention(keras.layers.Layer):
                       key_norm=_serialize(self.key_norm), use_bias=self.use_bias, output_bias=self.output_bias,
                       logit_soft_cap=self.logit_soft_cap, sliding_window=self.sliding_window,
                       dropout=self.dropout, interleave_rotary=self.interleave_rotary, rotary_dim=self.rotary_dim,
-                      sinks=self.use_sinks, window=self.window,
+                      sinks=self.use_sinks, window=self.window, alibi_slopes=self.alibi_slopes,
+                      alibi_heads=self.alibi_heads,
                       kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
         return config
 
@@ -397,7 +452,9 @@ _OWN = dict(query="query_dense", key="key_dense", value="value_dense", output="o
             query_norm="query_norm", key_norm="key_norm", query_heads="num_query_heads",
             kv_heads="num_key_value_heads", scale="scale", soft_cap="logit_soft_cap",
             sliding_window="sliding_window", dropout="dropout", interleave="interleave_rotary",
-            rotary_dim="rotary_dim", sinks=lambda layer: getattr(layer, "sinks", None), window="own")
+            rotary_dim="rotary_dim", sinks=lambda layer: getattr(layer, "sinks", None), window="own",
+            alibi_slopes="alibi_slopes", alibi_input=lambda layer: layer.alibi_heads is not None,
+            alibi_heads="alibi_heads")
 
 
 def _variables(p):
@@ -436,16 +493,30 @@ class GroupedQueryAttentionHandler(_h.Producer):
     def _hidden(self, call):
         """Input position of the hidden states (the first argument, or the keyword naming it)."""
         args, kwargs = call.node.arguments.args, call.node.arguments.kwargs
-        hidden = args[0] if args else kwargs.get("hidden_states", kwargs.get("x"))
+        hidden = args[0] if args else next((kwargs[k] for k in ("hidden_states", "x", "inputs") if k in kwargs),
+                                           None)
         for i, t in enumerate(call.node.input_tensors):
             if t is hidden:
                 return i
         raise ValueError(f"layer '{call.path}' ({type(call.layer).__name__}): cannot tell which input holds the "
                          "hidden states; register a handler naming it")
 
+    def _alibi_input(self, call):
+        """Input position of Falcon's ``alibi`` argument; None for a layer that takes none."""
+        alibi = call.node.arguments.kwargs.get("alibi")
+        args = call.node.arguments.args
+        if alibi is None and len(args) > 1 and self.parts(call).alibi_input:
+            alibi = args[1]
+        for i, t in enumerate(call.node.input_tensors):
+            if alibi is not None and t is alibi:
+                return i
+        return None
+
     def _mask_input(self, call):
         args, kwargs = call.node.arguments.args, call.node.arguments.kwargs
-        mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
+        mask = kwargs.get("attention_mask")
+        if mask is None and len(args) > 1 and not self.parts(call).alibi_input:
+            mask = args[1]
         for i, t in enumerate(call.node.input_tensors):
             if t is mask:
                 return i
@@ -537,7 +608,7 @@ class GroupedQueryAttentionHandler(_h.Producer):
         kernel = p.output.kernel
         if xp is np:
             kernel = keras.ops.convert_to_numpy(kernel)
-        kernel = xp.transpose(kernel, _out_order(p.output))
+        kernel = _out_canonical(p, kernel, xp)
         return xp.reshape(kernel, (-1, kernel.shape[-1]))
 
     def axis_matrix(self, call, axis, xp=np):
@@ -548,14 +619,14 @@ class GroupedQueryAttentionHandler(_h.Producer):
         p = self.parts(call)
         v, g, h = p.num_kv_heads, p.groups, p.head_dim
         parts = []
-        for dense, order, heads_per in ((p.query, _in_order(p.query), g), (p.key, _in_order(p.key), 1),
-                                        (p.value, _in_order(p.value), 1), (p.output, _out_order(p.output), g)):
+        for dense, heads_per in ((p.query, g), (p.key, 1), (p.value, 1), (p.output, g)):
             kernel = dense.kernel
             if xp is np:
                 kernel = keras.ops.convert_to_numpy(kernel)
-            kernel = xp.transpose(kernel, order)
             if dense is p.output:                           # (heads, h, width) -> (width, heads, h)
-                kernel = xp.transpose(kernel, (2, 0, 1))
+                kernel = xp.transpose(_out_canonical(p, kernel, xp), (2, 0, 1))
+            else:
+                kernel = xp.transpose(kernel, _in_order(dense))
             kernel = xp.reshape(kernel, (kernel.shape[0], v, heads_per * h))    # query head i: kv head i // g
             kernel = xp.transpose(kernel, (0, 2, 1))
             parts.append(xp.reshape(kernel, (-1, v)))
@@ -570,11 +641,15 @@ class GroupedQueryAttentionHandler(_h.Producer):
         p = self.parts(call)
         groups = p.groups
         out = []
-        for dense, order, per in ((p.query, _in_order(p.query), groups), (p.key, _in_order(p.key), 1),
-                                  (p.value, _in_order(p.value), 1), (p.output, _out_order(p.output), groups)):
+        for dense, per in ((p.query, groups), (p.key, 1), (p.value, 1), (p.output, groups)):
             def entries(mask, per=per):
                 return np.repeat(mask, per)
-            out.append((dense.kernel, order[1] if dense is not p.output else order[0], entries))
+            if dense is not p.output:
+                out.append((dense.kernel, _in_order(dense)[1], entries))
+            elif getattr(dense, "equation", None) is not None:
+                out.append((dense.kernel, _out_order(dense)[0], entries))
+            else:      # a Dense on the flattened heads: head i is rows i*h .. i*h + h - 1
+                out.append((dense.kernel, 0, lambda mask, n=per * p.head_dim: np.repeat(mask, n)))
             bias = getattr(dense, "bias", None)
             if bias is not None and dense is not p.output:
                 out.append((bias, 0, entries))
@@ -602,7 +677,8 @@ class GroupedQueryAttentionHandler(_h.Producer):
 
     def rebuild_config(self, call, keep_in, keep_out):
         layer, p = call.layer, self.parts(call)
-        kv = int(self._heads_mask(call, keep_out).sum())
+        mask = self._heads_mask(call, keep_out)
+        kv = int(mask.sum())
         return dict(name=layer.name, trainable=layer.trainable, dtype=keras.dtype_policies.serialize(layer.dtype_policy),
                     num_query_heads=kv * p.groups, num_key_value_heads=kv, head_dim=p.head_dim,
                     output_dim=int(np.sum(keep_out[0])), scale=p.scale, rotary=_serialize(p.rotary),
@@ -610,7 +686,31 @@ class GroupedQueryAttentionHandler(_h.Producer):
                     use_bias=getattr(p.query, "bias", None) is not None,
                     output_bias=getattr(p.output, "bias", None) is not None, logit_soft_cap=p.soft_cap,
                     sliding_window=p.sliding_window or None, dropout=p.dropout, interleave_rotary=p.interleave,
-                    rotary_dim=p.rotary_dim, sinks=p.sinks is not None, window=p.window)
+                    rotary_dim=p.rotary_dim, sinks=p.sinks is not None, window=p.window,
+                    **self._alibi_config(call, p, mask))
+
+    def _alibi_config(self, call, p, mask):
+        """ALiBi of the rebuilt layer's query heads: export keeps the kept heads' slopes (or their rows of the
+        alibi argument); expand, which makes a layer of another head count with fresh weights, gives it the
+        standard slopes of that count (or the first rows of the alibi argument, which has as many as the
+        original layer had)."""
+        u = int(mask.sum()) * p.groups
+        if p.alibi_slopes is None and not p.alibi_input:
+            return {}
+        # a mask over this layer's own heads (export) says which heads' ALiBi to keep; a mask of another
+        # length (expand) is a new head count
+        kept = np.flatnonzero(np.repeat(mask, p.groups)) if len(mask) == p.num_kv_heads else None
+        if p.alibi_slopes is not None:
+            slopes = (np.asarray(p.alibi_slopes)[kept].tolist() if kept is not None and len(kept) == u
+                      else alibi_slopes(u))
+            return {"alibi_slopes": slopes}
+        rows = list(range(p.num_query_heads)) if p.alibi_heads is None else list(p.alibi_heads)
+        if kept is not None and len(kept) == u:
+            return {"alibi_heads": [rows[i] for i in kept]}
+        available = call.input_shapes[self._alibi_input(call)][1]
+        if available is not None and u > available:
+            raise ValueError(f"its alibi argument has {available} heads; it cannot be rebuilt with {u}")
+        return {"alibi_heads": list(range(u))}
 
     def slice_weights(self, call, keep_in, keep_out, weights):
         """The kept slices in the order of :func:`_variables`: query, key and value kernels (and biases),
@@ -631,7 +731,7 @@ class GroupedQueryAttentionHandler(_h.Producer):
             out.append(kernel[rows][:, keep])
             if getattr(dense, "bias", None) is not None:
                 out.append(old(dense.bias)[keep])
-        kernel = np.transpose(old(p.output.kernel), _out_order(p.output))
+        kernel = _out_canonical(p, old(p.output.kernel))
         out.append(kernel[query_heads][..., cols])
         if getattr(p.output, "bias", None) is not None:
             out.append(old(p.output.bias)[cols])
@@ -653,8 +753,9 @@ class GroupedQueryAttentionHandler(_h.Producer):
         weights = self.slice_weights(call, step.keep_in, keep_out, step.old_weights())
         layer = step.new_layer(config)
         inputs = step.inputs
-        mask = self._mask_input(call)
-        outputs = layer(inputs[hidden], attention_mask=None if mask is None else inputs[mask])
+        mask, alibi = self._mask_input(call), self._alibi_input(call)
+        outputs = layer(inputs[hidden], attention_mask=None if mask is None else inputs[mask],
+                        alibi=None if alibi is None else inputs[alibi])
         by_variable = {id(v): w for v, w in zip(_variables(_read(layer, _OWN)), weights)}
         step.set_weights(layer, [by_variable[id(v)] for v in layer.weights])
         return outputs
