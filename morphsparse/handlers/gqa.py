@@ -270,7 +270,10 @@ class GroupedQueryAttention(keras.layers.Layer):
     entries, the rotary embedding (the original's own layer, from its config), each key/value head repeated for
     its ``num_query_heads // num_key_value_heads`` query heads, scores scaled by ``scale`` (optionally
     soft-capped: ``tanh(s / cap) * cap``), a softmax masked by ``attention_mask`` (and a sliding window of
-    ``sliding_window`` positions), and the output projection to ``output_dim`` channels. A key/value cache
+    ``sliding_window`` positions), and the output projection to ``output_dim`` channels. Options met in keras_hub:
+    Gemma's interleaved rotary layout, GPT-OSS's attention sinks, partial rotary and past-only window, ALiBi
+    slopes (Bloom) or an ``alibi`` argument (Falcon). Dropout (training only) is applied to the attention output
+    before the output projection, as Llama does (Falcon and Bloom drop attention probabilities instead). A key/value cache
     (``cache`` of shape (batch, 2, length, kv heads, head_dim)) works as in keras_hub's layers.
     """
 
