@@ -53,6 +53,20 @@ def test_backbone_conforms(name):
     assert row["removable_groups"] > 0 and row["flops_slim"] < row["flops"]
 
 
+#: rows the grouped-query attention, mixture-of-experts and DINOv2 handlers brought into the table
+NEW_ROWS = ["LlamaBackbone", "GemmaBackbone", "FalconBackbone", "MixtralBackbone", "GptOssBackbone",
+            "DINOV2Backbone"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NEW_ROWS)
+def test_llm_moe_and_dinov2_backbones_conform(name):
+    row = check_backbone(name, use_profiler=True)
+    failed = [s for s in STEPS if not row.get({"params": "params_match", "profiler": "profiler_match"}.get(s, s))]
+    assert not failed, row
+    assert row["heads_groups"] > 0 and row["flops_slim"] < row["flops"]
+
+
 @pytest.mark.slow
 def test_bert_heads_and_ffn_export_to_standard_layers_and_reload(tmp_path):
     _, model, _ = build("BertBackbone")

@@ -341,6 +341,14 @@ class ViTPatchingAndEmbedding(_h.Producer):
                 for v, w in zip(call.layer.weights, weights)]
 
 
+class DINOV2Embedding(ViTPatchingAndEmbedding):
+    """keras_hub ``DINOV2Embedding``: a patch convolution (``patch_embeddings.projection``) to ``hidden_dim``
+    channels, a class token, register and mask tokens and (interpolated) position embeddings over them."""
+
+    def _conv(self, call):
+        return call.layer.patch_embeddings.projection
+
+
 def _einsum_specs(equation):
     inputs, output = equation.replace(" ", "").split("->")
     x_spec, kernel_spec = inputs.split(",")
@@ -525,6 +533,9 @@ def register_defaults():
     register_handler(f"{_HUB}.models.vit.vit_layers.ViTPatchingAndEmbedding", ViTPatchingAndEmbedding())
     register_handler(f"{_HUB}.models.deit.deit_layers.DeiTEmbeddings", ViTPatchingAndEmbedding())
     register_handler(f"{_HUB}.models.vit_det.vit_layers.AddPositionalEmbedding", AddedTable("embed_dim"))
+    register_handler(f"{_HUB}.models.dinov2.dinov2_layers.DINOV2Embedding", DINOV2Embedding())
+    # x * lambda1, a per-channel scale of the residual branch (as ConvNeXt's LayerScale)
+    register_handler(f"{_HUB}.models.dinov2.dinov2_layers.DINOV2LayerScale", _h.ChannelSizedPassThrough("hidden_dim"))
     register_handler(keras.layers.EinsumDense, EinsumDense())
     norm = ChannelNormalization()
     if hasattr(keras.layers, "RMSNormalization"):
@@ -536,5 +547,5 @@ def register_defaults():
     register_handler(f"{_HUB}.models.deberta_v3.relative_embedding.RelativeEmbedding", ShapeReader())
 
 
-__all__ = ["MultiHeadAttention", "PositionEmbedding", "AddedTable", "ReversibleEmbedding", "ViTPatchingAndEmbedding", "EinsumDense",
+__all__ = ["MultiHeadAttention", "PositionEmbedding", "AddedTable", "DINOV2Embedding", "ReversibleEmbedding", "ViTPatchingAndEmbedding", "EinsumDense",
            "ChannelNormalization", "Rotary", "ShapeReader", "HUB_CHANNEL_NORMS", "HUB_ROTARY", "register_defaults"]
