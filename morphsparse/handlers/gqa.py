@@ -33,6 +33,7 @@ own, not Keras privates; they are named in :data:`HUB_GQA` only.
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 from dataclasses import dataclass
 
@@ -493,41 +494,44 @@ class GroupedQueryAttentionHandler(_h.Producer):
     def parts(self, call):
         return _read(call.layer, self.names)
 
-    def _hidden(self, call):
-        """Input position of the hidden states (the first argument, or the keyword naming it)."""
+    @staticmethod
+    def _arguments(call):
+        """The call's arguments by the names of the layer's ``call`` parameters (keras_hub's classes call the
+        hidden states ``hidden_states``, ``x`` or ``inputs``, and take them, the mask, Falcon's ``alibi`` and
+        the cache by position or keyword)."""
         args, kwargs = call.node.arguments.args, call.node.arguments.kwargs
-        hidden = args[0] if args else next((kwargs[k] for k in ("hidden_states", "x", "inputs") if k in kwargs),
-                                           None)
+        parameters = list(inspect.signature(call.layer.call).parameters.values())
+        bound = dict(zip((p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)),
+                         args))
+        bound.update(kwargs)
+        bound["__hidden__"] = args[0] if args else bound.get(parameters[0].name) if parameters else None
+        return bound
+
+    def _position(self, call, name):
+        """Input position of the tensor passed as argument ``name``; None when none is."""
+        value = self._arguments(call).get(name)
         for i, t in enumerate(call.node.input_tensors):
-            if t is hidden:
+            if value is not None and t is value:
                 return i
-        raise ValueError(f"layer '{call.path}' ({type(call.layer).__name__}): cannot tell which input holds the "
-                         "hidden states; register a handler naming it")
+        return None
+
+    def _hidden(self, call):
+        """Input position of the hidden states (the first argument of the layer's call)."""
+        position = self._position(call, "__hidden__")
+        if position is None:
+            raise ValueError(f"layer '{call.path}' ({type(call.layer).__name__}): cannot tell which input holds "
+                             "the hidden states; register a handler naming it")
+        return position
 
     def _alibi_input(self, call):
         """Input position of Falcon's ``alibi`` argument; None for a layer that takes none."""
-        alibi = call.node.arguments.kwargs.get("alibi")
-        args = call.node.arguments.args
-        if alibi is None and len(args) > 1 and self.parts(call).alibi_input:
-            alibi = args[1]
-        for i, t in enumerate(call.node.input_tensors):
-            if alibi is not None and t is alibi:
-                return i
-        return None
+        return self._position(call, "alibi")
 
     def _mask_input(self, call):
-        args, kwargs = call.node.arguments.args, call.node.arguments.kwargs
-        mask = kwargs.get("attention_mask")
-        if mask is None and len(args) > 1 and not self.parts(call).alibi_input:
-            mask = args[1]
-        for i, t in enumerate(call.node.input_tensors):
-            if t is mask:
-                return i
-        return None
+        return self._position(call, "attention_mask")
 
     def _check(self, call, graph):
-        args, kwargs = call.node.arguments.args, call.node.arguments.kwargs
-        if kwargs.get("cache") is not None or len(args) > 2:
+        if self._arguments(call).get("cache") is not None:
             raise graph.error(call, "is called with a key/value cache; analyse the model without one (the "
                                     "backbone's forward pass, not a generation step)")
         for name in self.names.get("unsupported", ()):
@@ -538,8 +542,7 @@ class GroupedQueryAttentionHandler(_h.Producer):
         if p.num_query_heads % p.num_kv_heads:
             raise graph.error(call, f"has {p.num_query_heads} query heads for {p.num_kv_heads} key/value heads "
                                     "(not a multiple)")
-        for name, dense, order in (("query", p.query, (0, 1, 2)), ("key", p.key, (0, 1, 2)),
-                                   ("value", p.value, (0, 1, 2))):
+        for name, dense in (("query", p.query), ("key", p.key), ("value", p.value)):
             x, kernel, out = _specs(dense.equation)
             if len(kernel) != 3 or len(out) != 4 or x[-1] not in kernel or out[-2] not in kernel:
                 raise graph.error(call, f"has a {name} projection of equation {dense.equation!r}, not "
