@@ -623,8 +623,12 @@ def write_markdown(rows, path):
              "logits to 1e-5; "
              "*expanded*: the slim model widened back to the original FLOPs fits the budget to one rounding step; "
              "*sparse*: RigL at 80% trains a few steps. Text backbones read sequences of "
-             f"{SEQUENCE_LENGTH} tokens.", "",
-             "| backbone | kind | calls | groups | removable | heads groups | traced layers | MFLOPs | params "
+             f"{SEQUENCE_LENGTH} tokens and their head reads the last token (the one a causal decoder lets "
+             "attend to every position). *internal groups*: channel axes inside layers that no tensor carries "
+             "(attention heads, a grouped-query layer's key/value heads with their query heads, a "
+             "mixture-of-experts block's expert width). A backbone that cannot be read says why in its notes.",
+             "",
+             "| backbone | kind | calls | groups | removable | internal groups | traced layers | MFLOPs | params "
              "| analysed | params = Keras | profiler | regularised | exported | expanded | sparse | analysis (s) "
              "| notes |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|---|---|---|---|---:|---|"]

@@ -317,6 +317,13 @@ def test_llm_backbone_exports_reloads_and_expands_to_its_budget(name, tmp_path):
     assert max(l.num_key_value_heads for l in wide.layers if isinstance(l, ms.handlers.gqa.GroupedQueryAttention)) >= 2
 
 
+def test_llm_backbone_of_unknown_length_is_still_refused_with_the_fix():
+    import keras_hub
+    backbone = keras_hub.models.LlamaBackbone(**dict(LLAMA, num_layers=1))
+    with pytest.raises(ms.GraphError, match=r"unknown.*keras.Input\(\(length,\)"):
+        ms.analyze(backbone)
+
+
 def test_attention_with_a_cache_is_refused_with_the_fix():
     import keras_hub
     from keras_hub.src.models.llama.llama_attention import LlamaAttention
