@@ -535,7 +535,8 @@ def register_defaults():
     register_handler(f"{_HUB}.models.vit_det.vit_layers.AddPositionalEmbedding", AddedTable("embed_dim"))
     register_handler(f"{_HUB}.models.dinov2.dinov2_layers.DINOV2Embedding", DINOV2Embedding())
     # x * lambda1, a per-channel scale of the residual branch (as ConvNeXt's LayerScale)
-    register_handler(f"{_HUB}.models.dinov2.dinov2_layers.DINOV2LayerScale", _h.ChannelSizedPassThrough("hidden_dim"))
+    register_handler(f"{_HUB}.models.dinov2.dinov2_layers.DINOV2LayerScale",
+                     _h.ChannelSizedPassThrough("hidden_dim"))
     register_handler(keras.layers.EinsumDense, EinsumDense())
     norm = ChannelNormalization()
     if hasattr(keras.layers, "RMSNormalization"):
@@ -547,5 +548,6 @@ def register_defaults():
     register_handler(f"{_HUB}.models.deberta_v3.relative_embedding.RelativeEmbedding", ShapeReader())
 
 
-__all__ = ["MultiHeadAttention", "PositionEmbedding", "AddedTable", "DINOV2Embedding", "ReversibleEmbedding", "ViTPatchingAndEmbedding", "EinsumDense",
+__all__ = ["MultiHeadAttention", "PositionEmbedding", "AddedTable", "DINOV2Embedding", "ReversibleEmbedding",
+           "ViTPatchingAndEmbedding", "EinsumDense",
            "ChannelNormalization", "Rotary", "ShapeReader", "HUB_CHANNEL_NORMS", "HUB_ROTARY", "register_defaults"]

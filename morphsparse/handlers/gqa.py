@@ -168,7 +168,8 @@ def _read(layer, names):
                  dropout=float(attr("dropout") or 0.0), interleave=bool(attr("interleave")),
                  rotary_dim=attr("rotary_dim"), sinks=attr("sinks"), alibi_slopes=attr("alibi_slopes"),
                  alibi_input=bool(attr("alibi_input")), alibi_heads=attr("alibi_heads"),
-                 window=getattr(layer, "window", None) if names.get("window") == "own" else names.get("window", "band"))
+                 window=(getattr(layer, "window", None) if names.get("window") == "own"
+                         else names.get("window", "band")))
 
 
 # --- kernel layouts --------------------------------------------------------------------------------------
@@ -274,8 +275,9 @@ class GroupedQueryAttention(keras.layers.Layer):
     ``sliding_window`` positions), and the output projection to ``output_dim`` channels. Options met in keras_hub:
     Gemma's interleaved rotary layout, GPT-OSS's attention sinks, partial rotary and past-only window, ALiBi
     slopes (Bloom) or an ``alibi`` argument (Falcon). Dropout (training only) is applied to the attention output
-    before the output projection, as Llama does (Falcon and Bloom drop attention probabilities instead). A key/value cache
-    (``cache`` of shape (batch, 2, length, kv heads, head_dim)) works as in keras_hub's layers.
+    before the output projection, as Llama does (Falcon and Bloom drop attention probabilities instead).
+    A key/value cache (``cache`` of shape (batch, 2, length, kv heads, head_dim)) works as in keras_hub's
+    layers.
     """
 
     def __init__(self, num_query_heads, num_key_value_heads, head_dim, output_dim, scale, rotary=None,
@@ -685,7 +687,8 @@ class GroupedQueryAttentionHandler(_h.Producer):
         layer, p = call.layer, self.parts(call)
         mask = self._heads_mask(call, keep_out)
         kv = int(mask.sum())
-        return dict(name=layer.name, trainable=layer.trainable, dtype=keras.dtype_policies.serialize(layer.dtype_policy),
+        return dict(name=layer.name, trainable=layer.trainable,
+                    dtype=keras.dtype_policies.serialize(layer.dtype_policy),
                     num_query_heads=kv * p.groups, num_key_value_heads=kv, head_dim=p.head_dim,
                     output_dim=int(np.sum(keep_out[0])), scale=p.scale, rotary=_serialize(p.rotary),
                     query_norm=_serialize(p.query_norm), key_norm=_serialize(p.key_norm),

@@ -40,9 +40,9 @@ _MOE = dict(router="_sparse_feedforward_gate_dense", experts="expert_bank", gate
             renames={"moe_intermediate_dim": "intermediate_dim"}, width_arg="moe_intermediate_dim",
             shared_arg=None, layout="halves", gate_bias=None, down_bias=None)
 #: keras_hub mixture-of-experts blocks (by class path under keras_hub.src) and where they keep their parts:
-#: the router Dense, the expert bank and its gate, up (None: fused with the gate, gate first then up on the
-#: last axis, in halves or interleaved) and down weights and biases, the shared expert (a gated MLP with Dense layers) and its sigmoid gate, the
-#: constructor argument that sets the expert width (and the shared expert's).
+#: the router Dense, the expert bank and its gate, up (None: fused with the gate on the last axis, in halves
+#: or interleaved) and down weights and biases, the shared expert (a gated MLP with Dense layers) and its
+#: sigmoid gate, the constructor argument that sets the expert width (and the shared expert's).
 HUB_MOE = {
     "models.mixtral.mixtral_decoder.MixtralSparseMoeBlock": dict(
         _MOE, up="_expert_feedforward_intermediate_dense", renames={}, width_arg="intermediate_dim"),
