@@ -234,9 +234,8 @@ def test_grouped_query_attention_exports_to_the_same_function(name):
     """One attention layer with random weights (norm scales included) on a masked batch, every position read:
     rebuilt with every head it is the same function; with a key/value head removed (its weights zeroed in the
     original) it is the zeroed original's function, with half the heads."""
-    backbone, _ = _llm(name, num_layers=1)
-    layer = next(l for l in backbone._flatten_layers()
-                 if isinstance(ms.handlers.get_handler(l), ms.handlers.gqa.GroupedQueryAttentionHandler))
+    _, whole_model = _llm(name, num_layers=1)
+    layer = _attention_calls(ms.analyze(whole_model))[0].layer     # the backbone's own attention layer
     rng = np.random.default_rng(0)
     for w in layer.weights:
         w.assign((0.5 * rng.normal(size=w.shape)).astype("float32"))
@@ -355,8 +354,9 @@ def test_experts_width_is_a_removable_group_and_exports_exactly(name):
     import keras_hub
     from morphsparse.profiler import profiler_mac_flops
     backbone = getattr(keras_hub.models, name)(**dict(LLAMA, num_layers=1), **MOE_FAMILIES[name])
-    block = next(l for l in backbone._flatten_layers()
-                 if isinstance(ms.handlers.get_handler(l), ms.handlers.moe.ExpertsBlock))
+    inputs = {n: keras.Input((8,), dtype="int32", name=n) for n in ("token_ids", "padding_mask")}
+    block = next(c.layer for c in ms.analyze(keras.Model(inputs, backbone(inputs))).calls
+                 if "ffn" in c.internal_names)      # the backbone's own mixture-of-experts block
     rng = np.random.default_rng(0)
     for w in block.weights:
         w.assign((0.5 * rng.normal(size=w.shape)).astype("float32"))
