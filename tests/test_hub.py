@@ -392,3 +392,14 @@ def test_alibi_slopes_of_a_new_head_count_are_keras_hubs():
     from morphsparse.handlers.gqa import alibi_slopes
     for heads in range(1, 13):
         np.testing.assert_allclose(alibi_slopes(heads), AlibiBias()._get_slopes(heads), rtol=1e-6)
+
+
+def test_llama_prunes_to_a_budget_in_heads_and_ffn():
+    """ms.prune ranks key/value heads (with their query heads) and FFN neurons together and lands under the
+    budget; the slim attention layers are grouped-query attention with a valid grouping."""
+    _, model = _llm("LlamaBackbone")
+    slim = ms.prune(model, 0.7, importance="l1")
+    assert ms.count_flops(slim) <= 0.7 * ms.count_flops(model)
+    rebuilt = [l for l in slim.layers if isinstance(l, ms.handlers.gqa.GroupedQueryAttention)]
+    assert len(rebuilt) == 2
+    assert all(l.num_query_heads == 2 * l.num_key_value_heads for l in rebuilt)
