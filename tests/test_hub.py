@@ -53,6 +53,20 @@ def test_backbone_conforms(name):
     assert row["removable_groups"] > 0 and row["flops_slim"] < row["flops"]
 
 
+#: rows the grouped-query attention, mixture-of-experts and DINOv2 handlers brought into the table
+NEW_ROWS = ["LlamaBackbone", "GemmaBackbone", "FalconBackbone", "MixtralBackbone", "GptOssBackbone",
+            "DINOV2Backbone"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NEW_ROWS)
+def test_llm_moe_and_dinov2_backbones_conform(name):
+    row = check_backbone(name, use_profiler=True)
+    failed = [s for s in STEPS if not row.get({"params": "params_match", "profiler": "profiler_match"}.get(s, s))]
+    assert not failed, row
+    assert row["heads_groups"] > 0 and row["flops_slim"] < row["flops"]
+
+
 @pytest.mark.slow
 def test_bert_heads_and_ffn_export_to_standard_layers_and_reload(tmp_path):
     _, model, _ = build("BertBackbone")
@@ -131,3 +145,261 @@ def test_backbone_of_unknown_length_is_refused_with_the_fix():
     for model in (backbone, classifier):
         with pytest.raises(ms.GraphError, match=r"unknown.*keras.Input\(\(length,\)"):
             ms.analyze(model)
+
+
+# --- grouped-query attention with rotary embeddings (the Llama family) -------------------------------------
+
+#: the issue's example: 4 query heads sharing 2 key/value heads of 8 entries
+LLAMA = dict(vocabulary_size=100, num_layers=2, num_query_heads=4, num_key_value_heads=2, hidden_dim=32,
+             intermediate_dim=64)
+#: one attention layer of each keras_hub grouped-query family, with the options that change its computation
+GQA_FAMILIES = {
+    "LlamaBackbone": dict(max_sequence_length=16),
+    "MistralBackbone": {},
+    "QwenBackbone": {},
+    "Qwen3Backbone": dict(head_dim=8),
+    "Phi3Backbone": dict(max_sequence_length=16, pretraining_sequence_length=16),
+    "GemmaBackbone": dict(head_dim=8),
+    "Gemma3Backbone": dict(head_dim=8, image_size=16, use_query_key_norm=True, query_head_dim_normalize=False),
+    # a window of 3 past keys in 8 tokens, and attention sinks
+    "GptOssBackbone": dict(num_experts=2, top_k=2, head_dim=8, sliding_window=3),
+}
+#: ALiBi attention (one key/value head per query head): Bloom's slopes and Falcon's alibi argument
+ALIBI_FAMILIES = {
+    "BloomBackbone": dict(vocabulary_size=100, num_layers=1, num_heads=4, hidden_dim=32, intermediate_dim=64),
+    "FalconBackbone": dict(vocabulary_size=100, num_layers=1, num_attention_heads=4, hidden_dim=32,
+                           intermediate_dim=64),
+}
+
+
+def _llm(name, num_layers=2, length=8):
+    import keras_hub
+    config = (dict(ALIBI_FAMILIES[name], num_layers=num_layers) if name in ALIBI_FAMILIES
+              else dict(LLAMA, num_layers=num_layers, **GQA_FAMILIES[name]))
+    backbone = getattr(keras_hub.models, name)(**config)
+    inputs = {n: keras.Input((length,), dtype="int32", name=n) for n in ("token_ids", "padding_mask")}
+    # the last token: under a causal mask it is the one that attends to every position
+    return backbone, keras.Model(inputs, keras.layers.Dense(3, name="head")(backbone(inputs)[:, -1, :]))
+
+
+def _attention_calls(graph):
+    return [c for c in graph.calls if "heads" in c.internal_names]
+
+
+def _zero_heads(call, dead):
+    """Zero every weight of the dead key/value heads (and of their query heads), as group lasso leaves them."""
+    for variable, axis, entries in call.handler.axis_weights(call, call.internal_index("heads")):
+        value = keras.ops.convert_to_numpy(variable).copy()
+        index = [slice(None)] * value.ndim
+        index[axis] = entries(dead)
+        value[tuple(index)] = 0.0
+        variable.assign(value)
+
+
+def test_llama_key_value_heads_with_their_query_heads_are_removable_groups():
+    _, model = _llm("LlamaBackbone")
+    graph = ms.analyze(model)
+    calls = _attention_calls(graph)
+    assert [c.path for c in calls] == [f"llama_backbone/transformer_layer_{i}/self_attention" for i in (0, 1)]
+    for call in calls:
+        heads = graph.internal_group(call.path, "heads")
+        assert heads.size == 2 and heads.removable          # 2 key/value heads, each with its 2 query heads
+    # per example: T=8 tokens, width 32, 4 query and 2 key/value heads of 8: query and output projections,
+    # key and value projections, scores and weighted sum, the rotary angles of queries and keys
+    t, d, u, v, h = 8, 32, 4, 2, 8
+    expected = 2 * t * d * u * h + 2 * t * d * v * h + 2 * t * t * u * h + 2 * t * (h // 2)
+    report = ms.cost_report(graph).by_layer()
+    assert all(report[c.path].macs == expected for c in calls)
+    assert ms.count_params(graph) == model.count_params()
+    # the gated feed-forward: gate and up projections stay one group
+    ffn = graph.group_of("llama_backbone/transformer_layer_0/feedforward_gate_dense")
+    assert ffn.removable and {"llama_backbone/transformer_layer_0/feedforward_gate_dense",
+                              "llama_backbone/transformer_layer_0/feedforward_intermediate_dense"} <= set(ffn.producers)
+
+
+def test_llama_costs_equal_the_profiler_before_and_after_export():
+    from morphsparse.profiler import profiler_mac_flops
+    _, model = _llm("LlamaBackbone")
+    graph = ms.analyze(model)
+    assert ms.count_flops(model) == profiler_mac_flops(model)
+    call = _attention_calls(graph)[0]
+    _zero_heads(call, np.array([False, True]))
+    slim = ms.export(model, source="group_lasso", alive={graph.internal_group(call.path, "heads").id:
+                                                         np.array([True, False])})
+    assert ms.count_flops(slim) == profiler_mac_flops(slim) < ms.count_flops(model)
+
+
+@pytest.mark.parametrize("name", sorted(GQA_FAMILIES))
+def test_grouped_query_attention_exports_to_the_same_function(name):
+    """One attention layer with random weights (norm scales included) on a masked batch, every position read:
+    rebuilt with every head it is the same function; with a key/value head removed (its weights zeroed in the
+    original) it is the zeroed original's function, with half the heads."""
+    _, whole_model = _llm(name, num_layers=1)
+    layer = _attention_calls(ms.analyze(whole_model))[0].layer     # the backbone's own attention layer
+    rng = np.random.default_rng(0)
+    for w in layer.weights:
+        w.assign((0.5 * rng.normal(size=w.shape)).astype("float32"))
+    x, mask = keras.Input((8, 32)), keras.Input((8, 8), dtype="bool")
+    model = keras.Model([x, mask], layer(x, attention_mask=mask))
+    causal = np.tril(np.ones((8, 8), bool))[None].repeat(2, 0)
+    causal[1, 3:, :2] = False                                   # padding-like holes in the second example
+    data = [rng.normal(size=(2, 8, 32)).astype("float32"), causal]
+    graph = ms.analyze(model)
+    call = _attention_calls(graph)[0]
+    heads = graph.internal_group(call.path, "heads")
+
+    def relative_difference(slim):
+        want, got = (keras.ops.convert_to_numpy(m(data)) for m in (model, slim))
+        return np.abs(want - got).max() / np.abs(want).max()
+
+    with pytest.warns(UserWarning):    # nothing removed
+        whole = ms.export(model, source="group_lasso", alive={heads.id: np.array([True, True])})
+    assert relative_difference(whole) <= 1e-5
+    _zero_heads(call, np.array([True, False]))
+    slim = ms.export(model, source="group_lasso", alive={heads.id: np.array([False, True])})
+    rebuilt = [l for l in slim.layers if isinstance(l, ms.handlers.gqa.GroupedQueryAttention)]
+    assert [(l.num_query_heads, l.num_key_value_heads, l.head_dim) for l in rebuilt] == [(2, 1, 8)]
+    assert relative_difference(slim) <= 1e-5
+    assert ms.count_params(slim) < ms.count_params(model)
+
+
+@pytest.mark.parametrize("name", sorted(ALIBI_FAMILIES))
+def test_alibi_attention_heads_export_to_the_same_function(name):
+    """Bloom and Falcon: ALiBi (a slope per head) instead of rotary. With random attention weights, the model
+    rebuilt with every head is the same function, and with a head removed (zeroed in the original) too: the
+    kept heads keep their own slopes."""
+    from morphsparse.morph.export import check_equivalent
+    from morphsparse.profiler import profiler_mac_flops
+    _, model = _llm(name, num_layers=1)
+    graph = ms.analyze(model)
+    assert ms.count_flops(model) == profiler_mac_flops(model)
+    assert ms.count_params(graph) == model.count_params()
+    call = _attention_calls(graph)[0]
+    rng = np.random.default_rng(0)
+    for w in call.layer.weights:
+        w.assign((0.5 * rng.normal(size=w.shape)).astype("float32"))
+    heads = graph.internal_group(call.path, "heads")
+    assert heads.size == 4 and heads.removable
+    with pytest.warns(UserWarning):    # nothing removed
+        whole = ms.export(model, source="group_lasso", alive={heads.id: np.ones(4, bool)})
+    difference, noise = check_equivalent(model, whole)
+    assert difference <= max(1e-5, 10 * noise)
+    _zero_heads(call, np.array([True, False, False, True]))
+    slim = ms.export(model, source="group_lasso", alive={heads.id: np.array([False, True, True, False])})
+    difference, noise = check_equivalent(model, slim)
+    assert difference <= max(1e-5, 10 * noise)
+    assert ms.count_flops(slim) == profiler_mac_flops(slim) < ms.count_flops(model)
+
+
+@pytest.mark.parametrize("name", ["LlamaBackbone", "GemmaBackbone", "FalconBackbone"])
+def test_llm_backbone_exports_reloads_and_expands_to_its_budget(name, tmp_path):
+    from morphsparse.morph.export import check_equivalent, random_inputs
+    _, model = _llm(name)
+    graph = ms.analyze(model)
+    call = _attention_calls(graph)[1]
+    heads = graph.internal_group(call.path, "heads")
+    dead = np.arange(heads.size) == 0
+    _zero_heads(call, dead)
+    reg = ms.MorphRegularizer(model, target="flops", source="group_lasso")
+    assert reg.initial_cost == ms.count_flops(model)
+    slim = ms.export(model, source="group_lasso", alive={heads.id: ~dead}, exact=True)
+    difference, noise = check_equivalent(model, slim)
+    assert difference <= max(1e-5, 10 * noise)
+    path = tmp_path / "slim.keras"
+    slim.save(path)
+    loaded = keras.models.load_model(path)
+    inputs = keras.tree.pack_sequence_as(slim.input, random_inputs(slim))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(inputs)), keras.ops.convert_to_numpy(slim(inputs)),
+                               rtol=1e-5, atol=1e-6)
+    wide, report = ms.expand_with_report(slim, budget=1.0, reference=model)
+    assert report.cost_after <= ms.count_flops(model) < report.cost_next_step
+    assert max(l.num_key_value_heads for l in wide.layers if isinstance(l, ms.handlers.gqa.GroupedQueryAttention)) >= 2
+
+
+def test_llm_backbone_of_unknown_length_is_still_refused_with_the_fix():
+    import keras_hub
+    backbone = keras_hub.models.LlamaBackbone(**dict(LLAMA, num_layers=1))
+    with pytest.raises(ms.GraphError, match=r"unknown.*keras.Input\(\(length,\)"):
+        ms.analyze(backbone)
+
+
+def test_attention_with_a_cache_is_refused_with_the_fix():
+    import keras_hub
+    from keras_hub.src.models.llama.llama_attention import LlamaAttention
+    layer = LlamaAttention(num_query_heads=4, num_key_value_heads=2, name="attention")
+    x = keras.Input((8, 32))
+    cache = keras.Input((2, 8, 2, 8))
+    index = keras.ops.convert_to_tensor(0)
+    out, _ = layer(x, cache=cache, cache_update_index=index)
+    with pytest.raises(ms.GraphError, match="attention.*cache.*without one"):
+        ms.analyze(keras.Model([x, cache], out))
+    assert keras_hub
+
+
+# --- mixture-of-experts blocks ---------------------------------------------------------------------------
+
+MOE_FAMILIES = {
+    "MixtralBackbone": dict(num_experts=3, top_k=2),
+    "Qwen3MoeBackbone": dict(moe_intermediate_dim=16, num_experts=3, top_k=2, head_dim=8),
+    "QwenMoeBackbone": dict(moe_intermediate_dim=16, shared_expert_intermediate_dim=16, num_experts=3, top_k=2),
+    "GptOssBackbone": dict(num_experts=3, top_k=2, head_dim=8),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MOE_FAMILIES))
+def test_experts_width_is_a_removable_group_and_exports_exactly(name):
+    """The expert width (neuron i of every expert) is one group; with random weights (router included, so
+    tokens pick different experts) and a third of the neurons' weights zeroed in every expert, the slim
+    block computes the same on every token; the costs equal the profiler's."""
+    import keras_hub
+    from morphsparse.profiler import profiler_mac_flops
+    backbone = getattr(keras_hub.models, name)(**dict(LLAMA, num_layers=1), **MOE_FAMILIES[name])
+    inputs = {n: keras.Input((8,), dtype="int32", name=n) for n in ("token_ids", "padding_mask")}
+    block = next(c.layer for c in ms.analyze(keras.Model(inputs, backbone(inputs))).calls
+                 if "ffn" in c.internal_names)      # the backbone's own mixture-of-experts block
+    rng = np.random.default_rng(0)
+    for w in block.weights:
+        w.assign((0.5 * rng.normal(size=w.shape)).astype("float32"))
+    x = keras.Input((8, 32))
+    model = keras.Model(x, block(x)[0])
+    graph = ms.analyze(model)
+    assert ms.count_flops(model) == profiler_mac_flops(model)
+    assert ms.count_params(graph) == model.count_params()
+    call = next(c for c in graph.calls if "ffn" in c.internal_names)
+    alive = {}
+    for axis in call.internal_names:
+        group = graph.internal_group(call.path, axis)
+        assert group.removable
+        keep = np.arange(group.size) % 3 != 1
+        for variable, weight_axis, entries in call.handler.axis_weights(call, call.internal_index(axis)):
+            value = keras.ops.convert_to_numpy(variable).copy()
+            index = [slice(None)] * value.ndim
+            index[weight_axis] = entries(~keep)
+            value[tuple(index)] = 0.0
+            variable.assign(value)
+        alive[group.id] = keep
+    slim = ms.export(model, source="group_lasso", alive=alive)
+    data = rng.normal(size=(2, 8, 32)).astype("float32")
+    want, got = (keras.ops.convert_to_numpy(m(data)) for m in (model, slim))
+    assert np.abs(want - got).max() <= 1e-5 * np.abs(want).max()
+    assert ms.count_flops(slim) == profiler_mac_flops(slim) < ms.count_flops(model)
+    wide, report = ms.expand_with_report(slim, budget=1.0, reference=model)
+    assert report.cost_after <= ms.count_flops(model) < report.cost_next_step
+
+
+def test_alibi_slopes_of_a_new_head_count_are_keras_hubs():
+    from keras_hub.layers import AlibiBias
+    from morphsparse.handlers.gqa import alibi_slopes
+    for heads in range(1, 13):
+        np.testing.assert_allclose(alibi_slopes(heads), AlibiBias()._get_slopes(heads), rtol=1e-6)
+
+
+def test_llama_prunes_to_a_budget_in_heads_and_ffn():
+    """ms.prune ranks key/value heads (with their query heads) and FFN neurons together and lands under the
+    budget; the slim attention layers are grouped-query attention with a valid grouping."""
+    _, model = _llm("LlamaBackbone")
+    slim = ms.prune(model, 0.7, importance="l1")
+    assert ms.count_flops(slim) <= 0.7 * ms.count_flops(model)
+    rebuilt = [l for l in slim.layers if isinstance(l, ms.handlers.gqa.GroupedQueryAttention)]
+    assert len(rebuilt) == 2
+    assert all(l.num_query_heads == 2 * l.num_key_value_heads for l in rebuilt)

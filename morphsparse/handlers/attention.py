@@ -255,6 +255,30 @@ class PositionEmbedding(_h.Producer):
         return [w[:, keep_out[0]] for w in weights]
 
 
+class AddedTable(PositionEmbedding):
+    """A layer that adds tables of its own weights to its input (``x + self.pos_embed``, keras_hub ViTDet's
+    ``AddPositionalEmbedding``): every weight has the channels on its last axis, so its channels are its
+    input's, and each weight is sliced with them. ``width_key``: the config key of its width."""
+
+    def __init__(self, width_key=None):
+        self.width_key = width_key
+
+    def params(self, call, alive_in, alive_out):
+        return sum(int(np.prod(w.shape[:-1])) for w in call.layer.weights) * alive_out[0]
+
+    def kernel_matrix(self, call, xp=np):
+        return _h.as_matrix(call.layer.weights[0], xp)
+
+    def rebuild_config(self, call, keep_in, keep_out):
+        config = layer_config(call.layer)
+        if self.width_key:
+            config[self.width_key] = int(np.sum(keep_out[0]))
+        return config
+
+    def slice_weights(self, call, keep_in, keep_out, weights):
+        return [w[..., keep_out[0]] for w in weights]
+
+
 class ReversibleEmbedding(_h.Embedding):
     """``keras.layers.ReversibleEmbedding``: an Embedding whose untied reverse table (width, vocabulary) is
     sliced on its rows."""
@@ -315,6 +339,14 @@ class ViTPatchingAndEmbedding(_h.Producer):
         kernel, keep = self._conv(call).kernel, keep_out[0]
         return [w[..., keep_in[0], :][..., keep] if v is kernel else w[..., keep]
                 for v, w in zip(call.layer.weights, weights)]
+
+
+class DINOV2Embedding(ViTPatchingAndEmbedding):
+    """keras_hub ``DINOV2Embedding``: a patch convolution (``patch_embeddings.projection``) to ``hidden_dim``
+    channels, a class token, register and mask tokens and (interpolated) position embeddings over them."""
+
+    def _conv(self, call):
+        return call.layer.patch_embeddings.projection
 
 
 def _einsum_specs(equation):
@@ -500,6 +532,11 @@ def register_defaults():
     register_handler("morphsparse.models.AddPositionEmbedding", PositionEmbedding())
     register_handler(f"{_HUB}.models.vit.vit_layers.ViTPatchingAndEmbedding", ViTPatchingAndEmbedding())
     register_handler(f"{_HUB}.models.deit.deit_layers.DeiTEmbeddings", ViTPatchingAndEmbedding())
+    register_handler(f"{_HUB}.models.vit_det.vit_layers.AddPositionalEmbedding", AddedTable("embed_dim"))
+    register_handler(f"{_HUB}.models.dinov2.dinov2_layers.DINOV2Embedding", DINOV2Embedding())
+    # x * lambda1, a per-channel scale of the residual branch (as ConvNeXt's LayerScale)
+    register_handler(f"{_HUB}.models.dinov2.dinov2_layers.DINOV2LayerScale",
+                     _h.ChannelSizedPassThrough("hidden_dim"))
     register_handler(keras.layers.EinsumDense, EinsumDense())
     norm = ChannelNormalization()
     if hasattr(keras.layers, "RMSNormalization"):
@@ -511,5 +548,6 @@ def register_defaults():
     register_handler(f"{_HUB}.models.deberta_v3.relative_embedding.RelativeEmbedding", ShapeReader())
 
 
-__all__ = ["MultiHeadAttention", "PositionEmbedding", "ReversibleEmbedding", "ViTPatchingAndEmbedding", "EinsumDense",
+__all__ = ["MultiHeadAttention", "PositionEmbedding", "AddedTable", "DINOV2Embedding", "ReversibleEmbedding",
+           "ViTPatchingAndEmbedding", "EinsumDense",
            "ChannelNormalization", "Rotary", "ShapeReader", "HUB_CHANNEL_NORMS", "HUB_ROTARY", "register_defaults"]

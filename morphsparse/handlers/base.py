@@ -37,7 +37,10 @@ def layer_config(layer) -> dict:
         return layer.get_config()
     except Exception as err:  # noqa: BLE001 - Keras raises NotImplementedError or a TypeError by class
         reason = err
-    config = {"name": layer.name, "trainable": layer.trainable, "dtype": layer.dtype_policy}
+    # the dtype policy as its serialized form, not the policy object: a layer made with a policy object has
+    # no automatic config (keras_hub's Gemma RMSNormalization), so the rebuilt one could not be saved either
+    config = {"name": layer.name, "trainable": layer.trainable,
+              "dtype": keras.dtype_policies.serialize(layer.dtype_policy)}
     parameters = inspect.signature(type(layer).__init__).parameters.values()
     missing = []
     for p in parameters:
@@ -116,6 +119,18 @@ class ChannelHandler:
         keras.ops for a differentiable tensor."""
         return None
 
+    def axis_matrix(self, call, axis, xp=np):
+        """The weights of each channel of output axis ``axis`` (an internal axis: attention heads) as
+        (fan-in, channels) columns, for group lasso; axis 0 is :meth:`kernel_matrix`. None: it cannot say."""
+        return self.kernel_matrix(call, xp) if axis == 0 else None
+
+    def axis_weights(self, call, axis):
+        """For an internal axis: ``[(variable, axis, entries), ...]``, every weight whose slices along ``axis``
+        belong to the axis's channels, ``entries(mask)`` turning a per-channel mask into one over that weight
+        axis (a key/value head covers several query heads). Lets a caller zero or inspect a channel's weights
+        without knowing the layer; None: the handler does not say."""
+        return None
+
     def regularized_axes(self, call):
         """The positions in ``call.out_groups`` whose channels its kernel decides (internal axes included)."""
         return [0]
@@ -143,6 +158,23 @@ class ChannelHandler:
         return None
 
 
+def dense_unless_sparse_input(outputs, args, kwargs):
+    """``outputs`` of a keras.ops call made dense when none of its symbolic inputs is sparse. Keras's output
+    spec of an element-wise op takes an operand that is not a KerasTensor for sparse (``x * ops.sqrt(d)`` in
+    keras_hub's Gemma backbone is a "sparse" KerasTensor), and a layer whose output spec is inferred by running
+    its call then fails on that input. The data is dense whatever the spec says; ``convert_to_tensor(...,
+    sparse=False)`` says so (and does nothing to a dense tensor)."""
+    inputs = [v for v in keras.tree.flatten((args, kwargs)) if isinstance(v, keras.KerasTensor)]
+    if any(t.sparse for t in inputs):
+        return outputs
+
+    def dense(t):
+        if isinstance(t, keras.KerasTensor) and t.sparse:
+            return keras.ops.convert_to_tensor(t, sparse=False)
+        return t
+    return keras.tree.map_structure(dense, outputs)
+
+
 class RebuildHandler:
     """The export and expand part of a handler (``morphsparse.morph.export`` and ``expand``).
 
@@ -157,8 +189,13 @@ class RebuildHandler:
             return None
         return [in_live[0] for _ in call.output_shapes]
 
+    def rebuild_class(self, call):
+        """The class the layer is rebuilt as (its own by default; a layer whose class cannot be made at other
+        widths names another, as keras_hub's grouped-query attention does)."""
+        return type(call.layer)
+
     def rebuild_config(self, call, keep_in, keep_out):
-        """The layer's config in the slim model."""
+        """The layer's config in the slim model (a config of :meth:`rebuild_class`)."""
         return layer_config(call.layer)
 
     def slice_weights(self, call, keep_in, keep_out, weights):
@@ -170,7 +207,7 @@ class RebuildHandler:
         """Apply a keras.ops operation again in a rebuilt model (export or expand). ``new_count(i, lo, hi)``:
         how many entries the rebuilt input i has in place of the original entries ``lo:hi`` of its channel
         axis, for operations whose arguments name channel positions (a reshape's last dimension, a slice)."""
-        return call.layer(*args, **kwargs)
+        return dense_unless_sparse_input(call.layer(*args, **kwargs), args, kwargs)
 
     def fold_exact(self, call):
         """True when a constant input channel adds the same amount to every output position (so folding it

@@ -13,7 +13,7 @@ from __future__ import annotations
 import keras
 
 from morphsparse.graph import GraphError
-from morphsparse.handlers import layer_config
+from morphsparse.handlers import layer_config, rebuild_part
 
 
 class Rebuild:
@@ -41,14 +41,16 @@ class Rebuild:
         return self.graph.call_arguments(call, values)
 
     def new_layer(self, call, config=None):
-        """The rebuilt layer of ``call``: its class made from ``config`` (default: the layer's own config),
-        named after the call's path; the one made at the first call of a shared layer at later calls."""
+        """The rebuilt layer of ``call``: the class its handler rebuilds it as (``rebuild_class``, its own by
+        default) made from ``config`` (default: the layer's own config), named after the call's path; the one
+        made at the first call of a shared layer at later calls."""
         layer = call.layer
         if id(layer) not in self._layers:
             config = dict(layer_config(layer) if config is None else config)
             config.pop("build_config", None)
             config["name"] = call.path.replace("/", "__")
-            self._layers[id(layer)] = layer_from_config(layer, config)
+            cls = rebuild_part(call.handler).rebuild_class(call) if call.handler is not None else type(layer)
+            self._layers[id(layer)] = layer_from_config(layer, config, cls)
         return self._layers[id(layer)]
 
 
@@ -91,16 +93,17 @@ def rebuild(graph, build, width, name, skip=frozenset(), error=GraphError):
     return keras.Model(graph.pack_inputs(new_inputs), graph.pack_outputs(outputs), name=name)
 
 
-def layer_from_config(layer, config):
-    """A new layer of ``layer``'s class from ``config``. A layer without weights whose class cannot read its own
+def layer_from_config(layer, config, cls=None):
+    """A new layer of ``cls`` (default: ``layer``'s class) from ``config``. A layer without weights whose class cannot read its own
     config back (keras_hub 0.32's LlamaRotaryEmbedding passes ``scaling_factor`` twice) is used as it is when
     nothing in its config changed: it holds no state, so the new model may share it."""
+    cls = type(layer) if cls is None else cls
     try:
-        return type(layer).from_config(config)
+        return cls.from_config(config)
     except Exception:
         unchanged = {k: v for k, v in config.items() if k != "name"} == {
             k: v for k, v in layer_config(layer).items() if k not in ("name", "build_config")}
-        if layer.weights or not unchanged:
+        if layer.weights or not unchanged or cls is not type(layer):
             raise
         return layer
 
