@@ -12,8 +12,9 @@ Each trains once per seed with ``ms.MorphOptimizer(Adam(lr), MorphRegularizer(ta
 source="group_lasso", budget=B, steps=N))``. Recorded: the alive FLOP ratio the controller reached, the exported
 model's FLOP ratio and test accuracy, the cheapest alive channel's share of the FLOPs (the granularity: an
 attention head can be several percent), and the same for the closing step the BudgetWarning spells,
-``ms.export(model, source="group_lasso", budget=B)``, and for ``ms.prune(model, budget=B, importance="l1")``
-on the trained model (no fine-tuning in any of them).
+``ms.export(model, source="group_lasso", budget=B)`` (with export's default ``min_width=0.2`` floor and with
+``min_width=0``), and for ``ms.prune(model, budget=B, importance="l1")`` on the trained model (no fine-tuning
+in any of them).
 
 Usage: python benchmarks/transformer_landing.py [--seeds 0 1 2] [--budget 0.5] [--epochs 20] [--models ...]
 Writes benchmarks/results/transformer_landing.json.
@@ -103,6 +104,9 @@ def run(name, seed, budget, epochs, learning_rate, data):
         fitted = ms.export(model, source="group_lasso", budget=budget)
         row.update(export_budget_ratio=round(ms.count_flops(fitted) / seed_flops, 4),
                    export_budget_accuracy=round(accuracy(fitted, tokens(fitted, x_test), y_test), 4))
+        free = ms.export(model, source="group_lasso", budget=budget, min_width=0.0)
+        row.update(export_budget_free_ratio=round(ms.count_flops(free) / seed_flops, 4),
+                   export_budget_free_accuracy=round(accuracy(free, tokens(free, x_test), y_test), 4))
         pruned = ms.prune(model, budget=budget, target="flops", importance="l1")
         row.update(prune_ratio=round(ms.count_flops(pruned) / seed_flops, 4),
                    prune_accuracy=round(accuracy(pruned, tokens(pruned, x_test), y_test), 4))
@@ -113,14 +117,33 @@ def summarise(rows, budget):
     lines = []
     for name in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == name]
-        for key in ("alive_ratio", "export_ratio", "export_budget_ratio", "prune_ratio", "trained_accuracy",
-                    "export_accuracy", "export_budget_accuracy", "prune_accuracy"):
+        for key in ("alive_ratio", "export_ratio", "export_budget_ratio", "export_budget_free_ratio", "prune_ratio",
+                    "trained_accuracy", "export_accuracy", "export_budget_accuracy", "export_budget_free_accuracy",
+                    "prune_accuracy"):
             values = np.array([r[key] for r in mine])
             lines.append(f"{name:6s} {key:17s} mean {values.mean():.4f} sd {values.std(ddof=1) if len(values) > 1 else 0:.4f} "
                          f"min {values.min():.4f} max {values.max():.4f}")
-        for key in ("export_ratio", "export_budget_ratio", "prune_ratio"):
+        for key in ("export_ratio", "export_budget_ratio", "export_budget_free_ratio", "prune_ratio"):
             within = sum(abs(r[key] - budget) <= 0.03 for r in mine)
             lines.append(f"{name:6s} {key} within 3 points of the budget: {within}/{len(mine)}")
+    return lines
+
+
+def markdown(rows):
+    """The table docs/structure_learning.md quotes: mean and range over seeds, FLOPs and test accuracy."""
+    def cell(mine, key):
+        values = np.array([r[key] for r in mine]) * 100
+        return f"{values.mean():.1f}% ({values.min():.1f}-{values.max():.1f})"
+
+    lines = ["| model | trained acc. | alive FLOPs | export: FLOPs, acc. | export(budget=): FLOPs, acc. | "
+             "export(budget=, min_width=0): FLOPs, acc. | prune: FLOPs, acc. |", "|---|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == name]
+        lines.append(f"| {name} | {cell(mine, 'trained_accuracy')} | {cell(mine, 'alive_ratio')} | "
+                     f"{cell(mine, 'export_ratio')}, {cell(mine, 'export_accuracy')} | "
+                     f"{cell(mine, 'export_budget_ratio')}, {cell(mine, 'export_budget_accuracy')} | "
+                     f"{cell(mine, 'export_budget_free_ratio')}, {cell(mine, 'export_budget_free_accuracy')} | "
+                     f"{cell(mine, 'prune_ratio')}, {cell(mine, 'prune_accuracy')} |")
     return lines
 
 
@@ -141,7 +164,7 @@ def main(argv=None):
             rows.append(row)
             print({k: v for k, v in row.items() if k != "budget_warning"}, flush=True)
     summary = summarise(rows, args.budget)
-    print("\n".join(summary))
+    print("\n".join(summary + [""] + markdown(rows)))
     import keras_hub
     Path(args.out).write_text(json.dumps(dict(
         description=__doc__.split("\n")[0], command="python benchmarks/transformer_landing.py " + " ".join(

@@ -290,7 +290,9 @@ class BudgetController:
         # run drove towards zero go first, and finer channels take the share of a head that does not fit
         close = (f" To land on the budget now, export with it: ms.export(model, source={self.reg.source!r}, "
                  f"budget={self.ratio:.2f}, target={self.reg.target_name!r}) keeps the channels with the largest "
-                 f"{self.reg.source} values that fit.") if self.reg.target_name in ("flops", "size") else ""
+                 f"{self.reg.source} values that fit (its min_width floor is paid from the budget; min_width=0 "
+                 "keeps what this run learned, and names any layer it leaves under 10%).") \
+            if self.reg.target_name in ("flops", "size") else ""
         if ratio > self.ratio + LANDING_TOLERANCE:
             stop = " Training stopped before the planned steps." if step < total else ""
             coarse = self.cheapest_alive_ratio()

@@ -539,7 +539,8 @@ def export_with_report(model, source="gamma", threshold=None, l1_fraction=0.0, a
     graph = analyze(model, ignore=ignore)
     if budget is not None:
         # the budget's masks hold the floor and the rounding already
-        threshold, masks = budget_masks(graph, source, l1_fraction, budget, target, min_width, round_to)
+        threshold, masks = _settled_budget_masks(model, graph, source, l1_fraction, budget, target, min_width,
+                                                 round_to, exact)
     elif alive is None:
         # threshold masks only: starved channels are found by the live pass, and forcing one to its dead
         # value (beta) would be wrong -- it carries BN(conv(constant)), which the probe computes
@@ -586,7 +587,7 @@ BUDGET_FILL_TRIALS = 2000
 
 
 def budget_masks(graph, source, l1_fraction, budget, target="flops", min_width=_alive.DEFAULT_MIN_WIDTH,
-                 round_to=None):
+                 round_to=None, kept=None):
     """``(threshold, masks)``: the alive masks of the largest network that fits ``budget`` (a fraction of the
     model's ``target`` cost, or an absolute cost) keeping the channels with the largest regularisation values.
 
@@ -594,8 +595,9 @@ def budget_masks(graph, source, l1_fraction, budget, target="flops", min_width=_
     go first); then the dead channels are revived, strongest first, while the budget still pays for them, so a
     coarse unit that does not fit (an attention head can be 7% of a small transformer's FLOPs) leaves its share
     to finer ones instead of to nothing. The masks include the ``min_width`` floor (and ``round_to``, which
-    leaves out the filling). Raises a ValueError when even the narrowest network the threshold can make costs
-    more than the budget."""
+    leaves out the filling); ``kept`` (``{group id: mask}``) are channels kept whatever their values (those
+    export must keep), paid for first. Raises a ValueError when even the narrowest network the threshold can
+    make costs more than the budget."""
     check_target(target)
     absolute = resolve_budget(budget, target, graph)
     count = count_flops if target == "flops" else count_params
@@ -606,14 +608,15 @@ def budget_masks(graph, source, l1_fraction, budget, target="flops", min_width=_
     def shaped(threshold):
         masks = _alive.alive_masks(graph, source, threshold, l1_fraction, check=False, propagate=False)
         masks = _alive.floored_masks(graph, masks, min_width, vectors)
-        return masks if round_to is None else _alive.rounded_masks(graph, masks, round_to, vectors)
+        masks = masks if round_to is None else _alive.rounded_masks(graph, masks, round_to, vectors)
+        return {gid: mask | kept[gid] if kept and gid in kept else mask for gid, mask in masks.items()}
 
     def cost(masks):            # what export keeps: channels no surviving layer computes die too
         return count(graph, alive=_alive.propagated_masks(graph, masks))
 
     def connected(threshold):
         try:
-            _alive.alive_masks(graph, source, threshold, l1_fraction, propagate=False)
+            _alive.check_connected(graph, shaped(threshold))
         except _alive.AliveError:
             return False
         return True
@@ -642,6 +645,24 @@ def budget_masks(graph, source, l1_fraction, budget, target="flops", min_width=_
             if cost(masks) > absolute:
                 masks[gid][index] = False
     return float(candidates[low]), masks
+
+
+def _settled_budget_masks(model, graph, source, l1_fraction, budget, target, min_width, round_to, exact):
+    """:func:`budget_masks`, aimed lower when export must keep dead channels the masks remove (channels a
+    LayerNorm or RMSNorm normalises with live ones, constants it cannot fold): those are paid first."""
+    sources = _alive.find_sources(graph, source)
+    kept = {}
+    for _ in range(4):      # what export keeps can grow as the threshold rises: settle until it does not
+        threshold, masks = budget_masks(graph, source, l1_fraction, budget, target, min_width, round_to, kept)
+        trial = _Exporter(model, graph, masks, sources, exact, model.name,
+                          ExportReport(model.name, source, threshold, exact, masks, {}))
+        trial.settle()
+        more = {gid: trial.masks[gid] & ~masks[gid] for gid in masks if (trial.masks[gid] & ~masks[gid]).any()}
+        if not more:
+            break
+        for gid, mask in more.items():
+            kept[gid] = kept.get(gid, np.zeros_like(mask)) | mask
+    return threshold, masks
 
 
 def export(model, source="gamma", threshold=None, l1_fraction=0.0, alive=None, exact=False,

@@ -520,3 +520,23 @@ def test_export_budget_errors_name_what_to_change():
         ms.export(model, budget=0.01)
     with pytest.raises(ValueError, match="target"):
         ms.export(model, budget=0.5, target="latency_ms")
+
+
+def test_export_budget_pays_first_for_the_channels_export_must_keep():
+    """Channels a LayerNorm normalises with live ones stay whatever their values; the budget is met elsewhere."""
+    inp = keras.Input((6, 6, 3))
+    x = L.Conv2D(16, 1, name="normed")(inp)
+    x = L.LayerNormalization(name="ln")(x)
+    y = L.Conv2D(16, 1, name="free")(inp)
+    y = L.BatchNormalization(name="free_bn")(y)
+    x = L.Concatenate()([x, L.ReLU()(y)])
+    out = L.Dense(2)(L.GlobalAveragePooling2D()(x))
+    model = randomize(keras.Model(inp, out))
+    kernel = keras.ops.convert_to_numpy(model.get_layer("normed").kernel)
+    kernel[..., :8] *= 1e-4                 # weak, but normalised with the others: export keeps them
+    model.get_layer("normed").kernel.assign(kernel)
+    model.get_layer("free_bn").gamma.assign(np.linspace(0.05, 1.0, 16).astype("float32"))
+    for source, budget in (("group_lasso", 0.85), ("gamma", 0.7)):
+        slim, report = ms.export_with_report(model, source=source, budget=budget, min_width=0.0)
+        assert slim.get_layer("normed").filters == 16
+        assert budget - 0.05 <= ms.count_flops(slim) / ms.count_flops(model) <= budget
