@@ -288,11 +288,11 @@ class BudgetController:
                  f"structure-learning steps (budget {self.ratio:.1%}, strength {self.current_strength:.3g})")
         # export(budget=) keeps the channels with the largest regularisation values that fit: the ones this
         # run drove towards zero go first, and finer channels take the share of a head that does not fit
+        # min_width=0: the floor would revive channels this run removed and pay for them with ones it kept
         close = (f" To land on the budget now, export with it: ms.export(model, source={self.reg.source!r}, "
-                 f"budget={self.ratio:.2f}, target={self.reg.target_name!r}) keeps the channels with the largest "
-                 f"{self.reg.source} values that fit (its min_width floor is paid from the budget; min_width=0 "
-                 "keeps what this run learned, and names any layer it leaves under 10%).") \
-            if self.reg.target_name in ("flops", "size") else ""
+                 f"budget={self.ratio:.2f}, target={self.reg.target_name!r}, min_width=0) keeps the channels with "
+                 f"the largest {self.reg.source} values that fit (a layer left under 10% of its channels is "
+                 "named in a warning).") if self.reg.target_name in ("flops", "size") else ""
         if ratio > self.ratio + LANDING_TOLERANCE:
             stop = " Training stopped before the planned steps." if step < total else ""
             coarse = self.cheapest_alive_ratio()

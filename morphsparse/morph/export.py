@@ -575,6 +575,14 @@ def export_with_report(model, source="gamma", threshold=None, l1_fraction=0.0, a
                              f"rounding alone: {noise:.2e}); please report this model")
     if not report.removed_anything and (sources or alive is not None):
         _warn_nothing_removed(graph, report, alive, l1_fraction)
+    if budget is not None:
+        absolute = resolve_budget(budget, target, graph)
+        cost = count_flops(slim) if target == "flops" else count_params(slim)
+        if cost > absolute:
+            _alive.warn_user(f"export of '{model.name}' with budget={budget!r}: the slim model costs {cost:,d} "
+                             f"{target}, {cost / absolute - 1:.1%} above the budget ({absolute:,.0f}): export kept "
+                             "channels it cannot remove (normalised with live ones) beyond what the search could "
+                             "pay for; give a slightly lower budget, or min_width=0")
     if calibration_data is not None:
         from morphsparse.morph.batchnorm import recalibrate_batchnorm
         recalibrate_batchnorm(slim, calibration_data, steps=calibration_steps)
@@ -652,7 +660,7 @@ def _settled_budget_masks(model, graph, source, l1_fraction, budget, target, min
     LayerNorm or RMSNorm normalises with live ones, constants it cannot fold): those are paid first."""
     sources = _alive.find_sources(graph, source)
     kept = {}
-    for _ in range(4):      # what export keeps can grow as the threshold rises: settle until it does not
+    for _ in range(8):      # what export keeps can grow as the threshold rises: settle until it does not
         threshold, masks = budget_masks(graph, source, l1_fraction, budget, target, min_width, round_to, kept)
         trial = _Exporter(model, graph, masks, sources, exact, model.name,
                           ExportReport(model.name, source, threshold, exact, masks, {}))

@@ -100,9 +100,9 @@ def test_unreachable_budget_warns_with_the_cost_reached_and_what_to_change(digit
     assert "budget not reached" in message and "100.0%" in message and "budget 50.0%" in message
     assert "more steps" in message and "learning rate" not in message    # a higher rate overshoots transformers
     assert reg.controller.report(warn=False) == pytest.approx(1.0)
-    advice = re.search(r"ms\.export\(model, source='gamma', budget=0\.50, target='flops'\)", message)
+    advice = re.search(r"ms\.export\(model, source='gamma', budget=0\.50, target='flops', min_width=0\)", message)
     assert advice, message
-    slim = ms.export(model, source="gamma", budget=0.5, target="flops")
+    slim = ms.export(model, source="gamma", budget=0.5, target="flops", min_width=0)
     assert 0.5 - LANDING_TOLERANCE <= ms.count_flops(slim) / ms.count_flops(model) <= 0.5
 
 
