@@ -248,5 +248,5 @@ def test_expand_arguments_name_themselves():
         ms.expand(model, budget="abc")
     with pytest.raises(ms.ExpandError, match="round_to must be a positive integer or None, got 0"):
         ms.expand(model, budget=1e6, round_to=0)
-    with pytest.raises(ms.ExpandError, match="unknown target 'latency'"):
-        ms.expand(model, budget=1e6, target="latency")
+    with pytest.raises(ms.ExpandError, match="unknown target 'energy'"):
+        ms.expand(model, budget=1e6, target="energy")
