@@ -359,6 +359,14 @@ def _jsonable(value):
     return json.dumps(value, sort_keys=True, default=repr)
 
 
+def _numeric(value):
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return True
+    return isinstance(value, (list, tuple)) and all(_numeric(v) or v is None for v in value) and len(value) > 0
+
+
 def _spatial(shape):
     return [None if d is None else int(d) for d in tuple(shape)[1:-1]]
 
@@ -394,8 +402,13 @@ def call_spec(call):
         # the channel width of a fixed call does not matter (it is one time): keep the spatial part only
         shapes = [s[:-1] if s else s for s in shapes]
     dtypes = [str(t.dtype) for t in call.node.input_tensors]
+    config = _width_free_config(call)
+    if kind == "fixed":
+        # one time whatever the widths: numbers in the config (units, heads, a reshape's target) are widths
+        # as far as the entry is concerned, so a narrowed copy of the layer finds the same entry
+        config = {k: v for k, v in config.items() if not _numeric(v)}
     signature = _jsonable({"class": f"{type(layer).__module__}.{type(layer).__qualname__}", "kind": kind,
-                           "config": _jsonable(_width_free_config(call)), "inputs": shapes, "dtypes": dtypes})
+                           "config": _jsonable(config), "inputs": shapes, "dtypes": dtypes})
     return CallSpec(call, kind, signature)
 
 
@@ -555,10 +568,21 @@ class LatencyModel:
         d_out = tf.stop_gradient(tf.cast(d_out, r_out.dtype))
         return tf.reduce_sum(d_in * r_in + d_out * r_out)
 
-    def marginal(self, alive):
-        """Seconds each channel saves if it alone is removed, at the flat 0/1 (or fractional) ``alive``."""
+    def marginal(self, alive, window=1):
+        """Seconds each channel saves if it alone is removed, at the flat 0/1 (or fractional) ``alive``: the
+        slope of the table at the current widths. ``window`` > 1: the average saving per channel of removing
+        ``window`` channels (a backward difference), which sees through the flat stretches of a device that
+        pads widths to a multiple (where the slope is zero, and a greedy search would stop)."""
         a_in, a_out = self.sums(np.asarray(alive, np.float64))
-        d_in, d_out = self.grids.slopes(a_in, a_out)
+        if window > 1:
+            here = self.grids.values(a_in, a_out)
+            d = []
+            for lower in ((np.maximum(a_in - window, 0.0), a_out), (a_in, np.maximum(a_out - window, 0.0))):
+                step = np.maximum((a_in - lower[0]) + (a_out - lower[1]), 1e-12)
+                d.append((here - self.grids.values(*lower)) / step)
+            d_in, d_out = d
+        else:
+            d_in, d_out = self.grids.slopes(a_in, a_out)
         grad = np.zeros(self.n_channels)
         for (pairs, counts), d in ((self.in_matrix, d_in), (self.out_matrix, d_out)):
             if len(pairs):
@@ -807,7 +831,7 @@ def _empty_runner(arrays, backend, threads):
         return lambda: None
 
 
-def _one_layer_model(spec, batch_size, w_in=None, w_out=None):
+def _one_layer_model(spec, graph, batch_size, w_in=None, w_out=None):
     """A model of one call at new widths (``w_in`` for the kernel's input, ``w_out`` for its output; an
     elementwise call's inputs all take ``w_out``), and the shapes of its inputs."""
     call = spec.call
@@ -826,7 +850,12 @@ def _one_layer_model(spec, batch_size, w_in=None, w_out=None):
                                     f"{shape}: give the model a fixed input shape (and sequence length) to profile "
                                     "it")
         shapes.append((batch_size,) + shape[1:-1] + (width,) if len(shape) >= 2 else (batch_size,))
-    inputs = [keras.Input(batch_shape=s, dtype=t.dtype) for s, t in zip(shapes, call.node.input_tensors)]
+    # one input per distinct tensor the call reads (self-attention reads one tensor twice)
+    fresh = {}
+    for key, s, t in zip(call.input_keys, shapes, call.node.input_tensors):
+        if key not in fresh:
+            fresh[key] = (keras.Input(batch_shape=s, dtype=t.dtype), s)
+    inputs, shapes = [x for x, _ in fresh.values()], [s for _, s in fresh.values()]
     # a fresh layer from the config (never the user's layer: calling it again would add a node to it)
     if spec.kind == "depthwise":
         multiplier = max(1, call.output_channels(0) // max(1, call.input_channels(0)))
@@ -839,7 +868,7 @@ def _one_layer_model(spec, batch_size, w_in=None, w_out=None):
     config.pop("build_config", None)
     config["name"] = f"profiled_{call.layer.name}"
     layer = type(call.layer).from_config(config)
-    args, kwargs = call.node.arguments.fill_in({id(t): x for t, x in zip(call.node.input_tensors, inputs)})
+    args, kwargs = graph.call_arguments(call, {key: x for key, (x, _) in fresh.items()})
     outputs = layer(*args, **symbolic_kwargs(layer, kwargs))
     model = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs)
     return model, shapes
@@ -958,7 +987,7 @@ def profile_latency(model, backend="keras", batch_size=1, threads=1, *, points=D
         cells = [(a, b) for a in (in_grid or [None]) for b in (out_grid or [None])]
         runners, first_arrays = [], None
         for a, b in cells:
-            one, shapes = _one_layer_model(spec, batch_size, a, b)
+            one, shapes = _one_layer_model(spec, graph, batch_size, a, b)
             arrays = _random_inputs(one.inputs, shapes)
             first_arrays = first_arrays or arrays
             runners.append(_runner(one, arrays, backend, actual_threads))

@@ -343,3 +343,18 @@ def test_cli_prunes_to_a_latency_table(tmp_path, capsys):
     cli.main(["prune", str(tmp_path / "m.keras"), "-o", str(tmp_path / "slim2.keras"), "--budget", "0.6",
               "--target", "latency", "--min-width", "0.1"])
     assert "roofline" in capsys.readouterr().err
+
+
+def test_prune_rounds_widths_down_to_the_step_the_table_shows():
+    model = small_cnn(width=32)
+    padded = lambda w: 8 * -(-w // 8)                                   # noqa: E731
+    table = hand_table(model, grid=[1, 4, 8, 9, 12, 16, 17, 24, 32],
+                       kernel=lambda a, b: 1e-6 * padded(a) * padded(b), elementwise=lambda b: 1e-7 * padded(b))
+    with pytest.warns(UserWarning, match="multiple of 8"):
+        slim, report = ms.prune_with_report(model, budget=0.6, target="latency", device=table, min_width=0.1)
+    assert report.round_to == 8 and report.round_to_source == "latency table"
+    widths = [after for before, after in report.groups.values()]
+    assert any(after < 32 for after in widths) and all(after % 8 == 0 for after in widths)
+    assert ms.predict_latency(slim, table) <= 0.6 * ms.predict_latency(model, table)
+    _, plain = ms.prune_with_report(model, budget=0.6, target="latency", device=table, min_width=0.1, round_to=1)
+    assert plain.round_to == 1

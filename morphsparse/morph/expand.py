@@ -31,7 +31,8 @@ from morphsparse.morph import alive as _alive
 from morphsparse.morph.alive import warn_user
 from morphsparse.trace import symbolic_kwargs
 from morphsparse.morph.rebuild import rebuild
-from morphsparse.morph.regularizers import latency_target
+from morphsparse.latency import as_table
+from morphsparse.morph.regularizers import is_latency_table, latency_target
 
 TARGETS = tuple(_costs.BUDGET_TARGETS) + ("latency",)
 
@@ -305,6 +306,8 @@ def _expand_to_latency(model, budget, reference, round_to, ignore, name, device,
                           "latency (of reference=, default the model itself); divide your target time by "
                           "ms.predict_latency(model, table)")
     graph = analyze(model, ignore=ignore)
+    if is_latency_table(device):
+        device = as_table(device, "device")      # loaded once
     price = LatencyPrice(graph, device)
     if reference is None:
         base = price()

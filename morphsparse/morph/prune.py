@@ -53,7 +53,8 @@ from morphsparse.morph import alive as _alive
 from morphsparse.morph.batchnorm import recalibrate_batchnorm
 from morphsparse.morph.export import export_with_report
 from morphsparse.morph.recipe import compiler_like
-from morphsparse.morph.regularizers import latency_target
+from morphsparse.latency import as_table
+from morphsparse.morph.regularizers import is_latency_table, latency_target
 
 TARGETS = tuple(BUDGET_TARGETS) + ("latency",)
 IMPORTANCES = ("gamma", "l1", "taylor")
@@ -116,6 +117,8 @@ class PruneReport:
     latency_before: float = 0.0                      # target="latency": predicted seconds
     latency_after: float = 0.0
     latency_source: str = ""                         # what priced the latency (measured table or roofline)
+    round_to: int | None = None                      # pruned widths rounded down to multiples of this
+    round_to_source: str = ""                        # "latency table" when the table suggested it
     groups: dict = field(default_factory=dict)      # "producer, producer" -> (channels before, after)
     steps: list = field(default_factory=list)
     never_pruned: int = 0                            # removable channels without an importance source
@@ -409,6 +412,10 @@ class _Search:
         self.graph, self.target, self.chunk, self.cost_power = graph, target, chunk, cost_power
         self.calls = KernelCalls(graph)
         self.latency = latency_target(self.calls, device) if target == "latency" else None
+        # a measured table that shows steps (widths padded to a multiple) has flat stretches where one channel
+        # saves nothing: price channels by the saving of a step's worth of them instead
+        table = getattr(self.latency, "latency_table", None)
+        self.window = max(1, (table.suggested_round_to() or 1) if table is not None else 1)
         self.table = self.calls.flops if target == "flops" else self.calls.params
         self.count = count_flops if target == "flops" else count_params
         offsets = graph.offsets
@@ -438,6 +445,8 @@ class _Search:
     def marginal(self, alive=None):
         """What the cost loses per channel if that channel alone is removed (``KernelCalls.marginal``)."""
         alive = self.alive if alive is None else alive
+        if self.latency is not None and self.window > 1:
+            return self.latency.marginal(alive, self.window)
         if self.latency is not None:
             return self.latency.marginal(alive)
         return self.calls.marginal(self.table, alive)
@@ -487,6 +496,25 @@ class _Search:
             self.alive[taken] = False
             self.last_chunk = taken
         return True
+
+    def round_down(self, step):
+        """Round every pruned group's alive count down to a multiple of ``step`` (widths the device runs
+        faster), removing its least important prunable channels; a group is left as it is where that would
+        take it under its floor or remove a channel that cannot be pruned. Only removes, so the cost stays
+        under the budget."""
+        offsets = self.graph.offsets
+        for group in self.graph.groups:
+            lo, hi = offsets[group.id], offsets[group.id + 1]
+            alive = self.alive[lo:hi]
+            count = int(alive.sum())
+            extra = count % step
+            if not extra or count == group.size or count - extra < max(step, int(self.floor[group.id])):
+                continue
+            candidates = np.flatnonzero(alive & self.prunable[lo:hi])
+            if len(candidates) < extra:
+                continue
+            weakest = candidates[np.argsort(self.scores[lo:hi][candidates])[:extra]]
+            self.alive[lo + weakest] = False
 
     def fill(self, budget):
         """Give back channels of the last chunk while the budget allows (that chunk may overshoot by up to
@@ -541,7 +569,7 @@ def _cost(model, target, device):
 # --- one step ----------------------------------------------------------------------------------------------
 
 def _prune_once(model, budget, target, importance, data, loss, batches, ignore, chunk, name, budget_arg,
-                cost_power, min_width, calibration_data=None, device=None):
+                cost_power, min_width, calibration_data=None, device=None, round_to=None):
     """Prune ``model`` to ``budget`` (absolute, target units): returns (slim, PruneStep)."""
     start = time.perf_counter()
     graph = analyze(model, ignore=ignore)
@@ -575,6 +603,8 @@ def _prune_once(model, budget, target, importance, data, loss, batches, ignore, 
         if not search.run(target_cost):
             raise unreachable(search.exact_cost())
         search.fill(target_cost)
+        if round_to:
+            search.round_down(round_to)
         exact = search.exact_cost()
         if exact > budget:   # the tables and count_* disagree (they should not): aim lower
             target_cost -= exact - budget
@@ -644,7 +674,7 @@ def _group_widths(graph, slim):
 def prune_with_report(model, budget=0.5, target="flops", importance="gamma", data=None, *, steps=1, fit=None,
                       compile=None, loss=None, batches=8, ignore=(), chunk=DEFAULT_CHUNK, name=None,
                       cost_power=DEFAULT_COST_POWER, min_width=_alive.DEFAULT_MIN_WIDTH, calibration_data=None,
-                      device=None):
+                      device=None, round_to=None):
     """:func:`prune`, returning ``(slim model, PruneReport)``."""
     start = time.perf_counter()
     _check_arguments(model, budget, target, importance, data, loss, steps, fit, compile, batches, chunk)
@@ -666,6 +696,17 @@ def prune_with_report(model, budget=0.5, target="flops", importance="gamma", dat
                          flops_before, params_before)
     if target == "latency":
         report.latency_before, report.latency_source = own, source
+    _alive.check_round_to(round_to)
+    report.round_to = round_to
+    if target == "latency" and is_latency_table(device):
+        device = as_table(device, "device")      # loaded once, not at every step
+    if round_to is None and target == "latency" and is_latency_table(device):
+        report.round_to = device.suggested_round_to()
+        if report.round_to:
+            report.round_to_source = "latency table"
+            _alive.warn_user(f"prune to a latency budget rounds every pruned width down to a multiple of "
+                             f"{report.round_to}: the latency table shows the device runs such widths faster "
+                             "(pass round_to= to choose, round_to=1 not to round)")
     if absolute >= own and budget > 1:
         _alive.warn_user(f"budget={budget!r} is at or above the cost of model '{model.name}' ({own:,d} "
                          f"{report.unit}): nothing is pruned")
@@ -677,7 +718,7 @@ def prune_with_report(model, budget=0.5, target="flops", importance="gamma", dat
             step_budget = reach
         slim, step, never = _prune_once(current, step_budget, target, importance, data, loss, batches,
                                         slim_ignore, chunk, name, budget, cost_power, min_width,
-                                        calibration_data, device)
+                                        calibration_data, device, report.round_to)
         step.index = index
         if index == 1:
             report.never_pruned = never
@@ -714,7 +755,7 @@ def prune_with_report(model, budget=0.5, target="flops", importance="gamma", dat
 
 def prune(model, budget=0.5, target="flops", importance="gamma", data=None, *, steps=1, fit=None, compile=None,
           loss=None, batches=8, ignore=(), chunk=DEFAULT_CHUNK, name=None, cost_power=DEFAULT_COST_POWER,
-          min_width=_alive.DEFAULT_MIN_WIDTH, calibration_data=None, device=None):
+          min_width=_alive.DEFAULT_MIN_WIDTH, calibration_data=None, device=None, round_to=None):
     """Prune a trained model to a budget and return the slim ``keras.Model`` (weights copied, via export).
 
     Args:
@@ -752,13 +793,17 @@ def prune(model, budget=0.5, target="flops", importance="gamma", data=None, *, s
             table and the slim model's predicted latency is at most the budget; without one, the roofline of a
             :class:`~morphsparse.morph.regularizers.DeviceProfile` ("v100" by default; the report's
             ``latency_source`` says which priced it).
+        round_to: round every pruned group's width down to a multiple of this (widths the device runs
+            faster; a group stays as it is where that would break its floor). With a latency table and no
+            ``round_to``, the table's :meth:`~morphsparse.latency.LatencyTable.suggested_round_to` is used
+            (with a warning); ``round_to=1`` does not round.
 
     See :func:`prune_with_report` for the :class:`PruneReport` too, and docs/export_and_expand.md.
     """
     slim, _ = prune_with_report(model, budget, target, importance, data, steps=steps, fit=fit, compile=compile,
                                 loss=loss, batches=batches, ignore=ignore, chunk=chunk, name=name,
                                 cost_power=cost_power, min_width=min_width, calibration_data=calibration_data,
-                                device=device)
+                                device=device, round_to=round_to)
     return slim
 
 

@@ -238,8 +238,8 @@ class MeasuredLatencyTarget(Target):
     def term(self, a_in, a_out, r_in, r_out, xp=np):
         return self.model.term(a_in, a_out, r_in, r_out, xp)
 
-    def marginal(self, alive):
-        return self.model.marginal(alive)
+    def marginal(self, alive, window=1):
+        return self.model.marginal(alive, window)
 
     def describe(self):
         return f"latency from the {self.latency_table.describe()}"
@@ -252,7 +252,7 @@ def latency_target(kernel_calls, device, used_only=False):
     """The latency target on ``device``: a measured :class:`MeasuredLatencyTarget` for a latency table (or its
     dict or JSON path), else the roofline :class:`LatencyTarget` of a :class:`DeviceProfile` (a name, a
     profile, or None for :data:`DEFAULT_DEVICE`). Logs which one prices the latency."""
-    if _is_table(device):
+    if is_latency_table(device):
         target = MeasuredLatencyTarget(kernel_calls, as_table(device, "device"), used_only=used_only)
     else:
         target = LatencyTarget(kernel_calls, DEFAULT_DEVICE if device is None else device)
@@ -260,7 +260,8 @@ def latency_target(kernel_calls, device, used_only=False):
     return target
 
 
-def _is_table(device):
+def is_latency_table(device):
+    """True for a measured latency table, its dict or the path of its JSON (a ``device=`` that is no roofline)."""
     return isinstance(device, LatencyTable) or (isinstance(device, dict) and "entries" in device) or (
         isinstance(device, (str, os.PathLike)) and str(device).lower().endswith(".json"))
 
@@ -317,7 +318,7 @@ def check_arguments(target="flops", source="gamma", threshold=_alive.DEFAULT_THR
             _alive.warn_user(f"device={device!r} is ignored: it only applies to target='latency' (this "
                              f"regulariser's target is {target!r}); drop device= or use target='latency'")
         return threshold, strength, strength_multiplier, l1_fraction, None
-    if _is_table(device):
+    if is_latency_table(device):
         return threshold, strength, strength_multiplier, l1_fraction, as_table(device, "device")
     return threshold, strength, strength_multiplier, l1_fraction, device_profile(
         DEFAULT_DEVICE if device is None else device)
