@@ -1,6 +1,6 @@
 """Does a measured latency table predict, and land, the time a model takes on the machine that profiled it?
 
-Issue 20's checks, for three architectures (a plain CNN on 32x32x3, keras.applications MobileNetV2 at alpha 0.35
+Issue 20's checks, for three architectures (a plain CNN on 64x64x3, keras.applications MobileNetV2 at alpha 0.35
 and 96x96x3, the small ViT of ``ms.models.small_vit`` on 28x28x1), each backend ("keras": a traced
 tf.function; "litert": the LiteRT interpreter) and batch size (1 and 32), all at one thread:
 
@@ -57,7 +57,7 @@ from morphsparse.morph.expand import build_with_widths, group_granularity, round
 ARCHS = ("cnn", "mobilenetv2", "transformer")
 
 
-def plain_cnn(input_shape=(32, 32, 3), classes=10, widths=(32, 64, 128, 128)):
+def plain_cnn(input_shape=(64, 64, 3), classes=10, widths=(32, 64, 128, 256)):
     L = keras.layers
     x = inputs = keras.Input(input_shape)
     for i, w in enumerate(widths):
@@ -73,7 +73,7 @@ def plain_cnn(input_shape=(32, 32, 3), classes=10, widths=(32, 64, 128, 128)):
 def make(arch, input_shape=None):
     keras.utils.set_random_seed(0)
     if arch == "cnn":
-        return plain_cnn(input_shape or (32, 32, 3))
+        return plain_cnn(input_shape or (64, 64, 3))
     if arch == "mobilenetv2":
         return keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3), alpha=0.35, classes=10)
     if arch == "transformer":

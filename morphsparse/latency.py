@@ -164,8 +164,10 @@ def _check_entry(signature, data):
 
 @dataclass
 class LatencyTable:
-    """A measured latency table (see the module doc): per call signature, seconds on a grid of widths, and
-    the ``overhead`` of a whole model beyond its layers. Serialisable: :meth:`to_json` / :meth:`from_json`,
+    """A measured latency table (see the module doc): per call signature, seconds on a grid of widths; a
+    whole model takes ``scale`` x the sum of its calls' entries + ``overhead`` (both fitted on two timings of
+    the profiling model, at full and at half width: layers run in a model a little faster or slower than
+    alone). Serialisable: :meth:`to_json` / :meth:`from_json`,
     :meth:`save` / :meth:`load` (which validate, and refuse a malformed table with a :class:`LatencyTableError`
     naming the field).
 
@@ -179,6 +181,7 @@ class LatencyTable:
     entries: dict = field(default_factory=dict)
     overhead: float = 0.0
     statistic: str = "median"
+    scale: float = 1.0
     settings: dict = field(default_factory=dict)
     version: int = VERSION
 
@@ -201,6 +204,9 @@ class LatencyTable:
                 self.overhead):
             raise LatencyTableError(f"latency table: overhead must be a finite number of seconds, got "
                                     f"{self.overhead!r}")
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not (
+                math.isfinite(self.scale) and self.scale > 0):
+            raise LatencyTableError(f"latency table: scale must be a finite number > 0, got {self.scale!r}")
         if not isinstance(self.entries, dict):
             raise LatencyTableError("latency table: entries must be an object {signature: entry}")
         self.entries = {sig: entry if isinstance(entry, LatencyEntry) else _check_entry(sig, entry)
@@ -210,7 +216,7 @@ class LatencyTable:
     def to_dict(self):
         return {"format": FORMAT, "version": self.version, "machine": dict(self.machine), "backend": self.backend,
                 "batch_size": self.batch_size, "threads": self.threads, "statistic": self.statistic,
-                "overhead": float(self.overhead), "settings": dict(self.settings),
+                "overhead": float(self.overhead), "scale": float(self.scale), "settings": dict(self.settings),
                 "entries": {sig: entry.to_dict() for sig, entry in self.entries.items()}}
 
     @classmethod
@@ -228,7 +234,8 @@ class LatencyTable:
             raise LatencyTableError(f"latency table lacks {missing}")
         return cls(machine=data["machine"], backend=data["backend"], batch_size=data["batch_size"],
                    threads=data["threads"], entries=data["entries"], overhead=data["overhead"],
-                   statistic=data.get("statistic", "median"), settings=data.get("settings", {}))
+                   statistic=data.get("statistic", "median"), scale=data.get("scale", 1.0),
+                   settings=data.get("settings", {}))
 
     def to_json(self):
         return json.dumps(self.to_dict(), indent=1)
@@ -325,13 +332,63 @@ class LatencyTable:
 _UNTIMED_KEYS = ("name", "trainable", "dtype", "build_config", "seed", "autocast")
 
 
+#: a kernel call's single reader of these classes is timed with it (a BatchNorm, then an activation): the
+#: runtimes fuse them into the kernel (TensorFlow's remapper with oneDNN, the LiteRT converter), so that timed
+#: alone they would cost what in the model they do not
+FUSED_NORMS = ("BatchNormalization",)
+FUSED_ACTIVATIONS = ("ReLU", "Activation", "LeakyReLU", "ELU")
+
+
 @dataclass
 class CallSpec:
-    """How :func:`profile_latency` and :class:`LatencyModel` see one call: its kind and signature."""
+    """How :func:`profile_latency` and :class:`LatencyModel` see one timed call: its kind, its signature and
+    the calls timed with it (``followers``: the BatchNorm and activation a kernel's output goes through)."""
 
     call: object
     kind: str
     signature: str
+    followers: list = field(default_factory=list)
+
+
+def _followers(graph, call):
+    """The BatchNorm (at most one) and then activation (at most one) that ``call``'s output alone goes
+    through, each the single reader of the tensor before it, none a network output."""
+    found, current = [], call
+    while len(current.output_keys) == 1 and current.output_keys[0] not in graph.model_outputs:
+        readers = graph.readers(current.output_keys[0])
+        if len(readers) != 1 or readers[0].node is None:
+            break
+        nxt = readers[0]
+        name = type(nxt.layer).__name__
+        if name in FUSED_NORMS and not found:
+            found.append(nxt)
+            current = nxt
+            continue
+        if name in FUSED_ACTIVATIONS:
+            found.append(nxt)
+        break
+    return found
+
+
+def timed_calls(graph, used_only=False):
+    """The :class:`CallSpec` of every call of ``graph`` that has an entry in a latency table, in graph order:
+    a kernel call carries the BatchNorm and activation fused into it (:func:`_followers`), which get no entry
+    of their own. ``used_only``: leave out the calls no output depends on."""
+    unused = {c.index for c in graph.unused_calls} if used_only else set()
+    absorbed, specs = set(), []
+    for call in graph.calls:
+        if call.index in unused or call.index in absorbed:
+            continue
+        spec = call_spec(call)
+        if spec is None:
+            continue
+        if spec.kind in ("kernel", "depthwise"):
+            followers = _followers(graph, call)
+            if followers:
+                spec = call_spec(call, followers)
+                absorbed.update(f.index for f in followers)
+        specs.append(spec)
+    return specs
 
 
 def _width_free_config(call):
@@ -371,9 +428,10 @@ def _spatial(shape):
     return [None if d is None else int(d) for d in tuple(shape)[1:-1]]
 
 
-def call_spec(call):
-    """The :class:`CallSpec` of a graph call, or None for a call with no entry (a network input, a keras.ops
-    call, a layer that does nothing at inference): its time is in the overhead."""
+def call_spec(call, followers=()):
+    """The :class:`CallSpec` of a graph call (timed with ``followers``, see :func:`timed_calls`), or None for a
+    call with no entry (a network input, a keras.ops call, a layer that does nothing at inference): its time
+    is in the overhead."""
     layer = call.layer
     if call.node is None or not isinstance(layer, keras.layers.Layer) or isinstance(layer, keras.layers.InputLayer):
         return None
@@ -407,9 +465,12 @@ def call_spec(call):
         # one time whatever the widths: numbers in the config (units, heads, a reshape's target) are widths
         # as far as the entry is concerned, so a narrowed copy of the layer finds the same entry
         config = {k: v for k, v in config.items() if not _numeric(v)}
-    signature = _jsonable({"class": f"{type(layer).__module__}.{type(layer).__qualname__}", "kind": kind,
-                           "config": _jsonable(config), "inputs": shapes, "dtypes": dtypes})
-    return CallSpec(call, kind, signature)
+    described = {"class": f"{type(layer).__module__}.{type(layer).__qualname__}", "kind": kind,
+                 "config": _jsonable(config), "inputs": shapes, "dtypes": dtypes}
+    if followers:
+        described["followers"] = [[f"{type(f.layer).__module__}.{type(f.layer).__qualname__}",
+                                   _jsonable(_width_free_config(f))] for f in followers]
+    return CallSpec(call, kind, _jsonable(described), list(followers))
 
 
 # --- interpolation -----------------------------------------------------------------------------------------------
@@ -504,15 +565,10 @@ class LatencyModel:
             raise TypeError(f"table must be a morphsparse LatencyTable (ms.profile_latency), got "
                             f"{type(table).__name__}")
         self.graph, self.table = graph, table
-        unused = {c.index for c in graph.unused_calls} if used_only else set()
         self.specs, entries, in_entries, out_entries = [], [], [], []
         offsets = graph.offsets
-        for call in graph.calls:
-            if call.index in unused:
-                continue
-            spec = call_spec(call)
-            if spec is None:
-                continue
+        for spec in timed_calls(graph, used_only):
+            call = spec.call
             entry = table.entries.get(spec.signature)
             if entry is None:
                 raise LatencyTableError(
@@ -530,6 +586,7 @@ class LatencyModel:
         self.in_matrix = _summing(in_entries)
         self.out_matrix = _summing(out_entries)
         self.overhead = float(table.overhead)
+        self.scale = float(table.scale)
 
     # --- widths and values ---------------------------------------------------------------------------------
     def sums(self, vector, xp=np):
@@ -547,9 +604,9 @@ class LatencyModel:
     def cost(self, a_in, a_out, xp=np):
         """Predicted seconds at these widths: the sum of the calls' entries plus the overhead."""
         if xp is np:
-            return float(np.sum(self.per_call(a_in, a_out))) + self.overhead
+            return self.scale * float(np.sum(self.per_call(a_in, a_out))) + self.overhead
         import tensorflow as tf
-        return tf.reduce_sum(self.per_call(a_in, a_out, xp)) + self.overhead
+        return self.scale * tf.reduce_sum(self.per_call(a_in, a_out, xp)) + self.overhead
 
     def value(self, weights=None):
         """Predicted seconds at a flat channel-weight vector (default: every channel alive)."""
@@ -561,11 +618,11 @@ class LatencyModel:
         current widths (constants) times the sums of R over each call's input and output entries."""
         if xp is np:
             d_in, d_out = self.grids.slopes(np.asarray(a_in, np.float64), np.asarray(a_out, np.float64))
-            return float(np.sum(d_in * r_in + d_out * r_out))
+            return self.scale * float(np.sum(d_in * r_in + d_out * r_out))
         import tensorflow as tf
         d_in, d_out = self.grids.slopes(tf.cast(a_in, tf.float64), tf.cast(a_out, tf.float64), xp=_TF)
-        d_in = tf.stop_gradient(tf.cast(d_in, r_in.dtype))
-        d_out = tf.stop_gradient(tf.cast(d_out, r_out.dtype))
+        d_in = tf.stop_gradient(tf.cast(d_in * self.scale, r_in.dtype))
+        d_out = tf.stop_gradient(tf.cast(d_out * self.scale, r_out.dtype))
         return tf.reduce_sum(d_in * r_in + d_out * r_out)
 
     def marginal(self, alive, window=1):
@@ -587,7 +644,7 @@ class LatencyModel:
         for (pairs, counts), d in ((self.in_matrix, d_in), (self.out_matrix, d_out)):
             if len(pairs):
                 np.add.at(grad, pairs[:, 1], counts * d[pairs[:, 0]])
-        return grad
+        return self.scale * grad
 
     def extrapolated(self, weights=None):
         """``[(layer path, input width, output width)]`` of the calls whose widths lie outside their entry's
@@ -729,15 +786,16 @@ def apply_threads(backend, threads):
 
 
 def default_grid(width, points=DEFAULT_POINTS, step=8, probe=True):
-    """Grid of one width axis up to ``width``: ``points`` widths at multiples of ``step`` (every width from 1
-    where the layer is narrow, at most 2 x step), plus, with ``probe``, one width just past a multiple
+    """Grid of one width axis up to ``width``: ``points`` widths at multiples of ``step`` and width 1 (or, where
+    the layer is narrow, at most 2 x step, ``points`` widths from 1), plus, with ``probe``, one width just past a multiple
     (to see whether the device runs multiples faster: :meth:`LatencyTable.suggested_round_to`)."""
     width = int(width)
     if width <= 2 * step:
         values = set(np.unique(np.round(np.linspace(1, width, min(points, width))).astype(int)).tolist())
     else:
         values = {int(max(step, round(x / step) * step)) for x in np.linspace(step, width, points)}
-        values = {v for v in values if v <= width} | {width}
+        # and width 1: pruning can take a layer below the first multiple (extrapolating there is a guess)
+        values = {v for v in values if v <= width} | {1, width}
         if probe:
             multiples = sorted(v for v in values if v % step == 0 and v + step <= width)
             if multiples:
@@ -870,6 +928,13 @@ def _one_layer_model(spec, graph, batch_size, w_in=None, w_out=None):
     layer = type(call.layer).from_config(config)
     args, kwargs = graph.call_arguments(call, {key: x for key, (x, _) in fresh.items()})
     outputs = layer(*args, **symbolic_kwargs(layer, kwargs))
+    width = len(keep_out[0])
+    for follower in spec.followers:     # the BatchNorm and activation the runtime fuses into the kernel
+        rules = _handlers.rebuild_part(follower.handler)
+        config = dict(rules.rebuild_config(follower, [np.ones(width, bool)], [np.ones(width, bool)]))
+        config.pop("build_config", None)
+        config["name"] = f"profiled_{follower.layer.name}"
+        outputs = type(follower.layer).from_config(config)(outputs)
     model = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs)
     return model, shapes
 
@@ -888,10 +953,8 @@ def _grid_for(kind, in_width, out_width, in_removable, out_removable, points, wi
 def _collect_specs(graph):
     """{signature: (spec of the first call, widest input, widest output, input removable, output removable)}."""
     found = {}
-    for call in graph.calls:
-        spec = call_spec(call)
-        if spec is None:
-            continue
+    for spec in timed_calls(graph):
+        call = spec.call
         in_w = call.input_channels(0) if call.input_shapes else 0
         out_w = call.output_channels(0) if call.output_shapes else 0
         in_rm = bool(call.in_groups) and any(graph.groups[int(g)].removable for g in np.unique(call.in_groups[0]))
@@ -925,6 +988,54 @@ def _measure(model, backend, batch_size, threads, repeats):
     arrays = _random_inputs(model.inputs, shapes)
     (low, mid), = _time_runners([_runner(model, arrays, backend, threads)], repeats)
     return {"minimum": low, "median": mid}
+
+
+#: the second timing of the profiling model that fits ``scale``: every removable group at this fraction
+CALIBRATION_WIDTH = 0.5
+
+
+def _calibrate(table, model, graph, backend, batch_size, threads, repeats, statistic):
+    """Fit the table's ``scale`` and ``overhead``: time the whole model at full width and rebuilt at
+    :data:`CALIBRATION_WIDTH` (alternating, as every timing here), and solve
+    ``time = scale * sum of entries + overhead`` on the two. Where the two points cannot fix a scale (no
+    removable group, a model that cannot be rebuilt, timings too noisy for a positive slope), the scale stays
+    1 and the overhead is the full model's time less its entries, with a warning."""
+    from morphsparse.morph.rebuild import build_at_widths   # the engine ms.expand builds with
+
+    latency = LatencyModel(graph, table)
+    full_sum = latency.value()                   # scale 1, overhead 0 at this point
+    counts = {g.id: max(1, int(round(g.size * CALIBRATION_WIDTH))) for g in graph.removable_groups if g.size > 1}
+    narrow = None
+    reason = "the model has no removable channel group"
+    if counts:
+        try:
+            narrow = build_at_widths(model, graph, counts, name=f"{model.name}_calibration")
+            narrow_sum = LatencyModel(analyze(narrow), table).value()
+        except Exception as err:   # noqa: BLE001 - a model the engine cannot rebuild is timed at one width
+            narrow, reason = None, f"it could not be rebuilt narrower ({err})"
+    models = [model] + ([narrow] if narrow is not None else [])
+    runners = []
+    for m in models:
+        shapes = [(batch_size,) + tuple(t.shape)[1:] for t in m.inputs]
+        runners.append(_runner(m, _random_inputs(m.inputs, shapes), backend, threads))
+    timed = _time_runners(runners, repeats)
+    pick = 0 if statistic == "minimum" else 1
+    whole = timed[0][pick]
+    table.settings["whole_model_seconds"] = {"minimum": timed[0][0], "median": timed[0][1]}
+    if narrow is not None:
+        table.settings["narrow_model_seconds"] = {"minimum": timed[1][0], "median": timed[1][1],
+                                                  "width": CALIBRATION_WIDTH}
+        slope = (whole - timed[1][pick]) / (full_sum - narrow_sum) if full_sum > narrow_sum else float("nan")
+        if math.isfinite(slope) and 0.2 <= slope <= 5.0:
+            table.scale = float(slope)
+            table.overhead = float(whole - slope * full_sum)
+            return
+        reason = (f"the two timings give a scale of {slope:.3g} (the machine was busy, or the model's time does "
+                  "not follow its layers')")
+    table.scale, table.overhead = 1.0, float(whole - full_sum)
+    warnings.warn(f"profile_latency of '{model.name}': the whole-model calibration keeps scale 1: {reason}; the "
+                  f"overhead is the full model's time less its calls' ({table.overhead * 1e3:.3f} ms)",
+                  UserWarning, stacklevel=3)
 
 
 def _progress(enabled, text):
@@ -968,7 +1079,8 @@ def profile_latency(model, backend="keras", batch_size=1, threads=1, *, points=D
     specs = _collect_specs(graph)
     machine = machine_key()
     settings = {"points": int(points), "widen": float(widen), "repeats": int(repeats), "statistic": statistic,
-                "sample_seconds": SAMPLE_SECONDS, "model": model.name}
+                "sample_seconds": SAMPLE_SECONDS, "calibration_width": CALIBRATION_WIDTH, "fused": FUSED_NORMS
+                + FUSED_ACTIVATIONS, "model": model.name}
     key = _cache_key(machine, backend, batch_size, actual_threads, specs,
                      {k: v for k, v in settings.items() if k != "model"})
     path = cache_directory(cache_dir) / f"{key}.json"
@@ -1001,22 +1113,19 @@ def profile_latency(model, backend="keras", batch_size=1, threads=1, *, points=D
         _progress(progress, f"[{index}/{len(specs)}] {spec.call.path} ({type(spec.call.layer).__name__}, "
                             f"{spec.kind}, {len(cells)} widths): {np.max(mid) * 1e3:.3f} ms at the widest; "
                             f"{time.perf_counter() - start:.0f} s")
-    table = LatencyTable(machine, backend, int(batch_size), int(actual_threads), entries, 0.0, statistic, settings)
-    whole = _measure(model, backend, batch_size, actual_threads, repeats)
+    table = LatencyTable(machine, backend, int(batch_size), int(actual_threads), entries, overhead=0.0,
+                         statistic=statistic, settings=settings)
+    _calibrate(table, model, graph, backend, batch_size, actual_threads, repeats, statistic)
     predicted = LatencyModel(graph, table).value()
-    table.overhead = float(whole[statistic] - predicted)
-    table.settings.update(whole_model_seconds=whole, seconds=round(time.perf_counter() - start, 1))
-    if table.overhead < 0:
-        warnings.warn(f"the calls of '{model.name}' timed alone take {predicted * 1e3:.3f} ms, more than the whole "
-                      f"model ({whole[statistic] * 1e3:.3f} ms): the overhead is negative "
-                      f"({table.overhead * 1e3:.3f} ms). The machine may have been busy; predictions will be "
-                      "less accurate (profile again with refresh=True when it is quiet)", UserWarning, stacklevel=2)
-    _progress(progress, f"whole model {whole[statistic] * 1e3:.3f} ms, calls {predicted * 1e3:.3f} ms, overhead "
-                        f"{table.overhead * 1e3:.3f} ms; {time.perf_counter() - start:.0f} s; cached at {path}")
+    whole = table.settings["whole_model_seconds"]
+    table.settings.update(seconds=round(time.perf_counter() - start, 1))
+    _progress(progress, f"whole model {whole[statistic] * 1e3:.3f} ms (predicted {predicted * 1e3:.3f} ms): "
+                        f"{table.scale:.3f} x the calls + {table.overhead * 1e3:.3f} ms; "
+                        f"{time.perf_counter() - start:.0f} s; cached at {path}")
     table.save(path)
     return table
 
 
 __all__ = ["LatencyTable", "LatencyEntry", "LatencyModel", "LatencyTableError", "profile_latency",
-           "predict_latency", "measure_latency", "machine_key", "call_spec", "default_grid", "as_table",
+           "predict_latency", "measure_latency", "machine_key", "call_spec", "timed_calls", "default_grid", "as_table",
            "apply_threads", "cache_directory", "BACKENDS", "KINDS"]

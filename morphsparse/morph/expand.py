@@ -23,14 +23,12 @@ import numpy as np
 
 from morphsparse import costs as _costs
 from morphsparse import checks as _checks
-from morphsparse import handlers as _handlers
 from morphsparse.cost_tables import KernelCalls
 from morphsparse.costs import count_flops, count_params
 from morphsparse.graph import GraphError, analyze
 from morphsparse.morph import alive as _alive
 from morphsparse.morph.alive import warn_user
-from morphsparse.trace import symbolic_kwargs
-from morphsparse.morph.rebuild import rebuild
+from morphsparse.morph.rebuild import build_at_widths
 from morphsparse.latency import as_table
 from morphsparse.morph.regularizers import is_latency_table, latency_target
 
@@ -218,36 +216,9 @@ PARAMS_GROWTH_WARNING = 1.5
 def build_with_widths(model, graph, counts, name=None):
     """A freshly initialised copy of ``model`` whose removable groups have ``counts[group id]`` channels
     (groups not in ``counts`` keep their size). Layers get their new widths from their handler's
-    ``rebuild_config``; nested models are flattened (inner layer names become ``outer__inner``)."""
-    factor = np.ones(len(graph.groups))
-    for gid, count in counts.items():
-        factor[gid] = count / graph.groups[gid].size
-
-    def width(groups):
-        # every channel of a group appears equally often in a tensor (tiling, depth multipliers), so each
-        # group's share is a whole number of channels; a concatenation is the sum of its inputs' shares
-        ids, entries = np.unique(groups, return_counts=True)
-        return int(sum(round(n * factor[g]) for g, n in zip(ids.tolist(), entries.tolist())))
-
-    def build(call, engine):
-        # handlers describe a call's new widths as masks over its entries: every entry of a new width is kept
-        keep_in = [np.ones(width(g), bool) for g in call.in_groups]
-        keep_out = [np.ones(width(g), bool) for g in call.out_groups]
-        args, kwargs = engine.arguments(call)
-        rules = _handlers.rebuild_part(call.handler)
-        try:
-            if isinstance(call.layer, keras.layers.Layer):
-                layer = engine.new_layer(call, rules.rebuild_config(call, keep_in, keep_out))
-                return layer(*args, **symbolic_kwargs(layer, kwargs))
-            # a keras.ops call: its handler re-applies it (a reshape or slice names channel positions)
-            return rules.apply_op(call, args, kwargs, lambda i, lo, hi: width(call.in_groups[i][lo:hi]))
-        except Exception as err:  # the layer's class decides what it accepts; say which one failed
-            raise ExpandError(f"cannot rebuild layer '{call.path}' ({type(call.layer).__name__}) with "
-                              f"{[len(m) for m in keep_in]} input and {[len(m) for m in keep_out]} output "
-                              f"channels: {err}. Register a handler whose rebuild_config sets its width.") from err
-
-    return rebuild(graph, build, lambda call, position: width(call.out_groups[position]), name or model.name,
-                   error=ExpandError)
+    ``rebuild_config``; nested models are flattened (inner layer names become ``outer__inner``). (The engine:
+    :func:`morphsparse.morph.rebuild.build_at_widths`, which ``ms.profile_latency`` uses too.)"""
+    return build_at_widths(model, graph, counts, name=name, error=ExpandError)
 
 
 def expand_with_report(model, budget, target="flops", reference=None, round_to=None, ignore=(), name=None,
