@@ -361,3 +361,25 @@ def test_prune_rounds_widths_down_to_the_step_the_table_shows():
     assert ms.predict_latency(slim, table) <= 0.6 * ms.predict_latency(model, table)
     _, plain = ms.prune_with_report(model, budget=0.6, target="latency", device=table, min_width=0.1, round_to=1)
     assert plain.round_to == 1
+
+
+def test_the_scale_multiplies_the_entries_and_their_marginal_latency():
+    model = small_cnn()
+    table = hand_table(model)
+    scaled = hand_table(model)
+    scaled.scale = 0.5
+    graph = ms.analyze(model)
+    assert ms.predict_latency(model, scaled) == pytest.approx(0.5 * (expected_seconds() - 5e-6) + 5e-6, rel=1e-12)
+    ones = np.ones(int(graph.offsets[-1]))
+    np.testing.assert_allclose(L.LatencyModel(graph, scaled).marginal(ones),
+                               0.5 * L.LatencyModel(graph, table).marginal(ones))
+    with pytest.raises(ms.LatencyTableError, match="scale must be a finite number > 0"):
+        ms.LatencyTable.from_dict(_broken(lambda d: d.update(scale=0.0)))
+
+
+def test_measured_values_are_made_monotone_in_both_widths():
+    noisy = np.array([[1.0, 3.0, 2.0, 4.0], [2.0, 1.0, 5.0, 6.0]])
+    smooth = L._monotone(noisy)
+    assert np.all(np.diff(smooth, axis=0) >= 0) and np.all(np.diff(smooth, axis=1) >= 0)
+    already = np.array([[1.0, 2.0, 4.0], [2.0, 3.0, 5.0]])
+    np.testing.assert_array_equal(L._monotone(already), already)     # a monotone table (and its steps) stays
