@@ -1047,7 +1047,7 @@ def _calibrate(table, model, graph, backend, batch_size, threads, repeats, stati
     table.scale, table.overhead = 1.0, float(whole - full_sum)
     warnings.warn(f"profile_latency of '{model.name}': the whole-model calibration keeps scale 1: {reason}; the "
                   f"overhead is the full model's time less its calls' ({table.overhead * 1e3:.3f} ms)",
-                  UserWarning, stacklevel=3)
+                  UserWarning, stacklevel=4)
 
 
 def _progress(enabled, text):
@@ -1104,6 +1104,19 @@ def profile_latency(model, backend="keras", batch_size=1, threads=1, *, points=D
         except LatencyTableError as err:
             warnings.warn(f"the cached latency table {path} is unreadable ({err}); measuring again", UserWarning,
                           stacklevel=2)
+    import tensorflow as tf
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")    # every one-layer model is a new tf.function: TensorFlow's retracing notes are noise
+    try:
+        return _profile(model, graph, specs, backend, batch_size, actual_threads, points, widen, repeats, statistic,
+                        machine, settings, path, progress)
+    finally:
+        logger.setLevel(level)
+
+
+def _profile(model, graph, specs, backend, batch_size, actual_threads, points, widen, repeats, statistic, machine,
+             settings, path, progress):
     start = time.perf_counter()
     entries = {}
     for index, (signature, (spec, in_w, out_w, in_rm, out_rm)) in enumerate(specs.items(), 1):
@@ -1122,7 +1135,7 @@ def profile_latency(model, backend="keras", batch_size=1, threads=1, *, points=D
                 raise
             warnings.warn(f"profile_latency: layer '{spec.call.path}' ({type(spec.call.layer).__name__}) cannot be "
                           f"timed alone with backend={backend!r} ({str(err).splitlines()[0][:200]}); its entry is "
-                          "zero and its time goes into the table's overhead", UserWarning, stacklevel=2)
+                          "zero and its time goes into the table's overhead", UserWarning, stacklevel=3)
             zeros = np.zeros(shape).tolist()
             entries[signature] = LatencyEntry(spec.kind, in_grid, out_grid, zeros, zeros, spec.call.path)
             continue

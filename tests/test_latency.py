@@ -4,6 +4,7 @@ model for real (a tiny grid, one round) and checks only the shape of what it mea
 
 import json
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -383,3 +384,20 @@ def test_measured_values_are_made_monotone_in_both_widths():
     assert np.all(np.diff(smooth, axis=0) >= 0) and np.all(np.diff(smooth, axis=1) >= 0)
     already = np.array([[1.0, 2.0, 4.0], [2.0, 3.0, 5.0]])
     np.testing.assert_array_equal(L._monotone(already), already)     # a monotone table (and its steps) stays
+
+
+def test_fit_with_a_latency_budget_on_the_table():
+    model = small_cnn()
+    table = hand_table(model)
+    reg = MorphRegularizer(model, target="latency", device=table, budget=0.6, steps=8)
+    model.compile(ms.MorphOptimizer(keras.optimizers.Adam(1e-2), reg),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 8, 8, 3)).astype("float32"), rng.integers(0, 4, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")     # 8 steps cannot land a budget: the verdict says so
+        logs = model.fit(x, y, batch_size=16, epochs=2, verbose=0).history
+    assert np.isfinite(logs["loss"][-1]) and reg.controller.step == 8
+    assert 0 < reg.cost() / reg.initial_cost <= 1.0
+    # the optimizer's config carries the table, and rebuilds the regulariser from it
+    assert L.FORMAT in json.dumps(model.optimizer.get_config(), default=str)
