@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 import warnings
@@ -47,7 +46,6 @@ sys.path.insert(0, str(ROOT))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 import morphsparse as ms  # noqa: E402
 from morphsparse import latency as latency_module  # noqa: E402

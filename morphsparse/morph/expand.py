@@ -8,6 +8,9 @@ channel graph (``graph.call_costs(counts)``, without the calls no output depends
 leaves out), so no model is built until the end; the result is a
 freshly initialised model for retraining (MorphNet reference, section 2.5).
 
+``target="latency"`` prices the candidates with a measured latency table (or a roofline; see
+:class:`LatencyPrice`) and takes its budget as a fraction of a predicted latency.
+
 Rounding is a step function of w, so "largest w" means: the returned widths cost at most the budget, and the
 next rounding step up (the widths at any larger w) costs more than the budget.
 """
