@@ -328,8 +328,9 @@ class LatencyTable:
 
 # --- call signatures ------------------------------------------------------------------------------------------
 
-#: config keys that say nothing about time
-_UNTIMED_KEYS = ("name", "trainable", "dtype", "build_config", "seed", "autocast")
+#: config keys that say nothing about time (``use_bias``: a bias add is fused into the kernel, and export adds
+#: one to hold a folded constant, which must not make the slim model's layer a stranger to the table)
+_UNTIMED_KEYS = ("name", "trainable", "dtype", "build_config", "seed", "autocast", "use_bias")
 
 
 #: a kernel call's single reader of these classes is timed with it (a BatchNorm, then an activation): the
@@ -397,16 +398,18 @@ def _width_free_config(call):
     initialisers)."""
     handler = _handlers.rebuild_part(call.handler)
     base = _handlers.layer_config(call.layer)
-    try:
-        other = handler.rebuild_config(call, [np.ones(2, bool) for _ in call.input_shapes],
-                                       [np.ones(3, bool) for _ in call.output_shapes])
-    except Exception:   # noqa: BLE001 - a handler that cannot say: keep the whole config (a stricter key)
-        other = base
+    probes = []
+    for w_in, w_out in ((2, 3), (5, 7)):    # two widths the layer may have itself: compare them, not it
+        try:
+            probes.append(handler.rebuild_config(call, [np.ones(w_in, bool) for _ in call.input_shapes],
+                                                 [np.ones(w_out, bool) for _ in call.output_shapes]))
+        except Exception:   # noqa: BLE001 - a handler that cannot say: keep the whole config (a stricter key)
+            probes.append(base)
     config = {}
     for key, value in base.items():
         if key in _UNTIMED_KEYS or key.endswith(("_initializer", "_regularizer", "_constraint")):
             continue
-        if key in other and _jsonable(other[key]) != _jsonable(value):
+        if _jsonable(probes[0].get(key)) != _jsonable(probes[1].get(key)):
             continue
         config[key] = value
     return config
@@ -857,6 +860,15 @@ def _runner(model, arrays, backend, threads):
         return lambda: fn(structure)
     from morphsparse import litert as _litert
     runner = _litert.interpreter(_litert.convert(model, sparse=False), threads=threads or 1)
+    # the converter fixes an unknown batch dimension to 1: give the inputs the batch asked for
+    resized = False
+    for detail in runner.get_input_details():
+        same_rank = [a for a in arrays if a.ndim == len(detail["shape"])]
+        if same_rank and tuple(detail["shape"])[0] != same_rank[0].shape[0]:
+            runner.resize_tensor_input(detail["index"], (same_rank[0].shape[0],) + tuple(detail["shape"])[1:])
+            resized = True
+    if resized:
+        runner.allocate_tensors()
     remaining = list(arrays)
     for detail in runner.get_input_details():
         match = next((a for a in remaining if tuple(a.shape) == tuple(detail["shape"])), None)

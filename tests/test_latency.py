@@ -401,3 +401,14 @@ def test_fit_with_a_latency_budget_on_the_table():
     assert 0 < reg.cost() / reg.initial_cost <= 1.0
     # the optimizer's config carries the table, and rebuilds the regulariser from it
     assert L.FORMAT in json.dumps(model.optimizer.get_config(), default=str)
+
+
+def test_a_narrowed_or_exported_layer_finds_the_same_entry():
+    # widths (even ones that happen to equal the handler's probes), and a bias that export adds to hold a
+    # folded constant, do not change a call's signature
+    signatures = lambda m: {s.signature for s in L.timed_calls(ms.analyze(m))}   # noqa: E731
+    assert signatures(small_cnn(width=3)) == signatures(small_cnn(width=16)) == signatures(small_cnn(width=7))
+    x = keras.Input((8, 8, 3))
+    biased = keras.Model(x, keras.layers.Conv2D(4, 3, use_bias=True)(x))
+    plain = keras.Model(x, keras.layers.Conv2D(4, 3, use_bias=False)(x))
+    assert signatures(biased) == signatures(plain)
