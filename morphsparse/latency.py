@@ -478,6 +478,14 @@ def call_spec(call, followers=()):
 
 # --- interpolation -----------------------------------------------------------------------------------------------
 
+def _interpolation_points(grid):
+    """Indices of the grid points interpolation runs through: all but the step probes (a width just past a
+    multiple of 8 that the grid also holds, see :func:`default_grid`), which show a step between the multiples
+    and are no point of a line through them."""
+    widths = set(grid)
+    return [i for i, w in enumerate(grid) if not (w > 8 and (w - 1) % 8 == 0 and (w - 1) in widths)]
+
+
 class _Grids:
     """The entries of K rows as padded arrays, so that one vectorised interpolation (numpy or TensorFlow)
     prices every row: X (K x M) input-width grids, Y (K x N) output-width grids, V (K x M x N) seconds.
@@ -493,7 +501,9 @@ class _Grids:
         self.last_x, self.last_y = np.zeros(k, np.int64), np.zeros(k, np.int64)
         for row, entry in enumerate(entries):
             xs, ys = entry.in_widths or [0], entry.out_widths or [0]
-            values = entry.values(statistic)
+            keep_x, keep_y = _interpolation_points(xs), _interpolation_points(ys)
+            values = entry.values(statistic)[np.ix_(keep_x, keep_y)]
+            xs, ys = [xs[i] for i in keep_x], [ys[i] for i in keep_y]
             a, b = len(xs), len(ys)
             self.X[row, :a] = xs
             self.X[row, a:] = xs[-1] + np.arange(1, m + 2 - a)
@@ -569,6 +579,7 @@ class LatencyModel:
                             f"{type(table).__name__}")
         self.graph, self.table = graph, table
         self.specs, entries, in_entries, out_entries = [], [], [], []
+        self.step = table.suggested_round_to() or 1
         offsets = graph.offsets
         for spec in timed_calls(graph, used_only):
             call = spec.call
@@ -585,6 +596,11 @@ class LatencyModel:
             self.specs.append(spec)
             entries.append(entry)
         self.grids = _Grids(entries, table.statistic)
+        # which axes have a grid to pad on (a one-point axis is a width that never changes), and its widest
+        self.pads_x = np.array([len(e.in_widths or []) > 1 for e in entries], bool)
+        self.pads_y = np.array([len(e.out_widths or []) > 1 for e in entries], bool)
+        self.max_x = np.array([max(e.in_widths or [0]) for e in entries], np.float64)
+        self.max_y = np.array([max(e.out_widths or [0]) for e in entries], np.float64)
         self.n_channels = int(offsets[-1])
         self.in_matrix = _summing(in_entries)
         self.out_matrix = _summing(out_entries)
@@ -598,10 +614,28 @@ class LatencyModel:
         return _apply(self.in_matrix, vector, len(self.specs), xp), _apply(self.out_matrix, vector,
                                                                           len(self.specs), xp)
 
+    def padded(self, a_in, a_out, xp=np):
+        """The widths a device that pads to the table's step (``suggested_round_to``) computes at: each width
+        rounded up to a multiple of the step (not past the grid's widest point unless the width already is);
+        the widths themselves on a table that shows no step."""
+        if self.step <= 1:
+            return a_in, a_out
+        out = []
+        for a, pads, widest in ((a_in, self.pads_x, self.max_x), (a_out, self.pads_y, self.max_y)):
+            if xp is np:
+                up = np.minimum(np.ceil(a / self.step - 1e-9) * self.step, np.maximum(a, widest))
+                out.append(np.where(pads, up, a))
+            else:
+                import tensorflow as tf
+                up = tf.minimum(tf.math.ceil(a / self.step - 1e-9) * self.step, tf.maximum(a, widest))
+                out.append(tf.where(pads, up, a))
+        return out[0], out[1]
+
     def per_call(self, a_in, a_out, xp=np):
         if xp is not np:
             import tensorflow as tf
             a_in, a_out = tf.cast(a_in, tf.float64), tf.cast(a_out, tf.float64)
+        a_in, a_out = self.padded(a_in, a_out, xp)
         return self.grids.values(a_in, a_out, xp=np if xp is np else _TF)
 
     def cost(self, a_in, a_out, xp=np):
@@ -620,10 +654,11 @@ class LatencyModel:
         """The regularisation term whose gradient in R is each channel's marginal latency: the slopes at the
         current widths (constants) times the sums of R over each call's input and output entries."""
         if xp is np:
-            d_in, d_out = self.grids.slopes(np.asarray(a_in, np.float64), np.asarray(a_out, np.float64))
+            d_in, d_out = self.grids.slopes(*self.padded(np.asarray(a_in, np.float64), np.asarray(a_out, np.float64)))
             return self.scale * float(np.sum(d_in * r_in + d_out * r_out))
         import tensorflow as tf
-        d_in, d_out = self.grids.slopes(tf.cast(a_in, tf.float64), tf.cast(a_out, tf.float64), xp=_TF)
+        d_in, d_out = self.grids.slopes(*self.padded(tf.cast(a_in, tf.float64), tf.cast(a_out, tf.float64), xp),
+                                        xp=_TF)
         d_in = tf.stop_gradient(tf.cast(d_in * self.scale, r_in.dtype))
         d_out = tf.stop_gradient(tf.cast(d_out * self.scale, r_out.dtype))
         return tf.reduce_sum(d_in * r_in + d_out * r_out)
@@ -635,14 +670,14 @@ class LatencyModel:
         pads widths to a multiple (where the slope is zero, and a greedy search would stop)."""
         a_in, a_out = self.sums(np.asarray(alive, np.float64))
         if window > 1:
-            here = self.grids.values(a_in, a_out)
+            here = self.per_call(a_in, a_out)
             d = []
             for lower in ((np.maximum(a_in - window, 0.0), a_out), (a_in, np.maximum(a_out - window, 0.0))):
                 step = np.maximum((a_in - lower[0]) + (a_out - lower[1]), 1e-12)
-                d.append((here - self.grids.values(*lower)) / step)
+                d.append((here - self.per_call(*lower)) / step)
             d_in, d_out = d
         else:
-            d_in, d_out = self.grids.slopes(a_in, a_out)
+            d_in, d_out = self.grids.slopes(*self.padded(a_in, a_out))
         grad = np.zeros(self.n_channels)
         for (pairs, counts), d in ((self.in_matrix, d_in), (self.out_matrix, d_out)):
             if len(pairs):

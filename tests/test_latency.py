@@ -412,3 +412,41 @@ def test_a_narrowed_or_exported_layer_finds_the_same_entry():
     biased = keras.Model(x, keras.layers.Conv2D(4, 3, use_bias=True)(x))
     plain = keras.Model(x, keras.layers.Conv2D(4, 3, use_bias=False)(x))
     assert signatures(biased) == signatures(plain)
+
+
+def test_cli_expands_to_a_latency_budget_and_profiles(tmp_path, capsys, monkeypatch):
+    from morphsparse import cli
+
+    model = small_cnn(width=16)
+    model.save(tmp_path / "m.keras")
+    hand_table(model).save(tmp_path / "table.json")
+    assert cli.main(["expand", str(tmp_path / "m.keras"), "-o", str(tmp_path / "narrow.keras"),
+                     "--budget-latency", "0.7", "--latency-table", str(tmp_path / "table.json")]) == 0
+    narrow = keras.saving.load_model(tmp_path / "narrow.keras")
+    assert ms.predict_latency(narrow, tmp_path / "table.json") <= 0.7 * ms.predict_latency(
+        model, tmp_path / "table.json")
+    # profile-latency writes the table it measured (the measurement itself is faked: no timing in tests)
+    monkeypatch.setattr(L, "_time_runners", lambda runners, repeats, clock=None: [(1e-5, 2e-5)] * len(runners))
+    monkeypatch.setattr(L, "_runner", lambda model, arrays, backend, threads: (lambda: None))
+    monkeypatch.setenv(L.CACHE_ENV, str(tmp_path / "cache"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert cli.main(["profile-latency", str(tmp_path / "m.keras"), "-o", str(tmp_path / "t2.json"),
+                         "--points", "2", "--repeats", "1"]) == 0
+    assert "written to" in capsys.readouterr().out
+    assert ms.LatencyTable.load(tmp_path / "t2.json").backend == "keras"
+
+
+def test_a_table_with_steps_prices_a_width_as_the_multiple_it_is_padded_to():
+    model = small_cnn(width=32)
+    padded = lambda w: 8 * -(-w // 8)                                   # noqa: E731
+    table = hand_table(model, grid=[1, 4, 8, 9, 12, 16, 17, 24, 32],
+                       kernel=lambda a, b: 1e-6 * padded(a) * padded(b), elementwise=lambda b: 1e-7 * padded(b))
+    graph = ms.analyze(model)
+    g = graph.group_of("conv2").id
+    at = {w: ms.predict_latency(graph, table, alive={g: w}) for w in (17, 20, 24, 25)}
+    assert at[17] == at[20] == at[24] < at[25]
+    # the probes (9, 17) show the step but are no points of the interpolation: 20 is not read off the line
+    # from 17 to 24, and a smooth table is interpolated as before
+    smooth = hand_table(model, grid=[1, 4, 8, 9, 12, 16, 17, 24, 32])
+    assert ms.predict_latency(graph, smooth, alive={g: 20}) == pytest.approx(expected_seconds(32, 20), rel=1e-12)
