@@ -491,7 +491,7 @@ class _Grids:
     prices every row: X (K x M) input-width grids, Y (K x N) output-width grids, V (K x M x N) seconds.
     Padding extends a grid by steps of 1 with the last value repeated, so a one-point axis is constant."""
 
-    def __init__(self, entries, statistic):
+    def __init__(self, entries, statistic, probes=True):
         k = len(entries)
         m = max([len(e.in_widths or [0]) for e in entries] + [1])
         n = max([len(e.out_widths or [0]) for e in entries] + [1])
@@ -501,7 +501,8 @@ class _Grids:
         self.last_x, self.last_y = np.zeros(k, np.int64), np.zeros(k, np.int64)
         for row, entry in enumerate(entries):
             xs, ys = entry.in_widths or [0], entry.out_widths or [0]
-            keep_x, keep_y = _interpolation_points(xs), _interpolation_points(ys)
+            keep_x, keep_y = ((list(range(len(xs))), list(range(len(ys)))) if probes else
+                              (_interpolation_points(xs), _interpolation_points(ys)))
             values = entry.values(statistic)[np.ix_(keep_x, keep_y)]
             xs, ys = [xs[i] for i in keep_x], [ys[i] for i in keep_y]
             a, b = len(xs), len(ys)
@@ -596,7 +597,10 @@ class LatencyModel:
             self.specs.append(spec)
             entries.append(entry)
         self.grids = _Grids(entries, table.statistic)
-        # which axes have a grid to pad on (a one-point axis is a width that never changes), and its widest
+        # widths at a multiple of the step run the device's fast kernel: priced along the multiples only (the
+        # probes just past a multiple would drag the line up); other widths along every measured point
+        self.fast = _Grids(entries, table.statistic, probes=False) if self.step > 1 else self.grids
+        # which axes have a grid (a one-point axis is a width that never changes), and its widest point
         self.pads_x = np.array([len(e.in_widths or []) > 1 for e in entries], bool)
         self.pads_y = np.array([len(e.out_widths or []) > 1 for e in entries], bool)
         self.max_x = np.array([max(e.in_widths or [0]) for e in entries], np.float64)
@@ -614,29 +618,36 @@ class LatencyModel:
         return _apply(self.in_matrix, vector, len(self.specs), xp), _apply(self.out_matrix, vector,
                                                                           len(self.specs), xp)
 
-    def padded(self, a_in, a_out, xp=np):
-        """The widths a device that pads to the table's step (``suggested_round_to``) computes at: each width
-        rounded up to a multiple of the step (not past the grid's widest point unless the width already is);
-        the widths themselves on a table that shows no step."""
-        if self.step <= 1:
-            return a_in, a_out
-        out = []
-        for a, pads, widest in ((a_in, self.pads_x, self.max_x), (a_out, self.pads_y, self.max_y)):
-            if xp is np:
-                up = np.minimum(np.ceil(a / self.step - 1e-9) * self.step, np.maximum(a, widest))
-                out.append(np.where(pads, up, a))
-            else:
-                import tensorflow as tf
-                up = tf.minimum(tf.math.ceil(a / self.step - 1e-9) * self.step, tf.maximum(a, widest))
-                out.append(tf.where(pads, up, a))
-        return out[0], out[1]
+    def _on_step(self, a_in, a_out, xp=np):
+        """Per call: True where every width that has a grid is a multiple of the table's step."""
+        if xp is np:
+            on = [~pads | (np.abs(a / self.step - np.round(a / self.step)) < 1e-6)
+                  for a, pads in ((a_in, self.pads_x), (a_out, self.pads_y))]
+            return on[0] & on[1]
+        import tensorflow as tf
+        on = [tf.logical_or(tf.logical_not(pads), tf.abs(a / self.step - tf.round(a / self.step)) < 1e-6)
+              for a, pads in ((a_in, self.pads_x), (a_out, self.pads_y))]
+        return tf.logical_and(on[0], on[1])
 
     def per_call(self, a_in, a_out, xp=np):
         if xp is not np:
             import tensorflow as tf
             a_in, a_out = tf.cast(a_in, tf.float64), tf.cast(a_out, tf.float64)
-        a_in, a_out = self.padded(a_in, a_out, xp)
-        return self.grids.values(a_in, a_out, xp=np if xp is np else _TF)
+        ops = np if xp is np else _TF
+        values = self.grids.values(a_in, a_out, xp=ops)
+        if self.fast is self.grids:
+            return values
+        fast = self.fast.values(a_in, a_out, xp=ops)
+        return (np.where if xp is np else _tf_where)(self._on_step(a_in, a_out, xp), fast, values)
+
+    def _slopes(self, a_in, a_out, xp=np):
+        d = self.grids.slopes(a_in, a_out, xp=np if xp is np else _TF)
+        if self.fast is self.grids:
+            return d
+        fast = self.fast.slopes(a_in, a_out, xp=np if xp is np else _TF)
+        on = self._on_step(a_in, a_out, xp)
+        where = np.where if xp is np else _tf_where
+        return where(on, fast[0], d[0]), where(on, fast[1], d[1])
 
     def cost(self, a_in, a_out, xp=np):
         """Predicted seconds at these widths: the sum of the calls' entries plus the overhead."""
@@ -654,11 +665,10 @@ class LatencyModel:
         """The regularisation term whose gradient in R is each channel's marginal latency: the slopes at the
         current widths (constants) times the sums of R over each call's input and output entries."""
         if xp is np:
-            d_in, d_out = self.grids.slopes(*self.padded(np.asarray(a_in, np.float64), np.asarray(a_out, np.float64)))
+            d_in, d_out = self._slopes(np.asarray(a_in, np.float64), np.asarray(a_out, np.float64))
             return self.scale * float(np.sum(d_in * r_in + d_out * r_out))
         import tensorflow as tf
-        d_in, d_out = self.grids.slopes(*self.padded(tf.cast(a_in, tf.float64), tf.cast(a_out, tf.float64), xp),
-                                        xp=_TF)
+        d_in, d_out = self._slopes(tf.cast(a_in, tf.float64), tf.cast(a_out, tf.float64), xp)
         d_in = tf.stop_gradient(tf.cast(d_in * self.scale, r_in.dtype))
         d_out = tf.stop_gradient(tf.cast(d_out * self.scale, r_out.dtype))
         return tf.reduce_sum(d_in * r_in + d_out * r_out)
@@ -677,7 +687,7 @@ class LatencyModel:
                 d.append((here - self.per_call(*lower)) / step)
             d_in, d_out = d
         else:
-            d_in, d_out = self.grids.slopes(*self.padded(a_in, a_out))
+            d_in, d_out = self._slopes(a_in, a_out)
         grad = np.zeros(self.n_channels)
         for (pairs, counts), d in ((self.in_matrix, d_in), (self.out_matrix, d_out)):
             if len(pairs):
@@ -701,6 +711,11 @@ class LatencyModel:
                           f"{len(found)} call(s): {names}{more}. Profile with a grid that covers these widths "
                           "(ms.profile_latency(..., widen=...)) for measured figures.", UserWarning, stacklevel=3)
         return found
+
+
+def _tf_where(condition, a, b):
+    import tensorflow as tf
+    return tf.where(condition, a, b)
 
 
 class _TFOps:

@@ -437,7 +437,7 @@ def test_cli_expands_to_a_latency_budget_and_profiles(tmp_path, capsys, monkeypa
     assert ms.LatencyTable.load(tmp_path / "t2.json").backend == "keras"
 
 
-def test_a_table_with_steps_prices_a_width_as_the_multiple_it_is_padded_to():
+def test_a_table_with_steps_prices_multiples_along_the_multiples():
     model = small_cnn(width=32)
     padded = lambda w: 8 * -(-w // 8)                                   # noqa: E731
     table = hand_table(model, grid=[1, 4, 8, 9, 12, 16, 17, 24, 32],
@@ -446,7 +446,7 @@ def test_a_table_with_steps_prices_a_width_as_the_multiple_it_is_padded_to():
     g = graph.group_of("conv2").id
     at = {w: ms.predict_latency(graph, table, alive={g: w}) for w in (17, 20, 24, 25)}
     assert at[17] == at[20] == at[24] < at[25]
-    # the probes (9, 17) show the step but are no points of the interpolation: 20 is not read off the line
-    # from 17 to 24, and a smooth table is interpolated as before
+    # widths at a multiple of the step are read off the line through the multiples (24 is not pulled up by
+    # the probe at 17), the others off every measured point; a smooth table is interpolated as before
     smooth = hand_table(model, grid=[1, 4, 8, 9, 12, 16, 17, 24, 32])
     assert ms.predict_latency(graph, smooth, alive={g: 20}) == pytest.approx(expected_seconds(32, 20), rel=1e-12)
