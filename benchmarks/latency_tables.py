@@ -22,7 +22,7 @@ The machine must be quiet: every figure is a timing. Writes ``benchmarks/results
 
 Full run (hours on two cores; the lead runs it when the machine is idle):
 
-    python benchmarks/latency_tables.py --assignments 50 --landing --accuracy --seeds 0 1 2
+    python benchmarks/latency_tables.py --assignments 50 --landing --accuracy --seeds 0 1 2 --refresh
 
 Small check that it works (a few minutes):
 
@@ -89,7 +89,7 @@ def prediction(arch, backend, batch, args, rng):
     model = make(arch)
     start = time.perf_counter()
     table = ms.profile_latency(model, backend=backend, batch_size=batch, threads=1, points=args.points,
-                               repeats=args.repeats, progress=True)
+                               repeats=args.repeats, progress=True, refresh=args.refresh)
     profile_seconds = time.perf_counter() - start
     graph = ms.analyze(model)
     rows = []
@@ -159,8 +159,9 @@ def accuracy(args):
                       metrics=["accuracy"])
         compile_(model)
         model.fit(x_train, y_train, batch_size=128, epochs=args.epochs, verbose=0)
+        ms.recalibrate_batchnorm(model, x_train[:512])     # a short run leaves the moving statistics behind
         table = ms.profile_latency(model, backend=backend, batch_size=batch, threads=1, points=args.points,
-                                   repeats=args.repeats, progress=False)
+                                   repeats=args.repeats, progress=False, refresh=args.refresh)
 
         def finish(slim):
             compile_(slim)
@@ -202,6 +203,8 @@ def main(argv=None):
     parser.add_argument("--finetune-epochs", type=int, default=1)
     parser.add_argument("--train-images", type=int, default=20000)
     parser.add_argument("--accuracy-batch", type=int, default=1)
+    parser.add_argument("--refresh", action="store_true", help="profile again instead of using cached tables "
+                        "(tables measured while the machine was busier predict its quiet times badly)")
     parser.add_argument("--note", default="", help="a line saying how the machine was (quiet, shared, ...)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latency_tables.json"))
     args = parser.parse_args(argv)
