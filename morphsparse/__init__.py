@@ -40,6 +40,9 @@ _EXPORTS = {
     "MorphRegularizer": "morph.regularizers", "DeviceProfile": "morph.regularizers",
     "DEVICE_PROFILES": "morph.regularizers", "UnsupportedLayerError": "morph.regularizers",
     "MorphOptimizer": "morph.optimizer", "morph_optimizer": "morph.optimizer",
+    # measured latency
+    "profile_latency": "latency", "predict_latency": "latency", "measure_latency": "latency",
+    "LatencyTable": "latency", "LatencyTableError": "latency",
     # LiteRT export
     "to_litert": "litert", "LiteRTReport": "litert", "LiteRTError": "litert",
     "cycle": "morph.cycle", "CycleResult": "morph.cycle", "small_resnet": "models",

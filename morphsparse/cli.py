@@ -6,6 +6,9 @@
     morphsparse expand SLIM.keras --like ORIGINAL.keras -o wide.keras [--round-to 8]   # or --budget-flops N
                                                                    # or --budget-params N (implies --target size)
     morphsparse prune TRAINED.keras -o slim.keras --budget 0.5 [--target size --importance l1]
+    morphsparse profile-latency MODEL -o table.json [--backend litert --batch-size 32 --threads 1]
+    morphsparse prune TRAINED.keras -o slim.keras --budget 0.5 --target latency --latency-table table.json
+    morphsparse expand SLIM.keras -o wide.keras --budget-latency 0.8 --latency-table table.json
     morphsparse sparsity SPARSE.keras                # per-kernel sparsity and FLOPs dense vs sparse
     morphsparse to-litert MODEL.keras -o model.tflite [--dense] [--quantize float16]
 
@@ -122,13 +125,43 @@ def cmd_prune(args):
 
     model = load_model_arg(args.model, args.input_size, args.classes)
     floor = {} if args.min_width is None else {"min_width": args.min_width}
+    device = _latency_device(args)
     slim, report = ms.prune_with_report(model, budget=args.budget, target=args.target, importance=args.importance,
-                                        ignore=args.ignore or (), **floor)
+                                        ignore=args.ignore or (), device=device, **floor)
     print(report.table())
     print()
     print(report.summary())
     slim.save(args.output)
     print(f"pruned model written to {args.output} (fine-tune it: its BatchNorm statistics are the seed's)")
+    return 0
+
+
+def _latency_device(args):
+    """What prices target latency: the --latency-table (loaded and checked), else the roofline, said aloud."""
+    if args.target != "latency":
+        if getattr(args, "latency_table", None):
+            print(f"note: --latency-table is ignored: the target is {args.target}", file=sys.stderr)
+        return None
+    if not args.latency_table:
+        print("note: no --latency-table: latency is priced by the roofline of a V100's data sheet, not measured; "
+              "make a table with `morphsparse profile-latency MODEL -o table.json`", file=sys.stderr)
+        return None
+    from morphsparse.latency import LatencyTable
+
+    table = LatencyTable.load(args.latency_table)
+    print(f"latency priced by the {table.describe()} from {args.latency_table}")
+    return table
+
+
+def cmd_profile_latency(args):
+    import morphsparse as ms
+
+    model = load_model_arg(args.model, args.input_size, args.classes)
+    table = ms.profile_latency(model, backend=args.backend, batch_size=args.batch_size, threads=args.threads,
+                               points=args.points, repeats=args.repeats, refresh=args.refresh)
+    table.save(args.output)
+    print(f"{table.describe()}: {ms.predict_latency(model, table) * 1e3:.3f} ms predicted for {model.name} "
+          f"(overhead {table.overhead * 1e3:.3f} ms); written to {args.output}")
     return 0
 
 
@@ -178,11 +211,16 @@ def cmd_expand(args):
 
     slim = load_model_arg(args.model)
     budget = args.budget
+    reference = None
     if budget is None:   # _check_expand_args made sure --like is there
-        reference = load_model_arg(args.like)
-        budget = ms.count_flops(reference) if args.target == "flops" else ms.count_params(reference)
+        if args.target == "latency":     # a latency budget is a fraction of the reference's prediction
+            reference, budget = load_model_arg(args.like), 1.0
+        else:
+            like = load_model_arg(args.like)
+            budget = ms.count_flops(like) if args.target == "flops" else ms.count_params(like)
     wide, report = ms.expand_with_report(slim, budget=budget, target=args.target, round_to=args.round_to,
-                                         ignore=args.ignore or ())
+                                         ignore=args.ignore or (), reference=reference,
+                                         device=_latency_device(args))
     print(report.table())
     print()
     _print_costs("before", slim)
@@ -231,7 +269,12 @@ def build_parser():
     budget = expand.add_mutually_exclusive_group()
     budget.add_argument("--budget-flops", type=float, default=None, help="FLOP budget (implies --target flops)")
     budget.add_argument("--budget-params", type=float, default=None, help="parameter budget (implies --target size)")
-    expand.add_argument("--target", choices=tuple(BUDGET_TARGETS), default=None,
+    budget.add_argument("--budget-latency", type=float, default=None,
+                        help="latency budget, a fraction of the model's (or --like's) predicted latency (implies "
+                             "--target latency)")
+    expand.add_argument("--latency-table", default=None,
+                        help="a latency table JSON (profile-latency) pricing --target latency; else the roofline")
+    expand.add_argument("--target", choices=tuple(BUDGET_TARGETS) + ("latency",), default=None,
                         help="what the budget counts (default: what the --budget-* flag says, else flops)")
     expand.add_argument("--round-to", type=int, default=None, help="round every width to a multiple (e.g. 8)")
     expand.add_argument("--ignore", nargs="*", help="layers whose output width must not change")
@@ -247,7 +290,10 @@ def build_parser():
     prune.add_argument("-o", "--output", required=True, help="where to save the pruned .keras model")
     prune.add_argument("--budget", type=float, required=True,
                        help="a fraction of the model's cost in (0, 1], or an absolute count > 1")
-    prune.add_argument("--target", choices=tuple(BUDGET_TARGETS), default="flops", help="what the budget counts")
+    prune.add_argument("--target", choices=tuple(BUDGET_TARGETS) + ("latency",), default="flops",
+                       help="what the budget counts (latency: priced by --latency-table)")
+    prune.add_argument("--latency-table", default=None,
+                       help="a latency table JSON (profile-latency) pricing --target latency; else the roofline")
     prune.add_argument("--importance", choices=("gamma", "l1"), default="gamma",
                        help="channel importance: BatchNorm |gamma| or the kernel's L1 norm (taylor needs data: "
                             "use ms.prune from Python)")
@@ -257,6 +303,19 @@ def build_parser():
     prune.add_argument("--input-size", type=positive_int, default=None, help="square input size for an application")
     prune.add_argument("--classes", type=positive_int, default=None, help="classes for an application's top")
     prune.set_defaults(func=cmd_prune)
+
+    profile = sub.add_parser("profile-latency", help="measure a latency table of a model's layers on this machine")
+    profile.add_argument("model", help="a .keras file, or a keras.applications name")
+    profile.add_argument("-o", "--output", required=True, help="where to write the table JSON")
+    profile.add_argument("--backend", choices=("keras", "litert"), default="keras")
+    profile.add_argument("--batch-size", type=positive_int, default=1)
+    profile.add_argument("--threads", type=positive_int, default=1)
+    profile.add_argument("--points", type=positive_int, default=5, help="grid points per width axis")
+    profile.add_argument("--repeats", type=positive_int, default=15, help="timing rounds")
+    profile.add_argument("--refresh", action="store_true", help="measure again even if a cached table exists")
+    profile.add_argument("--input-size", type=positive_int, default=None, help="square input size for an application")
+    profile.add_argument("--classes", type=positive_int, default=None, help="classes for an application's top")
+    profile.set_defaults(func=cmd_profile_latency)
 
     litert = sub.add_parser("to-litert", help="convert to a LiteRT .tflite file (sparse kernels stored sparse) "
                                               "and check it against Keras")
@@ -272,7 +331,7 @@ def build_parser():
 
 
 #: the budget flag of each target
-BUDGET_FLAGS = {"flops": "--budget-flops", "size": "--budget-params"}
+BUDGET_FLAGS = {"flops": "--budget-flops", "size": "--budget-params", "latency": "--budget-latency"}
 
 
 def _check_expand_args(args, error):
@@ -292,7 +351,7 @@ def _check_expand_args(args, error):
             error(f"--like and {flag} both set the budget; give one of them")
         args.budget, args.target = value, target
     if args.budget is None and not args.like:
-        error("give --like ORIGINAL.keras or a budget (--budget-flops N or --budget-params N)")
+        error("give --like ORIGINAL.keras or a budget (--budget-flops N, --budget-params N or --budget-latency F)")
     args.target = args.target or "flops"
 
 

@@ -204,11 +204,11 @@ class BudgetController:
             lo, hi = offsets[group.id], offsets[group.id + 1]
             if hi > lo and reg.regularized[lo:hi].any() and not fixed[lo:hi].any():
                 fixed[lo + int(np.argmax(reg.regularized[lo:hi]))] = True
-        return float(reg.target.cost(*reg.kernel_calls.sums(fixed.astype(float)))) / reg.initial_cost
+        return float(reg.target.cost(*reg.target.sums(fixed.astype(float)))) / reg.initial_cost
 
     def cost_ratio(self, alive):
         """Target cost of a flat 0/1 alive vector (tensor) as a fraction of the seed's (float64 tensor)."""
-        a_in, a_out = self.reg.kernel_calls.sums(tf.cast(alive, tf.float64), xp=keras.ops)
+        a_in, a_out = self.reg.target.sums(tf.cast(alive, tf.float64), xp=keras.ops)
         return self.reg.target.cost(a_in, a_out, xp=keras.ops) / self.reg.initial_cost
 
     # --- in-graph pieces ----------------------------------------------------------------------------------
@@ -315,13 +315,11 @@ class BudgetController:
 
     def cheapest_alive_ratio(self):
         """The smallest cost, as a fraction of the seed's, that removing one alive regularised channel saves at
-        the current widths (its marginal cost); None for a target without a cost table (latency, activations)."""
-        table = self.reg.target.table
-        if not table:
-            return None
-        calls = self.reg.kernel_calls
+        the current widths (its marginal cost); None for a target that cannot price one channel (activations)."""
         alive = flat_mask(self.reg.graph, self.reg.alive_masks()).astype(float)
-        marginal = calls.marginal(getattr(calls, table), alive)
+        marginal = self.reg.target.marginal(alive)
+        if marginal is None:
+            return None
         candidates = marginal[alive.astype(bool) & self.reg.regularized & (marginal > 0)]
         return float(candidates.min()) / self.reg.initial_cost if candidates.size else None
 

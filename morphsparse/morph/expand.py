@@ -8,6 +8,9 @@ channel graph (``graph.call_costs(counts)``, without the calls no output depends
 leaves out), so no model is built until the end; the result is a
 freshly initialised model for retraining (MorphNet reference, section 2.5).
 
+``target="latency"`` prices the candidates with a measured latency table (or a roofline; see
+:class:`LatencyPrice`) and takes its budget as a fraction of a predicted latency.
+
 Rounding is a step function of w, so "largest w" means: the returned widths cost at most the budget, and the
 next rounding step up (the widths at any larger w) costs more than the budget.
 """
@@ -23,15 +26,16 @@ import numpy as np
 
 from morphsparse import costs as _costs
 from morphsparse import checks as _checks
-from morphsparse import handlers as _handlers
+from morphsparse.cost_tables import KernelCalls
 from morphsparse.costs import count_flops, count_params
 from morphsparse.graph import GraphError, analyze
 from morphsparse.morph import alive as _alive
 from morphsparse.morph.alive import warn_user
-from morphsparse.trace import symbolic_kwargs
-from morphsparse.morph.rebuild import rebuild
+from morphsparse.morph.rebuild import build_at_widths
+from morphsparse.latency import as_table
+from morphsparse.morph.regularizers import is_latency_table, latency_target
 
-TARGETS = tuple(_costs.BUDGET_TARGETS)
+TARGETS = tuple(_costs.BUDGET_TARGETS) + ("latency",)
 
 
 class ExpandError(ValueError):
@@ -42,6 +46,29 @@ def _price(graph, counts, target):
     """The cost of the rebuilt network at ``counts``: calls no output depends on are not rebuilt."""
     rows = graph.call_costs(counts, used_only=True)
     return 2 * sum(r[1] for r in rows) if target == "flops" else sum(r[2] for r in rows)
+
+
+class LatencyPrice:
+    """target="latency": the predicted seconds of the rebuilt network at given group widths (a measured
+    latency table's prediction, or the roofline of a device profile), without the calls no output depends on."""
+
+    def __init__(self, graph, device=None):
+        self.graph = graph
+        self.target = latency_target(KernelCalls(graph), device, used_only=True)
+
+    def weights(self, counts):
+        return self.graph.channel_weights(counts)
+
+    def __call__(self, counts=None):
+        return float(self.target.cost(*self.target.sums(self.weights(counts))))
+
+    def warn_extrapolated(self, counts, what):
+        if hasattr(self.target, "model"):
+            self.target.model.warn_extrapolated(self.weights(counts), what)
+
+
+def _format(cost, target):
+    return f"{cost * 1e3:.4g} ms" if target == "latency" else f"{cost:,.0f} {target}"
 
 
 def rounded_width(size, multiplier, round_to=None):
@@ -76,16 +103,18 @@ def check_round_to(round_to):
 
 
 def check_target(target):
-    return _costs.check_target(target, error=ExpandError)
+    return _costs.check_target(target, TARGETS, error=ExpandError)
 
 
 class WidthSearch:
     """Bisection over the width multiplier on a channel graph."""
 
-    def __init__(self, graph, target="flops", round_to=None):
+    def __init__(self, graph, target="flops", round_to=None, device=None):
         check_target(target)
         check_round_to(round_to)
         self.graph, self.target, self.round_to = graph, target, round_to
+        self.price = LatencyPrice(graph, device) if target == "latency" else (
+            lambda counts: _price(graph, counts, target))
         self.groups = [g for g in graph.groups if g.removable and g.size > 0]
         if not self.groups:
             raise ExpandError(f"model '{graph.model.name}' has no removable channel group to widen")
@@ -96,19 +125,20 @@ class WidthSearch:
         return {g.id: rounded_width(g.size, multiplier, self.steps[g.id]) for g in self.groups}
 
     def cost(self, multiplier):
-        return _price(self.graph, self.counts(multiplier), self.target)
+        return self.price(self.counts(multiplier))
 
     def largest_multiplier(self, budget, iterations=60):
         """(w, cost): the largest multiplier whose rounded widths cost at most ``budget``."""
         low, high = 0.0, 1.0
         smallest = self.cost(low)
         if smallest > budget:
-            raise ExpandError(f"budget {budget:,.0f} ({self.target}) is below the smallest possible network "
-                              f"({smallest:,} with every removable group at {self.round_to or 1} channel(s))")
+            raise ExpandError(f"budget {_format(budget, self.target)} is below the smallest possible network "
+                              f"({_format(smallest, self.target)} with every removable group at "
+                              f"{self.round_to or 1} channel(s))")
         while self.cost(high) <= budget:
             low, high = high, high * 2
             if high > 2 ** 20:
-                raise ExpandError(f"budget {budget:,.0f} is not reached even at width multiplier 2**20; the "
+                raise ExpandError(f"budget {_format(budget, self.target)} is not reached even at width multiplier 2**20; the "
                                   f"{self.target} of this model does not grow with its width")
         for _ in range(iterations):
             middle = (low + high) / 2
@@ -152,16 +182,25 @@ class ExpandReport:
     params_before: int = 0
     params_after: int = 0
     widths: dict = field(default_factory=dict)      # producer layer path -> (before, after)
+    latency_source: str = ""                        # target="latency": what priced it
+    round_to_source: str = ""                       # where round_to came from ("argument", "latency table")
     seconds: float = 0.0
 
     def summary(self):
+        unit = {"flops": "FLOPs", "size": "params"}.get(self.target)
+        budget = f"{self.budget * 1e3:.4g} ms" if self.target == "latency" else f"{self.budget:,.0f} {unit}"
+        latency = (f"; latency {self.cost_before * 1e3:.4g} -> {self.cost_after * 1e3:.4g} ms predicted by the "
+                   f"{self.latency_source}" if self.target == "latency" else "")
+        rounding = (f" (round_to={self.round_to}"
+                    + (f", from the {self.round_to_source}" if self.round_to_source not in ("", "argument") else "")
+                    + ")") if self.round_to else ""
         return (f"{'expand' if self.multiplier >= 1 else 'resize'} of '{self.model_name}': width "
-                f"x{self.multiplier:.4f}{f' (round_to={self.round_to})' if self.round_to else ''} to a budget of "
-                f"{self.budget:,.0f} {'FLOPs' if self.target == 'flops' else 'params'}: "
+                f"x{self.multiplier:.4f}{rounding} to a budget of {budget}{latency}: "
                 f"FLOPs {self.flops_before:,d} -> {self.flops_after:,d} (x{self.flops_after / max(self.flops_before, 1):.3f}), "
                 f"params {self.params_before:,d} -> {self.params_after:,d} "
                 f"(x{self.params_after / max(self.params_before, 1):.3f}); next rounding step would cost "
-                f"{self.cost_next_step:,d}; {self.seconds:.2f} s")
+                f"{_format(self.cost_next_step, self.target) if self.target == 'latency' else f'{self.cost_next_step:,d}'}; "
+                f"{self.seconds:.2f} s")
 
     def table(self):
         lines = [f"{'layer':44s} {'before':>8s} {'after':>8s}"]
@@ -180,45 +219,24 @@ PARAMS_GROWTH_WARNING = 1.5
 def build_with_widths(model, graph, counts, name=None):
     """A freshly initialised copy of ``model`` whose removable groups have ``counts[group id]`` channels
     (groups not in ``counts`` keep their size). Layers get their new widths from their handler's
-    ``rebuild_config``; nested models are flattened (inner layer names become ``outer__inner``)."""
-    factor = np.ones(len(graph.groups))
-    for gid, count in counts.items():
-        factor[gid] = count / graph.groups[gid].size
-
-    def width(groups):
-        # every channel of a group appears equally often in a tensor (tiling, depth multipliers), so each
-        # group's share is a whole number of channels; a concatenation is the sum of its inputs' shares
-        ids, entries = np.unique(groups, return_counts=True)
-        return int(sum(round(n * factor[g]) for g, n in zip(ids.tolist(), entries.tolist())))
-
-    def build(call, engine):
-        # handlers describe a call's new widths as masks over its entries: every entry of a new width is kept
-        keep_in = [np.ones(width(g), bool) for g in call.in_groups]
-        keep_out = [np.ones(width(g), bool) for g in call.out_groups]
-        args, kwargs = engine.arguments(call)
-        rules = _handlers.rebuild_part(call.handler)
-        try:
-            if isinstance(call.layer, keras.layers.Layer):
-                layer = engine.new_layer(call, rules.rebuild_config(call, keep_in, keep_out))
-                return layer(*args, **symbolic_kwargs(layer, kwargs))
-            # a keras.ops call: its handler re-applies it (a reshape or slice names channel positions)
-            return rules.apply_op(call, args, kwargs, lambda i, lo, hi: width(call.in_groups[i][lo:hi]))
-        except Exception as err:  # the layer's class decides what it accepts; say which one failed
-            raise ExpandError(f"cannot rebuild layer '{call.path}' ({type(call.layer).__name__}) with "
-                              f"{[len(m) for m in keep_in]} input and {[len(m) for m in keep_out]} output "
-                              f"channels: {err}. Register a handler whose rebuild_config sets its width.") from err
-
-    return rebuild(graph, build, lambda call, position: width(call.out_groups[position]), name or model.name,
-                   error=ExpandError)
+    ``rebuild_config``; nested models are flattened (inner layer names become ``outer__inner``). (The engine:
+    :func:`morphsparse.morph.rebuild.build_at_widths`, which ``ms.profile_latency`` uses too.)"""
+    return build_at_widths(model, graph, counts, name=name, error=ExpandError)
 
 
-def expand_with_report(model, budget, target="flops", reference=None, round_to=None, ignore=(), name=None):
+def expand_with_report(model, budget, target="flops", reference=None, round_to=None, ignore=(), name=None,
+                       device=None):
     """:func:`expand`, returning ``(model, ExpandReport)``."""
     start = time.perf_counter()
     if not isinstance(model, keras.Model):
         raise TypeError(f"expand() takes a keras.Model, got {type(model).__name__}")
     check_target(target)
     check_round_to(round_to)
+    if device is not None and target != "latency":
+        warn_user(f"device= is ignored: it prices target='latency' only (this expand's target is {target!r})")
+        device = None
+    if target == "latency":
+        return _expand_to_latency(model, budget, reference, round_to, ignore, name, device, start)
     graph = analyze(model, ignore=ignore)
     if graph.unused_calls:
         names = ", ".join(c.path for c in graph.unused_calls[:3]) + (", ..." if len(graph.unused_calls) > 3 else "")
@@ -253,8 +271,58 @@ def expand_with_report(model, budget, target="flops", reference=None, round_to=N
     return wide, report
 
 
+def _expand_to_latency(model, budget, reference, round_to, ignore, name, device, start):
+    """expand_with_report for target="latency": the budget is a fraction of the predicted latency of
+    ``reference`` (default: the model), and ``round_to`` defaults to the step the latency table shows."""
+    fraction = check_budget(budget)
+    if fraction > 1:
+        raise ExpandError(f"budget={budget!r}: a latency budget is a fraction in (0, 1] of a model's predicted "
+                          "latency (of reference=, default the model itself); divide your target time by "
+                          "ms.predict_latency(model, table)")
+    graph = analyze(model, ignore=ignore)
+    if is_latency_table(device):
+        device = as_table(device, "device")      # loaded once
+    price = LatencyPrice(graph, device)
+    if reference is None:
+        base = price()
+    elif isinstance(reference, keras.Model):
+        base = LatencyPrice(analyze(reference), device)()
+    else:
+        raise ExpandError(f"reference must be a keras.Model, got {type(reference).__name__}")
+    source = "argument" if round_to is not None else ""
+    table = getattr(price.target, "latency_table", None)
+    if round_to is None and table is not None:
+        round_to = table.suggested_round_to()
+        if round_to:
+            source = "latency table"
+            warn_user(f"expand to a latency budget rounds every width to a multiple of {round_to}: the latency "
+                      f"table shows the device runs such widths faster (pass round_to= to choose)")
+    search = WidthSearch(graph, "latency", round_to, device)
+    search.price = price
+    absolute = fraction * base
+    multiplier, cost = search.largest_multiplier(absolute)
+    counts = search.counts(multiplier)
+    price.warn_extrapolated(counts, f"the latency of the resized '{model.name}'")
+    wide = build_with_widths(model, graph, counts, name=name)
+    wide_graph = analyze(wide)
+    check = LatencyPrice(wide_graph, device)()
+    if not math.isclose(check, cost, rel_tol=1e-6, abs_tol=1e-12):
+        raise GraphError(f"resized model's predicted latency is {check * 1e3:.4g} ms, the search priced "
+                         f"{cost * 1e3:.4g} ms; please report this model")
+    report = ExpandReport(model.name, "latency", absolute, multiplier, round_to, price(), cost,
+                          search.next_step(multiplier), flops_before=count_flops(graph),
+                          flops_after=count_flops(wide_graph), params_before=count_params(graph),
+                          params_after=count_params(wide_graph), latency_source=price.target.describe(),
+                          round_to_source=source)
+    for group in graph.groups:
+        for producer in group.producers:
+            report.widths[producer] = (group.size, counts.get(group.id, group.size))
+    report.seconds = time.perf_counter() - start
+    return wide, report
+
+
 def expand(model, budget, target="flops", reference=None, round_to=None, ignore=(), name=None,
-           return_report=False):
+           return_report=False, device=None):
     """Resize ``model`` (usually an exported slim model) by the largest uniform width multiplier whose rounded
     widths cost at most ``budget``: it widens (multiplier > 1) or narrows (< 1), whichever the budget asks.
 
@@ -264,11 +332,16 @@ def expand(model, budget, target="flops", reference=None, round_to=None, ignore=
     ``round_to`` (e.g. 8) rounds every group's width to a multiple; ``ignore`` names layers whose output width
     must not change (inputs and outputs never change).
 
+    ``target="latency"``: ``budget`` is a fraction in (0, 1] of the predicted latency of ``reference`` (default:
+    the model), priced by ``device``: a measured :class:`~morphsparse.latency.LatencyTable`
+    (``ms.profile_latency``; its ``round_to`` suggestion is used when ``round_to`` is None, with a warning
+    saying so), else the roofline of a device profile (the report's ``latency_source`` says which).
+
     Returns a freshly initialised ``keras.Model`` (retrain it). For the :class:`ExpandReport` (FLOPs and
     parameters before and after, per-layer widths) call :func:`expand_with_report`. Warns when a FLOP budget
     multiplies the parameters by more than 1.5.
     """
-    wide, report = expand_with_report(model, budget, target, reference, round_to, ignore, name)
+    wide, report = expand_with_report(model, budget, target, reference, round_to, ignore, name, device)
     if return_report:
         warn_user("expand(..., return_report=True) is deprecated: it returns a pair where expand returns a "
                   "model; use ms.expand_with_report(...)", DeprecationWarning)

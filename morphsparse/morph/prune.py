@@ -14,6 +14,11 @@ a channel's saving depends on the widths of its neighbours. The chunk stops as s
 covers the distance to the budget, and the exact analytic cost (``count_flops`` / ``count_params``) decides when
 to stop, so the result lands at or just under the budget.
 
+With ``target="latency", device=table`` (a measured :class:`~morphsparse.latency.LatencyTable`) the price is a
+channel's marginal latency in the table (on a table that shows steps, the average saving of a step's worth of
+channels, as one channel in a padded stretch saves nothing), the table's prediction is the exact cost, and the
+table's ``suggested_round_to`` rounds the pruned widths down unless ``round_to`` is given.
+
 The slim model is then built by :func:`morphsparse.export` with the chosen masks (weights copied; a removed
 channel is exported as if its gamma, or for networks without BatchNorm its kernel column, were zero: the
 constant it leaves behind is folded into the next layer), and its exact cost is checked against the budget.
@@ -52,9 +57,11 @@ from morphsparse.graph import analyze
 from morphsparse.morph import alive as _alive
 from morphsparse.morph.batchnorm import recalibrate_batchnorm
 from morphsparse.morph.export import export_with_report
+from morphsparse.latency import as_table
+from morphsparse.morph.regularizers import is_latency_table, latency_target
 from morphsparse.recipe import compiler_like, fit_arguments
 
-TARGETS = tuple(BUDGET_TARGETS)
+TARGETS = tuple(BUDGET_TARGETS) + ("latency",)
 IMPORTANCES = ("gamma", "l1", "taylor")
 #: fraction of the remaining candidate channels removed per round before marginal costs are recomputed
 DEFAULT_CHUNK = 0.05
@@ -112,6 +119,11 @@ class PruneReport:
     params_before: int
     flops_after: int = 0
     params_after: int = 0
+    latency_before: float = 0.0                      # target="latency": predicted seconds
+    latency_after: float = 0.0
+    latency_source: str = ""                         # what priced the latency (measured table or roofline)
+    round_to: int | None = None                      # pruned widths rounded down to multiples of this
+    round_to_source: str = ""                        # "latency table" when the table suggested it
     groups: dict = field(default_factory=dict)      # "producer, producer" -> (channels before, after)
     steps: list = field(default_factory=list)
     never_pruned: int = 0                            # removable channels without an importance source
@@ -119,15 +131,15 @@ class PruneReport:
 
     @property
     def unit(self):
-        return "FLOPs" if self.target == "flops" else "params"
+        return {"flops": "FLOPs", "latency": "seconds"}.get(self.target, "params")
 
     @property
     def cost_before(self):
-        return self.flops_before if self.target == "flops" else self.params_before
+        return {"flops": self.flops_before, "latency": self.latency_before}.get(self.target, self.params_before)
 
     @property
     def cost_after(self):
-        return self.flops_after if self.target == "flops" else self.params_after
+        return {"flops": self.flops_after, "latency": self.latency_after}.get(self.target, self.params_after)
 
     @property
     def histories(self):
@@ -137,14 +149,16 @@ class PruneReport:
     def summary(self):
         before = sum(b for b, _ in self.groups.values())
         after = sum(a for _, a in self.groups.values())
-        return (f"prune of '{self.model_name}' to {self.budget:,.0f} {self.unit} "
-                f"({self.budget_fraction:.1%} of {self.cost_before:,d}), importance={self.importance!r}, "
+        latency = (f"; latency {self.latency_before * 1e3:.3f} -> {self.latency_after * 1e3:.3f} ms predicted by "
+                   f"the {self.latency_source}" if self.target == "latency" else "")
+        return (f"prune of '{self.model_name}' to {_format(self.budget, self.target)} "
+                f"({self.budget_fraction:.1%} of {_format(self.cost_before, self.target)}), importance={self.importance!r}, "
                 f"{len(self.steps)} step(s): {self.flops_before:,d} -> {self.flops_after:,d} FLOPs "
                 f"(x{self.flops_after / max(self.flops_before, 1):.3f}), {self.params_before:,d} -> "
                 f"{self.params_after:,d} params (x{self.params_after / max(self.params_before, 1):.3f}); "
                 f"{before} -> {after} removable channels"
                 + (f" ({self.never_pruned} never pruned: no importance source)" if self.never_pruned else "")
-                + f"; {self.seconds:.1f} s")
+                + latency + f"; {self.seconds:.1f} s")
 
     def table(self):
         lines = [f"{'producers':60s} {'before':>8s} {'after':>8s}"]
@@ -156,13 +170,21 @@ class PruneReport:
         return self.summary()
 
 
+def _format(cost, target):
+    """A cost in the target's unit, for messages."""
+    return f"{cost * 1e3:.4g} ms" if target == "latency" else f"{cost:,.0f} {'FLOPs' if target == 'flops' else 'params'}"
+
+
 # --- argument checks ---------------------------------------------------------------------------------------
 
 def _check_arguments(model, budget, target, importance, data, loss, steps, fit, compile, batches, chunk):
     if not isinstance(model, keras.Model):
         raise TypeError(f"prune() takes a keras.Model, got {type(model).__name__}")
     check_budget(budget)
-    check_target(target)
+    check_target(target, TARGETS)
+    if target == "latency" and budget > 1:
+        raise ValueError(f"budget={budget!r}: a latency budget is a fraction in (0, 1] of the model's predicted "
+                         "latency (ms.predict_latency(model, table)); divide your target time by it")
     if not callable(importance) and (not isinstance(importance, str) or importance not in IMPORTANCES):
         raise ValueError(f"unknown importance {importance!r}; use one of {IMPORTANCES} or a callable "
                          "importance(graph) -> {group id: per-channel scores}")
@@ -388,9 +410,14 @@ class _Search:
     """Greedy global removal on one channel graph, priced with the regulariser's exact cost tables."""
 
     def __init__(self, graph, target, scores, chunk, cost_power=DEFAULT_COST_POWER,
-                 min_width=_alive.DEFAULT_MIN_WIDTH):
+                 min_width=_alive.DEFAULT_MIN_WIDTH, device=None):
         self.graph, self.target, self.chunk, self.cost_power = graph, target, chunk, cost_power
         self.calls = KernelCalls(graph)
+        self.latency = latency_target(self.calls, device) if target == "latency" else None
+        # a measured table that shows steps (widths padded to a multiple) has flat stretches where one channel
+        # saves nothing: price channels by the saving of a step's worth of them instead
+        table = getattr(self.latency, "latency_table", None)
+        self.window = max(1, (table.suggested_round_to() or 1) if table is not None else 1)
         self.table = self.calls.flops if target == "flops" else self.calls.params
         self.count = count_flops if target == "flops" else count_params
         offsets = graph.offsets
@@ -403,9 +430,13 @@ class _Search:
 
     def cost(self, alive=None):
         a = (self.alive if alive is None else alive).astype(np.float64)
+        if self.latency is not None:
+            return float(self.latency.cost(*self.latency.sums(a)))
         return float(self.table.value(*self.calls.sums(a)))
 
     def exact_cost(self, alive=None):
+        if self.latency is not None:    # the table's (or roofline's) prediction is the latency's exact count
+            return self.cost(alive)
         return self.count(self.graph, alive=self.masks(alive))
 
     def masks(self, alive=None):
@@ -415,7 +446,12 @@ class _Search:
 
     def marginal(self, alive=None):
         """What the cost loses per channel if that channel alone is removed (``KernelCalls.marginal``)."""
-        return self.calls.marginal(self.table, self.alive if alive is None else alive)
+        alive = self.alive if alive is None else alive
+        if self.latency is not None and self.window > 1:
+            return self.latency.marginal(alive, self.window)
+        if self.latency is not None:
+            return self.latency.marginal(alive)
+        return self.calls.marginal(self.table, alive)
 
     def smallest(self):
         """Alive vector of the smallest network: unprunable channels, plus the most important channels of
@@ -463,6 +499,25 @@ class _Search:
             self.last_chunk = taken
         return True
 
+    def round_down(self, step):
+        """Round every pruned group's alive count down to a multiple of ``step`` (widths the device runs
+        faster), removing its least important prunable channels; a group is left as it is where that would
+        take it under its floor or remove a channel that cannot be pruned. Only removes, so the cost stays
+        under the budget."""
+        offsets = self.graph.offsets
+        for group in self.graph.groups:
+            lo, hi = offsets[group.id], offsets[group.id + 1]
+            alive = self.alive[lo:hi]
+            count = int(alive.sum())
+            extra = count % step
+            if not extra or count == group.size or count - extra < max(step, int(self.floor[group.id])):
+                continue
+            candidates = np.flatnonzero(alive & self.prunable[lo:hi])
+            if len(candidates) < extra:
+                continue
+            weakest = candidates[np.argsort(self.scores[lo:hi][candidates])[:extra]]
+            self.alive[lo + weakest] = False
+
     def fill(self, budget):
         """Give back channels of the last chunk while the budget allows (that chunk may overshoot by up to
         one channel's saving): the best importance per unit of cost among those that still fit, one at a
@@ -497,16 +552,32 @@ def _price(model_or_graph):
     return count_flops(model_or_graph), count_params(model_or_graph)
 
 
+def _latency(model_or_graph, device, warn=False):
+    """(predicted seconds, what priced them) of a model at its own widths, for target="latency"."""
+    graph = model_or_graph if not isinstance(model_or_graph, keras.Model) else analyze(model_or_graph)
+    pricer = latency_target(KernelCalls(graph), device)
+    full = np.ones(int(graph.offsets[-1]))
+    if warn and hasattr(pricer, "model"):
+        pricer.model.warn_extrapolated(full, f"the latency of the pruned '{graph.model.name}'")
+    return float(pricer.cost(*pricer.sums(full))), pricer.describe()
+
+
+def _cost(model, target, device):
+    if target == "latency":
+        return _latency(model, device)[0]
+    return count_flops(model) if target == "flops" else count_params(model)
+
+
 # --- one step ----------------------------------------------------------------------------------------------
 
 def _prune_once(model, budget, target, importance, data, loss, batches, ignore, chunk, name, budget_arg,
-                cost_power, min_width, calibration_data=None):
+                cost_power, min_width, calibration_data=None, device=None, round_to=None):
     """Prune ``model`` to ``budget`` (absolute, target units): returns (slim, PruneStep)."""
     start = time.perf_counter()
     graph = analyze(model, ignore=ignore)
     scores, removal = _flat_importance(model, importance, data, loss, batches, graph)
-    search = _Search(graph, target, scores, chunk, cost_power, min_width)
-    unit = "FLOPs" if target == "flops" else "params"
+    search = _Search(graph, target, scores, chunk, cost_power, min_width, device)
+    unit = {"flops": "FLOPs", "latency": "seconds"}.get(target, "params")
     removable = _removable_flat(graph)
     never = int((removable & ~search.prunable).sum())
 
@@ -519,8 +590,8 @@ def _prune_once(model, budget, target, importance, data, loss, batches, ignore, 
         if fixed_by_export:
             why += (f"; export keeps {fixed_by_export} channel(s) it cannot remove exactly, e.g. a residual stream "
                     "that a LayerNormalization normalises whole")
-        return PruneError(f"budget={budget_arg!r} ({budget:,.0f} {unit}) cannot be reached: the smallest network "
-                          f"prune can make of '{model.name}' costs {smallest:,d} {unit} (every prunable group at "
+        return PruneError(f"budget={budget_arg!r} ({_format(budget, target)}) cannot be reached: the smallest network "
+                          f"prune can make of '{model.name}' costs {_format(smallest, target)} (every prunable group at "
                           f"its floor, min_width={min_width!r} of its channels and at least one{why}); lower "
                           f"min_width= or raise the budget{absolute_budget_hint(budget_arg, unit)}")
 
@@ -534,6 +605,8 @@ def _prune_once(model, budget, target, importance, data, loss, batches, ignore, 
         if not search.run(target_cost):
             raise unreachable(search.exact_cost())
         search.fill(target_cost)
+        if round_to:
+            search.round_down(round_to)
         exact = search.exact_cost()
         if exact > budget:   # the tables and count_* disagree (they should not): aim lower
             target_cost -= exact - budget
@@ -541,7 +614,7 @@ def _prune_once(model, budget, target, importance, data, loss, batches, ignore, 
         masks = search.masks()
         _alive.check_connected(graph, masks)
         slim, report = _export_with_report(model, masks, removal, ignore, name)
-        cost = count_flops(slim) if target == "flops" else count_params(slim)
+        cost = _cost(slim, target, device)
         if cost <= budget:
             break
         # export kept channels it could not remove exactly: keep them too, and aim lower by what the slim
@@ -567,7 +640,7 @@ def _prune_once(model, budget, target, importance, data, loss, batches, ignore, 
         # that a LayerNorm normalises whole, say)
         slim = None
     if slim is None:
-        raise PruneError(f"could not export '{model.name}' under budget={budget_arg!r} ({budget:,.0f} {unit}) in "
+        raise PruneError(f"could not export '{model.name}' under budget={budget_arg!r} ({_format(budget, target)}) in "
                          f"{_EXPORT_ATTEMPTS} attempts: export keeps channels the masks remove; please report "
                          "this model")
     if calibration_data is not None:   # once, on the export that held the budget
@@ -602,18 +675,40 @@ def _group_widths(graph, slim):
 
 def prune_with_report(model, budget=0.5, target="flops", importance="gamma", data=None, *, steps=1, fit=None,
                       compile=None, loss=None, batches=8, ignore=(), chunk=DEFAULT_CHUNK, name=None,
-                      cost_power=DEFAULT_COST_POWER, min_width=_alive.DEFAULT_MIN_WIDTH, calibration_data=None):
+                      cost_power=DEFAULT_COST_POWER, min_width=_alive.DEFAULT_MIN_WIDTH, calibration_data=None,
+                      device=None, round_to=None):
     """:func:`prune`, returning ``(slim model, PruneReport)``."""
     start = time.perf_counter()
     _check_arguments(model, budget, target, importance, data, loss, steps, fit, compile, batches, chunk)
     cost_power, min_width = check_cost_power(cost_power), _alive.check_min_width(min_width)
+    if device is not None and target != "latency":
+        _alive.warn_user(f"device= is ignored: it prices target='latency' only (this prune's target is {target!r})")
+        device = None
     graph = analyze(model, ignore=ignore)
     flops_before, params_before = _price(graph)
-    own = flops_before if target == "flops" else params_before
-    absolute = resolve_budget(budget, target, graph)
+    if target == "latency":
+        own, source = _latency(graph, device)
+        absolute = float(budget) * own
+    else:
+        own = flops_before if target == "flops" else params_before
+        absolute = resolve_budget(budget, target, graph)
     compile_model = compiler_like(model, compile, "prune() with fit=", required=fit is not None)
-    report = PruneReport(model.name, target, _importance_name(importance), absolute, absolute / max(own, 1),
+    report = PruneReport(model.name, target, _importance_name(importance), absolute,
+                         absolute / own if target == "latency" else absolute / max(own, 1),
                          flops_before, params_before)
+    if target == "latency":
+        report.latency_before, report.latency_source = own, source
+    _alive.check_round_to(round_to)
+    report.round_to = round_to
+    if target == "latency" and is_latency_table(device):
+        device = as_table(device, "device")      # loaded once, not at every step
+    if round_to is None and target == "latency" and is_latency_table(device):
+        report.round_to = device.suggested_round_to()
+        if report.round_to:
+            report.round_to_source = "latency table"
+            _alive.warn_user(f"prune to a latency budget rounds every pruned width down to a multiple of "
+                             f"{report.round_to}: the latency table shows the device runs such widths faster "
+                             "(pass round_to= to choose, round_to=1 not to round)")
     if absolute >= own and budget > 1:
         _alive.warn_user(f"budget={budget!r} is at or above the cost of model '{model.name}' ({own:,d} "
                          f"{report.unit}): nothing is pruned")
@@ -625,7 +720,7 @@ def prune_with_report(model, budget=0.5, target="flops", importance="gamma", dat
             step_budget = reach
         slim, step, never = _prune_once(current, step_budget, target, importance, data, loss, batches,
                                         slim_ignore, chunk, name, budget, cost_power, min_width,
-                                        calibration_data)
+                                        calibration_data, device, report.round_to)
         step.index = index
         if index == 1:
             report.never_pruned = never
@@ -644,14 +739,17 @@ def prune_with_report(model, budget=0.5, target="flops", importance="gamma", dat
         # the slim model is flat: nested layer paths became "outer__inner" names
         slim_ignore = tuple(n.replace("/", "__") for n in slim_ignore)
     report.flops_after, report.params_after = _price(current)
+    if target == "latency":
+        report.latency_after = _latency(current, device, warn=True)[0]
     report.groups = _group_widths(graph, current)
     _alive.warn_collapsed(f"prune of '{model.name}'", [
         f"{producers} ({before} -> {after})" for producers, (before, after) in report.groups.items()
         if _alive.is_collapsed(before, after)], min_width)
     if report.cost_after < (1 - OVERSHOOT_WARNING) * reach:
-        _alive.warn_user(f"prune of '{model.name}' over-pruned: the slim model costs {report.cost_after:,d} "
-                         f"{report.unit}, {1 - report.cost_after / reach:.1%} below budget={budget!r} "
-                         f"({reach:,.0f}): the last channel removed saved more than was left to reach the budget "
+        _alive.warn_user(f"prune of '{model.name}' over-pruned: the slim model costs "
+                         f"{_format(report.cost_after, target)}, {1 - report.cost_after / reach:.1%} below "
+                         f"budget={budget!r} ({_format(reach, target)}): the last channel removed saved more than "
+                         "was left to reach the budget "
                          "(this model's channels are coarse for it), or export removed more than asked")
     report.seconds = time.perf_counter() - start
     return current, report
@@ -659,7 +757,7 @@ def prune_with_report(model, budget=0.5, target="flops", importance="gamma", dat
 
 def prune(model, budget=0.5, target="flops", importance="gamma", data=None, *, steps=1, fit=None, compile=None,
           loss=None, batches=8, ignore=(), chunk=DEFAULT_CHUNK, name=None, cost_power=DEFAULT_COST_POWER,
-          min_width=_alive.DEFAULT_MIN_WIDTH, calibration_data=None):
+          min_width=_alive.DEFAULT_MIN_WIDTH, calibration_data=None, device=None, round_to=None):
     """Prune a trained model to a budget and return the slim ``keras.Model`` (weights copied, via export).
 
     Args:
@@ -668,7 +766,8 @@ def prune(model, budget=0.5, target="flops", importance="gamma", data=None, *, s
             The slim model's exact ``count_flops`` / ``count_params`` is at most the budget; a budget below
             the smallest network prune can make (one channel per group, unprunable channels kept) raises
             :class:`PruneError` with that smallest cost.
-        target: "flops" or "size" (parameters).
+        target: "flops", "size" (parameters) or "latency" (seconds: a fraction ``budget`` in (0, 1] of the
+            model's predicted latency, priced by ``device``).
         importance: "gamma", "l1", "taylor" (needs ``data``), or ``callable(graph) -> {group id: scores}``.
         data: for taylor: a tf.data.Dataset of (x, y) batches or (x, y) arrays (split into batches of 64);
             ``batches`` of them are used.
@@ -692,12 +791,22 @@ def prune(model, budget=0.5, target="flops", importance="gamma", data=None, *, s
         calibration_data: inputs (or ``(x, y)`` batches) to re-estimate the slim model's BatchNorm statistics
             on (:func:`morphsparse.recalibrate_batchnorm`), after every step: removing channels changes the
             statistics the next layers see, and stale ones can put a good model at chance until fine-tuned.
+        device: target="latency" only: a measured :class:`~morphsparse.latency.LatencyTable`
+            (``ms.profile_latency``, or its JSON path): channels are priced by their marginal latency in the
+            table and the slim model's predicted latency is at most the budget; without one, the roofline of a
+            :class:`~morphsparse.morph.regularizers.DeviceProfile` ("v100" by default; the report's
+            ``latency_source`` says which priced it).
+        round_to: round every pruned group's width down to a multiple of this (widths the device runs
+            faster; a group stays as it is where that would break its floor). With a latency table and no
+            ``round_to``, the table's :meth:`~morphsparse.latency.LatencyTable.suggested_round_to` is used
+            (with a warning); ``round_to=1`` does not round.
 
     See :func:`prune_with_report` for the :class:`PruneReport` too, and docs/export_and_expand.md.
     """
     slim, _ = prune_with_report(model, budget, target, importance, data, steps=steps, fit=fit, compile=compile,
                                 loss=loss, batches=batches, ignore=ignore, chunk=chunk, name=name,
-                                cost_power=cost_power, min_width=min_width, calibration_data=calibration_data)
+                                cost_power=cost_power, min_width=min_width, calibration_data=calibration_data,
+                                device=device, round_to=round_to)
     return slim
 
 

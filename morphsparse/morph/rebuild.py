@@ -11,9 +11,12 @@ have, ``width(call, position)``; :func:`rebuild` does the rest and checks the wi
 from __future__ import annotations
 
 import keras
+import numpy as np
 
+from morphsparse import handlers as _handlers
 from morphsparse.graph import GraphError
 from morphsparse.handlers import layer_config, rebuild_part
+from morphsparse.trace import symbolic_kwargs
 
 
 class Rebuild:
@@ -108,4 +111,40 @@ def layer_from_config(layer, config, cls=None):
         return layer
 
 
-__all__ = ["rebuild", "Rebuild", "layer_from_config"]
+def build_at_widths(model, graph, counts, name=None, error=GraphError):
+    """A freshly initialised copy of ``model`` whose removable groups have ``counts[group id]`` channels
+    (groups not in ``counts`` keep their size). Layers get their new widths from their handler's
+    ``rebuild_config``; nested models are flattened (inner layer names become ``outer__inner``). Failures
+    are raised as ``error``, naming the layer. (``ms.expand`` and ``ms.profile_latency`` build with it.)"""
+    factor = np.ones(len(graph.groups))
+    for gid, count in counts.items():
+        factor[gid] = count / graph.groups[gid].size
+
+    def width(groups):
+        # every channel of a group appears equally often in a tensor (tiling, depth multipliers), so each
+        # group's share is a whole number of channels; a concatenation is the sum of its inputs' shares
+        ids, entries = np.unique(groups, return_counts=True)
+        return int(sum(round(n * factor[g]) for g, n in zip(ids.tolist(), entries.tolist())))
+
+    def build(call, engine):
+        # handlers describe a call's new widths as masks over its entries: every entry of a new width is kept
+        keep_in = [np.ones(width(g), bool) for g in call.in_groups]
+        keep_out = [np.ones(width(g), bool) for g in call.out_groups]
+        args, kwargs = engine.arguments(call)
+        rules = _handlers.rebuild_part(call.handler)
+        try:
+            if isinstance(call.layer, keras.layers.Layer):
+                layer = engine.new_layer(call, rules.rebuild_config(call, keep_in, keep_out))
+                return layer(*args, **symbolic_kwargs(layer, kwargs))
+            # a keras.ops call: its handler re-applies it (a reshape or slice names channel positions)
+            return rules.apply_op(call, args, kwargs, lambda i, lo, hi: width(call.in_groups[i][lo:hi]))
+        except Exception as err:  # the layer's class decides what it accepts; say which one failed
+            raise error(f"cannot rebuild layer '{call.path}' ({type(call.layer).__name__}) with "
+                              f"{[len(m) for m in keep_in]} input and {[len(m) for m in keep_out]} output "
+                              f"channels: {err}. Register a handler whose rebuild_config sets its width.") from err
+
+    return rebuild(graph, build, lambda call, position: width(call.out_groups[position]), name or model.name,
+                   error=error)
+
+
+__all__ = ["rebuild", "Rebuild", "layer_from_config", "build_at_widths"]

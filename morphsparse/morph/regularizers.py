@@ -25,6 +25,8 @@ source are not regularised: R = 0 in the term, and they always count as alive.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -36,6 +38,7 @@ from morphsparse.checks import check_cost_power
 from morphsparse.cost_tables import COEFFICIENTS, Bilinear, KernelCalls, UnsupportedLayerError
 from morphsparse.costs import BUDGET_TARGETS, count_flops, count_params
 from morphsparse.graph import analyze
+from morphsparse.latency import LatencyModel, LatencyTable, as_table
 from morphsparse.morph import alive as _alive
 import morphsparse.morph.budget as _budget
 
@@ -101,6 +104,19 @@ class Target:
     def __init__(self, kernel_calls):
         self.k = kernel_calls
 
+    def sums(self, vector, xp=np):
+        """(per-row input sums, per-row output sums) of a flat per-channel vector: what :meth:`cost` and
+        :meth:`term` take (the kernel calls' rows, unless the target prices other rows)."""
+        return self.k.sums(vector, xp)
+
+    def marginal(self, alive):
+        """What the cost loses per channel if that channel alone is removed, at the flat ``alive``; None for a
+        target that cannot say."""
+        return None
+
+    def describe(self):
+        return f"{self.name} ({self.unit})"
+
     def cost(self, a_in, a_out, xp=np):
         raise NotImplementedError
 
@@ -117,6 +133,9 @@ class _CostTableTarget(Target):
 
     def term(self, a_in, a_out, r_in, r_out, xp=np):
         return getattr(self.k, self.table).term(a_in, a_out, r_in, r_out, xp)
+
+    def marginal(self, alive):
+        return self.k.marginal(getattr(self.k, self.table), alive)
 
 
 class FlopsTarget(_CostTableTarget):
@@ -183,6 +202,69 @@ class LatencyTarget(Target):
         return xp.sum(xp.where(bound, self.compute.per_call_term(a_in, a_out, r_in, r_out),
                                self.memory.per_call_term(a_in, a_out, r_in, r_out)))
 
+    def marginal(self, alive):
+        """The marginal cost of the binding side of each call's roofline at ``alive``."""
+        bound = self.compute_bound(*self.k.sums(np.asarray(alive, np.float64)))
+        binding = Bilinear(len(bound))
+        for name in COEFFICIENTS:
+            setattr(binding, name, np.where(bound, getattr(self.compute, name), getattr(self.memory, name)))
+        return self.k.marginal(binding, alive)
+
+    def describe(self):
+        return (f"latency from the roofline of device {self.device.name!r} (data-sheet peak FLOP/s and memory "
+                "bandwidth, not measured; pass device=ms.profile_latency(model) for a measured table)")
+
+
+class MeasuredLatencyTarget(Target):
+    """Latency in seconds predicted by a measured :class:`~morphsparse.latency.LatencyTable`: the sum of every
+    timed call's entry at its widths plus the table's overhead. Its rows are the timed calls (not the kernel
+    calls' rows): BatchNorm, activations and pooling take time too. The term's gradient on a channel's R is
+    the channel's marginal latency, the slope of the table at the current widths."""
+
+    name, unit = "latency", "seconds"
+
+    def __init__(self, kernel_calls, table, used_only=False):
+        super().__init__(kernel_calls)
+        self.table = None           # no kernel-call cost table: see sums()
+        self.latency_table = table
+        self.model = LatencyModel(kernel_calls.graph, table, used_only=used_only)
+
+    def sums(self, vector, xp=np):
+        return self.model.sums(vector, xp)
+
+    def cost(self, a_in, a_out, xp=np):
+        return self.model.cost(a_in, a_out, xp)
+
+    def term(self, a_in, a_out, r_in, r_out, xp=np):
+        return self.model.term(a_in, a_out, r_in, r_out, xp)
+
+    def marginal(self, alive, window=1):
+        return self.model.marginal(alive, window)
+
+    def describe(self):
+        return f"latency from the {self.latency_table.describe()}"
+
+
+_log = logging.getLogger("morphsparse")
+
+
+def latency_target(kernel_calls, device, used_only=False):
+    """The latency target on ``device``: a measured :class:`MeasuredLatencyTarget` for a latency table (or its
+    dict or JSON path), else the roofline :class:`LatencyTarget` of a :class:`DeviceProfile` (a name, a
+    profile, or None for :data:`DEFAULT_DEVICE`). Logs which one prices the latency."""
+    if is_latency_table(device):
+        target = MeasuredLatencyTarget(kernel_calls, as_table(device, "device"), used_only=used_only)
+    else:
+        target = LatencyTarget(kernel_calls, DEFAULT_DEVICE if device is None else device)
+    _log.info("target='latency': %s", target.describe())
+    return target
+
+
+def is_latency_table(device):
+    """True for a measured latency table, its dict or the path of its JSON (a ``device=`` that is no roofline)."""
+    return isinstance(device, LatencyTable) or (isinstance(device, dict) and "entries" in device) or (
+        isinstance(device, (str, os.PathLike)) and str(device).lower().endswith(".json"))
+
 
 def _make_target(name, kernel_calls, device):
     if name == "flops":
@@ -192,7 +274,7 @@ def _make_target(name, kernel_calls, device):
     if name == "activations":
         return ActivationsTarget(kernel_calls)
     if name == "latency":
-        return LatencyTarget(kernel_calls, device)
+        return latency_target(kernel_calls, device)
     raise ValueError(f"unknown target {name!r}; use one of {TARGETS}")
 
 
@@ -227,14 +309,17 @@ def check_arguments(target="flops", source="gamma", threshold=_alive.DEFAULT_THR
     strength_multiplier = _alive.real_number("strength_multiplier", strength_multiplier)
     if not (np.isfinite(strength_multiplier) and strength_multiplier > 0):
         raise ValueError(f"strength_multiplier must be a finite number > 0, got {strength_multiplier!r}")
-    if device is not None and not isinstance(device, (str, DeviceProfile, dict)):
-        raise TypeError(f"device must be a name in {sorted(DEVICE_PROFILES)} or a DeviceProfile, got "
-                        f"{type(device).__name__} {device!r}")
+    if device is not None and not isinstance(device, (str, os.PathLike, DeviceProfile, dict, LatencyTable)):
+        raise TypeError(f"device must be a measured LatencyTable (ms.profile_latency, or the path of its JSON), a "
+                        f"name in {sorted(DEVICE_PROFILES)} or a DeviceProfile, got {type(device).__name__} "
+                        f"{device!r}")
     if target != "latency":
         if device is not None:
             _alive.warn_user(f"device={device!r} is ignored: it only applies to target='latency' (this "
                              f"regulariser's target is {target!r}); drop device= or use target='latency'")
         return threshold, strength, strength_multiplier, l1_fraction, None
+    if is_latency_table(device):
+        return threshold, strength, strength_multiplier, l1_fraction, as_table(device, "device")
     return threshold, strength, strength_multiplier, l1_fraction, device_profile(
         DEFAULT_DEVICE if device is None else device)
 
@@ -244,7 +329,8 @@ class MorphRegularizer:
 
     Args:
         model: the built model to regularise (its channel graph is read once, here).
-        target: "flops", "size" (parameters), "latency" (roofline on ``device``) or "activations".
+        target: "flops", "size" (parameters), "latency" (seconds: measured with a latency table as ``device``,
+            else the roofline of a device profile) or "activations".
         source: "gamma" (|gamma| of the BatchNorm after each conv/dense) or "group_lasso" (kernel norms).
         threshold: a channel is alive when its R exceeds this (the same value you pass to ``ms.export``).
         strength: weight of the term in the loss; by default ``strength_multiplier / initial_cost``.
@@ -256,8 +342,11 @@ class MorphRegularizer:
             needs its decay steps). Plan about 4 / learning_rate steps with Adam (400 at 1e-2): fewer cannot
             land the budget, and the MorphOptimizer warns when it is built if the plan is under half of that.
         l1_fraction: group-lasso mix of L1 (mean |w|) into the L2 norm (sqrt(mean w^2)); 0 by default.
-        device: latency target only: a name in :data:`DEVICE_PROFILES` or a :class:`DeviceProfile`; None
-            (the default) means "v100". Passing one with another target warns, as it would have no effect.
+        device: latency target only: a measured :class:`~morphsparse.latency.LatencyTable`
+            (``ms.profile_latency``, or the path of its JSON): the latency is its prediction and each channel is
+            charged its marginal latency; or a roofline, a name in :data:`DEVICE_PROFILES` or a
+            :class:`DeviceProfile`; None (the default) means the roofline of "v100". :attr:`latency_source` (and
+            the summary) says which is used. Passing one with another target warns, as it would have no effect.
         ignore: layers whose output channels must not shrink (pinned, never regularised).
         cost_power: each channel is charged its marginal cost (at full width) to this power: 1 (the default)
             is MorphNet's exact marginal cost, 0 charges every channel alike; with a budget, the controller
@@ -276,7 +365,8 @@ class MorphRegularizer:
         # what MorphOptimizer saves in its config, to rebuild this regulariser on another instance of the model
         self.arguments = {"target": target, "source": source, "threshold": threshold, "strength": strength,
                           "strength_multiplier": strength_multiplier, "l1_fraction": l1_fraction,
-                          "device": dataclasses.asdict(device) if isinstance(device, DeviceProfile) else device,
+                          "device": (dataclasses.asdict(device) if isinstance(device, DeviceProfile) else
+                                     device.to_dict() if isinstance(device, LatencyTable) else device),
                           "ignore": list(ignore), "budget": budget, "steps": steps, "cost_power": cost_power}
         threshold, strength, strength_multiplier, l1_fraction, device = check_arguments(
             target, source, threshold, strength,
@@ -294,7 +384,7 @@ class MorphRegularizer:
         # Raises AliveError for a threshold that kills a group which cannot be removed.
         _alive.alive_masks(self.graph, source, threshold, l1_fraction, check=True)
         full = np.ones(self.kernel_calls.n_channels)
-        self.initial_cost = float(self.target.cost(*self.kernel_calls.sums(full)))
+        self.initial_cost = float(self.target.cost(*self.target.sums(full)))
         self._price_weights = self._cost_power_weights()
         self.controller = None
         if budget is not None:
@@ -337,9 +427,9 @@ class MorphRegularizer:
         if self.cost_power == 1.0:
             return None
         ones = tf.Variable(np.ones(self.kernel_calls.n_channels, np.float32))
-        a_in, a_out = self.kernel_calls.sums(np.ones(self.kernel_calls.n_channels), xp=np)
+        a_in, a_out = self.target.sums(np.ones(self.kernel_calls.n_channels), xp=np)
         with tf.GradientTape() as tape:
-            r_in, r_out = self.kernel_calls.sums(ones, xp=keras.ops)
+            r_in, r_out = self.target.sums(ones, xp=keras.ops)
             term = self.target.term(a_in.astype(np.float32), a_out.astype(np.float32), r_in, r_out, xp=keras.ops)
         marginal = np.asarray(tf.convert_to_tensor(tape.gradient(term, ones)), np.float64)
         priced = self.regularized & (marginal > 0)
@@ -406,9 +496,9 @@ class MorphRegularizer:
     def _state(self, r=None):
         r = self.vector() if r is None else r
         a = self._alive_vector(r)
-        a_in, a_out = self.kernel_calls.sums(a, xp=keras.ops)
+        a_in, a_out = self.target.sums(a, xp=keras.ops)
         priced = r if self._price_weights is None else r * self._price_weights
-        r_in, r_out = self.kernel_calls.sums(priced, xp=keras.ops)
+        r_in, r_out = self.target.sums(priced, xp=keras.ops)
         return a, a_in, a_out, r_in, r_out
 
     def term(self, r=None):
@@ -438,6 +528,8 @@ class MorphRegularizer:
         r = self.vector()
         a, a_in, a_out, r_in, r_out = self._state(r)
         loss = self._strength_tensor() * self.target.term(a_in, a_out, r_in, r_out, xp=keras.ops)
+        if isinstance(self.target, MeasuredLatencyTarget):   # its rows are not the kernel calls'
+            a_in, a_out = self.kernel_calls.sums(a, xp=keras.ops)
         a_in64, a_out64 = tf.cast(a_in, tf.float64), tf.cast(a_out, tf.float64)
         flops = self.kernel_calls.flops.value(a_in64, a_out64, xp=keras.ops)
         params = self.kernel_calls.params.value(a_in64, a_out64, xp=keras.ops)
@@ -468,7 +560,7 @@ class MorphRegularizer:
     def cost(self, masks=None):
         """The target's cost at the current alive channels (or at ``masks``), in :attr:`unit`."""
         flat = _alive.flat_mask(self.graph, masks if masks is not None else self.alive_masks()).astype(float)
-        return float(self.target.cost(*self.kernel_calls.sums(flat)))
+        return float(self.target.cost(*self.target.sums(flat)))
 
     @property
     def unit(self):
@@ -488,7 +580,13 @@ class MorphRegularizer:
         return (f"MorphRegularizer(target={self.target_name!r}, source={self.source!r}, threshold={self.threshold:g}, "
                 f"strength={self.strength:.3g}): cost {self.cost(masks):.4g} of {self.initial_cost:.4g} {self.unit}, "
                 f"{alive}/{total} removable channels alive, {self.alive_flops(masks):,d} FLOPs, "
-                f"{self.alive_params(masks):,d} params")
+                f"{self.alive_params(masks):,d} params"
+                + (f"; {self.target.describe()}" if self.target_name == "latency" else ""))
+
+    @property
+    def latency_source(self):
+        """For the latency target: what prices it (the measured table, or the roofline of which device)."""
+        return self.target.describe() if self.target_name == "latency" else None
 
     def __repr__(self):
         return (f"<MorphRegularizer target={self.target_name!r} source={self.source!r} threshold={self.threshold:g} "

@@ -162,7 +162,7 @@ def test_corrupt_structure_file_names_the_file_and_the_position(tmp_path):
     (dict(source="group_lasso", l1_fraction="0.5"), TypeError, r"l1_fraction must be a number"),
     (dict(source="group_lasso", l1_fraction=1.5), ValueError, r"l1_fraction must be in \[0, 1\]"),
     (dict(l1_fraction=0.5), ValueError, r"l1_fraction applies to source='group_lasso' only"),
-    (dict(target="latency", device=7), TypeError, r"device must be a name in"),
+    (dict(target="latency", device=7), TypeError, r"device must be a measured LatencyTable .*a name in"),
     (dict(target="latency", device="tpu"), ValueError, r"unknown device 'tpu'"),
     (dict(ignore="a"), TypeError, r"ignore must be a list of layer names, got the string 'a'"),
     (dict(ignore=[3]), TypeError, r"ignore must be a list of layer names \(strings\)"),
@@ -248,5 +248,5 @@ def test_expand_arguments_name_themselves():
         ms.expand(model, budget="abc")
     with pytest.raises(ms.ExpandError, match="round_to must be a positive integer or None, got 0"):
         ms.expand(model, budget=1e6, round_to=0)
-    with pytest.raises(ms.ExpandError, match="unknown target 'latency'"):
-        ms.expand(model, budget=1e6, target="latency")
+    with pytest.raises(ms.ExpandError, match="unknown target 'energy'"):
+        ms.expand(model, budget=1e6, target="energy")

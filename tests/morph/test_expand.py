@@ -90,6 +90,8 @@ def test_bad_input(handler_registry):
     with pytest.raises(ms.ExpandError, match="smallest possible network"):
         ms.expand(slim, budget=10)
     with pytest.raises(ms.ExpandError, match="unknown target"):
+        ms.expand(slim, budget=1e6, target="energy")
+    with pytest.raises(ms.ExpandError, match="a latency budget is a fraction"):
         ms.expand(slim, budget=1e6, target="latency")
     with pytest.raises(ms.ExpandError, match="round_to"):
         ms.expand(slim, budget=1e6, round_to=0)

@@ -1,0 +1,250 @@
+"""Does a measured latency table predict, and land, the time a model takes on the machine that profiled it?
+
+Issue 20's checks, for three architectures (a plain CNN on 64x64x3, keras.applications MobileNetV2 at alpha 0.35
+and 96x96x3, the small ViT of ``ms.models.small_vit`` on 28x28x1), each backend ("keras": a traced
+tf.function; "litert": the LiteRT interpreter) and batch size (1 and 32), all at one thread:
+
+1. **prediction** (``--assignments N``): the table of the full-width model (``ms.profile_latency``), then N
+   random width assignments (every removable group at a uniform random 20-100% of its width, rounded to its
+   granularity), each built with ``build_with_widths`` and timed end to end (``ms.measure_latency``, the same
+   discipline as the table's layers), against ``ms.predict_latency``. Reports the median absolute relative
+   error and the share within 15%.
+2. **landing** (``--landing``): ``ms.prune(target="latency", device=table)`` and
+   ``ms.resize(target="latency", device=table)`` to budgets of 50% and 30% of the predicted latency, and the
+   slim model's measured latency as a fraction of the full model's measured latency (the issue asks for
+   within 7% of the budget).
+3. **accuracy** (``--accuracy``, plain CNN on real Fashion-MNIST, ``--seeds``): a trained CNN pruned to 50% of
+   its FLOPs (FLOP-targeted), and latency-targeted to the same predicted latency; both fine-tuned alike. Then
+   the other way round: FLOP-targeted to the latency-targeted model's FLOPs. Reports measured latency and test
+   accuracy of each pair.
+
+The machine must be quiet: every figure is a timing. Writes ``benchmarks/results/latency_tables.json``.
+
+Full run (hours on two cores; the lead runs it when the machine is idle):
+
+    python benchmarks/latency_tables.py --assignments 50 --landing --accuracy --seeds 0 1 2 --refresh
+
+Small check that it works (a few minutes):
+
+    python benchmarks/latency_tables.py --archs cnn --backends keras --batches 1 --assignments 4 \\
+        --points 3 --repeats 5 --out /tmp/latency_small.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import morphsparse as ms  # noqa: E402
+from morphsparse import latency as latency_module  # noqa: E402
+from morphsparse import models as reference_models  # noqa: E402
+from morphsparse.morph.expand import build_with_widths, group_granularity, rounded_width  # noqa: E402
+
+ARCHS = ("cnn", "mobilenetv2", "transformer")
+
+
+def plain_cnn(input_shape=(64, 64, 3), classes=10, widths=(32, 64, 128, 256)):
+    L = keras.layers
+    x = inputs = keras.Input(input_shape)
+    for i, w in enumerate(widths):
+        x = L.Conv2D(w, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
+        x = L.BatchNormalization(name=f"bn{i}")(x)
+        x = L.ReLU(name=f"relu{i}")(x)
+        if i < len(widths) - 1:
+            x = L.MaxPooling2D(name=f"pool{i}")(x)
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inputs, L.Dense(classes, name="logits")(x), name="plain_cnn")
+
+
+def make(arch, input_shape=None):
+    keras.utils.set_random_seed(0)
+    if arch == "cnn":
+        return plain_cnn(input_shape or (64, 64, 3))
+    if arch == "mobilenetv2":
+        return keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3), alpha=0.35, classes=10)
+    if arch == "transformer":
+        return reference_models.small_vit()
+    raise ValueError(arch)
+
+
+def random_counts(graph, rng, low=0.2):
+    steps = group_granularity(graph)
+    return {g.id: min(g.size, rounded_width(g.size, rng.uniform(low, 1.0), steps[g.id]))
+            for g in graph.removable_groups if g.size > 1}
+
+
+def prediction(arch, backend, batch, args, rng):
+    model = make(arch)
+    start = time.perf_counter()
+    table = ms.profile_latency(model, backend=backend, batch_size=batch, threads=1, points=args.points,
+                               repeats=args.repeats, progress=True, refresh=args.refresh)
+    profile_seconds = time.perf_counter() - start
+    graph = ms.analyze(model)
+    rows = []
+    for i in range(args.assignments):
+        counts = random_counts(graph, rng)
+        built = build_with_widths(model, graph, counts, name=f"{arch}_{i}")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            predicted = ms.predict_latency(built, table)
+        measured = ms.measure_latency(built, backend, batch, threads=1, repeats=args.repeats)["median"]
+        rows.append({"predicted_ms": predicted * 1e3, "measured_ms": measured * 1e3,
+                     "error": predicted / measured - 1, "extrapolated": any("extrapolates" in str(w.message)
+                                                                            for w in caught)})
+        print(f"  {arch} {backend} b{batch} #{i}: predicted {predicted * 1e3:.3f} ms, measured "
+              f"{measured * 1e3:.3f} ms ({rows[-1]['error']:+.1%})", flush=True)
+    errors = np.abs([r["error"] for r in rows])
+    return table, {"arch": arch, "backend": backend, "batch": batch, "signatures": len(table.entries),
+                   "profile_seconds": round(profile_seconds, 1), "overhead_ms": table.overhead * 1e3,
+                   "full_predicted_ms": ms.predict_latency(model, table) * 1e3,
+                   "median_abs_error": float(np.median(errors)) if len(errors) else None,
+                   "within_15pct": float(np.mean(errors <= 0.15)) if len(errors) else None,
+                   "assignments": rows}
+
+
+def landing(arch, backend, batch, table, args):
+    model = make(arch)
+    seed_ms = ms.measure_latency(model, backend, batch, threads=1, repeats=args.repeats)["median"] * 1e3
+    rows = []
+    for budget in (0.5, 0.3):
+        for how in ("prune", "resize"):
+            row = {"arch": arch, "backend": backend, "batch": batch, "budget": budget, "how": how,
+                   "seed_measured_ms": seed_ms}
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    if how == "prune":
+                        slim = ms.prune(model, budget=budget, target="latency", device=table, importance="l1",
+                                        min_width=0.05)
+                    else:
+                        slim = ms.resize(model, budget=budget, target="latency", device=table)
+                measured = ms.measure_latency(slim, backend, batch, threads=1, repeats=args.repeats)["median"] * 1e3
+                row.update(measured_ms=measured, measured_ratio=measured / seed_ms,
+                           predicted_ratio=ms.predict_latency(slim, table) / ms.predict_latency(model, table),
+                           flop_ratio=ms.count_flops(slim) / ms.count_flops(model))
+                row["off_budget"] = row["measured_ratio"] / budget - 1
+            except Exception as err:  # noqa: BLE001 - an unreachable budget is a result too
+                row["error"] = f"{type(err).__name__}: {err}"[:300]
+            print(f"  landing {row}", flush=True)
+            rows.append(row)
+    return rows
+
+
+def accuracy(args):
+    """Equal measured latency: accuracy; equal FLOPs: latency (plain CNN on Fashion-MNIST, keras backend)."""
+    (x_train, y_train), (x_test, y_test) = ms.load_fashion_mnist()
+    x_train, x_test = ms.prepare_images(x_train), ms.prepare_images(x_test)
+    n = args.train_images
+    x_train, y_train = x_train[:n], y_train[:n]
+    rows = []
+    backend, batch = "keras", args.accuracy_batch
+    for seed in args.seeds:
+        keras.utils.set_random_seed(seed)
+        model = plain_cnn(x_train.shape[1:], widths=(32, 64, 128, 128))
+
+        def compile_(m):
+            m.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["accuracy"])
+        compile_(model)
+        model.fit(x_train, y_train, batch_size=128, epochs=args.epochs, verbose=0)
+        ms.recalibrate_batchnorm(model, x_train[:512])     # a short run leaves the moving statistics behind
+        table = ms.profile_latency(model, backend=backend, batch_size=batch, threads=1, points=args.points,
+                                   repeats=args.repeats, progress=False, refresh=args.refresh)
+
+        def finish(slim):
+            compile_(slim)
+            slim.fit(x_train, y_train, batch_size=128, epochs=args.finetune_epochs, verbose=0)
+            return {"accuracy": float(slim.evaluate(x_test, y_test, verbose=0)[1]),
+                    "measured_ms": ms.measure_latency(slim, backend, batch, threads=1,
+                                                      repeats=args.repeats)["median"] * 1e3,
+                    "predicted_ms": ms.predict_latency(slim, table) * 1e3, "flops": ms.count_flops(slim)}
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            by_flops = ms.prune(model, budget=0.5, target="flops", calibration_data=x_train[:512])
+            matched = ms.predict_latency(by_flops, table) / ms.predict_latency(model, table)
+            by_latency = ms.prune(model, budget=matched, target="latency", device=table,
+                                  calibration_data=x_train[:512])
+            same_flops = ms.prune(model, budget=float(ms.count_flops(by_latency)), target="flops",
+                                  calibration_data=x_train[:512])
+        row = {"seed": seed, "seed_accuracy": float(model.evaluate(x_test, y_test, verbose=0)[1]),
+               "equal_latency": {"flops_targeted": finish(by_flops), "latency_targeted": finish(by_latency)},
+               "equal_flops": {"flops_targeted": finish(same_flops), "latency_targeted": None}}
+        row["equal_flops"]["latency_targeted"] = row["equal_latency"]["latency_targeted"]
+        print(f"  accuracy {json.dumps(row)}", flush=True)
+        rows.append(row)
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--archs", nargs="*", default=list(ARCHS), choices=ARCHS)
+    parser.add_argument("--backends", nargs="*", default=["keras", "litert"], choices=("keras", "litert"))
+    parser.add_argument("--batches", nargs="*", type=int, default=[1, 32])
+    parser.add_argument("--assignments", type=int, default=50)
+    parser.add_argument("--points", type=int, default=5, help="grid points per width axis of the tables")
+    parser.add_argument("--repeats", type=int, default=15, help="timing rounds (tables and end-to-end)")
+    parser.add_argument("--landing", action="store_true", help="prune and resize to 50%% and 30%% budgets")
+    parser.add_argument("--accuracy", action="store_true", help="latency vs FLOP targeting on Fashion-MNIST")
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--finetune-epochs", type=int, default=1)
+    parser.add_argument("--train-images", type=int, default=20000)
+    parser.add_argument("--accuracy-batch", type=int, default=1)
+    parser.add_argument("--refresh", action="store_true", help="profile again instead of using cached tables "
+                        "(tables measured while the machine was busier predict its quiet times badly)")
+    parser.add_argument("--note", default="", help="a line saying how the machine was (quiet, shared, ...)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latency_tables.json"))
+    args = parser.parse_args(argv)
+    apply = latency_module.apply_threads("keras", 1)    # before TensorFlow runs anything
+    start = time.perf_counter()
+    rng = np.random.default_rng(0)
+    result = {"machine": {**latency_module.machine_key(), "keras": keras.__version__, "threads": apply,
+                          "note": args.note},
+              "settings": {k: v for k, v in vars(args).items() if k != "out"}, "prediction": [], "landing": [],
+              "accuracy": []}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save():
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+
+    for arch in args.archs:
+        for backend in args.backends:
+            for batch in args.batches:
+                try:
+                    table, row = prediction(arch, backend, batch, args, rng)
+                except Exception as err:  # noqa: BLE001 - one failing configuration does not stop the others
+                    result["prediction"].append({"arch": arch, "backend": backend, "batch": batch,
+                                                 "error": f"{type(err).__name__}: {err}"[:300]})
+                    save()
+                    continue
+                result["prediction"].append(row)
+                print(f"{arch} {backend} batch {batch}: median |error| {row['median_abs_error']:.1%}, "
+                      f"{row['within_15pct']:.0%} within 15% ({args.assignments} assignments; profile "
+                      f"{row['profile_seconds']:.0f} s)", flush=True)
+                if args.landing:
+                    result["landing"].extend(landing(arch, backend, batch, table, args))
+                save()
+    if args.accuracy:
+        result["accuracy"] = accuracy(args)
+    save()
+    print(f"written to {out} ({result['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,452 @@
+"""Measured latency tables (morphsparse/latency.py): the mechanics on small hand-written tables, whose values
+are chosen here, so that no test depends on how fast this machine is. One smoke test profiles a two-layer
+model for real (a tiny grid, one round) and checks only the shape of what it measured."""
+
+import json
+import time
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+import morphsparse as ms
+from morphsparse import latency as L
+from morphsparse.morph.regularizers import MorphRegularizer
+
+GRID = [1, 2, 3, 4, 8, 12, 16, 24, 32]
+
+
+def small_cnn(width=16):
+    x = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(width, 3, padding="same", name="conv1")(x)
+    h = keras.layers.BatchNormalization(name="bn1")(h)
+    h = keras.layers.ReLU(name="relu1")(h)
+    h = keras.layers.Conv2D(width, 1, name="conv2")(h)
+    h = keras.layers.BatchNormalization(name="bn2")(h)
+    h = keras.layers.ReLU(name="relu2")(h)
+    h = keras.layers.GlobalAveragePooling2D(name="pool")(h)
+    y = keras.layers.Dense(4, name="head")(h)
+    return keras.Model(x, y, name="small_cnn")
+
+
+def kernel_seconds(a, b):
+    """A bilinear function of the widths: bilinear interpolation reproduces it exactly inside the grid."""
+    return 1e-6 * (2.0 + 0.5 * a + 0.25 * b + 0.01 * a * b)
+
+
+def elementwise_seconds(b):
+    return 1e-6 * (1.0 + 0.1 * b)
+
+
+def hand_table(model, overhead=5e-6, backend="keras", batch_size=1, kernel=kernel_seconds,
+               elementwise=elementwise_seconds, grid=GRID):
+    """A table with an entry for every timed call of ``model``, its values from the functions above."""
+    entries = {}
+    for spec in L.timed_calls(ms.analyze(model)):
+        call = spec.call
+        has_in, has_out = L._axes_of(spec.kind)
+        xs, ys = (grid if has_in else None), (grid if has_out else None)
+        values = [[kernel(a, b) if spec.kind == "kernel" else elementwise(b) if spec.kind == "elementwise"
+                   else kernel(a, a) if spec.kind == "depthwise" else 3e-6 for b in ys or [0]] for a in xs or [0]]
+        entries[spec.signature] = dict(kind=spec.kind, layer=call.path, in_widths=xs, out_widths=ys,
+                                       median=values, minimum=values)
+    return L.LatencyTable(L.machine_key(), backend, batch_size, 1, entries, overhead)
+
+
+def expected_seconds(c1=16, c2=16, overhead=5e-6):
+    """What the hand table predicts for small_cnn with conv1 and conv2 at widths c1 and c2."""
+    return (kernel_seconds(3, c1)                                       # conv1 (with bn1 and relu1)
+            + kernel_seconds(c1, c2) + elementwise_seconds(c2)           # conv2 (with bn2, relu2), pool
+            + kernel_seconds(c2, 4) + overhead)                          # head
+
+
+def test_the_calls_have_the_kinds_their_layers_say():
+    graph = ms.analyze(small_cnn())
+    kinds = {c.layer.name: L.call_spec(c).kind for c in graph.calls if L.call_spec(c)}
+    assert kinds == {"conv1": "kernel", "bn1": "elementwise", "relu1": "elementwise", "conv2": "kernel",
+                     "bn2": "elementwise", "relu2": "elementwise", "pool": "elementwise", "head": "kernel"}
+    # the BatchNorm and activation after a kernel are timed with it, as the runtimes fuse them
+    timed = {s.call.layer.name: [f.layer.name for f in s.followers] for s in L.timed_calls(graph)}
+    assert timed == {"conv1": ["bn1", "relu1"], "conv2": ["bn2", "relu2"], "pool": [], "head": []}
+
+
+def test_prediction_is_the_sum_of_the_entries_plus_the_overhead():
+    model = small_cnn()
+    table = hand_table(model)
+    assert ms.predict_latency(model, table) == pytest.approx(expected_seconds(), rel=1e-12)
+    graph = ms.analyze(model)
+    conv1, conv2 = graph.group_of("conv1").id, graph.group_of("conv2").id
+    # at other widths, without building the model, and for a model built at those widths
+    assert ms.predict_latency(graph, table, alive={conv1: 5, conv2: 11}) == pytest.approx(
+        expected_seconds(5, 11), rel=1e-12)
+    assert ms.predict_latency(small_cnn(width=12), table) == pytest.approx(expected_seconds(12, 12), rel=1e-12)
+
+
+def test_interpolation_is_bilinear_between_grid_points():
+    model = small_cnn()
+    # a convex entry: interpolation between grid points lies on the chord, not on the curve
+    table = hand_table(model, kernel=lambda a, b: 1e-6 * (a * a + b), elementwise=lambda b: 0.0, overhead=0.0)
+    graph = ms.analyze(model)
+    g = graph.group_of("conv1").id
+    at = {w: ms.predict_latency(graph, table, alive={g: w}) for w in (8, 10, 12)}
+    assert at[10] == pytest.approx((at[8] + at[12]) / 2, rel=1e-12)
+    assert at[10] > ms.predict_latency(graph, hand_table(model, kernel=lambda a, b: 1e-6 * (a * a + b),
+                                                         elementwise=lambda b: 0.0, overhead=0.0,
+                                                         grid=list(range(1, 33))), alive={g: 10})
+
+
+def test_the_marginal_latency_is_what_one_channel_saves():
+    model = small_cnn()
+    table = hand_table(model)
+    graph = ms.analyze(model)
+    latency = L.LatencyModel(graph, table)
+    alive = np.ones(latency.n_channels)
+    marginal = latency.marginal(alive)
+    base = latency.value(alive)
+    offsets = graph.offsets
+    for name in ("conv1", "conv2"):
+        g = graph.group_of(name).id
+        one_less = alive.copy()
+        one_less[offsets[g]] = 0.0
+        # the table is bilinear inside its grid, so the slope is exactly the saving of one channel
+        assert marginal[offsets[g]] == pytest.approx(base - latency.value(one_less), rel=1e-9)
+        assert marginal[offsets[g]] > 0
+    # the regularisation term's gradient is the marginal latency (what MorphRegularizer trains with)
+    import tensorflow as tf
+    r = tf.Variable(np.ones(latency.n_channels, np.float32))
+    with tf.GradientTape() as tape:
+        a_in, a_out = latency.sums(tf.constant(alive, tf.float32), xp=keras.ops)
+        r_in, r_out = latency.sums(r, xp=keras.ops)
+        term = latency.term(a_in, a_out, r_in, r_out, xp=keras.ops)
+    np.testing.assert_allclose(tf.convert_to_tensor(tape.gradient(term, r)).numpy(), marginal, rtol=1e-5,
+                               atol=1e-12)
+
+
+def test_a_width_outside_the_grid_is_extrapolated_with_a_warning():
+    model = small_cnn()
+    table = hand_table(model, grid=[4, 8, 16])
+    graph = ms.analyze(model)
+    g = graph.group_of("conv2").id
+    with pytest.warns(UserWarning, match=r"extrapolates the latency table .*conv2"):
+        wide = ms.predict_latency(graph, table, alive={g: 24})
+    assert wide > ms.predict_latency(graph, table, alive={g: 16}) > 0   # widening is not free
+
+
+def test_json_roundtrip_and_files(tmp_path):
+    table = hand_table(small_cnn())
+    again = ms.LatencyTable.from_json(table.to_json())
+    assert again.to_dict() == table.to_dict()
+    path = table.save(tmp_path / "t.json")
+    assert ms.LatencyTable.load(path).to_dict() == table.to_dict()
+    with pytest.raises(FileNotFoundError, match="profile_latency"):
+        ms.LatencyTable.load(tmp_path / "missing.json")
+
+
+def _broken(change):
+    data = json.loads(hand_table(small_cnn()).to_json())
+    change(data)
+    return data
+
+
+def _first_entry(data):
+    return next(iter(data["entries"].values()))
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda d: d.update(format="other"), "not a latency table"),
+    (lambda d: d.update(version=99), "version 99 is not supported"),
+    (lambda d: d.update(backend="onnx"), "backend must be one of"),
+    (lambda d: d.update(batch_size=0), "batch_size must be an integer >= 1"),
+    (lambda d: d.pop("machine"), "lacks"),
+    (lambda d: d["machine"].pop("cpu"), "machine must be an object with keys"),
+    (lambda d: d.update(overhead=float("nan")), "overhead must be a finite"),
+    (lambda d: _first_entry(d).update(kind="magic"), "kind must be one of"),
+    (lambda d: _first_entry(d).update(out_widths=[8, 4] + GRID[2:]), "strictly increasing"),
+    (lambda d: _first_entry(d).update(median=[[1.0]]), "has shape"),
+    (lambda d: _first_entry(d)["minimum"][0].__setitem__(0, -1.0), "finite seconds >= 0"),
+])
+def test_bad_tables_are_refused_with_a_clear_error(change, message):
+    with pytest.raises(ms.LatencyTableError, match=message):
+        ms.LatencyTable.from_dict(_broken(change))
+    with pytest.raises(ms.LatencyTableError, match="not valid JSON"):
+        ms.LatencyTable.from_json("{")
+
+
+def test_a_table_for_another_backend_batch_or_machine_is_refused():
+    model = small_cnn()
+    table = hand_table(model)
+    with pytest.raises(ms.LatencyTableError, match=r"backend='keras', not 'litert'.*backend='litert'"):
+        ms.predict_latency(model, table, backend="litert")
+    with pytest.raises(ms.LatencyTableError, match="batch_size=1, not 32"):
+        ms.predict_latency(model, table, batch_size=32)
+    elsewhere = hand_table(model)
+    elsewhere.machine = dict(elsewhere.machine, cpu="an abacus")
+    with pytest.raises(ms.LatencyTableError, match="another machine.*an abacus"):
+        ms.predict_latency(model, elsewhere, machine=True)
+    assert ms.predict_latency(model, table, backend="keras", batch_size=1, machine=True) > 0
+
+
+def test_a_layer_the_table_lacks_is_named():
+    table = hand_table(small_cnn())
+    x = keras.Input((8, 8, 3))
+    other = keras.Model(x, keras.layers.Conv2D(4, 5, name="big_kernel")(x))
+    with pytest.raises(ms.LatencyTableError, match=r"layer 'big_kernel' .*Profile this model"):
+        ms.predict_latency(other, table)
+
+
+@pytest.mark.filterwarnings("ignore:profile_latency of .* keeps scale 1")   # the fake times fix no scale
+def test_profile_is_cached_and_a_second_call_is_instant(tmp_path, monkeypatch):
+    model = small_cnn()
+    timed = []
+
+    def fake_timer(runners, repeats, clock=None):
+        timed.append(len(runners))
+        return [(1e-5 * (i + 1), 2e-5 * (i + 1)) for i in range(len(runners))]
+
+    monkeypatch.setattr(L, "_time_runners", fake_timer)
+    monkeypatch.setattr(L, "_runner", lambda model, arrays, backend, threads: (lambda: None))
+    first = ms.profile_latency(model, threads=None, points=2, repeats=1, cache_dir=tmp_path, progress=False)
+    calls = len(timed)
+    assert calls == len(first.entries) + 1            # every signature, and the whole model (full and narrow)
+    start = time.perf_counter()
+    second = ms.profile_latency(model, threads=None, points=2, repeats=1, cache_dir=tmp_path, progress=False)
+    assert time.perf_counter() - start < 1.0 and len(timed) == calls   # nothing measured again
+    assert second.to_dict() == first.to_dict()
+    # other settings are another table; refresh=True measures again
+    ms.profile_latency(model, threads=None, points=3, repeats=1, cache_dir=tmp_path, progress=False)
+    assert len(timed) > calls
+    calls = len(timed)
+    ms.profile_latency(model, threads=None, points=2, repeats=1, cache_dir=tmp_path, progress=False, refresh=True)
+    assert len(timed) > calls
+    # the fake times: each entry is its point's median less the empty call's, never negative
+    assert all(np.min(e.median) >= 0 for e in first.entries.values())
+
+
+@pytest.mark.filterwarnings("ignore:profile_latency of .* keeps scale 1")   # a busy machine: not asserted
+def test_profile_latency_smoke():
+    x = keras.Input((6,))
+    h = keras.layers.Dense(8, activation="relu", name="hidden")(x)
+    model = keras.Model(x, keras.layers.Dense(3, name="out")(h))
+    table = ms.profile_latency(model, threads=None, points=2, repeats=1, refresh=True, progress=False,
+                               cache_dir=_tmp_cache())
+    kinds = sorted(e.kind for e in table.entries.values())
+    assert kinds == ["kernel", "kernel"]
+    hidden = next(e for e in table.entries.values() if e.layer == "hidden")
+    assert hidden.in_widths == [6] and len(hidden.out_widths) == 2     # the input is pinned; 8 is removable
+    assert all(np.all(np.asarray(e.median) >= 0) for e in table.entries.values())
+    assert np.isfinite(ms.predict_latency(model, table, backend="keras", batch_size=1, machine=True))
+    assert ms.LatencyTable.from_json(table.to_json()).to_dict() == table.to_dict()
+
+
+def _tmp_cache():
+    import tempfile
+    return tempfile.mkdtemp(prefix="morphsparse-latency-")
+
+
+def test_bad_profile_arguments():
+    model = small_cnn()
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ms.profile_latency(model, backend="onnx")
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        ms.profile_latency(model, batch_size=0)
+    with pytest.raises(ValueError, match="threads must be an integer >= 1"):
+        ms.profile_latency(model, threads=0)
+    with pytest.raises(TypeError, match="takes a keras.Model"):
+        ms.profile_latency("ResNet50")
+
+
+def test_the_table_suggests_the_step_the_device_likes():
+    model = small_cnn()
+    grid = [1, 4, 8, 9, 12, 16, 17, 24, 32]
+    # the device pads every width to a multiple of 8: 9 and 17 cost what 16 and 24 cost
+    padded = lambda w: 8 * -(-w // 8)                                   # noqa: E731
+    stepped = hand_table(model, grid=grid, kernel=lambda a, b: 1e-6 * padded(a) * padded(b),
+                         elementwise=lambda b: 1e-7 * padded(b))
+    assert stepped.suggested_round_to() == 8
+    assert hand_table(model, grid=grid).suggested_round_to() is None   # smooth: no step
+    assert hand_table(model).suggested_round_to() is None              # no width between multiples: cannot say
+
+
+# --- targeting ---------------------------------------------------------------------------------------------
+
+def test_morph_regularizer_prices_latency_with_the_table():
+    model = small_cnn()
+    table = hand_table(model)
+    reg = MorphRegularizer(model, target="latency", device=table)
+    assert reg.initial_cost == pytest.approx(ms.predict_latency(model, table), rel=1e-12)
+    assert "measured latency table" in reg.latency_source and "measured" in reg.summary()
+    assert reg.arguments["device"]["format"] == L.FORMAT       # the optimizer's config can rebuild it
+    json.dumps(reg.arguments["device"])
+    # the term's gradient on R is each channel's marginal latency (R = |gamma| = 1 at initialisation)
+    import tensorflow as tf
+    r = tf.Variable(reg.vector())
+    with tf.GradientTape() as tape:
+        term = reg.term(r)
+    gradient = tf.convert_to_tensor(tape.gradient(term, r)).numpy()
+    marginal = reg.target.marginal(np.ones(reg.kernel_calls.n_channels))
+    np.testing.assert_allclose(gradient[reg.regularized], marginal[reg.regularized], rtol=1e-5)
+    # the budget controller measures the cost with the table
+    budgeted = MorphRegularizer(model, target="latency", device=table, budget=0.5, steps=100)
+    assert float(budgeted.controller.cost_ratio(np.ones(reg.kernel_calls.n_channels, np.float32))) == \
+        pytest.approx(1.0)
+    assert budgeted.controller.cheapest_alive_ratio() > 0
+    # without a table, the roofline, and the regulariser says so
+    assert "roofline" in MorphRegularizer(model, target="latency").latency_source
+
+
+def test_prune_lands_the_predicted_latency_under_the_budget():
+    model = small_cnn(width=32)
+    table = hand_table(model)
+    slim, report = ms.prune_with_report(model, budget=0.6, target="latency", device=table, min_width=0.1)
+    before = ms.predict_latency(model, table)
+    after = ms.predict_latency(slim, table)
+    assert report.latency_before == pytest.approx(before) and report.latency_after == pytest.approx(after)
+    assert 0.5 * before < after <= 0.6 * before
+    assert "measured latency table" in report.summary()
+    with pytest.raises(ValueError, match="a latency budget is a fraction"):
+        ms.prune(model, budget=3.0, target="latency", device=table)
+
+
+def test_resize_to_a_latency_budget():
+    model = small_cnn(width=16)
+    table = hand_table(model)
+    narrow, report = ms.expand_with_report(model, budget=0.7, target="latency", device=table)
+    predicted = ms.predict_latency(narrow, table)
+    assert predicted == pytest.approx(report.cost_after, rel=1e-9)
+    assert predicted <= 0.7 * ms.predict_latency(model, table) < report.cost_next_step
+    assert report.round_to is None                                     # the table shows no step
+
+
+def test_resize_takes_round_to_from_a_table_with_steps():
+    model = small_cnn(width=32)
+    padded = lambda w: 8 * -(-w // 8)                                   # noqa: E731
+    table = hand_table(model, grid=[1, 4, 8, 9, 12, 16, 17, 24, 32],
+                       kernel=lambda a, b: 1e-6 * padded(a) * padded(b), elementwise=lambda b: 1e-7 * padded(b))
+    with pytest.warns(UserWarning, match="multiple of 8"):
+        narrow, report = ms.expand_with_report(model, budget=0.5, target="latency", device=table)
+    assert report.round_to == 8 and report.round_to_source == "latency table"
+    widths = [w for name, (_, w) in report.widths.items() if name in ("conv1", "conv2")]
+    assert widths and all(w % 8 == 0 for w in widths)
+
+
+def test_cli_prunes_to_a_latency_table(tmp_path, capsys):
+    from morphsparse import cli
+
+    model = small_cnn(width=32)
+    model.save(tmp_path / "m.keras")
+    hand_table(model).save(tmp_path / "table.json")
+    code = cli.main(["prune", str(tmp_path / "m.keras"), "-o", str(tmp_path / "slim.keras"), "--budget", "0.6",
+                     "--target", "latency", "--latency-table", str(tmp_path / "table.json"), "--min-width", "0.1"])
+    assert code == 0
+    out = capsys.readouterr()
+    assert "latency priced by the measured latency table" in out.out
+    slim = keras.saving.load_model(tmp_path / "slim.keras")
+    assert ms.predict_latency(slim, tmp_path / "table.json") <= 0.6 * ms.predict_latency(model,
+                                                                                         tmp_path / "table.json")
+    cli.main(["prune", str(tmp_path / "m.keras"), "-o", str(tmp_path / "slim2.keras"), "--budget", "0.6",
+              "--target", "latency", "--min-width", "0.1"])
+    assert "roofline" in capsys.readouterr().err
+
+
+def test_prune_rounds_widths_down_to_the_step_the_table_shows():
+    model = small_cnn(width=32)
+    padded = lambda w: 8 * -(-w // 8)                                   # noqa: E731
+    table = hand_table(model, grid=[1, 4, 8, 9, 12, 16, 17, 24, 32],
+                       kernel=lambda a, b: 1e-6 * padded(a) * padded(b), elementwise=lambda b: 1e-7 * padded(b))
+    with pytest.warns(UserWarning, match="multiple of 8"):
+        slim, report = ms.prune_with_report(model, budget=0.6, target="latency", device=table, min_width=0.1)
+    assert report.round_to == 8 and report.round_to_source == "latency table"
+    widths = [after for before, after in report.groups.values()]
+    assert any(after < 32 for after in widths) and all(after % 8 == 0 for after in widths)
+    assert ms.predict_latency(slim, table) <= 0.6 * ms.predict_latency(model, table)
+    _, plain = ms.prune_with_report(model, budget=0.6, target="latency", device=table, min_width=0.1, round_to=1)
+    assert plain.round_to == 1
+
+
+def test_the_scale_multiplies_the_entries_and_their_marginal_latency():
+    model = small_cnn()
+    table = hand_table(model)
+    scaled = hand_table(model)
+    scaled.scale = 0.5
+    graph = ms.analyze(model)
+    assert ms.predict_latency(model, scaled) == pytest.approx(0.5 * (expected_seconds() - 5e-6) + 5e-6, rel=1e-12)
+    ones = np.ones(int(graph.offsets[-1]))
+    np.testing.assert_allclose(L.LatencyModel(graph, scaled).marginal(ones),
+                               0.5 * L.LatencyModel(graph, table).marginal(ones))
+    with pytest.raises(ms.LatencyTableError, match="scale must be a finite number > 0"):
+        ms.LatencyTable.from_dict(_broken(lambda d: d.update(scale=0.0)))
+
+
+def test_measured_values_are_made_monotone_in_both_widths():
+    noisy = np.array([[1.0, 3.0, 2.0, 4.0], [2.0, 1.0, 5.0, 6.0]])
+    smooth = L._monotone(noisy)
+    assert np.all(np.diff(smooth, axis=0) >= 0) and np.all(np.diff(smooth, axis=1) >= 0)
+    already = np.array([[1.0, 2.0, 4.0], [2.0, 3.0, 5.0]])
+    np.testing.assert_array_equal(L._monotone(already), already)     # a monotone table (and its steps) stays
+
+
+def test_fit_with_a_latency_budget_on_the_table():
+    model = small_cnn()
+    table = hand_table(model)
+    reg = MorphRegularizer(model, target="latency", device=table, budget=0.6, steps=8)
+    model.compile(ms.MorphOptimizer(keras.optimizers.Adam(1e-2), reg),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 8, 8, 3)).astype("float32"), rng.integers(0, 4, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")     # 8 steps cannot land a budget: the verdict says so
+        logs = model.fit(x, y, batch_size=16, epochs=2, verbose=0).history
+    assert np.isfinite(logs["loss"][-1]) and reg.controller.step == 8
+    assert 0 < reg.cost() / reg.initial_cost <= 1.0
+    # the optimizer's config carries the table, and rebuilds the regulariser from it
+    assert L.FORMAT in json.dumps(model.optimizer.get_config(), default=str)
+
+
+def test_a_narrowed_or_exported_layer_finds_the_same_entry():
+    # widths (even ones that happen to equal the handler's probes), and a bias that export adds to hold a
+    # folded constant, do not change a call's signature
+    signatures = lambda m: {s.signature for s in L.timed_calls(ms.analyze(m))}   # noqa: E731
+    assert signatures(small_cnn(width=3)) == signatures(small_cnn(width=16)) == signatures(small_cnn(width=7))
+    x = keras.Input((8, 8, 3))
+    biased = keras.Model(x, keras.layers.Conv2D(4, 3, use_bias=True)(x))
+    plain = keras.Model(x, keras.layers.Conv2D(4, 3, use_bias=False)(x))
+    assert signatures(biased) == signatures(plain)
+
+
+def test_cli_expands_to_a_latency_budget_and_profiles(tmp_path, capsys, monkeypatch):
+    from morphsparse import cli
+
+    model = small_cnn(width=16)
+    model.save(tmp_path / "m.keras")
+    hand_table(model).save(tmp_path / "table.json")
+    assert cli.main(["expand", str(tmp_path / "m.keras"), "-o", str(tmp_path / "narrow.keras"),
+                     "--budget-latency", "0.7", "--latency-table", str(tmp_path / "table.json")]) == 0
+    narrow = keras.saving.load_model(tmp_path / "narrow.keras")
+    assert ms.predict_latency(narrow, tmp_path / "table.json") <= 0.7 * ms.predict_latency(
+        model, tmp_path / "table.json")
+    # profile-latency writes the table it measured (the measurement itself is faked: no timing in tests)
+    monkeypatch.setattr(L, "_time_runners", lambda runners, repeats, clock=None: [(1e-5, 2e-5)] * len(runners))
+    monkeypatch.setattr(L, "_runner", lambda model, arrays, backend, threads: (lambda: None))
+    monkeypatch.setenv(L.CACHE_ENV, str(tmp_path / "cache"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert cli.main(["profile-latency", str(tmp_path / "m.keras"), "-o", str(tmp_path / "t2.json"),
+                         "--points", "2", "--repeats", "1"]) == 0
+    assert "written to" in capsys.readouterr().out
+    assert ms.LatencyTable.load(tmp_path / "t2.json").backend == "keras"
+
+
+def test_a_table_with_steps_prices_multiples_along_the_multiples():
+    model = small_cnn(width=32)
+    padded = lambda w: 8 * -(-w // 8)                                   # noqa: E731
+    table = hand_table(model, grid=[1, 4, 8, 9, 12, 16, 17, 24, 32],
+                       kernel=lambda a, b: 1e-6 * padded(a) * padded(b), elementwise=lambda b: 1e-7 * padded(b))
+    graph = ms.analyze(model)
+    g = graph.group_of("conv2").id
+    at = {w: ms.predict_latency(graph, table, alive={g: w}) for w in (17, 20, 24, 25)}
+    assert at[17] == at[20] == at[24] < at[25]
+    # widths at a multiple of the step are read off the line through the multiples (24 is not pulled up by
+    # the probe at 17), the others off every measured point; a smooth table is interpolated as before
+    smooth = hand_table(model, grid=[1, 4, 8, 9, 12, 16, 17, 24, 32])
+    assert ms.predict_latency(graph, smooth, alive={g: 20}) == pytest.approx(expected_seconds(32, 20), rel=1e-12)
