@@ -25,7 +25,7 @@ import keras
 import numpy as np
 
 from morphsparse.handlers import layers as _h
-from morphsparse.handlers.base import layer_config, positions, register_handler
+from morphsparse.handlers.base import cost_of_terms, layer_config, positions, register_handler
 from morphsparse.handlers.ops import _pin_all, einsum_macs
 from morphsparse.trace import symbolic_kwargs
 
@@ -101,14 +101,7 @@ class MultiHeadAttention(_h.Producer):
         ]
 
     def _total(self, call, alive_in, alive_out, which):
-        counts = {("in", i): c for i, c in enumerate(alive_in)}
-        counts.update({("out", j): c for j, c in enumerate(alive_out)})
-        total = 0
-        for in_ref, out_ref, macs, params in self.cost_terms(call):
-            a = 1 if in_ref is None else counts[in_ref]
-            b = 1 if out_ref is None else counts[out_ref]
-            total += (macs if which == "macs" else params)(a, b)
-        return total
+        return cost_of_terms(self.cost_terms(call), alive_in, alive_out, which)
 
     def macs(self, call, alive_in, alive_out):
         return self._total(call, alive_in, self._with_heads(call, alive_out), "macs")

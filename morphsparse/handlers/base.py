@@ -59,6 +59,19 @@ def layer_config(layer) -> dict:
                   stacklevel=3)
     return config
 
+def cost_of_terms(terms, alive_in, alive_out, which):
+    """A call's ``"macs"`` or ``"params"`` from its bilinear cost terms (:meth:`ChannelHandler.cost_terms`) at the
+    alive counts of its input and output axes (internal axes, such as heads, after the outputs)."""
+    counts = {("in", i): c for i, c in enumerate(alive_in)}
+    counts.update({("out", j): c for j, c in enumerate(alive_out)})
+    total = 0
+    for in_ref, out_ref, macs, params in terms:
+        a = 1 if in_ref is None else counts[in_ref]
+        b = 1 if out_ref is None else counts[out_ref]
+        total += (macs if which == "macs" else params)(a, b)
+    return total
+
+
 def positions(shape, what="its input"):
     """How many positions a channels-last tensor of ``shape`` has besides its batch and channel axes (pixels,
     time steps, tokens): how many times a kernel is applied to it per example. The one place every cost is

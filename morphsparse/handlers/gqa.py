@@ -41,7 +41,7 @@ import keras
 import numpy as np
 
 from morphsparse.handlers import layers as _h
-from morphsparse.handlers.base import layer_config, positions, register_handler
+from morphsparse.handlers.base import cost_of_terms, layer_config, positions, register_handler
 
 _HUB = "keras_hub.src"
 
@@ -593,16 +593,9 @@ class GroupedQueryAttentionHandler(_h.Producer):
         ]
 
     def _total(self, call, alive_in, alive_out, which):
-        counts = {("in", i): c for i, c in enumerate(alive_in)}
         index = call.internal_index("heads")
         alive_out = list(alive_out) + [self.parts(call).num_kv_heads] * (index + 1 - len(alive_out))
-        counts.update({("out", j): c for j, c in enumerate(alive_out)})
-        total = 0
-        for in_ref, out_ref, macs, params in self.cost_terms(call):
-            a = 1 if in_ref is None else counts[in_ref]
-            b = 1 if out_ref is None else counts[out_ref]
-            total += (macs if which == "macs" else params)(a, b)
-        return total
+        return cost_of_terms(self.cost_terms(call), alive_in, alive_out, which)
 
     def macs(self, call, alive_in, alive_out):
         return self._total(call, alive_in, alive_out, "macs")

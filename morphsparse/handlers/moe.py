@@ -29,7 +29,7 @@ import keras
 import numpy as np
 
 from morphsparse.handlers import layers as _h
-from morphsparse.handlers.base import positions, register_handler
+from morphsparse.handlers.base import cost_of_terms, positions, register_handler
 from morphsparse.trace import symbolic_kwargs
 
 _HUB = "keras_hub.src"
@@ -160,17 +160,10 @@ class ExpertsBlock(_h.Producer):
         return terms
 
     def _total(self, call, alive_in, alive_out, which):
-        counts = {("in", i): c for i, c in enumerate(alive_in)}
         full = [call.output_channels(i) for i in range(len(call.output_shapes))]
         full += [len(m) for m in call.internal_maps]
         alive_out = list(alive_out) + full[len(alive_out):]
-        counts.update({("out", j): c for j, c in enumerate(alive_out)})
-        total = 0
-        for in_ref, out_ref, macs, params in self.cost_terms(call):
-            a = 1 if in_ref is None else counts[in_ref]
-            b = 1 if out_ref is None else counts[out_ref]
-            total += (macs if which == "macs" else params)(a, b)
-        return total
+        return cost_of_terms(self.cost_terms(call), alive_in, alive_out, which)
 
     def macs(self, call, alive_in, alive_out):
         return self._total(call, alive_in, alive_out, "macs")
