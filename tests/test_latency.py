@@ -3,7 +3,6 @@ are chosen here, so that no test depends on how fast this machine is. One smoke 
 model for real (a tiny grid, one round) and checks only the shape of what it measured."""
 
 import json
-import time
 import warnings
 
 import keras
@@ -209,9 +208,8 @@ def test_profile_is_cached_and_a_second_call_is_instant(tmp_path, monkeypatch):
     first = ms.profile_latency(model, threads=None, points=2, repeats=1, cache_dir=tmp_path, progress=False)
     calls = len(timed)
     assert calls == len(first.entries) + 1            # every signature, and the whole model (full and narrow)
-    start = time.perf_counter()
     second = ms.profile_latency(model, threads=None, points=2, repeats=1, cache_dir=tmp_path, progress=False)
-    assert time.perf_counter() - start < 1.0 and len(timed) == calls   # nothing measured again
+    assert len(timed) == calls          # nothing measured again: the table came from the cache
     assert second.to_dict() == first.to_dict()
     # other settings are another table; refresh=True measures again
     ms.profile_latency(model, threads=None, points=3, repeats=1, cache_dir=tmp_path, progress=False)
