@@ -32,7 +32,7 @@ import numpy as np
 
 from morphsparse import handlers as _handlers
 from morphsparse.checks import flag
-from morphsparse.costs import check_target, count_flops, count_params, resolve_budget
+from morphsparse.costs import BUDGET_TARGETS, check_target, count_flops, count_params, resolve_budget
 from morphsparse.graph import GraphError, analyze, functional_of
 from morphsparse.morph import alive as _alive
 from morphsparse.morph import rebuild as _rebuild
@@ -577,7 +577,7 @@ def export_with_report(model, source="gamma", threshold=None, l1_fraction=0.0, a
         _warn_nothing_removed(graph, report, alive, l1_fraction)
     if budget is not None:
         absolute = resolve_budget(budget, target, graph)
-        cost = count_flops(slim) if target == "flops" else count_params(slim)
+        cost = BUDGET_TARGETS[target](slim)
         if cost > absolute:
             _alive.warn_user(f"export of '{model.name}' with budget={budget!r}: the slim model costs {cost:,d} "
                              f"{target}, {cost / absolute - 1:.1%} above the budget ({absolute:,.0f}): export kept "
@@ -608,7 +608,7 @@ def budget_masks(graph, source, l1_fraction, budget, target="flops", min_width=_
     make costs more than the budget."""
     check_target(target)
     absolute = resolve_budget(budget, target, graph)
-    count = count_flops if target == "flops" else count_params
+    count = BUDGET_TARGETS[target]
     vectors = _alive.group_vectors(graph, source, l1_fraction)
     values = np.unique(np.concatenate([v[np.isfinite(v)] for v in vectors.values()] or [np.zeros(0)]))
     candidates = np.concatenate([[0.0], values])
