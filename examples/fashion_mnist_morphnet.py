@@ -160,9 +160,10 @@ def main(argv=None):
     seed_model = small_resnet()
     exp.compile(seed_model, settings["shrink_learning_rate"])
     result = ms.cycle(
-        seed_model, fit=exp.shrink_fit(), cycles=2, target="flops", threshold=settings["threshold"],
-        strength_multiplier=settings["strength_multiplier"], round_to=settings["round_to"],
-        retrain=dict(epochs=settings["retrain_epochs"]),
+        seed_model, fit=exp.shrink_fit(), cycles=2,
+        regularizer=dict(target="flops", threshold=settings["threshold"],
+                         strength_multiplier=settings["strength_multiplier"]),
+        expand=dict(round_to=settings["round_to"]), retrain=dict(epochs=settings["retrain_epochs"]),
         compile=lambda m: exp.compile(m, settings["shrink_learning_rate"]),
         retrain_compile=exp.compile_for_retraining, evaluate=lambda m: {"accuracy": exp.accuracy(m)},
         verbose=True)

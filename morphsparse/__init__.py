@@ -31,7 +31,7 @@ _EXPORTS = {
     "NByM": "sparse", "FanIn": "sparse",
     # structure learning
     "alive_masks": "morph", "group_vectors": "morph", "find_sources": "morph", "AliveError": "morph",
-    "export": "morph", "ExportReport": "morph", "ExportError": "morph",
+    "export": "morph", "ExportReport": "morph", "ExportError": "morph", "loading_packages": "morph",
     "expand": "morph", "ExpandReport": "morph", "ExpandError": "morph",
     "export_with_report": "morph", "expand_with_report": "morph", "resize": "morph",
     "recalibrate_batchnorm": "morph",

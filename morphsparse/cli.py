@@ -126,14 +126,36 @@ def cmd_prune(args):
     model = load_model_arg(args.model, args.input_size, args.classes)
     floor = {} if args.min_width is None else {"min_width": args.min_width}
     device = _latency_device(args)
+    data = _calibration_inputs(args.calibration, args.importance)
     slim, report = ms.prune_with_report(model, budget=args.budget, target=args.target, importance=args.importance,
-                                        ignore=args.ignore or (), device=device, **floor)
+                                        data=data, ignore=args.ignore or (), device=device, **floor)
     print(report.table())
     print()
     print(report.summary())
     slim.save(args.output)
     print(f"pruned model written to {args.output} (fine-tune it: its BatchNorm statistics are the seed's)")
     return 0
+
+
+def _calibration_inputs(path, importance):
+    """The model's inputs from a .npy file (one input) or .npz file (one array per input, by input name), for
+    the calibration importances; None without a path."""
+    if path is None:
+        if importance in ("wanda", "flap"):
+            raise SystemExit(f"--importance {importance} measures activations: give --calibration INPUTS.npy "
+                             "(or .npz with one array per input name)")
+        return None
+    if importance not in ("wanda", "flap"):
+        raise SystemExit(f"--calibration is used by --importance wanda or flap only, not {importance}")
+    import numpy as np
+
+    try:
+        loaded = np.load(path)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"--calibration {path}: cannot read it as .npy or .npz ({err})") from None
+    if isinstance(loaded, np.ndarray):
+        return loaded
+    return {name: loaded[name] for name in loaded.files}
 
 
 def _latency_device(args):
@@ -294,9 +316,13 @@ def build_parser():
                        help="what the budget counts (latency: priced by --latency-table)")
     prune.add_argument("--latency-table", default=None,
                        help="a latency table JSON (profile-latency) pricing --target latency; else the roofline")
-    prune.add_argument("--importance", choices=("gamma", "l1"), default="gamma",
-                       help="channel importance: BatchNorm |gamma| or the kernel's L1 norm (taylor needs data: "
+    prune.add_argument("--importance", choices=("gamma", "l1", "wanda", "flap"), default="gamma",
+                       help="channel importance: BatchNorm |gamma|, the kernel's L1 norm, or from calibration "
+                            "inputs (--calibration): Wanda-sp, FLAP with bias compensation (taylor needs labels: "
                             "use ms.prune from Python)")
+    prune.add_argument("--calibration", default=None,
+                       help="calibration inputs for --importance wanda/flap: a .npy array, or a .npz with one "
+                            "array per model input name")
     prune.add_argument("--min-width", type=float, default=None,
                        help="every group keeps at least this fraction of its channels (default 0.2)")
     prune.add_argument("--ignore", nargs="*", help="layers whose output channels must not shrink")

@@ -106,6 +106,27 @@ def test_prune_command_meets_the_budget(saved_models, capsys):
     assert "budget must be a positive" in capsys.readouterr().err
 
 
+def test_prune_command_takes_calibration_inputs_for_wanda_and_flap(saved_models, capsys):
+    import numpy as np
+
+    import morphsparse as ms
+
+    inputs = saved_models / "calibration.npy"
+    np.save(inputs, np.random.default_rng(0).random((32, 8, 8, 3)).astype("float32"))
+    out = saved_models / "flap.keras"
+    assert cli.main(["prune", str(saved_models / "dense.keras"), "-o", str(out), "--budget", "0.6",
+                     "--importance", "flap", "--calibration", str(inputs)]) == 0
+    assert "importance='flap'" in capsys.readouterr().out
+    seed = keras.saving.load_model(saved_models / "dense.keras")
+    assert ms.count_flops(keras.saving.load_model(out)) <= 0.6 * ms.count_flops(seed)
+    with pytest.raises(SystemExit, match="give --calibration"):
+        cli.main(["prune", str(saved_models / "dense.keras"), "-o", str(out), "--budget", "0.6",
+                  "--importance", "wanda"])
+    with pytest.raises(SystemExit, match="--calibration is used by --importance wanda or flap only"):
+        cli.main(["prune", str(saved_models / "dense.keras"), "-o", str(out), "--budget", "0.6",
+                  "--calibration", str(inputs)])
+
+
 def test_to_litert_command_writes_a_checked_file(saved_models, capsys):
     out = saved_models / "model.tflite"
     assert cli.main(["to-litert", str(saved_models / "sparse.keras"), "-o", str(out)]) == 0

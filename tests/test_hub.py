@@ -403,3 +403,41 @@ def test_llama_prunes_to_a_budget_in_heads_and_ffn():
     rebuilt = [l for l in slim.layers if isinstance(l, ms.handlers.gqa.GroupedQueryAttention)]
     assert len(rebuilt) == 2
     assert all(l.num_query_heads == 2 * l.num_key_value_heads for l in rebuilt)
+
+
+LOAD_WITHOUT = """
+import sys
+for name in {blocked!r}:
+    sys.modules[name] = None          # an import of it fails, as if it were not installed
+import keras
+try:
+    keras.models.load_model({path!r})
+    print("LOADED")
+except Exception as err:
+    print("FAILED", type(err).__name__)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:export of .* removed nothing")
+def test_export_report_names_the_packages_a_fresh_process_needs_to_load_it(tmp_path):
+    import subprocess
+
+    _, model, _ = build("GPT2Backbone")
+    slim, report = ms.export_with_report(model, source="group_lasso", threshold=0.0)
+    assert report.packages == ms.loading_packages(slim)
+    assert "keras_hub" in report.packages and "PositionEmbedding" in report.packages["keras_hub"]
+    assert "morphsparse" not in report.packages
+    assert "loading it needs keras_hub (" in report.summary()
+    path = str(tmp_path / "slim.keras")
+    slim.save(path)
+
+    def load(blocked):
+        code = LOAD_WITHOUT.format(blocked=blocked, path=path)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        return done.stdout.strip().splitlines()[-1]
+
+    assert load(["morphsparse"]) == "LOADED"
+    assert load(["keras_hub", "morphsparse"]).startswith("FAILED")
+    plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    assert ms.loading_packages(plain) == {}

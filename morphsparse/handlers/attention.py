@@ -32,6 +32,11 @@ from morphsparse.trace import symbolic_kwargs
 _HUB = "keras_hub.src"
 
 
+def _one_per_head(mask):
+    """A heads mask over a weight axis with one entry per head."""
+    return np.asarray(mask, bool)
+
+
 class MultiHeadAttention(_h.Producer):
     """``keras.layers.MultiHeadAttention``: heads are one removable group (internal axis ``"heads"``)."""
 
@@ -137,6 +142,20 @@ class MultiHeadAttention(_h.Producer):
     def regularized_axes(self, call):
         """Output axes with a group-lasso source: the output channels and the heads."""
         return [0, call.internal_index("heads")]
+
+    def axis_weights(self, call, axis):
+        """Every weight sliced by head: the query, key and value kernels (d, heads, size) and biases (heads,
+        size), and the output kernel (heads, size, d)."""
+        if axis != call.internal_index("heads"):
+            return None
+        layer = call.layer
+        out = []
+        for dense in (layer.query_dense, layer.key_dense, layer.value_dense):
+            out.append((dense.kernel, 1, _one_per_head))
+            if getattr(dense, "bias", None) is not None:
+                out.append((dense.bias, 0, _one_per_head))
+        out.append((layer.output_dense.kernel, 0, _one_per_head))
+        return out
 
     # --- export and expand ------------------------------------------------------------------------------
     def _heads_mask(self, call, keep_out):

@@ -232,6 +232,25 @@ class RebuildHandler:
         output entry (full width), from the original ``weights``; None when they add nothing."""
         return None
 
+    def input_rows(self, call, weights):
+        """What one unit on each entry of input 0 adds to each output entry: an (input entries, output entries)
+        matrix read from :meth:`bias_shift` (so for a spatial kernel, the kernel summed over its positions);
+        None when the handler does not say. Calibration importances weigh activations by these rows."""
+        n = call.input_channels(0)
+        everything = np.ones(n, bool)
+        rows = []
+        for j in range(n):
+            unit = np.zeros(n)
+            unit[j] = 1.0
+            try:
+                row = self.bias_shift(call, everything, unit, weights)
+            except ValueError:      # a layer with no bias a constant could be folded into
+                return None
+            if row is None:
+                return None
+            rows.append(np.asarray(row, np.float64).reshape(-1))
+        return np.stack(rows) if rows else None
+
     def rebuild(self, call, step):
         """Build this call in the slim model; return its new output tensor(s). ``step`` is a
         :class:`morphsparse.morph.export.RebuildStep`, all a handler may use of the export: new input

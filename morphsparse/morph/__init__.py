@@ -19,7 +19,7 @@ _EXPORTS = {
     "alive_masks": "alive", "group_vectors": "alive", "find_sources": "alive", "channel_norms": "alive",
     "RegularizationSource": "alive", "AliveError": "alive", "alive_counts": "alive",
     # slim export, structure files, expansion
-    "export": "export", "ExportReport": "export", "ExportError": "export",
+    "export": "export", "ExportReport": "export", "ExportError": "export", "loading_packages": "export",
     "save_structure": "structure", "load_structure": "structure", "structure_of": "structure",
     "masks_from_structure": "structure", "propagated_masks": "alive",
     "expand": "expand", "ExpandReport": "expand", "ExpandError": "expand",

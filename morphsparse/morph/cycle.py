@@ -11,7 +11,9 @@ can be evaluated as it is.
 
 from __future__ import annotations
 
+import inspect
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import keras
@@ -75,10 +77,16 @@ def _budget_of(model, target):
     return count_flops(model) if target == "flops" else count_params(model)
 
 
-def cycle(model, fit, cycles=1, *, retrain=None, compile=None, retrain_compile=None, target="flops", source="gamma",
-          threshold=_alive.DEFAULT_THRESHOLD, strength=None, strength_multiplier=None, l1_fraction=0.0,
-          device=None, expand_target=None, budget=None, round_to=1, evaluate=None, exact=False, verbose=True,
-          **regularizer_kwargs):
+#: the old keywords of cycle() and the dict they now belong to (deprecated; removed in the next release)
+_LEGACY = {"target": "regularizer", "source": "regularizer", "threshold": "regularizer", "strength": "regularizer",
+           "strength_multiplier": "regularizer", "l1_fraction": "regularizer", "device": "regularizer",
+           "expand_target": "expand", "budget": "expand", "round_to": "expand"}
+#: what ``expand=`` takes: ms.expand's budget, target and rounding
+EXPAND_KEYS = ("target", "budget", "round_to")
+
+
+def cycle(model, fit, cycles=1, *, regularizer=None, expand=None, retrain=None, compile=None, retrain_compile=None,
+          evaluate=None, exact=False, verbose=True, **legacy):
     """Run ``cycles`` MorphNet cycles (shrink -> export -> expand -> retrain) and return a :class:`CycleResult`.
 
     Args:
@@ -87,6 +95,13 @@ def cycle(model, fit, cycles=1, *, retrain=None, compile=None, retrain_compile=N
         fit: keyword arguments for ``Model.fit`` during the shrink phase: your data and settings, e.g.
             ``dict(x=x, y=y, epochs=5, batch_size=128, validation_data=(xv, yv), callbacks=[...])``.
         cycles: how many cycles to run.
+        regularizer: keyword arguments of :class:`MorphRegularizer` (``target``, ``source``, ``threshold``,
+            ``strength``, ``strength_multiplier``, ``l1_fraction``, ``device``, ...), checked before any
+            training; ``threshold`` and ``source`` also decide what ``export`` removes. Default: its defaults
+            (FLOPs, BatchNorm gammas).
+        expand: keyword arguments of :func:`morphsparse.expand` for growing the slim model back: ``target``
+            ("flops" or "size"; default: the regulariser's target when it is one of those, else "flops"),
+            ``budget`` (default: the seed's cost in that unit) and ``round_to`` (default 1).
         retrain: ``fit`` arguments for retraining the widened network; merged over ``fit`` (so
             ``retrain=dict(epochs=10)`` only changes the epochs). Default: the same as ``fit``.
         compile: ``callable(model)`` that compiles a model, or a dict of ``Model.compile`` arguments; by
@@ -94,34 +109,29 @@ def cycle(model, fit, cycles=1, *, retrain=None, compile=None, retrain_compile=N
             (``model.get_compile_config()``), so compile the seed first.
         retrain_compile: ``callable(model)`` compiling the widened network for retraining (default: ``compile``),
             e.g. a lower learning rate than structure learning uses.
-        target, source, threshold, strength, strength_multiplier, l1_fraction, device: passed to
-            :class:`MorphRegularizer` (``threshold`` also to ``export``), and checked before any training.
-        expand_target: "flops" or "size": the cost the width multiplier restores (default: ``target`` when
-            it is one of those, else "flops").
-        budget: the cost to expand back to (default: the seed model's cost in ``expand_target`` units).
-        round_to: channel rounding of the expansion (e.g. 8).
         evaluate: optional ``callable(model) -> dict`` run after each retraining (e.g. test accuracy).
         exact: passed to ``export`` (keep dead channels whose fold would be inexact at image borders).
     """
+    regularizer, expand = _fold_legacy(legacy, regularizer, expand)
     fit = fit_arguments(fit)
     if not (isinstance(cycles, int) and not isinstance(cycles, bool) and cycles >= 1):
         raise ValueError(f"cycles must be an integer >= 1, got {cycles!r}")
-    _check_pass_through(target, source, threshold, strength, strength_multiplier, l1_fraction, device, retrain,
-                        evaluate, budget, round_to)
-    expand_target = expand_target or (target if target in EXPANDABLE else "flops")
+    reg_options = {"target": "flops", "source": "gamma", "threshold": _alive.DEFAULT_THRESHOLD, **regularizer}
+    target, source = reg_options["target"], reg_options["source"]
+    threshold, l1_fraction = reg_options["threshold"], reg_options.get("l1_fraction", 0.0)
+    expand_target = expand.get("target") or (target if target in EXPANDABLE else "flops")
+    budget, round_to = expand.get("budget"), expand.get("round_to", 1)
+    _check_pass_through(reg_options, retrain, evaluate, budget, round_to)
     if expand_target not in EXPANDABLE:
-        raise ValueError(f"expand_target must be one of {EXPANDABLE}, got {expand_target!r}")
+        raise ValueError(f"expand=dict(target=...) must be one of {EXPANDABLE}, got {expand_target!r}")
     compile_model = compiler_like(model, compile, "cycle()")
     compile_retrain = compile_model if retrain_compile is None else compiler_like(model, retrain_compile,
                                                                                     "cycle()")
     retrain_fit = {**fit, **fit_arguments(retrain, "retrain", required=False)}
     budget = _budget_of(model, expand_target) if budget is None else budget
     # the device matters (and was checked, with a warning if it has no effect) for the latency target only
-    reg_options = dict(target=target, source=source, threshold=threshold, strength=strength,
-                       l1_fraction=l1_fraction, device=device if target == "latency" else None,
-                       **regularizer_kwargs)
-    if strength_multiplier is not None:
-        reg_options["strength_multiplier"] = strength_multiplier
+    if target != "latency":
+        reg_options.pop("device", None)
     result = CycleResult(model=model, budget=budget, expand_target=expand_target)
     current = model
     for index in range(1, cycles + 1):
@@ -129,9 +139,9 @@ def cycle(model, fit, cycles=1, *, retrain=None, compile=None, retrain_compile=N
         # Shrink a copy: the seed and every step's retrained model stay as they were (the next cycle's
         # structure learning would otherwise overwrite the previous cycle's result).
         trainable = _copy_model(current)
-        regularizer = MorphRegularizer(trainable, **reg_options)
+        term = MorphRegularizer(trainable, **reg_options)
         # the user's compile, with its optimizer wrapped so that its steps add the regulariser's gradient
-        compile_wrapped(trainable, compile_model, lambda network, inner: MorphOptimizer(inner, regularizer))
+        compile_wrapped(trainable, compile_model, lambda network, inner: MorphOptimizer(inner, term))
         shrink_history = trainable.fit(**fit).history
         slim = _export(trainable, source, threshold, l1_fraction, exact, _calibration_data(fit))
         wide = _expand(slim, budget, expand_target, round_to)
@@ -144,20 +154,55 @@ def cycle(model, fit, cycles=1, *, retrain=None, compile=None, retrain_compile=N
         step.seconds = time.perf_counter() - start
         result.steps.append(step)
         if verbose:
-            print(f"[morphsparse.cycle] {regularizer.summary()}")
+            print(f"[morphsparse.cycle] {term.summary()}")
             print(f"[morphsparse.cycle] {step.summary()}")
         current = wide
     result.model = current
     return result
 
 
-def _check_pass_through(target, source, threshold, strength, strength_multiplier, l1_fraction, device, retrain,
-                        evaluate, budget, round_to):
+def _fold_legacy(legacy, regularizer, expand):
+    """``(regularizer, expand)`` dicts, with the old keywords (``target=``, ``round_to=``, ``**regularizer
+    arguments``...) folded in and a DeprecationWarning that writes out the new call."""
+    for name, value in (("regularizer", regularizer), ("expand", expand)):
+        if value is not None and not isinstance(value, dict):
+            raise TypeError(f"{name}= must be a dict of keyword arguments, got {type(value).__name__}")
+    regularizer, expand = dict(regularizer or {}), dict(expand or {})
+    unknown = sorted(set(expand) - set(EXPAND_KEYS))
+    if unknown:
+        raise TypeError(f"expand= got unexpected key(s) {unknown}; it takes {list(EXPAND_KEYS)}")
+    if not legacy:
+        return regularizer, expand
+    moved = {"regularizer": {}, "expand": {}}
+    for name, value in legacy.items():
+        # an old keyword of the expansion keeps its old name's meaning: expand_target= is expand's target=
+        group = _LEGACY.get(name, "regularizer")
+        moved[group]["target" if name == "expand_target" else name] = value
+    clashes = sorted(f"{group}=dict({key}=...)" for group, values in moved.items() for key in values
+                     if key in (regularizer if group == "regularizer" else expand))
+    if clashes:
+        raise ValueError(f"cycle() got {', '.join(clashes)} twice: once as an old keyword, once in the dict")
+    regularizer.update(moved["regularizer"])
+    expand.update(moved["expand"])
+    advice = ", ".join(f"{group}=dict({', '.join(f'{k}={v!r}' for k, v in values.items())})"
+                       for group, values in moved.items() if values)
+    warnings.warn(f"cycle({', '.join(f'{k}=...' for k in legacy)}): these keywords are deprecated and will be "
+                  f"removed in the next release; write cycle(model, fit, ..., {advice})", DeprecationWarning,
+                  stacklevel=3)
+    return regularizer, expand
+
+
+def _check_pass_through(reg_options, retrain, evaluate, budget, round_to):
     """Check, before any training, the arguments that reach the regulariser, export and expand only later
     (a bad ``round_to`` would otherwise fail after a whole shrink phase). Errors name the argument."""
-    check_arguments(target, source, threshold, strength,
-                    DEFAULT_STRENGTH_MULTIPLIER if strength_multiplier is None else strength_multiplier,
-                    l1_fraction, device)
+    takes = set(inspect.signature(MorphRegularizer).parameters) - {"model", "self"}
+    unknown = sorted(set(reg_options) - takes)
+    if unknown:
+        raise TypeError(f"regularizer= got unexpected key(s) {unknown}; MorphRegularizer takes {sorted(takes)}")
+    check_arguments(reg_options["target"], reg_options["source"], reg_options["threshold"],
+                    reg_options.get("strength"),
+                    reg_options.get("strength_multiplier", DEFAULT_STRENGTH_MULTIPLIER),
+                    reg_options.get("l1_fraction", 0.0), reg_options.get("device"))
     fit_arguments(retrain, "retrain", required=False)
     if evaluate is not None and not callable(evaluate):
         raise TypeError(f"evaluate= must be a callable taking a model and returning a dict, got "

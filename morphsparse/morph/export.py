@@ -61,41 +61,71 @@ class EntryValues:
     uniform: np.ndarray
 
 
+def run_calls(graph, arrays, before=None, forced=None):
+    """Run ``graph``'s calls eagerly, one by one, on ``arrays`` (one per network input). ``before(call, data)``
+    sees every call with ``data`` (tensor key -> numpy value) holding its inputs; ``forced``: per call index,
+    ``(output position, entries, value)`` written over the call's outputs (dead channels). Values nobody reads
+    any more are freed as the walk goes. Shared by the export's probe and the calibration statistics."""
+    data = dict(zip(graph.model_inputs, arrays))
+    readers_left = {}
+    for call in graph.calls:
+        for key in call.input_keys:
+            readers_left[key] = readers_left.get(key, 0) + 1
+    for k, call in enumerate(graph.calls):
+        if call.node is None:
+            continue
+        if before is not None:
+            before(call, data)
+        outputs = [keras.ops.convert_to_numpy(t) for t in keras.tree.flatten(apply_call(graph, call, data))]
+        for position, entries, value in (forced or {}).get(k, ()):
+            outputs[position][..., entries] = value[entries]
+        for key, value in zip(call.output_keys, outputs):
+            data[key] = value
+        for key in call.input_keys:
+            readers_left[key] -= 1
+            if readers_left[key] == 0 and key not in graph.model_outputs:
+                data.pop(key, None)
+    return data
+
+
+def apply_call(graph, call, data):
+    """The outputs of one call run again on ``data`` (tensor key -> value)."""
+    args, kwargs = graph.call_arguments(call, data)
+    if isinstance(call.layer, keras.layers.Layer):
+        return call.layer(*args, **kwargs)
+    # a keras.ops call, as its handler applies it (a traced reshape may read (None, ...))
+    return _handlers.rebuild_part(call.handler).apply_op(call, args, kwargs, lambda i, lo, hi: hi - lo)
+
+
 class Probe:
     """Runs the original layers eagerly on random inputs, with dead channels forced to their dead value, and
     records the values of removed entries where they are read."""
 
     def __init__(self, graph, forced, live, batch=2, seed=0):
         self.values = {}
-        data = dict(zip(graph.model_inputs, random_inputs(graph.model, batch, seed)))
-        readers_left = {}
-        for call in graph.calls:
-            for key in call.input_keys:
-                readers_left[key] = readers_left.get(key, 0) + 1
-        for k, call in enumerate(graph.calls):
-            if call.node is None:
-                continue
+
+        def record(call, data):
             for i, key in enumerate(call.input_keys):
                 removed = ~live[key]
                 if removed.any():
-                    self.values[(k, i)] = _entry_values(data[key], removed)
-            args, kwargs = graph.call_arguments(call, data)
-            if isinstance(call.layer, keras.layers.Layer):
-                outputs = call.layer(*args, **kwargs)
-            else:   # a keras.ops call, as its handler applies it (a traced reshape may read (None, ...))
-                outputs = _handlers.rebuild_part(call.handler).apply_op(call, args, kwargs, lambda i, lo, hi: hi - lo)
-            outputs = [keras.ops.convert_to_numpy(t) for t in keras.tree.flatten(outputs)]
-            for position, entries, value in forced.get(k, ()):
-                outputs[position][..., entries] = value[entries]
-            for key, value in zip(call.output_keys, outputs):
-                data[key] = value
-            for key in call.input_keys:   # free what nobody reads any more
-                readers_left[key] -= 1
-                if readers_left[key] == 0 and key not in graph.model_outputs:
-                    data.pop(key, None)
+                    self.values[(call.index, i)] = _entry_values(data[key], removed)
+        run_calls(graph, random_inputs(graph.model, batch, seed), record, forced)
 
     def at(self, k, i):
         return self.values.get((k, i))
+
+    def replace(self, removed_values):
+        """Removed entries carry ``removed_values[(call index, input)]`` (full-width) where that call reads
+        them, by decision (prune's bias compensation: their mean on calibration data), not by probing."""
+        for key, full in removed_values.items():
+            values = self.values.get(key)
+            if values is not None:
+                if len(full) != len(values.removed):
+                    raise ExportError(f"removed_values[{key!r}] has {len(full)} entries; that input has "
+                                      f"{len(values.removed)}")
+                values.value = np.asarray(full, np.float64)[values.removed]
+                values.varies[:] = False
+                values.uniform[:] = True
 
 
 def _input_specs(model):
@@ -220,6 +250,7 @@ class ExportReport:
     params_before: int = 0
     params_after: int = 0
     seconds: float = 0.0
+    packages: dict = field(default_factory=dict)   # see loading_packages
 
     @property
     def removed_anything(self):
@@ -243,7 +274,8 @@ class ExportReport:
                 f"(x{self.flops_after / max(self.flops_before, 1):.3f}), {self.params_before:,d} -> "
                 f"{self.params_after:,d} params; {narrowed} layers narrowed, {len(self.removed_layers)} removed, "
                 f"{self.folded} constant folds ({len(self.inexact)} inexact at borders), {len(self.kept)} dead "
-                f"channels kept; {self.seconds:.2f} s")
+                f"channels kept; {self.seconds:.2f} s"
+                + (f"; loading it needs {_packages_text(self.packages)}" if self.packages else ""))
 
     def table(self, only_changed=True):
         lines = [f"{'layer':44s} {'class':20s} {'in before->after':>18s} {'out before->after':>18s}  status"]
@@ -373,8 +405,9 @@ class RebuildStep:
 
 
 class _Exporter:
-    def __init__(self, model, graph, masks, sources, exact, name, report):
+    def __init__(self, model, graph, masks, sources, exact, name, report, removed_values=None):
         self.model, self.graph, self.exact, self.name = model, graph, exact, name
+        self.removed_values = removed_values or {}
         self.masks = {gid: np.array(m, bool) for gid, m in masks.items()}
         self.sources = sources
         self.report = report
@@ -403,6 +436,7 @@ class _Exporter:
                 raise ExportError(str(err)) from None
             forced = _forced_values(self.graph, self.sources, self.masks)
             self.probe = Probe(self.graph, forced, self.live)
+            self.probe.replace(self.removed_values)
             if not self._keep_what_must_stay():
                 return
         raise ExportError("could not settle which channels to keep (8 rounds); please report this model")
@@ -524,8 +558,11 @@ def _normalises_across_channels(call):
 
 def export_with_report(model, source="gamma", threshold=None, l1_fraction=0.0, alive=None,
                        exact=False, ignore=(), name=None, calibration_data=None, calibration_steps=None,
-                       round_to=None, min_width=_alive.DEFAULT_MIN_WIDTH, budget=None, target="flops"):
-    """:func:`export`, returning ``(slim model, ExportReport)``."""
+                       round_to=None, min_width=_alive.DEFAULT_MIN_WIDTH, budget=None, target="flops",
+                       removed_values=None):
+    """:func:`export`, returning ``(slim model, ExportReport)``. ``removed_values``: ``{(call index, input
+    index): full-width values}`` that removed entries carry where that kernel call reads them, in place of what
+    they carry once dead (``ms.prune(importance="flap")`` passes their calibration means: bias compensation)."""
     start = time.perf_counter()
     if not isinstance(model, keras.Model):
         raise TypeError(f"export() takes a keras.Model, got {type(model).__name__}")
@@ -561,7 +598,7 @@ def export_with_report(model, source="gamma", threshold=None, l1_fraction=0.0, a
     if budget is not None:
         _alive.warn_collapsed(f"export of '{model.name}'", _alive.collapsed_groups(graph, masks), min_width)
     report = ExportReport(model.name, source, threshold, exact, masks, {})
-    exporter = _Exporter(model, graph, masks, sources, exact, name or model.name, report)
+    exporter = _Exporter(model, graph, masks, sources, exact, name or model.name, report, removed_values)
     exporter.settle()
     slim = exporter.rebuild()
     report.masks = exporter.masks
@@ -762,6 +799,27 @@ def _fill_report(report, graph, exporter, slim):
     slim_graph = analyze(slim)
     report.flops_after = count_flops(slim_graph)
     report.params_after = count_params(slim_graph)
+    report.packages = loading_packages(slim)
 
 
-__all__ = ["export", "export_with_report", "ExportReport", "ExportError", "RebuildStep"]
+def loading_packages(model):
+    """``{package: sorted layer class names}``: the packages other than Keras whose layer classes ``model``
+    holds, which must be importable to load it from a .keras file (keras_hub's own layers that export keeps
+    as they are, morphsparse's rebuilt grouped-query attention); empty when plain Keras loads it."""
+    needed = {}
+    stack = list(model.layers)
+    while stack:
+        layer = stack.pop()
+        if isinstance(layer, keras.Model):
+            stack.extend(layer.layers)
+        package = type(layer).__module__.split(".")[0]
+        if package != "keras":
+            needed.setdefault(package, set()).add(type(layer).__name__)
+    return {package: sorted(names) for package, names in sorted(needed.items())}
+
+
+def _packages_text(packages):
+    return ", ".join(f"{package} ({', '.join(names)})" for package, names in packages.items())
+
+
+__all__ = ["export", "export_with_report", "ExportReport", "ExportError", "RebuildStep", "loading_packages"]

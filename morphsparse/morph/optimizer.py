@@ -180,7 +180,7 @@ class MorphOptimizer(WrappingOptimizer):
             raise ValueError("this MorphOptimizer is not bound to a model (it was loaded from a file, or made "
                              "from a config): call model.optimizer.bind(model) before training")
         note_training_step(self)
-        extra = self._term_gradients(variables)
+        extra, parts = self._term_gradients(variables)
         combined = []
         for gradient, added, variable in zip(grads, extra, variables):
             if added is None:
@@ -190,23 +190,26 @@ class MorphOptimizer(WrappingOptimizer):
             combined.append(added if gradient is None else tf.convert_to_tensor(gradient) + added)
         # the controller steps on the weights the gradients were taken at (the strength it read is that step's)
         with tf.control_dependencies([g for g in combined if g is not None]):
-            self.in_cross_replica(self._controller_step)
+            self.in_cross_replica(self._controller_step, parts)
         self.inner_optimizer.apply(combined, variables)
 
     def _term_gradients(self, variables):
-        """The gradient of strength x term on every variable (None where it does not depend on it)."""
+        """The gradient of strength x term on every variable (None where it does not depend on it), and the
+        term's parts (``MorphRegularizer._loss_parts``) for the controller step, which reuses them."""
         with tf.GradientTape() as tape:
-            loss = self.regularizer.loss()
-        gradients = tape.gradient(loss, variables)
+            parts = self.regularizer._loss_parts()
+        gradients = tape.gradient(parts[0], variables)
         # Keras sums the replicas' gradients; each replica computes the whole term, so it adds a share of it.
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         if replicas > 1:
             gradients = [None if g is None else g / replicas for g in gradients]
-        return gradients
+        return gradients, parts
 
-    def _controller_step(self, strategy):
-        """Cross-replica part of a step: the logged values, one controller step, the count."""
-        values = self.regularizer._loss_and_costs(training=True, budget_logs=True)
+    def _controller_step(self, strategy, parts):
+        """Cross-replica part of a step: the logged values, one controller step, the count. Every replica
+        computed the same ``parts`` from the same mirrored weights: the first replica's are used."""
+        parts = [strategy.experimental_local_results(p)[0] for p in parts]
+        values = self.regularizer._loss_and_costs(training=True, budget_logs=True, parts=parts)
         loss, rest = values[0], values[1:]
         logs = tf.convert_to_tensor(self.logs.value)
         totals = tf.stack([logs[_LOSS_SUM] + tf.cast(loss, tf.float64), logs[_LOSS_COUNT] + 1.0])

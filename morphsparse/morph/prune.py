@@ -2,7 +2,8 @@
 
 Channels are ranked **globally**, across all groups, by their importance normalised within their own group
 (divided by the group's mean, as Torch-Pruning's mean normaliser does: a BatchNorm undoes its layer's scale, so
-raw gammas of two layers are not comparable) over a price, the channel's *marginal cost* to the power
+raw gammas of two layers are not comparable; the calibration importances "wanda" and "flap" are compared as
+they are, since each measures what a unit adds to the outputs that read it) over a price, the channel's *marginal cost* to the power
 ``cost_power`` (the marginal cost is what the target would lose if the channel were removed, at the current
 widths: the gradient of the MorphNet term, :mod:`morphsparse.morph.regularizers`). Power 1 ranks by importance
 per unit of cost and, on a plain chain, cuts the expensive high-resolution layers first; power 0 ranks by
@@ -29,6 +30,10 @@ Importance of a channel (higher = keep):
 * ``"l1"``: mean |w| of the kernel column feeding the channel;
 * ``"taylor"``: |first-order change of the loss when the channel is removed| = |sum over a few batches of
   dL/dgamma * gamma| (Molchanov et al. 2019), from ``data``;
+* ``"wanda"`` and ``"flap"``: from calibration inputs ``data``, how much each channel or head contributes to
+  what reads it (Wanda-sp's activation-weighted magnitude; FLAP's fluctuation, with the removed channels'
+  calibration means folded into the next bias): :mod:`morphsparse.morph.calibration`, for pruning without
+  retraining (docs/pruning_transformers.md);
 * a callable ``importance(graph) -> {group id: per-channel scores}``.
 
 Coupled channels (one channel of a group with several producers, tied by residual Adds) are scored together:
@@ -56,13 +61,16 @@ from morphsparse.costs import (BUDGET_TARGETS, DEFAULT_COST_POWER, check_target,
 from morphsparse.graph import analyze
 from morphsparse.morph import alive as _alive
 from morphsparse.morph.batchnorm import recalibrate_batchnorm
+from morphsparse.morph.calibration import CALIBRATION_IMPORTANCES, CalibrationStatistics, input_arrays
 from morphsparse.morph.export import export_with_report
 from morphsparse.latency import as_table
 from morphsparse.morph.regularizers import is_latency_table, latency_target
 from morphsparse.recipe import compiler_like, fit_arguments
 
 TARGETS = tuple(BUDGET_TARGETS) + ("latency",)
-IMPORTANCES = ("gamma", "l1", "taylor")
+IMPORTANCES = ("gamma", "l1", "taylor") + CALIBRATION_IMPORTANCES
+#: importances computed from data= (the others read the weights alone)
+DATA_IMPORTANCES = ("taylor",) + CALIBRATION_IMPORTANCES
 #: fraction of the remaining candidate channels removed per round before marginal costs are recomputed
 DEFAULT_CHUNK = 0.05
 #: a result more than this fraction under the budget is reported by a warning (over-pruning)
@@ -193,10 +201,16 @@ def _check_arguments(model, budget, target, importance, data, loss, steps, fit, 
             raise ValueError("importance='taylor' needs data=: a tf.data.Dataset of (x, y) batches or (x, y) "
                              "arrays, to compute dL/dgamma on")
         _check_data(data)
+    elif importance in CALIBRATION_IMPORTANCES:
+        if data is None:
+            raise ValueError(f"importance={importance!r} needs data=: calibration inputs (an array, (x, y) arrays "
+                             "or a tf.data.Dataset of batches) to measure the activations on")
+        _check_data(data, inputs_only=True)
     else:
         if data is not None:
-            _alive.warn_user(f"data= is only used by importance='taylor' and is ignored with "
+            _alive.warn_user(f"data= is only used by importance in {DATA_IMPORTANCES} and is ignored with "
                              f"importance={_importance_name(importance)!r}")
+    if importance != "taylor":
         if loss is not None:
             _alive.warn_user(f"loss= is only used by importance='taylor' and is ignored with "
                              f"importance={_importance_name(importance)!r}")
@@ -222,10 +236,12 @@ def _importance_name(importance):
     return importance if isinstance(importance, str) else getattr(importance, "__name__", "callable")
 
 
-def _check_data(data):
+def _check_data(data, inputs_only=False):
     import tensorflow as tf
 
     if isinstance(data, tf.data.Dataset):
+        return
+    if inputs_only and (isinstance(data, (np.ndarray, Mapping)) or keras.ops.is_tensor(data)):
         return
     if isinstance(data, (tuple, list)) and len(data) in (2, 3):
         lengths = {int(np.shape(a)[0]) for a in keras.tree.flatten(data) if a is not None}
@@ -233,8 +249,8 @@ def _check_data(data):
             raise ValueError(f"data=(x, y) arrays must have the same number of examples, got lengths "
                              f"{sorted(lengths)}")
         return
-    raise TypeError(f"data must be a tf.data.Dataset of (x, y) batches or a tuple (x, y) of arrays, got "
-                    f"{type(data).__name__}")
+    raise TypeError(f"data must be a tf.data.Dataset of (x, y) batches or a tuple (x, y) of arrays"
+                    f"{' (or an array of inputs)' if inputs_only else ''}, got {type(data).__name__}")
 
 
 # --- importance --------------------------------------------------------------------------------------------
@@ -314,6 +330,8 @@ def _batches(data, batches):
         for batch in data.take(batches):
             yield keras.utils.unpack_x_y_sample_weight(batch)
         return
+    if isinstance(data, (np.ndarray, Mapping)) or keras.ops.is_tensor(data):   # inputs alone
+        data = (data,)
     n = int(np.shape(keras.tree.flatten(data)[0])[0])
     for start in range(0, min(n, batches * ARRAY_BATCH_SIZE), ARRAY_BATCH_SIZE):
         piece = keras.tree.map_structure(lambda a: None if a is None else a[start:start + ARRAY_BATCH_SIZE], data)
@@ -346,10 +364,12 @@ def _taylor_values(model, sources, data, loss, batches):
 
 
 def _flat_importance(model, importance, data=None, loss=None, batches=8, graph=None):
-    """``(flat per-channel importance, export source)`` on ``graph``: nan where a channel has no importance
-    source or cannot be removed by the export rule chosen ("gamma": as if its gamma were zero;
-    "group_lasso": as if its kernel column were zero)."""
+    """``(flat per-channel importance, export source, removed values)`` on ``graph``: nan where a channel has no
+    importance source or cannot be removed by the export rule chosen ("gamma": as if its gamma were zero;
+    "group_lasso": as if its kernel column were zero). ``removed values``: what removed channels carry where
+    they are read in place of that rule's constant (FLAP's bias compensation), or None."""
     graph = graph or analyze(model)
+    replaced = None
     gamma_sources = _alive.find_sources(graph, "gamma")
     gamma_covered = _covered(graph, gamma_sources)
     if importance == "gamma":
@@ -363,6 +383,11 @@ def _flat_importance(model, importance, data=None, loss=None, batches=8, graph=N
         if importance == "l1":
             lasso = _alive.find_sources(graph, "group_lasso")
             scores = _summed_scores(graph, lasso, [src.values(l1_fraction=1.0) for src in lasso])
+        elif importance in CALIBRATION_IMPORTANCES:
+            inputs = (input_arrays(graph, x) for x, _, _ in _batches(data, batches))
+            statistics = CalibrationStatistics(graph, inputs)
+            scores = statistics.scores(importance)
+            replaced = statistics.means() if importance == "flap" else None
         else:
             scores = _user_scores(graph, importance)
         candidates = _removable_flat(graph) & np.isfinite(scores)
@@ -371,7 +396,7 @@ def _flat_importance(model, importance, data=None, loss=None, batches=8, graph=N
         removal = "gamma" if gamma_covered[candidates].all() else "group_lasso"
     covered = gamma_covered if removal == "gamma" else _covered(graph, _alive.find_sources(graph, "group_lasso"))
     scores = np.where(covered, scores, np.nan)
-    return scores, removal
+    return scores, removal, replaced
 
 
 def channel_importance(model, importance="gamma", data=None, loss=None, batches=8, ignore=()):
@@ -379,7 +404,7 @@ def channel_importance(model, importance="gamma", data=None, loss=None, batches=
     dividing by the marginal cost); nan marks a channel prune never removes (no importance source)."""
     _check_arguments(model, 0.5, "flops", importance, data, loss, 1, None, None, batches, DEFAULT_CHUNK)
     graph = analyze(model, ignore=ignore)
-    scores, _ = _flat_importance(model, importance, data, loss, batches, graph)
+    scores, _, _ = _flat_importance(model, importance, data, loss, batches, graph)
     offsets = graph.offsets
     return {g.id: scores[offsets[g.id]:offsets[g.id + 1]] for g in graph.groups if g.removable}
 
@@ -410,7 +435,7 @@ class _Search:
     """Greedy global removal on one channel graph, priced with the regulariser's exact cost tables."""
 
     def __init__(self, graph, target, scores, chunk, cost_power=DEFAULT_COST_POWER,
-                 min_width=_alive.DEFAULT_MIN_WIDTH, device=None):
+                 min_width=_alive.DEFAULT_MIN_WIDTH, device=None, normalise=True):
         self.graph, self.target, self.chunk, self.cost_power = graph, target, chunk, cost_power
         self.calls = KernelCalls(graph)
         self.latency = latency_target(self.calls, device) if target == "latency" else None
@@ -423,7 +448,7 @@ class _Search:
         offsets = graph.offsets
         self.group_of = np.repeat(np.arange(len(graph.groups)), np.diff(offsets))
         self.prunable = _removable_flat(graph) & np.isfinite(scores)
-        self.scores = _normalised_within_groups(graph, scores, self.prunable)
+        self.scores = _normalised_within_groups(graph, scores, self.prunable) if normalise else scores
         self.alive = np.ones(int(offsets[-1]), bool)
         self.floor = np.array([_alive.floor_width(g.size, min_width) for g in graph.groups], np.int64)
         self.last_chunk = []
@@ -539,13 +564,14 @@ class _Search:
 
 # --- export and compile helpers ----------------------------------------------------------------------------
 
-def _export_with_report(model, masks, source, ignore, name):
+def _export_with_report(model, masks, source, ignore, name, removed_values=None):
     """``(slim, ExportReport)`` of ``export(model, alive=masks)``; the one place that calls the exporter."""
     removes = any(not np.all(m) for m in masks.values())
     with warnings.catch_warnings():
         if not removes:   # a budget at the model's own cost: a plain copy is what was asked for
             warnings.filterwarnings("ignore", message=r"export of .* removed nothing")
-        return export_with_report(model, source=source, alive=masks, ignore=ignore, name=name)
+        return export_with_report(model, source=source, alive=masks, ignore=ignore, name=name,
+                                  removed_values=removed_values)
 
 
 def _price(model_or_graph):
@@ -575,8 +601,12 @@ def _prune_once(model, budget, target, importance, data, loss, batches, ignore, 
     """Prune ``model`` to ``budget`` (absolute, target units): returns (slim, PruneStep)."""
     start = time.perf_counter()
     graph = analyze(model, ignore=ignore)
-    scores, removal = _flat_importance(model, importance, data, loss, batches, graph)
-    search = _Search(graph, target, scores, chunk, cost_power, min_width, device)
+    scores, removal, replaced = _flat_importance(model, importance, data, loss, batches, graph)
+    # calibration scores share one unit (what a unit adds to the outputs that read it), so they are compared
+    # across groups as they are: a layer that matters little gives up more (FLAP's global structure). Weight
+    # norms and gammas have no common scale across layers and are compared within their group.
+    search = _Search(graph, target, scores, chunk, cost_power, min_width, device,
+                     normalise=importance not in CALIBRATION_IMPORTANCES)
     unit = {"flops": "FLOPs", "latency": "seconds"}.get(target, "params")
     removable = _removable_flat(graph)
     never = int((removable & ~search.prunable).sum())
@@ -613,7 +643,7 @@ def _prune_once(model, budget, target, importance, data, loss, batches, ignore, 
             continue
         masks = search.masks()
         _alive.check_connected(graph, masks)
-        slim, report = _export_with_report(model, masks, removal, ignore, name)
+        slim, report = _export_with_report(model, masks, removal, ignore, name, replaced)
         cost = _cost(slim, target, device)
         if cost <= budget:
             break
@@ -654,7 +684,8 @@ def _prune_once(model, budget, target, importance, data, loss, batches, ignore, 
 
 
 def _group_widths(graph, slim):
-    """``{"producer, producer": (before, after)}`` for every removable group of the original graph."""
+    """``{"producer, producer": (before, after)}`` for every removable group of the original graph (a group on
+    an internal axis, attention heads, is read on that axis of its layer in the slim model)."""
     slim_graph = analyze(slim)
     widths = {}
     for group in graph.groups:
@@ -662,11 +693,15 @@ def _group_widths(graph, slim):
             continue
         after = 0
         for producer in group.producers:
+            call = graph.calls_of(producer)[0]
+            position = next((p for p, ids in enumerate(call.out_groups) if group.id in ids), 0)
             try:
-                after = slim_graph.group_of(producer.replace("/", "__")).size
-                break
+                slim_call = slim_graph.calls_of(producer.replace("/", "__"))[0]
             except (KeyError, ValueError):
                 continue
+            if position < len(slim_call.out_groups) and len(slim_call.out_groups[position]):
+                after = slim_graph.groups[int(slim_call.out_groups[position][0])].size
+                break
         widths[", ".join(group.producers)] = (group.size, after)
     return widths
 
@@ -768,9 +803,11 @@ def prune(model, budget=0.5, target="flops", importance="gamma", data=None, *, s
             :class:`PruneError` with that smallest cost.
         target: "flops", "size" (parameters) or "latency" (seconds: a fraction ``budget`` in (0, 1] of the
             model's predicted latency, priced by ``device``).
-        importance: "gamma", "l1", "taylor" (needs ``data``), or ``callable(graph) -> {group id: scores}``.
+        importance: "gamma", "l1", "taylor" (needs ``data``), "wanda" or "flap" (calibration importances,
+            need ``data``; flap also folds what removed channels carried on average into the next bias), or
+            ``callable(graph) -> {group id: scores}``.
         data: for taylor: a tf.data.Dataset of (x, y) batches or (x, y) arrays (split into batches of 64);
-            ``batches`` of them are used.
+            for wanda and flap the same, or inputs alone; ``batches`` of them are used.
         steps: prune to ``steps`` budgets geometric from the model's cost to ``budget``, fine-tuning with
             ``fit`` after each (``steps > 1`` needs ``fit``).
         fit: ``Model.fit`` keyword arguments for fine-tuning after every step (also with ``steps=1``).

@@ -520,14 +520,20 @@ class MorphRegularizer:
             raise ValueError("update() drives the budget controller: construct MorphRegularizer(budget=...)")
         return self.controller.update()
 
-    def _loss_and_costs(self, training=False, budget_logs=False):
-        """(regularisation loss, alive FLOPs, alive parameters), computed in-graph for fit's logs. With a
-        budget and ``training``, also advances the controller (after the loss has read the strength);
-        ``budget_logs`` appends (strength after the step, strength multiplier = strength x initial cost,
-        alive cost ratio)."""
+    def _loss_parts(self):
+        """``(strength x term, R, alive, alive inputs, alive outputs)`` at the current weights: what a training
+        step differentiates and then hands to :meth:`_loss_and_costs`, so R is read once per step."""
         r = self.vector()
         a, a_in, a_out, r_in, r_out = self._state(r)
         loss = self._strength_tensor() * self.target.term(a_in, a_out, r_in, r_out, xp=keras.ops)
+        return loss, r, a, a_in, a_out
+
+    def _loss_and_costs(self, training=False, budget_logs=False, parts=None):
+        """(regularisation loss, alive FLOPs, alive parameters), computed in-graph for fit's logs. With a
+        budget and ``training``, also advances the controller (after the loss has read the strength);
+        ``budget_logs`` appends (strength after the step, strength multiplier = strength x initial cost,
+        alive cost ratio). ``parts``: :meth:`_loss_parts` of this step, when already computed."""
+        loss, r, a, a_in, a_out = self._loss_parts() if parts is None else parts
         if isinstance(self.target, MeasuredLatencyTarget):   # its rows are not the kernel calls'
             a_in, a_out = self.kernel_calls.sums(a, xp=keras.ops)
         a_in64, a_out64 = tf.cast(a_in, tf.float64), tf.cast(a_out, tf.float64)

@@ -187,15 +187,21 @@ def test_cycle_checks_pass_through_arguments_before_training():
     model = block_net()
     fit = dict(x=np.zeros((4, 8, 8, 3), "float32"), y=np.zeros(4), epochs=1, verbose=0)
     with pytest.raises(TypeError, match="threshold must be a number"):
-        cycle(model, fit, threshold="0.01")
+        cycle(model, fit, regularizer=dict(threshold="0.01"))
     with pytest.raises(ms.ExpandError, match="round_to must be a positive integer"):
-        cycle(model, fit, round_to=0)
+        cycle(model, fit, expand=dict(round_to=0))
     with pytest.raises(ms.ExpandError, match="budget must be a positive finite number"):
-        cycle(model, fit, budget=-5)
+        cycle(model, fit, expand=dict(budget=-5))
     with pytest.raises(TypeError, match="evaluate= must be a callable"):
         cycle(model, fit, evaluate="accuracy")
     with pytest.warns(UserWarning, match="device='a100' is ignored"), pytest.raises(TypeError, match="retrain="):
-        cycle(model, fit, device="a100", retrain=[("epochs", 1)])
+        cycle(model, fit, regularizer=dict(device="a100"), retrain=[("epochs", 1)])
+    with pytest.raises(TypeError, match=r"regularizer= got unexpected key\(s\) \['strenght'\]"):
+        cycle(model, fit, regularizer=dict(strenght=1e-3))
+    with pytest.raises(TypeError, match=r"expand= got unexpected key\(s\) \['multiplier'\]"):
+        cycle(model, fit, expand=dict(multiplier=2))
+    with pytest.raises(TypeError, match="regularizer= must be a dict"):
+        cycle(model, fit, regularizer="flops")
 
 
 # --- 6. a sparse training model ----------------------------------------------------------------------------

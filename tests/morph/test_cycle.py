@@ -37,7 +37,7 @@ def test_two_cycles_keep_the_flop_budget_and_train_every_model(digits):
     seed_weights_before = [w.tolist() for w in seed.get_weights()][:1]
     seen = []
     result = cycle(seed, fit=dict(x=x, y=y, batch_size=64, epochs=4, verbose=0), cycles=2,
-                   retrain=dict(epochs=3), strength_multiplier=10.0,
+                   retrain=dict(epochs=3), regularizer=dict(strength_multiplier=10.0),
                    evaluate=lambda m: seen.append(m) or m.evaluate(xt, yt, verbose=0, return_dict=True),
                    verbose=False)
     assert len(result.steps) == 2 and result.model is result.steps[-1].model
@@ -72,8 +72,8 @@ def test_cycle_with_a_size_target_and_custom_compile(digits):
         compiled.append(model)
         compile_model(model, 1e-2)
 
-    result = cycle(seed, fit=dict(x=x[:256], y=y[:256], batch_size=64, epochs=1, verbose=0), target="size",
-                   compile=my_compile, verbose=False)
+    result = cycle(seed, fit=dict(x=x[:256], y=y[:256], batch_size=64, epochs=1, verbose=0),
+                   regularizer=dict(target="size"), compile=my_compile, verbose=False)
     assert result.expand_target == "size" and result.budget == ms.count_params(seed)
     assert result.steps[0].params <= ms.count_params(seed)
     assert len(compiled) == 2 and compiled[1] is result.model      # the shrink copy, then the widened model
@@ -91,10 +91,10 @@ def test_cycle_refuses_bad_arguments(digits):
         cycle(seed, fit=(x, y))
     with pytest.raises(ValueError, match="cycles"):
         cycle(seed, fit=dict(x=x, y=y), cycles=0)
-    with pytest.raises(ValueError, match="expand_target"):
-        cycle(seed, fit=dict(x=x, y=y), expand_target="latency")
+    with pytest.raises(ValueError, match=r"expand=dict\(target=...\) must be one of"):
+        cycle(seed, fit=dict(x=x, y=y), expand=dict(target="latency"))
     with pytest.raises(ValueError, match="unknown target"):
-        cycle(seed, fit=dict(x=x, y=y, epochs=1, verbose=0), target="energy")
+        cycle(seed, fit=dict(x=x, y=y, epochs=1, verbose=0), regularizer=dict(target="energy"))
     # refused before any work: the seed is untouched (weights, compiled optimizer, no hook left on it)
     assert all(np.array_equal(a, b) for a, b in zip(weights, seed.get_weights()))
     assert seed.optimizer is optimizer and "compute_loss" not in seed.__dict__
@@ -115,3 +115,23 @@ def test_demo_prints_the_data_error_and_exits_non_zero_without_fashion_mnist(mon
     monkeypatch.setattr(ms, "load_fashion_mnist", missing)
     assert demo.main([]) == 1
     assert "Fashion-MNIST was not found in /nowhere" in capsys.readouterr().err
+
+
+def test_old_keywords_of_cycle_are_deprecated_with_the_new_call_spelled_out(digits):
+    from morphsparse.morph.cycle import _fold_legacy
+
+    with pytest.warns(DeprecationWarning) as record:
+        regularizer, expand = _fold_legacy(dict(target="size", strength_multiplier=3.0, round_to=8,
+                                                expand_target="flops", budget=1000), None, None)
+    assert regularizer == dict(target="size", strength_multiplier=3.0)
+    assert expand == dict(round_to=8, target="flops", budget=1000)
+    message = str(record[0].message)
+    assert "regularizer=dict(target='size', strength_multiplier=3.0)" in message
+    assert "expand=dict(round_to=8, target='flops', budget=1000)" in message
+    with pytest.raises(ValueError, match=r"regularizer=dict\(target=...\) twice"):
+        _fold_legacy(dict(target="size"), dict(target="flops"), None)
+    x, y, _, _ = digits
+    seed = digits_net()
+    compile_model(seed)
+    with pytest.warns(DeprecationWarning, match="cycle"), pytest.raises(ValueError, match="unknown target"):
+        cycle(seed, fit=dict(x=x, y=y, epochs=1, verbose=0), target="energy")
