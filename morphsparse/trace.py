@@ -133,11 +133,15 @@ def _trace(op, node, functional, shapes, batch, infer):
     args, kwargs = node.arguments.fill_in(fresh)
     target = functional if functional is not None else op
     try:
-        with _lenient_output_specs(op, infer):
+        with _lenient_output_specs(op, infer) as placeholders:
             outputs = target.call(*args, **kwargs)
     except Exception as err:  # any failure means: not traceable as symbolic Keras code
         raise TraceError(f"calling it on symbolic inputs failed ({type(err).__name__}: {err})") from None
     flat = keras.tree.flatten(outputs)
+    if len(flat) > len(node.outputs):
+        # a block that returns a sub-layer's None output (a cache) when it is not None: the placeholder
+        # standing for that None made it return it; the call the model recorded did not
+        flat = [t for t in flat if t is not None and id(t) not in placeholders]
     # outputs that do not depend on the inputs (None, or constants such as an empty tuple of hidden states
     # stacked as zeros) are left out of the trace: nothing in the model computes them from its inputs
     kept = [i for i, t in enumerate(flat) if isinstance(t, keras.KerasTensor)]
@@ -160,16 +164,19 @@ def _trace(op, node, functional, shapes, batch, infer):
     return Trace(model, positions, output_positions=kept)
 
 
-def _none_to_placeholder(value):
+def _none_to_placeholder(value, made=None):
     """None leaves of a call's output structure (keras_hub blocks return ``(x, None)`` when they compute no
     attention scores or cache) become scalar placeholders, so that Keras records the call; the caller drops
     them, and the trace of that call leaves them out (``Trace.output_positions``)."""
     if value is None:
-        return keras.KerasTensor((), dtype="float32")
+        placeholder = keras.KerasTensor((), dtype="float32")
+        if made is not None:
+            made[id(placeholder)] = placeholder     # held, so that the id stays its own
+        return placeholder
     if isinstance(value, (list, tuple)):
-        return type(value)(_none_to_placeholder(v) for v in value)
+        return type(value)(_none_to_placeholder(v, made) for v in value)
     if isinstance(value, dict):
-        return {k: _none_to_placeholder(v) for k, v in value.items()}
+        return {k: _none_to_placeholder(v, made) for k, v in value.items()}
     return value
 
 
@@ -192,12 +199,22 @@ def _sub_layers(root):
     return found
 
 
+def _first_parameter(layer):
+    """The name of the first parameter of ``layer.call`` (the argument holding its main input)."""
+    try:
+        parameters = list(inspect.signature(layer.call).parameters)
+    except (TypeError, ValueError):
+        return None
+    return parameters[0] if parameters else None
+
+
 @contextlib.contextmanager
 def _lenient_output_specs(root, infer_output_shapes):
     """While tracing, let sub-layers take call arguments their ``compute_output_spec`` does not declare when
     they are None (keras_hub's CachedMultiHeadAttention is called with ``cache=None``, which the
-    MultiHeadAttention output spec refuses): an instance attribute drops them, and is removed afterwards."""
-    patched = []
+    MultiHeadAttention output spec refuses): an instance attribute drops them, and is removed afterwards.
+    Yields ``{id: placeholder}`` of the placeholders made for None outputs (:func:`_none_to_placeholder`)."""
+    patched, placeholders = [], {}
     for layer in _sub_layers(root):
         spec = layer.compute_output_spec
         try:
@@ -208,7 +225,23 @@ def _lenient_output_specs(root, infer_output_shapes):
         def lenient(*args, _spec=spec, _names=names, _layer=layer, **kwargs):
             if _names is not None:
                 kwargs = {k: v for k, v in kwargs.items() if k in _names or v is not None}
-            out = _spec(*args, **kwargs)
+            try:
+                out = _spec(*args, **kwargs)
+            except Exception:   # noqa: BLE001 - an output spec that cannot be computed (SmolLM3's attention
+                # reads its input shape as a list of shapes): the handler's inference of the output, if it has one
+                hidden = kwargs.get(_first_parameter(_layer)) if not args else args[0]
+                inferred = (infer_output_shapes(_layer, [tuple(hidden.shape)])
+                            if isinstance(hidden, keras.KerasTensor) else None)
+                if not inferred or len(inferred) != 1:
+                    raise
+                return keras.KerasTensor(inferred[0], dtype=_layer.compute_dtype)
+            tensors = [a for a in args if isinstance(a, keras.KerasTensor)]
+            if isinstance(out, keras.KerasTensor) and len(tensors) > 1:
+                # one output spec for a call that returns several (ESM's rotary layer, called on the queries
+                # and the keys, returns both rotated): the handler's inference, when it says so
+                inferred = infer_output_shapes(_layer, [tuple(t.shape) for t in tensors])
+                if inferred and len(inferred) > 1:
+                    return tuple(keras.KerasTensor(shape, dtype=out.dtype) for shape in inferred)
             if isinstance(out, keras.KerasTensor) and None in out.shape[1:] and args:
                 # Keras forgets a dimension it could know (EinsumDense's partial output_shape): code that
                 # reads ops.shape() of the result would bake that None into its operations
@@ -216,12 +249,12 @@ def _lenient_output_specs(root, infer_output_shapes):
                 if inferred:
                     shape = tuple(o if o is not None else n for o, n in zip(out.shape, inferred[0]))
                     out = keras.KerasTensor(shape, dtype=out.dtype)
-            return _none_to_placeholder(out)
+            return _none_to_placeholder(out, placeholders)
 
         object.__setattr__(layer, "compute_output_spec", lenient)
         patched.append(layer)
     try:
-        yield
+        yield placeholders
     finally:
         for layer in patched:
             object.__delattr__(layer, "compute_output_spec")

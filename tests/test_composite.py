@@ -258,3 +258,44 @@ def test_an_attention_layer_keeps_its_strongest_head_when_all_fall_below_the_thr
     slim = ms.export(model, source="group_lasso", threshold=1e-3)
     assert slim.get_layer("mha").num_heads == 1
     assert ms.count_flops(slim) == reg.cost()
+
+
+class HeadsMerge(L.Layer):
+    """Splits a projection into heads and merges them back with a reshape to (batch, length, -1) whose batch is
+    read from a tensor (RoformerV2, ESM, DINOv3 and MiT do so): Keras cannot size the -1 while the batch is
+    unknown; the graph sizes it from the input."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.project = L.Dense(8, name="project")
+        self.out = L.Dense(6, name="out")
+
+    def build(self, input_shape):
+        self.project.build(input_shape)
+        self.out.build((None, None, 8))
+
+    def call(self, x):
+        b, s = keras.ops.shape(x)[0], keras.ops.shape(x)[1]
+        y = keras.ops.reshape(self.project(x), (b, s, 2, 4))
+        return self.out(keras.ops.reshape(keras.ops.relu(y), (b, s, -1)))
+
+
+def test_reshape_to_minus_one_with_the_batch_read_from_a_tensor_exports():
+    inp = keras.Input((5, 6))
+    x = L.Dense(6, name="stem")(inp)
+    x = HeadsMerge(name="merge")(x) + x
+    model = keras.Model(inp, L.Dense(3, name="head")(L.Dense(12, name="ffn")(x)), name="heads_merge")
+    graph = ms.analyze(model)
+    assert ms.count_params(graph) == model.count_params()
+    assert ms.count_flops(graph) == profiler_mac_flops(model)
+    ffn = graph.group_of("ffn")
+    keep = np.arange(ffn.size) % 3 != 0
+    kernel = keras.ops.convert_to_numpy(model.get_layer("ffn").kernel).copy()
+    kernel[:, ~keep] = 0.0
+    model.get_layer("ffn").kernel.assign(kernel)
+    slim = ms.export(model, alive={ffn.id: keep}, exact=True)
+    assert slim.get_layer("ffn").units == 8
+    difference, noise = check_equivalent(model, slim)
+    assert difference <= max(1e-5, 10 * noise)
+    wide = ms.expand(slim, budget=1.0, reference=model)
+    assert wide.count_params() > slim.count_params()

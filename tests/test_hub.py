@@ -55,7 +55,7 @@ def test_backbone_conforms(name):
 
 #: rows the grouped-query attention, mixture-of-experts and DINOv2 handlers brought into the table
 NEW_ROWS = ["LlamaBackbone", "GemmaBackbone", "FalconBackbone", "MixtralBackbone", "GptOssBackbone",
-            "DINOV2Backbone"]
+            "DINOV2Backbone", "SmolLMBackbone"]
 
 
 @pytest.mark.slow
@@ -65,6 +65,25 @@ def test_llm_moe_and_dinov2_backbones_conform(name):
     failed = [s for s in STEPS if not row.get({"params": "params_match", "profiler": "profiler_match"}.get(s, s))]
     assert not failed, row
     assert row["heads_groups"] > 0 and row["flops_slim"] < row["flops"]
+
+
+#: rows whose attention is read through its call (heads not removable; rotary layers pinned): GPT-NeoX (partial
+#: rotary on a fused query/key/value projection, a None cache passed through its decoder), RoformerV2 and ESM
+#: (rotary layers of their own, ESM's called on queries and keys; heads merged by a reshape to (batch, length,
+#: -1)), MiT (SegFormer's spatial-reduction attention and Mix-FFN reshape with the batch read from a tensor),
+#: DINOv3 (its 2-D rotary layer a table read off the image's shape); and T5, whose attention is kept whole (its
+#: relative position bias is a table it looks up itself), its channels pinned
+READ_THROUGH_ROWS = ["GPTNeoXBackbone", "RoformerV2Backbone", "ESMBackbone", "ESM2Backbone", "MiTBackbone",
+                     "DINOV3Backbone", "T5Backbone"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", READ_THROUGH_ROWS)
+def test_attention_read_through_backbones_conform(name):
+    row = check_backbone(name, use_profiler=True)
+    failed = [s for s in STEPS if not row.get({"params": "params_match", "profiler": "profiler_match"}.get(s, s))]
+    assert not failed, row
+    assert row["removable_groups"] > 0 and row["flops_slim"] < row["flops"]
 
 
 @pytest.mark.slow

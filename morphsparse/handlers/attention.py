@@ -25,7 +25,8 @@ import keras
 import numpy as np
 
 from morphsparse.handlers import layers as _h
-from morphsparse.handlers.base import cost_of_terms, layer_config, positions, register_handler
+from morphsparse.handlers.base import cost_of_terms, get_handler, layer_config, positions, register_handler
+from morphsparse.handlers.gqa import _deserialize, _serialize
 from morphsparse.handlers.ops import _pin_all, einsum_macs
 from morphsparse.trace import symbolic_kwargs
 
@@ -479,20 +480,166 @@ class ChannelNormalization(_h.PassThrough):
         return True
 
 
+@keras.saving.register_keras_serializable(package="morphsparse")
+class RotaryOnSeveral(keras.layers.Layer):
+    """A rotary position embedding layer called on several tensors at once, returning each rotated (ESM's, on
+    the queries and the keys): what export and expand rebuild such a call as, since the layer's own output spec
+    describes one output, so a model built from it symbolically would expect one. ``rotary``: the layer (or its
+    serialized config), called as it is; this layer only says that its outputs have the shapes of its inputs."""
+
+    def __init__(self, rotary, **kwargs):
+        super().__init__(**kwargs)
+        self.rotary = _deserialize(rotary)
+
+    def call(self, *tensors, **kwargs):
+        return tuple(self.rotary(*tensors, **kwargs))
+
+    def compute_output_spec(self, *tensors, **kwargs):
+        return tuple(keras.KerasTensor(t.shape, dtype=self.compute_dtype) for t in tensors)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(rotary=_serialize(self.rotary))
+        return config
+
+
+def _on_several(call):
+    """True when a rotary layer is called on several tensors as separate arguments (ESM's)."""
+    return sum(isinstance(a, keras.KerasTensor) for a in call.node.arguments.args) > 1
+
+
 class Rotary(_h.Opaque):
-    """A rotary position embedding: it rotates pairs of channels of each head, so its channels are kept."""
+    """A rotary position embedding: it rotates pairs of channels of each head, so its channels are kept.
+
+    ``sequence_axis``/``feature_axis``: the axes of its first input that hold the positions and the rotated
+    channels, for a class that computes its angles once per call as positions x inverse frequencies (T * d/2
+    multiply-accumulates) but does not store them (RoformerV2's, which rotates its queries and keys together);
+    None: read off the layer (keras_hub's RotaryEmbedding). ``angle_macs=False``: a class that computes its
+    angles as an outer product (``ops.outer``, an element-wise multiplication, ESM's), which costs none."""
+
+    def __init__(self, sequence_axis=None, feature_axis=None, angle_macs=True):
+        self.sequence_axis, self.feature_axis = sequence_axis, feature_axis
+        self.angle_macs = angle_macs
 
     def propagate(self, call, graph):
         return _pin_all(call, graph, "rotary position embedding (rotates pairs of channels)")
+
+    def infer_output_shapes(self, layer, in_shapes):
+        """Called on several tensors (ESM's on the queries and the keys), it returns each rotated: outputs of
+        their shapes."""
+        return [tuple(s) for s in in_shapes] if len(in_shapes) > 1 else None
+
+    def rebuild_class(self, call):
+        """A layer called on several tensors is rebuilt inside a :class:`RotaryOnSeveral`, whose output spec
+        has one output per tensor."""
+        if _on_several(call) and not isinstance(call.layer, RotaryOnSeveral):
+            return RotaryOnSeveral
+        return type(call.layer)
+
+    def rebuild_config(self, call, keep_in, keep_out):
+        layer = call.layer
+        if self.rebuild_class(call) is RotaryOnSeveral and not isinstance(layer, RotaryOnSeveral):
+            return dict(name=layer.name, trainable=layer.trainable,
+                        dtype=keras.dtype_policies.serialize(layer.dtype_policy), rotary=_serialize(layer))
+        return layer_config(layer)
 
     def macs(self, call, alive_in, alive_out):
         """keras_hub's RotaryEmbedding computes its angles as einsum("bi,j->bij", positions, inverse_freq):
         T * d/2 multiply-accumulates per call (T positions, d channels of the rotated axis)."""
         layer, shape = call.layer, call.input_shapes[0]
-        if not (hasattr(layer, "sequence_axis") and hasattr(layer, "feature_axis")):
+        if isinstance(layer, RotaryOnSeveral):      # priced as the layer it calls
+            inner = get_handler(layer.rotary)
+            if isinstance(inner, Rotary) and inner is not self:
+                return inner.macs(call, alive_in, alive_out)
+            layer = layer.rotary
+        if not self.angle_macs:
             return 0
-        t, d = shape[layer.sequence_axis], shape[layer.feature_axis]
+        if self.sequence_axis is not None:
+            t, d = shape[self.sequence_axis], shape[self.feature_axis]
+        elif not (hasattr(layer, "sequence_axis") and hasattr(layer, "feature_axis")):
+            return 0
+        else:
+            t, d = shape[layer.sequence_axis], shape[layer.feature_axis]
         return 0 if t is None or d is None else int(t) * (int(d) // 2)
+
+
+@keras.saving.register_keras_serializable(package="morphsparse")
+class TensorOutputs(keras.layers.Layer):
+    """A layer whose call returns None among its outputs (keras_hub T5's attention returns ``(x, position bias,
+    None)`` when given no cache), returning its tensor outputs only (positions ``outputs``): Keras refuses a
+    None output in a functional model. ``layer``: the layer's serialized config (``module``, ``class_name``,
+    ``config``), kept as given for ``get_config``; its call is run as it is."""
+
+    def __init__(self, layer, outputs, **kwargs):
+        super().__init__(**kwargs)
+        self.layer_config = layer
+        self.layer = _deserialize(layer)
+        self.outputs = [int(i) for i in outputs]
+
+    def build(self, *shapes):
+        # the inner layer builds its sublayers on its first call, as it does on its own
+        self.built = True
+
+    def call(self, *args, **kwargs):
+        # the inner call run directly: as an operation of its own Keras would refuse its None output
+        result = self.layer.call(*args, **kwargs)
+        return tuple(result[i] for i in self.outputs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(layer=self.layer_config, outputs=self.outputs)
+        return config
+
+
+class T5Attention(_h.Opaque):
+    """keras_hub T5's ``T5MultiHeadAttention``, kept whole with its channels pinned: the first layer of each stack
+    looks its relative position bias up in a table of its own (``ops.take`` of a weight, which a trace cannot
+    carry) and hands it to the later layers, with the mask folded in. Its multiply-accumulates are counted:
+    query, key, value and output projections, scores and weighted sum. Rebuilt inside a :class:`TensorOutputs`
+    (its cache output is None), which this handler reads too (a slim model's)."""
+
+    def macs(self, call, alive_in, alive_out):
+        layer, arguments = call.layer, call.node.arguments
+        if isinstance(layer, TensorOutputs):
+            layer = layer.layer
+        hidden = arguments.args[0] if arguments.args else arguments.kwargs["hidden_states"]
+        memory = arguments.kwargs.get("key_value_states")
+        memory = hidden if memory is None else memory
+        t, m = (int(d) for d in tuple(hidden.shape)[1:])
+        s, k = (int(d) for d in tuple(memory.shape)[1:])
+        inner = int(layer.inner_dim)
+        return t * m * inner + 2 * s * k * inner + t * inner * int(layer.hidden_dim) + 2 * t * s * inner
+
+    def params(self, call, alive_in, alive_out):
+        return int(sum(np.prod(w.shape) for w in call.layer.weights))
+
+    def rebuild_class(self, call):
+        return TensorOutputs
+
+    def rebuild_config(self, call, keep_in, keep_out):
+        """A :class:`TensorOutputs` around the layer made from its constructor arguments (keras_hub 0.32's class
+        has no usable ``get_config``: it was made with an initializer object; its dropout rate is its dropout
+        layer's), returning the attention output and the position bias (the cache is None)."""
+        layer = call.layer
+        if isinstance(layer, TensorOutputs):
+            return layer_config(layer)
+        config = dict(name=layer.name, trainable=layer.trainable,
+                      dtype=keras.dtype_policies.serialize(layer.dtype_policy), is_decoder=layer.is_decoder,
+                      hidden_dim=layer.hidden_dim, key_value_dim=layer.key_value_dim, num_heads=layer.num_heads,
+                      dropout=layer.dropout_layer.rate,
+                      use_relative_attention_bias=layer.use_relative_attention_bias)
+        inner = {"module": type(layer).__module__, "class_name": type(layer).__name__, "config": config,
+                 "registered_name": None}
+        return dict(name=layer.name, trainable=layer.trainable,
+                    dtype=keras.dtype_policies.serialize(layer.dtype_policy), layer=inner, outputs=[0, 1])
+
+    def rebuild(self, call, step):
+        layer = step.new_layer(self.rebuild_config(call, step.keep_in, step.keep_out))
+        args, kwargs = step.arguments()
+        kwargs = {k: v for k, v in kwargs.items() if not (k.startswith("cache") and v is None)}
+        out, bias = layer(*args, **kwargs)
+        step.set_weights(layer, self.slice_weights(call, step.keep_in, step.keep_out, step.old_weights()))
+        return (out, bias) if isinstance(call.layer, TensorOutputs) else (out, bias, None)
 
 
 class ShapeReader(_h.LayerHandler):
@@ -549,6 +696,14 @@ def register_defaults():
     # x * lambda1, a per-channel scale of the residual branch (as ConvNeXt's LayerScale)
     register_handler(f"{_HUB}.models.dinov2.dinov2_layers.DINOV2LayerScale",
                      _h.ChannelSizedPassThrough("hidden_dim"))
+    # DINOv3: the same patch embedding and tokens (no position table); its 2-D rotary layer reads the image's
+    # shape only and returns (cos, sin) tables of its own, which the attention applies to the patch tokens
+    register_handler(f"{_HUB}.models.dinov3.dinov3_layers.DINOV3Embedding", DINOV2Embedding())
+    register_handler(f"{_HUB}.models.dinov3.dinov3_layers.DINOV3LayerScale",
+                     _h.ChannelSizedPassThrough("hidden_dim"))
+    register_handler(f"{_HUB}.models.dinov3.dinov3_layers.DINOV3RopePositionEmbedding", ShapeReader())
+    register_handler(f"{_HUB}.models.t5.t5_multi_head_attention.T5MultiHeadAttention", T5Attention())
+    register_handler(TensorOutputs, T5Attention())      # only made around T5's attention (T5Attention.rebuild)
     register_handler(keras.layers.EinsumDense, EinsumDense())
     norm = ChannelNormalization()
     if hasattr(keras.layers, "RMSNormalization"):
@@ -557,9 +712,15 @@ def register_defaults():
         register_handler(f"{_HUB}.{name}", norm)
     for name in HUB_ROTARY:
         register_handler(f"{_HUB}.{name}", Rotary())
+    # RoformerV2's rotates a list [queries, keys] of (batch, length, heads, head size)
+    register_handler(f"{_HUB}.models.roformer_v2.roformer_v2_attention.RoformrPositionalEmbedding",
+                     Rotary(sequence_axis=1, feature_axis=-1))
+    register_handler(f"{_HUB}.models.esm.esm_attention.ESMRotaryEmbedding", Rotary(angle_macs=False))
+    register_handler(RotaryOnSeveral, Rotary())
     register_handler(f"{_HUB}.models.deberta_v3.relative_embedding.RelativeEmbedding", ShapeReader())
 
 
 __all__ = ["MultiHeadAttention", "PositionEmbedding", "AddedTable", "DINOV2Embedding", "ReversibleEmbedding",
            "ViTPatchingAndEmbedding", "EinsumDense",
-           "ChannelNormalization", "Rotary", "ShapeReader", "HUB_CHANNEL_NORMS", "HUB_ROTARY", "register_defaults"]
+           "ChannelNormalization", "Rotary", "RotaryOnSeveral", "T5Attention", "TensorOutputs", "ShapeReader",
+           "HUB_CHANNEL_NORMS", "HUB_ROTARY", "register_defaults"]

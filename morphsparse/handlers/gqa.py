@@ -113,6 +113,13 @@ HUB_GQA = {
         unsupported=("use_bidirectional_attention",)),
     "models.phi3.phi3_attention.Phi3Attention": dict(
         _LLAMA, query="query_dense", key="key_dense", value="value_dense", output="output_dense"),
+    # SmolLM3: Dense query/key/value projections on the flattened heads (reshaped into heads in its call), a
+    # rotary layer of its own that returns (cos, sin) (applied as x * cos + rotate_half(x) * sin, computed once
+    # per call), rotary switched off per layer by ``use_rope``; no dropout on its dense path
+    "models.smollm3.smollm3_layers.SmolLM3Attention": dict(
+        _LLAMA, query="q_proj", key="k_proj", value="v_proj", output="o_proj",
+        rotary=lambda layer: layer.rotary_embedding if layer.use_rope else None, query_heads="num_attention_heads",
+        head_dim="head_dim", rotary_output=lambda layer: "cos_sin", dropout=None),
 }
 
 
@@ -140,6 +147,8 @@ class Parts:
     alibi_slopes: list | None = None      # per query head, added after scaling (Bloom)
     alibi_input: bool = False             # an `alibi` call argument, added before scaling (Falcon)
     alibi_heads: list | None = None       # which heads of that argument (a rebuilt layer's own)
+    head_size: int | None = None          # the head size, for Dense projections on the flattened heads
+    rotary_output: str = "rotated"        # "rotated": rotary(x) is x rotated; "cos_sin": it returns (cos, sin)
 
     @property
     def groups(self):
@@ -148,6 +157,8 @@ class Parts:
 
     @property
     def head_dim(self):
+        if self.head_size is not None:
+            return int(self.head_size)
         return int(self.query.kernel.shape[-1])
 
 
@@ -168,6 +179,7 @@ def _read(layer, names):
                  dropout=float(attr("dropout") or 0.0), interleave=bool(attr("interleave")),
                  rotary_dim=attr("rotary_dim"), sinks=attr("sinks"), alibi_slopes=attr("alibi_slopes"),
                  alibi_input=bool(attr("alibi_input")), alibi_heads=attr("alibi_heads"),
+                 head_size=attr("head_dim"), rotary_output=attr("rotary_output") or "rotated",
                  window=(getattr(layer, "window", None) if names.get("window") == "own"
                          else names.get("window", "band")))
 
@@ -190,6 +202,20 @@ def _out_order(dense):
     """Axis permutation of the output projection's kernel to (heads, head entries, width)."""
     x, kernel, out = _specs(dense.equation)
     return [kernel.index(c) for c in (x[-2], x[-1], out[-1])]
+
+
+def _flat_heads(dense):
+    """True for an input projection that is a Dense on the flattened heads (SmolLM3), not an EinsumDense to
+    (heads, head entries)."""
+    return getattr(dense, "equation", None) is None
+
+
+def _in_canonical(p, dense, kernel, xp=np):
+    """An input projection's kernel as (width, heads, head entries): an EinsumDense's transposed, a Dense's on
+    the flattened heads reshaped."""
+    if _flat_heads(dense):
+        return xp.reshape(kernel, (kernel.shape[0], -1, p.head_dim))
+    return xp.transpose(kernel, _in_order(dense))
 
 
 def _out_canonical(p, kernel, xp=np):
@@ -283,8 +309,8 @@ class GroupedQueryAttention(keras.layers.Layer):
     def __init__(self, num_query_heads, num_key_value_heads, head_dim, output_dim, scale, rotary=None,
                  query_norm=None, key_norm=None, use_bias=False, output_bias=False, logit_soft_cap=None,
                  sliding_window=None, dropout=0.0, interleave_rotary=False, rotary_dim=None, sinks=False,
-                 window="band", alibi_slopes=None, alibi_heads=None, kernel_initializer="glorot_uniform",
-                 **kwargs):
+                 window="band", alibi_slopes=None, alibi_heads=None, rotary_output="rotated",
+                 kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
         if num_key_value_heads < 1 or num_query_heads % num_key_value_heads:
             raise ValueError(f"GroupedQueryAttention '{self.name}': num_query_heads ({num_query_heads}) must be a "
@@ -302,6 +328,10 @@ class GroupedQueryAttention(keras.layers.Layer):
         if window not in ("band", "past"):
             raise ValueError(f"GroupedQueryAttention '{self.name}': window must be 'band' or 'past', got {window!r}")
         self.window = window
+        if rotary_output not in ("rotated", "cos_sin"):
+            raise ValueError(f"GroupedQueryAttention '{self.name}': rotary_output must be 'rotated' or 'cos_sin', "
+                             f"got {rotary_output!r}")
+        self.rotary_output = rotary_output
         self.alibi_slopes = None if alibi_slopes is None else [float(a) for a in alibi_slopes]
         self.alibi_heads = None if alibi_heads is None else [int(i) for i in alibi_heads]
         for name, values in (("alibi_slopes", self.alibi_slopes), ("alibi_heads", self.alibi_heads)):
@@ -343,11 +373,18 @@ class GroupedQueryAttention(keras.layers.Layer):
         self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
         self.built = True
 
-    def _heads(self, dense, norm, x, start, rotate):
-        y = dense(x)
+    def _heads(self, y, norm, start, rotate, angles=None):
+        """Projected heads ``y`` normed and rotated."""
         if norm is not None:
             y = norm(y)
-        if rotate and self.rotary is not None and self.rotary_dim is not None and self.rotary_dim < self.head_dim:
+        if rotate and angles is not None:
+            # a rotary layer returning (cos, sin) of shape (batch, length, head entries) (SmolLM3's):
+            # y * cos + rotate_half(y) * sin, rotate_half(y) = concat(-second half, first half)
+            ops = keras.ops
+            cos, sin = (ops.expand_dims(a, 2) for a in angles)
+            first, second = ops.split(y, 2, axis=-1)
+            y = y * cos + ops.concatenate([-second, first], axis=-1) * sin
+        elif rotate and self.rotary is not None and self.rotary_dim is not None and self.rotary_dim < self.head_dim:
             # partial rotary (GPT-OSS with an odd head size): the first rotary_dim entries only
             y = keras.ops.concatenate([self.rotary(y[..., :self.rotary_dim], start_index=start),
                                        y[..., self.rotary_dim:]], axis=-1)
@@ -370,8 +407,12 @@ class GroupedQueryAttention(keras.layers.Layer):
             raise ValueError(f"GroupedQueryAttention '{self.name}' does not take {given}")
         ops = keras.ops
         start = 0 if cache_update_index is None else cache_update_index
-        query = self._heads(self.query_dense, self.query_norm, hidden_states, start, True)
-        key = self._heads(self.key_dense, self.key_norm, hidden_states, start, True)
+        query = self.query_dense(hidden_states)
+        angles = None
+        if self.rotary is not None and self.rotary_output == "cos_sin":     # computed once, for queries and keys
+            angles = self.rotary(query, start_index=start)
+        query = self._heads(query, self.query_norm, start, True, angles)
+        key = self._heads(self.key_dense(hidden_states), self.key_norm, start, True, angles)
         value = self.value_dense(hidden_states)
         if cache is not None:
             if cache_update_index is None:
@@ -449,7 +490,7 @@ class GroupedQueryAttention(keras.layers.Layer):
                       logit_soft_cap=self.logit_soft_cap, sliding_window=self.sliding_window,
                       dropout=self.dropout, interleave_rotary=self.interleave_rotary, rotary_dim=self.rotary_dim,
                       sinks=self.use_sinks, window=self.window, alibi_slopes=self.alibi_slopes,
-                      alibi_heads=self.alibi_heads,
+                      alibi_heads=self.alibi_heads, rotary_output=self.rotary_output,
                       kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
         return config
 
@@ -460,7 +501,7 @@ _OWN = dict(query="query_dense", key="key_dense", value="value_dense", output="o
             sliding_window="sliding_window", dropout="dropout", interleave="interleave_rotary",
             rotary_dim="rotary_dim", sinks=lambda layer: getattr(layer, "sinks", None), window="own",
             alibi_slopes="alibi_slopes", alibi_input=lambda layer: layer.alibi_heads is not None,
-            alibi_heads="alibi_heads")
+            alibi_heads="alibi_heads", rotary_output="rotary_output")
 
 
 def _variables(p):
@@ -476,6 +517,8 @@ def _variables(p):
             out += list(norm.weights)
     if p.sinks is not None:
         out.append(p.sinks)
+    if p.rotary is not None:
+        out += list(p.rotary.weights)
     return out
 
 
@@ -545,10 +588,22 @@ class GroupedQueryAttentionHandler(_h.Producer):
             raise graph.error(call, f"has {p.num_query_heads} query heads for {p.num_kv_heads} key/value heads "
                                     "(not a multiple)")
         for name, dense in (("query", p.query), ("key", p.key), ("value", p.value)):
+            if _flat_heads(dense):
+                heads = p.num_query_heads if dense is p.query else p.num_kv_heads
+                if p.head_size is None or tuple(dense.kernel.shape)[-1] != heads * p.head_dim:
+                    raise graph.error(call, f"has a {name} projection of {tuple(dense.kernel.shape)[-1]} outputs, "
+                                            f"not {heads} heads of a known size; register a handler for it")
+                continue
             x, kernel, out = _specs(dense.equation)
             if len(kernel) != 3 or len(out) != 4 or x[-1] not in kernel or out[-2] not in kernel:
                 raise graph.error(call, f"has a {name} projection of equation {dense.equation!r}, not "
                                         "'(width)->(heads, head entries)'; register a handler for it")
+
+    def infer_output_shapes(self, layer, in_shapes):
+        """The hidden states' shape at the output projection's width (SmolLM3's own output spec cannot be
+        computed from the hidden states' shape alone)."""
+        p = _read(layer, self.names)
+        return [tuple(in_shapes[0][:-1]) + (int(p.output.kernel.shape[-1]),)]
 
     def propagate(self, call, graph):
         self._check(call, graph)
@@ -564,9 +619,12 @@ class GroupedQueryAttentionHandler(_h.Producer):
     def _rotary_macs(self, call, p, t):
         """keras_hub's RotaryEmbedding computes its angles as an einsum of the positions by the inverse
         frequencies: T * h/2 multiply-accumulates per call, one call for the queries and one for the keys."""
+        rotated = p.head_dim if p.rotary_dim is None else min(p.rotary_dim, p.head_dim)
+        if p.rotary is not None and p.rotary_output == "cos_sin":
+            # SmolLM3's: one matmul of its inverse frequencies by the positions per call, shared by queries and keys
+            return t * (rotated // 2)
         if p.rotary is None or not hasattr(p.rotary, "feature_axis"):
             return 0
-        rotated = p.head_dim if p.rotary_dim is None else min(p.rotary_dim, p.head_dim)
         return 2 * t * (rotated // 2)
 
     def cost_terms(self, call):
@@ -627,7 +685,7 @@ class GroupedQueryAttentionHandler(_h.Producer):
             if dense is p.output:                           # (heads, h, width) -> (width, heads, h)
                 kernel = xp.transpose(_out_canonical(p, kernel, xp), (2, 0, 1))
             else:
-                kernel = xp.transpose(kernel, _in_order(dense))
+                kernel = _in_canonical(p, dense, kernel, xp)
             kernel = xp.reshape(kernel, (kernel.shape[0], v, heads_per * h))    # query head i: kv head i // g
             kernel = xp.transpose(kernel, (0, 2, 1))
             parts.append(xp.reshape(kernel, (-1, v)))
@@ -645,6 +703,12 @@ class GroupedQueryAttentionHandler(_h.Producer):
         for dense, per in ((p.query, groups), (p.key, 1), (p.value, 1), (p.output, groups)):
             def entries(mask, per=per):
                 return np.repeat(mask, per)
+            if dense is not p.output and _flat_heads(dense):     # head i: columns i*h .. i*h + h - 1
+                flat = (lambda mask, n=per * p.head_dim: np.repeat(mask, n))
+                out.append((dense.kernel, 1, flat))
+                if getattr(dense, "bias", None) is not None:
+                    out.append((dense.bias, 0, flat))
+                continue
             if dense is not p.output:
                 out.append((dense.kernel, _in_order(dense)[1], entries))
             elif getattr(dense, "equation", None) is not None:
@@ -689,6 +753,7 @@ class GroupedQueryAttentionHandler(_h.Producer):
                     output_bias=getattr(p.output, "bias", None) is not None, logit_soft_cap=p.soft_cap,
                     sliding_window=p.sliding_window or None, dropout=p.dropout, interleave_rotary=p.interleave,
                     rotary_dim=p.rotary_dim, sinks=p.sinks is not None, window=p.window,
+                    rotary_output=p.rotary_output,
                     **self._alibi_config(call, p, mask))
 
     def _alibi_config(self, call, p, mask):
@@ -729,10 +794,10 @@ class GroupedQueryAttentionHandler(_h.Producer):
         query_heads = np.repeat(heads, p.groups)
         out = []
         for dense, keep in ((p.query, query_heads), (p.key, heads), (p.value, heads)):
-            kernel = np.transpose(old(dense.kernel), _in_order(dense))
+            kernel = _in_canonical(p, dense, old(dense.kernel))
             out.append(kernel[rows][:, keep])
             if getattr(dense, "bias", None) is not None:
-                out.append(old(dense.bias)[keep])
+                out.append(np.reshape(old(dense.bias), (-1, p.head_dim))[keep])
         kernel = _out_canonical(p, old(p.output.kernel))
         out.append(kernel[query_heads][..., cols])
         if getattr(p.output, "bias", None) is not None:
@@ -742,6 +807,8 @@ class GroupedQueryAttentionHandler(_h.Producer):
                 out += [old(w) for w in norm.weights]
         if p.sinks is not None:
             out.append(old(p.sinks)[query_heads])
+        if p.rotary is not None:      # a rotary layer's own weights (SmolLM3's inverse frequencies), unchanged
+            out += [old(w) for w in p.rotary.weights]
         return out
 
     def rebuild(self, call, step):

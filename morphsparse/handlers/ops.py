@@ -191,6 +191,22 @@ class Reshape(_h.LayerHandler):
             return "flatten"
         return None
 
+    def infer_output_shapes(self, layer, in_shapes):
+        """A reshape to ``(batch, ..., -1)`` whose batch was read from a symbolic tensor (``ops.shape(x)[0]``,
+        None while tracing): Keras cannot size the -1 with the batch unknown; with the other input dimensions
+        known, the batch carries over and the -1 is what is left (RoformerV2 merges its heads so)."""
+        newshape = layer.newshape if isinstance(layer.newshape, (list, tuple)) else [layer.newshape]
+        in_shape = tuple(in_shapes[0])
+        rest = list(newshape[1:])
+        if (not in_shape or newshape[0] is not None or None in in_shape[1:] or rest.count(-1) != 1
+                or any(d is None for d in rest)):
+            return None
+        known = int(np.prod([d for d in rest if d != -1]))
+        total = int(np.prod(in_shape[1:]))
+        if known == 0 or total % known:
+            return None
+        return [(in_shape[0],) + tuple(total // known if d == -1 else d for d in rest)]
+
     def propagate(self, call, graph):
         kind = self._kind(call)
         if kind == "keep":
@@ -212,15 +228,22 @@ class Reshape(_h.LayerHandler):
         x = args[0] if args else kwargs["x"]
         newshape = list(call.layer.newshape) if isinstance(call.layer.newshape, (list, tuple)) else [
             call.layer.newshape]
-        if sum(d is None or d == -1 for d in newshape) == 1:
-            # a shape read from a symbolic tensor (ops.shape(x)[0] is None while tracing): the batch
-            newshape = [-1 if d is None else d for d in newshape]
         if self._kind(call) == "keep" and newshape[-1] not in (-1, None):
             newshape[-1] = new_count(0, 0, call.input_shapes[0][-1])
         elif self._kind(call) == "flatten":
             in_shape = call.input_shapes[0]
             positions = int(np.prod(in_shape[1:-1]))
             newshape = [-1, positions * new_count(0, 0, in_shape[-1])]
+        if sum(d is None or d == -1 for d in newshape) == 1:
+            # a shape read from a symbolic tensor (ops.shape(x)[0] is None while tracing): the batch
+            newshape = [-1 if d is None else d for d in newshape]
+        elif newshape and newshape[0] is None and None not in newshape[1:] and newshape[1:].count(-1) == 1:
+            # the batch read so, and a -1 besides (RoformerV2's (batch, length, -1)): the -1 sized from the
+            # rebuilt input's other dimensions (at their new widths), the batch left to the reshape
+            in_shape = tuple(x.shape)[1:]
+            known = int(np.prod([d for d in newshape[1:] if d != -1]))
+            if None not in in_shape and known and int(np.prod(in_shape)) % known == 0:
+                newshape = [-1] + [int(np.prod(in_shape)) // known if d == -1 else d for d in newshape[1:]]
         return keras.ops.reshape(x, newshape)
 
 
