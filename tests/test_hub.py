@@ -44,12 +44,28 @@ def test_text_backbone_is_read_at_the_models_sequence_length():
     assert report[call.path].macs == 3 * t * d * h * k + t * t * h * 2 * k + t * h * k * d
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", REPRESENTATIVE)
-def test_backbone_conforms(name):
+#: rows whose attention is read through its call (heads not removable; rotary layers pinned): GPT-NeoX (partial
+#: rotary on a fused query/key/value projection, a None cache passed through its decoder), RoformerV2 and ESM
+#: (rotary layers of their own, ESM's called on queries and keys; heads merged by a reshape to (batch, length,
+#: -1)), MiT (SegFormer's spatial-reduction attention and Mix-FFN reshape with the batch read from a tensor),
+#: DINOv3 (its 2-D rotary layer a table read off the image's shape); and T5, whose attention is kept whole (its
+#: relative position bias is a table it looks up itself), its channels pinned
+READ_THROUGH_ROWS = ["GPTNeoXBackbone", "RoformerV2Backbone", "ESMBackbone", "ESM2Backbone", "MiTBackbone",
+                     "DINOV3Backbone", "T5Backbone"]
+
+
+def conforming_row(name):
+    """The conformance row of backbone ``name``, once every column of the table has passed."""
     row = check_backbone(name, use_profiler=True)
     failed = [s for s in STEPS if not row.get({"params": "params_match", "profiler": "profiler_match"}.get(s, s))]
     assert not failed, row
+    return row
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", REPRESENTATIVE + READ_THROUGH_ROWS)
+def test_backbone_conforms(name):
+    row = conforming_row(name)
     assert row["removable_groups"] > 0 and row["flops_slim"] < row["flops"]
 
 
@@ -61,29 +77,10 @@ NEW_ROWS = ["LlamaBackbone", "GemmaBackbone", "FalconBackbone", "MixtralBackbone
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NEW_ROWS)
 def test_llm_moe_and_dinov2_backbones_conform(name):
-    row = check_backbone(name, use_profiler=True)
-    failed = [s for s in STEPS if not row.get({"params": "params_match", "profiler": "profiler_match"}.get(s, s))]
-    assert not failed, row
+    row = conforming_row(name)
     assert row["heads_groups"] > 0 and row["flops_slim"] < row["flops"]
 
 
-#: rows whose attention is read through its call (heads not removable; rotary layers pinned): GPT-NeoX (partial
-#: rotary on a fused query/key/value projection, a None cache passed through its decoder), RoformerV2 and ESM
-#: (rotary layers of their own, ESM's called on queries and keys; heads merged by a reshape to (batch, length,
-#: -1)), MiT (SegFormer's spatial-reduction attention and Mix-FFN reshape with the batch read from a tensor),
-#: DINOv3 (its 2-D rotary layer a table read off the image's shape); and T5, whose attention is kept whole (its
-#: relative position bias is a table it looks up itself), its channels pinned
-READ_THROUGH_ROWS = ["GPTNeoXBackbone", "RoformerV2Backbone", "ESMBackbone", "ESM2Backbone", "MiTBackbone",
-                     "DINOV3Backbone", "T5Backbone"]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", READ_THROUGH_ROWS)
-def test_attention_read_through_backbones_conform(name):
-    row = check_backbone(name, use_profiler=True)
-    failed = [s for s in STEPS if not row.get({"params": "params_match", "profiler": "profiler_match"}.get(s, s))]
-    assert not failed, row
-    assert row["removable_groups"] > 0 and row["flops_slim"] < row["flops"]
 
 
 @pytest.mark.slow
