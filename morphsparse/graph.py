@@ -224,6 +224,35 @@ def functional_of(model):
     return functional
 
 
+def input_specs(model):
+    """(shape, dtype) of every network input: a functional model's inputs, or the shape a subclassed model
+    was built with (its dtype is not recorded: float32)."""
+    functional = functional_of(model)
+    if functional is not None:
+        return [(tuple(t.shape), str(t.dtype)) for t in functional.inputs]
+    shape = (model.get_build_config() or {}).get("input_shape") if model.built else None
+    if shape is None or not all(isinstance(d, int) or d is None for d in shape):
+        raise ValueError(f"model '{model.name}' ({type(model).__name__}) records no single input shape: call it "
+                         "on a batch first, or pass the inputs to check it on")
+    return [(tuple(shape), "float32")]
+
+
+def random_inputs(model, batch=2, seed=0):
+    """One random array per network input: normal floats, or 0/1 for integer inputs (ids)."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for shape, dtype in input_specs(model):
+        shape = (batch,) + tuple(shape[1:])
+        if None in shape:
+            raise ValueError(f"model '{model.name}' has an input of unknown size {shape[1:]}: pass inputs to check "
+                             "it on")
+        if "int" in dtype:
+            arrays.append(rng.integers(0, 2, size=shape).astype(dtype))
+        else:
+            arrays.append(rng.normal(size=shape).astype(dtype))
+    return arrays
+
+
 def _is_nested_model(op):
     return isinstance(op, keras.Model) and _functional_of_or_none(op) is not None
 

@@ -49,6 +49,7 @@ import numpy as np
 
 from morphsparse import handlers as _handlers
 from morphsparse.graph import ChannelGraph, analyze
+from morphsparse.rebuild import build_at_widths   # the engine ms.expand builds with
 from morphsparse.trace import symbolic_kwargs
 
 FORMAT = "morphsparse-latency-table"
@@ -1074,7 +1075,6 @@ def _calibrate(table, model, graph, backend, batch_size, threads, repeats, stati
     ``time = scale * sum of entries + overhead`` on the two. Where the two points cannot fix a scale (no
     removable group, a model that cannot be rebuilt, timings too noisy for a positive slope), the scale stays
     1 and the overhead is the full model's time less its entries, with a warning."""
-    from morphsparse.morph.rebuild import build_at_widths   # the engine ms.expand builds with
 
     latency = LatencyModel(graph, table)
     full_sum = latency.value()                   # scale 1, overhead 0 at this point

@@ -31,6 +31,7 @@ import numpy as np
 
 from morphsparse import keras_internals as _keras
 from morphsparse.checks import flag
+from morphsparse.graph import random_inputs
 
 QUANTIZATIONS = (None, "float16", "dynamic", "int8")
 #: to_litert(rtol=None): how far (a fraction of the output scale) LiteRT's outputs may be from Keras's, per
@@ -326,7 +327,6 @@ def to_litert(model, path=None, sparse=True, quantize=None, representative_data=
         runner = interpreter(flatbuffer, threads=threads, delegates=False)
         runtime = f"built-in kernels only (XNNPACK refused the model: {str(err).splitlines()[0][:120]})"
     if check_inputs is None:
-        from morphsparse.morph.export import random_inputs
         check_inputs = random_inputs(model, batch=4, seed=0)
     arrays = [np.asarray(a) for a in (check_inputs if isinstance(check_inputs, (list, tuple)) else [check_inputs])]
     want = keras.tree.flatten(model(arrays if len(arrays) > 1 else arrays[0], training=False))

@@ -31,7 +31,7 @@ from morphsparse.costs import count_flops, count_params
 from morphsparse.graph import GraphError, analyze
 from morphsparse.morph import alive as _alive
 from morphsparse.morph.alive import warn_user
-from morphsparse.morph.rebuild import build_at_widths
+from morphsparse.rebuild import build_at_widths
 from morphsparse.latency import as_table
 from morphsparse.morph.regularizers import is_latency_table, latency_target
 
@@ -220,7 +220,7 @@ def build_with_widths(model, graph, counts, name=None):
     """A freshly initialised copy of ``model`` whose removable groups have ``counts[group id]`` channels
     (groups not in ``counts`` keep their size). Layers get their new widths from their handler's
     ``rebuild_config``; nested models are flattened (inner layer names become ``outer__inner``). (The engine:
-    :func:`morphsparse.morph.rebuild.build_at_widths`, which ``ms.profile_latency`` uses too.)"""
+    :func:`morphsparse.rebuild.build_at_widths`, which ``ms.profile_latency`` uses too.)"""
     return build_at_widths(model, graph, counts, name=name, error=ExpandError)
 
 

@@ -33,9 +33,9 @@ import numpy as np
 from morphsparse import handlers as _handlers
 from morphsparse.checks import flag
 from morphsparse.costs import BUDGET_TARGETS, check_target, count_flops, count_params, resolve_budget
-from morphsparse.graph import GraphError, analyze, functional_of
+from morphsparse.graph import GraphError, analyze, random_inputs
 from morphsparse.morph import alive as _alive
-from morphsparse.morph import rebuild as _rebuild
+from morphsparse import rebuild as _rebuild
 
 #: relative tolerance for "the same value" when deciding whether a removed entry is constant
 CONSTANT_RTOL = 1e-5
@@ -126,35 +126,6 @@ class Probe:
                 values.value = np.asarray(full, np.float64)[values.removed]
                 values.varies[:] = False
                 values.uniform[:] = True
-
-
-def _input_specs(model):
-    """(shape, dtype) of every network input: a functional model's inputs, or the shape a subclassed model
-    was built with (its dtype is not recorded: float32)."""
-    functional = functional_of(model)
-    if functional is not None:
-        return [(tuple(t.shape), str(t.dtype)) for t in functional.inputs]
-    shape = (model.get_build_config() or {}).get("input_shape") if model.built else None
-    if shape is None or not all(isinstance(d, int) or d is None for d in shape):
-        raise ValueError(f"model '{model.name}' ({type(model).__name__}) records no single input shape: call it "
-                         "on a batch first, or pass the inputs to check it on")
-    return [(tuple(shape), "float32")]
-
-
-def random_inputs(model, batch=2, seed=0):
-    """One random array per network input: normal floats, or 0/1 for integer inputs (ids)."""
-    rng = np.random.default_rng(seed)
-    arrays = []
-    for shape, dtype in _input_specs(model):
-        shape = (batch,) + tuple(shape[1:])
-        if None in shape:
-            raise ValueError(f"model '{model.name}' has an input of unknown size {shape[1:]}: pass inputs to check "
-                             "it on")
-        if "int" in dtype:
-            arrays.append(rng.integers(0, 2, size=shape).astype(dtype))
-        else:
-            arrays.append(rng.normal(size=shape).astype(dtype))
-    return arrays
 
 
 def _outputs(model, arrays):
