@@ -580,8 +580,11 @@ class TensorOutputs(keras.layers.Layer):
         # the inner layer builds its sublayers on its first call, as it does on its own
         self.built = True
 
-    def call(self, *args, **kwargs):
-        # the inner call run directly: as an operation of its own Keras would refuse its None output
+    def call(self, *args, mask=None, **kwargs):
+        # the inner call run directly: as an operation of its own Keras would refuse its None output. Keras
+        # hands this layer its input's mask as it handed the inner layer (whose call takes one) in the original
+        if mask is not None and "mask" in inspect.signature(self.layer.call).parameters:
+            kwargs["mask"] = mask
         result = self.layer.call(*args, **kwargs)
         return tuple(result[i] for i in self.outputs)
 
