@@ -254,15 +254,21 @@ def test_bad_profile_arguments():
         ms.profile_latency("ResNet50")
 
 
+PADDED_GRID = [1, 4, 8, 9, 12, 16, 17, 24, 32]
+
+
+def padded_table(model, step=8):
+    """A hand table of a device that pads every width to a multiple of ``step`` (so it shows steps)."""
+    padded = lambda w: step * -(-w // step)                             # noqa: E731
+    return hand_table(model, grid=PADDED_GRID, kernel=lambda a, b: 1e-6 * padded(a) * padded(b),
+                      elementwise=lambda b: 1e-7 * padded(b))
+
+
 def test_the_table_suggests_the_step_the_device_likes():
     model = small_cnn()
-    grid = [1, 4, 8, 9, 12, 16, 17, 24, 32]
     # the device pads every width to a multiple of 8: 9 and 17 cost what 16 and 24 cost
-    padded = lambda w: 8 * -(-w // 8)                                   # noqa: E731
-    stepped = hand_table(model, grid=grid, kernel=lambda a, b: 1e-6 * padded(a) * padded(b),
-                         elementwise=lambda b: 1e-7 * padded(b))
-    assert stepped.suggested_round_to() == 8
-    assert hand_table(model, grid=grid).suggested_round_to() is None   # smooth: no step
+    assert padded_table(model).suggested_round_to() == 8
+    assert hand_table(model, grid=PADDED_GRID).suggested_round_to() is None   # smooth: no step
     assert hand_table(model).suggested_round_to() is None              # no width between multiples: cannot say
 
 
@@ -318,9 +324,7 @@ def test_resize_to_a_latency_budget():
 
 def test_resize_takes_round_to_from_a_table_with_steps():
     model = small_cnn(width=32)
-    padded = lambda w: 8 * -(-w // 8)                                   # noqa: E731
-    table = hand_table(model, grid=[1, 4, 8, 9, 12, 16, 17, 24, 32],
-                       kernel=lambda a, b: 1e-6 * padded(a) * padded(b), elementwise=lambda b: 1e-7 * padded(b))
+    table = padded_table(model)
     with pytest.warns(UserWarning, match="multiple of 8"):
         narrow, report = ms.expand_with_report(model, budget=0.5, target="latency", device=table)
     assert report.round_to == 8 and report.round_to_source == "latency table"
@@ -349,9 +353,7 @@ def test_cli_prunes_to_a_latency_table(tmp_path, capsys):
 
 def test_prune_rounds_widths_down_to_the_step_the_table_shows():
     model = small_cnn(width=32)
-    padded = lambda w: 8 * -(-w // 8)                                   # noqa: E731
-    table = hand_table(model, grid=[1, 4, 8, 9, 12, 16, 17, 24, 32],
-                       kernel=lambda a, b: 1e-6 * padded(a) * padded(b), elementwise=lambda b: 1e-7 * padded(b))
+    table = padded_table(model)
     with pytest.warns(UserWarning, match="multiple of 8"):
         slim, report = ms.prune_with_report(model, budget=0.6, target="latency", device=table, min_width=0.1)
     assert report.round_to == 8 and report.round_to_source == "latency table"
@@ -437,9 +439,7 @@ def test_cli_expands_to_a_latency_budget_and_profiles(tmp_path, capsys, monkeypa
 
 def test_a_table_with_steps_prices_multiples_along_the_multiples():
     model = small_cnn(width=32)
-    padded = lambda w: 8 * -(-w // 8)                                   # noqa: E731
-    table = hand_table(model, grid=[1, 4, 8, 9, 12, 16, 17, 24, 32],
-                       kernel=lambda a, b: 1e-6 * padded(a) * padded(b), elementwise=lambda b: 1e-7 * padded(b))
+    table = padded_table(model)
     graph = ms.analyze(model)
     g = graph.group_of("conv2").id
     at = {w: ms.predict_latency(graph, table, alive={g: w}) for w in (17, 20, 24, 25)}
