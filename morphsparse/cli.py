@@ -23,6 +23,7 @@ import os
 import sys
 
 from morphsparse.costs import BUDGET_TARGETS
+from morphsparse.morph.calibration import CALIBRATION_IMPORTANCES
 
 
 def positive_int(text):
@@ -141,11 +142,11 @@ def _calibration_inputs(path, importance):
     """The model's inputs from a .npy file (one input) or .npz file (one array per input, by input name), for
     the calibration importances; None without a path."""
     if path is None:
-        if importance in ("wanda", "flap"):
+        if importance in CALIBRATION_IMPORTANCES:
             raise SystemExit(f"--importance {importance} measures activations: give --calibration INPUTS.npy "
                              "(or .npz with one array per input name)")
         return None
-    if importance not in ("wanda", "flap"):
+    if importance not in CALIBRATION_IMPORTANCES:
         raise SystemExit(f"--calibration is used by --importance wanda or flap only, not {importance}")
     import numpy as np
 
@@ -316,7 +317,7 @@ def build_parser():
                        help="what the budget counts (latency: priced by --latency-table)")
     prune.add_argument("--latency-table", default=None,
                        help="a latency table JSON (profile-latency) pricing --target latency; else the roofline")
-    prune.add_argument("--importance", choices=("gamma", "l1", "wanda", "flap"), default="gamma",
+    prune.add_argument("--importance", choices=("gamma", "l1") + CALIBRATION_IMPORTANCES, default="gamma",
                        help="channel importance: BatchNorm |gamma|, the kernel's L1 norm, or from calibration "
                             "inputs (--calibration): Wanda-sp, FLAP with bias compensation (taylor needs labels: "
                             "use ms.prune from Python)")

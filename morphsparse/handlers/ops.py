@@ -178,6 +178,18 @@ class Moments(Reduction):
     axis_attribute = "axes"
 
 
+def _sized_minus_one(in_dims, rest):
+    """``rest``, a reshape's target past the batch with one -1 in it, with the -1 sized from the input's
+    dimensions past the batch; None where they do not fix it (an unknown dimension, no single -1, no fit)."""
+    if None in tuple(in_dims) or None in rest or rest.count(-1) != 1:
+        return None
+    known = int(np.prod([d for d in rest if d != -1]))
+    total = int(np.prod(in_dims))
+    if known == 0 or total % known:
+        return None
+    return [total // known if d == -1 else d for d in rest]
+
+
 class Reshape(_h.LayerHandler):
     """keras.ops.reshape: keeps channels when the last axis keeps its width; a reshape to (batch, -1) of a
     channels-last tensor is a Flatten; anything else (splitting channels into heads) pins."""
@@ -197,15 +209,10 @@ class Reshape(_h.LayerHandler):
         known, the batch carries over and the -1 is what is left (RoformerV2 merges its heads so)."""
         newshape = layer.newshape if isinstance(layer.newshape, (list, tuple)) else [layer.newshape]
         in_shape = tuple(in_shapes[0])
-        rest = list(newshape[1:])
-        if (not in_shape or newshape[0] is not None or None in in_shape[1:] or rest.count(-1) != 1
-                or any(d is None for d in rest)):
+        if not in_shape or newshape[0] is not None:
             return None
-        known = int(np.prod([d for d in rest if d != -1]))
-        total = int(np.prod(in_shape[1:]))
-        if known == 0 or total % known:
-            return None
-        return [(in_shape[0],) + tuple(total // known if d == -1 else d for d in rest)]
+        rest = _sized_minus_one(in_shape[1:], list(newshape[1:]))
+        return None if rest is None else [(in_shape[0],) + tuple(rest)]
 
     def propagate(self, call, graph):
         kind = self._kind(call)
@@ -237,13 +244,12 @@ class Reshape(_h.LayerHandler):
         if sum(d is None or d == -1 for d in newshape) == 1:
             # a shape read from a symbolic tensor (ops.shape(x)[0] is None while tracing): the batch
             newshape = [-1 if d is None else d for d in newshape]
-        elif newshape and newshape[0] is None and None not in newshape[1:] and newshape[1:].count(-1) == 1:
+        elif newshape and newshape[0] is None:
             # the batch read so, and a -1 besides (RoformerV2's (batch, length, -1)): the -1 sized from the
             # rebuilt input's other dimensions (at their new widths), the batch left to the reshape
-            in_shape = tuple(x.shape)[1:]
-            known = int(np.prod([d for d in newshape[1:] if d != -1]))
-            if None not in in_shape and known and int(np.prod(in_shape)) % known == 0:
-                newshape = [-1] + [int(np.prod(in_shape)) // known if d == -1 else d for d in newshape[1:]]
+            rest = _sized_minus_one(tuple(x.shape)[1:], newshape[1:])
+            if rest is not None:
+                newshape = [-1] + rest
         return keras.ops.reshape(x, newshape)
 
 

@@ -236,12 +236,17 @@ def _importance_name(importance):
     return importance if isinstance(importance, str) else getattr(importance, "__name__", "callable")
 
 
+def _inputs_alone(data):
+    """True for model inputs given without labels (an array, a tensor, or a dict of them by input name)."""
+    return isinstance(data, (np.ndarray, Mapping)) or keras.ops.is_tensor(data)
+
+
 def _check_data(data, inputs_only=False):
     import tensorflow as tf
 
     if isinstance(data, tf.data.Dataset):
         return
-    if inputs_only and (isinstance(data, (np.ndarray, Mapping)) or keras.ops.is_tensor(data)):
+    if inputs_only and _inputs_alone(data):
         return
     if isinstance(data, (tuple, list)) and len(data) in (2, 3):
         lengths = {int(np.shape(a)[0]) for a in keras.tree.flatten(data) if a is not None}
@@ -330,7 +335,7 @@ def _batches(data, batches):
         for batch in data.take(batches):
             yield keras.utils.unpack_x_y_sample_weight(batch)
         return
-    if isinstance(data, (np.ndarray, Mapping)) or keras.ops.is_tensor(data):   # inputs alone
+    if _inputs_alone(data):
         data = (data,)
     n = int(np.shape(keras.tree.flatten(data)[0])[0])
     for start in range(0, min(n, batches * ARRAY_BATCH_SIZE), ARRAY_BATCH_SIZE):
