@@ -22,8 +22,10 @@ What a layer call's entry depends on (its *kind*):
 * ``"depthwise"``: its input width (the output follows it);
 * ``"elementwise"`` (BatchNorm, activations, Add, pooling, LayerNorm, ...: every input and output as wide as
   the output): the output width;
-* ``"fixed"`` (attention, Concatenate, Flatten, Reshape, Embedding, ...): one time, whatever the widths. An
-  attention layer whose heads shrink is therefore priced at its full width (docs/latency.md).
+* ``"attention"`` (MultiHeadAttention: any call whose handler declares ``timed_axes``): its query width and
+  its number of heads, a 2-D grid;
+* ``"fixed"`` (Concatenate, Flatten, Reshape, Embedding, keras_hub's grouped-query attention, ...): one time,
+  whatever the widths.
 
 keras.ops calls and layers that do nothing at inference (Dropout, ...) have no entry: their time is in the
 overhead. Widths outside an entry's grid are extrapolated linearly from the nearest cell (floored at zero;
@@ -32,6 +34,7 @@ overhead. Widths outside an entry's grid are extrapolated linearly from the near
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
@@ -55,7 +58,7 @@ from morphsparse.trace import symbolic_kwargs
 FORMAT = "morphsparse-latency-table"
 VERSION = 1
 BACKENDS = ("keras", "litert")
-KINDS = ("kernel", "depthwise", "elementwise", "fixed")
+KINDS = ("kernel", "depthwise", "elementwise", "attention", "fixed")
 STATISTICS = ("median", "minimum")
 #: layers that compute nothing at inference: no entry, their (dispatch) time is in the overhead
 NO_OP_LAYERS = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
@@ -122,7 +125,7 @@ class LatencyEntry:
 
 def _axes_of(kind):
     return {"kernel": (True, True), "depthwise": (True, False), "elementwise": (False, True),
-            "fixed": (False, False)}[kind]
+            "attention": (True, True), "fixed": (False, False)}[kind]
 
 
 def _check_entry(signature, data):
@@ -306,7 +309,7 @@ class LatencyTable:
             for entry in self.entries.values():
                 values = entry.values(self.statistic)
                 for axis, grid in ((0, entry.in_widths), (1, entry.out_widths)):
-                    if not grid or len(grid) < 3:
+                    if not grid or len(grid) < 3 or (axis == 1 and entry.kind == "attention"):  # heads, not lanes
                         continue
                     lines = values.T if axis == 0 else values     # each line runs along this axis
                     for i, w in enumerate(grid):
@@ -350,6 +353,17 @@ class CallSpec:
     kind: str
     signature: str
     followers: list = field(default_factory=list)
+    #: the input whose width is the entry's first axis, and the position in ``call.out_groups`` of its second
+    #: (an internal axis for attention: the heads)
+    in_index: int = 0
+    out_index: int = 0
+
+    def widths(self):
+        """(input width, output width) of the call on the entry's axes."""
+        call = self.call
+        return (call.input_channels(self.in_index) if call.input_shapes else 0,
+                len(call.out_channels_idx[self.out_index]) if self.kind == "attention" else
+                call.output_channels(0) if call.output_shapes else 0)
 
 
 def _followers(graph, call):
@@ -399,11 +413,13 @@ def _width_free_config(call):
     initialisers)."""
     handler = _handlers.rebuild_part(call.handler)
     base = _handlers.layer_config(call.layer)
+    # a call timed along an internal axis (attention heads) is probed at other counts of it too
+    outputs = len(call.output_shapes) + (len(call.internal_names) if call.handler.timed_axes(call) else 0)
     probes = []
     for w_in, w_out in ((2, 3), (5, 7)):    # two widths the layer may have itself: compare them, not it
         try:
             probes.append(handler.rebuild_config(call, [np.ones(w_in, bool) for _ in call.input_shapes],
-                                                 [np.ones(w_out, bool) for _ in call.output_shapes]))
+                                                 [np.ones(w_out, bool) for _ in range(outputs)]))
         except Exception:   # noqa: BLE001 - a handler that cannot say: keep the whole config (a stricter key)
             probes.append(base)
     config = {}
@@ -449,7 +465,10 @@ def call_spec(call, followers=()):
     except Exception:   # noqa: BLE001 - a handler that cannot count is timed as a whole
         macs = 0
     grouped = int(getattr(layer, "groups", 1) or 1) > 1 and not handler.reads_channels_separately(call)
-    if handler.cost_terms(call) is not None or grouped:
+    axes = handler.timed_axes(call)
+    if axes is not None:
+        kind = "attention"
+    elif handler.cost_terms(call) is not None or grouped:
         kind = "fixed"
     elif macs and n_in == 1 and n_out == 1:
         kind = "depthwise" if handler.reads_channels_separately(call) else "kernel"
@@ -458,6 +477,11 @@ def call_spec(call, followers=()):
     else:
         kind = "fixed"
     shapes = [_spatial(s) for s in call.input_shapes]
+    if kind == "attention":
+        # the inputs that read the query's tensor are on the grid; another (cross-attention keys) keeps its width
+        query = call.input_keys[axes[0]]
+        shapes = [_spatial(s) if key == query else [None if d is None else int(d) for d in tuple(s)[1:]]
+                  for s, key in zip(call.input_shapes, call.input_keys)]
     if kind == "fixed":
         shapes = [[None if d is None else int(d) for d in tuple(s)[1:]] if len(s) >= 2 else [] for s in
                   call.input_shapes]
@@ -474,7 +498,8 @@ def call_spec(call, followers=()):
     if followers:
         described["followers"] = [[f"{type(f.layer).__module__}.{type(f.layer).__qualname__}",
                                    _jsonable(_width_free_config(f))] for f in followers]
-    return CallSpec(call, kind, _jsonable(described), list(followers))
+    in_index, out_index = axes if axes is not None else (0, 0)
+    return CallSpec(call, kind, _jsonable(described), list(followers), in_index, out_index)
 
 
 # --- interpolation -----------------------------------------------------------------------------------------------
@@ -593,8 +618,9 @@ class LatencyModel:
                     f"ms.profile_latency(model, backend={table.backend!r}, batch_size={table.batch_size})")
             has_in, has_out = _axes_of(spec.kind)
             empty = np.zeros(0, np.int64)
-            in_entries.append(offsets[call.in_groups[0]] + call.in_channels[0] if has_in else empty)
-            out_entries.append(offsets[call.out_groups[0]] + call.out_channels_idx[0] if has_out else empty)
+            i, j = spec.in_index, spec.out_index
+            in_entries.append(offsets[call.in_groups[i]] + call.in_channels[i] if has_in else empty)
+            out_entries.append(offsets[call.out_groups[j]] + call.out_channels_idx[j] if has_out else empty)
             self.specs.append(spec)
             entries.append(entry)
         self.grids = _Grids(entries, table.statistic)
@@ -868,7 +894,20 @@ def cache_directory(cache_dir=None):
 def _time_runners(runners, repeats, clock=time.perf_counter):
     """(minimum, median) seconds per call of every runner: warm-up, then ``repeats`` rounds in which every
     runner is timed once, the order reversed every other round (so that load and drift hit all alike); each
-    sample repeats the call until it lasts about :data:`SAMPLE_SECONDS`."""
+    sample repeats the call until it lasts about :data:`SAMPLE_SECONDS`. Python's garbage collector is
+    collected first and kept off while timing, as ``timeit`` does: a process that has built many models has
+    much to collect, and a collection inside a sample would be charged to whichever call it hit."""
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        return _time_runners_without_gc(runners, repeats, clock)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _time_runners_without_gc(runners, repeats, clock):
     numbers = []
     for run in runners:
         run()
@@ -906,7 +945,8 @@ def _runner(model, arrays, backend, threads):
     if backend == "keras":
         import tensorflow as tf
         inputs = [tf.constant(a) for a in arrays]
-        structure = inputs if len(inputs) > 1 else inputs[0]
+        # in the structure the model was built on (a dict for keras_hub backbones), flattened as model.inputs
+        structure = keras.tree.pack_sequence_as(model.input, inputs)
         fn = tf.function(_call_model(model), jit_compile=False)
         return lambda: fn(structure)
     from morphsparse import litert as _litert
@@ -962,6 +1002,9 @@ def _one_layer_model(spec, graph, batch_size, w_in=None, w_out=None):
         in_widths[0] = w_in
     if spec.kind == "elementwise":
         in_widths = [w_out] * len(in_widths)
+    query = call.input_keys[spec.in_index]
+    if spec.kind == "attention" and w_in is not None:
+        in_widths = [w_in if key == query else w for key, w in zip(call.input_keys, in_widths)]
     out_width = w_out if spec.kind in ("kernel", "elementwise") else None
     shapes = []
     for shape, width in zip(call.input_shapes, in_widths):
@@ -983,6 +1026,14 @@ def _one_layer_model(spec, graph, batch_size, w_in=None, w_out=None):
         keep_out = [np.ones(in_widths[0] * multiplier, bool)]
     elif out_width is not None:
         keep_out = [np.ones(out_width, bool)]
+    elif spec.kind == "attention":
+        # the output keeps the query's width if it had it (a transformer's residual stream); the timed internal
+        # axis (the heads) takes w_out, any other internal axis its full count
+        same = call.output_channels(0) == call.input_channels(spec.in_index)
+        keep_out = [np.ones(in_widths[spec.in_index] if same else call.output_channels(0), bool)]
+        keep_out += [np.ones(call.output_channels(j), bool) for j in range(1, len(call.output_shapes))]
+        keep_out += [np.ones(w_out if j == spec.out_index else len(call.out_channels_idx[j]), bool)
+                     for j in range(len(call.output_shapes), len(call.out_channels_idx))]
     else:
         keep_out = [np.ones(call.output_channels(j), bool) for j in range(len(call.output_shapes))]
     config = dict(handler.rebuild_config(call, [np.ones(w, bool) for w in in_widths], keep_out))
@@ -1018,10 +1069,11 @@ def _collect_specs(graph):
     found = {}
     for spec in timed_calls(graph):
         call = spec.call
-        in_w = call.input_channels(0) if call.input_shapes else 0
-        out_w = call.output_channels(0) if call.output_shapes else 0
-        in_rm = bool(call.in_groups) and any(graph.groups[int(g)].removable for g in np.unique(call.in_groups[0]))
-        out_rm = bool(call.out_groups) and any(graph.groups[int(g)].removable for g in np.unique(call.out_groups[0]))
+        in_w, out_w = spec.widths()
+        in_rm, out_rm = (len(groups) > spec_index and any(graph.groups[int(g)].removable
+                                                          for g in np.unique(groups[spec_index]))
+                         for groups, spec_index in ((call.in_groups, spec.in_index),
+                                                    (call.out_groups, spec.out_index)))
         if spec.signature in found:
             first, a, b, c, d = found[spec.signature]
             found[spec.signature] = (first, max(a, in_w), max(b, out_w), c or in_rm, d or out_rm)

@@ -46,7 +46,7 @@ def hand_table(model, overhead=5e-6, backend="keras", batch_size=1, kernel=kerne
         call = spec.call
         has_in, has_out = L._axes_of(spec.kind)
         xs, ys = (grid if has_in else None), (grid if has_out else None)
-        values = [[kernel(a, b) if spec.kind == "kernel" else elementwise(b) if spec.kind == "elementwise"
+        values = [[kernel(a, b) if spec.kind in ("kernel", "attention") else elementwise(b) if spec.kind == "elementwise"
                    else kernel(a, a) if spec.kind == "depthwise" else 3e-6 for b in ys or [0]] for a in xs or [0]]
         entries[spec.signature] = dict(kind=spec.kind, layer=call.path, in_widths=xs, out_widths=ys,
                                        median=values, minimum=values)
@@ -448,3 +448,53 @@ def test_a_table_with_steps_prices_multiples_along_the_multiples():
     # the probe at 17), the others off every measured point; a smooth table is interpolated as before
     smooth = hand_table(model, grid=[1, 4, 8, 9, 12, 16, 17, 24, 32])
     assert ms.predict_latency(graph, smooth, alive={g: 20}) == pytest.approx(expected_seconds(32, 20), rel=1e-12)
+
+
+def small_attention(heads=4, width=16):
+    x = keras.Input((6, width))
+    h = keras.layers.MultiHeadAttention(heads, 4, name="mha")(x, x)
+    h = keras.layers.Add(name="add")([x, h])
+    h = keras.layers.Dense(8, name="ffn")(h)
+    return keras.Model(x, h, name="small_attention")
+
+
+def test_attention_is_timed_along_its_query_width_and_heads():
+    graph = ms.analyze(small_attention())
+    spec = next(s for s in L.timed_calls(graph) if s.call.layer.name == "mha")
+    assert spec.kind == "attention" and spec.widths() == (16, 4)
+    # fewer heads find the same entry (num_heads is a width of the entry), and are priced by it
+    narrow = small_attention(heads=2)
+    assert {s.signature for s in L.timed_calls(ms.analyze(narrow))} == {s.signature for s in
+                                                                        L.timed_calls(graph)}
+    table = hand_table(small_attention())
+    heads = graph.internal_group("mha").id
+    saving = ms.predict_latency(graph, table) - ms.predict_latency(graph, table, alive={heads: 2})
+    assert saving == pytest.approx(kernel_seconds(16, 4) - kernel_seconds(16, 2), rel=1e-9)
+    assert ms.predict_latency(narrow, table) == pytest.approx(ms.predict_latency(graph, table, alive={heads: 2}),
+                                                              rel=1e-12)
+    # each head is charged its marginal latency: the latency target can remove heads
+    latency = L.LatencyModel(graph, table)
+    marginal = latency.marginal(np.ones(latency.n_channels))
+    assert marginal[graph.offsets[heads]] == pytest.approx(kernel_seconds(16, 4) - kernel_seconds(16, 3), rel=1e-9)
+    # the heads are all prune may remove here (the stream is the input, the FFN the output): it reaches the budget
+    slim = ms.prune(small_attention(), budget=0.97, target="latency", device=table, importance="l1", min_width=0.1)
+    assert slim.get_layer("mha").num_heads < 4
+    assert ms.predict_latency(slim, table) <= 0.97 * ms.predict_latency(graph, table)
+
+
+def test_the_attention_timed_alone_has_the_grid_widths():
+    graph = ms.analyze(small_attention())
+    spec = next(s for s in L.timed_calls(graph) if s.call.layer.name == "mha")
+    one, shapes = L._one_layer_model(spec, graph, 2, 8, 3)
+    layer = next(l for l in one.layers if isinstance(l, keras.layers.MultiHeadAttention))
+    assert layer.num_heads == 3 and shapes == [(2, 6, 8)]
+    assert tuple(one.outputs[0].shape) == (2, 6, 8)      # the output keeps the query's width, as in the model
+
+
+def test_a_model_with_dict_inputs_is_timed():
+    # keras_hub backbones take a dict of inputs: the whole-model timing must pass them as one
+    inputs = {"a": keras.Input((4,), name="a"), "b": keras.Input((3,), name="b")}
+    joined = keras.layers.Concatenate(name="join")([inputs["a"], inputs["b"]])
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(joined))
+    timed = ms.measure_latency(model, threads=None, repeats=1)
+    assert 0 < timed["minimum"] <= timed["median"]

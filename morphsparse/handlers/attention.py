@@ -106,6 +106,10 @@ class MultiHeadAttention(_h.Producer):
             (heads, ("out", 0), lambda a, b: t * v * a * b, lambda a, b: v * a * b + bias * b),
         ]
 
+    def timed_axes(self, call):
+        """Timed along the query width and the heads: what a narrowed transformer changes."""
+        return self._roles(call)[0], call.internal_index("heads")
+
     def _total(self, call, alive_in, alive_out, which):
         return cost_of_terms(self.cost_terms(call), alive_in, alive_out, which)
 

@@ -155,6 +155,14 @@ class ChannelHandler:
         of its first input and output."""
         return None
 
+    def timed_axes(self, call):
+        """For a call with several channel axes that a latency table times along two of them: ``(input index,
+        output axis)``, the input whose width (and every input reading the same tensor) is the table's first
+        axis and the output position (an internal axis, such as the heads, past the outputs) that is its
+        second; the call's first output keeps the input's width if it had it. None: the call is timed as
+        one value whatever its widths (``morphsparse.latency``)."""
+        return None
+
     def reads_channels_separately(self, call):
         """True when each output reads one input channel only (depthwise): a removed input channel takes its
         outputs with it, so there is no constant to fold into a bias."""
