@@ -42,7 +42,8 @@ _EXPORTS = {
     "MorphOptimizer": "morph.optimizer", "morph_optimizer": "morph.optimizer",
     # measured latency
     "profile_latency": "latency", "predict_latency": "latency", "measure_latency": "latency",
-    "LatencyTable": "latency", "LatencyTableError": "latency",
+    "LatencyTable": "latency", "LatencyTableError": "latency", "compare_latency": "latency",
+    "land_latency": "morph.landing", "LandingReport": "morph.landing",
     # LiteRT export
     "to_litert": "litert", "LiteRTReport": "litert", "LiteRTError": "litert",
     "cycle": "morph.cycle", "CycleResult": "morph.cycle", "small_resnet": "models",

@@ -1095,14 +1095,25 @@ def measure_latency(model, backend="keras", batch_size=1, threads=1, repeats=DEF
     :data:`SAMPLE_SECONDS`; for ``backend="litert"``, the converted model in the interpreter with ``threads``).
     What a table's prediction is compared with."""
     _check_profile_arguments(model, backend, batch_size, threads, repeats, 1, 1.0)
-    return _measure(model, backend, batch_size, apply_threads(backend, threads), repeats)
+    return _measure([model], backend, batch_size, apply_threads(backend, threads), repeats)[0]
 
 
-def _measure(model, backend, batch_size, threads, repeats):
-    shapes = [(batch_size,) + tuple(t.shape)[1:] for t in model.inputs]
-    arrays = _random_inputs(model.inputs, shapes)
-    (low, mid), = _time_runners([_runner(model, arrays, backend, threads)], repeats)
-    return {"minimum": low, "median": mid}
+def compare_latency(models, backend="keras", batch_size=1, threads=1, repeats=DEFAULT_REPEATS):
+    """:func:`measure_latency` of several models timed together, alternating in every round: one list of
+    ``{"minimum": s, "median": s}``. Their ratios are what to compare (a slim model against its seed): a machine
+    whose speed drifts from one minute to the next moves them all alike."""
+    models = list(models)
+    for model in models:
+        _check_profile_arguments(model, backend, batch_size, threads, repeats, 1, 1.0)
+    return _measure(models, backend, batch_size, apply_threads(backend, threads), repeats)
+
+
+def _measure(models, backend, batch_size, threads, repeats):
+    runners = []
+    for model in models:
+        shapes = [(batch_size,) + tuple(t.shape)[1:] for t in model.inputs]
+        runners.append(_runner(model, _random_inputs(model.inputs, shapes), backend, threads))
+    return [{"minimum": low, "median": mid} for low, mid in _time_runners(runners, repeats)]
 
 
 def _monotone(values):
@@ -1139,19 +1150,12 @@ def _calibrate(table, model, graph, backend, batch_size, threads, repeats, stati
             narrow_sum = LatencyModel(analyze(narrow), table).value()
         except Exception as err:   # noqa: BLE001 - a model the engine cannot rebuild is timed at one width
             narrow, reason = None, f"it could not be rebuilt narrower ({err})"
-    models = [model] + ([narrow] if narrow is not None else [])
-    runners = []
-    for m in models:
-        shapes = [(batch_size,) + tuple(t.shape)[1:] for t in m.inputs]
-        runners.append(_runner(m, _random_inputs(m.inputs, shapes), backend, threads))
-    timed = _time_runners(runners, repeats)
-    pick = 0 if statistic == "minimum" else 1
-    whole = timed[0][pick]
-    table.settings["whole_model_seconds"] = {"minimum": timed[0][0], "median": timed[0][1]}
+    timed = _measure([model] + ([narrow] if narrow is not None else []), backend, batch_size, threads, repeats)
+    whole = timed[0][statistic]
+    table.settings["whole_model_seconds"] = timed[0]
     if narrow is not None:
-        table.settings["narrow_model_seconds"] = {"minimum": timed[1][0], "median": timed[1][1],
-                                                  "width": CALIBRATION_WIDTH}
-        slope = (whole - timed[1][pick]) / (full_sum - narrow_sum) if full_sum > narrow_sum else float("nan")
+        table.settings["narrow_model_seconds"] = {**timed[1], "width": CALIBRATION_WIDTH}
+        slope = (whole - timed[1][statistic]) / (full_sum - narrow_sum) if full_sum > narrow_sum else float("nan")
         if math.isfinite(slope) and 0.2 <= slope <= 5.0:
             table.scale = float(slope)
             table.overhead = float(whole - slope * full_sum)
@@ -1276,5 +1280,5 @@ def _profile(model, graph, specs, backend, batch_size, actual_threads, points, w
 
 
 __all__ = ["LatencyTable", "LatencyEntry", "LatencyModel", "LatencyTableError", "profile_latency",
-           "predict_latency", "measure_latency", "machine_key", "call_spec", "timed_calls", "default_grid", "as_table",
+           "predict_latency", "measure_latency", "compare_latency", "machine_key", "call_spec", "timed_calls", "default_grid", "as_table",
            "apply_threads", "cache_directory", "BACKENDS", "KINDS"]

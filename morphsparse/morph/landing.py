@@ -1,0 +1,106 @@
+"""Landing on measured time: shrink a model until its *measured* latency, not only the table's prediction, is
+the budget.
+
+A latency table predicts a model's time from its layers timed alone (``morphsparse.latency``); the prediction
+misses by a few percent to tens of percent (docs/latency.md). NetAdapt closes that gap by measuring every
+proposal on the device. :func:`land_latency` does the same around ``ms.prune`` or ``ms.resize``: it shrinks to
+the budget by the table, times the result against the model (alternating, so drift hits both alike), and
+shrinks again with the budget corrected by what it measured, a few rounds at most. It measures with the
+table's backend, batch size and threads, so it runs on the machine that profiled the table.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+from morphsparse import latency as _latency
+from morphsparse.morph.expand import ExpandError, resize
+from morphsparse.morph.prune import PruneError, prune
+
+SHRINKERS = {"prune": prune, "resize": resize}
+
+
+@dataclass
+class LandingReport:
+    """What :func:`land_latency` asked and measured in each round: ``rounds`` is a list of ``{"asked": budget
+    passed to the shrinker, "predicted": the table's ratio, "measured": the measured ratio}``; ``chosen`` the
+    index of the round returned (the one measured closest to ``budget``)."""
+
+    budget: float
+    how: str
+    rounds: list = field(default_factory=list)
+    chosen: int = 0
+
+    @property
+    def measured(self):
+        return self.rounds[self.chosen]["measured"]
+
+    @property
+    def landed(self):
+        """The measured ratio's distance from the budget, relative to it (+0.05: 5% over)."""
+        return self.measured / self.budget - 1
+
+    def summary(self):
+        lines = [f"land_latency ({self.how}) to {self.budget:.0%} of the measured latency:"]
+        for i, r in enumerate(self.rounds):
+            mark = " <- returned" if i == self.chosen else ""
+            lines.append(f"  round {i + 1}: asked {r['asked']:.3f}, predicted {r['predicted']:.3f}, measured "
+                         f"{r['measured']:.3f}{mark}")
+        return "\n".join(lines)
+
+
+def land_latency(model, budget, table, how="prune", *, rounds=4, tolerance=0.03, repeats=None, **options):
+    """Shrink ``model`` to ``budget`` (a fraction in (0, 1)) of its measured latency on this machine, by
+    ``how`` (``"prune"``: ``ms.prune``, ranking channels by importance; ``"resize"``: ``ms.resize``, a uniform
+    width multiplier) with ``target="latency", device=table``. After each shrink, the slim model and ``model``
+    are timed together (``ms.compare_latency`` with the table's backend, batch size and threads) and the budget
+    asked of the next round is corrected by the measured ratio; it stops within ``tolerance`` (relative) of
+    ``budget`` or after ``rounds``. ``options`` go to the shrinker (``importance=``, ``min_width=``, ...).
+
+    Returns ``(slim model, LandingReport)``: the round measured closest to ``budget``. Warns when none is within
+    ``tolerance``. Raises :class:`~morphsparse.latency.LatencyTableError` for a table profiled on another
+    machine, and the shrinker's error when the first round's budget cannot be reached."""
+    if how not in SHRINKERS:
+        raise ValueError(f"how must be one of {sorted(SHRINKERS)}, got {how!r}")
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget < 1:
+        raise ValueError(f"budget must be a fraction of the model's measured latency in (0, 1), got {budget!r}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be an integer >= 1, got {rounds!r}")
+    if not isinstance(tolerance, (int, float)) or not 0 < tolerance < 1:
+        raise ValueError(f"tolerance must be a fraction in (0, 1), got {tolerance!r}")
+    for reserved in ("budget", "target", "device"):
+        if reserved in options:
+            raise TypeError(f"land_latency sets {reserved}= itself; pass the budget and the table as arguments")
+    table = _latency.as_table(table)
+    table.check(machine=True)
+    repeats = _latency.DEFAULT_REPEATS if repeats is None else repeats
+    shrink = SHRINKERS[how]
+    report, models = LandingReport(float(budget), how), []
+    asked = float(budget)
+    for _ in range(rounds):
+        try:
+            slim = shrink(model, budget=asked, target="latency", device=table, **options)
+        except (PruneError, ExpandError):
+            if not models:
+                raise
+            break       # a corrected budget past what the shrinker can reach: keep what was measured
+        seed_time, slim_time = _latency.compare_latency([model, slim], table.backend, table.batch_size,
+                                                        table.threads or None, repeats)
+        measured = slim_time[table.statistic] / seed_time[table.statistic]
+        predicted = _latency.predict_latency(slim, table) / _latency.predict_latency(model, table)
+        report.rounds.append({"asked": asked, "predicted": predicted, "measured": measured})
+        models.append(slim)
+        if abs(measured / budget - 1) <= tolerance:
+            break
+        asked = min(1.0, asked * budget / measured)
+    report.chosen = min(range(len(models)), key=lambda i: abs(report.rounds[i]["measured"] / budget - 1))
+    if abs(report.landed) > tolerance:
+        warnings.warn(f"land_latency of '{model.name}': no round measured within {tolerance:.0%} of the budget "
+                      f"{budget:.0%}; the closest measured {report.measured:.1%} of the model's latency "
+                      f"({len(report.rounds)} round(s)). Raise rounds=, or re-profile the table on a quiet "
+                      "machine.", UserWarning, stacklevel=2)
+    return models[report.chosen], report
+
+
+__all__ = ["land_latency", "LandingReport"]

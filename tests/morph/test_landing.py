@@ -1,0 +1,67 @@
+"""ms.land_latency (morphsparse/morph/landing.py): shrinking until the *measured* latency is the budget. The
+measurements are replaced by a fake clock with a known bias against the table, so that no test depends on this
+machine's speed."""
+
+import pytest
+
+import morphsparse as ms
+from morphsparse import latency as L
+from morphsparse.morph import landing
+
+from latency_helpers import hand_table, small_cnn
+
+
+def biased_clock(monkeypatch, table, constant):
+    """Measured time = the table's prediction + ``constant`` seconds the table does not know of: every slim
+    model measures slower, relative to its seed, than the table predicts."""
+    def measure(models, backend, batch_size, threads, repeats):
+        assert (backend, batch_size) == (table.backend, table.batch_size)    # the table's settings
+        times = [L.predict_latency(m, table) + constant for m in models]
+        return [{"median": t, "minimum": t} for t in times]
+    monkeypatch.setattr(L, "compare_latency", measure)
+
+
+@pytest.mark.parametrize("how", ["prune", "resize"])
+def test_the_budget_is_corrected_by_the_measured_ratio(monkeypatch, how):
+    model = small_cnn(width=32)
+    table = hand_table(model)
+    biased_clock(monkeypatch, table, constant=0.3 * L.predict_latency(model, table))
+    options = {"min_width": 0.05, "round_to": 1} if how == "prune" else {"round_to": 1}
+    slim, report = ms.land_latency(model, 0.6, table, how, tolerance=0.05, rounds=5, **options)
+    first = report.rounds[0]
+    # by the table alone the slim model measures over the budget (the constant does not shrink) ...
+    assert first["asked"] == 0.6 and first["measured"] > 0.6 * 1.05
+    # ... and the next rounds ask for less, until the measured ratio is within the tolerance
+    assert report.rounds[1]["asked"] < 0.6
+    assert abs(report.landed) <= 0.05 and len(report.rounds) > 1
+    assert report.measured == pytest.approx(
+        (L.predict_latency(slim, table) + 0.3 * L.predict_latency(model, table)) / (1.3 * L.predict_latency(model, table)))
+    assert "returned" in report.summary()
+
+
+def test_a_round_the_shrinker_cannot_reach_keeps_the_closest_measured(monkeypatch):
+    model = small_cnn(width=32)
+    table = hand_table(model)
+    # a constant so large that the corrected budget soon falls under the smallest network
+    biased_clock(monkeypatch, table, constant=3 * L.predict_latency(model, table))
+    with pytest.warns(UserWarning, match="no round measured within 3%"):
+        slim, report = ms.land_latency(model, 0.5, table, "resize", rounds=6, round_to=1)
+    assert report.chosen == min(range(len(report.rounds)), key=lambda i: abs(report.rounds[i]["measured"] - 0.5))
+    assert slim is not None
+
+
+def test_bad_arguments_and_a_table_from_another_machine_are_refused():
+    model = small_cnn()
+    table = hand_table(model)
+    with pytest.raises(ValueError, match="how must be one of"):
+        ms.land_latency(model, 0.5, table, "shrink")
+    with pytest.raises(ValueError, match="budget must be a fraction"):
+        ms.land_latency(model, 1.5, table)
+    with pytest.raises(ValueError, match="rounds must be"):
+        ms.land_latency(model, 0.5, table, rounds=0)
+    with pytest.raises(TypeError, match="sets target= itself"):
+        ms.land_latency(model, 0.5, table, target="flops")
+    elsewhere = L.LatencyTable.from_dict({**table.to_dict(), "machine": {**table.machine, "cpu": "another CPU"}})
+    with pytest.raises(L.LatencyTableError, match="another machine"):
+        ms.land_latency(model, 0.5, elsewhere)
+    assert landing.SHRINKERS == {"prune": ms.prune, "resize": ms.resize}
