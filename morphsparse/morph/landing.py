@@ -15,6 +15,7 @@ import warnings
 from dataclasses import dataclass, field
 
 from morphsparse import latency as _latency
+from morphsparse.checks import fraction
 from morphsparse.morph.expand import ExpandError, resize
 from morphsparse.morph.prune import PruneError, prune
 
@@ -51,7 +52,7 @@ class LandingReport:
 
 
 def land_latency(model, budget, table, how="prune", *, rounds=4, tolerance=0.03, repeats=None, **options):
-    """Shrink ``model`` to ``budget`` (a fraction in (0, 1)) of its measured latency on this machine, by
+    """Shrink ``model`` to ``budget`` (a fraction in (0, 1]) of its measured latency on this machine, by
     ``how`` (``"prune"``: ``ms.prune``, ranking channels by importance; ``"resize"``: ``ms.resize``, a uniform
     width multiplier) with ``target="latency", device=table``. After each shrink, the slim model and ``model``
     are timed together (``ms.compare_latency`` with the table's backend, batch size and threads) and the budget
@@ -63,12 +64,10 @@ def land_latency(model, budget, table, how="prune", *, rounds=4, tolerance=0.03,
     machine, and the shrinker's error when the first round's budget cannot be reached."""
     if how not in SHRINKERS:
         raise ValueError(f"how must be one of {sorted(SHRINKERS)}, got {how!r}")
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget < 1:
-        raise ValueError(f"budget must be a fraction of the model's measured latency in (0, 1), got {budget!r}")
+    budget = fraction(budget, "budget", low_open=True)
+    tolerance = fraction(tolerance, "tolerance", low_open=True)
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds must be an integer >= 1, got {rounds!r}")
-    if not isinstance(tolerance, (int, float)) or not 0 < tolerance < 1:
-        raise ValueError(f"tolerance must be a fraction in (0, 1), got {tolerance!r}")
     for reserved in ("budget", "target", "device"):
         if reserved in options:
             raise TypeError(f"land_latency sets {reserved}= itself; pass the budget and the table as arguments")
@@ -76,8 +75,8 @@ def land_latency(model, budget, table, how="prune", *, rounds=4, tolerance=0.03,
     table.check(machine=True)
     repeats = _latency.DEFAULT_REPEATS if repeats is None else repeats
     shrink = SHRINKERS[how]
-    report, models = LandingReport(float(budget), how), []
-    asked = float(budget)
+    report, models = LandingReport(budget, how), []
+    asked, model_predicted = budget, _latency.predict_latency(model, table)
     for _ in range(rounds):
         try:
             slim = shrink(model, budget=asked, target="latency", device=table, **options)
@@ -88,7 +87,7 @@ def land_latency(model, budget, table, how="prune", *, rounds=4, tolerance=0.03,
         seed_time, slim_time = _latency.compare_latency([model, slim], table.backend, table.batch_size,
                                                         table.threads or None, repeats)
         measured = slim_time[table.statistic] / seed_time[table.statistic]
-        predicted = _latency.predict_latency(slim, table) / _latency.predict_latency(model, table)
+        predicted = _latency.predict_latency(slim, table) / model_predicted
         report.rounds.append({"asked": asked, "predicted": predicted, "measured": measured})
         models.append(slim)
         if abs(measured / budget - 1) <= tolerance:
