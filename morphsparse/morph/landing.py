@@ -83,7 +83,12 @@ def land_latency(model, budget, table, how="prune", *, rounds=4, tolerance=0.03,
         except (PruneError, ExpandError):
             if not models:
                 raise
-            break       # a corrected budget past what the shrinker can reach: keep what was measured
+            # past what the shrinker can reach: go halfway back towards the smallest request it did make
+            reached = min(r["asked"] for r in report.rounds)
+            if reached - asked < 1e-3:
+                break
+            asked = (asked + reached) / 2
+            continue
         seed_time, slim_time = _latency.compare_latency([model, slim], table.backend, table.batch_size,
                                                         table.threads or None, repeats)
         measured = slim_time[table.statistic] / seed_time[table.statistic]
@@ -92,7 +97,9 @@ def land_latency(model, budget, table, how="prune", *, rounds=4, tolerance=0.03,
         models.append(slim)
         if abs(measured / budget - 1) <= tolerance:
             break
-        asked = min(1.0, asked * budget / measured)
+        asked = _next_request(report.rounds, budget)
+        if any(abs(r["asked"] - asked) < 1e-3 for r in report.rounds):
+            break       # the same request again would measure the same model
     report.chosen = min(range(len(models)), key=lambda i: abs(report.rounds[i]["measured"] / budget - 1))
     if abs(report.landed) > tolerance:
         warnings.warn(f"land_latency of '{model.name}': no round measured within {tolerance:.0%} of the budget "
@@ -100,6 +107,27 @@ def land_latency(model, budget, table, how="prune", *, rounds=4, tolerance=0.03,
                       f"({len(report.rounds)} round(s)). Raise rounds=, or re-profile the table on a quiet "
                       "machine.", UserWarning, stacklevel=2)
     return models[report.chosen], report
+
+
+def _next_request(rounds, budget):
+    """The budget to ask the shrinker for next, from the (asked, measured) pairs so far: along the line through
+    the two pairs measured closest to ``budget`` (one on each side of it when the rounds have bracketed it), so
+    that a measured ratio that does not scale with the request (a time that does not shrink with the widths)
+    is followed; scaled by ``budget / measured`` from the closest pair where that line is not rising (timing
+    noise)."""
+    by_distance = sorted(rounds, key=lambda r: abs(r["measured"] - budget))
+    over = [r for r in by_distance if r["measured"] > budget]
+    under = [r for r in by_distance if r["measured"] <= budget]
+    pair = [over[0], under[0]] if over and under else by_distance[:2]
+    closest = by_distance[0]
+    if len(pair) == 2:
+        (a0, m0), (a1, m1) = ((r["asked"], r["measured"]) for r in pair)
+        if (a1 - a0) * (m1 - m0) > 0:
+            request = a0 + (budget - m0) * (a1 - a0) / (m1 - m0)
+            if over and under:     # stay inside the bracket
+                request = min(max(request, min(a0, a1)), max(a0, a1))
+            return min(1.0, max(request, 1e-3))
+    return min(1.0, closest["asked"] * budget / closest["measured"])
 
 
 __all__ = ["land_latency", "LandingReport"]
