@@ -22,6 +22,7 @@ import io
 import math
 import numbers
 import platform
+import tempfile
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,8 +69,24 @@ def interpreter(model_content, threads=1, delegates=True):
     return runner
 
 
+def in_interpreter_order(runner, model, arrays):
+    """``arrays`` (one per input of ``model``, in ``model.inputs`` order) in the order of the interpreter's
+    inputs: matched by name where the converter kept every input's name (it may sort them), else as given."""
+    tensors = getattr(model, "inputs", None) or []      # a subclassed model's inputs have no names
+    names = [t.name.split(":")[0] for t in tensors]
+    found = []
+    for detail in runner.get_input_details():
+        hits = [i for i, name in enumerate(names)
+                if detail["name"] in (name, f"{name}:0", f"serving_default_{name}:0")]
+        found.append(hits[0] if len(hits) == 1 else None)
+    if None in found or sorted(found) != list(range(len(arrays))):
+        return list(arrays)
+    return [arrays[i] for i in found]
+
+
 def run(runner, arrays):
-    """Outputs of a LiteRT interpreter for one input array per model input, one example at a time."""
+    """Outputs of a LiteRT interpreter for one input array per interpreter input (in its order, see
+    :func:`in_interpreter_order`), one example at a time."""
     inputs, outputs = runner.get_input_details(), runner.get_output_details()
     results = [[] for _ in outputs]
     for row in range(len(arrays[0])):
@@ -149,13 +166,36 @@ def convert(model, sparse=True, quantize=None, representative_data=None):
     """The model as a LiteRT flatbuffer (bytes); ``sparse`` stores zero-rich kernels in sparse format."""
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    optimizations = []
+    failures = []
+    # the converter's Keras path fails on some models Keras 3 runs well (a keras_hub backbone taking a dict:
+    # it calls into tf_keras); exported as a SavedModel first, they convert
+    with tempfile.TemporaryDirectory(prefix="morphsparse-litert-") as folder:
+        for make in (tf.lite.TFLiteConverter.from_keras_model, lambda m: _from_saved_model(m, folder)):
+            converter = _configured(make(model), sparse, quantize, representative_data)
+            try:
+                # the converter saves a temporary SavedModel and prints its endpoints (about 20 lines)
+                with contextlib.redirect_stdout(io.StringIO()):
+                    flatbuffer = converter.convert()
+                break
+            except Exception as err:  # noqa: BLE001 - the converter's errors are long MLIR dumps: keep a line
+                failures.append(err)
+        else:
+            err = failures[0]
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise LiteRTError(f"LiteRT conversion of '{model.name}' failed: {first}") from err
+    if sparse and quantize is not None:
+        flatbuffer = densify_before_dequantize(flatbuffer)
+    return flatbuffer
+
+
+def _configured(converter, sparse, quantize, representative_data):
+    import tensorflow as tf
+
+    converter.optimizations = []
     if sparse:
-        optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
+        converter.optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
     if quantize in ("dynamic", "int8", "float16"):
-        optimizations.append(tf.lite.Optimize.DEFAULT)
-    converter.optimizations = optimizations
+        converter.optimizations.append(tf.lite.Optimize.DEFAULT)
     if quantize == "float16":
         converter.target_spec.supported_types = [tf.float16]
     if quantize == "int8":
@@ -164,16 +204,17 @@ def convert(model, sparse=True, quantize=None, representative_data=None):
                 batch = batch[0] if isinstance(batch, tuple) else batch
                 yield [np.asarray(b, dtype="float32") for b in (batch if isinstance(batch, list) else [batch])]
         converter.representative_dataset = batches
-    try:
-        # the converter saves a temporary SavedModel and prints its endpoints (about 20 lines): not for users
-        with contextlib.redirect_stdout(io.StringIO()):
-            flatbuffer = converter.convert()
-    except Exception as err:   # the converter's errors are long MLIR dumps: keep the first line with ours
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LiteRTError(f"LiteRT conversion of '{model.name}' failed: {first}") from err
-    if sparse and quantize is not None:
-        flatbuffer = densify_before_dequantize(flatbuffer)
-    return flatbuffer
+    return converter
+
+
+def _from_saved_model(model, folder):
+    """A converter of the model exported as a SavedModel into ``folder`` (``model.export``, Keras 3's own way
+    to LiteRT), its weights frozen by the converter."""
+    import tensorflow as tf
+
+    with contextlib.redirect_stdout(io.StringIO()):     # export prints the endpoints too
+        model.export(folder, format="tf_saved_model", verbose=False)
+    return tf.lite.TFLiteConverter.from_saved_model(folder)
 
 
 def densify_before_dequantize(flatbuffer):
@@ -328,10 +369,13 @@ def to_litert(model, path=None, sparse=True, quantize=None, representative_data=
         runtime = f"built-in kernels only (XNNPACK refused the model: {str(err).splitlines()[0][:120]})"
     if check_inputs is None:
         check_inputs = random_inputs(model, batch=4, seed=0)
-    arrays = [np.asarray(a) for a in (check_inputs if isinstance(check_inputs, (list, tuple)) else [check_inputs])]
-    want = keras.tree.flatten(model(arrays if len(arrays) > 1 else arrays[0], training=False))
-    want = [keras.ops.convert_to_numpy(w) for w in want]
-    got = run(runner, arrays)
+    # one array, a list in model.inputs order, or a dict by input name (flattened as Keras flattens it)
+    arrays = [np.asarray(a) for a in keras.tree.flatten(check_inputs)]
+    # in the structure the model was built on (a dict for keras_hub backbones), flattened as model.inputs
+    structure = arrays[0] if len(arrays) == 1 else (
+        keras.tree.pack_sequence_as(model.input, arrays) if getattr(model, "inputs", None) else arrays)
+    want = [keras.ops.convert_to_numpy(w) for w in keras.tree.flatten(model(structure, training=False))]
+    got = run(runner, in_interpreter_order(runner, model, arrays))
     scale = max(float(np.abs(w).max()) for w in want) or 1.0
     difference = max(float(np.abs(w.astype(np.float64) - g.reshape(w.shape)).max()) for w, g in zip(want, got))
     settings = f"sparse={sparse}, quantize={quantize!r}"
@@ -355,5 +399,5 @@ def to_litert(model, path=None, sparse=True, quantize=None, representative_data=
     return report
 
 
-__all__ = ["to_litert", "convert", "densify_before_dequantize", "interpreter", "run", "LiteRTReport", "LayerStorage",
+__all__ = ["to_litert", "convert", "densify_before_dequantize", "interpreter", "run", "in_interpreter_order", "LiteRTReport", "LayerStorage",
            "LiteRTError", "RTOL", "QUANTIZATIONS"]

@@ -457,3 +457,42 @@ def test_export_report_names_the_packages_a_fresh_process_needs_to_load_it(tmp_p
     assert load(["keras_hub", "morphsparse"]).startswith("FAILED")
     plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     assert ms.loading_packages(plain) == {}
+
+
+def _gpt2_at_length(length=8):
+    """A tiny GPT-2 backbone called on inputs of a fixed length: a model taking a dict, as keras_hub's do."""
+    import keras_hub
+
+    backbone = keras_hub.models.GPT2Backbone(vocabulary_size=100, num_layers=1, num_heads=2, hidden_dim=16,
+                                             intermediate_dim=32, max_sequence_length=length)
+    inputs = {"token_ids": keras.Input((length,), dtype="int32", name="token_ids"),
+              "padding_mask": keras.Input((length,), dtype="int32", name="padding_mask")}
+    return keras.Model(inputs, backbone(inputs), name="gpt2")
+
+
+def test_a_backbone_taking_a_dict_converts_to_litert_and_matches_keras():
+    """The converter's Keras path fails on it (it calls into tf_keras); the SavedModel path converts it, and
+    the interpreter's inputs are matched to the model's by name (the converter reorders them)."""
+    pytest.importorskip("ai_edge_litert")
+    keras.utils.set_random_seed(0)
+    model = _gpt2_at_length()
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, 100, (3, 8)).astype("int32")
+    mask = np.ones((3, 8), "int32")
+    mask[:, 6:] = 0
+    report = ms.to_litert(model, check_inputs={"token_ids": tokens, "padding_mask": mask})
+    assert report.max_difference <= 1e-5 * report.output_scale
+    # swapped inputs give other outputs: the check would catch a wrong matching
+    swapped = model({"token_ids": tokens, "padding_mask": np.zeros_like(mask)})
+    assert not np.allclose(np.asarray(swapped), np.asarray(model({"token_ids": tokens, "padding_mask": mask})))
+
+
+@pytest.mark.filterwarnings("ignore:profile_latency of .* keeps scale 1")   # a busy machine: not asserted
+def test_a_backbone_taking_a_dict_is_profiled_on_litert(tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    keras.utils.set_random_seed(0)
+    model = _gpt2_at_length()
+    table = ms.profile_latency(model, backend="litert", threads=1, points=2, repeats=1, refresh=True,
+                               progress=False, cache_dir=tmp_path)
+    assert "attention" in {entry.kind for entry in table.entries.values()}
+    assert ms.predict_latency(model, table) > 0
