@@ -1,7 +1,8 @@
 """Does a measured latency table predict, and land, the time a model takes on the machine that profiled it?
 
-Issue 20's checks, for three architectures (a plain CNN on 64x64x3, keras.applications MobileNetV2 at alpha 0.35
-and 96x96x3, the small ViT of ``ms.models.small_vit`` on 28x28x1), each backend ("keras": a traced
+Issue 20's checks, for four architectures (a plain CNN on 64x64x3, keras.applications MobileNetV2 at alpha 0.35
+and 96x96x3, the small ViT of ``ms.models.small_vit`` on 28x28x1, keras_hub's GPT-2 backbone with 2 layers of
+width 128 on 64 tokens), each backend ("keras": a traced
 tf.function; "litert": the LiteRT interpreter) and batch size (1 and 32), all at one thread:
 
 1. **prediction** (``--assignments N``): the table of the full-width model (``ms.profile_latency``), then N
@@ -53,7 +54,7 @@ from morphsparse import latency as latency_module  # noqa: E402
 from morphsparse import models as reference_models  # noqa: E402
 from morphsparse.morph.expand import build_with_widths, group_granularity, rounded_width  # noqa: E402
 
-ARCHS = ("cnn", "mobilenetv2", "transformer")
+ARCHS = ("cnn", "mobilenetv2", "transformer", "gpt2")
 
 
 def plain_cnn(input_shape=(64, 64, 3), classes=10, widths=(32, 64, 128, 256)):
@@ -77,7 +78,21 @@ def make(arch, input_shape=None):
         return keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3), alpha=0.35, classes=10)
     if arch == "transformer":
         return reference_models.small_vit()
+    if arch == "gpt2":
+        return gpt2()
     raise ValueError(arch)
+
+
+def gpt2(length=64):
+    """keras_hub's GPT-2 backbone at a small configuration (random weights), called on a fixed length: a
+    transformer we did not design, taking a dict of inputs."""
+    import keras_hub
+
+    backbone = keras_hub.models.GPT2Backbone(vocabulary_size=1000, num_layers=2, num_heads=4, hidden_dim=128,
+                                             intermediate_dim=512, max_sequence_length=length)
+    inputs = {"token_ids": keras.Input((length,), dtype="int32", name="token_ids"),
+              "padding_mask": keras.Input((length,), dtype="int32", name="padding_mask")}
+    return keras.Model(inputs, backbone(inputs), name="gpt2")
 
 
 def random_counts(graph, rng, low=0.2):
