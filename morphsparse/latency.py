@@ -627,11 +627,9 @@ class LatencyModel:
         # widths at a multiple of the step run the device's fast kernel: priced along the multiples only (the
         # probes just past a multiple would drag the line up); other widths along every measured point
         self.fast = _Grids(entries, table.statistic, probes=False) if self.step > 1 else self.grids
-        # which axes have a grid (a one-point axis is a width that never changes), and its widest point
+        # which axes have a grid (a one-point axis is a width that never changes)
         self.pads_x = np.array([len(e.in_widths or []) > 1 for e in entries], bool)
         self.pads_y = np.array([len(e.out_widths or []) > 1 for e in entries], bool)
-        self.max_x = np.array([max(e.in_widths or [0]) for e in entries], np.float64)
-        self.max_y = np.array([max(e.out_widths or [0]) for e in entries], np.float64)
         self.n_channels = int(offsets[-1])
         self.in_matrix = _summing(in_entries)
         self.out_matrix = _summing(out_entries)
