@@ -170,6 +170,20 @@ def warn_user(message, category=UserWarning):
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
+class Report:
+    """Base of the export, expand and prune reports: one prints as its :meth:`summary`."""
+
+    def __str__(self):
+        return self.summary()
+
+
+def widths_table(title, widths, column):
+    """``{name: (before, after)}`` channel counts as a table, the names cut to ``column`` characters."""
+    lines = [f"{title:{column}s} {'before':>8s} {'after':>8s}"]
+    lines += [f"{name[:column]:{column}s} {before:8d} {after:8d}" for name, (before, after) in widths.items()]
+    return "\n".join(lines)
+
+
 def is_channel_source(call):
     """True for calls whose weights decide which of their output channels live (kernel layers)."""
     return call.handler.kernel_layer and call.first_call

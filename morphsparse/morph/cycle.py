@@ -20,7 +20,7 @@ import keras
 
 from morphsparse.costs import BUDGET_TARGETS, count_flops, count_params
 from morphsparse.morph import alive as _alive
-from morphsparse.morph.expand import check_budget, check_round_to
+from morphsparse.morph.expand import check_budget, check_round_to, expand as _expand
 from morphsparse.morph.optimizer import MorphOptimizer
 from morphsparse.recipe import compile_wrapped, compiler_like, fit_arguments
 from morphsparse.morph.regularizers import DEFAULT_STRENGTH_MULTIPLIER, MorphRegularizer, check_arguments
@@ -66,15 +66,6 @@ class CycleResult:
     def summary(self):
         return "\n".join([f"{len(self.steps)} cycle(s) at a budget of {self.budget:,.0f} {self.expand_target}"]
                          + [s.summary() for s in self.steps])
-
-
-def _expand(slim, budget, target, round_to):
-    from morphsparse.morph.expand import expand
-    return expand(slim, budget=budget, target=target, round_to=round_to)
-
-
-def _budget_of(model, target):
-    return count_flops(model) if target == "flops" else count_params(model)
 
 
 #: the old keywords of cycle() and the dict they now belong to (deprecated; removed in the next release)
@@ -128,7 +119,7 @@ def cycle(model, fit, cycles=1, *, regularizer=None, expand=None, retrain=None, 
     compile_retrain = compile_model if retrain_compile is None else compiler_like(model, retrain_compile,
                                                                                     "cycle()")
     retrain_fit = {**fit, **fit_arguments(retrain, "retrain", required=False)}
-    budget = _budget_of(model, expand_target) if budget is None else budget
+    budget = BUDGET_TARGETS[expand_target](model) if budget is None else budget
     # the device matters (and was checked, with a warning if it has no effect) for the latency target only
     if target != "latency":
         reg_options.pop("device", None)
@@ -144,7 +135,7 @@ def cycle(model, fit, cycles=1, *, regularizer=None, expand=None, retrain=None, 
         compile_wrapped(trainable, compile_model, lambda network, inner: MorphOptimizer(inner, term))
         shrink_history = trainable.fit(**fit).history
         slim = _export(trainable, source, threshold, l1_fraction, exact, _calibration_data(fit))
-        wide = _expand(slim, budget, expand_target, round_to)
+        wide = _expand(slim, budget=budget, target=expand_target, round_to=round_to)
         compile_retrain(wide)
         retrain_history = wide.fit(**retrain_fit).history
         step = CycleStep(index, slim, wide, shrink_history, retrain_history, count_flops(slim),

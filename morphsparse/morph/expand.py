@@ -154,8 +154,7 @@ class WidthSearch:
         """The cost one rounding step above ``multiplier`` (the smallest larger multiplier that changes a
         width), to show the result is within one step of the budget."""
         base = self.counts(multiplier)
-        high = max(multiplier * 2, 1.0)
-        low = multiplier
+        low, high = multiplier, max(multiplier * 2, 1.0)
         for _ in range(60):
             middle = (low + high) / 2
             if self.counts(middle) == base:
@@ -166,7 +165,7 @@ class WidthSearch:
 
 
 @dataclass
-class ExpandReport:
+class ExpandReport(_alive.Report):
     """Per-layer widths before/after, the multiplier found and the costs."""
 
     model_name: str
@@ -203,13 +202,7 @@ class ExpandReport:
                 f"{self.seconds:.2f} s")
 
     def table(self):
-        lines = [f"{'layer':44s} {'before':>8s} {'after':>8s}"]
-        for path, (before, after) in self.widths.items():
-            lines.append(f"{path[:44]:44s} {before:8d} {after:8d}")
-        return "\n".join(lines)
-
-    def __str__(self):
-        return self.summary()
+        return _alive.widths_table("layer", self.widths, 44)
 
 
 #: expand to a FLOP budget warns when the parameters grow more than this

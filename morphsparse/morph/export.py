@@ -200,7 +200,7 @@ class LayerWidths:
 
 
 @dataclass
-class ExportReport:
+class ExportReport(_alive.Report):
     """What :func:`export` did. ``masks``: alive masks used (after channels kept for exactness);
     ``effective_masks``: channels present in the slim model; the slim model costs
     ``count_flops(model, alive=report.effective_masks)`` less the layers in ``dead_ends``; ``kept``: (group, channel, reason) of dead
@@ -258,9 +258,6 @@ class ExportReport:
             lines.append(f"{row.path[:44]:44s} {row.class_name[:20]:20s} {ins[:18]:>18s} {outs[:18]:>18s}  "
                          f"{row.status}")
         return "\n".join(lines)
-
-    def __str__(self):
-        return self.summary()
 
 
 # --- the rebuild ---------------------------------------------------------------------------------------

@@ -112,7 +112,7 @@ class PruneStep:
 
 
 @dataclass
-class PruneReport:
+class PruneReport(_alive.Report):
     """What :func:`prune` did: the budget (absolute, in the target's unit, and as a fraction of the model's
     own cost), FLOPs and parameters before and after, the width of every removable group before and after
     (``groups``: producer layer names -> (before, after)), the importance used and one :class:`PruneStep` per
@@ -169,13 +169,7 @@ class PruneReport:
                 + latency + f"; {self.seconds:.1f} s")
 
     def table(self):
-        lines = [f"{'producers':60s} {'before':>8s} {'after':>8s}"]
-        for producers, (before, after) in self.groups.items():
-            lines.append(f"{producers[:60]:60s} {before:8d} {after:8d}")
-        return "\n".join(lines)
-
-    def __str__(self):
-        return self.summary()
+        return _alive.widths_table("producers", self.groups, 60)
 
 
 def _format(cost, target):
@@ -206,14 +200,12 @@ def _check_arguments(model, budget, target, importance, data, loss, steps, fit, 
             raise ValueError(f"importance={importance!r} needs data=: calibration inputs (an array, (x, y) arrays "
                              "or a tf.data.Dataset of batches) to measure the activations on")
         _check_data(data, inputs_only=True)
-    else:
-        if data is not None:
-            _alive.warn_user(f"data= is only used by importance in {DATA_IMPORTANCES} and is ignored with "
-                             f"importance={_importance_name(importance)!r}")
-    if importance != "taylor":
-        if loss is not None:
-            _alive.warn_user(f"loss= is only used by importance='taylor' and is ignored with "
-                             f"importance={_importance_name(importance)!r}")
+    elif data is not None:
+        _alive.warn_user(f"data= is only used by importance in {DATA_IMPORTANCES} and is ignored with "
+                         f"importance={_importance_name(importance)!r}")
+    if importance != "taylor" and loss is not None:
+        _alive.warn_user(f"loss= is only used by importance='taylor' and is ignored with "
+                         f"importance={_importance_name(importance)!r}")
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     fit_arguments(fit, required=False)
@@ -224,8 +216,7 @@ def _check_arguments(model, budget, target, importance, data, loss, steps, fit, 
         compiler_like(model, compile, "prune()")       # checks what compile= is
     if isinstance(batches, bool) or not isinstance(batches, (int, np.integer)) or batches < 1:
         raise ValueError(f"batches must be an integer >= 1, got {batches!r}")
-    chunk_value = _alive.real_number("chunk", chunk)
-    if not 0.0 < chunk_value <= 1.0:
+    if not 0.0 < _alive.real_number("chunk", chunk) <= 1.0:
         raise ValueError(f"chunk must be in (0, 1], got {chunk!r}")
     if loss is not None and not callable(loss) and not isinstance(loss, str):
         raise TypeError(f"loss must be a Keras loss (a name, a function or a keras.losses.Loss), got "
@@ -477,11 +468,9 @@ class _Search:
     def marginal(self, alive=None):
         """What the cost loses per channel if that channel alone is removed (``KernelCalls.marginal``)."""
         alive = self.alive if alive is None else alive
-        if self.latency is not None and self.window > 1:
-            return self.latency.marginal(alive, self.window)
-        if self.latency is not None:
-            return self.latency.marginal(alive)
-        return self.calls.marginal(self.table, alive)
+        if self.latency is None:
+            return self.calls.marginal(self.table, alive)
+        return self.latency.marginal(alive, self.window) if self.window > 1 else self.latency.marginal(alive)
 
     def smallest(self):
         """Alive vector of the smallest network: unprunable channels, plus the most important channels of
@@ -571,9 +560,8 @@ class _Search:
 
 def _export_with_report(model, masks, source, ignore, name, removed_values=None):
     """``(slim, ExportReport)`` of ``export(model, alive=masks)``; the one place that calls the exporter."""
-    removes = any(not np.all(m) for m in masks.values())
     with warnings.catch_warnings():
-        if not removes:   # a budget at the model's own cost: a plain copy is what was asked for
+        if all(np.all(m) for m in masks.values()):   # a budget at the model's own cost: a plain copy is asked for
             warnings.filterwarnings("ignore", message=r"export of .* removed nothing")
         return export_with_report(model, source=source, alive=masks, ignore=ignore, name=name,
                                   removed_values=removed_values)
@@ -591,12 +579,6 @@ def _latency(model_or_graph, device, warn=False):
     if warn and hasattr(pricer, "model"):
         pricer.model.warn_extrapolated(full, f"the latency of the pruned '{graph.model.name}'")
     return float(pricer.cost(*pricer.sums(full))), pricer.describe()
-
-
-def _cost(model, target, device):
-    if target == "latency":
-        return _latency(model, device)[0]
-    return count_flops(model) if target == "flops" else count_params(model)
 
 
 # --- one step ----------------------------------------------------------------------------------------------
@@ -649,7 +631,7 @@ def _prune_once(model, budget, target, importance, data, loss, batches, ignore, 
         masks = search.masks()
         _alive.check_connected(graph, masks)
         slim, report = _export_with_report(model, masks, removal, ignore, name, replaced)
-        cost = _cost(slim, target, device)
+        cost = _latency(slim, device)[0] if target == "latency" else BUDGET_TARGETS[target](slim)
         if cost <= budget:
             break
         # export kept channels it could not remove exactly: keep them too, and aim lower by what the slim
@@ -680,11 +662,8 @@ def _prune_once(model, budget, target, importance, data, loss, batches, ignore, 
                          "this model")
     if calibration_data is not None:   # once, on the export that held the budget
         recalibrate_batchnorm(slim, calibration_data)
-    flops, params = _price(slim)
-    before = int(removable.sum())
-    after = int((removable & search.alive).sum())
-    step = PruneStep(0, budget, flops, params, removal, before, after, report)
-    step.seconds = time.perf_counter() - start
+    step = PruneStep(0, budget, *_price(slim), removal, int(removable.sum()), int((removable & search.alive).sum()),
+                     report, seconds=time.perf_counter() - start)
     return slim, step, never
 
 
@@ -755,9 +734,7 @@ def prune_with_report(model, budget=0.5, target="flops", importance="gamma", dat
     reach = min(absolute, own)
     current, slim_ignore = model, tuple(ignore)
     for index in range(1, steps + 1):
-        step_budget = own * (reach / own) ** (index / steps) if own else reach
-        if index == steps:
-            step_budget = reach
+        step_budget = own * (reach / own) ** (index / steps) if own and index < steps else reach
         slim, step, never = _prune_once(current, step_budget, target, importance, data, loss, batches,
                                         slim_ignore, chunk, name, budget, cost_power, min_width,
                                         calibration_data, device, report.round_to)
