@@ -200,7 +200,6 @@ def _print_costs(label, model):
 
     report = ms.cost_report(model)
     print(f"{label}: {report.flops:,d} FLOPs, {report.params:,d} parameters")
-    return report
 
 
 def cmd_export(args):

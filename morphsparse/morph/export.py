@@ -163,25 +163,21 @@ def _forced_values(graph, sources, masks):
     flat = _alive.flat_mask(graph, masks)
     forced = {}
     for src in sources:
-        k = src.layer.index
-        call = src.layer
+        call, layer = src.layer, src.layer.layer
         dead = ~_alive.entry_mask(graph, flat, call.out_groups[0], call.out_channels_idx[0])
         dead &= call.out_groups[0] == src.group
         if not dead.any():
             continue
-        layer = call.layer
         if src.kind == "gamma":
-            beta = layer.beta if getattr(layer, "center", True) else None
-            value = (keras.ops.convert_to_numpy(beta) if beta is not None
-                     else np.zeros(call.output_channels(0), "float32"))
+            offset = layer.beta if getattr(layer, "center", True) else None
         else:
-            bias = getattr(layer, "bias", None) if getattr(layer, "use_bias", False) else None
-            value = (keras.ops.convert_to_numpy(bias) if bias is not None
-                     else np.zeros(call.output_channels(0), "float32"))
-            activation = getattr(layer, "activation", None)
-            if activation is not None:
-                value = keras.ops.convert_to_numpy(activation(keras.ops.convert_to_tensor(value)))
-        forced.setdefault(k, []).append((0, dead, np.asarray(value)))
+            offset = getattr(layer, "bias", None) if getattr(layer, "use_bias", False) else None
+        value = (keras.ops.convert_to_numpy(offset) if offset is not None
+                 else np.zeros(call.output_channels(0), "float32"))
+        activation = getattr(layer, "activation", None)
+        if src.kind != "gamma" and activation is not None:
+            value = keras.ops.convert_to_numpy(activation(keras.ops.convert_to_tensor(value)))
+        forced.setdefault(call.index, []).append((0, dead, np.asarray(value)))
     return forced
 
 
@@ -425,8 +421,7 @@ class _Exporter:
             # Removed values matter only where they are folded (kernel layers), merged in as a constant (an
             # input with no live entry) or normalised with live channels; elsewhere they just flow on
             # (0 * gate is constant even though the gate is not).
-            folds = call.handler.kernel_layer and not call.handler.reads_channels_separately(
-                call)
+            folds = call.handler.kernel_layer and not call.handler.reads_channels_separately(call)
             merged_constant = values.removed.all() and k not in self.removed
             if not (folds or normalises or merged_constant):
                 continue
@@ -762,11 +757,9 @@ def _fill_report(report, graph, exporter, slim):
             status = "kept"
         report.layers.append(LayerWidths(call.path, type(call.layer).__name__, in_before, in_after, out_before,
                                          out_after, status))
-    report.flops_before = count_flops(graph)
-    report.params_before = count_params(graph)
     slim_graph = analyze(slim)
-    report.flops_after = count_flops(slim_graph)
-    report.params_after = count_params(slim_graph)
+    report.flops_before, report.params_before = count_flops(graph), count_params(graph)
+    report.flops_after, report.params_after = count_flops(slim_graph), count_params(slim_graph)
     report.packages = loading_packages(slim)
 
 

@@ -368,20 +368,16 @@ def _flat_importance(model, importance, data=None, loss=None, batches=8, graph=N
     replaced = None
     gamma_sources = _alive.find_sources(graph, "gamma")
     gamma_covered = _covered(graph, gamma_sources)
-    if importance == "gamma":
-        scores = _summed_scores(graph, gamma_sources, [src.values() for src in gamma_sources])
-        removal = "gamma"
-    elif importance == "taylor":
-        totals = _taylor_values(model, gamma_sources, data, loss, batches)
-        scores = np.abs(_summed_scores(graph, gamma_sources, totals))
-        removal = "gamma"
+    if importance in ("gamma", "taylor"):   # |gamma|, or |the sum of the signed taylor estimates|
+        values = ([src.values() for src in gamma_sources] if importance == "gamma"
+                  else _taylor_values(model, gamma_sources, data, loss, batches))
+        scores, removal = np.abs(_summed_scores(graph, gamma_sources, values)), "gamma"
     else:
         if importance == "l1":
             lasso = _alive.find_sources(graph, "group_lasso")
             scores = _summed_scores(graph, lasso, [src.values(l1_fraction=1.0) for src in lasso])
         elif importance in CALIBRATION_IMPORTANCES:
-            inputs = (input_arrays(graph, x) for x, _, _ in _batches(data, batches))
-            statistics = CalibrationStatistics(graph, inputs)
+            statistics = CalibrationStatistics(graph, (input_arrays(graph, x) for x, _, _ in _batches(data, batches)))
             scores = statistics.scores(importance)
             replaced = statistics.means() if importance == "flap" else None
         else:
@@ -717,8 +713,7 @@ def prune_with_report(model, budget=0.5, target="flops", importance="gamma", dat
                          flops_before, params_before)
     if target == "latency":
         report.latency_before, report.latency_source = own, source
-    _alive.check_round_to(round_to)
-    report.round_to = round_to
+    report.round_to = _alive.check_round_to(round_to)
     if target == "latency" and is_latency_table(device):
         device = as_table(device, "device")      # loaded once, not at every step
     if round_to is None and target == "latency" and is_latency_table(device):

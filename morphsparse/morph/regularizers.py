@@ -267,15 +267,10 @@ def is_latency_table(device):
 
 
 def _make_target(name, kernel_calls, device):
-    if name == "flops":
-        return FlopsTarget(kernel_calls)
-    if name == "size":
-        return SizeTarget(kernel_calls)
-    if name == "activations":
-        return ActivationsTarget(kernel_calls)
+    """The :class:`Target` called ``name`` (already checked by :func:`check_arguments`)."""
     if name == "latency":
         return latency_target(kernel_calls, device)
-    raise ValueError(f"unknown target {name!r}; use one of {TARGETS}")
+    return {"flops": FlopsTarget, "size": SizeTarget, "activations": ActivationsTarget}[name](kernel_calls)
 
 
 # --- the regulariser ----------------------------------------------------------------------------------------
