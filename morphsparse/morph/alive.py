@@ -214,8 +214,7 @@ def find_sources(model_or_graph, source="gamma"):
     for call in graph.calls:
         if not is_channel_source(call) or not call.out_groups:
             continue
-        axes = call.handler.regularized_axes(call)
-        for axis in axes:
+        for axis in call.handler.regularized_axes(call):
             groups, channels = call.out_groups[axis], call.out_channels_idx[axis]
             if len(set(groups.tolist())) != 1:
                 continue  # a producer always starts one group; anything else is not ours to regularise
@@ -471,8 +470,8 @@ def live_entries(graph, masks):
 
     Returns ``(live, removed, dead_ends)``: ``live[key]`` a boolean array per tensor key of the graph (see
     :class:`~morphsparse.graph.ChannelGraph`); ``removed`` the call indices that disappear: those whose
-    outputs are all constant
-    (nothing they read survives) and the ``dead_ends``, whose outputs no surviving layer reads.
+    outputs are all constant (nothing they read survives) and the ``dead_ends``, whose outputs no surviving
+    layer reads.
     """
     flat = flat_mask(graph, masks)
     live, removed = {}, set()
@@ -483,8 +482,7 @@ def live_entries(graph, masks):
         else:
             in_live = [live[key] for key in call.input_keys]
             try:
-                rules = _handlers.rebuild_part(call.handler)
-                outs = rules.live_outputs(call, in_live, out_alive)
+                outs = _handlers.rebuild_part(call.handler).live_outputs(call, in_live, out_alive)
             except ValueError as err:
                 raise ValueError(f"cannot export layer '{call.path}' ({type(call.layer).__name__}): {err}") from None
         if outs is None:

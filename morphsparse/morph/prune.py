@@ -206,16 +206,15 @@ def _check_arguments(model, budget, target, importance, data, loss, steps, fit, 
     if importance != "taylor" and loss is not None:
         _alive.warn_user(f"loss= is only used by importance='taylor' and is ignored with "
                          f"importance={_importance_name(importance)!r}")
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    for name, count in (("steps", steps), ("batches", batches)):
+        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {count!r}")
     fit_arguments(fit, required=False)
     if steps > 1 and fit is None:
         raise ValueError(f"steps={steps} prunes iteratively and fine-tunes between steps: pass fit=dict(...) "
                          "(Model.fit keyword arguments), or use steps=1")
     if compile is not None:
         compiler_like(model, compile, "prune()")       # checks what compile= is
-    if isinstance(batches, bool) or not isinstance(batches, (int, np.integer)) or batches < 1:
-        raise ValueError(f"batches must be an integer >= 1, got {batches!r}")
     if not 0.0 < _alive.real_number("chunk", chunk) <= 1.0:
         raise ValueError(f"chunk must be in (0, 1], got {chunk!r}")
     if loss is not None and not callable(loss) and not isinstance(loss, str):
