@@ -72,9 +72,7 @@ def cmd_report(args):
     model = load_model_arg(args.model, args.input_size, args.classes)
     graph = ms.analyze(model, ignore=args.ignore or ())
     report = ms.cost_report(graph)
-    print(graph if args.groups else graph.summary())
-    print()
-    print(report.table(only_costly=not args.all_layers))
+    print(graph if args.groups else graph.summary(), report.table(only_costly=not args.all_layers), sep="\n\n")
     print(f"\n{report.flops:,d} FLOPs ({report.macs:,d} MACs) per example, {report.params:,d} parameters")
     zeros, size = _kernel_zeros(model)
     if size and zeros / size >= SPARSE_NOTE:
@@ -130,7 +128,7 @@ def cmd_prune(args):
     data = _calibration_inputs(args.calibration, args.importance)
     slim, report = ms.prune_with_report(model, budget=args.budget, target=args.target, importance=args.importance,
                                         data=data, ignore=args.ignore or (), device=device, **floor)
-    print(f"{report.table()}\n\n{report.summary()}")
+    print(report.table(), report.summary(), sep="\n\n")
     slim.save(args.output)
     print(f"pruned model written to {args.output} (fine-tune it: its BatchNorm statistics are the seed's)")
     return 0
@@ -191,7 +189,7 @@ def cmd_to_litert(args):
 
     model = load_model_arg(args.model, args.input_size, args.classes)
     report = ms.to_litert(model, args.output, sparse=not args.dense, quantize=args.quantize)
-    print(f"{report.table()}\n\n{report.summary()}")
+    print(report.table(), report.summary(), sep="\n\n")
     return 0
 
 
@@ -208,7 +206,7 @@ def cmd_export(args):
     model = load_model_arg(args.model, args.input_size, args.classes)
     slim, report = ms.export_with_report(model, source=args.source, threshold=args.threshold,
                                          l1_fraction=args.l1_fraction, exact=args.exact, ignore=args.ignore or ())
-    print(f"{report.table()}\n\n{report.summary()}")
+    print(report.table(), report.summary(), sep="\n\n")
     for path, count, reason in report.inexact:
         print(f"  inexact at the border: {path}: {count} channel(s), {reason}")
     if report.kept:
@@ -226,19 +224,16 @@ def cmd_expand(args):
     import morphsparse as ms
 
     slim = load_model_arg(args.model)
-    budget = args.budget
-    reference = None
+    budget, reference = args.budget, None
     if budget is None:   # _check_expand_args made sure --like is there
         if args.target == "latency":     # a latency budget is a fraction of the reference's prediction
             reference, budget = load_model_arg(args.like), 1.0
         else:
-            like = load_model_arg(args.like)
-            budget = ms.count_flops(like) if args.target == "flops" else ms.count_params(like)
+            budget = BUDGET_TARGETS[args.target](load_model_arg(args.like))
     wide, report = ms.expand_with_report(slim, budget=budget, target=args.target, round_to=args.round_to,
                                          ignore=args.ignore or (), reference=reference,
                                          device=_latency_device(args))
-    print(report.table())
-    print()
+    print(report.table(), end="\n\n")
     _print_costs("before", slim)
     _print_costs("after ", wide)
     print(report.summary())

@@ -98,9 +98,7 @@ class CalibrationStatistics:
     axes (``units[(call index, axis position)][unit]``)."""
 
     def __init__(self, graph, batches):
-        self.graph = graph
-        self.inputs, self.units = {}, {}
-        self.batches = 0
+        self.graph, self.inputs, self.units, self.batches = graph, {}, {}, 0
         for arrays in batches:
             run_calls(graph, arrays, self._observe)
             self.batches += 1

@@ -373,8 +373,7 @@ class _Exporter:
         self.model, self.graph, self.exact, self.name = model, graph, exact, name
         self.removed_values = removed_values or {}
         self.masks = {gid: np.array(m, bool) for gid, m in masks.items()}
-        self.sources = sources
-        self.report = report
+        self.sources, self.report = sources, report
         self.pending_mean_shift = {}   # BN call index -> shift of its moving mean (bias folded past a conv)
         self.before_forcing = self._between_sources_and_their_batch_norms()
 
