@@ -142,10 +142,7 @@ class WidthSearch:
                                   f"{self.target} of this model does not grow with its width")
         for _ in range(iterations):
             middle = (low + high) / 2
-            if self.cost(middle) <= budget:
-                low = middle
-            else:
-                high = middle
+            low, high = (middle, high) if self.cost(middle) <= budget else (low, middle)
             if self.counts(low) == self.counts(high):
                 break
         return low, self.cost(low)
@@ -157,10 +154,7 @@ class WidthSearch:
         low, high = multiplier, max(multiplier * 2, 1.0)
         for _ in range(60):
             middle = (low + high) / 2
-            if self.counts(middle) == base:
-                low = middle
-            else:
-                high = middle
+            low, high = (middle, high) if self.counts(middle) == base else (low, middle)
         return self.cost(high)
 
 
@@ -235,10 +229,8 @@ def expand_with_report(model, budget, target="flops", reference=None, round_to=N
         names = ", ".join(c.path for c in graph.unused_calls[:3]) + (", ..." if len(graph.unused_calls) > 3 else "")
         warn_user(f"model '{model.name}' computes layers no output depends on ({names}): the expanded model "
                   "leaves them out, and a fractional budget is of the cost without them")
-    if reference is None and _checks.check_budget(budget, ExpandError, ExpandError) <= 1:
-        absolute = float(budget) * _price(graph, None, target)
-    else:
-        absolute = _costs.resolve_budget(budget, target, graph, reference, ExpandError, ExpandError)
+    absolute = (float(budget) * _price(graph, None, target) if reference is None and check_budget(budget) <= 1
+                else _costs.resolve_budget(budget, target, graph, reference, ExpandError, ExpandError))
     search = WidthSearch(graph, target, round_to)
     multiplier, cost = search.largest_multiplier(absolute)
     counts = search.counts(multiplier)

@@ -639,10 +639,7 @@ def budget_masks(graph, source, l1_fraction, budget, target="flops", min_width=_
                          f"min_width={min_width}); give a larger budget, or a smaller min_width=")
     while low < high:
         middle = (low + high) // 2
-        if cost(shaped(candidates[middle])) <= absolute:
-            high = middle
-        else:
-            low = middle + 1
+        low, high = (low, middle) if cost(shaped(candidates[middle])) <= absolute else (middle + 1, high)
     masks = {gid: mask.copy() for gid, mask in shaped(candidates[low]).items()}
     if round_to is None:
         dead = [(value, gid, index) for gid, vector in vectors.items() if gid in masks

@@ -252,10 +252,9 @@ def latency_target(kernel_calls, device, used_only=False):
     """The latency target on ``device``: a measured :class:`MeasuredLatencyTarget` for a latency table (or its
     dict or JSON path), else the roofline :class:`LatencyTarget` of a :class:`DeviceProfile` (a name, a
     profile, or None for :data:`DEFAULT_DEVICE`). Logs which one prices the latency."""
-    if is_latency_table(device):
-        target = MeasuredLatencyTarget(kernel_calls, as_table(device, "device"), used_only=used_only)
-    else:
-        target = LatencyTarget(kernel_calls, DEFAULT_DEVICE if device is None else device)
+    target = (MeasuredLatencyTarget(kernel_calls, as_table(device, "device"), used_only=used_only)
+              if is_latency_table(device) else
+              LatencyTarget(kernel_calls, DEFAULT_DEVICE if device is None else device))
     _log.info("target='latency': %s", target.describe())
     return target
 

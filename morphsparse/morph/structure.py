@@ -34,10 +34,8 @@ def structure_of(model_or_graph, source="gamma", threshold=None, l1_fraction=0.0
     """The structure dict of a model: alive masks from its weights (``source``/``threshold``) or ``alive``
     (group id or producer layer name -> boolean mask)."""
     graph = model_or_graph if isinstance(model_or_graph, ChannelGraph) else analyze(model_or_graph)
-    if alive is None:
-        masks = _alive.alive_masks(graph, source, threshold, l1_fraction)
-    else:
-        masks = _alive.user_masks(graph, alive, check=False)
+    masks = (_alive.alive_masks(graph, source, threshold, l1_fraction) if alive is None
+             else _alive.user_masks(graph, alive, check=False))
     layers, groups = {}, []
     for group in graph.groups:
         mask = masks[group.id]
