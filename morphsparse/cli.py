@@ -150,9 +150,7 @@ def _calibration_inputs(path, importance):
         loaded = np.load(path)
     except (OSError, ValueError) as err:
         raise SystemExit(f"--calibration {path}: cannot read it as .npy or .npz ({err})") from None
-    if isinstance(loaded, np.ndarray):
-        return loaded
-    return {name: loaded[name] for name in loaded.files}
+    return loaded if isinstance(loaded, np.ndarray) else {name: loaded[name] for name in loaded.files}
 
 
 def _latency_device(args):

@@ -71,9 +71,7 @@ class RegularizationSource:
         handler = self.producer.handler
         matrix = (handler.kernel_matrix(self.producer, xp) if self.axis == 0
                   else handler.axis_matrix(self.producer, self.axis, xp))
-        if self.kind == "zeros":
-            return xp.max(xp.abs(matrix), axis=0)
-        return channel_norms(matrix, l1_fraction, xp)
+        return xp.max(xp.abs(matrix), axis=0) if self.kind == "zeros" else channel_norms(matrix, l1_fraction, xp)
 
 
 def channel_norms(matrix, l1_fraction=0.0, xp=np):
@@ -295,13 +293,10 @@ def keep_one_groups(graph):
     handler has ``keeps_one_internal`` (a MultiHeadAttention with no head cannot be rebuilt). When the
     threshold kills all of such a group, the alive masks (and the regulariser's in-graph alive count) keep
     its channel with the largest R, so the cost they report is what export can deliver."""
-    ids = []
-    for call in graph.calls:
-        if call.handler.keeps_one_internal:
-            for j in range(call.n_outputs, len(call.out_groups)):
-                ids += [gid for gid in np.unique(call.out_groups[j]).tolist()
-                        if graph.groups[gid].removable and gid not in ids]
-    return ids
+    ids = [gid for call in graph.calls if call.handler.keeps_one_internal
+           for groups in call.out_groups[call.n_outputs:] for gid in np.unique(groups).tolist()
+           if graph.groups[gid].removable]
+    return list(dict.fromkeys(ids))     # each once, in order
 
 
 def _warn_if_source_removes_nothing(graph, source, vectors):

@@ -25,6 +25,7 @@ unregularised one, say) are kept too. The report lists every such decision.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import keras
@@ -67,10 +68,7 @@ def run_calls(graph, arrays, before=None, forced=None):
     ``(output position, entries, value)`` written over the call's outputs (dead channels). Values nobody reads
     any more are freed as the walk goes. Shared by the export's probe and the calibration statistics."""
     data = dict(zip(graph.model_inputs, arrays))
-    readers_left = {}
-    for call in graph.calls:
-        for key in call.input_keys:
-            readers_left[key] = readers_left.get(key, 0) + 1
+    readers_left = Counter(key for call in graph.calls for key in call.input_keys)
     for k, call in enumerate(graph.calls):
         if call.node is None:
             continue
@@ -149,8 +147,7 @@ def check_equivalent(model, slim, rtol=1e-5, seed=7):
 def _entry_values(array, removed):
     array = np.asarray(array, dtype=np.float64)
     picked = array[..., removed]                       # (batch, *spatial, n)
-    scale = 1.0 + np.abs(picked).max(initial=0.0)
-    tol = CONSTANT_RTOL * scale
+    tol = CONSTANT_RTOL * (1.0 + np.abs(picked).max(initial=0.0))
     flat = picked.reshape(picked.shape[0], -1, picked.shape[-1])
     varies = np.abs(flat - flat[:1]).max(axis=(0, 1)) > tol
     centre = flat[0, flat.shape[1] // 2]

@@ -181,10 +181,7 @@ class LatencyTarget(Target):
     def _weights_of_every_call(k):
         # params() counts a shared layer's weights at its first call only; a call reads them every time.
         weights = Bilinear(len(k.calls))
-        by_layer = {}
-        for j, call in enumerate(k.calls):
-            if call.first_call:
-                by_layer[(id(call.layer), k.terms[j])] = j
+        by_layer = {(id(call.layer), k.terms[j]): j for j, call in enumerate(k.calls) if call.first_call}
         for j, call in enumerate(k.calls):
             src = by_layer.get((id(call.layer), k.terms[j]), j)
             for name in COEFFICIENTS:
