@@ -129,7 +129,8 @@ def cycle(model, fit, cycles=1, *, regularizer=None, expand=None, retrain=None, 
         start = time.perf_counter()
         # Shrink a copy: the seed and every step's retrained model stay as they were (the next cycle's
         # structure learning would otherwise overwrite the previous cycle's result).
-        trainable = _copy_model(current)
+        trainable = keras.models.clone_model(current)
+        trainable.set_weights(current.get_weights())
         term = MorphRegularizer(trainable, **reg_options)
         # the user's compile, with its optimizer wrapped so that its steps add the regulariser's gradient
         compile_wrapped(trainable, compile_model, lambda network, inner: MorphOptimizer(inner, term))
@@ -201,12 +202,6 @@ def _check_pass_through(reg_options, retrain, evaluate, budget, round_to):
     if budget is not None:
         check_budget(budget)
     check_round_to(round_to)
-
-
-def _copy_model(model):
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    return copy
 
 
 #: batches of the shrink data that re-estimate the slim model's BatchNorm statistics (ms.recalibrate_batchnorm)

@@ -239,13 +239,7 @@ def expand_with_report(model, budget, target="flops", reference=None, round_to=N
     if _price(wide_graph, None, target) != cost:
         raise GraphError(f"expanded model costs {_price(wide_graph, None, target):,d} {target}, the search "
                          f"priced {cost:,d}; please report this model")
-    report = ExpandReport(model.name, target, absolute, multiplier, round_to, _price(graph, None, target), cost,
-                          search.next_step(multiplier), flops_before=count_flops(graph),
-                          flops_after=count_flops(wide_graph), params_before=count_params(graph),
-                          params_after=count_params(wide_graph))
-    for group in graph.groups:
-        for producer in group.producers:
-            report.widths[producer] = (group.size, counts.get(group.id, group.size))
+    report = _report(model, graph, wide_graph, search, multiplier, absolute, _price(graph, None, target), cost)
     if target == "flops" and report.params_after > PARAMS_GROWTH_WARNING * report.params_before:
         warn_user(f"expand of '{model.name}' to a FLOP budget multiplies its parameters by "
                   f"x{report.params_after / report.params_before:.2f} ({report.params_before:,d} -> "
@@ -294,16 +288,21 @@ def _expand_to_latency(model, budget, reference, round_to, ignore, name, device,
     if not math.isclose(check, cost, rel_tol=1e-6, abs_tol=1e-12):
         raise GraphError(f"resized model's predicted latency is {check * 1e3:.4g} ms, the search priced "
                          f"{cost * 1e3:.4g} ms; please report this model")
-    report = ExpandReport(model.name, "latency", absolute, multiplier, round_to, price(), cost,
-                          search.next_step(multiplier), flops_before=count_flops(graph),
-                          flops_after=count_flops(wide_graph), params_before=count_params(graph),
-                          params_after=count_params(wide_graph), latency_source=price.target.describe(),
-                          round_to_source=source)
-    for group in graph.groups:
-        for producer in group.producers:
-            report.widths[producer] = (group.size, counts.get(group.id, group.size))
+    report = _report(model, graph, wide_graph, search, multiplier, absolute, price(), cost,
+                     latency_source=price.target.describe(), round_to_source=source)
     report.seconds = time.perf_counter() - start
     return wide, report
+
+
+def _report(model, graph, wide_graph, search, multiplier, budget, cost_before, cost, **fields):
+    """The :class:`ExpandReport` of ``model`` (``graph``) resized to ``wide_graph`` at ``search``'s ``multiplier``."""
+    counts = search.counts(multiplier)
+    widths = {producer: (group.size, counts.get(group.id, group.size))
+              for group in graph.groups for producer in group.producers}
+    return ExpandReport(model.name, search.target, budget, multiplier, search.round_to, cost_before, cost,
+                        search.next_step(multiplier), flops_before=count_flops(graph),
+                        flops_after=count_flops(wide_graph), params_before=count_params(graph),
+                        params_after=count_params(wide_graph), widths=widths, **fields)
 
 
 def expand(model, budget, target="flops", reference=None, round_to=None, ignore=(), name=None,
