@@ -234,9 +234,7 @@ def _inputs_alone(data):
 def _check_data(data, inputs_only=False):
     import tensorflow as tf
 
-    if isinstance(data, tf.data.Dataset):
-        return
-    if inputs_only and _inputs_alone(data):
+    if isinstance(data, tf.data.Dataset) or (inputs_only and _inputs_alone(data)):
         return
     if isinstance(data, (tuple, list)) and len(data) in (2, 3):
         lengths = {int(np.shape(a)[0]) for a in keras.tree.flatten(data) if a is not None}
