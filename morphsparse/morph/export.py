@@ -288,8 +288,7 @@ class RebuildStep:
         if not values.uniform.all():
             self._exporter.report.inexact.append((self.call.path, int((~values.uniform).sum()),
                                                  "constant branch differs at the image border"))
-        width = len(self.keep_out[0])
-        if len(full) == width:
+        if len(full) == len(self.keep_out[0]):
             full = full[self.keep_out[0]]
         return full.astype("float32")
 
