@@ -306,9 +306,7 @@ def _loss_function(model, loss):
         raise ValueError(f"importance='taylor' needs a loss: compile model '{model.name}' first or pass loss= "
                          "(e.g. loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))")
     if isinstance(chosen, (str, keras.losses.Loss)) or callable(chosen):
-        function = keras.losses.get(chosen) if isinstance(chosen, str) else chosen
-        if function is None:
-            raise ValueError(f"loss {chosen!r} is not a known Keras loss")
+        function = keras.losses.get(chosen) if isinstance(chosen, str) else chosen   # an unknown name raises
         if isinstance(function, keras.losses.Loss):
             return lambda x, y, p, sw: function(y, p, sample_weight=sw)
         return lambda x, y, p, sw: keras.ops.mean(function(y, p))
