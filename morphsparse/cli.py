@@ -72,9 +72,7 @@ def cmd_report(args):
     model = load_model_arg(args.model, args.input_size, args.classes)
     graph = ms.analyze(model, ignore=args.ignore or ())
     report = ms.cost_report(graph)
-    print(graph if args.groups else graph.summary())
-    print()
-    print(report.table(only_costly=not args.all_layers))
+    print(graph if args.groups else graph.summary(), report.table(only_costly=not args.all_layers), sep="\n\n")
     print(f"\n{report.flops:,d} FLOPs ({report.macs:,d} MACs) per example, {report.params:,d} parameters")
     zeros, size = _kernel_zeros(model)
     if size and zeros / size >= SPARSE_NOTE:
@@ -130,9 +128,7 @@ def cmd_prune(args):
     data = _calibration_inputs(args.calibration, args.importance)
     slim, report = ms.prune_with_report(model, budget=args.budget, target=args.target, importance=args.importance,
                                         data=data, ignore=args.ignore or (), device=device, **floor)
-    print(report.table())
-    print()
-    print(report.summary())
+    print(report.table(), report.summary(), sep="\n\n")
     slim.save(args.output)
     print(f"pruned model written to {args.output} (fine-tune it: its BatchNorm statistics are the seed's)")
     return 0
@@ -154,9 +150,7 @@ def _calibration_inputs(path, importance):
         loaded = np.load(path)
     except (OSError, ValueError) as err:
         raise SystemExit(f"--calibration {path}: cannot read it as .npy or .npz ({err})") from None
-    if isinstance(loaded, np.ndarray):
-        return loaded
-    return {name: loaded[name] for name in loaded.files}
+    return loaded if isinstance(loaded, np.ndarray) else {name: loaded[name] for name in loaded.files}
 
 
 def _latency_device(args):
@@ -193,9 +187,7 @@ def cmd_to_litert(args):
 
     model = load_model_arg(args.model, args.input_size, args.classes)
     report = ms.to_litert(model, args.output, sparse=not args.dense, quantize=args.quantize)
-    print(report.table())
-    print()
-    print(report.summary())
+    print(report.table(), report.summary(), sep="\n\n")
     return 0
 
 
@@ -204,7 +196,6 @@ def _print_costs(label, model):
 
     report = ms.cost_report(model)
     print(f"{label}: {report.flops:,d} FLOPs, {report.params:,d} parameters")
-    return report
 
 
 def cmd_export(args):
@@ -213,9 +204,7 @@ def cmd_export(args):
     model = load_model_arg(args.model, args.input_size, args.classes)
     slim, report = ms.export_with_report(model, source=args.source, threshold=args.threshold,
                                          l1_fraction=args.l1_fraction, exact=args.exact, ignore=args.ignore or ())
-    print(report.table())
-    print()
-    print(report.summary())
+    print(report.table(), report.summary(), sep="\n\n")
     for path, count, reason in report.inexact:
         print(f"  inexact at the border: {path}: {count} channel(s), {reason}")
     if report.kept:
@@ -233,19 +222,16 @@ def cmd_expand(args):
     import morphsparse as ms
 
     slim = load_model_arg(args.model)
-    budget = args.budget
-    reference = None
+    budget, reference = args.budget, None
     if budget is None:   # _check_expand_args made sure --like is there
         if args.target == "latency":     # a latency budget is a fraction of the reference's prediction
             reference, budget = load_model_arg(args.like), 1.0
         else:
-            like = load_model_arg(args.like)
-            budget = ms.count_flops(like) if args.target == "flops" else ms.count_params(like)
+            budget = BUDGET_TARGETS[args.target](load_model_arg(args.like))
     wide, report = ms.expand_with_report(slim, budget=budget, target=args.target, round_to=args.round_to,
                                          ignore=args.ignore or (), reference=reference,
                                          device=_latency_device(args))
-    print(report.table())
-    print()
+    print(report.table(), end="\n\n")
     _print_costs("before", slim)
     _print_costs("after ", wide)
     print(report.summary())
@@ -254,23 +240,37 @@ def cmd_expand(args):
     return 0
 
 
+APPLICATION = "a .keras file, or a keras.applications name"
+
+
+def _subcommand(sub, name, func, help, model=APPLICATION, output=None, application=True):
+    """A subcommand that runs ``func``: its MODEL argument, ``-o/--output`` (with ``output``'s help) when it
+    writes a file, and the options that build a keras.applications model by name when it can take one."""
+    parser = sub.add_parser(name, help=help)
+    parser.set_defaults(func=func)
+    parser.add_argument("model", help=model)
+    if output:
+        parser.add_argument("-o", "--output", required=True, help=output)
+    if application:
+        parser.add_argument("--input-size", type=positive_int, default=None,
+                            help="square input size for an application")
+        parser.add_argument("--classes", type=positive_int, default=None, help="classes for an application's top")
+    return parser
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="morphsparse", description="Sparse and structure-learning tools for "
                                                                      "Keras 3 models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    report = sub.add_parser("report", help="print the channel groups and per-layer costs of a model")
-    report.add_argument("model", help="a .keras file, or a keras.applications name such as ResNet50")
-    report.add_argument("--input-size", type=positive_int, default=None, help="square input size for an application")
-    report.add_argument("--classes", type=positive_int, default=None, help="classes for an application's top")
+    report = _subcommand(sub, "report", cmd_report, "print the channel groups and per-layer costs of a model",
+                         f"{APPLICATION} such as ResNet50")
     report.add_argument("--ignore", nargs="*", help="layers whose output channels must not be removed")
     report.add_argument("--groups", action="store_true", help="print every channel group, not just a summary")
     report.add_argument("--all-layers", action="store_true", help="list layers that cost nothing too")
-    report.set_defaults(func=cmd_report)
 
-    export = sub.add_parser("export", help="remove dead channels (and dead branches/towers) into a slim model")
-    export.add_argument("model", help="a .keras file, or a keras.applications name such as ResNet50")
-    export.add_argument("-o", "--output", required=True, help="where to save the slim .keras model")
+    export = _subcommand(sub, "export", cmd_export, "remove dead channels (and dead branches/towers) into a slim "
+                         "model", f"{APPLICATION} such as ResNet50", "where to save the slim .keras model")
     export.add_argument("--structure", default=None, help="also write the structure JSON here")
     export.add_argument("--source", choices=("gamma", "group_lasso", "zeros"), default="gamma",
                         help="what decides a channel is dead: BatchNorm gamma, the kernel's group-lasso norm, or "
@@ -281,13 +281,10 @@ def build_parser():
     export.add_argument("--exact", action="store_true",
                         help="keep dead channels whose constant would be folded through a padded spatial conv")
     export.add_argument("--ignore", nargs="*", help="layers whose output channels must not be removed")
-    export.add_argument("--input-size", type=positive_int, default=None, help="square input size for an application")
-    export.add_argument("--classes", type=positive_int, default=None, help="classes for an application's top")
-    export.set_defaults(func=cmd_export)
 
-    expand = sub.add_parser("expand", help="widen a (slim) model by one width multiplier up to a budget")
-    expand.add_argument("model", help="the .keras model to widen, usually a slim one")
-    expand.add_argument("-o", "--output", required=True, help="where to save the widened .keras model")
+    expand = _subcommand(sub, "expand", cmd_expand, "widen a (slim) model by one width multiplier up to a budget",
+                         "the .keras model to widen, usually a slim one", "where to save the widened .keras model",
+                         application=False)
     expand.add_argument("--like", default=None, help="take the budget from this model's cost (e.g. the original)")
     budget = expand.add_mutually_exclusive_group()
     budget.add_argument("--budget-flops", type=float, default=None, help="FLOP budget (implies --target flops)")
@@ -301,16 +298,14 @@ def build_parser():
                         help="what the budget counts (default: what the --budget-* flag says, else flops)")
     expand.add_argument("--round-to", type=int, default=None, help="round every width to a multiple (e.g. 8)")
     expand.add_argument("--ignore", nargs="*", help="layers whose output width must not change")
-    expand.set_defaults(func=cmd_expand, check=functools.partial(_check_expand_args, error=expand.error))
+    expand.set_defaults(check=functools.partial(_check_expand_args, error=expand.error))
 
-    sparsity = sub.add_parser("sparsity", help="per-kernel sparsity and FLOPs (dense vs sparse) of a sparse model")
-    sparsity.add_argument("model", help="a .keras file saved from a model trained with ms.sparse_optimizer "
-                                        "(or any model: its kernels' zeros)")
-    sparsity.set_defaults(func=cmd_sparsity)
+    _subcommand(sub, "sparsity", cmd_sparsity, "per-kernel sparsity and FLOPs (dense vs sparse) of a sparse model",
+                "a .keras file saved from a model trained with ms.sparse_optimizer (or any model: its kernels' "
+                "zeros)", application=False)
 
-    prune = sub.add_parser("prune", help="prune a trained model's channels to a budget (no data needed)")
-    prune.add_argument("model", help="a trained .keras file, or a keras.applications name")
-    prune.add_argument("-o", "--output", required=True, help="where to save the pruned .keras model")
+    prune = _subcommand(sub, "prune", cmd_prune, "prune a trained model's channels to a budget (no data needed)",
+                        "a trained .keras file, or a keras.applications name", "where to save the pruned .keras model")
     prune.add_argument("--budget", type=float, required=True,
                        help="a fraction of the model's cost in (0, 1], or an absolute count > 1")
     prune.add_argument("--target", choices=tuple(BUDGET_TARGETS) + ("latency",), default="flops",
@@ -327,33 +322,21 @@ def build_parser():
     prune.add_argument("--min-width", type=float, default=None,
                        help="every group keeps at least this fraction of its channels (default 0.2)")
     prune.add_argument("--ignore", nargs="*", help="layers whose output channels must not shrink")
-    prune.add_argument("--input-size", type=positive_int, default=None, help="square input size for an application")
-    prune.add_argument("--classes", type=positive_int, default=None, help="classes for an application's top")
-    prune.set_defaults(func=cmd_prune)
 
-    profile = sub.add_parser("profile-latency", help="measure a latency table of a model's layers on this machine")
-    profile.add_argument("model", help="a .keras file, or a keras.applications name")
-    profile.add_argument("-o", "--output", required=True, help="where to write the table JSON")
+    profile = _subcommand(sub, "profile-latency", cmd_profile_latency, "measure a latency table of a model's layers "
+                          "on this machine", output="where to write the table JSON")
     profile.add_argument("--backend", choices=("keras", "litert"), default="keras")
     profile.add_argument("--batch-size", type=positive_int, default=1)
     profile.add_argument("--threads", type=positive_int, default=1)
     profile.add_argument("--points", type=positive_int, default=5, help="grid points per width axis")
     profile.add_argument("--repeats", type=positive_int, default=15, help="timing rounds")
     profile.add_argument("--refresh", action="store_true", help="measure again even if a cached table exists")
-    profile.add_argument("--input-size", type=positive_int, default=None, help="square input size for an application")
-    profile.add_argument("--classes", type=positive_int, default=None, help="classes for an application's top")
-    profile.set_defaults(func=cmd_profile_latency)
 
-    litert = sub.add_parser("to-litert", help="convert to a LiteRT .tflite file (sparse kernels stored sparse) "
-                                              "and check it against Keras")
-    litert.add_argument("model", help="a .keras file, or a keras.applications name")
-    litert.add_argument("-o", "--output", required=True, help="where to write the .tflite file")
+    litert = _subcommand(sub, "to-litert", cmd_to_litert, "convert to a LiteRT .tflite file (sparse kernels stored "
+                         "sparse) and check it against Keras", output="where to write the .tflite file")
     litert.add_argument("--dense", action="store_true", help="store every kernel dense")
     litert.add_argument("--quantize", choices=("float16", "dynamic"), default=None,
                         help="weight quantisation (int8 needs representative data: use ms.to_litert from Python)")
-    litert.add_argument("--input-size", type=positive_int, default=None, help="square input size for an application")
-    litert.add_argument("--classes", type=positive_int, default=None, help="classes for an application's top")
-    litert.set_defaults(func=cmd_to_litert)
     return parser
 
 

@@ -66,11 +66,9 @@ def rebuild(graph, build, width, name, skip=frozenset(), error=GraphError):
     that is rebuilt may read them). Failures are raised as ``error``, naming the layer.
     """
     state = Rebuild(graph, error)
-    new_inputs = []
-    for key, tensor in zip(graph.model_inputs, graph.input_tensors):
-        new = keras.Input(batch_shape=tuple(tensor.shape), dtype=tensor.dtype, name=graph.producer(key).name)
-        state.tensors[key] = new
-        new_inputs.append(new)
+    new_inputs = [keras.Input(batch_shape=tuple(tensor.shape), dtype=tensor.dtype, name=graph.producer(key).name)
+                  for key, tensor in zip(graph.model_inputs, graph.input_tensors)]
+    state.tensors.update(zip(graph.model_inputs, new_inputs))
     for call in graph.calls:
         if call.node is None or call.index in skip:
             continue

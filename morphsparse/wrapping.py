@@ -80,8 +80,7 @@ class WrappingOptimizer(keras.optimizers.Optimizer):
                 continue
             raise ValueError(f"{wrapper} does not take {key}={value!r}: set it on the inner optimizer (e.g. "
                              f"keras.optimizers.Adam(..., {key}={value!r})), which does the actual update")
-        inner_optimizer = get_optimizer(inner_optimizer)
-        inner = inner_optimizer
+        inner = inner_optimizer = get_optimizer(inner_optimizer)
         while isinstance(inner, WrappingOptimizer):
             if inner.must_be_outermost:
                 raise ValueError(f"a {type(inner).__name__} cannot be wrapped by a {wrapper}: wrap the {wrapper} in "

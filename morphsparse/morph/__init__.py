@@ -45,22 +45,11 @@ def __getattr__(name):
     except ModuleNotFoundError as err:
         if err.name != f"{__name__}.{name}":
             raise
-    module = _EXPORTS.get(name)
-    if module is not None:
-        value = getattr(import_module(f"{__name__}.{module}"), name)
-        globals()[name] = value
-        return value
-    for module in _OTHER_MODULES:
-        try:
-            mod = import_module(f"{__name__}.{module}")
-        except ModuleNotFoundError as err:
-            if err.name != f"{__name__}.{module}":
-                raise
-            continue
-        if hasattr(mod, name):
-            value = getattr(mod, name)
-            globals()[name] = value
-            return value
+    for module in (_EXPORTS[name],) if name in _EXPORTS else _OTHER_MODULES:
+        found = import_module(f"{__name__}.{module}")
+        if hasattr(found, name):
+            globals()[name] = getattr(found, name)    # looked up once
+            return globals()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -71,9 +71,7 @@ class RegularizationSource:
         handler = self.producer.handler
         matrix = (handler.kernel_matrix(self.producer, xp) if self.axis == 0
                   else handler.axis_matrix(self.producer, self.axis, xp))
-        if self.kind == "zeros":
-            return xp.max(xp.abs(matrix), axis=0)
-        return channel_norms(matrix, l1_fraction, xp)
+        return xp.max(xp.abs(matrix), axis=0) if self.kind == "zeros" else channel_norms(matrix, l1_fraction, xp)
 
 
 def channel_norms(matrix, l1_fraction=0.0, xp=np):
@@ -170,6 +168,20 @@ def warn_user(message, category=UserWarning):
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
+class Report:
+    """Base of the export, expand and prune reports: one prints as its :meth:`summary`."""
+
+    def __str__(self):
+        return self.summary()
+
+
+def widths_table(title, widths, column):
+    """``{name: (before, after)}`` channel counts as a table, the names cut to ``column`` characters."""
+    lines = [f"{title:{column}s} {'before':>8s} {'after':>8s}"]
+    lines += [f"{name[:column]:{column}s} {before:8d} {after:8d}" for name, (before, after) in widths.items()]
+    return "\n".join(lines)
+
+
 def is_channel_source(call):
     """True for calls whose weights decide which of their output channels live (kernel layers)."""
     return call.handler.kernel_layer and call.first_call
@@ -200,8 +212,7 @@ def find_sources(model_or_graph, source="gamma"):
     for call in graph.calls:
         if not is_channel_source(call) or not call.out_groups:
             continue
-        axes = call.handler.regularized_axes(call)
-        for axis in axes:
+        for axis in call.handler.regularized_axes(call):
             groups, channels = call.out_groups[axis], call.out_channels_idx[axis]
             if len(set(groups.tolist())) != 1:
                 continue  # a producer always starts one group; anything else is not ours to regularise
@@ -282,13 +293,10 @@ def keep_one_groups(graph):
     handler has ``keeps_one_internal`` (a MultiHeadAttention with no head cannot be rebuilt). When the
     threshold kills all of such a group, the alive masks (and the regulariser's in-graph alive count) keep
     its channel with the largest R, so the cost they report is what export can deliver."""
-    ids = []
-    for call in graph.calls:
-        if call.handler.keeps_one_internal:
-            for j in range(call.n_outputs, len(call.out_groups)):
-                ids += [gid for gid in np.unique(call.out_groups[j]).tolist()
-                        if graph.groups[gid].removable and gid not in ids]
-    return ids
+    ids = [gid for call in graph.calls if call.handler.keeps_one_internal
+           for groups in call.out_groups[call.n_outputs:] for gid in np.unique(groups).tolist()
+           if graph.groups[gid].removable]
+    return list(dict.fromkeys(ids))     # each once, in order
 
 
 def _warn_if_source_removes_nothing(graph, source, vectors):
@@ -457,8 +465,8 @@ def live_entries(graph, masks):
 
     Returns ``(live, removed, dead_ends)``: ``live[key]`` a boolean array per tensor key of the graph (see
     :class:`~morphsparse.graph.ChannelGraph`); ``removed`` the call indices that disappear: those whose
-    outputs are all constant
-    (nothing they read survives) and the ``dead_ends``, whose outputs no surviving layer reads.
+    outputs are all constant (nothing they read survives) and the ``dead_ends``, whose outputs no surviving
+    layer reads.
     """
     flat = flat_mask(graph, masks)
     live, removed = {}, set()
@@ -469,8 +477,7 @@ def live_entries(graph, masks):
         else:
             in_live = [live[key] for key in call.input_keys]
             try:
-                rules = _handlers.rebuild_part(call.handler)
-                outs = rules.live_outputs(call, in_live, out_alive)
+                outs = _handlers.rebuild_part(call.handler).live_outputs(call, in_live, out_alive)
             except ValueError as err:
                 raise ValueError(f"cannot export layer '{call.path}' ({type(call.layer).__name__}): {err}") from None
         if outs is None:

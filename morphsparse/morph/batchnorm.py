@@ -92,10 +92,9 @@ def _input_shapes(model):
     return shapes[0] if len(shapes) == 1 else shapes
 
 
-def _check_first_batch(model, batch):
+def _check_first_batch(model, batch, expected):
     """Run ``model`` once on ``batch`` in inference mode (no statistic moves; an unbuilt model gets built), so
-    that data the model cannot take is refused before anything is reset."""
-    expected = _input_shapes(model)
+    that data the model cannot take (``expected``: its :func:`_input_shapes`) is refused before anything is reset."""
     try:
         model(batch, training=False)
     except Exception as err:  # noqa: BLE001 - Keras's shape/dtype errors vary; ours names the argument
@@ -137,7 +136,7 @@ def recalibrate_batchnorm(model, data, steps=None):
     if first is None:
         raise ValueError("recalibrate_batchnorm: data gave no batch; the moving statistics were left as they "
                          "were. Pass at least one batch.")
-    _check_first_batch(model, first)
+    _check_first_batch(model, first, expected)
     unbuilt = [layer.name for layer in layers
                if getattr(layer, "moving_mean", None) is None or getattr(layer, "moving_variance", None) is None]
     if unbuilt:

@@ -181,9 +181,7 @@ class BudgetController:
                              f"smallest network the regulariser can leave (pinned inputs/outputs, unregularised "
                              f"groups, one channel in every regularised group) already costs {floor:.2%}: raise "
                              f"the budget{absolute_budget_hint(float(budget), regularizer.unit)}")
-        self.budget = float(budget)
-        self.ratio = float(ratio)
-        self.steps = check_steps(steps)
+        self.budget, self.ratio, self.steps = float(budget), float(ratio), check_steps(steps)
         r0 = keras.ops.convert_to_numpy(regularizer.vector())
         with regularizer.model.distribute_strategy.scope():
             self.state = ControllerState.fresh(regularizer.kernel_calls.n_channels,
@@ -223,8 +221,7 @@ class BudgetController:
             raise ValueError("MorphRegularizer(budget=...) needs the number of structure-learning steps: pass "
                              "steps= to MorphRegularizer")
         reg, st, s = self.reg, self.state, self.settings
-        r = reg.vector() if r is None else r
-        r = tf.stop_gradient(tf.cast(r, tf.float32))
+        r = tf.stop_gradient(tf.cast(reg.vector() if r is None else r, tf.float32))
         alive = reg._alive_vector(r) if alive is None else tf.stop_gradient(tf.cast(alive, tf.float32))
         step = st.step + 1
         t = tf.cast(step, tf.float32)

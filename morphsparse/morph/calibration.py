@@ -52,9 +52,7 @@ class _Moments:
     def score(self, kind):
         """Per entry: RMS for "wanda", variance for "flap"."""
         second = self.squares / max(self.count, 1)
-        if kind == "wanda":
-            return np.sqrt(second)
-        return np.maximum(second - np.square(self.mean), 0.0)
+        return np.sqrt(second) if kind == "wanda" else np.maximum(second - np.square(self.mean), 0.0)
 
 
 def _reads_removable(graph, groups):
@@ -98,9 +96,7 @@ class CalibrationStatistics:
     axes (``units[(call index, axis position)][unit]``)."""
 
     def __init__(self, graph, batches):
-        self.graph = graph
-        self.inputs, self.units = {}, {}
-        self.batches = 0
+        self.graph, self.inputs, self.units, self.batches = graph, {}, {}, 0
         for arrays in batches:
             run_calls(graph, arrays, self._observe)
             self.batches += 1

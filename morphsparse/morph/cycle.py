@@ -20,7 +20,7 @@ import keras
 
 from morphsparse.costs import BUDGET_TARGETS, count_flops, count_params
 from morphsparse.morph import alive as _alive
-from morphsparse.morph.expand import check_budget, check_round_to
+from morphsparse.morph.expand import check_budget, check_round_to, expand as _expand
 from morphsparse.morph.optimizer import MorphOptimizer
 from morphsparse.recipe import compile_wrapped, compiler_like, fit_arguments
 from morphsparse.morph.regularizers import DEFAULT_STRENGTH_MULTIPLIER, MorphRegularizer, check_arguments
@@ -66,15 +66,6 @@ class CycleResult:
     def summary(self):
         return "\n".join([f"{len(self.steps)} cycle(s) at a budget of {self.budget:,.0f} {self.expand_target}"]
                          + [s.summary() for s in self.steps])
-
-
-def _expand(slim, budget, target, round_to):
-    from morphsparse.morph.expand import expand
-    return expand(slim, budget=budget, target=target, round_to=round_to)
-
-
-def _budget_of(model, target):
-    return count_flops(model) if target == "flops" else count_params(model)
 
 
 #: the old keywords of cycle() and the dict they now belong to (deprecated; removed in the next release)
@@ -128,7 +119,7 @@ def cycle(model, fit, cycles=1, *, regularizer=None, expand=None, retrain=None, 
     compile_retrain = compile_model if retrain_compile is None else compiler_like(model, retrain_compile,
                                                                                     "cycle()")
     retrain_fit = {**fit, **fit_arguments(retrain, "retrain", required=False)}
-    budget = _budget_of(model, expand_target) if budget is None else budget
+    budget = BUDGET_TARGETS[expand_target](model) if budget is None else budget
     # the device matters (and was checked, with a warning if it has no effect) for the latency target only
     if target != "latency":
         reg_options.pop("device", None)
@@ -138,13 +129,14 @@ def cycle(model, fit, cycles=1, *, regularizer=None, expand=None, retrain=None, 
         start = time.perf_counter()
         # Shrink a copy: the seed and every step's retrained model stay as they were (the next cycle's
         # structure learning would otherwise overwrite the previous cycle's result).
-        trainable = _copy_model(current)
+        trainable = keras.models.clone_model(current)
+        trainable.set_weights(current.get_weights())
         term = MorphRegularizer(trainable, **reg_options)
         # the user's compile, with its optimizer wrapped so that its steps add the regulariser's gradient
         compile_wrapped(trainable, compile_model, lambda network, inner: MorphOptimizer(inner, term))
         shrink_history = trainable.fit(**fit).history
         slim = _export(trainable, source, threshold, l1_fraction, exact, _calibration_data(fit))
-        wide = _expand(slim, budget, expand_target, round_to)
+        wide = _expand(slim, budget=budget, target=expand_target, round_to=round_to)
         compile_retrain(wide)
         retrain_history = wide.fit(**retrain_fit).history
         step = CycleStep(index, slim, wide, shrink_history, retrain_history, count_flops(slim),
@@ -210,12 +202,6 @@ def _check_pass_through(reg_options, retrain, evaluate, budget, round_to):
     if budget is not None:
         check_budget(budget)
     check_round_to(round_to)
-
-
-def _copy_model(model):
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    return copy
 
 
 #: batches of the shrink data that re-estimate the slim model's BatchNorm statistics (ms.recalibrate_batchnorm)

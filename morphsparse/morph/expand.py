@@ -142,10 +142,7 @@ class WidthSearch:
                                   f"{self.target} of this model does not grow with its width")
         for _ in range(iterations):
             middle = (low + high) / 2
-            if self.cost(middle) <= budget:
-                low = middle
-            else:
-                high = middle
+            low, high = (middle, high) if self.cost(middle) <= budget else (low, middle)
             if self.counts(low) == self.counts(high):
                 break
         return low, self.cost(low)
@@ -154,19 +151,15 @@ class WidthSearch:
         """The cost one rounding step above ``multiplier`` (the smallest larger multiplier that changes a
         width), to show the result is within one step of the budget."""
         base = self.counts(multiplier)
-        high = max(multiplier * 2, 1.0)
-        low = multiplier
+        low, high = multiplier, max(multiplier * 2, 1.0)
         for _ in range(60):
             middle = (low + high) / 2
-            if self.counts(middle) == base:
-                low = middle
-            else:
-                high = middle
+            low, high = (middle, high) if self.counts(middle) == base else (low, middle)
         return self.cost(high)
 
 
 @dataclass
-class ExpandReport:
+class ExpandReport(_alive.Report):
     """Per-layer widths before/after, the multiplier found and the costs."""
 
     model_name: str
@@ -203,13 +196,7 @@ class ExpandReport:
                 f"{self.seconds:.2f} s")
 
     def table(self):
-        lines = [f"{'layer':44s} {'before':>8s} {'after':>8s}"]
-        for path, (before, after) in self.widths.items():
-            lines.append(f"{path[:44]:44s} {before:8d} {after:8d}")
-        return "\n".join(lines)
-
-    def __str__(self):
-        return self.summary()
+        return _alive.widths_table("layer", self.widths, 44)
 
 
 #: expand to a FLOP budget warns when the parameters grow more than this
@@ -242,10 +229,8 @@ def expand_with_report(model, budget, target="flops", reference=None, round_to=N
         names = ", ".join(c.path for c in graph.unused_calls[:3]) + (", ..." if len(graph.unused_calls) > 3 else "")
         warn_user(f"model '{model.name}' computes layers no output depends on ({names}): the expanded model "
                   "leaves them out, and a fractional budget is of the cost without them")
-    if reference is None and _checks.check_budget(budget, ExpandError, ExpandError) <= 1:
-        absolute = float(budget) * _price(graph, None, target)
-    else:
-        absolute = _costs.resolve_budget(budget, target, graph, reference, ExpandError, ExpandError)
+    absolute = (float(budget) * _price(graph, None, target) if reference is None and check_budget(budget) <= 1
+                else _costs.resolve_budget(budget, target, graph, reference, ExpandError, ExpandError))
     search = WidthSearch(graph, target, round_to)
     multiplier, cost = search.largest_multiplier(absolute)
     counts = search.counts(multiplier)
@@ -254,13 +239,7 @@ def expand_with_report(model, budget, target="flops", reference=None, round_to=N
     if _price(wide_graph, None, target) != cost:
         raise GraphError(f"expanded model costs {_price(wide_graph, None, target):,d} {target}, the search "
                          f"priced {cost:,d}; please report this model")
-    report = ExpandReport(model.name, target, absolute, multiplier, round_to, _price(graph, None, target), cost,
-                          search.next_step(multiplier), flops_before=count_flops(graph),
-                          flops_after=count_flops(wide_graph), params_before=count_params(graph),
-                          params_after=count_params(wide_graph))
-    for group in graph.groups:
-        for producer in group.producers:
-            report.widths[producer] = (group.size, counts.get(group.id, group.size))
+    report = _report(model, graph, wide_graph, search, multiplier, absolute, _price(graph, None, target), cost)
     if target == "flops" and report.params_after > PARAMS_GROWTH_WARNING * report.params_before:
         warn_user(f"expand of '{model.name}' to a FLOP budget multiplies its parameters by "
                   f"x{report.params_after / report.params_before:.2f} ({report.params_before:,d} -> "
@@ -309,16 +288,21 @@ def _expand_to_latency(model, budget, reference, round_to, ignore, name, device,
     if not math.isclose(check, cost, rel_tol=1e-6, abs_tol=1e-12):
         raise GraphError(f"resized model's predicted latency is {check * 1e3:.4g} ms, the search priced "
                          f"{cost * 1e3:.4g} ms; please report this model")
-    report = ExpandReport(model.name, "latency", absolute, multiplier, round_to, price(), cost,
-                          search.next_step(multiplier), flops_before=count_flops(graph),
-                          flops_after=count_flops(wide_graph), params_before=count_params(graph),
-                          params_after=count_params(wide_graph), latency_source=price.target.describe(),
-                          round_to_source=source)
-    for group in graph.groups:
-        for producer in group.producers:
-            report.widths[producer] = (group.size, counts.get(group.id, group.size))
+    report = _report(model, graph, wide_graph, search, multiplier, absolute, price(), cost,
+                     latency_source=price.target.describe(), round_to_source=source)
     report.seconds = time.perf_counter() - start
     return wide, report
+
+
+def _report(model, graph, wide_graph, search, multiplier, budget, cost_before, cost, **fields):
+    """The :class:`ExpandReport` of ``model`` (``graph``) resized to ``wide_graph`` at ``search``'s ``multiplier``."""
+    counts = search.counts(multiplier)
+    widths = {producer: (group.size, counts.get(group.id, group.size))
+              for group in graph.groups for producer in group.producers}
+    return ExpandReport(model.name, search.target, budget, multiplier, search.round_to, cost_before, cost,
+                        search.next_step(multiplier), flops_before=count_flops(graph),
+                        flops_after=count_flops(wide_graph), params_before=count_params(graph),
+                        params_after=count_params(wide_graph), widths=widths, **fields)
 
 
 def expand(model, budget, target="flops", reference=None, round_to=None, ignore=(), name=None,

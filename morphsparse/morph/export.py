@@ -25,6 +25,7 @@ unregularised one, say) are kept too. The report lists every such decision.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import keras
@@ -67,10 +68,7 @@ def run_calls(graph, arrays, before=None, forced=None):
     ``(output position, entries, value)`` written over the call's outputs (dead channels). Values nobody reads
     any more are freed as the walk goes. Shared by the export's probe and the calibration statistics."""
     data = dict(zip(graph.model_inputs, arrays))
-    readers_left = {}
-    for call in graph.calls:
-        for key in call.input_keys:
-            readers_left[key] = readers_left.get(key, 0) + 1
+    readers_left = Counter(key for call in graph.calls for key in call.input_keys)
     for k, call in enumerate(graph.calls):
         if call.node is None:
             continue
@@ -149,8 +147,7 @@ def check_equivalent(model, slim, rtol=1e-5, seed=7):
 def _entry_values(array, removed):
     array = np.asarray(array, dtype=np.float64)
     picked = array[..., removed]                       # (batch, *spatial, n)
-    scale = 1.0 + np.abs(picked).max(initial=0.0)
-    tol = CONSTANT_RTOL * scale
+    tol = CONSTANT_RTOL * (1.0 + np.abs(picked).max(initial=0.0))
     flat = picked.reshape(picked.shape[0], -1, picked.shape[-1])
     varies = np.abs(flat - flat[:1]).max(axis=(0, 1)) > tol
     centre = flat[0, flat.shape[1] // 2]
@@ -163,25 +160,21 @@ def _forced_values(graph, sources, masks):
     flat = _alive.flat_mask(graph, masks)
     forced = {}
     for src in sources:
-        k = src.layer.index
-        call = src.layer
+        call, layer = src.layer, src.layer.layer
         dead = ~_alive.entry_mask(graph, flat, call.out_groups[0], call.out_channels_idx[0])
         dead &= call.out_groups[0] == src.group
         if not dead.any():
             continue
-        layer = call.layer
         if src.kind == "gamma":
-            beta = layer.beta if getattr(layer, "center", True) else None
-            value = (keras.ops.convert_to_numpy(beta) if beta is not None
-                     else np.zeros(call.output_channels(0), "float32"))
+            offset = layer.beta if getattr(layer, "center", True) else None
         else:
-            bias = getattr(layer, "bias", None) if getattr(layer, "use_bias", False) else None
-            value = (keras.ops.convert_to_numpy(bias) if bias is not None
-                     else np.zeros(call.output_channels(0), "float32"))
-            activation = getattr(layer, "activation", None)
-            if activation is not None:
-                value = keras.ops.convert_to_numpy(activation(keras.ops.convert_to_tensor(value)))
-        forced.setdefault(k, []).append((0, dead, np.asarray(value)))
+            offset = getattr(layer, "bias", None) if getattr(layer, "use_bias", False) else None
+        value = (keras.ops.convert_to_numpy(offset) if offset is not None
+                 else np.zeros(call.output_channels(0), "float32"))
+        activation = getattr(layer, "activation", None)
+        if src.kind != "gamma" and activation is not None:
+            value = keras.ops.convert_to_numpy(activation(keras.ops.convert_to_tensor(value)))
+        forced.setdefault(call.index, []).append((0, dead, np.asarray(value)))
     return forced
 
 
@@ -200,7 +193,7 @@ class LayerWidths:
 
 
 @dataclass
-class ExportReport:
+class ExportReport(_alive.Report):
     """What :func:`export` did. ``masks``: alive masks used (after channels kept for exactness);
     ``effective_masks``: channels present in the slim model; the slim model costs
     ``count_flops(model, alive=report.effective_masks)`` less the layers in ``dead_ends``; ``kept``: (group, channel, reason) of dead
@@ -259,9 +252,6 @@ class ExportReport:
                          f"{row.status}")
         return "\n".join(lines)
 
-    def __str__(self):
-        return self.summary()
-
 
 # --- the rebuild ---------------------------------------------------------------------------------------
 
@@ -298,8 +288,7 @@ class RebuildStep:
         if not values.uniform.all():
             self._exporter.report.inexact.append((self.call.path, int((~values.uniform).sum()),
                                                  "constant branch differs at the image border"))
-        width = len(self.keep_out[0])
-        if len(full) == width:
+        if len(full) == len(self.keep_out[0]):
             full = full[self.keep_out[0]]
         return full.astype("float32")
 
@@ -380,8 +369,7 @@ class _Exporter:
         self.model, self.graph, self.exact, self.name = model, graph, exact, name
         self.removed_values = removed_values or {}
         self.masks = {gid: np.array(m, bool) for gid, m in masks.items()}
-        self.sources = sources
-        self.report = report
+        self.sources, self.report = sources, report
         self.pending_mean_shift = {}   # BN call index -> shift of its moving mean (bias folded past a conv)
         self.before_forcing = self._between_sources_and_their_batch_norms()
 
@@ -428,8 +416,7 @@ class _Exporter:
             # Removed values matter only where they are folded (kernel layers), merged in as a constant (an
             # input with no live entry) or normalised with live channels; elsewhere they just flow on
             # (0 * gate is constant even though the gate is not).
-            folds = call.handler.kernel_layer and not call.handler.reads_channels_separately(
-                call)
+            folds = call.handler.kernel_layer and not call.handler.reads_channels_separately(call)
             merged_constant = values.removed.all() and k not in self.removed
             if not (folds or normalises or merged_constant):
                 continue
@@ -648,10 +635,7 @@ def budget_masks(graph, source, l1_fraction, budget, target="flops", min_width=_
                          f"min_width={min_width}); give a larger budget, or a smaller min_width=")
     while low < high:
         middle = (low + high) // 2
-        if cost(shaped(candidates[middle])) <= absolute:
-            high = middle
-        else:
-            low = middle + 1
+        low, high = (low, middle) if cost(shaped(candidates[middle])) <= absolute else (middle + 1, high)
     masks = {gid: mask.copy() for gid, mask in shaped(candidates[low]).items()}
     if round_to is None:
         dead = [(value, gid, index) for gid, vector in vectors.items() if gid in masks
@@ -765,11 +749,9 @@ def _fill_report(report, graph, exporter, slim):
             status = "kept"
         report.layers.append(LayerWidths(call.path, type(call.layer).__name__, in_before, in_after, out_before,
                                          out_after, status))
-    report.flops_before = count_flops(graph)
-    report.params_before = count_params(graph)
     slim_graph = analyze(slim)
-    report.flops_after = count_flops(slim_graph)
-    report.params_after = count_params(slim_graph)
+    report.flops_before, report.params_before = count_flops(graph), count_params(graph)
+    report.flops_after, report.params_after = count_flops(slim_graph), count_params(slim_graph)
     report.packages = loading_packages(slim)
 
 

@@ -74,12 +74,11 @@ def land_latency(model, budget, table, how="prune", *, rounds=4, tolerance=0.03,
     table = _latency.as_table(table)
     table.check(machine=True)
     repeats = _latency.DEFAULT_REPEATS if repeats is None else repeats
-    shrink = SHRINKERS[how]
     report, models = LandingReport(budget, how), []
     asked, model_predicted = budget, _latency.predict_latency(model, table)
     for _ in range(rounds):
         try:
-            slim = shrink(model, budget=asked, target="latency", device=table, **options)
+            slim = SHRINKERS[how](model, budget=asked, target="latency", device=table, **options)
         except (PruneError, ExpandError):
             if not models:
                 raise

@@ -113,8 +113,7 @@ class MorphOptimizer(WrappingOptimizer):
         than the one the optimizer was saved from) and attach the log metric. Returns the optimizer."""
         if self.regularizer is not None and self.regularizer.model is model:
             return self
-        arguments = dict(self.arguments)
-        regularizer = MorphRegularizer(model, **arguments)
+        regularizer = MorphRegularizer(model, **self.arguments)
         mismatch = _budget.identity_mismatch(self.identity, _budget.model_identity(regularizer))
         if mismatch or regularizer.kernel_calls.n_channels != self.n_channels:
             raise ValueError(f"this MorphOptimizer was made for model '{self.identity.get('model')}', and model "
@@ -130,8 +129,7 @@ class MorphOptimizer(WrappingOptimizer):
             # a loaded state's plan was checked when it was made
             regularizer.controller.use_state(self._state)
         model = regularizer.model
-        existing = getattr(model, METRIC_ATTRIBUTE, None)
-        if not isinstance(existing, MorphTrainingMetrics):
+        if not isinstance(getattr(model, METRIC_ATTRIBUTE, None), MorphTrainingMetrics):
             attach_metric(model, METRIC_ATTRIBUTE, MorphTrainingMetrics(model))
 
     def bound_model(self):
@@ -183,11 +181,10 @@ class MorphOptimizer(WrappingOptimizer):
         extra, parts = self._term_gradients(variables)
         combined = []
         for gradient, added, variable in zip(grads, extra, variables):
-            if added is None:
-                combined.append(gradient)
-                continue
-            added = tf.cast(added, variable.dtype)
-            combined.append(added if gradient is None else tf.convert_to_tensor(gradient) + added)
+            if added is not None:
+                added = tf.cast(added, variable.dtype)
+                gradient = added if gradient is None else tf.convert_to_tensor(gradient) + added
+            combined.append(gradient)
         # the controller steps on the weights the gradients were taken at (the strength it read is that step's)
         with tf.control_dependencies([g for g in combined if g is not None]):
             self.in_cross_replica(self._controller_step, parts)
@@ -209,8 +206,7 @@ class MorphOptimizer(WrappingOptimizer):
         """Cross-replica part of a step: the logged values, one controller step, the count. Every replica
         computed the same ``parts`` from the same mirrored weights: the first replica's are used."""
         parts = [strategy.experimental_local_results(p)[0] for p in parts]
-        values = self.regularizer._loss_and_costs(training=True, budget_logs=True, parts=parts)
-        loss, rest = values[0], values[1:]
+        loss, *rest = self.regularizer._loss_and_costs(training=True, budget_logs=True, parts=parts)
         logs = tf.convert_to_tensor(self.logs.value)
         totals = tf.stack([logs[_LOSS_SUM] + tf.cast(loss, tf.float64), logs[_LOSS_COUNT] + 1.0])
         self.logs.assign(tf.concat([totals, tf.stack([tf.cast(v, tf.float64) for v in rest])], axis=0))

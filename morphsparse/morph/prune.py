@@ -112,7 +112,7 @@ class PruneStep:
 
 
 @dataclass
-class PruneReport:
+class PruneReport(_alive.Report):
     """What :func:`prune` did: the budget (absolute, in the target's unit, and as a fraction of the model's
     own cost), FLOPs and parameters before and after, the width of every removable group before and after
     (``groups``: producer layer names -> (before, after)), the importance used and one :class:`PruneStep` per
@@ -169,13 +169,7 @@ class PruneReport:
                 + latency + f"; {self.seconds:.1f} s")
 
     def table(self):
-        lines = [f"{'producers':60s} {'before':>8s} {'after':>8s}"]
-        for producers, (before, after) in self.groups.items():
-            lines.append(f"{producers[:60]:60s} {before:8d} {after:8d}")
-        return "\n".join(lines)
-
-    def __str__(self):
-        return self.summary()
+        return _alive.widths_table("producers", self.groups, 60)
 
 
 def _format(cost, target):
@@ -206,26 +200,22 @@ def _check_arguments(model, budget, target, importance, data, loss, steps, fit, 
             raise ValueError(f"importance={importance!r} needs data=: calibration inputs (an array, (x, y) arrays "
                              "or a tf.data.Dataset of batches) to measure the activations on")
         _check_data(data, inputs_only=True)
-    else:
-        if data is not None:
-            _alive.warn_user(f"data= is only used by importance in {DATA_IMPORTANCES} and is ignored with "
-                             f"importance={_importance_name(importance)!r}")
-    if importance != "taylor":
-        if loss is not None:
-            _alive.warn_user(f"loss= is only used by importance='taylor' and is ignored with "
-                             f"importance={_importance_name(importance)!r}")
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    elif data is not None:
+        _alive.warn_user(f"data= is only used by importance in {DATA_IMPORTANCES} and is ignored with "
+                         f"importance={_importance_name(importance)!r}")
+    if importance != "taylor" and loss is not None:
+        _alive.warn_user(f"loss= is only used by importance='taylor' and is ignored with "
+                         f"importance={_importance_name(importance)!r}")
+    for name, count in (("steps", steps), ("batches", batches)):
+        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {count!r}")
     fit_arguments(fit, required=False)
     if steps > 1 and fit is None:
         raise ValueError(f"steps={steps} prunes iteratively and fine-tunes between steps: pass fit=dict(...) "
                          "(Model.fit keyword arguments), or use steps=1")
     if compile is not None:
         compiler_like(model, compile, "prune()")       # checks what compile= is
-    if isinstance(batches, bool) or not isinstance(batches, (int, np.integer)) or batches < 1:
-        raise ValueError(f"batches must be an integer >= 1, got {batches!r}")
-    chunk_value = _alive.real_number("chunk", chunk)
-    if not 0.0 < chunk_value <= 1.0:
+    if not 0.0 < _alive.real_number("chunk", chunk) <= 1.0:
         raise ValueError(f"chunk must be in (0, 1], got {chunk!r}")
     if loss is not None and not callable(loss) and not isinstance(loss, str):
         raise TypeError(f"loss must be a Keras loss (a name, a function or a keras.losses.Loss), got "
@@ -244,9 +234,7 @@ def _inputs_alone(data):
 def _check_data(data, inputs_only=False):
     import tensorflow as tf
 
-    if isinstance(data, tf.data.Dataset):
-        return
-    if inputs_only and _inputs_alone(data):
+    if isinstance(data, tf.data.Dataset) or (inputs_only and _inputs_alone(data)):
         return
     if isinstance(data, (tuple, list)) and len(data) in (2, 3):
         lengths = {int(np.shape(a)[0]) for a in keras.tree.flatten(data) if a is not None}
@@ -318,9 +306,7 @@ def _loss_function(model, loss):
         raise ValueError(f"importance='taylor' needs a loss: compile model '{model.name}' first or pass loss= "
                          "(e.g. loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))")
     if isinstance(chosen, (str, keras.losses.Loss)) or callable(chosen):
-        function = keras.losses.get(chosen) if isinstance(chosen, str) else chosen
-        if function is None:
-            raise ValueError(f"loss {chosen!r} is not a known Keras loss")
+        function = keras.losses.get(chosen) if isinstance(chosen, str) else chosen   # an unknown name raises
         if isinstance(function, keras.losses.Loss):
             return lambda x, y, p, sw: function(y, p, sample_weight=sw)
         return lambda x, y, p, sw: keras.ops.mean(function(y, p))
@@ -377,20 +363,16 @@ def _flat_importance(model, importance, data=None, loss=None, batches=8, graph=N
     replaced = None
     gamma_sources = _alive.find_sources(graph, "gamma")
     gamma_covered = _covered(graph, gamma_sources)
-    if importance == "gamma":
-        scores = _summed_scores(graph, gamma_sources, [src.values() for src in gamma_sources])
-        removal = "gamma"
-    elif importance == "taylor":
-        totals = _taylor_values(model, gamma_sources, data, loss, batches)
-        scores = np.abs(_summed_scores(graph, gamma_sources, totals))
-        removal = "gamma"
+    if importance in ("gamma", "taylor"):   # |gamma|, or |the sum of the signed taylor estimates|
+        values = ([src.values() for src in gamma_sources] if importance == "gamma"
+                  else _taylor_values(model, gamma_sources, data, loss, batches))
+        scores, removal = np.abs(_summed_scores(graph, gamma_sources, values)), "gamma"
     else:
         if importance == "l1":
             lasso = _alive.find_sources(graph, "group_lasso")
             scores = _summed_scores(graph, lasso, [src.values(l1_fraction=1.0) for src in lasso])
         elif importance in CALIBRATION_IMPORTANCES:
-            inputs = (input_arrays(graph, x) for x, _, _ in _batches(data, batches))
-            statistics = CalibrationStatistics(graph, inputs)
+            statistics = CalibrationStatistics(graph, (input_arrays(graph, x) for x, _, _ in _batches(data, batches)))
             scores = statistics.scores(importance)
             replaced = statistics.means() if importance == "flap" else None
         else:
@@ -477,11 +459,9 @@ class _Search:
     def marginal(self, alive=None):
         """What the cost loses per channel if that channel alone is removed (``KernelCalls.marginal``)."""
         alive = self.alive if alive is None else alive
-        if self.latency is not None and self.window > 1:
-            return self.latency.marginal(alive, self.window)
-        if self.latency is not None:
-            return self.latency.marginal(alive)
-        return self.calls.marginal(self.table, alive)
+        if self.latency is None:
+            return self.calls.marginal(self.table, alive)
+        return self.latency.marginal(alive, self.window) if self.window > 1 else self.latency.marginal(alive)
 
     def smallest(self):
         """Alive vector of the smallest network: unprunable channels, plus the most important channels of
@@ -571,9 +551,8 @@ class _Search:
 
 def _export_with_report(model, masks, source, ignore, name, removed_values=None):
     """``(slim, ExportReport)`` of ``export(model, alive=masks)``; the one place that calls the exporter."""
-    removes = any(not np.all(m) for m in masks.values())
     with warnings.catch_warnings():
-        if not removes:   # a budget at the model's own cost: a plain copy is what was asked for
+        if all(np.all(m) for m in masks.values()):   # a budget at the model's own cost: a plain copy is asked for
             warnings.filterwarnings("ignore", message=r"export of .* removed nothing")
         return export_with_report(model, source=source, alive=masks, ignore=ignore, name=name,
                                   removed_values=removed_values)
@@ -591,12 +570,6 @@ def _latency(model_or_graph, device, warn=False):
     if warn and hasattr(pricer, "model"):
         pricer.model.warn_extrapolated(full, f"the latency of the pruned '{graph.model.name}'")
     return float(pricer.cost(*pricer.sums(full))), pricer.describe()
-
-
-def _cost(model, target, device):
-    if target == "latency":
-        return _latency(model, device)[0]
-    return count_flops(model) if target == "flops" else count_params(model)
 
 
 # --- one step ----------------------------------------------------------------------------------------------
@@ -649,7 +622,7 @@ def _prune_once(model, budget, target, importance, data, loss, batches, ignore, 
         masks = search.masks()
         _alive.check_connected(graph, masks)
         slim, report = _export_with_report(model, masks, removal, ignore, name, replaced)
-        cost = _cost(slim, target, device)
+        cost = _latency(slim, device)[0] if target == "latency" else BUDGET_TARGETS[target](slim)
         if cost <= budget:
             break
         # export kept channels it could not remove exactly: keep them too, and aim lower by what the slim
@@ -680,11 +653,8 @@ def _prune_once(model, budget, target, importance, data, loss, batches, ignore, 
                          "this model")
     if calibration_data is not None:   # once, on the export that held the budget
         recalibrate_batchnorm(slim, calibration_data)
-    flops, params = _price(slim)
-    before = int(removable.sum())
-    after = int((removable & search.alive).sum())
-    step = PruneStep(0, budget, flops, params, removal, before, after, report)
-    step.seconds = time.perf_counter() - start
+    step = PruneStep(0, budget, *_price(slim), removal, int(removable.sum()), int((removable & search.alive).sum()),
+                     report, seconds=time.perf_counter() - start)
     return slim, step, never
 
 
@@ -738,8 +708,7 @@ def prune_with_report(model, budget=0.5, target="flops", importance="gamma", dat
                          flops_before, params_before)
     if target == "latency":
         report.latency_before, report.latency_source = own, source
-    _alive.check_round_to(round_to)
-    report.round_to = round_to
+    report.round_to = _alive.check_round_to(round_to)
     if target == "latency" and is_latency_table(device):
         device = as_table(device, "device")      # loaded once, not at every step
     if round_to is None and target == "latency" and is_latency_table(device):
@@ -755,9 +724,7 @@ def prune_with_report(model, budget=0.5, target="flops", importance="gamma", dat
     reach = min(absolute, own)
     current, slim_ignore = model, tuple(ignore)
     for index in range(1, steps + 1):
-        step_budget = own * (reach / own) ** (index / steps) if own else reach
-        if index == steps:
-            step_budget = reach
+        step_budget = own * (reach / own) ** (index / steps) if own and index < steps else reach
         slim, step, never = _prune_once(current, step_budget, target, importance, data, loss, batches,
                                         slim_ignore, chunk, name, budget, cost_power, min_width,
                                         calibration_data, device, report.round_to)

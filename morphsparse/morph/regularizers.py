@@ -181,10 +181,7 @@ class LatencyTarget(Target):
     def _weights_of_every_call(k):
         # params() counts a shared layer's weights at its first call only; a call reads them every time.
         weights = Bilinear(len(k.calls))
-        by_layer = {}
-        for j, call in enumerate(k.calls):
-            if call.first_call:
-                by_layer[(id(call.layer), k.terms[j])] = j
+        by_layer = {(id(call.layer), k.terms[j]): j for j, call in enumerate(k.calls) if call.first_call}
         for j, call in enumerate(k.calls):
             src = by_layer.get((id(call.layer), k.terms[j]), j)
             for name in COEFFICIENTS:
@@ -252,10 +249,9 @@ def latency_target(kernel_calls, device, used_only=False):
     """The latency target on ``device``: a measured :class:`MeasuredLatencyTarget` for a latency table (or its
     dict or JSON path), else the roofline :class:`LatencyTarget` of a :class:`DeviceProfile` (a name, a
     profile, or None for :data:`DEFAULT_DEVICE`). Logs which one prices the latency."""
-    if is_latency_table(device):
-        target = MeasuredLatencyTarget(kernel_calls, as_table(device, "device"), used_only=used_only)
-    else:
-        target = LatencyTarget(kernel_calls, DEFAULT_DEVICE if device is None else device)
+    target = (MeasuredLatencyTarget(kernel_calls, as_table(device, "device"), used_only=used_only)
+              if is_latency_table(device) else
+              LatencyTarget(kernel_calls, DEFAULT_DEVICE if device is None else device))
     _log.info("target='latency': %s", target.describe())
     return target
 
@@ -267,15 +263,10 @@ def is_latency_table(device):
 
 
 def _make_target(name, kernel_calls, device):
-    if name == "flops":
-        return FlopsTarget(kernel_calls)
-    if name == "size":
-        return SizeTarget(kernel_calls)
-    if name == "activations":
-        return ActivationsTarget(kernel_calls)
+    """The :class:`Target` called ``name`` (already checked by :func:`check_arguments`)."""
     if name == "latency":
         return latency_target(kernel_calls, device)
-    raise ValueError(f"unknown target {name!r}; use one of {TARGETS}")
+    return {"flops": FlopsTarget, "size": SizeTarget, "activations": ActivationsTarget}[name](kernel_calls)
 
 
 # --- the regulariser ----------------------------------------------------------------------------------------

@@ -30,15 +30,12 @@ from morphsparse.morph import alive as _alive
 FORMAT = "morphsparse.structure/1"
 
 
-def structure_of(model_or_graph, source="gamma", threshold=None, l1_fraction=0.0,
-                 alive=None):
+def structure_of(model_or_graph, source="gamma", threshold=None, l1_fraction=0.0, alive=None):
     """The structure dict of a model: alive masks from its weights (``source``/``threshold``) or ``alive``
     (group id or producer layer name -> boolean mask)."""
     graph = model_or_graph if isinstance(model_or_graph, ChannelGraph) else analyze(model_or_graph)
-    if alive is None:
-        masks = _alive.alive_masks(graph, source, threshold, l1_fraction)
-    else:
-        masks = _alive.user_masks(graph, alive, check=False)
+    masks = (_alive.alive_masks(graph, source, threshold, l1_fraction) if alive is None
+             else _alive.user_masks(graph, alive, check=False))
     layers, groups = {}, []
     for group in graph.groups:
         mask = masks[group.id]
@@ -55,8 +52,7 @@ def structure_of(model_or_graph, source="gamma", threshold=None, l1_fraction=0.0
             "params": count_params(graph), "alive_params": count_params(graph, alive=masks)}
 
 
-def save_structure(model_or_graph, path, source="gamma", threshold=None, l1_fraction=0.0,
-                   alive=None):
+def save_structure(model_or_graph, path, source="gamma", threshold=None, l1_fraction=0.0, alive=None):
     """Write :func:`structure_of` as JSON to ``path``; returns the dict."""
     structure = structure_of(model_or_graph, source, threshold, l1_fraction, alive)
     path = Path(path)
