@@ -124,11 +124,18 @@ def cmd_prune(args):
 
     model = load_model_arg(args.model, args.input_size, args.classes)
     floor = {} if args.min_width is None else {"min_width": args.min_width}
+    if args.land and not (args.target == "latency" and args.latency_table and 0 < args.budget <= 1):
+        raise SystemExit("--land times the pruned model on this machine against a latency budget: give --target "
+                         "latency, a --latency-table profiled here and --budget as a fraction in (0, 1]")
     device = _latency_device(args)
     data = _calibration_inputs(args.calibration, args.importance)
-    slim, report = ms.prune_with_report(model, budget=args.budget, target=args.target, importance=args.importance,
-                                        data=data, ignore=args.ignore or (), device=device, **floor)
-    print(report.table(), report.summary(), sep="\n\n")
+    options = dict(importance=args.importance, data=data, ignore=args.ignore or (), **floor)
+    if args.land:
+        slim, landing = ms.land_latency(model, args.budget, device, "prune", rounds=args.land, **options)
+        print(landing.summary())
+    else:
+        slim, report = ms.prune_with_report(model, budget=args.budget, target=args.target, device=device, **options)
+        print(report.table(), report.summary(), sep="\n\n")
     slim.save(args.output)
     print(f"pruned model written to {args.output} (fine-tune it: its BatchNorm statistics are the seed's)")
     return 0
@@ -322,6 +329,10 @@ def build_parser():
     prune.add_argument("--min-width", type=float, default=None,
                        help="every group keeps at least this fraction of its channels (default 0.2)")
     prune.add_argument("--ignore", nargs="*", help="layers whose output channels must not shrink")
+    prune.add_argument("--land", type=positive_int, nargs="?", const=4, default=None, metavar="ROUNDS",
+                       help="with --target latency: time the pruned model against the model on this machine and "
+                            "prune again until the measured latency is within 3%% of the budget, at most ROUNDS "
+                            "times (default 4; ms.land_latency)")
 
     profile = _subcommand(sub, "profile-latency", cmd_profile_latency, "measure a latency table of a model's layers "
                           "on this machine", output="where to write the table JSON")

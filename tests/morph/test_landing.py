@@ -83,3 +83,23 @@ def test_bad_arguments_and_a_table_from_another_machine_are_refused():
     with pytest.raises(L.LatencyTableError, match="another machine"):
         ms.land_latency(model, 0.5, elsewhere)
     assert landing.SHRINKERS == {"prune": ms.prune, "resize": ms.resize}
+
+
+def test_the_cli_lands_a_pruned_model_on_measured_time(monkeypatch, tmp_path, capsys):
+    from morphsparse import cli
+
+    model = small_cnn(width=32)
+    model.save(tmp_path / "m.keras")
+    table = hand_table(model)
+    table.save(tmp_path / "table.json")
+    biased_clock(monkeypatch, table, constant=0.3 * L.predict_latency(model, table))
+    command = ["prune", str(tmp_path / "m.keras"), "-o", str(tmp_path / "slim.keras"), "--budget", "0.6",
+               "--target", "latency", "--latency-table", str(tmp_path / "table.json"), "--min-width", "0.05"]
+    assert cli.main(command + ["--land", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "land_latency (prune)" in out and "round 2" in out and "<- returned" in out
+    assert (tmp_path / "slim.keras").exists()
+    # the measured loop needs the table and a fractional latency budget: said, not ignored
+    for wrong in (["--target", "flops"], ["--budget", "5000"]):
+        with pytest.raises(SystemExit, match="--land times the pruned model"):
+            cli.main(command + wrong + ["--land"])
