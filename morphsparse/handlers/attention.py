@@ -155,7 +155,7 @@ class MultiHeadAttention(_h.MultiAxis):
         cuts[id(layer.output_dense.kernel)] = lambda w: w[heads][..., out]
         if getattr(layer.output_dense, "bias", None) is not None:
             cuts[id(layer.output_dense.bias)] = lambda w: w[out]
-        return [cuts[id(v)](w) if id(v) in cuts else w for v, w in zip(layer.weights, weights)]
+        return _h.sliced_by_role(layer, weights, layer.weights, cuts)
 
     def rebuild(self, call, step):
         old = step.old_weights()

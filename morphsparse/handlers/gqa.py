@@ -156,9 +156,7 @@ class Parts:
 
     @property
     def head_dim(self):
-        if self.head_size is not None:
-            return int(self.head_size)
-        return int(self.query.kernel.shape[-1])
+        return int(self.query.kernel.shape[-1] if self.head_size is None else self.head_size)
 
 
 def _read(layer, names):
@@ -725,32 +723,23 @@ class GroupedQueryAttentionHandler(_h.MultiAxis):
         return {"alibi_heads": list(range(u))}
 
     def slice_weights(self, call, keep_in, keep_out, weights):
-        """The kept slices in the order of :func:`_variables`: query, key and value kernels (and biases),
-        output kernel (and bias), then the query and key norms' weights (``rebuild`` puts them in the new
-        layer's order)."""
+        """The kept slices in the order of :func:`_variables` (``rebuild`` puts them in the new layer's order):
+        the projections in (width, heads, head entries) and (heads, head entries, width) layouts; the query and
+        key norms' weights and a rotary layer's own (SmolLM3's inverse frequencies) unchanged."""
         p = self.parts(call)
-        old = functools.partial(_h.weight_of, call.layer, weights)
         heads = self.internal_mask(call, keep_out, "heads")
         rows, cols = keep_in[self._hidden(call)], keep_out[0]
         query_heads = np.repeat(heads, p.groups)
-        out = []
+        cuts = {id(p.output.kernel): lambda w: _out_canonical(p, w)[query_heads][..., cols]}
         for dense, keep in ((p.query, query_heads), (p.key, heads), (p.value, heads)):
-            kernel = _in_canonical(p, dense, old(dense.kernel))
-            out.append(kernel[rows][:, keep])
+            cuts[id(dense.kernel)] = lambda w, dense=dense, keep=keep: _in_canonical(p, dense, w)[rows][:, keep]
             if getattr(dense, "bias", None) is not None:
-                out.append(np.reshape(old(dense.bias), (-1, p.head_dim))[keep])
-        kernel = _out_canonical(p, old(p.output.kernel))
-        out.append(kernel[query_heads][..., cols])
+                cuts[id(dense.bias)] = lambda w, keep=keep: np.reshape(w, (-1, p.head_dim))[keep]
         if getattr(p.output, "bias", None) is not None:
-            out.append(old(p.output.bias)[cols])
-        for norm in (p.query_norm, p.key_norm):
-            if norm is not None:
-                out += [old(w) for w in norm.weights]
+            cuts[id(p.output.bias)] = lambda w: w[cols]
         if p.sinks is not None:
-            out.append(old(p.sinks)[query_heads])
-        if p.rotary is not None:      # a rotary layer's own weights (SmolLM3's inverse frequencies), unchanged
-            out += [old(w) for w in p.rotary.weights]
-        return out
+            cuts[id(p.sinks)] = lambda w: w[query_heads]
+        return _h.sliced_by_role(call.layer, weights, _variables(p), cuts)
 
     def rebuild(self, call, step):
         keep_out = list(step.keep_out) + step.keep_internal

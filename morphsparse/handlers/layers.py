@@ -300,6 +300,12 @@ def weight_of(layer, weights, variable):
     return np.asarray(next(weights[i] for i, w in enumerate(layer.weights) if w is variable))
 
 
+def sliced_by_role(layer, weights, variables, cuts):
+    """The arrays of ``variables`` (read from ``weights``, in ``layer.weights`` order), each cut by
+    ``cuts[id(variable)]`` where it has one and copied as it is otherwise."""
+    return [cuts.get(id(v), np.asarray)(weight_of(layer, weights, v)) for v in variables]
+
+
 def set_weights_by_role(step, layer, variables, arrays):
     """Give the rebuilt ``layer`` the ``arrays`` of its ``variables`` (listed by role, in the order the arrays
     were sliced in), in whatever order its class tracks its weights."""
@@ -359,8 +365,6 @@ class Producer(LayerHandler):
 
     # --- structure learning (morphsparse.morph) ---------------------------------------------------------
     def kernel_matrix(self, call, xp=np):
-        """The weights feeding each output entry, as a (fan-in, output entries) matrix (group lasso reads
-        its columns). ``xp``: numpy for values, keras.ops for a differentiable tensor."""
         return as_matrix(call.layer.kernel, xp)
 
     def _check_format(self, call, graph):

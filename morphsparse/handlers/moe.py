@@ -224,30 +224,22 @@ class ExpertsBlock(_h.MultiAxis):
     def slice_weights(self, call, keep_in, keep_out, weights):
         """The kept slices in the order of ``_variables``."""
         layer = call.layer
-        old = functools.partial(_h.weight_of, layer, weights)
         rows, cols = keep_in[0], keep_out[0]
         ffn = self.internal_mask(call, keep_out, "ffn")
         gate, up, down = self._bank(layer)
-        router = self._get(layer, "router")
-        out = [old(router.kernel)[rows]]
-        if getattr(router, "bias", None) is not None:
-            out.append(old(router.bias))
-        if up is None:
-            out.append(old(gate)[:, rows][..., self._fused(ffn)])
-        else:
-            out += [old(gate)[:, rows][..., ffn], old(up)[:, rows][..., ffn]]
-        out.append(old(down)[:, ffn][..., cols])
         gate_bias, down_bias = self._biases(layer)
-        if gate_bias is not None:
-            out.append(old(gate_bias)[:, self._fused(ffn) if up is None else ffn])
-        if down_bias is not None:
-            out.append(old(down_bias)[:, cols])
+        columns = self._fused(ffn) if up is None else ffn       # of the gate (and up) weights
+        pieces = [(self._get(layer, "router").kernel, lambda w: w[rows]), (gate, lambda w: w[:, rows][..., columns]),
+                  (up, lambda w: w[:, rows][..., columns]), (down, lambda w: w[:, ffn][..., cols]),
+                  (gate_bias, lambda w: w[:, columns]), (down_bias, lambda w: w[:, cols])]
         shared = self._shared(layer)
         if shared is not None:
             keep = self.internal_mask(call, keep_out, "shared_ffn")
-            out += [old(shared[0].kernel)[rows][:, keep], old(shared[1].kernel)[rows][:, keep],
-                    old(shared[2].kernel)[keep][:, cols], old(self._get(layer, "shared_gate").kernel)[rows]]
-        return out
+            pieces += [(shared[0].kernel, lambda w: w[rows][:, keep]), (shared[1].kernel, lambda w: w[rows][:, keep]),
+                       (shared[2].kernel, lambda w: w[keep][:, cols]),
+                       (self._get(layer, "shared_gate").kernel, lambda w: w[rows])]
+        cuts = {id(v): cut for v, cut in pieces if v is not None}
+        return _h.sliced_by_role(layer, weights, self._variables(layer), cuts)
 
     def rebuild(self, call, step):
         _h.refuse_constant(step, 0, "this mixture-of-experts block cannot fold")
