@@ -593,7 +593,8 @@ class ShapeReader(_h.LayerHandler):
 
 
 #: keras_hub rotary position embeddings (subclasses of the first are found through it)
-HUB_ROTARY = ("layers.modeling.rotary_embedding.RotaryEmbedding", "models.smollm3.smollm3_layers.SmolLM3RotaryEmbedding")
+HUB_ROTARY = ("layers.modeling.rotary_embedding.RotaryEmbedding",
+              "models.smollm3.smollm3_layers.SmolLM3RotaryEmbedding")
 
 #: keras_hub normalisation layers over the channel axis (RMSNorm variants with a per-channel scale)
 HUB_CHANNEL_NORMS = (

@@ -308,9 +308,9 @@ _NAME_REGISTRY: dict[str, ChannelHandler] = {}
 def register_handler(layer_class, handler: ChannelHandler | type[ChannelHandler]):
     """Register ``handler`` for ``layer_class`` and its subclasses (a more specific registration wins).
 
-    ``layer_class`` may be a class or a dotted/qualified class name string (for classes defined in modules
-    you do not want to import eagerly). ``handler`` is a :class:`LayerHandler`, or a :class:`ChannelHandler`
-    (structure and cost only; export and expand then treat the layer as channel-keeping). Example, for a custom channel-keeping layer::
+    ``layer_class`` may be a class or a dotted/qualified class name string (for classes defined in modules you
+    do not want to import eagerly). ``handler`` is a :class:`LayerHandler`, or a :class:`ChannelHandler` (structure
+    and cost only; export and expand then treat the layer as channel-keeping). For a channel-keeping layer::
 
         morphsparse.register_handler(MyScale, morphsparse.handlers.PassThrough())
     """

@@ -283,16 +283,9 @@ def as_matrix(kernel, xp, out_axis=-1):
 def _cut(layer, weights, **cuts):
     """``weights`` (numpy, in ``layer.weights`` order) with the variables named in ``cuts`` (attribute name
     -> function of the array) cut down; other weights are copied as they are."""
-    out = list(weights)
-    for attr, cut in cuts.items():
-        variable = getattr(layer, attr, None)
-        if variable is None:
-            continue
-        for position, w in enumerate(layer.weights):
-            if w is variable:
-                out[position] = cut(out[position])
-                break
-    return out
+    variables = {attr: getattr(layer, attr, None) for attr in cuts}
+    return sliced_by_role(layer, weights, layer.weights,
+                          {id(v): cuts[attr] for attr, v in variables.items() if v is not None})
 
 
 def weight_of(layer, weights, variable):
