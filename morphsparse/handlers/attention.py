@@ -25,8 +25,8 @@ import keras
 import numpy as np
 
 from morphsparse.handlers import layers as _h
-from morphsparse.handlers.base import cost_of_terms, get_handler, layer_config, positions, register_handler
-from morphsparse.handlers.gqa import _deserialize, _serialize
+from morphsparse.handlers.base import base_config, get_handler, layer_config, positions, register_handler
+from morphsparse.handlers.gqa import _deserialize, _einsum_specs, _serialize, _serialized
 from morphsparse.handlers.ops import _pin_all, einsum_macs
 from morphsparse.trace import symbolic_kwargs
 
@@ -38,12 +38,10 @@ def _one_per_head(mask):
     return np.asarray(mask, bool)
 
 
-class MultiHeadAttention(_h.Producer):
-    """``keras.layers.MultiHeadAttention``: heads are one removable group (internal axis ``"heads"``)."""
-
-    #: a layer with no head cannot be rebuilt (``num_heads=0``), so the heads group keeps its strongest head
-    #: when every head falls below the threshold (``morphsparse.morph.alive.keep_one_groups``)
-    keeps_one_internal = True
+class MultiHeadAttention(_h.MultiAxis):
+    """``keras.layers.MultiHeadAttention``: heads are one removable group (internal axis ``"heads"``; a layer
+    with no head cannot be rebuilt, ``num_heads=0``, so the group keeps its strongest head when every head falls
+    below the threshold: ``morphsparse.morph.alive.keep_one_groups``)."""
 
     def _roles(self, call):
         """Input positions of query, key and value in the call's input tensors."""
@@ -74,19 +72,12 @@ class MultiHeadAttention(_h.Producer):
         return t, s, pairs
 
     def propagate(self, call, graph):
-        qi, ki, vi = self._roles(call)
-        h, _, _ = self._sizes(call)
-        graph.consume(call, call.in_maps[qi], slot="query")
-        graph.consume(call, call.in_maps[ki], slot="key")
-        graph.consume(call, call.in_maps[vi], slot="value")
-        heads = graph.new_channels(call, h, output="heads")
-        graph.internal(call, "heads", heads)
-        outs = [graph.new_channels(call, call.output_channels(0))]
-        for i in range(1, len(call.output_shapes)):    # attention scores: (batch, heads, T, S)
-            ids = graph.new_channels(call, call.output_channels(i), output=i)
-            graph.pin(ids, f"{call.path}: attention scores")
-            outs.append(ids)
-        return outs
+        for slot, i in zip(("query", "key", "value"), self._roles(call)):
+            graph.consume(call, call.in_maps[i], slot=slot)
+        graph.internal(call, "heads", graph.new_channels(call, call.layer.num_heads, output="heads"))
+        # the attention scores, (batch, heads, T, S), when asked for
+        return [graph.new_channels(call, call.output_channels(0))] + _h.pinned_outputs(
+            call, graph, f"{call.path}: attention scores", first=1)
 
     # --- costs ------------------------------------------------------------------------------------------
     def cost_terms(self, call):
@@ -110,43 +101,16 @@ class MultiHeadAttention(_h.Producer):
         """Timed along the query width and the heads: what a narrowed transformer changes."""
         return self._roles(call)[0], call.internal_index("heads")
 
-    def _total(self, call, alive_in, alive_out, which):
-        return cost_of_terms(self.cost_terms(call), alive_in, alive_out, which)
-
-    def macs(self, call, alive_in, alive_out):
-        return self._total(call, alive_in, self._with_heads(call, alive_out), "macs")
-
-    def params(self, call, alive_in, alive_out):
-        return self._total(call, alive_in, self._with_heads(call, alive_out), "params")
-
-    def _with_heads(self, call, alive_out):
-        """alive_out with the heads count (all heads when the caller counted outputs only)."""
-        index = call.internal_index("heads")
-        if len(alive_out) > index:
-            return list(alive_out)
-        return list(alive_out) + [call.layer.num_heads] * (index + 1 - len(alive_out))
-
     # --- group lasso (morphsparse.morph.alive) ----------------------------------------------------------
     def kernel_matrix(self, call, xp=np):
         return _h.as_matrix(call.layer.output_dense.kernel, xp)
 
-    def axis_matrix(self, call, axis, xp=np):
-        """The weights of each channel of output axis ``axis`` as (fan-in, channels) columns: for the heads,
-        every query, key, value and output weight of the head."""
-        if axis == 0:
-            return self.kernel_matrix(call, xp)
+    def axis_columns(self, call, axis, xp):
+        """For the heads: every query, key, value and output weight of the head."""
         layer = call.layer
-        parts = []
-        for kernel, head_axis in ((layer.query_dense.kernel, 1), (layer.key_dense.kernel, 1),
-                                  (layer.value_dense.kernel, 1), (layer.output_dense.kernel, 0)):
-            parts.append(_h.as_matrix(kernel, xp, out_axis=head_axis))
-        if xp is np:
-            return np.concatenate(parts, axis=0)
-        return xp.concatenate(parts, axis=0)
-
-    def regularized_axes(self, call):
-        """Output axes with a group-lasso source: the output channels and the heads."""
-        return [0, call.internal_index("heads")]
+        return [_h.as_matrix(kernel, xp, out_axis=head_axis)
+                for kernel, head_axis in ((layer.query_dense.kernel, 1), (layer.key_dense.kernel, 1),
+                                          (layer.value_dense.kernel, 1), (layer.output_dense.kernel, 0))]
 
     def axis_weights(self, call, axis):
         """Every weight sliced by head: the query, key and value kernels (d, heads, size) and biases (heads,
@@ -163,29 +127,16 @@ class MultiHeadAttention(_h.Producer):
         return out
 
     # --- export and expand ------------------------------------------------------------------------------
-    def _heads_mask(self, call, keep_out):
-        index = call.internal_index("heads")
-        if len(keep_out) > index:
-            return np.asarray(keep_out[index], bool)
-        return np.ones(call.layer.num_heads, bool)
-
     def live_outputs(self, call, in_live, out_alive):
-        qi, ki, vi = self._roles(call)
-        heads = self._heads_mask(call, out_alive)
-        if not heads.any():
-            raise ValueError("every head of this attention layer is dead; keep at least one (lower the "
-                             "threshold or the regulariser strength)")
-        if not (in_live[qi].any() and in_live[ki].any() and in_live[vi].any()) or not out_alive[0].any():
+        self.live_heads(call, out_alive)
+        if not all(in_live[i].any() for i in self._roles(call)) or not out_alive[0].any():
             return None
-        outs = [out_alive[0]]
-        outs += [np.ones(call.output_channels(i), bool) for i in range(1, len(call.output_shapes))]
-        return outs
+        return [out_alive[0]] + _h.all_alive(call, first=1)
 
     def rebuild_config(self, call, keep_in, keep_out):
         config = layer_config(call.layer)
         qi = self._roles(call)[0]
-        heads = self._heads_mask(call, keep_out)
-        config["num_heads"] = int(heads.sum())
+        config["num_heads"] = int(self.internal_mask(call, keep_out, "heads").sum())
         out = int(np.sum(keep_out[0]))
         if config.get("output_shape") is not None or out != int(np.sum(keep_in[qi])):
             config["output_shape"] = out
@@ -193,7 +144,7 @@ class MultiHeadAttention(_h.Producer):
 
     def slice_weights(self, call, keep_in, keep_out, weights):
         qi, ki, vi = self._roles(call)
-        heads, out = self._heads_mask(call, keep_out), keep_out[0]
+        heads, out = self.internal_mask(call, keep_out, "heads"), keep_out[0]
         layer = call.layer
         cuts = {}
         for dense, rows in ((layer.query_dense, keep_in[qi]), (layer.key_dense, keep_in[ki]),
@@ -204,7 +155,7 @@ class MultiHeadAttention(_h.Producer):
         cuts[id(layer.output_dense.kernel)] = lambda w: w[heads][..., out]
         if getattr(layer.output_dense, "bias", None) is not None:
             cuts[id(layer.output_dense.bias)] = lambda w: w[out]
-        return [cuts[id(v)](w) if id(v) in cuts else w for v, w in zip(layer.weights, weights)]
+        return _h.sliced_by_role(layer, weights, layer.weights, cuts)
 
     def rebuild(self, call, step):
         old = step.old_weights()
@@ -221,11 +172,11 @@ class MultiHeadAttention(_h.Producer):
     def _fold(self, call, step, weights, old):
         """Fold constant removed query/key/value input channels into the projection biases."""
         layer = call.layer
-        heads = self._heads_mask(call, list(step.keep_out) + step.keep_internal)
-        roles = dict(zip(("query", "key", "value"), self._roles(call)))
+        heads = self.internal_mask(call, list(step.keep_out) + step.keep_internal, "heads")
         position = {id(v): i for i, v in enumerate(layer.weights)}
-        for role, dense in (("query", layer.query_dense), ("key", layer.key_dense), ("value", layer.value_dense)):
-            values = step.probe[roles[role]]
+        for role, dense, index in zip(("query", "key", "value"),
+                                      (layer.query_dense, layer.key_dense, layer.value_dense), self._roles(call)):
+            values = step.probe[index]
             if values is None or not np.any(values.value):
                 continue
             constants = np.zeros(len(values.removed))
@@ -253,9 +204,6 @@ class PositionEmbedding(_h.Producer):
     def propagate(self, call, graph):
         return [call.in_maps[0]]
 
-    def macs(self, call, alive_in, alive_out):
-        return 0
-
     def params(self, call, alive_in, alive_out):
         return int(call.layer.position_embeddings.shape[0]) * alive_out[0]
 
@@ -264,9 +212,6 @@ class PositionEmbedding(_h.Producer):
 
     def live_outputs(self, call, in_live, out_alive):
         return [in_live[0]] if in_live[0].any() else None
-
-    def rebuild_config(self, call, keep_in, keep_out):
-        return layer_config(call.layer)
 
     def slice_weights(self, call, keep_in, keep_out, weights):
         return [w[:, keep_out[0]] for w in weights]
@@ -285,12 +230,6 @@ class AddedTable(PositionEmbedding):
 
     def kernel_matrix(self, call, xp=np):
         return _h.as_matrix(call.layer.weights[0], xp)
-
-    def rebuild_config(self, call, keep_in, keep_out):
-        config = layer_config(call.layer)
-        if self.width_key:
-            config[self.width_key] = int(np.sum(keep_out[0]))
-        return config
 
     def slice_weights(self, call, keep_in, keep_out, weights):
         return [w[..., keep_out[0]] for w in weights]
@@ -366,12 +305,6 @@ class DINOV2Embedding(ViTPatchingAndEmbedding):
         return call.layer.patch_embeddings.projection
 
 
-def _einsum_specs(equation):
-    inputs, output = equation.replace(" ", "").split("->")
-    x_spec, kernel_spec = inputs.split(",")
-    return x_spec, kernel_spec, output
-
-
 class EinsumDense(_h.Producer):
     """``keras.layers.EinsumDense``. When its equation contracts the input's last axis with the kernel and
     takes the output's last axis from the kernel (``"btd,dhk->bthk"``: a Dense into heads), it reads its input
@@ -389,7 +322,7 @@ class EinsumDense(_h.Producer):
 
     def propagate(self, call, graph):
         if self._letters(call) is None:
-                return _pin_all(call, graph, f"EinsumDense equation {call.layer.equation!r} does not map input "
+            return _pin_all(call, graph, f"EinsumDense equation {call.layer.equation!r} does not map input "
                                          "channels to new output channels")
         return super().propagate(call, graph)
 
@@ -408,8 +341,7 @@ class EinsumDense(_h.Producer):
         return einsum_macs(call.layer.equation, [x_shape, tuple(call.layer.kernel.shape)])
 
     def _fractions(self, call, alive_in, alive_out):
-        letters = self._letters(call)
-        if letters is None:
+        if self._letters(call) is None:
             return 1.0, 1.0
         return alive_in[0] / call.input_channels(0), alive_out[0] / call.output_channels(0)
 
@@ -543,8 +475,7 @@ class Rotary(_h.Opaque):
     def rebuild_config(self, call, keep_in, keep_out):
         layer = call.layer
         if self.rebuild_class(call) is RotaryOnSeveral and not isinstance(layer, RotaryOnSeveral):
-            return dict(name=layer.name, trainable=layer.trainable,
-                        dtype=keras.dtype_policies.serialize(layer.dtype_policy), rotary=_serialize(layer))
+            return dict(base_config(layer), rotary=_serialize(layer))
         return layer_config(layer)
 
     def macs(self, call, alive_in, alive_out):
@@ -630,15 +561,10 @@ class T5Attention(_h.Opaque):
         layer = call.layer
         if isinstance(layer, TensorOutputs):
             return layer_config(layer)
-        config = dict(name=layer.name, trainable=layer.trainable,
-                      dtype=keras.dtype_policies.serialize(layer.dtype_policy), is_decoder=layer.is_decoder,
-                      hidden_dim=layer.hidden_dim, key_value_dim=layer.key_value_dim, num_heads=layer.num_heads,
-                      dropout=layer.dropout_layer.rate,
+        config = dict(base_config(layer), is_decoder=layer.is_decoder, hidden_dim=layer.hidden_dim,
+                      key_value_dim=layer.key_value_dim, num_heads=layer.num_heads, dropout=layer.dropout_layer.rate,
                       use_relative_attention_bias=layer.use_relative_attention_bias)
-        inner = {"module": type(layer).__module__, "class_name": type(layer).__name__, "config": config,
-                 "registered_name": None}
-        return dict(name=layer.name, trainable=layer.trainable,
-                    dtype=keras.dtype_policies.serialize(layer.dtype_policy), layer=inner, outputs=[0, 1])
+        return dict(base_config(layer), layer=_serialized(layer, config), outputs=[0, 1])
 
     def rebuild(self, call, step):
         layer = step.new_layer(self.rebuild_config(call, step.keep_in, step.keep_out))
@@ -654,25 +580,21 @@ class ShapeReader(_h.LayerHandler):
     DeBERTa's RelativeEmbedding): its outputs are new, pinned channels; its input is not read."""
 
     def propagate(self, call, graph):
-        outs = []
-        for i in range(len(call.output_shapes)):
-            ids = graph.new_channels(call, call.output_channels(i), output=i)
-            graph.pin(ids, f"{call.path}: a table of its own ({type(call.layer).__name__})")
-            outs.append(ids)
-        return outs
+        return _h.pinned_outputs(call, graph, f"{call.path}: a table of its own ({type(call.layer).__name__})")
 
     def params(self, call, alive_in, alive_out):
         return int(sum(np.prod(w.shape) for w in call.layer.weights))
 
     def live_outputs(self, call, in_live, out_alive):
-        return [np.ones(call.output_channels(i), bool) for i in range(len(call.output_shapes))]
+        return _h.all_alive(call)
 
     def slice_weights(self, call, keep_in, keep_out, weights):
         return weights
 
 
 #: keras_hub rotary position embeddings (subclasses of the first are found through it)
-HUB_ROTARY = ("layers.modeling.rotary_embedding.RotaryEmbedding", "models.smollm3.smollm3_layers.SmolLM3RotaryEmbedding")
+HUB_ROTARY = ("layers.modeling.rotary_embedding.RotaryEmbedding",
+              "models.smollm3.smollm3_layers.SmolLM3RotaryEmbedding")
 
 #: keras_hub normalisation layers over the channel axis (RMSNorm variants with a per-channel scale)
 HUB_CHANNEL_NORMS = (

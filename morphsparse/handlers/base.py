@@ -37,19 +37,7 @@ def layer_config(layer) -> dict:
         return layer.get_config()
     except Exception as err:  # noqa: BLE001 - Keras raises NotImplementedError or a TypeError by class
         reason = err
-    # the dtype policy as its serialized form, not the policy object: a layer made with a policy object has
-    # no automatic config (keras_hub's Gemma RMSNormalization), so the rebuilt one could not be saved either
-    config = {"name": layer.name, "trainable": layer.trainable,
-              "dtype": keras.dtype_policies.serialize(layer.dtype_policy)}
-    parameters = inspect.signature(type(layer).__init__).parameters.values()
-    missing = []
-    for p in parameters:
-        if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in config:
-            continue
-        if hasattr(layer, p.name):
-            config[p.name] = getattr(layer, p.name)
-        elif p.default is p.empty:
-            missing.append(p.name)
+    config, missing = constructor_config(layer)
     if missing:
         raise ValueError(f"layer '{layer.name}' ({type(layer).__name__}) has no usable get_config ({reason}) and "
                          f"its constructor arguments {missing} are not attributes; register a handler for it")
@@ -59,17 +47,37 @@ def layer_config(layer) -> dict:
                   stacklevel=3)
     return config
 
+def base_config(layer) -> dict:
+    """The config entries every layer takes: name, trainable and the dtype policy in its serialized form, not
+    the policy object (a layer made with a policy object has no automatic config, keras_hub's Gemma
+    RMSNormalization, so a layer rebuilt with one could not be saved either)."""
+    return {"name": layer.name, "trainable": layer.trainable,
+            "dtype": keras.dtype_policies.serialize(layer.dtype_policy)}
+
+
+def constructor_config(layer, renames=None):
+    """``(config, missing)``: :func:`base_config` and each other constructor argument of the layer's class read
+    off the attribute of its name (``renames``: argument -> attribute where they differ), and the arguments with
+    no default that no attribute holds."""
+    config, missing = base_config(layer), []
+    for p in inspect.signature(type(layer).__init__).parameters.values():
+        if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in config:
+            continue
+        attribute = (renames or {}).get(p.name, p.name)
+        if hasattr(layer, attribute):
+            config[p.name] = getattr(layer, attribute)
+        elif p.default is p.empty:
+            missing.append(p.name)
+    return config, missing
+
+
 def cost_of_terms(terms, alive_in, alive_out, which):
     """A call's ``"macs"`` or ``"params"`` from its bilinear cost terms (:meth:`ChannelHandler.cost_terms`) at the
     alive counts of its input and output axes (internal axes, such as heads, after the outputs)."""
-    counts = {("in", i): c for i, c in enumerate(alive_in)}
+    counts = {None: 1, **{("in", i): c for i, c in enumerate(alive_in)}}
     counts.update({("out", j): c for j, c in enumerate(alive_out)})
-    total = 0
-    for in_ref, out_ref, macs, params in terms:
-        a = 1 if in_ref is None else counts[in_ref]
-        b = 1 if out_ref is None else counts[out_ref]
-        total += (macs if which == "macs" else params)(a, b)
-    return total
+    pick = 2 if which == "macs" else 3
+    return sum(term[pick](counts[term[0]], counts[term[1]]) for term in terms)
 
 
 def positions(shape, what="its input"):
@@ -300,9 +308,9 @@ _NAME_REGISTRY: dict[str, ChannelHandler] = {}
 def register_handler(layer_class, handler: ChannelHandler | type[ChannelHandler]):
     """Register ``handler`` for ``layer_class`` and its subclasses (a more specific registration wins).
 
-    ``layer_class`` may be a class or a dotted/qualified class name string (for classes defined in modules
-    you do not want to import eagerly). ``handler`` is a :class:`LayerHandler`, or a :class:`ChannelHandler`
-    (structure and cost only; export and expand then treat the layer as channel-keeping). Example, for a custom channel-keeping layer::
+    ``layer_class`` may be a class or a dotted/qualified class name string (for classes defined in modules you
+    do not want to import eagerly). ``handler`` is a :class:`LayerHandler`, or a :class:`ChannelHandler` (structure
+    and cost only; export and expand then treat the layer as channel-keeping). For a channel-keeping layer::
 
         morphsparse.register_handler(MyScale, morphsparse.handlers.PassThrough())
     """
@@ -334,5 +342,4 @@ def get_handler(layer) -> ChannelHandler | None:
 
 
 __all__ = ["ChannelHandler", "RebuildHandler", "LayerHandler", "DEFAULT_REBUILD", "rebuild_part", "layer_config",
-           "positions",
-           "CHANNELS_LAST_ONLY", "register_handler", "get_handler"]
+           "positions", "CHANNELS_LAST_ONLY", "register_handler", "get_handler"]

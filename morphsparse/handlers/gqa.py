@@ -32,6 +32,7 @@ own, not Keras privates; they are named in :data:`HUB_GQA` only.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import re
@@ -41,7 +42,7 @@ import keras
 import numpy as np
 
 from morphsparse.handlers import layers as _h
-from morphsparse.handlers.base import cost_of_terms, layer_config, positions, register_handler
+from morphsparse.handlers.base import base_config, layer_config, positions, register_handler
 
 _HUB = "keras_hub.src"
 
@@ -71,6 +72,8 @@ _GEMMA = dict(query="query_dense", key="key_dense", value="value_dense", output=
               sliding_window_on="use_sliding_window_attention", dropout="dropout",
               # Gemma (1 and 2) re-lays the rotated halves of each head out interleaved after its rotary embedding
               interleave=lambda layer: True)
+#: Llama's parts with the projections under names without an underscore
+_LLAMA_DENSE = dict(_LLAMA, query="query_dense", key="key_dense", value="value_dense", output="output_dense")
 
 HUB_GQA = {
     "models.llama.llama_attention.LlamaAttention": _LLAMA,
@@ -83,8 +86,7 @@ HUB_GQA = {
         _LLAMA, query_norm="_query_dense_layer_norm", key_norm="_key_dense_layer_norm",
         sliding_window="sliding_window_size"),
     # Mixtral's sliding window is applied by its decoder's causal mask, which the attention is given
-    "models.mixtral.mixtral_attention.CachedMixtralAttention": dict(
-        _LLAMA, query="query_dense", key="key_dense", value="value_dense", output="output_dense"),
+    "models.mixtral.mixtral_attention.CachedMixtralAttention": _LLAMA_DENSE,
     "models.qwen3_moe.qwen3_moe_attention.Qwen3MoeAttention": dict(
         _LLAMA, query_norm="_query_dense_layer_norm", key_norm="_key_dense_layer_norm",
         sliding_window="sliding_window_size"),
@@ -93,8 +95,7 @@ HUB_GQA = {
         sliding_window_on="use_sliding_window_attention"),
     # GPT-OSS: per-head attention sinks, a rotary over the even part of the head, a window over past keys
     "models.gpt_oss.gpt_oss_attention.GptOssAttention": dict(
-        _LLAMA, query="query_dense", key="key_dense", value="value_dense", output="output_dense",
-        sliding_window="sliding_window", rotary_dim="_rotary_dim", sinks="sinks", window="past"),
+        _LLAMA_DENSE, sliding_window="sliding_window", rotary_dim="_rotary_dim", sinks="sinks", window="past"),
     "models.gemma.gemma_attention.CachedGemmaAttention": _GEMMA,
     # ALiBi instead of rotary, one key/value head per query head. Bloom adds slopes its AlibiBias layer computes
     # from the head count after scaling; Falcon adds an `alibi` input its decoder computes, before scaling.
@@ -103,16 +104,14 @@ HUB_GQA = {
         _LLAMA, rotary=None, query_heads="num_heads", kv_heads="num_heads", scale="inv_norm_factor",
         alibi_slopes=lambda layer: layer._alibi_layer._get_slopes(layer.num_heads)),
     "models.falcon.falcon_attention.FalconAttention": dict(
-        _LLAMA, query="query_dense", key="key_dense", value="value_dense", output="output_dense", rotary=None,
-        query_heads="num_heads", kv_heads="num_heads", scale="inv_norm_factor", dropout="attention_dropout_rate",
-        alibi_input=lambda layer: True),
+        _LLAMA_DENSE, rotary=None, query_heads="num_heads", kv_heads="num_heads", scale="inv_norm_factor",
+        dropout="attention_dropout_rate", alibi_input=lambda layer: True),
     "models.gemma3.gemma3_attention.CachedGemma3Attention": dict(
         _GEMMA, interleave=None, query_norm=lambda layer: getattr(layer, "query_norm", None),
         key_norm=lambda layer: getattr(layer, "key_norm", None),
         # EmbeddingGemma's bidirectional sliding mask is not what GroupedQueryAttention computes
         unsupported=("use_bidirectional_attention",)),
-    "models.phi3.phi3_attention.Phi3Attention": dict(
-        _LLAMA, query="query_dense", key="key_dense", value="value_dense", output="output_dense"),
+    "models.phi3.phi3_attention.Phi3Attention": _LLAMA_DENSE,
     # SmolLM3: Dense query/key/value projections on the flattened heads (reshaped into heads in its call), a
     # rotary layer of its own that returns (cos, sin) (applied as x * cos + rotate_half(x) * sin, computed once
     # per call), rotary switched off per layer by ``use_rope``; no dropout on its dense path
@@ -157,9 +156,7 @@ class Parts:
 
     @property
     def head_dim(self):
-        if self.head_size is not None:
-            return int(self.head_size)
-        return int(self.query.kernel.shape[-1])
+        return int(self.query.kernel.shape[-1] if self.head_size is None else self.head_size)
 
 
 def _read(layer, names):
@@ -186,7 +183,8 @@ def _read(layer, names):
 
 # --- kernel layouts --------------------------------------------------------------------------------------
 
-def _specs(equation):
+def _einsum_specs(equation):
+    """(input, kernel, output) index letters of a two-operand einsum equation."""
     inputs, out = equation.replace(" ", "").split("->")
     x, kernel = inputs.split(",")
     return x, kernel, out
@@ -194,13 +192,13 @@ def _specs(equation):
 
 def _in_order(dense):
     """Axis permutation of an input projection's kernel to (width, heads, head entries)."""
-    x, kernel, out = _specs(dense.equation)
+    x, kernel, out = _einsum_specs(dense.equation)
     return [kernel.index(c) for c in (x[-1], out[-2], out[-1])]
 
 
 def _out_order(dense):
     """Axis permutation of the output projection's kernel to (heads, head entries, width)."""
-    x, kernel, out = _specs(dense.equation)
+    x, kernel, out = _einsum_specs(dense.equation)
     return [kernel.index(c) for c in (x[-2], x[-1], out[-1])]
 
 
@@ -249,10 +247,13 @@ def _serialize(layer):
     try:
         return keras.saving.serialize_keras_object(layer)
     except NotImplementedError:
-        config = dict(layer_config(layer))
-        config["dtype"] = keras.dtype_policies.serialize(layer.dtype_policy)
-        return {"module": type(layer).__module__, "class_name": type(layer).__name__, "config": config,
-                "registered_name": None}
+        return _serialized(layer, dict(layer_config(layer), dtype=keras.dtype_policies.serialize(layer.dtype_policy)))
+
+
+def _serialized(layer, config):
+    """The serialized form of ``layer`` with ``config`` (for a class whose own ``get_config`` cannot give it)."""
+    return {"module": type(layer).__module__, "class_name": type(layer).__name__, "config": config,
+            "registered_name": None}
 
 
 def _deserialize(config):
@@ -325,13 +326,12 @@ class GroupedQueryAttention(keras.layers.Layer):
         self.interleave_rotary = bool(interleave_rotary)
         self.rotary_dim = None if rotary_dim is None else int(rotary_dim)
         self.use_sinks = bool(sinks)
-        if window not in ("band", "past"):
-            raise ValueError(f"GroupedQueryAttention '{self.name}': window must be 'band' or 'past', got {window!r}")
-        self.window = window
-        if rotary_output not in ("rotated", "cos_sin"):
-            raise ValueError(f"GroupedQueryAttention '{self.name}': rotary_output must be 'rotated' or 'cos_sin', "
-                             f"got {rotary_output!r}")
-        self.rotary_output = rotary_output
+        for name, value, allowed in (("window", window, ("band", "past")),
+                                     ("rotary_output", rotary_output, ("rotated", "cos_sin"))):
+            if value not in allowed:
+                raise ValueError(f"GroupedQueryAttention '{self.name}': {name} must be {allowed[0]!r} or "
+                                 f"{allowed[1]!r}, got {value!r}")
+        self.window, self.rotary_output = window, rotary_output
         self.alibi_slopes = None if alibi_slopes is None else [float(a) for a in alibi_slopes]
         self.alibi_heads = None if alibi_heads is None else [int(i) for i in alibi_heads]
         for name, values in (("alibi_slopes", self.alibi_slopes), ("alibi_heads", self.alibi_heads)):
@@ -339,31 +339,24 @@ class GroupedQueryAttention(keras.layers.Layer):
                 raise ValueError(f"GroupedQueryAttention '{self.name}': {name} has {len(values)} entries for "
                                  f"{self.num_query_heads} query heads")
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.rotary = _deserialize(rotary)
-        self.query_norm = _deserialize(query_norm)
-        self.key_norm = _deserialize(key_norm)
+        self.rotary, self.query_norm, self.key_norm = (_deserialize(c) for c in (rotary, query_norm, key_norm))
 
-    def _projection(self, equation, heads, name, bias):
-        return keras.layers.EinsumDense(equation, output_shape=(None, heads, self.head_dim),
-                                        bias_axes="uh" if bias else None, kernel_initializer=self.kernel_initializer,
-                                        dtype=self.dtype_policy, name=name)
+    def _projection(self, equation, output_shape, name, bias, input_shape):
+        """A built EinsumDense; its bias, if any, over the output's axes past the positions."""
+        dense = keras.layers.EinsumDense(equation, output_shape=output_shape,
+                                         bias_axes=equation[1 - len(output_shape):] if bias else None,
+                                         kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy,
+                                         name=name)
+        dense.build(input_shape)
+        return dense
 
     def build(self, input_shape):
-        u, v = self.num_query_heads, self.num_key_value_heads
-        self.query_dense = self._projection("bqm,muh->bquh", u, "query", self.use_bias)
-        self.query_dense.build(input_shape)
-        self.key_dense = keras.layers.EinsumDense(
-            "bkm,mvh->bkvh", output_shape=(None, v, self.head_dim), bias_axes="vh" if self.use_bias else None,
-            kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy, name="key")
-        self.key_dense.build(input_shape)
-        self.value_dense = keras.layers.EinsumDense(
-            "bkm,mvh->bkvh", output_shape=(None, v, self.head_dim), bias_axes="vh" if self.use_bias else None,
-            kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy, name="value")
-        self.value_dense.build(input_shape)
-        self.output_dense = keras.layers.EinsumDense(
-            "bquh,uhm->bqm", output_shape=(None, self.output_dim), bias_axes="m" if self.output_bias else None,
-            kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy, name="attention_output")
-        self.output_dense.build((None, None, u, self.head_dim))
+        u, v, h = self.num_query_heads, self.num_key_value_heads, self.head_dim
+        self.query_dense = self._projection("bqm,muh->bquh", (None, u, h), "query", self.use_bias, input_shape)
+        self.key_dense = self._projection("bkm,mvh->bkvh", (None, v, h), "key", self.use_bias, input_shape)
+        self.value_dense = self._projection("bkm,mvh->bkvh", (None, v, h), "value", self.use_bias, input_shape)
+        self.output_dense = self._projection("bquh,uhm->bqm", (None, self.output_dim), "attention_output",
+                                             self.output_bias, (None, None, u, h))
         for norm in (self.query_norm, self.key_norm):
             if norm is not None and not norm.built:
                 norm.build((None, None, None, self.head_dim))
@@ -524,14 +517,11 @@ def _variables(p):
 
 # --- the handler ------------------------------------------------------------------------------------------
 
-class GroupedQueryAttentionHandler(_h.Producer):
+class GroupedQueryAttentionHandler(_h.MultiAxis):
     """Handler of grouped-query attention layers: internal axis ``"heads"`` of one channel per key/value head
     (with its query heads); reads the hidden channels, writes new output channels; costs counted exactly;
     rebuilt as :class:`GroupedQueryAttention`. ``names``: where the layer class keeps its parts (see
     :data:`HUB_GQA`)."""
-
-    #: a layer with no head cannot be rebuilt: the heads group keeps its strongest head
-    keeps_one_internal = True
 
     def __init__(self, names=None):
         self.names = dict(_OWN if names is None else names)
@@ -555,10 +545,7 @@ class GroupedQueryAttentionHandler(_h.Producer):
     def _position(self, call, name):
         """Input position of the tensor passed as argument ``name``; None when none is."""
         value = self._arguments(call).get(name)
-        for i, t in enumerate(call.node.input_tensors):
-            if value is not None and t is value:
-                return i
-        return None
+        return next((i for i, t in enumerate(call.node.input_tensors) if value is not None and t is value), None)
 
     def _hidden(self, call):
         """Input position of the hidden states (the first argument of the layer's call)."""
@@ -594,7 +581,7 @@ class GroupedQueryAttentionHandler(_h.Producer):
                     raise graph.error(call, f"has a {name} projection of {tuple(dense.kernel.shape)[-1]} outputs, "
                                             f"not {heads} heads of a known size; register a handler for it")
                 continue
-            x, kernel, out = _specs(dense.equation)
+            x, kernel, out = _einsum_specs(dense.equation)
             if len(kernel) != 3 or len(out) != 4 or x[-1] not in kernel or out[-2] not in kernel:
                 raise graph.error(call, f"has a {name} projection of equation {dense.equation!r}, not "
                                         "'(width)->(heads, head entries)'; register a handler for it")
@@ -607,12 +594,9 @@ class GroupedQueryAttentionHandler(_h.Producer):
 
     def propagate(self, call, graph):
         self._check(call, graph)
-        hidden = call.in_maps[self._hidden(call)]
-        graph.consume(call, hidden, slot="query")
-        graph.consume(call, hidden, slot="key")
-        graph.consume(call, hidden, slot="value")
-        heads = graph.new_channels(call, self.parts(call).num_kv_heads, output="heads")
-        graph.internal(call, "heads", heads)
+        for slot in ("query", "key", "value"):
+            graph.consume(call, call.in_maps[self._hidden(call)], slot=slot)
+        graph.internal(call, "heads", graph.new_channels(call, self.parts(call).num_kv_heads, output="heads"))
         return [graph.new_channels(call, call.output_channels(0))]
 
     # --- costs ------------------------------------------------------------------------------------------
@@ -650,38 +634,20 @@ class GroupedQueryAttentionHandler(_h.Producer):
             (heads, ("out", 0), lambda a, b: t * g * h * a * b, lambda a, b: g * h * a * b + out_bias * b),
         ]
 
-    def _total(self, call, alive_in, alive_out, which):
-        index = call.internal_index("heads")
-        alive_out = list(alive_out) + [self.parts(call).num_kv_heads] * (index + 1 - len(alive_out))
-        return cost_of_terms(self.cost_terms(call), alive_in, alive_out, which)
-
-    def macs(self, call, alive_in, alive_out):
-        return self._total(call, alive_in, alive_out, "macs")
-
-    def params(self, call, alive_in, alive_out):
-        return self._total(call, alive_in, alive_out, "params")
-
     # --- group lasso --------------------------------------------------------------------------------------
     def kernel_matrix(self, call, xp=np):
         p = self.parts(call)
-        kernel = p.output.kernel
-        if xp is np:
-            kernel = keras.ops.convert_to_numpy(kernel)
-        kernel = _out_canonical(p, kernel, xp)
+        kernel = _out_canonical(p, _h.value_of(p.output.kernel, xp), xp)
         return xp.reshape(kernel, (-1, kernel.shape[-1]))
 
-    def axis_matrix(self, call, axis, xp=np):
+    def axis_columns(self, call, axis, xp):
         """The weights of each key/value head as a column: its key and value kernels, and the query and output
         kernels of its query heads."""
-        if axis == 0:
-            return self.kernel_matrix(call, xp)
         p = self.parts(call)
         v, g, h = p.num_kv_heads, p.groups, p.head_dim
         parts = []
         for dense, heads_per in ((p.query, g), (p.key, 1), (p.value, 1), (p.output, g)):
-            kernel = dense.kernel
-            if xp is np:
-                kernel = keras.ops.convert_to_numpy(kernel)
+            kernel = _h.value_of(dense.kernel, xp)
             if dense is p.output:                           # (heads, h, width) -> (width, heads, h)
                 kernel = xp.transpose(_out_canonical(p, kernel, xp), (2, 0, 1))
             else:
@@ -689,64 +655,41 @@ class GroupedQueryAttentionHandler(_h.Producer):
             kernel = xp.reshape(kernel, (kernel.shape[0], v, heads_per * h))    # query head i: kv head i // g
             kernel = xp.transpose(kernel, (0, 2, 1))
             parts.append(xp.reshape(kernel, (-1, v)))
-        return np.concatenate(parts, axis=0) if xp is np else xp.concatenate(parts, axis=0)
-
-    def regularized_axes(self, call):
-        return [0, call.internal_index("heads")]
+        return parts
 
     def axis_weights(self, call, axis):
         """(variable, axis, entries(mask)) of every weight the heads axis slices: a key/value head's mask entry
         covers its ``G`` query heads in the query and output kernels."""
         p = self.parts(call)
-        groups = p.groups
         out = []
-        for dense, per in ((p.query, groups), (p.key, 1), (p.value, 1), (p.output, groups)):
-            def entries(mask, per=per):
-                return np.repeat(mask, per)
-            if dense is not p.output and _flat_heads(dense):     # head i: columns i*h .. i*h + h - 1
-                flat = (lambda mask, n=per * p.head_dim: np.repeat(mask, n))
-                out.append((dense.kernel, 1, flat))
-                if getattr(dense, "bias", None) is not None:
-                    out.append((dense.bias, 0, flat))
+        for dense, per in ((p.query, p.groups), (p.key, 1), (p.value, 1), (p.output, p.groups)):
+            flat = _flat_heads(dense)    # a Dense on the flattened heads: head i is entries i*h .. i*h + h - 1
+            entries = functools.partial(np.repeat, repeats=per * p.head_dim if flat else per)
+            if dense is p.output:
+                out.append((dense.kernel, 0 if flat else _out_order(dense)[0], entries))
                 continue
-            if dense is not p.output:
-                out.append((dense.kernel, _in_order(dense)[1], entries))
-            elif getattr(dense, "equation", None) is not None:
-                out.append((dense.kernel, _out_order(dense)[0], entries))
-            else:      # a Dense on the flattened heads: head i is rows i*h .. i*h + h - 1
-                out.append((dense.kernel, 0, lambda mask, n=per * p.head_dim: np.repeat(mask, n)))
-            bias = getattr(dense, "bias", None)
-            if bias is not None and dense is not p.output:
-                out.append((bias, 0, entries))
+            out.append((dense.kernel, 1 if flat else _in_order(dense)[1], entries))
+            if getattr(dense, "bias", None) is not None:
+                out.append((dense.bias, 0, entries))
         if p.sinks is not None:
-            out.append((p.sinks, 0, lambda mask: np.repeat(mask, groups)))
+            out.append((p.sinks, 0, functools.partial(np.repeat, repeats=p.groups)))
         return out
 
     # --- export and expand --------------------------------------------------------------------------------
     def rebuild_class(self, call):
         return GroupedQueryAttention
 
-    def _heads_mask(self, call, keep_out):
-        index = call.internal_index("heads")
-        if len(keep_out) > index:
-            return np.asarray(keep_out[index], bool)
-        return np.ones(self.parts(call).num_kv_heads, bool)
-
     def live_outputs(self, call, in_live, out_alive):
-        if not self._heads_mask(call, out_alive).any():
-            raise ValueError("every head of this attention layer is dead; keep at least one (lower the "
-                             "threshold or the regulariser strength)")
+        self.live_heads(call, out_alive)
         if not in_live[self._hidden(call)].any() or not out_alive[0].any():
             return None
         return [out_alive[0]]
 
     def rebuild_config(self, call, keep_in, keep_out):
         layer, p = call.layer, self.parts(call)
-        mask = self._heads_mask(call, keep_out)
+        mask = self.internal_mask(call, keep_out, "heads")
         kv = int(mask.sum())
-        return dict(name=layer.name, trainable=layer.trainable,
-                    dtype=keras.dtype_policies.serialize(layer.dtype_policy),
-                    num_query_heads=kv * p.groups, num_key_value_heads=kv, head_dim=p.head_dim,
+        return dict(base_config(layer), num_query_heads=kv * p.groups, num_key_value_heads=kv, head_dim=p.head_dim,
                     output_dim=int(np.sum(keep_out[0])), scale=p.scale, rotary=_serialize(p.rotary),
                     query_norm=_serialize(p.query_norm), key_norm=_serialize(p.key_norm),
                     use_bias=getattr(p.query, "bias", None) is not None,
@@ -780,44 +723,28 @@ class GroupedQueryAttentionHandler(_h.Producer):
         return {"alibi_heads": list(range(u))}
 
     def slice_weights(self, call, keep_in, keep_out, weights):
-        """The kept slices in the order of :func:`_variables`: query, key and value kernels (and biases),
-        output kernel (and bias), then the query and key norms' weights (``rebuild`` puts them in the new
-        layer's order)."""
+        """The kept slices in the order of :func:`_variables` (``rebuild`` puts them in the new layer's order):
+        the projections in (width, heads, head entries) and (heads, head entries, width) layouts; the query and
+        key norms' weights and a rotary layer's own (SmolLM3's inverse frequencies) unchanged."""
         p = self.parts(call)
-        position = {id(v): i for i, v in enumerate(call.layer.weights)}
-
-        def old(variable):
-            return np.asarray(weights[position[id(variable)]])
-
-        heads = self._heads_mask(call, keep_out)
+        heads = self.internal_mask(call, keep_out, "heads")
         rows, cols = keep_in[self._hidden(call)], keep_out[0]
         query_heads = np.repeat(heads, p.groups)
-        out = []
+        cuts = {id(p.output.kernel): lambda w: _out_canonical(p, w)[query_heads][..., cols]}
         for dense, keep in ((p.query, query_heads), (p.key, heads), (p.value, heads)):
-            kernel = _in_canonical(p, dense, old(dense.kernel))
-            out.append(kernel[rows][:, keep])
+            cuts[id(dense.kernel)] = lambda w, dense=dense, keep=keep: _in_canonical(p, dense, w)[rows][:, keep]
             if getattr(dense, "bias", None) is not None:
-                out.append(np.reshape(old(dense.bias), (-1, p.head_dim))[keep])
-        kernel = _out_canonical(p, old(p.output.kernel))
-        out.append(kernel[query_heads][..., cols])
+                cuts[id(dense.bias)] = lambda w, keep=keep: np.reshape(w, (-1, p.head_dim))[keep]
         if getattr(p.output, "bias", None) is not None:
-            out.append(old(p.output.bias)[cols])
-        for norm in (p.query_norm, p.key_norm):
-            if norm is not None:
-                out += [old(w) for w in norm.weights]
+            cuts[id(p.output.bias)] = lambda w: w[cols]
         if p.sinks is not None:
-            out.append(old(p.sinks)[query_heads])
-        if p.rotary is not None:      # a rotary layer's own weights (SmolLM3's inverse frequencies), unchanged
-            out += [old(w) for w in p.rotary.weights]
-        return out
+            cuts[id(p.sinks)] = lambda w: w[query_heads]
+        return _h.sliced_by_role(call.layer, weights, _variables(p), cuts)
 
     def rebuild(self, call, step):
         keep_out = list(step.keep_out) + step.keep_internal
         hidden = self._hidden(call)
-        values = step.probe[hidden]
-        if values is not None and np.any(values.value):
-            raise ValueError("removed hidden channels carry a non-zero constant, which this attention layer cannot "
-                             "fold into its projections; keep them (name the layers writing them in ignore=)")
+        _h.refuse_constant(step, hidden, "this attention layer cannot fold into its projections")
         config = self.rebuild_config(call, step.keep_in, keep_out)
         weights = self.slice_weights(call, step.keep_in, keep_out, step.old_weights())
         layer = step.new_layer(config)
@@ -825,8 +752,7 @@ class GroupedQueryAttentionHandler(_h.Producer):
         mask, alibi = self._mask_input(call), self._alibi_input(call)
         outputs = layer(inputs[hidden], attention_mask=None if mask is None else inputs[mask],
                         alibi=None if alibi is None else inputs[alibi])
-        by_variable = {id(v): w for v, w in zip(_variables(_read(layer, _OWN)), weights)}
-        step.set_weights(layer, [by_variable[id(v)] for v in layer.weights])
+        _h.set_weights_by_role(step, layer, _variables(_read(layer, _OWN)), weights)
         return outputs
 
 

@@ -7,7 +7,8 @@ import keras
 import numpy as np
 
 from morphsparse import keras_internals as _keras
-from morphsparse.handlers.base import CHANNELS_LAST_ONLY, LayerHandler, layer_config, positions, register_handler
+from morphsparse.handlers.base import (CHANNELS_LAST_ONLY, LayerHandler, cost_of_terms, layer_config, positions,
+                                       register_handler)
 
 
 # --- channel-keeping layers ---------------------------------------------------------------------------
@@ -20,13 +21,11 @@ class PassThrough(LayerHandler):
 
     def propagate(self, call, graph):
         in_map = call.in_maps[0]
-        maps = []
         for i in range(len(call.output_shapes)):
             if call.output_channels(i) != len(in_map):
                 raise graph.error(call, f"was registered as channel-keeping (PassThrough) but turns "
                                         f"{len(in_map)} channels into {call.output_channels(i)}")
-            maps.append(in_map)
-        return maps
+        return [in_map for _ in call.output_shapes]
 
 
 class ChannelSizedPassThrough(PassThrough):
@@ -150,9 +149,7 @@ class Concatenate(LayerHandler):
     inputs are merged element-wise along channels, like Add."""
 
     def propagate(self, call, graph):
-        rank = len(call.output_shapes[0])
-        axis = call.layer.axis if hasattr(call.layer, "axis") else call.node.arguments.kwargs.get("axis", -1)
-        if axis % rank == rank - 1:
+        if self._on_channels(call):
             return [np.concatenate(call.in_maps)]
         return Merge().propagate(call, graph)
 
@@ -241,7 +238,7 @@ class Opaque(LayerHandler):
     def live_outputs(self, call, in_live, out_alive):
         if not all(m.all() for m in in_live):
             raise ValueError("an opaque layer must keep all its input channels (an upstream branch died)")
-        return [np.ones(call.output_channels(i), bool) for i in range(len(call.output_shapes))]
+        return all_alive(call)
 
     def slice_weights(self, call, keep_in, keep_out, weights):
         return weights
@@ -249,11 +246,35 @@ class Opaque(LayerHandler):
 
 # --- channel producers --------------------------------------------------------------------------------
 
+def pinned_outputs(call, graph, reason, first=0):
+    """New channels, pinned with ``reason``, for each output of ``call`` from position ``first`` on."""
+    outs = []
+    for i in range(first, len(call.output_shapes)):
+        ids = graph.new_channels(call, call.output_channels(i), output=i)
+        graph.pin(ids, reason)
+        outs.append(ids)
+    return outs
+
+
+def all_alive(call, first=0):
+    """An all-True mask for each output of ``call`` from position ``first`` on."""
+    return [np.ones(call.output_channels(i), bool) for i in range(first, len(call.output_shapes))]
+
+
+def value_of(variable, xp):
+    """``variable`` as numpy values when ``xp`` is numpy, else the variable itself (for keras.ops, so a
+    regulariser can differentiate it)."""
+    return keras.ops.convert_to_numpy(variable) if xp is np else variable
+
+
+def concatenate(parts, xp):
+    """``parts`` concatenated on their first axis with ``xp`` (numpy stays numpy)."""
+    return np.concatenate(parts, axis=0) if xp is np else xp.concatenate(parts, axis=0)
+
+
 def as_matrix(kernel, xp, out_axis=-1):
-    """``kernel`` as (fan-in, output entries); numpy values when ``xp`` is numpy, else the variable itself
-    goes through ``xp`` (keras.ops), so a regulariser can differentiate it."""
-    if xp is np:
-        kernel = keras.ops.convert_to_numpy(kernel)
+    """``kernel`` as (fan-in, output entries), through ``xp`` (:func:`value_of`)."""
+    kernel = value_of(kernel, xp)
     if out_axis != -1:
         kernel = xp.moveaxis(kernel, out_axis, -1)
     return xp.reshape(kernel, (-1, kernel.shape[-1]))
@@ -262,21 +283,36 @@ def as_matrix(kernel, xp, out_axis=-1):
 def _cut(layer, weights, **cuts):
     """``weights`` (numpy, in ``layer.weights`` order) with the variables named in ``cuts`` (attribute name
     -> function of the array) cut down; other weights are copied as they are."""
-    out = list(weights)
-    for attr, cut in cuts.items():
-        variable = getattr(layer, attr, None)
-        if variable is None:
-            continue
-        for position, w in enumerate(layer.weights):
-            if w is variable:
-                out[position] = cut(out[position])
-                break
-    return out
+    variables = {attr: getattr(layer, attr, None) for attr in cuts}
+    return sliced_by_role(layer, weights, layer.weights,
+                          {id(v): cuts[attr] for attr, v in variables.items() if v is not None})
 
 
 def weight_of(layer, weights, variable):
-    """The array in ``weights`` (``layer.weights`` order) that holds ``variable``."""
-    return next(weights[i] for i, w in enumerate(layer.weights) if w is variable)
+    """The array in ``weights`` (``layer.weights`` order) that holds ``variable``, as numpy."""
+    return np.asarray(next(weights[i] for i, w in enumerate(layer.weights) if w is variable))
+
+
+def sliced_by_role(layer, weights, variables, cuts):
+    """The arrays of ``variables`` (read from ``weights``, in ``layer.weights`` order), each cut by
+    ``cuts[id(variable)]`` where it has one and copied as it is otherwise."""
+    return [cuts.get(id(v), np.asarray)(weight_of(layer, weights, v)) for v in variables]
+
+
+def set_weights_by_role(step, layer, variables, arrays):
+    """Give the rebuilt ``layer`` the ``arrays`` of its ``variables`` (listed by role, in the order the arrays
+    were sliced in), in whatever order its class tracks its weights."""
+    by_variable = {id(v): a for v, a in zip(variables, arrays)}
+    step.set_weights(layer, [by_variable[id(v)] for v in layer.weights])
+
+
+def refuse_constant(step, index, what):
+    """Refuse removed channels of input ``index`` that carry a non-zero constant, which ``what`` (a layer that
+    cannot fold it)."""
+    values = step.probe[index]
+    if values is not None and np.any(values.value):
+        raise ValueError(f"removed hidden channels carry a non-zero constant, which {what}; keep them (name the "
+                         "layers writing them in ignore=)")
 
 
 def _spatial_sum(kernel):
@@ -322,8 +358,6 @@ class Producer(LayerHandler):
 
     # --- structure learning (morphsparse.morph) ---------------------------------------------------------
     def kernel_matrix(self, call, xp=np):
-        """The weights feeding each output entry, as a (fan-in, output entries) matrix (group lasso reads
-        its columns). ``xp``: numpy for values, keras.ops for a differentiable tensor."""
         return as_matrix(call.layer.kernel, xp)
 
     def _check_format(self, call, graph):
@@ -479,18 +513,13 @@ class DepthwiseConv(Producer):
 
     def kernel_matrix(self, call, xp=np):
         # (kh, kw, in, m) -> columns in*m, in the order c*m + j of the output channels.
-        kernel = call.layer.kernel
-        if xp is np:
-            kernel = keras.ops.convert_to_numpy(kernel)
+        kernel = value_of(call.layer.kernel, xp)
         return xp.reshape(kernel, (-1, kernel.shape[-2] * kernel.shape[-1]))
 
     def live_outputs(self, call, in_live, out_alive):
         # a removed input channel takes its m outputs with it, so nothing needs folding here
         keep = np.repeat(in_live[0], call.layer.depth_multiplier) & out_alive[0]
         return [keep] if keep.any() else None
-
-    def rebuild_config(self, call, keep_in, keep_out):
-        return layer_config(call.layer)
 
     def slice_weights(self, call, keep_in, keep_out, weights):
         return _cut(call.layer, weights, kernel=lambda w: w[..., keep_in[0], :], bias=lambda w: w[keep_out[0]])
@@ -539,6 +568,54 @@ class SeparableConv(Producer):
         depthwise = weight_of(call.layer, weights, call.layer.depthwise_kernel)
         per_copy = _spatial_sum(depthwise) * np.where(removed, constants, 0.0)[:, None]    # (in, m)
         return per_copy.reshape(-1) @ pointwise.reshape(per_copy.size, -1).astype(np.float64)
+
+
+class MultiAxis(Producer):
+    """A kernel layer with internal channel axes besides its outputs (attention heads, the width inside
+    experts): its costs are the sum of its bilinear :meth:`cost_terms`, every axis is regularised, and a layer
+    with no channel left on an internal axis cannot be rebuilt, so each keeps its strongest channel."""
+
+    keeps_one_internal = True
+
+    def _total(self, call, alive_in, alive_out, which):
+        # the internal axes at full width when the caller counted the outputs only
+        full = [call.output_channels(i) for i in range(call.n_outputs)] + [len(m) for m in call.internal_maps]
+        return cost_of_terms(self.cost_terms(call), alive_in, list(alive_out) + full[len(alive_out):], which)
+
+    def macs(self, call, alive_in, alive_out):
+        return self._total(call, alive_in, alive_out, "macs")
+
+    def params(self, call, alive_in, alive_out):
+        return self._total(call, alive_in, alive_out, "params")
+
+    def regularized_axes(self, call):
+        return [0] + [call.internal_index(name) for name in call.internal_names]
+
+    def axis_columns(self, call, axis, xp):
+        """The (fan-in, channels) pieces of internal axis ``axis``, stacked by :meth:`axis_matrix`."""
+        raise NotImplementedError
+
+    def axis_matrix(self, call, axis, xp=np):
+        if axis == 0:
+            return self.kernel_matrix(call, xp)
+        return concatenate(self.axis_columns(call, axis, xp), xp)
+
+    @staticmethod
+    def internal_mask(call, keep, name):
+        """The mask of internal axis ``name`` in ``keep`` (outputs, then internal axes); all True when ``keep``
+        has the outputs only."""
+        index = call.internal_index(name)
+        if len(keep) > index:
+            return np.asarray(keep[index], bool)
+        return np.ones(len(call.internal_maps[call.internal_names.index(name)]), bool)
+
+    def live_heads(self, call, out_alive):
+        """The heads mask, refused when no head is left."""
+        heads = self.internal_mask(call, out_alive, "heads")
+        if not heads.any():
+            raise ValueError("every head of this attention layer is dead; keep at least one (lower the "
+                             "threshold or the regulariser strength)")
+        return heads
 
 
 class Embedding(Producer):

@@ -23,13 +23,12 @@ with its own class at the new widths. The keras_hub attributes read are named in
 
 from __future__ import annotations
 
-import inspect
+import functools
 
-import keras
 import numpy as np
 
 from morphsparse.handlers import layers as _h
-from morphsparse.handlers.base import cost_of_terms, positions, register_handler
+from morphsparse.handlers.base import constructor_config, positions, register_handler
 from morphsparse.trace import symbolic_kwargs
 
 _HUB = "keras_hub.src"
@@ -63,12 +62,10 @@ HUB_MOE = {
 _SHARED = ("_feedforward_gate_dense", "_feedforward_intermediate_dense", "_feedforward_output_dense")
 
 
-class ExpertsBlock(_h.Producer):
+class ExpertsBlock(_h.MultiAxis):
     """Handler of a dense mixture-of-experts block: internal axis ``"ffn"`` (the expert width, tied across
-    experts) and, with a shared expert, ``"shared_ffn"``; costs exact; rebuilt with its own class."""
-
-    #: an expert bank of width zero cannot be rebuilt: the group keeps its strongest neuron
-    keeps_one_internal = True
+    experts; a bank of width zero cannot be rebuilt) and, with a shared expert, ``"shared_ffn"``; costs exact;
+    rebuilt with its own class."""
 
     def __init__(self, names):
         self.names = dict(names)
@@ -106,15 +103,9 @@ class ExpertsBlock(_h.Producer):
         return None if shared is None else tuple(getattr(shared, name) for name in _SHARED)
 
     def _sizes(self, layer):
-        gate, up, down = self._bank(layer)
-        experts, width = int(down.shape[0]), int(down.shape[1])
-        return experts, width
-
-    def _axes(self, call):
-        axes = ["ffn"]
-        if self._shared(call.layer) is not None:
-            axes.append("shared_ffn")
-        return axes
+        """(experts, expert width)."""
+        down = self._bank(layer)[2]
+        return int(down.shape[0]), int(down.shape[1])
 
     # --- structure ----------------------------------------------------------------------------------------
     def propagate(self, call, graph):
@@ -127,12 +118,8 @@ class ExpertsBlock(_h.Producer):
         if shared is not None:
             graph.internal(call, "shared_ffn", graph.new_channels(call, int(shared[2].kernel.shape[0]),
                                                                   output="shared_ffn"))
-        outs = [graph.new_channels(call, call.output_channels(0))]
-        for i in range(1, len(call.output_shapes)):          # the router logits: one per expert
-            ids = graph.new_channels(call, call.output_channels(i), output=i)
-            graph.pin(ids, f"{call.path}: router logits (the router reads every expert)")
-            outs.append(ids)
-        return outs
+        return [graph.new_channels(call, call.output_channels(0))] + _h.pinned_outputs(
+            call, graph, f"{call.path}: router logits (the router reads every expert)", first=1)
 
     # --- costs --------------------------------------------------------------------------------------------
     def cost_terms(self, call):
@@ -159,58 +146,32 @@ class ExpertsBlock(_h.Producer):
                       (shared, ("out", 0), lambda a, b: t * a * b, lambda a, b: a * b)]
         return terms
 
-    def _total(self, call, alive_in, alive_out, which):
-        full = [call.output_channels(i) for i in range(len(call.output_shapes))]
-        full += [len(m) for m in call.internal_maps]
-        alive_out = list(alive_out) + full[len(alive_out):]
-        return cost_of_terms(self.cost_terms(call), alive_in, alive_out, which)
-
-    def macs(self, call, alive_in, alive_out):
-        return self._total(call, alive_in, alive_out, "macs")
-
-    def params(self, call, alive_in, alive_out):
-        return self._total(call, alive_in, alive_out, "params")
-
     # --- group lasso --------------------------------------------------------------------------------------
-    @staticmethod
-    def _value(variable, xp):
-        return keras.ops.convert_to_numpy(variable) if xp is np else variable
-
-    def _neuron_columns(self, call, axis, xp):
-        """(variable, (fan-in, neurons) matrix) pieces of an internal axis."""
-        layer = call.layer
+    def axis_columns(self, call, axis, xp):
+        """The (fan-in, neurons) pieces of an internal axis."""
+        layer, value = call.layer, functools.partial(_h.value_of, xp=xp)
         if call.internal_names[axis - call.n_outputs] == "ffn":
             gate, up, down = self._bank(layer)
             width = int(down.shape[1])
-            g = self._value(gate, xp)
+            g = value(gate)
             if up is not None:
-                pieces = [g, self._value(up, xp)]
+                pieces = [g, value(up)]
             elif self.names.get("layout") == "interleaved":
                 pieces = [g[..., 0::2], g[..., 1::2]]
             else:
                 pieces = [g[..., :width], g[..., width:]]
-            pieces.append(xp.transpose(self._value(down, xp), (0, 2, 1)))
+            pieces.append(xp.transpose(value(down), (0, 2, 1)))
             return [xp.reshape(p, (-1, width)) for p in pieces]
         gate, up, down = self._shared(layer)
-        return [self._value(gate.kernel, xp), self._value(up.kernel, xp),
-                xp.transpose(self._value(down.kernel, xp), (1, 0))]
+        return [value(gate.kernel), value(up.kernel), xp.transpose(value(down.kernel), (1, 0))]
 
     def kernel_matrix(self, call, xp=np):
-        _, _, down = self._bank(call.layer)
-        pieces = [xp.reshape(self._value(down, xp), (-1, int(down.shape[-1])))]
+        down = self._bank(call.layer)[2]
+        pieces = [xp.reshape(_h.value_of(down, xp), (-1, int(down.shape[-1])))]
         shared = self._shared(call.layer)
         if shared is not None:
-            pieces.append(self._value(shared[2].kernel, xp))
-        return np.concatenate(pieces, axis=0) if xp is np else xp.concatenate(pieces, axis=0)
-
-    def axis_matrix(self, call, axis, xp=np):
-        if axis == 0:
-            return self.kernel_matrix(call, xp)
-        pieces = self._neuron_columns(call, axis, xp)
-        return np.concatenate(pieces, axis=0) if xp is np else xp.concatenate(pieces, axis=0)
-
-    def regularized_axes(self, call):
-        return [0] + [call.internal_index(name) for name in self._axes(call)]
+            pieces.append(_h.value_of(shared[2].kernel, xp))
+        return _h.concatenate(pieces, xp)
 
     def axis_weights(self, call, axis):
         """(variable, axis, entries(mask)) of every weight an internal axis slices: a fused gate-up kernel
@@ -227,36 +188,23 @@ class ExpertsBlock(_h.Producer):
         return [(gate.kernel, 1, lambda m: m), (up.kernel, 1, lambda m: m), (down.kernel, 0, lambda m: m)]
 
     # --- export and expand --------------------------------------------------------------------------------
-    def _mask(self, call, keep_out, name):
-        index = call.internal_index(name)
-        return np.asarray(keep_out[index], bool) if len(keep_out) > index else np.ones(
-            len(call.internal_maps[call.internal_names.index(name)]), bool)
-
     def live_outputs(self, call, in_live, out_alive):
         if not in_live[0].any() or not out_alive[0].any():
             return None
-        return [out_alive[0]] + [np.ones(call.output_channels(i), bool) for i in range(1, len(call.output_shapes))]
+        return [out_alive[0]] + _h.all_alive(call, first=1)
 
     def rebuild_config(self, call, keep_in, keep_out):
         """The block's constructor arguments read off its attributes (these classes define no get_config),
         with the expert width (and the shared expert's) and the hidden width set to the kept counts."""
         layer = call.layer
-        renames = self.names["renames"]
-        config = {"name": layer.name, "trainable": layer.trainable,
-                  "dtype": keras.dtype_policies.serialize(layer.dtype_policy)}
-        for p in inspect.signature(type(layer).__init__).parameters.values():
-            if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-                continue
-            attribute = renames.get(p.name, p.name)
-            if hasattr(layer, attribute):
-                config[p.name] = getattr(layer, attribute)
-            elif p.default is p.empty:
-                raise ValueError(f"layer '{call.path}' ({type(layer).__name__}): its constructor argument "
-                                 f"'{p.name}' is not an attribute; register a handler naming it")
+        config, missing = constructor_config(layer, self.names["renames"])
+        if missing:
+            raise ValueError(f"layer '{call.path}' ({type(layer).__name__}): its constructor argument "
+                             f"'{missing[0]}' is not an attribute; register a handler naming it")
         config["hidden_dim"] = int(np.sum(keep_out[0]))
-        config[self.names["width_arg"]] = int(self._mask(call, keep_out, "ffn").sum())
+        config[self.names["width_arg"]] = int(self.internal_mask(call, keep_out, "ffn").sum())
         if self.names.get("shared_arg"):
-            config[self.names["shared_arg"]] = int(self._mask(call, keep_out, "shared_ffn").sum())
+            config[self.names["shared_arg"]] = int(self.internal_mask(call, keep_out, "shared_ffn").sum())
         if int(np.sum(keep_in[0])) != config["hidden_dim"]:
             raise ValueError(f"layer '{call.path}' ({type(layer).__name__}) must keep as many input as output "
                              "channels (it reshapes its output to its input's width)")
@@ -276,48 +224,32 @@ class ExpertsBlock(_h.Producer):
     def slice_weights(self, call, keep_in, keep_out, weights):
         """The kept slices in the order of ``_variables``."""
         layer = call.layer
-        position = {id(v): i for i, v in enumerate(layer.weights)}
-
-        def old(variable):
-            return np.asarray(weights[position[id(variable)]])
-
         rows, cols = keep_in[0], keep_out[0]
-        ffn = self._mask(call, keep_out, "ffn")
+        ffn = self.internal_mask(call, keep_out, "ffn")
         gate, up, down = self._bank(layer)
-        router = self._get(layer, "router")
-        out = [old(router.kernel)[rows]]
-        if getattr(router, "bias", None) is not None:
-            out.append(old(router.bias))
-        if up is None:
-            out.append(old(gate)[:, rows][..., self._fused(ffn)])
-        else:
-            out += [old(gate)[:, rows][..., ffn], old(up)[:, rows][..., ffn]]
-        out.append(old(down)[:, ffn][..., cols])
         gate_bias, down_bias = self._biases(layer)
-        if gate_bias is not None:
-            out.append(old(gate_bias)[:, self._fused(ffn) if up is None else ffn])
-        if down_bias is not None:
-            out.append(old(down_bias)[:, cols])
+        columns = self._fused(ffn) if up is None else ffn       # of the gate (and up) weights
+        pieces = [(self._get(layer, "router").kernel, lambda w: w[rows]), (gate, lambda w: w[:, rows][..., columns]),
+                  (up, lambda w: w[:, rows][..., columns]), (down, lambda w: w[:, ffn][..., cols]),
+                  (gate_bias, lambda w: w[:, columns]), (down_bias, lambda w: w[:, cols])]
         shared = self._shared(layer)
         if shared is not None:
-            keep = self._mask(call, keep_out, "shared_ffn")
-            out += [old(shared[0].kernel)[rows][:, keep], old(shared[1].kernel)[rows][:, keep],
-                    old(shared[2].kernel)[keep][:, cols], old(self._get(layer, "shared_gate").kernel)[rows]]
-        return out
+            keep = self.internal_mask(call, keep_out, "shared_ffn")
+            pieces += [(shared[0].kernel, lambda w: w[rows][:, keep]), (shared[1].kernel, lambda w: w[rows][:, keep]),
+                       (shared[2].kernel, lambda w: w[keep][:, cols]),
+                       (self._get(layer, "shared_gate").kernel, lambda w: w[rows])]
+        cuts = {id(v): cut for v, cut in pieces if v is not None}
+        return _h.sliced_by_role(layer, weights, self._variables(layer), cuts)
 
     def rebuild(self, call, step):
-        values = step.probe[0]
-        if values is not None and np.any(values.value):
-            raise ValueError("removed hidden channels carry a non-zero constant, which this mixture-of-experts "
-                             "block cannot fold; keep them (name the layers writing them in ignore=)")
+        _h.refuse_constant(step, 0, "this mixture-of-experts block cannot fold")
         keep_out = list(step.keep_out) + step.keep_internal
         config = self.rebuild_config(call, step.keep_in, keep_out)
         arrays = self.slice_weights(call, step.keep_in, keep_out, step.old_weights())
         layer = step.new_layer(config)
         args, kwargs = step.arguments()
         outputs = layer(*args, **symbolic_kwargs(layer, kwargs))
-        by_variable = {id(v): a for v, a in zip(self._variables(layer), arrays)}
-        step.set_weights(layer, [by_variable[id(v)] for v in layer.weights])
+        _h.set_weights_by_role(step, layer, self._variables(layer), arrays)
         return outputs
 
 

@@ -52,12 +52,7 @@ def _pin_all(call, graph, reason):
     text = f"{call.path}: {reason}"
     for m in call.in_maps:
         graph.pin(m, text)
-    outs = []
-    for i in range(len(call.output_shapes)):
-        ids = graph.new_channels(call, call.output_channels(i), output=i)
-        graph.pin(ids, text)
-        outs.append(ids)
-    return outs
+    return _h.pinned_outputs(call, graph, text)
 
 
 def _op_name(call):
@@ -77,7 +72,7 @@ class PinnedOp(_h.LayerHandler):
     def live_outputs(self, call, in_live, out_alive):
         if not all(m.all() for m in in_live):
             raise ValueError(f"keras.ops {_op_name(call)} must keep all its input channels")
-        return [np.ones(call.output_channels(i), bool) for i in range(len(call.output_shapes))]
+        return _h.all_alive(call)
 
 
 #: the handler of a keras.ops operation no rule covers (the graph walk uses it)
@@ -267,9 +262,7 @@ class Transpose(_Conditional):
             order[a], order[b] = order[b], order[a]
             return order
         if name == "Moveaxis":
-            source = _axes(op.source, rank) if not isinstance(op.source, int) else [int(op.source) % rank]
-            dest = _axes(op.destination, rank) if not isinstance(op.destination, int) else [
-                int(op.destination) % rank]
+            source, dest = _axes(op.source, rank), _axes(op.destination, rank)
             rest = [a for a in order if a not in source]
             result = [None] * rank
             for s, d in zip(source, dest):
@@ -338,12 +331,6 @@ class AxisOp(_Conditional):
             return "works along the channel axis"
         return None
 
-    def propagate(self, call, graph):
-        if self.keeps(call) is None and all(call.output_channels(i) == len(call.in_maps[0])
-                                            for i in range(len(call.output_shapes))):
-            return [call.in_maps[0] for _ in call.output_shapes]
-        return _pin_all(call, graph, f"keras.ops {_op_name(call)} {self.keeps(call) or 'changes the channel axis'}")
-
 
 def _index_key(key):
     """An index key as Keras's GetItem applies it: a list is a tuple of per-axis entries (a model loaded from
@@ -391,7 +378,7 @@ class GetItem(_h.LayerHandler):
 
     def propagate(self, call, graph):
         kind, bounds = self._channel_entry(call)
-        if call.output_shapes[0] and len(call.output_shapes[0]) >= 1:
+        if call.output_shapes[0]:
             if kind == "keep" and call.output_channels(0) == len(call.in_maps[0]):
                 return [call.in_maps[0]]
             if kind == "slice" and call.output_channels(0) == bounds[1] - bounds[0]:
@@ -556,14 +543,12 @@ def register_defaults():
               unary, "nn")
     _register("Cast SaturateCast StopGradient ConvertToTensor", unary, "core")
     _register("Rsqrt Erf Erfc Erfinv", unary, "math")
-    cross = CrossChannel()
-    _register("Softmax LogSoftmax Sparsemax Normalize RMSNorm LayerNorm", cross, "nn")
+    _register("Softmax LogSoftmax Sparsemax Normalize RMSNorm LayerNorm", CrossChannel(), "nn")
 
-    broadcasting = Broadcasting()
     _register("Add Subtract Multiply Divide DivideNoNan TrueDivide FloorDivide Power Maximum Minimum Fmax Fmin "
               "Mod Fmod Arctan2 Hypot Logaddexp Logaddexp2 Equal NotEqual Greater GreaterEqual Less LessEqual "
               "LogicalAnd LogicalOr LogicalXor BitwiseAnd BitwiseOr BitwiseXor BitwiseLeftShift LeftShift "
-              "BitwiseRightShift RightShift Heaviside Where Nextafter Ldexp Gcd Lcm Isclose", broadcasting)
+              "BitwiseRightShift RightShift Heaviside Where Nextafter Ldexp Gcd Lcm Isclose", Broadcasting())
 
     reduction = Reduction()
     _register("All Any Amax Amin Argmax Argmin Average CountNonzero Max Min Mean Median Nanargmax Nanargmin Nanmax "
@@ -573,8 +558,7 @@ def register_defaults():
     _register("Moments", Moments(), "nn")
 
     _register("Reshape", Reshape())
-    transpose = Transpose()
-    _register("Transpose Swapaxes Moveaxis", transpose)
+    _register("Transpose Swapaxes Moveaxis", Transpose())
     _register("ExpandDims", ExpandDims())
     _register("Squeeze", Squeeze())
     _register("Pad", Pad())
@@ -584,8 +568,7 @@ def register_defaults():
     _register("Roll Flip Sort Argsort Cumsum Cumprod Nancumsum Nancumprod Take TakeAlongAxis Repeat Diff", axis_op)
     _register("Unstack", axis_op, "core")
     _register("GetItem", GetItem())
-    split = Split()
-    _register("Split ArraySplit", split)
+    _register("Split ArraySplit", Split())
     register_handler(op_class("numpy", "Concatenate"), _h.Concatenate())
     _register("Stack", Stack())
     contraction = Contraction()
