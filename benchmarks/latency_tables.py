@@ -272,11 +272,12 @@ def main(argv=None):
                     save()
                     continue
                 result["prediction"].append(row)
-                print(f"{arch} {backend} batch {batch}: median |error| {row['median_abs_error']:.1%}, "
-                      f"{row['within_15pct']:.0%} within 15%; of the ratio to the full model "
-                      f"{row['median_abs_ratio_error']:.1%}, {row['ratio_within_15pct']:.0%} "
-                      f"({args.assignments} assignments; profile "
-                      f"{row['profile_seconds']:.0f} s)", flush=True)
+                if args.assignments:
+                    print(f"{arch} {backend} batch {batch}: median |error| {row['median_abs_error']:.1%}, "
+                          f"{row['within_15pct']:.0%} within 15%; of the ratio to the full model "
+                          f"{row['median_abs_ratio_error']:.1%}, {row['ratio_within_15pct']:.0%} "
+                          f"({args.assignments} assignments; profile "
+                          f"{row['profile_seconds']:.0f} s)", flush=True)
                 if args.landing:
                     result["landing"].extend(landing(arch, backend, batch, table, args))
                 save()
