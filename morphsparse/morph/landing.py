@@ -109,24 +109,30 @@ def land_latency(model, budget, table, how="prune", *, rounds=4, tolerance=0.03,
 
 
 def _next_request(rounds, budget):
-    """The budget to ask the shrinker for next, from the (asked, measured) pairs so far: along the line through
-    the two pairs measured closest to ``budget`` (one on each side of it when the rounds have bracketed it), so
-    that a measured ratio that does not scale with the request (a time that does not shrink with the widths)
-    is followed; scaled by ``budget / measured`` from the closest pair where that line is not rising (timing
-    noise)."""
+    """The budget to ask the shrinker for next, from the (asked, measured) pairs so far. Once the rounds have
+    bracketed ``budget``, along the line through the closest pair measured on each side of it, kept inside
+    the bracket. Before that, the closest round's request scaled by ``budget / measured``, or, where the line
+    through the two closest rounds asks for more (a time that does not shrink with the widths moves the
+    measured ratio less than the request), that line's request, but never a step more than twice as long:
+    two rounds within the timing noise of each other draw a line that points anywhere."""
     by_distance = sorted(rounds, key=lambda r: abs(r["measured"] - budget))
     over = [r for r in by_distance if r["measured"] > budget]
     under = [r for r in by_distance if r["measured"] <= budget]
-    pair = [over[0], under[0]] if over and under else by_distance[:2]
     closest = by_distance[0]
-    if len(pair) == 2:
-        (a0, m0), (a1, m1) = ((r["asked"], r["measured"]) for r in pair)
-        if (a1 - a0) * (m1 - m0) > 0:
-            request = a0 + (budget - m0) * (a1 - a0) / (m1 - m0)
-            if over and under:     # stay inside the bracket
-                request = min(max(request, min(a0, a1)), max(a0, a1))
-            return min(1.0, max(request, 1e-3))
-    return min(1.0, closest["asked"] * budget / closest["measured"])
+    scaled = closest["asked"] * budget / closest["measured"]
+    pair = [over[0], under[0]] if over and under else by_distance[:2]
+    if len(pair) < 2:
+        return min(1.0, scaled)
+    (a0, m0), (a1, m1) = ((r["asked"], r["measured"]) for r in pair)
+    if (a1 - a0) * (m1 - m0) <= 0:      # not rising: timing noise
+        return min(1.0, scaled)
+    line = a0 + (budget - m0) * (a1 - a0) / (m1 - m0)
+    if over and under:
+        return min(max(line, min(a0, a1)), max(a0, a1))
+    farthest = closest["asked"] + 2 * (scaled - closest["asked"])
+    if scaled < closest["asked"]:      # shrinking further: by the line, down to the farthest step (above zero)
+        return max(min(line, scaled), farthest, scaled / 2)
+    return min(1.0, max(line, scaled), farthest)
 
 
 __all__ = ["land_latency", "LandingReport"]
