@@ -22,8 +22,8 @@ import io
 import math
 import numbers
 import platform
-import tempfile
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,8 +171,8 @@ def convert(model, sparse=True, quantize=None, representative_data=None):
     # it calls into tf_keras); exported as a SavedModel first, they convert
     with tempfile.TemporaryDirectory(prefix="morphsparse-litert-") as folder:
         for make in (tf.lite.TFLiteConverter.from_keras_model, lambda m: _from_saved_model(m, folder)):
-            converter = _configured(make(model), sparse, quantize, representative_data)
             try:
+                converter = _configured(make(model), sparse, quantize, representative_data)
                 # the converter saves a temporary SavedModel and prints its endpoints (about 20 lines)
                 with contextlib.redirect_stdout(io.StringIO()):
                     flatbuffer = converter.convert()
