@@ -15,10 +15,12 @@ tf.function; "litert": the LiteRT interpreter) and batch size (1 and 32), all at
    ``ms.resize(target="latency", device=table)`` to budgets of 50% and 30% of the predicted latency, and the
    same through ``ms.land_latency`` (corrected by measured time); each slim model's measured latency as a
    fraction of the full model's, timed together (the issue asks for within 7% of the budget).
-3. **accuracy** (``--accuracy``, plain CNN on real Fashion-MNIST, ``--seeds``): a trained CNN pruned to 50% of
-   its FLOPs (FLOP-targeted), and latency-targeted to the same predicted latency; both fine-tuned alike. Then
-   the other way round: FLOP-targeted to the latency-targeted model's FLOPs. Reports measured latency and test
-   accuracy of each pair.
+3. **accuracy** (``--accuracy``): item 5 on the structure-quality protocol, for models of its zoo
+   (``--accuracy-models``, default the VGG-style chain, keras_hub's ResNet and MobileNetV2) and each backend
+   at ``--accuracy-batch``, ``--seeds``: the dense seed pruned to 50% of its FLOPs (FLOP-targeted), to the same
+   predicted latency (latency-targeted), and to the latency-targeted model's FLOPs (FLOP-targeted), each
+   fine-tuned alike. Reports each slim model's test accuracy and its measured latency as a share of the
+   seed's (all timed together, alternating).
 
 The machine must be quiet: every figure is a timing. Writes ``benchmarks/results/latency_tables.json``.
 
@@ -146,6 +148,7 @@ def landing(arch, backend, batch, table, args):
     alternating, so that the ratio is not the machine's drift between two timings."""
     model = make(arch)
     rows = []
+    timing = args.landing_repeats or args.repeats
     for budget in (0.5, 0.3):
         for how in ("prune", "resize"):
             for measured_loop in (False, True):
@@ -156,14 +159,14 @@ def landing(arch, backend, batch, table, args):
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         if measured_loop:
-                            slim, report = ms.land_latency(model, budget, table, how, repeats=args.repeats,
+                            slim, report = ms.land_latency(model, budget, table, how, repeats=timing,
                                                            **options)
                             row["rounds"] = report.rounds
                         else:
                             slim = getattr(ms, how)(model, budget=budget, target="latency", device=table,
                                                     **options)
                     seed_time, slim_time = ms.compare_latency([model, slim], backend, batch, threads=1,
-                                                              repeats=args.repeats)
+                                                              repeats=timing)
                     row.update(seed_measured_ms=seed_time["median"] * 1e3, measured_ms=slim_time["median"] * 1e3,
                                measured_ratio=slim_time["median"] / seed_time["median"],
                                predicted_ratio=ms.predict_latency(slim, table) / ms.predict_latency(model, table),
@@ -177,53 +180,54 @@ def landing(arch, backend, batch, table, args):
 
 
 def accuracy(args):
-    """Equal measured latency: accuracy; equal FLOPs: latency (plain CNN on Fashion-MNIST, keras backend)."""
-    (x_train, y_train), (x_test, y_test) = ms.load_fashion_mnist()
-    x_train, x_test = ms.prepare_images(x_train), ms.prepare_images(x_test)
-    n = args.train_images
-    x_train, y_train = x_train[:n], y_train[:n]
+    """Item 5 on the structure-quality protocol (benchmarks/structure_quality.py: the same zoo, the same dense
+    seeds trained E/2 epochs on 4,000 Fashion-MNIST images, E/2 epochs of fine-tuning at its rate, BatchNorm
+    re-estimated before every evaluation on the 10,000 test images). Per model, backend and seed: prune the
+    seed to 50% of its FLOPs (FLOP-targeted); to the same predicted latency (latency-targeted, by the table of
+    that backend); and to the latency-targeted model's FLOPs (FLOP-targeted). The seed and the three slim
+    models are then timed together, alternating: their measured ratios are free of the machine's drift."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import structure_quality as sq
+
+    study = sq.Study(args.train_images, args.epochs)
     rows = []
-    backend, batch = "keras", args.accuracy_batch
-    for seed in args.seeds:
-        keras.utils.set_random_seed(seed)
-        model = plain_cnn(x_train.shape[1:], widths=(32, 64, 128, 128))
-
-        def compile_(m):
-            m.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=["accuracy"])
-        compile_(model)
-        model.fit(x_train, y_train, batch_size=128, epochs=args.epochs, verbose=0)
-        ms.recalibrate_batchnorm(model, x_train[:512])     # a short run leaves the moving statistics behind
-        table = ms.profile_latency(model, backend=backend, batch_size=batch, threads=1, points=args.points,
-                                   repeats=args.repeats, progress=False, refresh=args.refresh)
-
-        def finish(slim):
-            compile_(slim)
-            slim.fit(x_train, y_train, batch_size=128, epochs=args.finetune_epochs, verbose=0)
-            return {"accuracy": float(slim.evaluate(x_test, y_test, verbose=0)[1]),
-                    "predicted_ms": ms.predict_latency(slim, table) * 1e3, "flops": ms.count_flops(slim)}
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            by_flops = ms.prune(model, budget=0.5, target="flops", calibration_data=x_train[:512])
-            matched = ms.predict_latency(by_flops, table) / ms.predict_latency(model, table)
-            by_latency = ms.prune(model, budget=matched, target="latency", device=table,
-                                  calibration_data=x_train[:512])
-            same_flops = ms.prune(model, budget=float(ms.count_flops(by_latency)), target="flops",
-                                  calibration_data=x_train[:512])
-        row = {"seed": seed, "seed_accuracy": float(model.evaluate(x_test, y_test, verbose=0)[1]),
-               "equal_latency": {"flops_targeted": finish(by_flops), "latency_targeted": finish(by_latency)},
-               "equal_flops": {"flops_targeted": finish(same_flops), "latency_targeted": None}}
-        row["equal_flops"]["latency_targeted"] = row["equal_latency"]["latency_targeted"]
-        # the seed and the three slim models timed together, alternating: their ratios are free of drift
-        times = ms.compare_latency([model, by_flops, by_latency, same_flops], backend, batch, threads=1,
-                                   repeats=args.repeats)
-        row["seed_measured_ms"] = times[0]["median"] * 1e3
-        for part, t in zip((row["equal_latency"]["flops_targeted"], row["equal_latency"]["latency_targeted"],
-                            row["equal_flops"]["flops_targeted"]), times[1:]):
-            part["measured_ms"] = t["median"] * 1e3
-        print(f"  accuracy {json.dumps(row)}", flush=True)
-        rows.append(row)
+    for name in args.accuracy_models:
+        importance = sq.ZOO[name][4]
+        for backend in args.backends:
+            batch = args.accuracy_batch
+            for i, seed in enumerate(args.seeds):
+                dense = study.dense(name, seed)
+                start = time.perf_counter()
+                # one table per model and backend: the seeds share the architecture
+                table = ms.profile_latency(dense, backend=backend, batch_size=batch, threads=1,
+                                           points=args.points, repeats=args.repeats, progress=False,
+                                           refresh=args.refresh and i == 0)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    by_flops = ms.prune(dense, budget=0.5, target="flops", importance=importance)
+                    matched = ms.predict_latency(by_flops, table) / ms.predict_latency(dense, table)
+                    by_latency = ms.prune(dense, budget=matched, target="latency", device=table,
+                                          importance=importance)
+                    same_flops = ms.prune(dense, budget=float(ms.count_flops(by_latency)), target="flops",
+                                          importance=importance)
+                slims = {"flops_50": by_flops, "latency_matched": by_latency, "flops_matched": same_flops}
+                times = ms.compare_latency([dense, *slims.values()], backend, batch, threads=1,
+                                           repeats=args.repeats)
+                row = {"model": name, "backend": backend, "batch": batch, "seed": seed,
+                       "train_images": args.train_images, "epochs": args.epochs,
+                       "dense_accuracy": study.accuracy(name, dense), "dense_measured_ms": times[0]["median"] * 1e3,
+                       "dense_flops": ms.count_flops(dense), "predicted_latency_budget": matched,
+                       "suggested_round_to": table.suggested_round_to()}
+                for (arm, slim), measured in zip(slims.items(), times[1:]):
+                    study.fit(name, slim, args.epochs - args.epochs // 2, seed, rate=sq.FINE_TUNE_RATE)
+                    row[arm] = {"accuracy": study.accuracy(name, slim),
+                                "measured_ratio": measured["median"] / times[0]["median"],
+                                "predicted_ratio": ms.predict_latency(slim, table) / ms.predict_latency(dense, table),
+                                "flops_ratio": ms.count_flops(slim) / row["dense_flops"],
+                                "widths": sq.widths(slim)}
+                row["seconds"] = round(time.perf_counter() - start, 1)
+                print(f"  accuracy {json.dumps(row)}", flush=True)
+                rows.append(row)
     return rows
 
 
@@ -236,11 +240,15 @@ def main(argv=None):
     parser.add_argument("--points", type=int, default=5, help="grid points per width axis of the tables")
     parser.add_argument("--repeats", type=int, default=15, help="timing rounds (tables and end-to-end)")
     parser.add_argument("--landing", action="store_true", help="prune and resize to 50%% and 30%% budgets")
+    parser.add_argument("--landing-repeats", type=int, default=None,
+                        help="timing rounds of land_latency and of the landed models (default: --repeats)")
     parser.add_argument("--accuracy", action="store_true", help="latency vs FLOP targeting on Fashion-MNIST")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--finetune-epochs", type=int, default=1)
-    parser.add_argument("--train-images", type=int, default=20000)
+    parser.add_argument("--accuracy-models", nargs="*", default=["vgg", "resnet", "mobilenetv2"],
+                        help="models of benchmarks/structure_quality.py's zoo for --accuracy")
+    parser.add_argument("--epochs", type=int, default=4, help="--accuracy: total training epochs (as the "
+                        "structure-quality study: its cached dense seeds are trained half of them)")
+    parser.add_argument("--train-images", type=int, default=4000)
     parser.add_argument("--accuracy-batch", type=int, default=1)
     parser.add_argument("--refresh", action="store_true", help="profile again instead of using cached tables "
                         "(tables measured while the machine was busier predict its quiet times badly)")

@@ -22,10 +22,10 @@ What a layer call's entry depends on (its *kind*):
 * ``"depthwise"``: its input width (the output follows it);
 * ``"elementwise"`` (BatchNorm, activations, Add, pooling, LayerNorm, ...: every input and output as wide as
   the output): the output width;
-* ``"attention"`` (MultiHeadAttention: any call whose handler declares ``timed_axes``): its query width and
-  its number of heads, a 2-D grid;
-* ``"fixed"`` (Concatenate, Flatten, Reshape, Embedding, keras_hub's grouped-query attention, ...): one time,
-  whatever the widths.
+* ``"attention"`` (MultiHeadAttention, keras_hub's grouped-query attention: any call whose handler declares
+  ``timed_axes``): its query width and its number of (key/value) heads, a 2-D grid;
+* ``"fixed"`` (Concatenate, Flatten, Reshape, Embedding, grouped convolutions, ...): one time, whatever the
+  widths.
 
 keras.ops calls and layers that do nothing at inference (Dropout, ...) have no entry: their time is in the
 overhead. Widths outside an entry's grid are extrapolated linearly from the nearest cell (floored at zero;
@@ -958,7 +958,9 @@ def _runner(model, arrays, backend, threads):
             resized = True
     if resized:
         runner.allocate_tensors()
-    remaining = list(arrays)
+    # by name where the converter kept the names (inputs of one shape, such as a backbone's token ids and
+    # padding mask, then get their own arrays), else by shape
+    remaining = _litert.in_interpreter_order(runner, model, arrays)
     for detail in runner.get_input_details():
         match = next((a for a in remaining if tuple(a.shape) == tuple(detail["shape"])), None)
         if match is None:
@@ -1037,7 +1039,7 @@ def _one_layer_model(spec, graph, batch_size, w_in=None, w_out=None):
     config = dict(handler.rebuild_config(call, [np.ones(w, bool) for w in in_widths], keep_out))
     config.pop("build_config", None)
     config["name"] = f"profiled_{call.layer.name}"
-    layer = type(call.layer).from_config(config)
+    layer = handler.rebuild_class(call).from_config(config)
     args, kwargs = graph.call_arguments(call, {key: x for key, (x, _) in fresh.items()})
     outputs = layer(*args, **symbolic_kwargs(layer, kwargs))
     width = len(keep_out[0])
@@ -1046,7 +1048,7 @@ def _one_layer_model(spec, graph, batch_size, w_in=None, w_out=None):
         config = dict(rules.rebuild_config(follower, [np.ones(width, bool)], [np.ones(width, bool)]))
         config.pop("build_config", None)
         config["name"] = f"profiled_{follower.layer.name}"
-        outputs = type(follower.layer).from_config(config)(outputs)
+        outputs = rules.rebuild_class(follower).from_config(config)(outputs)
     model = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs)
     return model, shapes
 

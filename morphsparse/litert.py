@@ -168,9 +168,11 @@ def convert(model, sparse=True, quantize=None, representative_data=None):
 
     failures = []
     # the converter's Keras path fails on some models Keras 3 runs well (a keras_hub backbone taking a dict:
-    # it calls into tf_keras); exported as a SavedModel first, they convert
+    # it calls into tf_keras); exported as a SavedModel first, they convert. A model taking a dict goes that
+    # way first: the Keras path would spend a minute failing on it
     with tempfile.TemporaryDirectory(prefix="morphsparse-litert-") as folder:
-        for make in (tf.lite.TFLiteConverter.from_keras_model, lambda m: _from_saved_model(m, folder)):
+        ways = [tf.lite.TFLiteConverter.from_keras_model, lambda m: _from_saved_model(m, folder)]
+        for make in ways[::-1] if _takes_a_dict(model) else ways:
             try:
                 converter = _configured(make(model), sparse, quantize, representative_data)
                 # the converter saves a temporary SavedModel and prints its endpoints (about 20 lines)
@@ -186,6 +188,14 @@ def convert(model, sparse=True, quantize=None, representative_data=None):
     if sparse and quantize is not None:
         flatbuffer = densify_before_dequantize(flatbuffer)
     return flatbuffer
+
+
+def _takes_a_dict(model):
+    """Whether a built functional model is called on a dict of inputs (keras_hub backbones are)."""
+    try:
+        return isinstance(model.input, dict)
+    except (AttributeError, ValueError):     # a subclassed model has no symbolic input
+        return False
 
 
 def _configured(converter, sparse, quantize, representative_data):

@@ -403,6 +403,41 @@ def test_experts_width_is_a_removable_group_and_exports_exactly(name):
     assert report.cost_after <= ms.count_flops(model) < report.cost_next_step
 
 
+@pytest.mark.parametrize("name", sorted(GQA_FAMILIES) + sorted(ALIBI_FAMILIES))
+def test_grouped_query_attention_is_timed_along_its_key_value_heads(name):
+    """A latency table times keras_hub's grouped-query attention as it times MultiHeadAttention: at a
+    narrower hidden width and fewer key/value heads (each with its query heads), rebuilt as the class export
+    makes of it, so that the latency target can price its heads."""
+    from morphsparse import latency as L
+    _, model = _llm(name, num_layers=1)
+    graph = ms.analyze(model)
+    spec = next(s for s in L.timed_calls(graph) if "heads" in s.call.internal_names)
+    kv_heads = graph.internal_group(spec.call.path, "heads").size
+    assert spec.kind == "attention" and spec.widths() == (32, kv_heads)
+    one, shapes = L._one_layer_model(spec, graph, 2, 16, 1)
+    layer = next(l for l in one.layers if isinstance(l, ms.handlers.gqa.GroupedQueryAttention))
+    assert layer.num_key_value_heads == 1
+    assert layer.num_query_heads == spec.call.handler.parts(spec.call).groups
+    assert tuple(keras.ops.shape(one(L._random_inputs(one.inputs, shapes)))) == (2, 8, 16)
+
+
+def test_the_latency_target_prices_llama_heads():
+    """Each key/value head of Llama is charged what the table says it costs (a fixed entry charged
+    nothing), and a latency-targeted prune may remove heads."""
+    from latency_helpers import hand_table
+    from morphsparse import latency as L
+    _, model = _llm("LlamaBackbone")
+    graph = ms.analyze(model)
+    table = hand_table(model)
+    latency = L.LatencyModel(graph, table)
+    marginal = latency.marginal(np.ones(latency.n_channels))
+    for call in _attention_calls(graph):
+        assert marginal[graph.offsets[graph.internal_group(call.path, "heads").id]] > 0
+    saving = ms.predict_latency(graph, table) - ms.predict_latency(
+        graph, table, alive={graph.internal_group(c.path, "heads").id: 1 for c in _attention_calls(graph)})
+    assert saving > 0
+
+
 def test_alibi_slopes_of_a_new_head_count_are_keras_hubs():
     from keras_hub.layers import AlibiBias
     from morphsparse.handlers.gqa import alibi_slopes
@@ -485,6 +520,22 @@ def test_a_backbone_taking_a_dict_converts_to_litert_and_matches_keras():
     # swapped inputs give other outputs: the check would catch a wrong matching
     swapped = model({"token_ids": tokens, "padding_mask": np.zeros_like(mask)})
     assert not np.allclose(np.asarray(swapped), np.asarray(model({"token_ids": tokens, "padding_mask": mask})))
+
+
+def test_a_backbone_taking_a_dict_goes_straight_to_the_saved_model_path(monkeypatch):
+    """The Keras path cannot read it, and trying it first cost a minute per conversion of a larger backbone."""
+    pytest.importorskip("ai_edge_litert")
+    import tensorflow as tf
+
+    tried = []
+    keras_path = tf.lite.TFLiteConverter.from_keras_model
+    monkeypatch.setattr(tf.lite.TFLiteConverter, "from_keras_model",
+                        lambda model: tried.append(model.name) or keras_path(model))
+    assert ms.litert.convert(_gpt2_at_length(), sparse=False)
+    assert tried == []
+    plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)], name="plain")
+    assert ms.litert.convert(plain, sparse=False)
+    assert tried == ["plain"]            # a model taking a tensor still takes the Keras path first
 
 
 @pytest.mark.filterwarnings("ignore:profile_latency of .* keeps scale 1")   # a busy machine: not asserted

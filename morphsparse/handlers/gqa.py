@@ -634,6 +634,11 @@ class GroupedQueryAttentionHandler(_h.MultiAxis):
             (heads, ("out", 0), lambda a, b: t * g * h * a * b, lambda a, b: g * h * a * b + out_bias * b),
         ]
 
+    def timed_axes(self, call):
+        """Timed along the hidden width and the key/value heads (each with its query heads), as
+        MultiHeadAttention is: a latency table prices the heads."""
+        return self._hidden(call), call.internal_index("heads")
+
     # --- group lasso --------------------------------------------------------------------------------------
     def kernel_matrix(self, call, xp=np):
         p = self.parts(call)
