@@ -207,7 +207,7 @@ def accuracy(args):
                     by_flops = ms.prune(dense, budget=0.5, target="flops", importance=importance)
                     matched = ms.predict_latency(by_flops, table) / ms.predict_latency(dense, table)
                     by_latency = ms.prune(dense, budget=matched, target="latency", device=table,
-                                          importance=importance)
+                                          importance=importance, **args.latency_options)
                     same_flops = ms.prune(dense, budget=float(ms.count_flops(by_latency)), target="flops",
                                           importance=importance)
                 slims = {"flops_50": by_flops, "latency_matched": by_latency, "flops_matched": same_flops}
@@ -217,7 +217,7 @@ def accuracy(args):
                        "train_images": args.train_images, "epochs": args.epochs,
                        "dense_accuracy": study.accuracy(name, dense), "dense_measured_ms": times[0]["median"] * 1e3,
                        "dense_flops": ms.count_flops(dense), "predicted_latency_budget": matched,
-                       "suggested_round_to": table.suggested_round_to()}
+                       "suggested_round_to": table.suggested_round_to(), "latency_options": args.latency_options}
                 for (arm, slim), measured in zip(slims.items(), times[1:]):
                     study.fit(name, slim, args.epochs - args.epochs // 2, seed, rate=sq.FINE_TUNE_RATE)
                     row[arm] = {"accuracy": study.accuracy(name, slim),
@@ -229,6 +229,15 @@ def accuracy(args):
                 print(f"  accuracy {json.dumps(row)}", flush=True)
                 rows.append(row)
     return rows
+
+
+def _option(text):
+    """NAME=VALUE, the value read as JSON where it is (numbers, true/false), else as text."""
+    name, _, value = text.partition("=")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
 
 
 def main(argv=None):
@@ -246,6 +255,8 @@ def main(argv=None):
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--accuracy-models", nargs="*", default=["vgg", "resnet", "mobilenetv2"],
                         help="models of benchmarks/structure_quality.py's zoo for --accuracy")
+    parser.add_argument("--latency-options", nargs="*", default={}, type=_option, metavar="NAME=VALUE",
+                        help="--accuracy: keyword arguments of the latency-targeted prune (e.g. min_width=0.5)")
     parser.add_argument("--epochs", type=int, default=4, help="--accuracy: total training epochs (as the "
                         "structure-quality study: its cached dense seeds are trained half of them)")
     parser.add_argument("--train-images", type=int, default=4000)
@@ -255,6 +266,7 @@ def main(argv=None):
     parser.add_argument("--note", default="", help="a line saying how the machine was (quiet, shared, ...)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latency_tables.json"))
     args = parser.parse_args(argv)
+    args.latency_options = dict(args.latency_options)
     apply = latency_module.apply_threads("keras", 1)    # before TensorFlow runs anything
     start = time.perf_counter()
     rng = np.random.default_rng(0)

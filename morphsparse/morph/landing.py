@@ -46,8 +46,9 @@ class LandingReport:
         lines = [f"land_latency ({self.how}) to {self.budget:.0%} of the measured latency:"]
         for i, r in enumerate(self.rounds):
             mark = " <- returned" if i == self.chosen else ""
+            finer = " (every width: the table's step could not come near it)" if r.get("round_to") == 1 else ""
             lines.append(f"  round {i + 1}: asked {r['asked']:.3f}, predicted {r['predicted']:.3f}, measured "
-                         f"{r['measured']:.3f}{mark}")
+                         f"{r['measured']:.3f}{finer}{mark}")
         return "\n".join(lines)
 
 
@@ -78,7 +79,7 @@ def land_latency(model, budget, table, how="prune", *, rounds=4, tolerance=0.03,
     asked, model_predicted = budget, _latency.predict_latency(model, table)
     for _ in range(rounds):
         try:
-            slim = SHRINKERS[how](model, budget=asked, target="latency", device=table, **options)
+            slim, predicted, finer = _shrink(model, asked, table, how, tolerance, model_predicted, options)
         except (PruneError, ExpandError):
             if not models:
                 raise
@@ -91,8 +92,8 @@ def land_latency(model, budget, table, how="prune", *, rounds=4, tolerance=0.03,
         seed_time, slim_time = _latency.compare_latency([model, slim], table.backend, table.batch_size,
                                                         table.threads or None, repeats)
         measured = slim_time[table.statistic] / seed_time[table.statistic]
-        predicted = _latency.predict_latency(slim, table) / model_predicted
-        report.rounds.append({"asked": asked, "predicted": predicted, "measured": measured})
+        report.rounds.append({"asked": asked, "predicted": predicted, "measured": measured,
+                              **({"round_to": 1} if finer else {})})
         models.append(slim)
         if abs(measured / budget - 1) <= tolerance:
             break
@@ -106,6 +107,23 @@ def land_latency(model, budget, table, how="prune", *, rounds=4, tolerance=0.03,
                       f"({len(report.rounds)} round(s)). Raise rounds=, or re-profile the table on a quiet "
                       "machine.", UserWarning, stacklevel=2)
     return models[report.chosen], report
+
+
+def _shrink(model, asked, table, how, tolerance, model_predicted, options):
+    """The shrinker's model for ``asked``, its predicted ratio, and whether it took every width: where the
+    widths the table prefers (multiples of its step, ``round_to`` left to the table) cannot come within
+    ``tolerance`` of the request, as a multiplier over a few wide steps cannot, the request is made again with
+    ``round_to=1`` and the closer of the two kept. A ``round_to`` the caller gave is kept."""
+    shrink = SHRINKERS[how]
+    slim = shrink(model, budget=asked, target="latency", device=table, **options)
+    predicted = _latency.predict_latency(slim, table) / model_predicted
+    if "round_to" in options or abs(predicted / asked - 1) <= tolerance or not table.suggested_round_to():
+        return slim, predicted, False
+    finer = shrink(model, budget=asked, target="latency", device=table, round_to=1, **options)
+    closer = _latency.predict_latency(finer, table) / model_predicted
+    if abs(closer / asked - 1) >= abs(predicted / asked - 1):
+        return slim, predicted, False
+    return finer, closer, True
 
 
 def _next_request(rounds, budget):

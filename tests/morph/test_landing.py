@@ -68,6 +68,33 @@ def test_a_round_the_shrinker_cannot_reach_keeps_the_closest_measured(monkeypatc
     assert slim is not None
 
 
+def partly_padded_table(model, step=16):
+    """A device on which a width just past a multiple of ``step`` costs halfway to the next multiple: the
+    table suggests ``round_to=step``, and widths between the multiples still run faster than the next one."""
+    effective = lambda w: (w + step * -(-w // step)) / 2          # noqa: E731
+    return hand_table(model, grid=[1, 4, 8, 9, 12, 16, 17, 24, 32],
+                      kernel=lambda a, b: 1e-6 * effective(a) * effective(b),
+                      elementwise=lambda b: 1e-7 * effective(b))
+
+
+def test_a_budget_between_the_tables_steps_is_landed_with_every_width(monkeypatch):
+    """A width multiplier over widths of 16 or 32 can make 35% or 100% of the time, nothing between: the
+    round is made again with round_to=1, says so, and lands; a round_to the caller gives is kept."""
+    model = small_cnn(width=32)
+    table = partly_padded_table(model)
+    assert table.suggested_round_to() == 16
+    biased_clock(monkeypatch, table, constant=0.0)
+    with pytest.warns(UserWarning, match="multiple of 16"):
+        stepped = ms.resize(model, budget=0.7, target="latency", device=table)
+    assert L.predict_latency(stepped, table) / L.predict_latency(model, table) < 0.5
+    slim, report = ms.land_latency(model, 0.7, table, "resize", rounds=2)
+    assert abs(report.landed) <= 0.03 and report.rounds[0]["round_to"] == 1
+    assert "every width" in report.summary()
+    with pytest.warns(UserWarning, match="no round measured within 3%"):
+        _, kept = ms.land_latency(model, 0.7, table, "resize", rounds=2, round_to=16)
+    assert all("round_to" not in r for r in kept.rounds)
+
+
 def test_bad_arguments_and_a_table_from_another_machine_are_refused():
     model = small_cnn()
     table = hand_table(model)
