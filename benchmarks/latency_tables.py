@@ -168,7 +168,7 @@ def landing(arch, backend, batch, table, args):
                     seed_time, slim_time = ms.compare_latency([model, slim], backend, batch, threads=1,
                                                               repeats=timing)
                     row.update(seed_measured_ms=seed_time["median"] * 1e3, measured_ms=slim_time["median"] * 1e3,
-                               measured_ratio=slim_time["median"] / seed_time["median"],
+                               measured_ratio=slim_time["ratio"],      # as land_latency measures it
                                predicted_ratio=ms.predict_latency(slim, table) / ms.predict_latency(model, table),
                                flop_ratio=ms.count_flops(slim) / ms.count_flops(model))
                     row["off_budget"] = row["measured_ratio"] / budget - 1
@@ -231,6 +231,42 @@ def accuracy(args):
     return rows
 
 
+def repeatability(arch, backend, batch, args):
+    """How far one timing of a ratio repeats: a model and its copy at half the FLOPs (``ms.resize``) timed
+    ``--timings`` times over, ``--landing-repeats`` rounds each (alternating), with fresh runners for every
+    timing (as ``ms.compare_latency`` builds them) and with the same runners reused. Two statistics per timing:
+    the ratio of the medians (what ``compare_latency`` gives) and the median of the per-round ratios."""
+    model = make(arch)
+    slim = ms.resize(model, budget=0.5, target="flops")
+    rounds = args.landing_repeats or args.repeats
+
+    def runners():
+        return [latency_module._runner(m, latency_module._random_inputs(m.inputs, [(batch,) + tuple(t.shape)[1:]
+                                                                                   for t in m.inputs]),
+                                       backend, 1) for m in (model, slim)]
+
+    def timing(pair):
+        per_round = []
+        for r in range(rounds):      # one round at a time, the order reversed every other round
+            order = pair if r % 2 == 0 else pair[::-1]
+            times = [mid for _, mid in latency_module._time_runners(order, 1)]
+            per_round.append(times if r % 2 == 0 else times[::-1])
+        seed, narrow = np.array(per_round).T
+        return {"ratio_of_medians": float(np.median(narrow) / np.median(seed)),
+                "median_of_ratios": float(np.median(narrow / seed))}
+
+    kept = runners()
+    row = {"arch": arch, "backend": backend, "batch": batch, "rounds": rounds,
+           "fresh": [timing(runners()) for _ in range(args.timings)],
+           "same": [timing(kept) for _ in range(args.timings)]}
+    for way in ("fresh", "same"):
+        for stat in ("ratio_of_medians", "median_of_ratios"):
+            values = np.array([t[stat] for t in row[way]])
+            row[f"{way}_{stat}_spread"] = float(np.ptp(values) / np.median(values))
+    print(f"  repeatability {json.dumps(row)}", flush=True)
+    return row
+
+
 def _option(text):
     """NAME=VALUE, the value read as JSON where it is (numbers, true/false), else as text."""
     name, _, value = text.partition("=")
@@ -251,6 +287,9 @@ def main(argv=None):
     parser.add_argument("--landing", action="store_true", help="prune and resize to 50%% and 30%% budgets")
     parser.add_argument("--landing-repeats", type=int, default=None,
                         help="timing rounds of land_latency and of the landed models (default: --repeats)")
+    parser.add_argument("--repeatability", action="store_true", help="how far one timing of a ratio repeats "
+                        "(a model and its FLOP-halved copy, --timings timings)")
+    parser.add_argument("--timings", type=int, default=5)
     parser.add_argument("--accuracy", action="store_true", help="latency vs FLOP targeting on Fashion-MNIST")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--accuracy-models", nargs="*", default=["vgg", "resnet", "mobilenetv2"],
@@ -273,7 +312,7 @@ def main(argv=None):
     result = {"machine": {**latency_module.machine_key(), "keras": keras.__version__, "threads": apply,
                           "note": args.note},
               "settings": {k: v for k, v in vars(args).items() if k != "out"}, "prediction": [], "landing": [],
-              "accuracy": []}
+              "accuracy": [], "repeatability": []}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -284,6 +323,10 @@ def main(argv=None):
     for arch in args.archs:
         for backend in args.backends:
             for batch in args.batches:
+                if args.repeatability:
+                    result["repeatability"].append(repeatability(arch, backend, batch, args))
+                    save()
+                    continue
                 try:
                     table, row = prediction(arch, backend, batch, args, rng)
                 except Exception as err:  # noqa: BLE001 - one failing configuration does not stop the others

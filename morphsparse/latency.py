@@ -890,9 +890,10 @@ def cache_directory(cache_dir=None):
 
 
 def _time_runners(runners, repeats, clock=time.perf_counter):
-    """(minimum, median) seconds per call of every runner: warm-up, then ``repeats`` rounds in which every
-    runner is timed once, the order reversed every other round (so that load and drift hit all alike); each
-    sample repeats the call until it lasts about :data:`SAMPLE_SECONDS`. Python's garbage collector is
+    """(minimum, median, ratio) seconds per call of every runner, the ratio being the median over the rounds
+    of its sample over the first runner's sample of the same round: warm-up, then ``repeats`` rounds in which
+    every runner is timed once, the order reversed every other round (so that load and drift hit all alike);
+    each sample repeats the call until it lasts about :data:`SAMPLE_SECONDS`. Python's garbage collector is
     collected first and kept off while timing, as ``timeit`` does: a process that has built many models has
     much to collect, and a collection inside a sample would be charged to whichever call it hit."""
     enabled = gc.isenabled()
@@ -923,7 +924,8 @@ def _time_runners_without_gc(runners, repeats, clock):
             for _ in range(n):
                 run()
             samples[i].append((clock() - start) / n)
-    return [(min(s), statistics.median(s)) for s in samples]
+    first = np.array(samples[0])
+    return [(min(s), statistics.median(s), float(np.median(np.array(s) / first))) for s in samples]
 
 
 def _random_inputs(tensors, shapes, seed=0):
@@ -1100,8 +1102,12 @@ def measure_latency(model, backend="keras", batch_size=1, threads=1, repeats=DEF
 
 def compare_latency(models, backend="keras", batch_size=1, threads=1, repeats=DEFAULT_REPEATS):
     """:func:`measure_latency` of several models timed together, alternating in every round: one list of
-    ``{"minimum": s, "median": s}``. Their ratios are what to compare (a slim model against its seed): a machine
-    whose speed drifts from one minute to the next moves them all alike."""
+    ``{"minimum": s, "median": s, "ratio": r}``. Their ratios are what to compare (a slim model against its
+    seed): a machine whose speed drifts from one minute to the next moves them all alike. ``ratio`` is the
+    median over the rounds of the model's time over the first model's time in the same round, whose two
+    samples are moments apart: it repeats better than the ratio of the medians (over repeated timings on the
+    project's CPU, a spread of 5% against 9% in the median configuration,
+    ``benchmarks/results/latency_tables_repeatability.json``)."""
     models = list(models)
     for model in models:
         _check_profile_arguments(model, backend, batch_size, threads, repeats, 1, 1.0)
@@ -1113,7 +1119,7 @@ def _measure(models, backend, batch_size, threads, repeats):
     for model in models:
         shapes = [(batch_size,) + tuple(t.shape)[1:] for t in model.inputs]
         runners.append(_runner(model, _random_inputs(model.inputs, shapes), backend, threads))
-    return [{"minimum": low, "median": mid} for low, mid in _time_runners(runners, repeats)]
+    return [{"minimum": low, "median": mid, "ratio": ratio} for low, mid, ratio in _time_runners(runners, repeats)]
 
 
 def _monotone(values):
@@ -1259,7 +1265,7 @@ def _profile(model, graph, specs, backend, batch_size, actual_threads, points, w
             continue
         runners.append(_empty_runner(first_arrays, backend, actual_threads))
         timed = _time_runners(runners, repeats)
-        empty_min, empty_median = timed[-1]
+        empty_min, empty_median = timed[-1][:2]
         low = _monotone(np.maximum(np.array([t[0] for t in timed[:-1]]) - empty_min, 0.0).reshape(shape))
         mid = _monotone(np.maximum(np.array([t[1] for t in timed[:-1]]) - empty_median, 0.0).reshape(shape))
         entries[signature] = LatencyEntry(spec.kind, in_grid, out_grid, mid.tolist(), low.tolist(), spec.call.path)

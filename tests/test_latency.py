@@ -164,7 +164,7 @@ def test_profile_is_cached_and_a_second_call_is_instant(tmp_path, monkeypatch):
 
     def fake_timer(runners, repeats, clock=None):
         timed.append(len(runners))
-        return [(1e-5 * (i + 1), 2e-5 * (i + 1)) for i in range(len(runners))]
+        return [(1e-5 * (i + 1), 2e-5 * (i + 1), i + 1.0) for i in range(len(runners))]
 
     monkeypatch.setattr(L, "_time_runners", fake_timer)
     monkeypatch.setattr(L, "_runner", lambda model, arrays, backend, threads: (lambda: None))
@@ -389,7 +389,7 @@ def test_cli_expands_to_a_latency_budget_and_profiles(tmp_path, capsys, monkeypa
     assert ms.predict_latency(narrow, tmp_path / "table.json") <= 0.7 * ms.predict_latency(
         model, tmp_path / "table.json")
     # profile-latency writes the table it measured (the measurement itself is faked: no timing in tests)
-    monkeypatch.setattr(L, "_time_runners", lambda runners, repeats, clock=None: [(1e-5, 2e-5)] * len(runners))
+    monkeypatch.setattr(L, "_time_runners", lambda runners, repeats, clock=None: [(1e-5, 2e-5, 1.0)] * len(runners))
     monkeypatch.setattr(L, "_runner", lambda model, arrays, backend, threads: (lambda: None))
     monkeypatch.setenv(L.CACHE_ENV, str(tmp_path / "cache"))
     with warnings.catch_warnings():
@@ -452,6 +452,21 @@ def test_the_attention_timed_alone_has_the_grid_widths():
     layer = next(l for l in one.layers if isinstance(l, keras.layers.MultiHeadAttention))
     assert layer.num_heads == 3 and shapes == [(2, 6, 8)]
     assert tuple(one.outputs[0].shape) == (2, 6, 8)      # the output keeps the query's width, as in the model
+
+
+def test_timing_gives_each_runner_its_ratio_to_the_first_round_by_round():
+    """A fake clock: the second runner costs three times the first, and the machine slows down tenfold after
+    a few rounds; the ratio, taken in each round (both samples in the same regime), stays 3."""
+    now, calls = [0.0], [0]
+
+    def runner(cost):
+        def run():
+            calls[0] += 1
+            now[0] += cost * (10.0 if calls[0] > 40 else 1.0)
+        return run
+    timed = L._time_runners([runner(1e-3), runner(3e-3)], repeats=9, clock=lambda: now[0])
+    assert timed[0][2] == 1.0
+    assert timed[1][2] == pytest.approx(3.0, rel=1e-9)
 
 
 def test_a_model_with_dict_inputs_is_timed():
