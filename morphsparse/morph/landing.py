@@ -90,7 +90,7 @@ def land_latency(model, budget, table, how="prune", *, rounds=4, tolerance=0.03,
             asked = (asked + reached) / 2
             continue
         _, slim_time = _latency.compare_latency([model, slim], table.backend, table.batch_size,
-                                                        table.threads or None, repeats)
+                                                table.threads or None, repeats)
         measured = slim_time["ratio"]      # per round, then the median: steadier than a ratio of medians
         report.rounds.append({"asked": asked, "predicted": predicted, "measured": measured,
                               **({"round_to": 1} if finer else {})})
