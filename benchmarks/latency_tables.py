@@ -120,12 +120,14 @@ def prediction(arch, backend, batch, args, rng):
             predicted = ms.predict_latency(built, table)
         # timed together with the full model, alternating: the ratio is free of the machine's drift since the
         # table was measured, the absolute time is not
-        full, narrow = ms.compare_latency([model, built], backend, batch, threads=1, repeats=args.repeats)
+        full, narrow = ms.compare_latency([model, built], backend, batch, threads=1,
+                                          repeats=args.timing_repeats or args.repeats)
         measured = narrow["median"]
-        ratio_error = (predicted / full_predicted) / (measured / full["median"]) - 1
+        ratio_error = (predicted / full_predicted) / narrow["ratio"] - 1     # the share, round by round
         rows.append({"predicted_ms": predicted * 1e3, "measured_ms": measured * 1e3,
                      "measured_full_ms": full["median"] * 1e3, "error": predicted / measured - 1,
-                     "ratio_error": ratio_error,
+                     "ratio_error": ratio_error, "measured_share": narrow["ratio"],
+                     "ratio_of_medians_error": (predicted / full_predicted) / (measured / full["median"]) - 1,
                      "extrapolated": any("extrapolates" in str(w.message) for w in caught)})
         print(f"  {arch} {backend} b{batch} #{i}: predicted {predicted * 1e3:.3f} ms, measured "
               f"{measured * 1e3:.3f} ms ({rows[-1]['error']:+.1%}; as a share of the full model "
@@ -221,7 +223,8 @@ def accuracy(args):
                 for (arm, slim), measured in zip(slims.items(), times[1:]):
                     study.fit(name, slim, args.epochs - args.epochs // 2, seed, rate=sq.FINE_TUNE_RATE)
                     row[arm] = {"accuracy": study.accuracy(name, slim),
-                                "measured_ratio": measured["median"] / times[0]["median"],
+                                "measured_ratio": measured["ratio"],   # round by round, as land_latency
+                                "measured_ratio_of_medians": measured["median"] / times[0]["median"],
                                 "predicted_ratio": ms.predict_latency(slim, table) / ms.predict_latency(dense, table),
                                 "flops_ratio": ms.count_flops(slim) / row["dense_flops"],
                                 "widths": sq.widths(slim)}
@@ -285,6 +288,8 @@ def main(argv=None):
     parser.add_argument("--points", type=int, default=5, help="grid points per width axis of the tables")
     parser.add_argument("--repeats", type=int, default=15, help="timing rounds (tables and end-to-end)")
     parser.add_argument("--landing", action="store_true", help="prune and resize to 50%% and 30%% budgets")
+    parser.add_argument("--timing-repeats", type=int, default=None,
+                        help="timing rounds of each assignment and the full model (default: --repeats)")
     parser.add_argument("--landing-repeats", type=int, default=None,
                         help="timing rounds of land_latency and of the landed models (default: --repeats)")
     parser.add_argument("--repeatability", action="store_true", help="how far one timing of a ratio repeats "

@@ -624,9 +624,13 @@ class LatencyModel:
             self.specs.append(spec)
             entries.append(entry)
         self.grids = _Grids(entries, table.statistic)
-        # widths at a multiple of the step run the device's fast kernel: priced along the multiples only (the
-        # probes just past a multiple would drag the line up); other widths along every measured point
-        self.fast = _Grids(entries, table.statistic, probes=False) if self.step > 1 else self.grids
+        # the line through the multiples only, without the step probes (a width just past a multiple). Widths
+        # at a multiple of the table's step run the device's fast kernel and are priced along it (a probe would
+        # drag the line up). Every slope is taken along it: where a kernel pads its widths, the cells either
+        # side of a probe are a one-channel jump and a flat stretch, and their slopes (a whole step's cost for
+        # one channel, then none) would misprice every channel in them
+        self.lines = _Grids(entries, table.statistic, probes=False)
+        self.fast = self.lines if self.step > 1 else self.grids
         # which axes have a grid (a one-point axis is a width that never changes)
         self.pads_x = np.array([len(e.in_widths or []) > 1 for e in entries], bool)
         self.pads_y = np.array([len(e.out_widths or []) > 1 for e in entries], bool)
@@ -666,13 +670,7 @@ class LatencyModel:
         return (np.where if xp is np else _tf_where)(self._on_step(a_in, a_out, xp), fast, values)
 
     def _slopes(self, a_in, a_out, xp=np):
-        d = self.grids.slopes(a_in, a_out, xp=np if xp is np else _TF)
-        if self.fast is self.grids:
-            return d
-        fast = self.fast.slopes(a_in, a_out, xp=np if xp is np else _TF)
-        on = self._on_step(a_in, a_out, xp)
-        where = np.where if xp is np else _tf_where
-        return where(on, fast[0], d[0]), where(on, fast[1], d[1])
+        return self.lines.slopes(a_in, a_out, xp=np if xp is np else _TF)
 
     def cost(self, a_in, a_out, xp=np):
         """Predicted seconds at these widths: the sum of the calls' entries plus the overhead."""

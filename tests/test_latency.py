@@ -413,6 +413,34 @@ def test_a_table_with_steps_prices_multiples_along_the_multiples():
     assert ms.predict_latency(graph, smooth, alive={g: 20}) == pytest.approx(expected_seconds(32, 20), rel=1e-12)
 
 
+def test_a_step_the_grid_is_too_coarse_to_name_still_leaves_every_channel_its_price():
+    # a device whose kernel computes 32 output channels at a time, profiled on a coarse grid: the probe at 33
+    # costs what 64 costs, but no multiple of 8 or 16 lies within a step of it, so the table names no step
+    model = small_cnn(width=64)
+    tiles = lambda b: -(-b // 32)                                       # noqa: E731
+    table = hand_table(model, grid=[1, 8, 32, 33, 64], kernel=lambda a, b: 1e-6 * (1 + a * tiles(b)),
+                       elementwise=lambda b: 1e-7 * b)
+    assert table.suggested_round_to() is None
+    graph = ms.analyze(model)
+    latency = L.LatencyModel(graph, table)
+    g = graph.group_of("conv2").id
+    first = graph.offsets[g]
+    alive = np.ones(latency.n_channels)
+    # the prediction holds the step: the 33rd channel costs a tile, more than the 31 after it together
+    at = {w: ms.predict_latency(graph, table, alive={g: w}) for w in (32, 33, 64)}
+    assert at[33] - at[32] > at[64] - at[33] > 0
+    # a channel's marginal latency is its share of the line through the multiples, not the slope of the flat
+    # cell between the probe and 64 (nothing: the channels there would look free) nor of the jump
+    marginal = latency.marginal(alive)
+    assert marginal[first] == pytest.approx((at[64] - at[32]) / 32, rel=1e-9)
+    alive[first:first + 40] = 0.0                                     # at 24 of 64: between 8 and 32
+    assert latency.marginal(alive)[first + 50] == pytest.approx(
+        (at[32] - ms.predict_latency(graph, table, alive={g: 8})) / 24, rel=1e-9)
+    # so the latency target thins the group whose tiles cost most, as the FLOP target does
+    slim, report = ms.prune_with_report(model, budget=0.8, target="latency", device=table, min_width=0.1)
+    assert report.groups["conv2"][1] <= 32 < report.groups["conv1"][1]
+
+
 def small_attention(heads=4, width=16):
     x = keras.Input((6, width))
     h = keras.layers.MultiHeadAttention(heads, 4, name="mha")(x, x)
