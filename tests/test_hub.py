@@ -539,6 +539,7 @@ def test_a_backbone_taking_a_dict_goes_straight_to_the_saved_model_path(monkeypa
 
 
 @pytest.mark.filterwarnings("ignore:profile_latency of .* keeps scale 1")   # a busy machine: not asserted
+@pytest.mark.filterwarnings("ignore:profile_latency of .* does not shrink with its widths")
 def test_a_backbone_taking_a_dict_is_profiled_on_litert(tmp_path):
     pytest.importorskip("ai_edge_litert")
     keras.utils.set_random_seed(0)
