@@ -17,8 +17,9 @@ to stop, so the result lands at or just under the budget.
 
 With ``target="latency", device=table`` (a measured :class:`~morphsparse.latency.LatencyTable`) the price is a
 channel's marginal latency in the table (its share of the line through the grid's multiples; on a table that
-shows steps, the average saving of a step's worth of channels, as one channel in a padded stretch saves nothing), the table's prediction is the exact cost, and the
-table's ``suggested_round_to`` rounds the pruned widths down unless ``round_to`` is given.
+shows steps, the average saving of a step's worth of channels, as one channel in a padded stretch saves
+nothing), the table's prediction is the exact cost, and the table's ``suggested_round_to`` rounds the pruned
+widths down unless ``round_to`` is given.
 
 The slim model is then built by :func:`morphsparse.export` with the chosen masks (weights copied; a removed
 channel is exported as if its gamma, or for networks without BatchNorm its kernel column, were zero: the
