@@ -170,7 +170,7 @@ def test_profile_is_cached_and_a_second_call_is_instant(tmp_path, monkeypatch):
     monkeypatch.setattr(L, "_runner", lambda model, arrays, backend, threads: (lambda: None))
     first = ms.profile_latency(model, threads=None, points=2, repeats=1, cache_dir=tmp_path, progress=False)
     calls = len(timed)
-    assert calls == len(first.entries) + 2     # every signature, and the whole model (full and narrow) twice
+    assert calls == len(first.entries) + 3     # every signature, and the whole model (full and narrow) thrice
     second = ms.profile_latency(model, threads=None, points=2, repeats=1, cache_dir=tmp_path, progress=False)
     assert len(timed) == calls          # nothing measured again: the table came from the cache
     assert second.to_dict() == first.to_dict()
@@ -214,11 +214,12 @@ def test_a_model_whose_time_does_not_follow_its_entries_is_named(tmp_path, monke
             assert not named
 
 
-@pytest.mark.parametrize("slow", [0, 1])
-def test_the_whole_model_is_timed_before_and_after_the_layers_and_the_quieter_timing_fits(tmp_path, monkeypatch,
-                                                                                          slow):
-    """A slow minute (every call 1.5x as long) falls on one of the two calibration timings: the table is fitted
-    on the other, whichever came first, and keeps both times."""
+@pytest.mark.parametrize("odd", [0, 1, 2])
+@pytest.mark.parametrize("factor", [1.5, 0.7])
+def test_the_whole_model_is_timed_three_times_and_the_median_timing_fits(tmp_path, monkeypatch, odd, factor):
+    """A slow minute (every call 1.5x as long) or a fast one (0.7x) falls on one of the three calibration
+    timings (before the layers, halfway, after): the table is fitted on an ordinary one, wherever the odd one
+    came, and keeps all three times."""
     model = small_cnn()
     calibrations = []
 
@@ -226,19 +227,20 @@ def test_the_whole_model_is_timed_before_and_after_the_layers_and_the_quieter_ti
         whole = runners[0][0].startswith(model.name)
         if whole:
             calibrations.append(len(runners))
-        factor = 1.5 if whole and len(calibrations) - 1 == slow else 1.0
-        seconds = [factor * (1e-8 * params + (0.0 if whole or params == 0 else 1e-6)) for _, params in runners]
+        scale = factor if whole and len(calibrations) - 1 == odd else 1.0
+        seconds = [scale * (1e-8 * params + (0.0 if whole or params == 0 else 1e-6)) for _, params in runners]
         return [(t, t, t / max(seconds[0], 1e-12)) for t in seconds]
 
     monkeypatch.setattr(L, "_time_runners", fake_timer)
     monkeypatch.setattr(L, "_runner", lambda one, arrays, backend, threads: (one.name, one.count_params()))
     table = ms.profile_latency(model, threads=None, points=2, repeats=1, cache_dir=tmp_path, progress=False)
-    assert calibrations == [2, 2]                       # the full model and its narrow copy, twice
-    quiet = 1e-8 * model.count_params()
-    assert table.settings["whole_model_seconds"]["median"] == pytest.approx(quiet)
-    assert sorted(table.settings["calibration_seconds"]) == pytest.approx([quiet, 1.5 * quiet])
-    assert table.settings["calibration_seconds"][slow] == pytest.approx(1.5 * quiet)
-    assert ms.predict_latency(model, table) == pytest.approx(quiet)      # the fit goes through the quiet point
+    assert calibrations == [2, 2, 2]                    # the full model and its narrow copy, three times
+    ordinary = 1e-8 * model.count_params()
+    assert table.settings["whole_model_seconds"]["median"] == pytest.approx(ordinary)
+    assert sorted(table.settings["calibration_seconds"]) == pytest.approx(sorted([ordinary, ordinary,
+                                                                                   factor * ordinary]))
+    assert table.settings["calibration_seconds"][odd] == pytest.approx(factor * ordinary)
+    assert ms.predict_latency(model, table) == pytest.approx(ordinary)   # the fit goes through an ordinary point
 
 
 @pytest.mark.filterwarnings("ignore:profile_latency of .* keeps scale 1")   # a busy machine: not asserted

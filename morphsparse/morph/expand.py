@@ -13,6 +13,10 @@ freshly initialised model for retraining (MorphNet reference, section 2.5).
 
 Rounding is a step function of w, so "largest w" means: the returned widths cost at most the budget, and the
 next rounding step up (the widths at any larger w) costs more than the budget.
+
+Attention heads are a group whose one step is a large share of the cost. Where such a step leaves the uniform
+widths more than 5% under the budget, the heads keep a count w reaches and the other groups get a multiplier
+of their own that spends the rest (:meth:`WidthSearch.fill`); the report gives both.
 """
 
 from __future__ import annotations
@@ -106,8 +110,24 @@ def check_target(target):
     return _costs.check_target(target, TARGETS, error=ExpandError)
 
 
+#: the widths are filled (see :meth:`WidthSearch.fill`) when the uniform ones cost less than this share of the
+#: budget: a step of whole heads (a quarter of a 4-head layer) can leave a third of it unspent
+FILL_BELOW = 0.95
+
+
+def unit_groups(graph):
+    """Ids of the groups on a layer's internal axis (a MultiHeadAttention's heads): each of their channels is a
+    whole unit of many lanes, so one step of them moves the cost by a lot."""
+    return {gid for call in graph.calls for groups in call.out_groups[call.n_outputs:]
+            for gid in np.unique(groups).tolist()}
+
+
 class WidthSearch:
-    """Bisection over the width multiplier on a channel graph."""
+    """Bisection over the width multiplier on a channel graph.
+
+    Where the model has groups of whole units (attention heads) and the uniform widths fall short of the budget
+    by a step of them, :meth:`fill` keeps the units at a count the multiplier reaches and gives the other groups
+    (the lanes: channels, hidden units) a multiplier of their own that spends the rest."""
 
     def __init__(self, graph, target="flops", round_to=None, device=None):
         check_target(target)
@@ -120,42 +140,106 @@ class WidthSearch:
             raise ExpandError(f"model '{graph.model.name}' has no removable channel group to widen")
         granularity = group_granularity(graph)
         self.steps = {g.id: math.lcm(round_to or 1, granularity[g.id]) for g in self.groups}
+        self.units = unit_groups(graph) & set(self.steps)
 
-    def counts(self, multiplier):
-        return {g.id: rounded_width(g.size, multiplier, self.steps[g.id]) for g in self.groups}
+    def counts(self, multiplier, lanes=None):
+        """The widths at ``multiplier``; the groups that are not units at ``lanes`` where given."""
+        return {g.id: rounded_width(g.size, multiplier if lanes is None or g.id in self.units else lanes,
+                                    self.steps[g.id]) for g in self.groups}
 
-    def cost(self, multiplier):
-        return self.price(self.counts(multiplier))
+    def cost(self, multiplier, lanes=None):
+        return self.price(self.counts(multiplier, lanes))
 
     def largest_multiplier(self, budget, iterations=60):
         """(w, cost): the largest multiplier whose rounded widths cost at most ``budget``."""
-        low, high = 0.0, 1.0
-        smallest = self.cost(low)
+        smallest = self.cost(0.0)
         if smallest > budget:
             raise ExpandError(f"budget {_format(budget, self.target)} is below the smallest possible network "
                               f"({_format(smallest, self.target)} with every removable group at "
                               f"{self.round_to or 1} channel(s))")
-        while self.cost(high) <= budget:
+        return self._largest(lambda m: self.counts(m), budget, iterations)
+
+    def _largest(self, counts, budget, iterations=60):
+        """(m, cost): the largest ``m`` with ``price(counts(m)) <= budget``, ``price(counts(0))`` being within it."""
+        low, high = 0.0, 1.0
+        while self.price(counts(high)) <= budget:
             low, high = high, high * 2
             if high > 2 ** 20:
                 raise ExpandError(f"budget {_format(budget, self.target)} is not reached even at width multiplier 2**20; the "
                                   f"{self.target} of this model does not grow with its width")
         for _ in range(iterations):
             middle = (low + high) / 2
-            low, high = (middle, high) if self.cost(middle) <= budget else (low, middle)
-            if self.counts(low) == self.counts(high):
+            low, high = (middle, high) if self.price(counts(middle)) <= budget else (low, middle)
+            if counts(low) == counts(high):
                 break
-        return low, self.cost(low)
+        return low, self.price(counts(low))
 
-    def next_step(self, multiplier):
+    def fill(self, multiplier, budget):
+        """``(units multiplier, lanes multiplier)`` spending what the uniform widths at ``multiplier`` leave of
+        ``budget``, or None where they spend at least ``FILL_BELOW`` of it (or the model has no units, or only
+        units).
+
+        Two ways to fill: the units where ``multiplier`` puts them and the lanes wider, or the units one step up
+        and the lanes narrower. Of those within ``FILL_BELOW`` of the budget, the one whose lanes stay closest
+        (in ratio) to the units' share of their full count is kept: the most uniform network that spends the
+        budget."""
+        uniform = self.cost(multiplier)
+        lanes = [g for g in self.groups if g.id not in self.units]
+        if not self.units or not lanes or uniform >= FILL_BELOW * budget:
+            return None
+        options = []
+        for units_at in (multiplier, self._next_unit_step(multiplier)):
+            if self.cost(units_at, 0.0) > budget:
+                continue
+            try:
+                lanes_at, cost = self._largest(lambda m: self.counts(units_at, m), budget)
+            except ExpandError:      # the lanes do not move the cost: nothing to fill with
+                continue
+            counts = self.counts(units_at, lanes_at)
+            share = np.mean([counts[g] / self.graph.groups[g].size for g in self.units])
+            lane_share = np.mean([counts[g.id] / g.size for g in lanes])
+            options.append((cost < FILL_BELOW * budget, abs(math.log(lane_share / share)), -cost, units_at,
+                            lanes_at))
+        if not options:
+            return None
+        *_, units_at, lanes_at = min(options)
+        return (None if self.cost(units_at, lanes_at) <= uniform else (units_at, lanes_at))
+
+    def _next_unit_step(self, multiplier):
+        """The smallest multiplier above ``multiplier`` that adds a unit somewhere."""
+        def unit_counts(m):
+            counts = self.counts(m)
+            return [counts[g] for g in sorted(self.units)]
+        return _next_change(unit_counts, multiplier)
+
+    def solve(self, budget):
+        """``(multiplier, lanes, cost)``: the largest uniform multiplier within ``budget``, filled where a step of
+        units leaves it short (``lanes`` is None where the widths are uniform)."""
+        multiplier, cost = self.largest_multiplier(budget)
+        filled = self.fill(multiplier, budget)
+        if filled is None:
+            return multiplier, None, cost
+        multiplier, lanes = filled
+        return multiplier, lanes, self.cost(multiplier, lanes)
+
+    def next_step(self, multiplier, lanes=None):
         """The cost one rounding step above ``multiplier`` (the smallest larger multiplier that changes a
-        width), to show the result is within one step of the budget."""
-        base = self.counts(multiplier)
-        low, high = multiplier, max(multiplier * 2, 1.0)
-        for _ in range(60):
-            middle = (low + high) / 2
-            low, high = (middle, high) if self.counts(middle) == base else (low, middle)
-        return self.cost(high)
+        width; of the lanes' multiplier where the widths were filled), to show the result is within one step of
+        the budget."""
+        if lanes is None:
+            return self.cost(_next_change(self.counts, multiplier))
+        return self.cost(multiplier, _next_change(lambda m: self.counts(multiplier, m), lanes))
+
+
+def _next_change(widths, start):
+    """The smallest multiplier above ``start`` at which ``widths(multiplier)`` differs from ``widths(start)``
+    (to bisection precision)."""
+    base = widths(start)
+    low, high = start, max(start * 2, 1.0)
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if widths(middle) == base else (low, middle)
+    return high
 
 
 @dataclass
@@ -170,6 +254,7 @@ class ExpandReport(_alive.Report):
     cost_before: int
     cost_after: int
     cost_next_step: int
+    lanes_multiplier: float | None = None           # filled widths: the multiplier of the groups not of heads
     flops_before: int = 0
     flops_after: int = 0
     params_before: int = 0
@@ -187,8 +272,11 @@ class ExpandReport(_alive.Report):
         rounding = (f" (round_to={self.round_to}"
                     + (f", from the {self.round_to_source}" if self.round_to_source not in ("", "argument") else "")
                     + ")") if self.round_to else ""
+        width = (f"x{self.multiplier:.4f}" if self.lanes_multiplier is None else
+                 f"x{self.multiplier:.4f} for the heads, x{self.lanes_multiplier:.4f} for the other channels (a "
+                 f"step of whole heads left the uniform width short)")
         return (f"{'expand' if self.multiplier >= 1 else 'resize'} of '{self.model_name}': width "
-                f"x{self.multiplier:.4f}{rounding} to a budget of {budget}{latency}: "
+                f"{width}{rounding} to a budget of {budget}{latency}: "
                 f"FLOPs {self.flops_before:,d} -> {self.flops_after:,d} (x{self.flops_after / max(self.flops_before, 1):.3f}), "
                 f"params {self.params_before:,d} -> {self.params_after:,d} "
                 f"(x{self.params_after / max(self.params_before, 1):.3f}); next rounding step would cost "
@@ -232,14 +320,15 @@ def expand_with_report(model, budget, target="flops", reference=None, round_to=N
     absolute = (float(budget) * _price(graph, None, target) if reference is None and check_budget(budget) <= 1
                 else _costs.resolve_budget(budget, target, graph, reference, ExpandError, ExpandError))
     search = WidthSearch(graph, target, round_to)
-    multiplier, cost = search.largest_multiplier(absolute)
-    counts = search.counts(multiplier)
+    multiplier, lanes, cost = search.solve(absolute)
+    counts = search.counts(multiplier, lanes)
     wide = build_with_widths(model, graph, counts, name=name)
     wide_graph = analyze(wide)
     if _price(wide_graph, None, target) != cost:
         raise GraphError(f"expanded model costs {_price(wide_graph, None, target):,d} {target}, the search "
                          f"priced {cost:,d}; please report this model")
-    report = _report(model, graph, wide_graph, search, multiplier, absolute, _price(graph, None, target), cost)
+    report = _report(model, graph, wide_graph, search, (multiplier, lanes), absolute, _price(graph, None, target),
+                     cost)
     if target == "flops" and report.params_after > PARAMS_GROWTH_WARNING * report.params_before:
         warn_user(f"expand of '{model.name}' to a FLOP budget multiplies its parameters by "
                   f"x{report.params_after / report.params_before:.2f} ({report.params_before:,d} -> "
@@ -279,8 +368,8 @@ def _expand_to_latency(model, budget, reference, round_to, ignore, name, device,
     search = WidthSearch(graph, "latency", round_to, device)
     search.price = price
     absolute = fraction * base
-    multiplier, cost = search.largest_multiplier(absolute)
-    counts = search.counts(multiplier)
+    multiplier, lanes, cost = search.solve(absolute)
+    counts = search.counts(multiplier, lanes)
     price.warn_extrapolated(counts, f"the latency of the resized '{model.name}'")
     wide = build_with_widths(model, graph, counts, name=name)
     wide_graph = analyze(wide)
@@ -288,19 +377,21 @@ def _expand_to_latency(model, budget, reference, round_to, ignore, name, device,
     if not math.isclose(check, cost, rel_tol=1e-6, abs_tol=1e-12):
         raise GraphError(f"resized model's predicted latency is {check * 1e3:.4g} ms, the search priced "
                          f"{cost * 1e3:.4g} ms; please report this model")
-    report = _report(model, graph, wide_graph, search, multiplier, absolute, price(), cost,
+    report = _report(model, graph, wide_graph, search, (multiplier, lanes), absolute, price(), cost,
                      latency_source=price.target.describe(), round_to_source=source)
     report.seconds = time.perf_counter() - start
     return wide, report
 
 
-def _report(model, graph, wide_graph, search, multiplier, budget, cost_before, cost, **fields):
-    """The :class:`ExpandReport` of ``model`` (``graph``) resized to ``wide_graph`` at ``search``'s ``multiplier``."""
-    counts = search.counts(multiplier)
+def _report(model, graph, wide_graph, search, multipliers, budget, cost_before, cost, **fields):
+    """The :class:`ExpandReport` of ``model`` (``graph``) resized to ``wide_graph`` at ``search``'s
+    ``multipliers`` (the multiplier, and the lanes' one where the widths were filled, else None)."""
+    multiplier, lanes = multipliers
+    counts = search.counts(multiplier, lanes)
     widths = {producer: (group.size, counts.get(group.id, group.size))
               for group in graph.groups for producer in group.producers}
     return ExpandReport(model.name, search.target, budget, multiplier, search.round_to, cost_before, cost,
-                        search.next_step(multiplier), flops_before=count_flops(graph),
+                        search.next_step(multiplier, lanes), lanes_multiplier=lanes, flops_before=count_flops(graph),
                         flops_after=count_flops(wide_graph), params_before=count_params(graph),
                         params_after=count_params(wide_graph), widths=widths, **fields)
 
@@ -320,6 +411,10 @@ def expand(model, budget, target="flops", reference=None, round_to=None, ignore=
     the model), priced by ``device``: a measured :class:`~morphsparse.latency.LatencyTable`
     (``ms.profile_latency``; its ``round_to`` suggestion is used when ``round_to`` is None, with a warning
     saying so), else the roofline of a device profile (the report's ``latency_source`` says which).
+
+    On a model with attention heads, where a step of whole heads leaves the uniform widths more than 5% under
+    the budget, the heads keep a count the multiplier reaches and the other groups get a multiplier of their own
+    that spends the rest (``report.lanes_multiplier``; None where the widths are uniform).
 
     Returns a freshly initialised ``keras.Model`` (retrain it). For the :class:`ExpandReport` (FLOPs and
     parameters before and after, per-layer widths) call :func:`expand_with_report`. Warns when a FLOP budget

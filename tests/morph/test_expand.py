@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import morphsparse as ms
+from morphsparse.models import small_vit
 from morphsparse.morph.expand import WidthSearch
 from morph_helpers import assert_same_outputs, block_net, inputs_for, kill, randomize
 
@@ -236,3 +237,40 @@ def test_return_report_is_deprecated_but_still_works():
     with pytest.warns(DeprecationWarning, match="expand_with_report"):
         wide, report = ms.expand(slim, budget=1.0, return_report=True)
     assert isinstance(report, ms.ExpandReport) and isinstance(wide, keras.Model)
+
+
+def _largest_gap(search, full):
+    """(below, above): the costs either side of the widest jump of the uniform multiplier's cost."""
+    costs = sorted({search.cost(m) for m in np.linspace(0.05, 1.0, 400)})
+    return max(zip(costs, costs[1:]), key=lambda pair: pair[1] / pair[0])
+
+
+def test_a_step_of_whole_heads_is_filled_by_the_other_channels():
+    model = small_vit(dim=32, depth=2, heads=4, key_dim=16, ffn=64)
+    graph = ms.analyze(model)
+    search = WidthSearch(graph, "flops")
+    full = ms.count_flops(model)
+    below, above = _largest_gap(search, full)
+    assert above / below > 1.15, "the uniform multiplier must leave a gap for this test to mean anything"
+    budget = (below + above) / 2
+    _, uniform = search.largest_multiplier(budget)
+    assert uniform < 0.95 * budget
+
+    narrow, report = ms.expand_with_report(model, budget=budget)
+    assert 0.95 * budget <= ms.count_flops(narrow) == report.cost_after <= budget < report.cost_next_step
+    assert report.lanes_multiplier is not None and "whole heads" in report.summary()
+    heads = {layer.num_heads for layer in narrow.layers if isinstance(layer, L.MultiHeadAttention)}
+    counts = search.counts(report.multiplier, report.lanes_multiplier)
+    assert heads == {counts[gid] for gid in search.units}
+    # where the uniform widths spend the budget, they stay uniform
+    _, exact = ms.expand_with_report(model, budget=below)
+    assert exact.lanes_multiplier is None and exact.cost_after == below
+
+
+def test_a_model_without_heads_keeps_one_multiplier_whatever_its_gaps():
+    model, slim = slim_block_net()
+    search = WidthSearch(ms.analyze(slim), "flops", round_to=4)
+    assert not search.units
+    below, above = _largest_gap(search, ms.count_flops(slim))
+    _, report = ms.expand_with_report(slim, budget=(below + above) / 2, round_to=4)
+    assert report.lanes_multiplier is None and report.cost_after == below
