@@ -476,6 +476,13 @@ class ChannelGraph:
         groups = np.unique(call.out_groups[call.internal_index(axis)])
         return self.groups[int(groups[0])]
 
+    def internal_group_ids(self, calls=None):
+        """Ids of the groups on an internal axis (a MultiHeadAttention's heads) of ``calls`` (default: every
+        call), each once, in the order the calls come: each channel of them is a whole unit of many lanes."""
+        ids = [gid for call in (self.calls if calls is None else calls)
+               for groups in call.out_groups[call.n_outputs:] for gid in np.unique(groups).tolist()]
+        return list(dict.fromkeys(ids))
+
     def group_of(self, name):
         """The single group on layer ``name``'s output channel axis."""
         ids = self.output_groups(name)

@@ -293,10 +293,8 @@ def keep_one_groups(graph):
     handler has ``keeps_one_internal`` (a MultiHeadAttention with no head cannot be rebuilt). When the
     threshold kills all of such a group, the alive masks (and the regulariser's in-graph alive count) keep
     its channel with the largest R, so the cost they report is what export can deliver."""
-    ids = [gid for call in graph.calls if call.handler.keeps_one_internal
-           for groups in call.out_groups[call.n_outputs:] for gid in np.unique(groups).tolist()
-           if graph.groups[gid].removable]
-    return list(dict.fromkeys(ids))     # each once, in order
+    return [gid for gid in graph.internal_group_ids([c for c in graph.calls if c.handler.keeps_one_internal])
+            if graph.groups[gid].removable]
 
 
 def _warn_if_source_removes_nothing(graph, source, vectors):
@@ -355,8 +353,7 @@ def rounded_masks(graph, masks, multiple, vectors=None):
 def _revived(graph, masks, vectors, wanted):
     """``masks`` with the strongest dead channels of every removable group that keeps any revived until it keeps
     ``wanted(alive, size)`` of them (at most all)."""
-    internal = {int(g) for call in graph.calls for groups in call.out_groups[call.n_outputs:]
-                for g in np.ravel(groups)}
+    internal = set(graph.internal_group_ids())
     vectors = vectors or {}
     revived = {}
     for gid, mask in masks.items():

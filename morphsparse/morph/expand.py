@@ -115,13 +115,6 @@ def check_target(target):
 FILL_BELOW = 0.95
 
 
-def unit_groups(graph):
-    """Ids of the groups on a layer's internal axis (a MultiHeadAttention's heads): each of their channels is a
-    whole unit of many lanes, so one step of them moves the cost by a lot."""
-    return {gid for call in graph.calls for groups in call.out_groups[call.n_outputs:]
-            for gid in np.unique(groups).tolist()}
-
-
 class WidthSearch:
     """Bisection over the width multiplier on a channel graph.
 
@@ -140,7 +133,8 @@ class WidthSearch:
             raise ExpandError(f"model '{graph.model.name}' has no removable channel group to widen")
         granularity = group_granularity(graph)
         self.steps = {g.id: math.lcm(round_to or 1, granularity[g.id]) for g in self.groups}
-        self.units = unit_groups(graph) & set(self.steps)
+        # the heads: one step of them moves the cost by a lot
+        self.units = set(graph.internal_group_ids()) & set(self.steps)
 
     def counts(self, multiplier, lanes=None):
         """The widths at ``multiplier``; the groups that are not units at ``lanes`` where given."""
