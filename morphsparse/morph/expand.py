@@ -151,7 +151,7 @@ class WidthSearch:
             raise ExpandError(f"budget {_format(budget, self.target)} is below the smallest possible network "
                               f"({_format(smallest, self.target)} with every removable group at "
                               f"{self.round_to or 1} channel(s))")
-        return self._largest(lambda m: self.counts(m), budget, iterations)
+        return self._largest(self.counts, budget, iterations)
 
     def _largest(self, counts, budget, iterations=60):
         """(m, cost): the largest ``m`` with ``price(counts(m)) <= budget``, ``price(counts(0))`` being within it."""
@@ -169,7 +169,7 @@ class WidthSearch:
         return low, self.price(counts(low))
 
     def fill(self, multiplier, budget):
-        """``(units multiplier, lanes multiplier)`` spending what the uniform widths at ``multiplier`` leave of
+        """``(units multiplier, lanes multiplier, cost)`` spending what the uniform widths at ``multiplier`` leave of
         ``budget``, or None where they spend at least ``FILL_BELOW`` of it (or the model has no units, or only
         units).
 
@@ -196,8 +196,8 @@ class WidthSearch:
                             lanes_at))
         if not options:
             return None
-        *_, units_at, lanes_at = min(options)
-        return (None if self.cost(units_at, lanes_at) <= uniform else (units_at, lanes_at))
+        *_, minus_cost, units_at, lanes_at = min(options)
+        return None if -minus_cost <= uniform else (units_at, lanes_at, -minus_cost)
 
     def _next_unit_step(self, multiplier):
         """The smallest multiplier above ``multiplier`` that adds a unit somewhere."""
@@ -210,11 +210,7 @@ class WidthSearch:
         """``(multiplier, lanes, cost)``: the largest uniform multiplier within ``budget``, filled where a step of
         units leaves it short (``lanes`` is None where the widths are uniform)."""
         multiplier, cost = self.largest_multiplier(budget)
-        filled = self.fill(multiplier, budget)
-        if filled is None:
-            return multiplier, None, cost
-        multiplier, lanes = filled
-        return multiplier, lanes, self.cost(multiplier, lanes)
+        return self.fill(multiplier, budget) or (multiplier, None, cost)
 
     def next_step(self, multiplier, lanes=None):
         """The cost one rounding step above ``multiplier`` (the smallest larger multiplier that changes a
