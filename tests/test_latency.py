@@ -295,6 +295,25 @@ def test_the_table_suggests_the_step_the_device_likes():
     assert hand_table(model).suggested_round_to() is None              # no width between multiples: cannot say
 
 
+def test_a_step_on_the_output_widths_alone_is_named_and_a_cheap_calls_noise_does_not_decide():
+    """As LiteRT's convolutions on this project's CPU: the output channels are computed in tiles of 16 (17 costs
+    what 32 costs) while the input channels cost each their own; the elementwise calls, cheap, wobble. The
+    input axis's smooth lines and the cheap calls must not outvote the tiles (they did: every table of the
+    benchmark named no step)."""
+    model = small_cnn()
+    tiles = lambda b: 16 * -(-b // 16)                                  # noqa: E731
+    wobble = lambda b: 1e-8 * (b + 5 * (b % 2))                          # noqa: E731 - odd widths dearer, not padded
+    padded_outputs = hand_table(model, grid=PADDED_GRID, kernel=lambda a, b: 1e-6 * a * tiles(b), elementwise=wobble)
+    assert padded_outputs.suggested_round_to() == 16
+    # the same device, its outputs smooth: the inputs' lines and the wobble name nothing
+    smooth = hand_table(model, grid=PADDED_GRID, kernel=lambda a, b: 1e-6 * a * b, elementwise=wobble)
+    assert smooth.suggested_round_to() is None
+    # a device that pays half the step (no clear majority of the time padded) names none either
+    half = lambda b: (b + tiles(b)) / 2                                 # noqa: E731
+    assert hand_table(model, grid=PADDED_GRID, kernel=lambda a, b: 1e-6 * a * half(b),
+                      elementwise=wobble).suggested_round_to() is None
+
+
 # --- targeting ---------------------------------------------------------------------------------------------
 
 def test_morph_regularizer_prices_latency_with_the_table():
@@ -353,6 +372,23 @@ def test_resize_takes_round_to_from_a_table_with_steps():
     assert report.round_to == 8 and report.round_to_source == "latency table"
     widths = [w for name, (_, w) in report.widths.items() if name in ("conv1", "conv2")]
     assert widths and all(w % 8 == 0 for w in widths)
+
+
+def test_a_group_narrower_than_the_tables_step_is_not_widened_to_it():
+    """A step read off a table is the device's tile: a 4-channel layer already runs at one tile's cost, and a
+    resize must not make it 8 wide (it did, on MobileNetV2's 8-channel layers with a step of 16). A round_to
+    the caller gives still rounds every group, as MorphNet's width multiplier does."""
+    x = keras.Input((8, 8, 3))
+    h = keras.layers.ReLU(name="relu1")(keras.layers.Conv2D(4, 3, padding="same", name="narrow")(x))
+    h = keras.layers.ReLU(name="relu2")(keras.layers.Conv2D(32, 1, name="wide")(h))
+    model = keras.Model(x, keras.layers.Dense(4, name="head")(keras.layers.GlobalAveragePooling2D()(h)))
+    table = padded_table(model)
+    assert table.suggested_round_to() == 8
+    with pytest.warns(UserWarning, match="multiple of 8"):
+        _, report = ms.expand_with_report(model, budget=0.5, target="latency", device=table)
+    assert report.widths["narrow"][1] <= 4 and report.widths["wide"][1] % 8 == 0
+    _, asked = ms.expand_with_report(model, budget=0.5, target="latency", device=table, round_to=8)
+    assert asked.widths["narrow"][1] == 8
 
 
 def test_cli_prunes_to_a_latency_table(tmp_path, capsys):

@@ -122,19 +122,26 @@ class WidthSearch:
     by a step of them, :meth:`fill` keeps the units at a count the multiplier reaches and gives the other groups
     (the lanes: channels, hidden units) a multiplier of their own that spends the rest."""
 
-    def __init__(self, graph, target="flops", round_to=None, device=None):
+    def __init__(self, graph, target="flops", round_to=None, device=None, lanes_only=False):
+        """``lanes_only=True``: ``round_to`` is a device's step read off a latency table (the vector width its
+        kernels pad channels to), and rounds only the channel groups at least one step wide: a narrower group
+        already runs at one step's cost (a whole step would widen it past the table's grid), and a group of
+        heads counts heads, not lanes. Otherwise it rounds every group, at least one step, as MorphNet's width
+        multiplier does."""
         check_target(target)
         check_round_to(round_to)
-        self.graph, self.target, self.round_to = graph, target, round_to
+        self.graph, self.target, self.round_to, self.lanes_only = graph, target, round_to, lanes_only
         self.price = LatencyPrice(graph, device) if target == "latency" else (
             lambda counts: _price(graph, counts, target))
         self.groups = [g for g in graph.groups if g.removable and g.size > 0]
         if not self.groups:
             raise ExpandError(f"model '{graph.model.name}' has no removable channel group to widen")
-        granularity = group_granularity(graph)
-        self.steps = {g.id: math.lcm(round_to or 1, granularity[g.id]) for g in self.groups}
         # the heads: one step of them moves the cost by a lot
-        self.units = set(graph.internal_group_ids()) & set(self.steps)
+        self.units = set(graph.internal_group_ids()) & {g.id for g in self.groups}
+        step = round_to or 1
+        rounded = {g.id for g in self.groups if not lanes_only or (g.size >= step and g.id not in self.units)}
+        granularity = group_granularity(graph)
+        self.steps = {g.id: math.lcm(step if g.id in rounded else 1, granularity[g.id]) for g in self.groups}
 
     def counts(self, multiplier, lanes=None):
         """The widths at ``multiplier``; the groups that are not units at ``lanes`` where given."""
@@ -148,9 +155,10 @@ class WidthSearch:
         """(w, cost): the largest multiplier whose rounded widths cost at most ``budget``."""
         smallest = self.cost(0.0)
         if smallest > budget:
+            narrower = " (or, narrower groups and heads, at their own smallest step)" if self.lanes_only else ""
             raise ExpandError(f"budget {_format(budget, self.target)} is below the smallest possible network "
                               f"({_format(smallest, self.target)} with every removable group at "
-                              f"{self.round_to or 1} channel(s))")
+                              f"{self.round_to or 1} channel(s){narrower})")
         return self._largest(self.counts, budget, iterations)
 
     def _largest(self, counts, budget, iterations=60):
@@ -351,14 +359,27 @@ def _expand_to_latency(model, budget, reference, round_to, ignore, name, device,
     table = getattr(price.target, "latency_table", None)
     if round_to is None and table is not None:
         round_to = table.suggested_round_to()
-        if round_to:
-            source = "latency table"
-            warn_user(f"expand to a latency budget rounds every width to a multiple of {round_to}: the latency "
-                      f"table shows the device runs such widths faster (pass round_to= to choose)")
-    search = WidthSearch(graph, "latency", round_to, device)
+        source = "latency table" if round_to else ""
+    search = WidthSearch(graph, "latency", round_to, device, lanes_only=source == "latency table")
     search.price = price
     absolute = fraction * base
-    multiplier, lanes, cost = search.solve(absolute)
+    try:
+        multiplier, lanes, cost = search.solve(absolute)
+        if source == "latency table":
+            warn_user(f"expand to a latency budget rounds every channel group of at least {round_to} channels "
+                      f"to a multiple of {round_to} (heads excepted): the latency table shows the device runs such "
+                      f"widths faster (pass round_to= to choose)")
+    except ExpandError as err:
+        if source != "latency table":
+            raise
+        # the table's step is a preference: where one step per group is already more than the budget, the
+        # widths between its multiples are used (they still cost less on a device that pads only in part)
+        warn_user(f"expand to a latency budget: {err}; widths that are not multiples of {round_to}, which the "
+                  f"latency table prefers, are used instead (pass round_to= to choose)")
+        round_to, source = None, ""
+        search = WidthSearch(graph, "latency", None, device)
+        search.price = price
+        multiplier, lanes, cost = search.solve(absolute)
     counts = search.counts(multiplier, lanes)
     price.warn_extrapolated(counts, f"the latency of the resized '{model.name}'")
     wide = build_with_widths(model, graph, counts, name=name)

@@ -267,6 +267,20 @@ def test_a_step_of_whole_heads_is_filled_by_the_other_channels():
     assert exact.lanes_multiplier is None and exact.cost_after == below
 
 
+def test_a_devices_lane_step_rounds_channel_groups_not_heads_or_narrower_groups():
+    """A step read off a latency table (lanes_only) counts channels: a group of 4 heads keeps whole-head steps,
+    and a group narrower than the step keeps its own; a round_to the caller gives rounds every group."""
+    graph = ms.analyze(small_vit(dim=32, depth=1, heads=4, key_dim=16, ffn=64))
+    device_step = WidthSearch(graph, "flops", round_to=8, lanes_only=True)
+    heads = device_step.units
+    assert heads and all(device_step.steps[g] == 1 for g in heads)
+    assert all(device_step.counts(0.3)[g] < 4 for g in heads)
+    lanes = [g.id for g in device_step.groups if g.id not in heads]
+    assert lanes and all(device_step.steps[g] % 8 == 0 for g in lanes if graph.groups[g].size >= 8)
+    asked = WidthSearch(graph, "flops", round_to=8)
+    assert all(asked.steps[g] % 8 == 0 for g in heads)
+
+
 def test_a_model_without_heads_keeps_one_multiplier_whatever_its_gaps():
     model, slim = slim_block_net()
     search = WidthSearch(ms.analyze(slim), "flops", round_to=4)

@@ -69,9 +69,11 @@ def test_a_round_the_shrinker_cannot_reach_keeps_the_closest_measured(monkeypatc
 
 
 def partly_padded_table(model, step=16):
-    """A device on which a width just past a multiple of ``step`` costs halfway to the next multiple: the
-    table suggests ``round_to=step``, and widths between the multiples still run faster than the next one."""
-    effective = lambda w: (w + step * -(-w // step)) / 2          # noqa: E731
+    """A device on which every width between two multiples of ``step`` costs 60% of the way from its own width
+    to the next multiple: the table suggests ``round_to=step`` (the widths just past a multiple cost more than
+    the line between the multiples, by most of the step), and widths between the multiples still run faster
+    than the next one."""
+    effective = lambda w: 0.4 * w + 0.6 * step * -(-w // step)    # noqa: E731
     return hand_table(model, grid=[1, 4, 8, 9, 12, 16, 17, 24, 32],
                       kernel=lambda a, b: 1e-6 * effective(a) * effective(b),
                       elementwise=lambda b: 1e-7 * effective(b))
@@ -85,13 +87,13 @@ def test_a_budget_between_the_tables_steps_is_landed_with_every_width(monkeypatc
     assert table.suggested_round_to() == 16
     biased_clock(monkeypatch, table, constant=0.0)
     with pytest.warns(UserWarning, match="multiple of 16"):
-        stepped = ms.resize(model, budget=0.7, target="latency", device=table)
+        stepped = ms.resize(model, budget=0.85, target="latency", device=table)
     assert L.predict_latency(stepped, table) / L.predict_latency(model, table) < 0.5
-    slim, report = ms.land_latency(model, 0.7, table, "resize", rounds=2)
+    slim, report = ms.land_latency(model, 0.85, table, "resize", rounds=2)
     assert abs(report.landed) <= 0.03 and report.rounds[0]["round_to"] == 1
     assert "every width" in report.summary()
     with pytest.warns(UserWarning, match="no round measured within 3%"):
-        _, kept = ms.land_latency(model, 0.7, table, "resize", rounds=2, round_to=16)
+        _, kept = ms.land_latency(model, 0.85, table, "resize", rounds=2, round_to=16)
     assert all("round_to" not in r for r in kept.rounds)
 
 
@@ -130,3 +132,20 @@ def test_the_cli_lands_a_pruned_model_on_measured_time(monkeypatch, tmp_path, ca
     for wrong in (["--target", "flops"], ["--budget", "5000"]):
         with pytest.raises(SystemExit, match="--land times the pruned model"):
             cli.main(command + wrong + ["--land"])
+
+
+def test_a_budget_only_widths_between_the_tables_steps_reach_is_still_reached(monkeypatch):
+    """One step of 16 per group is more time than the budget, and the widths between the multiples cost less
+    (the device pads only in part): resize says it leaves the table's step and reaches the budget, and
+    land_latency lands there; with round_to=16 given, the budget stays out of reach."""
+    model = small_cnn(width=32)
+    table = partly_padded_table(model)
+    full = L.predict_latency(model, table)
+    with pytest.warns(UserWarning, match="not multiples of 16"):
+        slim = ms.resize(model, budget=0.25, target="latency", device=table)
+    assert L.predict_latency(slim, table) / full <= 0.25
+    with pytest.raises(ms.ExpandError, match="smallest possible network"):
+        ms.resize(model, budget=0.25, target="latency", device=table, round_to=16)
+    biased_clock(monkeypatch, table, constant=0.0)
+    _, report = ms.land_latency(model, 0.25, table, "resize", rounds=2)
+    assert abs(report.landed) <= 0.03
