@@ -360,8 +360,13 @@ def _expand_to_latency(model, budget, reference, round_to, ignore, name, device,
     if round_to is None and table is not None:
         round_to = table.suggested_round_to()
         source = "latency table" if round_to else ""
-    search = WidthSearch(graph, "latency", round_to, device, lanes_only=source == "latency table")
-    search.price = price
+
+    def searching(step):
+        search = WidthSearch(graph, "latency", step, device, lanes_only=source == "latency table")
+        search.price = price        # the one that priced the base
+        return search
+
+    search = searching(round_to)
     absolute = fraction * base
     try:
         multiplier, lanes, cost = search.solve(absolute)
@@ -377,8 +382,7 @@ def _expand_to_latency(model, budget, reference, round_to, ignore, name, device,
         warn_user(f"expand to a latency budget: {err}; widths that are not multiples of {round_to}, which the "
                   f"latency table prefers, are used instead (pass round_to= to choose)")
         round_to, source = None, ""
-        search = WidthSearch(graph, "latency", None, device)
-        search.price = price
+        search = searching(None)
         multiplier, lanes, cost = search.solve(absolute)
     counts = search.counts(multiplier, lanes)
     price.warn_extrapolated(counts, f"the latency of the resized '{model.name}'")
